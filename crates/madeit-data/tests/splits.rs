@@ -1,0 +1,220 @@
+//! Seeded stratified splits, the task registry, task preparation and the pretraining pool.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::collections::{BTreeSet, HashSet};
+
+use madeit_data::split::split_seed;
+use madeit_data::{
+    CHANNELS, Construction, DataError, IMAGE_SIZE, ImageSet, Resize, SourceData, SourceId, Split,
+    SplitPlan, make_splits, prepare_task, pretraining_pool, split_plan, task_by_name, zoo_tasks,
+};
+use proptest::prelude::*;
+
+const PLAN: SplitPlan = SplitPlan {
+    test_fraction: 0.2,
+    val_fraction: 0.1,
+    pretrain_fraction: 0.2,
+    seed_per_class: 5,
+};
+
+fn labels(per_class: &[usize]) -> Vec<u32> {
+    // Interleaved so that classes are not contiguous.
+    let mut out = Vec::new();
+    let max = per_class.iter().copied().max().unwrap_or(0);
+    for k in 0..max {
+        for (c, &n) in per_class.iter().enumerate() {
+            if k < n {
+                out.push(c as u32);
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    #[test]
+    fn splits_partition_and_are_stratified(per_class in proptest::collection::vec(12usize..60, 1..6), seed in any::<u64>()) {
+        let l = labels(&per_class);
+        let s = make_splits(&l, per_class.len(), None, &PLAN, seed, "p").unwrap();
+        s.check_partition(l.len()).unwrap();
+        for (c, &n) in per_class.iter().enumerate() {
+            let count = |split: Split| s.get(split).iter().filter(|&&i| l[i] as usize == c).count();
+            let r = |f: f64| (n as f64 * f).round() as usize;
+            prop_assert_eq!(count(Split::Test), r(0.2));
+            prop_assert_eq!(count(Split::Val), r(0.1));
+            prop_assert_eq!(count(Split::Pretrain), r(0.2));
+            prop_assert_eq!(count(Split::Seed), 5);
+            prop_assert_eq!(count(Split::Train), n - r(0.2) - r(0.1) - r(0.2) - 5);
+        }
+        for split in Split::ALL {
+            prop_assert!(s.get(split).windows(2).all(|w| w[0] < w[1]));
+        }
+        // Deterministic.
+        prop_assert_eq!(make_splits(&l, per_class.len(), None, &PLAN, seed, "p").unwrap(), s);
+    }
+
+    #[test]
+    fn official_test_split_is_kept_whole(n_train in 40usize..80, n_test in 1usize..30, seed in any::<u64>()) {
+        let mut l: Vec<u32> = (0..n_train).map(|i| (i % 2) as u32).collect();
+        l.extend((0..n_test).map(|i| (i % 2) as u32));
+        let s = make_splits(&l, 2, Some(n_train..n_train + n_test), &PLAN, seed, "o").unwrap();
+        prop_assert_eq!(s.test.clone(), (n_train..n_train + n_test).collect::<Vec<_>>());
+        s.check_partition(l.len()).unwrap();
+        prop_assert!(s.train.iter().chain(&s.val).chain(&s.seed).chain(&s.pretrain).all(|&i| i < n_train));
+    }
+}
+
+#[test]
+fn different_seeds_give_different_splits() {
+    let l = labels(&[100, 100]);
+    let a = make_splits(&l, 2, None, &PLAN, 1, "a").unwrap();
+    let b = make_splits(&l, 2, None, &PLAN, 2, "b").unwrap();
+    assert_ne!(a.test, b.test);
+    assert_eq!(a.test.len(), b.test.len());
+    let seeds: HashSet<u64> = SourceId::ALL.iter().map(|&s| split_seed(s)).collect();
+    assert_eq!(seeds.len(), SourceId::ALL.len());
+}
+
+#[test]
+fn small_classes_and_bad_plans_are_errors() {
+    let l = labels(&[30, 6]);
+    let err = make_splits(&l, 2, None, &PLAN, 0, "tiny").unwrap_err();
+    assert!(
+        matches!(err, DataError::InsufficientClass { class: 1, available: 6, ref name, .. } if name == "tiny")
+    );
+    let bad = SplitPlan {
+        test_fraction: 0.6,
+        val_fraction: 0.5,
+        ..PLAN
+    };
+    assert!(matches!(
+        make_splits(&l, 2, None, &bad, 0, "x").unwrap_err(),
+        DataError::InvalidSplitPlan { .. }
+    ));
+    let nan = SplitPlan {
+        val_fraction: f64::NAN,
+        ..PLAN
+    };
+    assert!(nan.check().is_err());
+    assert!(matches!(
+        make_splits(&[0, 3], 2, None, &PLAN, 0, "x").unwrap_err(),
+        DataError::LabelOutOfRange { label: 3, .. }
+    ));
+    assert!(make_splits(&l, 2, Some(0..1000), &PLAN, 0, "x").is_err());
+}
+
+#[test]
+fn every_source_plan_is_valid() {
+    for s in SourceId::ALL {
+        split_plan(s).check().unwrap();
+    }
+}
+
+#[test]
+fn registry_has_eight_tasks_from_five_sources() {
+    let tasks = zoo_tasks();
+    assert!(tasks.len() >= 8);
+    let ids: Vec<u32> = tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, (1..=tasks.len() as u32).collect::<Vec<_>>());
+    let names: HashSet<&str> = tasks.iter().map(|t| t.name).collect();
+    assert_eq!(names.len(), tasks.len());
+    let sources: BTreeSet<SourceId> = tasks.iter().map(|t| t.source).collect();
+    assert_eq!(sources.len(), 5);
+    // Derived tasks are the named rotated construction.
+    for t in &tasks {
+        if let Construction::Rotated { .. } = t.construction {
+            assert!(t.name.starts_with("rotated_"), "{}", t.name);
+        }
+    }
+    assert_eq!(
+        task_by_name("optdigits").unwrap().source,
+        SourceId::Optdigits
+    );
+    assert!(matches!(
+        task_by_name("cifar10").unwrap_err(),
+        DataError::UnknownTask { .. }
+    ));
+}
+
+/// A synthetic 28x28 source: 10 classes of `per_class` images, first `test` images of
+/// each class at the end as an official test split when `official` is set.
+fn synthetic_source(source: SourceId, per_class: usize, side: usize) -> SourceData {
+    let l = labels(&[per_class; 10]);
+    let n = l.len();
+    let images: Vec<u8> = (0..n * side * side)
+        .map(|k| ((k * 7 + k / 13) % 251) as u8)
+        .collect();
+    let set = ImageSet::new(
+        images,
+        n,
+        side,
+        side,
+        1,
+        l,
+        (0..10).map(|c| c.to_string()).collect(),
+    )
+    .unwrap();
+    SourceData {
+        source,
+        images: set,
+        official_test: None,
+    }
+}
+
+#[test]
+fn rotated_tasks_share_their_source_splits() {
+    let src = synthetic_source(SourceId::Mnist, 30, 28);
+    let up = prepare_task(&src, &task_by_name("mnist").unwrap()).unwrap();
+    let rot = prepare_task(&src, &task_by_name("rotated_mnist").unwrap()).unwrap();
+    assert_eq!(up.splits, rot.splits);
+    assert_eq!(
+        (up.images.height, up.images.width, up.images.channels),
+        (IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
+    );
+    assert_eq!(rot.images.labels, up.images.labels);
+    // Rotated image = rotation of the padded upright image (padding is symmetric here).
+    let again = madeit_data::transform::rotate90(&up.images, 1);
+    assert_eq!(again.images, rot.images.images);
+    assert!(up.images != rot.images);
+    let test = up.split(Split::Test).unwrap();
+    assert_eq!(test.n, up.splits.test.len());
+    // A source that does not match the task is refused.
+    assert!(prepare_task(&src, &task_by_name("optdigits").unwrap()).is_err());
+}
+
+#[test]
+fn pretraining_pool_avoids_every_task_split() {
+    let mnist = synthetic_source(SourceId::Mnist, 30, 28);
+    let digits = synthetic_source(SourceId::Optdigits, 20, 8);
+    let tasks: Vec<_> = ["mnist", "rotated_mnist", "optdigits"]
+        .iter()
+        .map(|n| {
+            let spec = task_by_name(n).unwrap();
+            let src = if spec.source == SourceId::Mnist {
+                &mnist
+            } else {
+                &digits
+            };
+            prepare_task(src, &spec).unwrap()
+        })
+        .collect();
+    let pool = pretraining_pool(&tasks).unwrap();
+    // Only upright MNIST contributes (optdigits reserves nothing, rotations are left out).
+    assert_eq!(pool.len(), 1);
+    assert_eq!((pool[0].source, pool[0].task), (SourceId::Mnist, "mnist"));
+    let pool_idx: HashSet<usize> = tasks[0].splits.pretrain.iter().copied().collect();
+    assert_eq!(pool[0].images.n, pool_idx.len());
+    for t in tasks.iter().filter(|t| t.spec.source == SourceId::Mnist) {
+        for s in [Split::Train, Split::Val, Split::Seed, Split::Test] {
+            assert!(
+                t.splits.get(s).iter().all(|i| !pool_idx.contains(i)),
+                "{} {s}",
+                t.spec.name
+            );
+        }
+    }
+    assert_eq!(task_by_name("optdigits").unwrap().resize, Resize::Bilinear);
+}
