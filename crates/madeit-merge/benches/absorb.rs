@@ -1,0 +1,177 @@
+//! One `absorb` step of every method at CLIP ViT-B/32 scale.
+//!
+//! The model has every parameter of a ViT-B/32 vision tower (12 layers; q, k, v, out
+//! 768×768, fc1 3072×768, fc2 768×3072, biases, layer norms, class/patch/position
+//! embeddings: 87,456,000 values). Task vectors are random low-rank-plus-noise: rank-16
+//! products plus Gaussian noise on matrices, Gaussian noise elsewhere. Each merger is primed
+//! with two tasks and the third step is measured (a fresh copy of the primed merger is
+//! restored from its state outside the timed region).
+//!
+//! Also measured: the pieces of one OPCM linear-weight step (f64 thin SVD, projection) at
+//! the two shapes that occur.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
+use faer::Mat;
+use madeit_linalg::random::gaussian;
+use madeit_merge::{MethodConfig, TaskId, opcm_projection, resume};
+use madeit_params::{ParamDict, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+const D: usize = 768;
+const F: usize = 3072;
+
+/// Names and shapes of a CLIP ViT-B/32 vision tower (transformers layout, no prefix).
+fn vit_b32_layout() -> Vec<(String, Vec<usize>)> {
+    let mut l = vec![
+        ("embeddings.class_embedding".to_owned(), vec![D]),
+        (
+            "embeddings.patch_embedding.weight".to_owned(),
+            vec![D, 3, 32, 32],
+        ),
+        (
+            "embeddings.position_embedding.weight".to_owned(),
+            vec![50, D],
+        ),
+        ("pre_layrnorm.weight".to_owned(), vec![D]),
+        ("pre_layrnorm.bias".to_owned(), vec![D]),
+    ];
+    for i in 0..12 {
+        let p = format!("encoder.layers.{i}");
+        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
+            l.push((format!("{p}.self_attn.{proj}.weight"), vec![D, D]));
+            l.push((format!("{p}.self_attn.{proj}.bias"), vec![D]));
+        }
+        l.push((format!("{p}.layer_norm1.weight"), vec![D]));
+        l.push((format!("{p}.layer_norm1.bias"), vec![D]));
+        l.push((format!("{p}.mlp.fc1.weight"), vec![F, D]));
+        l.push((format!("{p}.mlp.fc1.bias"), vec![F]));
+        l.push((format!("{p}.mlp.fc2.weight"), vec![D, F]));
+        l.push((format!("{p}.mlp.fc2.bias"), vec![D]));
+        l.push((format!("{p}.layer_norm2.weight"), vec![D]));
+        l.push((format!("{p}.layer_norm2.bias"), vec![D]));
+    }
+    l.push(("post_layernorm.weight".to_owned(), vec![D]));
+    l.push(("post_layernorm.bias".to_owned(), vec![D]));
+    l
+}
+
+fn noise(n: usize, scale: f64, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let g: f64 = StandardNormal.sample(&mut rng);
+            (g * scale) as f32
+        })
+        .collect()
+}
+
+/// Pretrained weights: N(0, 0.02²).
+fn pretrained() -> ParamDict {
+    let layout = vit_b32_layout();
+    layout
+        .par_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let n = shape.iter().product();
+            let t = Tensor::new(shape.clone(), noise(n, 0.02, i as u64)).expect("shape");
+            (name.clone(), t)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// `θ_0 + τ` with `τ` = rank-16 product (Frobenius scale ~ 0.5 per matrix) plus N(0, 1e-3²)
+/// noise on matrices, N(0, 1e-3²) elsewhere.
+fn finetuned(pre: &ParamDict, task: u64) -> ParamDict {
+    let names: Vec<(&str, &Tensor)> = pre.iter().collect();
+    names
+        .par_iter()
+        .enumerate()
+        .map(|(i, &(name, p))| {
+            let seed = task * 100_000 + i as u64;
+            let mut tau = noise(p.numel(), 1e-3, seed);
+            if let &[m, n] = p.shape() {
+                let a = gaussian::<f64>(m, 16, seed ^ 0xa5a5);
+                let b = gaussian::<f64>(n, 16, seed ^ 0x5a5a);
+                let s = 0.5 / (16.0 * (m * n) as f64).sqrt();
+                let low = Mat::<f64>::from_fn(m, n, |r, c| {
+                    (0..16).map(|k| a[(r, k)] * b[(c, k)]).sum::<f64>() * s
+                });
+                for r in 0..m {
+                    for c in 0..n {
+                        tau[r * n + c] += low[(r, c)] as f32;
+                    }
+                }
+            }
+            let data = p.data().iter().zip(&tau).map(|(a, b)| a + b).collect();
+            let t = Tensor::new(p.shape().to_vec(), data).expect("shape");
+            (name.to_owned(), t)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn absorb_step(c: &mut Criterion) {
+    let pre = pretrained();
+    assert_eq!(pre.numel(), 87_456_000);
+    let tasks: Vec<ParamDict> = (1..=3).map(|t| finetuned(&pre, t)).collect();
+    let mut group = c.benchmark_group("absorb_vit_b32_step3");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20));
+    for name in ["swa", "task_arithmetic", "ties", "magmax", "opcm"] {
+        let cfg = MethodConfig::default_for(name).expect("registered");
+        let mut primed = cfg.build().expect("valid defaults");
+        for (t, ft) in tasks.iter().take(2).enumerate() {
+            primed
+                .absorb(&pre, ft, &TaskId::new(format!("t{t}")))
+                .expect("absorb");
+        }
+        let state = primed.state();
+        drop(primed);
+        let third = TaskId::new("t2");
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || resume(&state).expect("resume"),
+                |mut m| {
+                    black_box(m.absorb(&pre, &tasks[2], &third).expect("absorb"));
+                    m
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn opcm_pieces(c: &mut Criterion) {
+    let mut group = c.benchmark_group("opcm_linear_weight_f64");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for (m, n) in [(D, D), (F, D)] {
+        let d = gaussian::<f64>(m, n, 1);
+        let tau = gaussian::<f64>(m, n, 2);
+        group.bench_function(format!("thin_svd_{m}x{n}"), |b| {
+            b.iter(|| black_box(madeit_linalg::thin_svd(d.as_ref()).expect("svd")));
+        });
+        group.bench_function(format!("svd_and_projection_{m}x{n}"), |b| {
+            b.iter(|| black_box(opcm_projection(d.as_ref(), tau.as_ref(), 0.5).expect("proj")));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, absorb_step, opcm_pieces);
+criterion_main!(benches);

@@ -1,0 +1,473 @@
+//! Method configurations and the registry of methods.
+//!
+//! A configuration is a table with a `method` key and the method's parameters; every
+//! parameter is optional and defaults to the reference implementation's value:
+//!
+//! ```toml
+//! method = "ties"
+//! lambda = 0.3
+//! keep_fraction = 0.2
+//! aggregate = "sum"
+//! ```
+//!
+//! Unknown methods and unknown keys are errors. [`MethodConfig::check`] validates the
+//! values once; [`MethodConfig::build`] checks and constructs the merger.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::methods::{MagMax, Opcm, Swa, TaskArithmeticFamily};
+use crate::{ContinualMerger, MergeError, MergerState};
+
+/// One entry of the method registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodInfo {
+    /// Registry name, the value of the `method` key.
+    pub name: &'static str,
+    /// Human-readable name.
+    pub title: &'static str,
+    /// One-line description of the update rule.
+    pub summary: &'static str,
+    /// The paper that introduced the method.
+    pub paper: &'static str,
+    /// The reference implementation whose semantics (and defaults) this crate follows.
+    pub reference: &'static str,
+}
+
+/// Every registered method, in the order of the papers' tables.
+pub const METHODS: &[MethodInfo] = &[
+    MethodInfo {
+        name: "swa",
+        title: "Stochastic weight averaging (continual)",
+        summary: "θ^(t) = ((t−1) θ^(t−1) + θ_t) / t, the running mean of the fine-tuned models",
+        paper: "https://arxiv.org/abs/1803.05407",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/weight_average.py",
+    },
+    MethodInfo {
+        name: "task_arithmetic",
+        title: "Continual task arithmetic",
+        summary: "θ^(t) = θ^(t−1) + λ τ_t",
+        paper: "https://arxiv.org/abs/2212.04089",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/task_arithmetic.py",
+    },
+    MethodInfo {
+        name: "ties",
+        title: "Continual TIES-merging",
+        summary: "θ^(t) = θ^(t−1) + λ · TIES(θ^(t−1) − θ_0, τ_t): global top-k trim, sign election, disjoint sum",
+        paper: "https://arxiv.org/abs/2306.01708",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/ties_merging.py",
+    },
+    MethodInfo {
+        name: "magmax",
+        title: "MagMax-Ind",
+        summary: "τ_max = elementwise larger-magnitude of (τ_max, τ_t); θ^(t) = θ_0 + 0.5 τ_max",
+        paper: "https://arxiv.org/abs/2407.06322",
+        reference: "https://github.com/zihuanqiu/MINGLE/blob/main/fusion_bench/method/mingle/magmax.py",
+    },
+    MethodInfo {
+        name: "opcm",
+        title: "OPCM (orthogonal projection-based continual merging)",
+        summary: "project τ_t off the singular directions of the merged task vector, add, rescale to the mean task-vector norm",
+        paper: "https://arxiv.org/abs/2501.09522",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/opcm.py",
+    },
+];
+
+/// The registry entry of `name`.
+///
+/// # Errors
+/// [`MergeError::UnknownMethod`] listing the registered names.
+pub fn method_info(name: &str) -> Result<&'static MethodInfo, MergeError> {
+    METHODS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| unknown_method(name))
+}
+
+fn unknown_method(name: &str) -> MergeError {
+    MergeError::UnknownMethod {
+        name: name.to_owned(),
+        available: METHODS
+            .iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Continual stochastic weight averaging. It has no parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwaConfig {}
+
+/// Continual task arithmetic: `θ^(0) = θ_0`, `θ^(t) = θ^(t−1) + λ τ_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskArithmeticConfig {
+    /// Scaling factor `λ` of every task vector. Default 0.3 (the reference's value for
+    /// 8 tasks; its published 14- and 20-task runs use 0.1). Alias `scaling_factor`.
+    #[serde(default = "default_lambda", alias = "scaling_factor")]
+    pub lambda: f64,
+}
+
+impl Default for TaskArithmeticConfig {
+    fn default() -> Self {
+        Self {
+            lambda: default_lambda(),
+        }
+    }
+}
+
+/// How TIES combines the entries that agree with the elected sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// Sum of the agreeing entries (the reference default).
+    #[default]
+    Sum,
+    /// Sum divided by the number of agreeing entries (at least 1).
+    Mean,
+    /// Largest agreeing magnitude, with the elected sign.
+    Max,
+}
+
+/// Continual TIES-merging.
+///
+/// Step 1 adds `λ τ_1` untrimmed. Step `t ≥ 2` stacks two rows, each the whole model
+/// flattened — the merged task vector `θ^(t−1) − θ_0` and `τ_t` — trims each row globally to
+/// its largest `keep_fraction` magnitudes (with `d` entries the threshold is the
+/// `(d − ⌊keep_fraction·d⌋)`-th smallest magnitude and every entry at least that large is
+/// kept, ties included), elects a sign per entry (sign of the sum of the trimmed rows; where
+/// it is 0, the sign of the sum of all elected signs), aggregates the entries whose sign
+/// agrees with it, and sets `θ^(t) = θ^(t−1) + λ · aggregate`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiesConfig {
+    /// Scaling factor `λ`. Default 0.3 (the published 8-task runs; 0.1 for 14 and 20
+    /// tasks; the reference's config file says 0.5). Alias `scaling_factor`.
+    #[serde(default = "default_lambda", alias = "scaling_factor")]
+    pub lambda: f64,
+    /// Fraction of each row's entries kept by the trim, in `(0, 1]`. Default 0.2 (the
+    /// reference's `threshold: 20`, a percentage).
+    #[serde(default = "default_keep_fraction")]
+    pub keep_fraction: f64,
+    /// How agreeing entries are combined. Default `sum`.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+}
+
+impl Default for TiesConfig {
+    fn default() -> Self {
+        Self {
+            lambda: default_lambda(),
+            keep_fraction: default_keep_fraction(),
+            aggregate: Aggregate::Sum,
+        }
+    }
+}
+
+/// MagMax-Ind: `τ_max ← where(|τ_t| ≥ |τ_max|, τ_t, τ_max)` elementwise,
+/// `θ^(t) = θ_0 + s τ_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MagMaxConfig {
+    /// Scale `s` of the max-magnitude task vector. Default 0.5 (the reference's value).
+    #[serde(default = "default_magmax_scale")]
+    pub scaling_factor: f64,
+}
+
+impl Default for MagMaxConfig {
+    fn default() -> Self {
+        Self {
+            scaling_factor: default_magmax_scale(),
+        }
+    }
+}
+
+/// OPCM: orthogonal projection of each new task vector off the singular directions of the
+/// merged task vector, with rescaling to the running mean task-vector norm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcmConfig {
+    /// Singular-value mass threshold `α` in `[0, 1]`: the split rank `k` is the first index
+    /// at which `cumsum(s)/sum(s) > α`. Default 0.5 (the reference's value).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Reproduce the reference's treatment of `class_embedding` (a parameter that does not
+    /// belong to a leaf module there): at steps `t ≥ 2` it is carried over unchanged before
+    /// the rescale (`p' = p^(t−1)`, neither multiplied by `λ_{t−1}` nor given `τ_t`), while
+    /// still counting in the norms and still being divided by `λ_t`. Applies to tensors whose
+    /// last name segment is `class_embedding`. Default `true`.
+    #[serde(default = "default_true")]
+    pub class_embedding_quirk: bool,
+    /// 2-D `*.weight` tensors are linear weights and get the SVD projection, except those
+    /// whose name contains one of these substrings: embedding tables, which the reference
+    /// merges like biases. Default `["embedding"]`.
+    #[serde(default = "default_embedding_patterns")]
+    pub embedding_patterns: Vec<String>,
+}
+
+impl Default for OpcmConfig {
+    fn default() -> Self {
+        Self {
+            alpha: default_alpha(),
+            class_embedding_quirk: true,
+            embedding_patterns: default_embedding_patterns(),
+        }
+    }
+}
+
+fn default_lambda() -> f64 {
+    0.3
+}
+fn default_keep_fraction() -> f64 {
+    0.2
+}
+fn default_magmax_scale() -> f64 {
+    0.5
+}
+fn default_alpha() -> f64 {
+    0.5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_embedding_patterns() -> Vec<String> {
+    vec!["embedding".to_owned()]
+}
+
+/// The configuration of one merging method, tagged by its registry name (`method = "..."`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MethodConfig {
+    /// `swa`: [`SwaConfig`].
+    Swa(SwaConfig),
+    /// `task_arithmetic`: [`TaskArithmeticConfig`].
+    TaskArithmetic(TaskArithmeticConfig),
+    /// `ties`: [`TiesConfig`].
+    Ties(TiesConfig),
+    /// `magmax`: [`MagMaxConfig`].
+    #[serde(rename = "magmax")]
+    MagMax(MagMaxConfig),
+    /// `opcm`: [`OpcmConfig`].
+    Opcm(OpcmConfig),
+}
+
+impl MethodConfig {
+    /// The registry name of the method.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Swa(_) => "swa",
+            Self::TaskArithmetic(_) => "task_arithmetic",
+            Self::Ties(_) => "ties",
+            Self::MagMax(_) => "magmax",
+            Self::Opcm(_) => "opcm",
+        }
+    }
+
+    /// The registry entry of the method.
+    #[must_use]
+    pub fn info(&self) -> &'static MethodInfo {
+        let name = self.name();
+        // Every variant has an entry; the fallback is never taken.
+        METHODS
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or(&METHODS[0])
+    }
+
+    /// The reference defaults of method `name`.
+    ///
+    /// # Errors
+    /// [`MergeError::UnknownMethod`].
+    pub fn default_for(name: &str) -> Result<Self, MergeError> {
+        Ok(match method_info(name)?.name {
+            "swa" => Self::Swa(SwaConfig::default()),
+            "task_arithmetic" => Self::TaskArithmetic(TaskArithmeticConfig::default()),
+            "ties" => Self::Ties(TiesConfig::default()),
+            "magmax" => Self::MagMax(MagMaxConfig::default()),
+            "opcm" => Self::Opcm(OpcmConfig::default()),
+            other => return Err(unknown_method(other)),
+        })
+    }
+
+    /// Parses a configuration from a JSON value (an object with a `method` key).
+    ///
+    /// # Errors
+    /// [`MergeError::InvalidConfig`] (not an object, no `method`, unknown key, wrong type) or
+    /// [`MergeError::UnknownMethod`]. Values are not range-checked: see [`check`](Self::check).
+    pub fn from_json_value(value: serde_json::Value) -> Result<Self, MergeError> {
+        let serde_json::Value::Object(mut map) = value else {
+            return Err(MergeError::InvalidConfig {
+                method: None,
+                message: "a method configuration must be a table/object".to_owned(),
+            });
+        };
+        let method = match map.remove("method") {
+            Some(serde_json::Value::String(s)) => s,
+            Some(other) => {
+                return Err(MergeError::InvalidConfig {
+                    method: None,
+                    message: format!("`method` must be a string, got {other}"),
+                });
+            }
+            None => {
+                return Err(MergeError::InvalidConfig {
+                    method: None,
+                    message: "missing key `method`".to_owned(),
+                });
+            }
+        };
+        let name = method_info(&method)?.name;
+        Ok(match name {
+            "swa" => Self::Swa(parse_fields(name, map)?),
+            "task_arithmetic" => Self::TaskArithmetic(parse_fields(name, map)?),
+            "ties" => Self::Ties(parse_fields(name, map)?),
+            "magmax" => Self::MagMax(parse_fields(name, map)?),
+            "opcm" => Self::Opcm(parse_fields(name, map)?),
+            other => return Err(unknown_method(other)),
+        })
+    }
+
+    /// Parses a configuration from JSON text.
+    ///
+    /// # Errors
+    /// As [`from_json_value`](Self::from_json_value), plus JSON syntax errors.
+    pub fn from_json_str(text: &str) -> Result<Self, MergeError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| MergeError::InvalidConfig {
+                method: None,
+                message: e.to_string(),
+            })?;
+        Self::from_json_value(value)
+    }
+
+    /// Parses a configuration from TOML text (a document with a `method` key).
+    ///
+    /// # Errors
+    /// As [`from_json_value`](Self::from_json_value), plus TOML syntax errors.
+    pub fn from_toml_str(text: &str) -> Result<Self, MergeError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| MergeError::InvalidConfig {
+            method: None,
+            message: e.to_string(),
+        })?;
+        let value = serde_json::to_value(table).map_err(|e| MergeError::InvalidConfig {
+            method: None,
+            message: e.to_string(),
+        })?;
+        Self::from_json_value(value)
+    }
+
+    /// Validates every value once.
+    ///
+    /// # Errors
+    /// [`MergeError::InvalidParameter`] naming the parameter and its valid range.
+    pub fn check(&self) -> Result<(), MergeError> {
+        let name = self.name();
+        let finite = |parameter: &'static str, v: f64| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(MergeError::InvalidParameter {
+                    method: name,
+                    parameter,
+                    value: v.to_string(),
+                    reason: "must be finite",
+                })
+            }
+        };
+        match self {
+            Self::Swa(_) => Ok(()),
+            Self::TaskArithmetic(c) => finite("lambda", c.lambda),
+            Self::Ties(c) => {
+                finite("lambda", c.lambda)?;
+                if !(c.keep_fraction > 0.0 && c.keep_fraction <= 1.0) {
+                    return Err(MergeError::InvalidParameter {
+                        method: name,
+                        parameter: "keep_fraction",
+                        value: c.keep_fraction.to_string(),
+                        reason: "must lie in (0, 1] (a fraction, not a percentage)",
+                    });
+                }
+                Ok(())
+            }
+            Self::MagMax(c) => finite("scaling_factor", c.scaling_factor),
+            Self::Opcm(c) => {
+                if !(0.0..=1.0).contains(&c.alpha) {
+                    return Err(MergeError::InvalidParameter {
+                        method: name,
+                        parameter: "alpha",
+                        value: c.alpha.to_string(),
+                        reason: "must lie in [0, 1]",
+                    });
+                }
+                if c.embedding_patterns.iter().any(String::is_empty) {
+                    return Err(MergeError::InvalidParameter {
+                        method: name,
+                        parameter: "embedding_patterns",
+                        value: format!("{:?}", c.embedding_patterns),
+                        reason: "patterns must be non-empty substrings",
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the configuration and builds an empty merger.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+        Ok(match self {
+            Self::Swa(c) => Box::new(Swa::new(*c)?),
+            Self::TaskArithmetic(c) => Box::new(TaskArithmeticFamily::task_arithmetic(*c)?),
+            Self::Ties(c) => Box::new(TaskArithmeticFamily::ties(*c)?),
+            Self::MagMax(c) => Box::new(MagMax::new(*c)?),
+            Self::Opcm(c) => Box::new(Opcm::new(c.clone())?),
+        })
+    }
+}
+
+/// Deserialises a method's parameters; on error, names the offending key (every field has
+/// a default, so each key can be tried on its own).
+fn parse_fields<T: DeserializeOwned>(
+    method: &'static str,
+    map: serde_json::Map<String, serde_json::Value>,
+) -> Result<T, MergeError> {
+    serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|e| {
+        let culprit = map.iter().find(|&(k, v)| {
+            let mut one = serde_json::Map::new();
+            one.insert(k.clone(), v.clone());
+            serde_json::from_value::<T>(serde_json::Value::Object(one)).is_err()
+        });
+        let message = match culprit {
+            Some((k, _)) if !e.to_string().contains(k.as_str()) => format!("key `{k}`: {e}"),
+            _ => e.to_string(),
+        };
+        MergeError::InvalidConfig {
+            method: Some(method.to_owned()),
+            message,
+        }
+    })
+}
+
+impl<'de> Deserialize<'de> for MethodConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Self::from_json_value(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Rebuilds a merger from a saved state: constructs it from the state's configuration and
+/// restores the state into it.
+///
+/// # Errors
+/// As [`MethodConfig::build`] and [`ContinualMerger::restore`].
+pub fn resume(state: &MergerState) -> Result<Box<dyn ContinualMerger>, MergeError> {
+    let mut merger = state.metadata.config.build()?;
+    merger.restore(state)?;
+    Ok(merger)
+}

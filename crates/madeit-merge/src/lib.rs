@@ -1,0 +1,45 @@
+//! Continual model merging on named tensors.
+//!
+//! A continual merger ([`ContinualMerger`]) is fed the fine-tuned models of a task stream one
+//! at a time ([`absorb`](ContinualMerger::absorb)) — never an earlier fine-tuned model again,
+//! never any data — and returns the merged model at any point
+//! ([`merged`](ContinualMerger::merged)). Its state can be saved ([`MergerState`]: named
+//! tensors plus JSON metadata) and resumed bit-identically ([`resume`]).
+//!
+//! Notation: `θ_0` pretrained weights, `θ_t` the model fine-tuned on task `t`,
+//! `τ_t = θ_t − θ_0` its task vector, `θ^(t)` the merged model after `t` tasks.
+//!
+//! | method | registry name | update |
+//! |---|---|---|
+//! | [`Swa`] | `swa` | `θ^(t) = ((t−1) θ^(t−1) + θ_t) / t` |
+//! | [`TaskArithmeticFamily`] | `task_arithmetic` | `θ^(t) = θ^(t−1) + λ τ_t`, `λ = 0.3` |
+//! | [`TaskArithmeticFamily`] | `ties` | `θ^(t) = θ^(t−1) + λ TIES(θ^(t−1) − θ_0, τ_t)`, keep 20 % |
+//! | [`MagMax`] | `magmax` | `θ^(t) = θ_0 + 0.5 maxabs(τ_1, …, τ_t)` |
+//! | [`Opcm`] | `opcm` | project `τ_t` off the singular directions of `θ^(t−1) − θ_0`, rescale |
+//!
+//! Every method follows the semantics and defaults of its reference implementation (listed
+//! in [`METHODS`]); every parameter tensor takes part. Methods are built from a
+//! [`MethodConfig`] (TOML or JSON, `method = "<name>"`, unknown keys rejected, values checked
+//! once by [`MethodConfig::check`]).
+//!
+//! Method code does no I/O: callers load and save [`ParamDict`](madeit_params::ParamDict)s.
+//! Work is spread over tensors with rayon.
+
+mod config;
+mod contract;
+mod error;
+mod methods;
+mod state;
+
+pub use config::{
+    Aggregate, METHODS, MagMaxConfig, MethodConfig, MethodInfo, OpcmConfig, SwaConfig,
+    TaskArithmeticConfig, TiesConfig, method_info, resume,
+};
+pub use contract::{ContinualMerger, ExpertModel, LowRankExpert, MergedModel, StepReport, TaskId};
+pub use error::MergeError;
+pub use methods::{
+    Consensus, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily, opcm_projection, split_rank,
+};
+pub use state::{
+    Fingerprint, MergerState, STATE_FORMAT, STATE_VERSION, StateMetadata, TaskRecord, exact_f64,
+};

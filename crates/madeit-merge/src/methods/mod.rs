@@ -1,0 +1,109 @@
+//! The weight-space continual merging methods and the helpers they share.
+
+mod magmax;
+mod opcm;
+mod swa;
+mod task_arithmetic;
+
+pub use magmax::MagMax;
+pub use opcm::{Opcm, opcm_projection, split_rank};
+pub use swa::Swa;
+pub use task_arithmetic::{Consensus, Sparsifier, TaskArithmeticFamily};
+
+use madeit_params::{ParamDict, ParamsError, Tensor};
+use rayon::prelude::*;
+
+use crate::MergeError;
+
+/// Prefix of the merged-weights tensors in a saved state.
+pub(crate) const MERGED_PREFIX: &str = "merged.";
+
+/// Checks that a method's stored tensors have exactly the pretrained model's names and shapes
+/// (dtypes may differ: state tensors are always kept as `f32`).
+pub(crate) fn check_layout(
+    method: &'static str,
+    pretrained: &ParamDict,
+    stored: &ParamDict,
+) -> Result<(), MergeError> {
+    let err = |source| MergeError::StateTensor { method, source };
+    for (name, p) in pretrained.iter() {
+        let s = stored.get(name).map_err(err)?;
+        if s.shape() != p.shape() {
+            return Err(err(ParamsError::ShapeMismatch {
+                name: name.to_owned(),
+                expected: p.shape().to_vec(),
+                got: s.shape().to_vec(),
+            }));
+        }
+    }
+    if stored.len() != pretrained.len()
+        && let Some(name) = stored.keys().find(|k| !pretrained.contains(k))
+    {
+        return Err(err(ParamsError::UnexpectedKey {
+            name: name.to_owned(),
+        }));
+    }
+    Ok(())
+}
+
+/// A tensor with `like`'s shape and dtype and the given data.
+pub(crate) fn tensor_like(
+    method: &'static str,
+    name: &str,
+    like: &Tensor,
+    data: Vec<f32>,
+) -> Result<Tensor, MergeError> {
+    Tensor::new(like.shape().to_vec(), data)
+        .map(|t| t.with_dtype(like.dtype()))
+        .map_err(|e| MergeError::StateTensor {
+            method,
+            source: e.in_tensor(name),
+        })
+}
+
+/// Looks up the same tensor in several dictionaries, as a [`MergeError::StateTensor`] if one
+/// lacks it.
+pub(crate) fn lookup<'a>(
+    method: &'static str,
+    dict: &'a ParamDict,
+    name: &str,
+) -> Result<&'a Tensor, MergeError> {
+    dict.get(name)
+        .map_err(|source| MergeError::StateTensor { method, source })
+}
+
+/// Runs `f` on every tensor name in parallel; returns the tensors in `names` order as a
+/// [`ParamDict`] together with the sum of the returned scalars (for norms).
+pub(crate) fn par_build<F>(names: &[&str], f: F) -> Result<(ParamDict, f64), MergeError>
+where
+    F: Fn(&str) -> Result<(Tensor, f64), MergeError> + Sync,
+{
+    let parts: Vec<(String, Tensor, f64)> = names
+        .par_iter()
+        .map(|&name| f(name).map(|(t, s)| (name.to_owned(), t, s)))
+        .collect::<Result<_, _>>()?;
+    let total = parts.iter().map(|p| p.2).sum();
+    Ok((parts.into_iter().map(|(n, t, _)| (n, t)).collect(), total))
+}
+
+/// The merged weights in `pretrained`'s order, each with its pretrained dtype.
+pub(crate) fn dense_output(
+    method: &'static str,
+    pretrained: &ParamDict,
+    merged: &ParamDict,
+) -> Result<ParamDict, MergeError> {
+    check_layout(method, pretrained, merged)?;
+    pretrained
+        .iter()
+        .map(|(name, p)| {
+            lookup(method, merged, name).map(|t| (name.to_owned(), t.clone().with_dtype(p.dtype())))
+        })
+        .collect()
+}
+
+/// `f32` rounding of an `f64` (round to nearest even).
+#[inline]
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) fn to_f32(x: f64) -> f32 {
+    x as f32
+}

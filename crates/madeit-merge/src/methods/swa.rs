@@ -1,0 +1,130 @@
+//! Continual stochastic weight averaging.
+
+use indexmap::IndexMap;
+use madeit_params::ParamDict;
+
+use super::{MERGED_PREFIX, check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
+use crate::state::{Ledger, check_state_tensors, export_tensors, import_tensors};
+use crate::{
+    ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport, SwaConfig,
+    TaskId,
+};
+
+const METHOD: &str = "swa";
+
+/// Continual stochastic weight averaging (reference: FusionBench
+/// `method/opcm/weight_average.py`): the running mean of the fine-tuned models,
+///
+/// `θ^(1) = θ_1`, `θ^(t) = ((t − 1) θ^(t−1) + θ_t) / t`,
+///
+/// over every parameter. Each element is computed in `f64` from the stored `f32` values and
+/// rounded once, so averaging identical models returns that model exactly.
+#[derive(Debug, Clone)]
+pub struct Swa {
+    config: SwaConfig,
+    ledger: Ledger,
+    merged: ParamDict,
+}
+
+impl Swa {
+    /// An empty stream.
+    ///
+    /// # Errors
+    /// None today (SWA has no parameters); kept for uniformity with the other methods.
+    pub fn new(config: SwaConfig) -> Result<Self, MergeError> {
+        MethodConfig::Swa(config).check()?;
+        Ok(Self {
+            config,
+            ledger: Ledger::default(),
+            merged: ParamDict::new(),
+        })
+    }
+}
+
+impl ContinualMerger for Swa {
+    fn method(&self) -> &'static str {
+        METHOD
+    }
+
+    fn config(&self) -> MethodConfig {
+        MethodConfig::Swa(self.config)
+    }
+
+    fn absorb(
+        &mut self,
+        pretrained: &ParamDict,
+        finetuned: &ParamDict,
+        task: &TaskId,
+    ) -> Result<StepReport, MergeError> {
+        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
+        let step = self.ledger.tasks.len() + 1;
+        let names: Vec<&str> = pretrained.keys().collect();
+        let first = step == 1;
+        if !first {
+            check_layout(METHOD, pretrained, &self.merged)?;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let t = step as f64;
+        let (merged, delta_sq) = par_build(&names, |name| {
+            let p = lookup(METHOD, pretrained, name)?;
+            let f = lookup(METHOD, finetuned, name)?;
+            let data: Vec<f32> = if first {
+                f.data().to_vec()
+            } else {
+                let m = lookup(METHOD, &self.merged, name)?;
+                m.data()
+                    .iter()
+                    .zip(f.data())
+                    .map(|(&a, &b)| to_f32(((t - 1.0) * f64::from(a) + f64::from(b)) / t))
+                    .collect()
+            };
+            let sq = data
+                .iter()
+                .zip(p.data())
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum();
+            Ok((tensor_like(METHOD, name, p, data)?, sq))
+        })?;
+        let norm = admitted.record.task_vector_norm;
+        self.merged = merged;
+        self.ledger.commit(admitted);
+        Ok(StepReport {
+            method: METHOD.to_owned(),
+            step,
+            task: task.clone(),
+            task_vector_norm: norm,
+            merged_delta_norm: delta_sq.sqrt(),
+            metrics: IndexMap::new(),
+        })
+    }
+
+    fn num_tasks(&self) -> usize {
+        self.ledger.tasks.len()
+    }
+
+    fn tasks(&self) -> Vec<TaskId> {
+        self.ledger.task_ids()
+    }
+
+    fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
+        self.ledger.check_merged(METHOD, pretrained)?;
+        dense_output(METHOD, pretrained, &self.merged).map(MergedModel::Dense)
+    }
+
+    fn state(&self) -> MergerState {
+        let mut tensors = ParamDict::new();
+        export_tensors(&mut tensors, MERGED_PREFIX, &self.merged);
+        MergerState {
+            metadata: self.ledger.metadata(self.config(), serde_json::Value::Null),
+            tensors,
+        }
+    }
+
+    fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
+        let ledger = Ledger::from_state(METHOD, &self.config(), state)?;
+        check_state_tensors(METHOD, state, MERGED_PREFIX)?;
+        self.merged = import_tensors(state, MERGED_PREFIX);
+        self.ledger = ledger;
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! Shared helpers of the integration tests: tiny CLIP-like models and comparisons.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
+
+use madeit_merge::{ContinualMerger, MergerState, MethodConfig, TaskId};
+use madeit_params::{ParamDict, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// Names and shapes of a tiny one-layer CLIP-like vision tower.
+pub fn layout(d: usize, f: usize) -> Vec<(&'static str, Vec<usize>)> {
+    vec![
+        ("embeddings.class_embedding", vec![d]),
+        ("embeddings.patch_embedding.weight", vec![d, 3, 2, 2]),
+        ("embeddings.position_embedding.weight", vec![5, d]),
+        ("pre_layrnorm.weight", vec![d]),
+        ("encoder.layers.0.self_attn.q_proj.weight", vec![d, d]),
+        ("encoder.layers.0.self_attn.q_proj.bias", vec![d]),
+        ("encoder.layers.0.mlp.fc1.weight", vec![f, d]),
+        ("encoder.layers.0.mlp.fc1.bias", vec![f]),
+        ("encoder.layers.0.mlp.fc2.weight", vec![d, f]),
+        ("post_layernorm.bias", vec![d]),
+    ]
+}
+
+/// A dictionary with the given layout and N(0, scale²) values.
+pub fn random_dict(layout: &[(&str, Vec<usize>)], scale: f64, seed: u64) -> ParamDict {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = ParamDict::new();
+    for (name, shape) in layout {
+        let n: usize = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                let g: f64 = StandardNormal.sample(&mut rng);
+                (g * scale) as f32
+            })
+            .collect();
+        out.insert(*name, Tensor::new(shape.clone(), data).unwrap());
+    }
+    out
+}
+
+/// `a + b` elementwise (rounded to f32), as a new dictionary.
+pub fn add(a: &ParamDict, b: &ParamDict) -> ParamDict {
+    a.add(b).unwrap()
+}
+
+/// A pretrained model and `n` fine-tuned models with random task vectors.
+pub fn stream(n: usize, seed: u64) -> (ParamDict, Vec<ParamDict>) {
+    let lay = layout(6, 9);
+    let pre = random_dict(&lay, 0.5, seed);
+    let tasks = (0..n as u64)
+        .map(|i| add(&pre, &random_dict(&lay, 0.1, seed * 1000 + i + 1)))
+        .collect();
+    (pre, tasks)
+}
+
+/// A one-tensor dictionary.
+pub fn single(name: &str, shape: Vec<usize>, data: Vec<f32>) -> ParamDict {
+    let mut p = ParamDict::new();
+    p.insert(name, Tensor::new(shape, data).unwrap());
+    p
+}
+
+/// Bit-for-bit equality of two dictionaries (names, order, shapes, dtypes, value bits).
+pub fn assert_bit_identical(a: &ParamDict, b: &ParamDict) {
+    let ka: Vec<&str> = a.keys().collect();
+    let kb: Vec<&str> = b.keys().collect();
+    assert_eq!(ka, kb, "tensor names differ");
+    for (name, ta) in a.iter() {
+        let tb = b.get(name).unwrap();
+        assert_eq!(ta.shape(), tb.shape(), "shape of {name}");
+        assert_eq!(ta.dtype(), tb.dtype(), "dtype of {name}");
+        for (i, (x, y)) in ta.data().iter().zip(tb.data()).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "{name}[{i}]: {x} vs {y}");
+        }
+    }
+}
+
+/// Largest `|a − b|` over every element (the dictionaries must have the same names).
+pub fn max_abs_diff(a: &ParamDict, b: &ParamDict) -> f64 {
+    let mut worst = 0.0f64;
+    for (name, ta) in a.iter() {
+        let tb = b.get(name).unwrap();
+        assert_eq!(ta.shape(), tb.shape(), "shape of {name}");
+        for (x, y) in ta.data().iter().zip(tb.data()) {
+            worst = worst.max((f64::from(*x) - f64::from(*y)).abs());
+        }
+    }
+    worst
+}
+
+/// Builds a merger and absorbs the tasks named `t1, t2, ...`.
+pub fn run(
+    config: &MethodConfig,
+    pre: &ParamDict,
+    tasks: &[ParamDict],
+) -> Box<dyn ContinualMerger> {
+    let mut m = config.build().unwrap();
+    for (i, ft) in tasks.iter().enumerate() {
+        m.absorb(pre, ft, &TaskId::new(format!("t{}", i + 1)))
+            .unwrap();
+    }
+    m
+}
+
+/// Saves a state through safetensors bytes and JSON text and reads it back, as a caller
+/// storing it on disk would.
+pub fn round_trip(state: &MergerState) -> MergerState {
+    let json = state.metadata_json().unwrap();
+    let bytes = state
+        .tensors
+        .to_safetensors_bytes(&madeit_params::SaveOptions::default())
+        .unwrap();
+    let (tensors, _) = ParamDict::from_safetensors_bytes(&bytes).unwrap();
+    MergerState::from_parts(&json, tensors).unwrap()
+}
+
+/// Every method configuration worth testing (defaults plus the non-default options).
+pub fn all_configs() -> Vec<MethodConfig> {
+    let mut out: Vec<MethodConfig> = madeit_merge::METHODS
+        .iter()
+        .map(|m| MethodConfig::default_for(m.name).unwrap())
+        .collect();
+    out.push(MethodConfig::from_toml_str("method = \"ties\"\naggregate = \"mean\"").unwrap());
+    out.push(MethodConfig::from_toml_str("method = \"ties\"\naggregate = \"max\"").unwrap());
+    out.push(
+        MethodConfig::from_toml_str("method = \"opcm\"\nclass_embedding_quirk = false").unwrap(),
+    );
+    out
+}
