@@ -1,0 +1,236 @@
+//! The error type of this crate.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::ModuleId;
+
+/// One tensor whose shape in a checkpoint differs from what the configuration requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// Tensor name as it appears in the checkpoint.
+    pub name: String,
+    /// Shape the configuration requires.
+    pub expected: Vec<usize>,
+    /// Shape found in the checkpoint.
+    pub got: Vec<usize>,
+}
+
+/// Everything that does not match between a checkpoint and a configuration.
+///
+/// Produced by [`ClipVisionModel::from_params`](crate::ClipVisionModel::from_params) when any
+/// list is non-empty; all problems are reported at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Tensors the configuration needs that the checkpoint lacks, with their expected shapes.
+    pub missing: Vec<(String, Vec<usize>)>,
+    /// Tensors in the checkpoint that belong to no part of the vision tower and are not a
+    /// known buffer or text-model tensor.
+    pub unexpected: Vec<String>,
+    /// Tensors present under the right name but with the wrong shape.
+    pub mismatched: Vec<ShapeMismatch>,
+}
+
+impl CheckpointReport {
+    /// Whether nothing is missing, unexpected or mismatched.
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+impl fmt::Display for CheckpointReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut sep = |f: &mut fmt::Formatter<'_>| -> fmt::Result {
+            if first {
+                first = false;
+                Ok(())
+            } else {
+                f.write_str("; ")
+            }
+        };
+        if !self.missing.is_empty() {
+            sep(f)?;
+            write!(f, "{} missing: ", self.missing.len())?;
+            for (i, (name, shape)) in self.missing.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "`{name}` {shape:?}")?;
+            }
+        }
+        if !self.unexpected.is_empty() {
+            sep(f)?;
+            write!(f, "{} unexpected: ", self.unexpected.len())?;
+            for (i, name) in self.unexpected.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "`{name}`")?;
+            }
+        }
+        if !self.mismatched.is_empty() {
+            sep(f)?;
+            write!(f, "{} with wrong shape: ", self.mismatched.len())?;
+            for (i, m) in self.mismatched.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "`{}` expected {:?}, got {:?}", m.name, m.expected, m.got)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong in this crate.
+///
+/// Variants about one tensor, module or file name it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VitError {
+    /// A configuration value is out of range or inconsistent with another one.
+    #[error("invalid vision config: field `{field}` {reason}")]
+    InvalidConfig {
+        /// The offending field (HF `config.json` name).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `config.json` could not be parsed.
+    #[error("cannot parse vision config{}: {message}", show_path(.path))]
+    ConfigParse {
+        /// The file, when the config came from one.
+        path: Option<PathBuf>,
+        /// The parser's message.
+        message: String,
+    },
+    /// An operating-system error while reading or writing a file.
+    #[error("I/O error on `{}`: {source}", .path.display())]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An error from the named-tensor layer (file format, dtype, missing key, ...).
+    #[error(transparent)]
+    Params(#[from] madeit_params::ParamsError),
+    /// A checkpoint does not fit the configuration.
+    #[error("checkpoint does not match the vision config: {report}")]
+    Checkpoint {
+        /// Every missing, unexpected and mis-shaped tensor.
+        report: CheckpointReport,
+    },
+    /// A weight holds a NaN or an infinity.
+    #[error("non-finite value {value} in weight `{name}` at flat index {index}")]
+    NonFiniteWeight {
+        /// Tensor name as it appears in the checkpoint.
+        name: String,
+        /// Flat (row-major) index of the first non-finite element.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// The pixel tensor given to a forward has the wrong shape.
+    #[error(
+        "pixel input has shape {got:?}, expected [batch, {channels}, {image_size}, {image_size}] with batch >= 1"
+    )]
+    InputShape {
+        /// Expected number of channels.
+        channels: usize,
+        /// Expected image height and width.
+        image_size: usize,
+        /// Shape received.
+        got: Vec<usize>,
+    },
+    /// A flat buffer does not hold `prod(shape)` values.
+    #[error("{what}: expected {expected} values, got {got}")]
+    Length {
+        /// What the buffer is.
+        what: String,
+        /// Number of values required.
+        expected: usize,
+        /// Number of values supplied.
+        got: usize,
+    },
+    /// A value supplied at run time (expert factor, gate, head, embedding) is NaN or infinite.
+    #[error("non-finite value in {what} at flat index {index}")]
+    NonFiniteInput {
+        /// What the value belongs to.
+        what: String,
+        /// Flat index of the first non-finite element.
+        index: usize,
+    },
+    /// A module id names a layer the model does not have.
+    #[error("module {module} does not exist: the model has {num_layers} layers")]
+    UnknownModule {
+        /// The offending module.
+        module: ModuleId,
+        /// Number of encoder layers.
+        num_layers: usize,
+    },
+    /// Low-rank expert factors do not fit the module they are attached to.
+    #[error(
+        "expert {expert} of module {module}: factors are [{got_out} x {got_in}], the module's weight is [{expected_out} x {expected_in}]"
+    )]
+    ExpertShape {
+        /// The module.
+        module: ModuleId,
+        /// Index of the expert within the module.
+        expert: usize,
+        /// Output dimension of the module.
+        expected_out: usize,
+        /// Input dimension of the module.
+        expected_in: usize,
+        /// Output dimension of the factors.
+        got_out: usize,
+        /// Input dimension of the factors.
+        got_in: usize,
+    },
+    /// Inconsistent low-rank factor lengths (U, s, V do not agree on the rank).
+    #[error("low-rank factors: {reason}")]
+    Factors {
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// A routing table refers to an expert that does not exist, or has the wrong batch size.
+    #[error("routing for module {module}: {reason}")]
+    Routing {
+        /// The module.
+        module: ModuleId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Gates and experts disagree (number of experts, input dimension, module set).
+    #[error("gates for module {module}: {reason}")]
+    Gates {
+        /// The module.
+        module: ModuleId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A task head or an embedding has the wrong dimension.
+    #[error("head `{head}`: {reason}")]
+    Head {
+        /// Name of the head (its file or task name).
+        head: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The tensor backend failed to read data back.
+    #[error("tensor backend: {message}")]
+    Backend {
+        /// The backend's message.
+        message: String,
+    },
+}
+
+fn show_path(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!(" `{}`", p.display()),
+        None => String::new(),
+    }
+}

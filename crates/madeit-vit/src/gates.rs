@@ -1,0 +1,390 @@
+//! MINGLE's gated mixture of low-rank experts, with gates as trainable burn parameters.
+
+use burn::module::{Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+use crate::experts::ExpertBank;
+use crate::model::{ModuleAdapter, VisionOutput};
+use crate::util::{download, first_non_finite, upload};
+use crate::{ClipVisionConfig, ClipVisionModel, ModuleId, VitError};
+
+/// One linear gate on a module input: `g(x) = w^T x + b`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearGate {
+    /// `w`, `[d_in]`.
+    pub weight: Vec<f32>,
+    /// `b`.
+    pub bias: f32,
+}
+
+/// Gate values of every module as plain numbers (to save, restore and inspect them).
+///
+/// Module `m` has one gate per expert, in the expert order of the [`ExpertBank`] they are
+/// used with.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GateValues {
+    /// `(module, its gates)`, one entry per module, in forward order.
+    pub modules: Vec<(ModuleId, Vec<LinearGate>)>,
+}
+
+impl GateValues {
+    /// No gates.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The gates of `module` (empty when it has none).
+    #[must_use]
+    pub fn gates(&self, module: ModuleId) -> &[LinearGate] {
+        self.modules
+            .iter()
+            .find(|(m, _)| *m == module)
+            .map_or(&[], |(_, g)| g.as_slice())
+    }
+
+    /// Appends `gate` to the gates of `module`.
+    pub fn push(&mut self, module: ModuleId, gate: LinearGate) {
+        match self.modules.iter_mut().find(|(m, _)| *m == module) {
+            Some((_, g)) => g.push(gate),
+            None => {
+                self.modules.push((module, vec![gate]));
+                self.modules.sort_by_key(|(m, _)| *m);
+            }
+        }
+    }
+
+    /// Appends one new gate to each of `modules`, initialised as in MINGLE:
+    /// `w ~ N(0, std^2)` i.i.d., `b = 0`, from a ChaCha8 stream seeded with `seed` (modules
+    /// drawn in the order given).
+    ///
+    /// # Errors
+    /// [`VitError::UnknownModule`] for a layer beyond `config`; [`VitError::InvalidConfig`]
+    /// when `std` is negative or not finite.
+    pub fn push_random(
+        &mut self,
+        config: &ClipVisionConfig,
+        modules: impl IntoIterator<Item = ModuleId>,
+        std: f32,
+        seed: u64,
+    ) -> Result<(), VitError> {
+        let normal = Normal::new(0.0f32, std).map_err(|e| VitError::InvalidConfig {
+            field: "gate init std",
+            reason: e.to_string(),
+        })?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for m in modules {
+            if m.layer >= config.num_hidden_layers {
+                return Err(VitError::UnknownModule {
+                    module: m,
+                    num_layers: config.num_hidden_layers,
+                });
+            }
+            let (_, d_in) = m.dims(config);
+            let weight = (0..d_in).map(|_| normal.sample(&mut rng)).collect();
+            self.push(m, LinearGate { weight, bias: 0.0 });
+        }
+        Ok(())
+    }
+}
+
+/// Which gates of a [`GateBank`] are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GateTraining {
+    /// No gate requires a gradient (evaluation).
+    #[default]
+    Frozen,
+    /// Only the last gate of every module (MINGLE: the gate of the newest expert; earlier
+    /// gates stay frozen).
+    Newest,
+    /// Every gate.
+    All,
+}
+
+/// The gates of one module: one `w` (`[d_in]`) and one `b` (`[1]`) per expert.
+#[derive(Module, Debug)]
+pub struct ModuleGates {
+    weights: Vec<Param<Tensor<1>>>,
+    biases: Vec<Param<Tensor<1>>>,
+}
+
+/// MINGLE gates of every module, as a burn [`Module`] whose parameters an optimizer updates.
+///
+/// Used with [`ClipVisionModel::forward_gated`]: each target module `m` with experts
+/// `B_e A_e` (= `U_e diag(s_e) V_e^T`) computes
+///
+/// `y = X W0^T + b0 + sum_e gbar_e (X A_e^T B_e^T)`,
+/// `gbar_e = mean over the batch of (mean over tokens of (w_e^T x + b_e))`
+///
+/// (the gate is averaged over the whole batch, so a batch must hold one task; no softmax).
+/// Create the bank on an autodiff device (`Device::flex().autodiff()`) to train it; the
+/// backbone and the expert factors are plain tensors, so gradients reach only the gate
+/// parameters that require them ([`GateTraining`]).
+///
+/// Training loop sketch (burn's `Optimizer::step(lr, module, grads)`):
+/// `loss.backward()` -> `GradientsParams::from_grads(grads, &gates)` -> optionally edit a
+/// gate's gradient with [`weight_grad`](Self::weight_grad) /
+/// [`set_weight_grad`](Self::set_weight_grad) (MINGLE's gradient projection) -> step.
+#[derive(Module, Debug)]
+pub struct GateBank {
+    modules: Vec<ModuleGates>,
+    #[module(skip)]
+    ids: Vec<ModuleId>,
+}
+
+impl GateBank {
+    /// Uploads `values` to `device`; `training` selects the gates that require gradients.
+    ///
+    /// # Errors
+    /// [`VitError::Gates`] for a module with gates of different widths,
+    /// [`VitError::NonFiniteInput`] on NaN / infinity.
+    pub fn new(
+        values: &GateValues,
+        training: GateTraining,
+        device: &Device,
+    ) -> Result<Self, VitError> {
+        let mut modules = Vec::with_capacity(values.modules.len());
+        let mut ids = Vec::with_capacity(values.modules.len());
+        let mut sorted: Vec<&(ModuleId, Vec<LinearGate>)> = values.modules.iter().collect();
+        sorted.sort_by_key(|(m, _)| *m);
+        for pair in sorted.windows(2) {
+            if let [a, b] = pair
+                && a.0 == b.0
+            {
+                return Err(VitError::Gates {
+                    module: a.0,
+                    reason: "listed twice".into(),
+                });
+            }
+        }
+        for (id, gates) in sorted {
+            let n = gates.len();
+            let mut weights = Vec::with_capacity(n);
+            let mut biases = Vec::with_capacity(n);
+            let d_in = gates.first().map_or(0, |g| g.weight.len());
+            for (e, g) in gates.iter().enumerate() {
+                if g.weight.len() != d_in || d_in == 0 {
+                    return Err(VitError::Gates {
+                        module: *id,
+                        reason: format!(
+                            "gate {e} has width {}, gate 0 has {d_in} (must be equal and positive)",
+                            g.weight.len()
+                        ),
+                    });
+                }
+                if let Some((index, _)) = first_non_finite(&g.weight) {
+                    return Err(VitError::NonFiniteInput {
+                        what: format!("gate {e} of {id}"),
+                        index,
+                    });
+                }
+                if !g.bias.is_finite() {
+                    return Err(VitError::NonFiniteInput {
+                        what: format!("gate bias {e} of {id}"),
+                        index: 0,
+                    });
+                }
+                let trainable = match training {
+                    GateTraining::Frozen => false,
+                    GateTraining::Newest => e + 1 == n,
+                    GateTraining::All => true,
+                };
+                let w = Param::from_tensor(upload(g.weight.clone(), [d_in], device))
+                    .set_require_grad(trainable);
+                let b = Param::from_tensor(upload(vec![g.bias], [1], device))
+                    .set_require_grad(trainable);
+                weights.push(w);
+                biases.push(b);
+            }
+            modules.push(ModuleGates { weights, biases });
+            ids.push(*id);
+        }
+        Ok(Self { modules, ids })
+    }
+
+    /// The gate values as plain numbers.
+    ///
+    /// # Errors
+    /// [`VitError::Backend`] if a parameter cannot be read back.
+    pub fn to_values(&self) -> Result<GateValues, VitError> {
+        let mut out = GateValues::new();
+        for (id, mg) in self.ids.iter().zip(&self.modules) {
+            let mut gates = Vec::with_capacity(mg.weights.len());
+            for (w, b) in mg.weights.iter().zip(&mg.biases) {
+                gates.push(LinearGate {
+                    weight: download(&w.val())?,
+                    bias: download(&b.val())?.first().copied().unwrap_or(0.0),
+                });
+            }
+            out.modules.push((*id, gates));
+        }
+        Ok(out)
+    }
+
+    /// Modules with gates, in forward order.
+    pub fn modules(&self) -> impl Iterator<Item = ModuleId> + '_ {
+        self.ids.iter().copied()
+    }
+
+    /// Number of gates of `module`.
+    #[must_use]
+    pub fn num_gates(&self, module: ModuleId) -> usize {
+        self.get(module).map_or(0, |g| g.weights.len())
+    }
+
+    fn get(&self, module: ModuleId) -> Option<&ModuleGates> {
+        let i = self.ids.binary_search(&module).ok()?;
+        self.modules.get(i)
+    }
+
+    fn param(&self, module: ModuleId, expert: usize) -> Result<&Param<Tensor<1>>, VitError> {
+        self.get(module)
+            .and_then(|g| g.weights.get(expert))
+            .ok_or_else(|| VitError::Gates {
+                module,
+                reason: format!(
+                    "no gate {expert} (the module has {})",
+                    self.num_gates(module)
+                ),
+            })
+    }
+
+    /// Parameter id of gate `expert`'s weight `w` in `module` (the key of its gradient in
+    /// [`GradientsParams`]).
+    ///
+    /// # Errors
+    /// [`VitError::Gates`] when there is no such gate.
+    pub fn weight_param_id(&self, module: ModuleId, expert: usize) -> Result<ParamId, VitError> {
+        Ok(self.param(module, expert)?.id)
+    }
+
+    /// The gradient of gate `expert`'s weight in `module`, as `[d_in]` numbers; `None` when it
+    /// has none (frozen gate, or not reached by the loss).
+    ///
+    /// # Errors
+    /// [`VitError::Gates`] when there is no such gate, [`VitError::Backend`] on read failure.
+    pub fn weight_grad(
+        &self,
+        grads: &GradientsParams,
+        module: ModuleId,
+        expert: usize,
+    ) -> Result<Option<Vec<f32>>, VitError> {
+        let id = self.weight_param_id(module, expert)?;
+        grads.get::<1>(id).map(|g| download(&g)).transpose()
+    }
+
+    /// Replaces the gradient of gate `expert`'s weight in `module` (e.g. after MINGLE's
+    /// projection `g <- g - ((g U) * lambda) U^T`).
+    ///
+    /// # Errors
+    /// [`VitError::Gates`] when there is no such gate or `grad` has the wrong length.
+    pub fn set_weight_grad(
+        &self,
+        grads: &mut GradientsParams,
+        module: ModuleId,
+        expert: usize,
+        grad: &[f32],
+    ) -> Result<(), VitError> {
+        let p = self.param(module, expert)?;
+        let d_in = p.val().dims()[0];
+        if grad.len() != d_in {
+            return Err(VitError::Gates {
+                module,
+                reason: format!(
+                    "gradient of length {}, the gate has width {d_in}",
+                    grad.len()
+                ),
+            });
+        }
+        let device = p.val().device().without_autodiff();
+        grads.register::<1>(p.id, upload(grad.to_vec(), [d_in], &device));
+        Ok(())
+    }
+
+    /// Checks that every module of `bank` has exactly one gate per expert, of the module's
+    /// input width, and that no gate sits on a module without experts.
+    ///
+    /// # Errors
+    /// [`VitError::Gates`] naming the module.
+    pub fn validate(&self, bank: &ExpertBank) -> Result<(), VitError> {
+        for m in bank.modules() {
+            let n = bank.num_experts(m);
+            let g = self.num_gates(m);
+            if g != n {
+                return Err(VitError::Gates {
+                    module: m,
+                    reason: format!("{g} gates for {n} experts"),
+                });
+            }
+            let d_in = bank.modules.get(&m).map_or(0, |me| me.v.dims()[0]);
+            if let Some(mg) = self.get(m)
+                && let Some(w) = mg.weights.iter().find(|w| w.val().dims()[0] != d_in)
+            {
+                return Err(VitError::Gates {
+                    module: m,
+                    reason: format!(
+                        "gate width {}, module input width {d_in}",
+                        w.val().dims()[0]
+                    ),
+                });
+            }
+        }
+        if let Some(m) = self.modules().find(|m| bank.num_experts(*m) == 0) {
+            return Err(VitError::Gates {
+                module: m,
+                reason: "gates on a module without experts".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+struct Gated<'a> {
+    bank: &'a ExpertBank,
+    gates: &'a GateBank,
+}
+
+impl ModuleAdapter for Gated<'_> {
+    fn adapt(&mut self, module: ModuleId, x: &Tensor<3>) -> Result<Option<Tensor<3>>, VitError> {
+        let (Some(me), Some(mg)) = (self.bank.modules.get(&module), self.gates.get(module)) else {
+            return Ok(None);
+        };
+        let [b, n, d_in] = x.dims();
+        let e = mg.weights.len();
+        // gbar_e = mean_batch(mean_tokens(w_e^T x + b_e)) = w_e^T xbar + b_e (the gate is
+        // affine, so averaging the input first is exact and cheaper).
+        let xbar = x.clone().mean_dim(1).mean_dim(0).reshape([1, d_in]);
+        let w = Tensor::stack::<2>(mg.weights.iter().map(Param::val).collect(), 0); // [E, d_in]
+        let bias = Tensor::cat(mg.biases.iter().map(Param::val).collect(), 0).reshape([1, e]);
+        let gbar = xbar.matmul(w.transpose()) + bias; // [1, E]
+        // Spread gbar_e over expert e's rank columns: [1, E] x [E, R].
+        let gcols = gbar.matmul(me.membership.clone().transpose()); // [1, R]
+        let delta = (x.clone().reshape([b * n, d_in]).matmul(me.v.clone()) * gcols)
+            .matmul(me.su.clone())
+            .reshape([b, n, me.d_out]);
+        Ok(Some(delta))
+    }
+}
+
+impl ClipVisionModel {
+    /// The MINGLE forward: every module of `bank` adds `sum_e gbar_e B_e A_e x` with gates
+    /// from `gates` (see [`GateBank`]). Differentiable with respect to the gate parameters
+    /// when `gates` lives on an autodiff device.
+    ///
+    /// # Errors
+    /// [`VitError::InputShape`]; [`VitError::Gates`] when gates and experts disagree.
+    pub fn forward_gated(
+        &self,
+        pixels: Tensor<4>,
+        bank: &ExpertBank,
+        gates: &GateBank,
+    ) -> Result<VisionOutput, VitError> {
+        self.check_bank(bank)?;
+        gates.validate(bank)?;
+        self.forward_with_adapter(pixels, &mut Gated { bank, gates })
+    }
+}

@@ -1,0 +1,915 @@
+//! The CLIP vision transformer: weights, loading and saving in HF layout, and the forward.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::module::{attention, layer_norm, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use madeit_params::{DType, ParamDict};
+
+use crate::error::{CheckpointReport, ShapeMismatch};
+use crate::names::{KeyLayout, PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
+use crate::util::{download, first_non_finite, transpose, upload};
+use crate::{Activation, ClipVisionConfig, ModuleId, TargetKind, VitError};
+
+/// Name of the weights file inside a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Name of the configuration file inside a model directory.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Outputs of a forward pass (the names of transformers' `CLIPVisionModelOutput`).
+#[derive(Debug, Clone)]
+pub struct VisionOutput {
+    /// Encoder output `[batch, num_positions, hidden_size]` (before `post_layernorm`).
+    pub last_hidden_state: Tensor<3>,
+    /// `post_layernorm` of the class token, `[batch, hidden_size]`.
+    pub pooled_output: Tensor<2>,
+    /// `pooled_output visual_projection^T`, `[batch, projection_dim]`; `None` when the
+    /// checkpoint has no `visual_projection.weight`.
+    pub image_embeds: Option<Tensor<2>>,
+}
+
+impl VisionOutput {
+    /// The image embedding used by task heads: `image_embeds` when the model has a
+    /// projection, otherwise `pooled_output`.
+    #[must_use]
+    pub fn embedding(&self) -> Tensor<2> {
+        self.image_embeds
+            .clone()
+            .unwrap_or_else(|| self.pooled_output.clone())
+    }
+}
+
+/// A hook on the six target linear modules of every layer (see [`ModuleId`]).
+///
+/// During a forward, every target module `m` with weight `W` and bias `b` computes
+/// `y = x W^T + b + delta`, where `delta = adapter.adapt(m, x)` (`None` means zero). `x` is the
+/// module input `[batch, tokens, d_in]`; a returned delta must be `[batch, tokens, d_out]`.
+/// q, k and v receive the same input tensor. Modules are visited in forward order
+/// (layer-major, then q, k, v, out, fc1, fc2).
+///
+/// The crate's own forwards ([`ClipVisionModel::forward_with_inputs`],
+/// [`ClipVisionModel::forward_routed`], [`ClipVisionModel::forward_gated`],
+/// [`ClipVisionModel::forward_scored`]) are adapters; implement this trait for other
+/// per-module behaviour.
+pub trait ModuleAdapter {
+    /// Observes the input of `module` and returns its additive output delta, if any.
+    ///
+    /// # Errors
+    /// Any [`VitError`]; the forward stops and returns it.
+    fn adapt(&mut self, module: ModuleId, input: &Tensor<3>)
+    -> Result<Option<Tensor<3>>, VitError>;
+}
+
+/// The adapter that changes nothing (the plain forward).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoAdapter;
+
+impl ModuleAdapter for NoAdapter {
+    fn adapt(&mut self, _: ModuleId, _: &Tensor<3>) -> Result<Option<Tensor<3>>, VitError> {
+        Ok(None)
+    }
+}
+
+/// The inputs of target modules recorded during a forward
+/// ([`ClipVisionModel::forward_with_inputs`]).
+///
+/// q, k and v of a layer share one input (the output of `layer_norm1`); each id maps to it
+/// without a copy (burn tensors are reference counted).
+#[derive(Debug, Clone, Default)]
+pub struct ModuleInputs {
+    inputs: BTreeMap<ModuleId, Tensor<3>>,
+}
+
+impl ModuleInputs {
+    /// The input `[batch, tokens, d_in]` of `module`, if it was recorded.
+    #[must_use]
+    pub fn get(&self, module: ModuleId) -> Option<&Tensor<3>> {
+        self.inputs.get(&module)
+    }
+
+    /// Every recorded module with its input, in forward order.
+    pub fn iter(&self) -> impl Iterator<Item = (ModuleId, &Tensor<3>)> {
+        self.inputs.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Number of recorded modules.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Whether nothing was recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// The input of `module` as a host tensor `[batch, tokens, d_in]` (row-major f32).
+    ///
+    /// # Errors
+    /// [`VitError::UnknownModule`] when it was not recorded, [`VitError::Backend`] when the
+    /// backend cannot read it.
+    pub fn to_host(&self, module: ModuleId) -> Result<madeit_params::Tensor, VitError> {
+        let t = self.inputs.get(&module).ok_or(VitError::UnknownModule {
+            module,
+            num_layers: self.inputs.keys().map(|m| m.layer + 1).max().unwrap_or(0),
+        })?;
+        crate::util::to_host(t)
+    }
+}
+
+struct Recorder<'a> {
+    modules: Option<&'a BTreeSet<ModuleId>>,
+    out: ModuleInputs,
+}
+
+impl ModuleAdapter for Recorder<'_> {
+    fn adapt(
+        &mut self,
+        module: ModuleId,
+        input: &Tensor<3>,
+    ) -> Result<Option<Tensor<3>>, VitError> {
+        if self.modules.is_none_or(|m| m.contains(&module)) {
+            self.out.inputs.insert(module, input.clone());
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+}
+
+impl Norm {
+    fn forward<const D: usize>(&self, x: Tensor<D>, eps: f64) -> Tensor<D> {
+        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), eps)
+    }
+}
+
+/// One encoder layer, with weights pre-transposed to `[d_in, d_out]` and q, k, v fused.
+#[derive(Debug, Clone)]
+struct Layer {
+    ln1: Norm,
+    /// `[d, 3d]`: columns `0..d` are `W_q^T`, then `W_k^T`, then `W_v^T`.
+    qkv_w: Tensor<2>,
+    /// `[3d]`: `b_q | b_k | b_v`.
+    qkv_b: Tensor<1>,
+    out_w: Tensor<2>,
+    out_b: Tensor<1>,
+    ln2: Norm,
+    fc1_w: Tensor<2>,
+    fc1_b: Tensor<1>,
+    /// Host copy of `fc1_b`, for the fused bias + activation kernel.
+    fc1_b_host: Vec<f32>,
+    fc2_w: Tensor<2>,
+    fc2_b: Tensor<1>,
+}
+
+/// A CLIP vision tower (transformers' `CLIPVisionModel`, optionally with
+/// `visual_projection` as in `CLIPVisionModelWithProjection` / `CLIPModel`).
+///
+/// Weights live on a burn [`Device`] (flex CPU by default) in a layout chosen for speed:
+/// linear weights are stored transposed (`[d_in, d_out]`, so `y = x W^T` is a plain matmul)
+/// and the q, k, v projections of each layer are fused into one `[d, 3d]` matrix. The
+/// conversion to and from HF names and layouts happens only in
+/// [`from_params`](Self::from_params) / [`to_params`](Self::to_params).
+#[derive(Debug, Clone)]
+pub struct ClipVisionModel {
+    config: ClipVisionConfig,
+    layout: KeyLayout,
+    /// Storage dtype per bare tensor name (as read; used again when saving).
+    dtypes: BTreeMap<String, DType>,
+    device: Device,
+    /// `[C p p, d]`: the patch convolution as a matmul on flattened patches.
+    patch_w: Tensor<2>,
+    class_emb: Tensor<1>,
+    pos_emb: Tensor<2>,
+    pre_ln: Norm,
+    layers: Vec<Layer>,
+    post_ln: Norm,
+    /// `[d, projection_dim]`.
+    proj: Option<Tensor<2>>,
+}
+
+/// A short description of a model, for display (`madeit inspect`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSummary {
+    /// The configuration.
+    pub config: ClipVisionConfig,
+    /// How names are spelled in the checkpoint it came from.
+    pub layout: KeyLayout,
+    /// Number of scalar parameters (projection included).
+    pub num_params: usize,
+    /// Number of tensors in HF layout.
+    pub num_tensors: usize,
+    /// Whether the model has `visual_projection`.
+    pub has_projection: bool,
+    /// Number of tensors per storage dtype.
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+impl fmt::Display for ModelSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        writeln!(
+            f,
+            "CLIP vision tower: d={} mlp={} layers={} heads={} image={} patch={} channels={} act={:?}",
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.image_size,
+            c.patch_size,
+            c.num_channels,
+            c.hidden_act
+        )?;
+        writeln!(
+            f,
+            "tokens={} projection={} layout={:?}",
+            c.num_positions(),
+            if self.has_projection {
+                c.projection_dim.to_string()
+            } else {
+                "none".into()
+            },
+            self.layout
+        )?;
+        write!(
+            f,
+            "{} tensors, {} parameters, dtypes {:?}",
+            self.num_tensors, self.num_params, self.dtypes
+        )
+    }
+}
+
+fn check_pixels(config: &ClipVisionConfig, dims: [usize; 4]) -> Result<(), VitError> {
+    let [b, c, h, w] = dims;
+    if b == 0 || c != config.num_channels || h != config.image_size || w != config.image_size {
+        return Err(VitError::InputShape {
+            channels: config.num_channels,
+            image_size: config.image_size,
+            got: dims.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+impl ClipVisionModel {
+    /// Builds a model on burn's flex CPU device from HF-named tensors (see
+    /// [`from_params_on`](Self::from_params_on)).
+    ///
+    /// # Errors
+    /// As [`from_params_on`](Self::from_params_on).
+    pub fn from_params(config: &ClipVisionConfig, params: &ParamDict) -> Result<Self, VitError> {
+        Self::from_params_on(config, params, &Device::flex())
+    }
+
+    /// Builds a model on `device` from HF-named tensors.
+    ///
+    /// Accepted names: a bare `CLIPVisionModel` state dict (`embeddings.class_embedding`,
+    /// ...), or `vision_model.`-prefixed names as in `CLIPModel` and
+    /// `CLIPVisionModelWithProjection` files; `visual_projection.weight` (never prefixed) is
+    /// optional. The buffer `embeddings.position_ids` and a full `CLIPModel`'s text tower
+    /// (`text_model.*`, `text_projection.weight`, `logit_scale`) are ignored. Storage dtypes
+    /// are remembered so that [`to_params`](Self::to_params) writes them back unchanged.
+    ///
+    /// # Errors
+    /// [`VitError::InvalidConfig`] for a bad config; [`VitError::Checkpoint`] listing every
+    /// missing tensor (with its expected shape), unexpected tensor and shape mismatch;
+    /// [`VitError::NonFiniteWeight`] naming the first tensor holding a NaN or infinity.
+    pub fn from_params_on(
+        config: &ClipVisionConfig,
+        params: &ParamDict,
+        device: &Device,
+    ) -> Result<Self, VitError> {
+        config.validate()?;
+        let layout = if params.keys().any(|k| k.starts_with(VISION_PREFIX)) {
+            KeyLayout::VisionModel
+        } else {
+            KeyLayout::Bare
+        };
+        let expected = expected_tensors(config);
+        let mut wanted: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
+        wanted.insert(
+            PROJECTION_WEIGHT.to_owned(),
+            vec![config.projection_dim, config.hidden_size],
+        );
+
+        let mut report = CheckpointReport::default();
+        let mut found: BTreeMap<String, &madeit_params::Tensor> = BTreeMap::new();
+        for (name, tensor) in params.iter() {
+            let bare = if name == PROJECTION_WEIGHT {
+                Some(name)
+            } else {
+                name.strip_prefix(layout.prefix())
+            };
+            let Some(bare) = bare.filter(|b| wanted.contains_key(*b)) else {
+                if !is_ignored(name) {
+                    report.unexpected.push(name.to_owned());
+                }
+                continue;
+            };
+            if let Some(shape) = wanted.get(bare)
+                && shape.as_slice() != tensor.shape()
+            {
+                report.mismatched.push(ShapeMismatch {
+                    name: name.to_owned(),
+                    expected: shape.clone(),
+                    got: tensor.shape().to_vec(),
+                });
+                continue;
+            }
+            found.insert(bare.to_owned(), tensor);
+        }
+        for (bare, shape) in &expected {
+            let mismatched = report
+                .mismatched
+                .iter()
+                .any(|m| m.name == layout.full_name(bare));
+            if !found.contains_key(bare) && !mismatched {
+                report.missing.push((layout.full_name(bare), shape.clone()));
+            }
+        }
+        if !report.is_clean() {
+            return Err(VitError::Checkpoint { report });
+        }
+        for (bare, t) in &found {
+            if let Some((index, value)) = first_non_finite(t.data()) {
+                return Err(VitError::NonFiniteWeight {
+                    name: layout.full_name(bare),
+                    index,
+                    value,
+                });
+            }
+        }
+        let dtypes = found.iter().map(|(k, t)| (k.clone(), t.dtype())).collect();
+        Builder {
+            config,
+            found: &found,
+            device,
+        }
+        .build(layout, dtypes)
+    }
+
+    /// Reads `dir/config.json` and `dir/model.safetensors`.
+    ///
+    /// # Errors
+    /// File and parse errors naming the file, then as [`from_params`](Self::from_params).
+    pub fn load_dir(dir: &Path) -> Result<Self, VitError> {
+        Self::load_dir_on(dir, &Device::flex())
+    }
+
+    /// As [`load_dir`](Self::load_dir), placing the weights on `device`.
+    ///
+    /// # Errors
+    /// As [`load_dir`](Self::load_dir).
+    pub fn load_dir_on(dir: &Path, device: &Device) -> Result<Self, VitError> {
+        let config = ClipVisionConfig::from_file(&dir.join(CONFIG_FILE))?;
+        let params = ParamDict::load(&dir.join(WEIGHTS_FILE))?;
+        Self::from_params_on(&config, &params, device)
+    }
+
+    /// Writes `dir/config.json` (a `CLIPVisionConfig`) and `dir/model.safetensors` (in the
+    /// layout and dtypes the model was loaded with), creating `dir` if needed.
+    ///
+    /// # Errors
+    /// [`VitError::Io`] / [`VitError::Params`] naming the file.
+    pub fn save_dir(&self, dir: &Path) -> Result<(), VitError> {
+        std::fs::create_dir_all(dir).map_err(|source| VitError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let cfg_path = dir.join(CONFIG_FILE);
+        std::fs::write(&cfg_path, self.config.to_json_string()?).map_err(|source| {
+            VitError::Io {
+                path: cfg_path,
+                source,
+            }
+        })?;
+        self.to_params()?.save(&dir.join(WEIGHTS_FILE))?;
+        Ok(())
+    }
+
+    /// The weights as HF-named tensors in PyTorch layout, with the key layout (bare or
+    /// `vision_model.`-prefixed) and storage dtypes of the checkpoint the model came from.
+    /// `from_params(to_params())` reproduces the model exactly.
+    ///
+    /// # Errors
+    /// [`VitError::Backend`] if a tensor cannot be read back.
+    pub fn to_params(&self) -> Result<ParamDict, VitError> {
+        let c = &self.config;
+        let d = c.hidden_size;
+        let mut host: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+        let mut put = |name: String, shape: Vec<usize>, data: Vec<f32>| {
+            host.insert(name, (shape, data));
+        };
+        let cpp = c.num_channels * c.patch_size * c.patch_size;
+        put(
+            "embeddings.class_embedding".into(),
+            vec![d],
+            download(&self.class_emb)?,
+        );
+        put(
+            "embeddings.patch_embedding.weight".into(),
+            vec![d, c.num_channels, c.patch_size, c.patch_size],
+            transpose(&download(&self.patch_w)?, cpp, d),
+        );
+        put(
+            "embeddings.position_embedding.weight".into(),
+            vec![c.num_positions(), d],
+            download(&self.pos_emb)?,
+        );
+        let norm = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>),
+                    name: &str,
+                    n: &Norm|
+         -> Result<(), VitError> {
+            put(format!("{name}.weight"), vec![d], download(&n.gamma)?);
+            put(format!("{name}.bias"), vec![d], download(&n.beta)?);
+            Ok(())
+        };
+        norm(&mut put, "pre_layrnorm", &self.pre_ln)?;
+        norm(&mut put, "post_layernorm", &self.post_ln)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let pre = format!("encoder.layers.{l}.");
+            norm(&mut put, &format!("{pre}layer_norm1"), &layer.ln1)?;
+            norm(&mut put, &format!("{pre}layer_norm2"), &layer.ln2)?;
+            let qkv_t = transpose(&download(&layer.qkv_w)?, d, 3 * d); // [3d, d]
+            let qkv_b = download(&layer.qkv_b)?;
+            for (j, kind) in [TargetKind::Q, TargetKind::K, TargetKind::V]
+                .into_iter()
+                .enumerate()
+            {
+                let id = ModuleId::new(l, kind);
+                let w = qkv_t.get(j * d * d..(j + 1) * d * d).unwrap_or_default();
+                let b = qkv_b.get(j * d..(j + 1) * d).unwrap_or_default();
+                put(id.weight_name(), vec![d, d], w.to_vec());
+                put(id.bias_name(), vec![d], b.to_vec());
+            }
+            let lin = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>),
+                       kind: TargetKind,
+                       w: &Tensor<2>,
+                       b: &Tensor<1>|
+             -> Result<(), VitError> {
+                let id = ModuleId::new(l, kind);
+                let (d_out, d_in) = kind.dims(c);
+                put(
+                    id.weight_name(),
+                    vec![d_out, d_in],
+                    transpose(&download(w)?, d_in, d_out),
+                );
+                put(id.bias_name(), vec![d_out], download(b)?);
+                Ok(())
+            };
+            lin(&mut put, TargetKind::Out, &layer.out_w, &layer.out_b)?;
+            lin(&mut put, TargetKind::Fc1, &layer.fc1_w, &layer.fc1_b)?;
+            lin(&mut put, TargetKind::Fc2, &layer.fc2_w, &layer.fc2_b)?;
+        }
+        let mut names: Vec<String> = expected_tensors(c).into_iter().map(|(n, _)| n).collect();
+        if let Some(p) = &self.proj {
+            put(
+                PROJECTION_WEIGHT.into(),
+                vec![c.projection_dim, d],
+                transpose(&download(p)?, d, c.projection_dim),
+            );
+            names.push(PROJECTION_WEIGHT.into());
+        }
+        let mut dict = ParamDict::new();
+        for bare in names {
+            let Some((shape, data)) = host.remove(&bare) else {
+                continue;
+            };
+            let dtype = self.dtypes.get(&bare).copied().unwrap_or_default();
+            let t = madeit_params::Tensor::new(shape, data)
+                .map_err(|e| e.in_tensor(&bare))?
+                .with_dtype(dtype);
+            dict.insert(self.layout.full_name(&bare), t);
+        }
+        Ok(dict)
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &ClipVisionConfig {
+        &self.config
+    }
+
+    /// How tensor names were spelled in the checkpoint (and will be in
+    /// [`to_params`](Self::to_params)).
+    #[must_use]
+    pub fn layout(&self) -> KeyLayout {
+        self.layout
+    }
+
+    /// Changes the key layout used by [`to_params`](Self::to_params).
+    #[must_use]
+    pub fn with_layout(mut self, layout: KeyLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// The device the weights live on.
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the model has `visual_projection`.
+    #[must_use]
+    pub fn has_projection(&self) -> bool {
+        self.proj.is_some()
+    }
+
+    /// Width of [`VisionOutput::embedding`]: `projection_dim` with a projection, else
+    /// `hidden_size`.
+    #[must_use]
+    pub fn embedding_dim(&self) -> usize {
+        if self.proj.is_some() {
+            self.config.projection_dim
+        } else {
+            self.config.hidden_size
+        }
+    }
+
+    /// A summary for display.
+    #[must_use]
+    pub fn summary(&self) -> ModelSummary {
+        let mut shapes = expected_tensors(&self.config);
+        if self.proj.is_some() {
+            shapes.push((
+                PROJECTION_WEIGHT.into(),
+                vec![self.config.projection_dim, self.config.hidden_size],
+            ));
+        }
+        let mut dtypes = BTreeMap::new();
+        for (name, _) in &shapes {
+            let dt = self.dtypes.get(name).copied().unwrap_or_default();
+            *dtypes.entry(dt.to_string()).or_insert(0) += 1;
+        }
+        ModelSummary {
+            config: self.config.clone(),
+            layout: self.layout,
+            num_params: shapes
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum(),
+            num_tensors: shapes.len(),
+            has_projection: self.proj.is_some(),
+            dtypes,
+        }
+    }
+
+    /// Moves every weight to `device`.
+    #[must_use]
+    pub fn to_device(self, device: &Device) -> Self {
+        let n = |n: Norm| Norm {
+            gamma: n.gamma.to_device(device),
+            beta: n.beta.to_device(device),
+        };
+        Self {
+            patch_w: self.patch_w.to_device(device),
+            class_emb: self.class_emb.to_device(device),
+            pos_emb: self.pos_emb.to_device(device),
+            pre_ln: n(self.pre_ln),
+            post_ln: n(self.post_ln),
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| Layer {
+                    ln1: n(l.ln1),
+                    qkv_w: l.qkv_w.to_device(device),
+                    qkv_b: l.qkv_b.to_device(device),
+                    out_w: l.out_w.to_device(device),
+                    out_b: l.out_b.to_device(device),
+                    ln2: n(l.ln2),
+                    fc1_w: l.fc1_w.to_device(device),
+                    fc1_b: l.fc1_b.to_device(device),
+                    fc1_b_host: l.fc1_b_host,
+                    fc2_w: l.fc2_w.to_device(device),
+                    fc2_b: l.fc2_b.to_device(device),
+                })
+                .collect(),
+            proj: self.proj.map(|p| p.to_device(device)),
+            device: device.clone(),
+            config: self.config,
+            layout: self.layout,
+            dtypes: self.dtypes,
+        }
+    }
+
+    /// Uploads a row-major pixel buffer `[batch, channels, image_size, image_size]` (already
+    /// resized and normalised) to the model's device.
+    ///
+    /// # Errors
+    /// [`VitError::Length`] when `pixels.len()` is not `batch * C * H * W`,
+    /// [`VitError::InputShape`] when `batch` is 0, [`VitError::NonFiniteInput`] on NaN/inf.
+    pub fn pixels(&self, pixels: Vec<f32>, batch: usize) -> Result<Tensor<4>, VitError> {
+        let c = &self.config;
+        let dims = [batch, c.num_channels, c.image_size, c.image_size];
+        check_pixels(c, dims)?;
+        let expected = dims.iter().product::<usize>();
+        if pixels.len() != expected {
+            return Err(VitError::Length {
+                what: format!("pixel buffer for {dims:?}"),
+                expected,
+                got: pixels.len(),
+            });
+        }
+        if let Some((index, _)) = first_non_finite(&pixels) {
+            return Err(VitError::NonFiniteInput {
+                what: "pixel buffer".into(),
+                index,
+            });
+        }
+        Ok(upload(pixels, dims, &self.device))
+    }
+
+    /// The plain forward.
+    ///
+    /// `pixels`: `[batch, num_channels, image_size, image_size]`, already normalised (CLIP
+    /// mean/std), on the model's device.
+    ///
+    /// # Errors
+    /// [`VitError::InputShape`] with the expected shape when `pixels` does not fit.
+    pub fn forward(&self, pixels: Tensor<4>) -> Result<VisionOutput, VitError> {
+        self.forward_with_adapter(pixels, &mut NoAdapter)
+    }
+
+    /// Image embeddings of a host pixel buffer, as a host tensor `[batch, embedding_dim]`
+    /// ([`VisionOutput::embedding`]).
+    ///
+    /// # Errors
+    /// As [`pixels`](Self::pixels) and [`forward`](Self::forward).
+    pub fn embed(&self, pixels: Vec<f32>, batch: usize) -> Result<madeit_params::Tensor, VitError> {
+        let out = self.forward(self.pixels(pixels, batch)?)?;
+        crate::util::to_host(&out.embedding())
+    }
+
+    /// The plain forward that also returns the input of every target module (q, k, v,
+    /// out_proj, fc1, fc2 of every layer), or of those in `modules` when given.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_with_inputs(
+        &self,
+        pixels: Tensor<4>,
+        modules: Option<&BTreeSet<ModuleId>>,
+    ) -> Result<(VisionOutput, ModuleInputs), VitError> {
+        let mut rec = Recorder {
+            modules,
+            out: ModuleInputs::default(),
+        };
+        let out = self.forward_with_adapter(pixels, &mut rec)?;
+        Ok((out, rec.out))
+    }
+
+    /// The forward with a [`ModuleAdapter`] hooked on every target module.
+    ///
+    /// # Errors
+    /// [`VitError::InputShape`], any error of the adapter, and [`VitError::Routing`] when a
+    /// returned delta has the wrong shape.
+    pub fn forward_with_adapter(
+        &self,
+        pixels: Tensor<4>,
+        adapter: &mut dyn ModuleAdapter,
+    ) -> Result<VisionOutput, VitError> {
+        let c = &self.config;
+        check_pixels(c, pixels.dims())?;
+        let [b, ch, _, _] = pixels.dims();
+        let p = c.patch_size;
+        let g = c.image_size / p;
+        let d = c.hidden_size;
+        let heads = c.num_attention_heads;
+        let dh = c.head_dim();
+        let n = c.num_positions();
+        let eps = c.layer_norm_eps;
+
+        // Patch embedding: a stride-p convolution without bias is a matmul on flattened
+        // non-overlapping patches (channel-major within a patch, like the conv weight).
+        let patches = pixels
+            .reshape([b, ch, g, p, g, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * g * g, ch * p * p]);
+        let emb = patches.matmul(self.patch_w.clone()).reshape([b, g * g, d]);
+        let cls = self.class_emb.clone().reshape([1, 1, d]).expand([b, 1, d]);
+        let x = Tensor::cat(vec![cls, emb], 1) + self.pos_emb.clone().unsqueeze::<3>();
+        let mut x = self.pre_ln.forward(x, eps);
+
+        let attn_opts = AttentionModuleOptions::default();
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Self-attention block.
+            let h = layer.ln1.forward(x.clone(), eps);
+            let qkv = linear(h.clone(), layer.qkv_w.clone(), Some(layer.qkv_b.clone()));
+            let mut parts = Vec::with_capacity(3);
+            for (j, kind) in [TargetKind::Q, TargetKind::K, TargetKind::V]
+                .into_iter()
+                .enumerate()
+            {
+                let id = ModuleId::new(l, kind);
+                let mut t = qkv.clone().narrow(2, j * d, d);
+                if let Some(delta) = adapter.adapt(id, &h)? {
+                    check_delta(id, &delta, [b, n, d])?;
+                    t = t + delta;
+                }
+                parts.push(t.reshape([b, n, heads, dh]).swap_dims(1, 2));
+            }
+            let (Some(v), Some(k), Some(q)) = (parts.pop(), parts.pop(), parts.pop()) else {
+                unreachable_parts()?
+            };
+            let a = attention(q, k, v, None, None, attn_opts)
+                .swap_dims(1, 2)
+                .reshape([b, n, d]);
+            let id = ModuleId::new(l, TargetKind::Out);
+            let mut o = linear(a.clone(), layer.out_w.clone(), Some(layer.out_b.clone()));
+            if let Some(delta) = adapter.adapt(id, &a)? {
+                check_delta(id, &delta, [b, n, d])?;
+                o = o + delta;
+            }
+            x = x + o;
+
+            // MLP block.
+            let h = layer.ln2.forward(x.clone(), eps);
+            let id = ModuleId::new(l, TargetKind::Fc1);
+            let mut f = linear(h.clone(), layer.fc1_w.clone(), None);
+            if let Some(delta) = adapter.adapt(id, &h)? {
+                check_delta(id, &delta, [b, n, c.intermediate_size])?;
+                f = f + delta;
+            }
+            let f = bias_act(c.hidden_act, f, &layer.fc1_b, &layer.fc1_b_host)?;
+            let id = ModuleId::new(l, TargetKind::Fc2);
+            let mut o = linear(f.clone(), layer.fc2_w.clone(), Some(layer.fc2_b.clone()));
+            if let Some(delta) = adapter.adapt(id, &f)? {
+                check_delta(id, &delta, [b, n, d])?;
+                o = o + delta;
+            }
+            x = x + o;
+        }
+
+        let cls = x.clone().narrow(1, 0, 1).reshape([b, d]);
+        let pooled = self.post_ln.forward(cls, eps);
+        let image_embeds = self.proj.as_ref().map(|w| pooled.clone().matmul(w.clone()));
+        Ok(VisionOutput {
+            last_hidden_state: x,
+            pooled_output: pooled,
+            image_embeds,
+        })
+    }
+}
+
+fn unreachable_parts<T>() -> Result<T, VitError> {
+    Err(VitError::Backend {
+        message: "internal: q/k/v split produced fewer than three parts".into(),
+    })
+}
+
+fn check_delta(module: ModuleId, delta: &Tensor<3>, expected: [usize; 3]) -> Result<(), VitError> {
+    if delta.dims() != expected {
+        return Err(VitError::Routing {
+            module,
+            reason: format!(
+                "adapter returned a delta of shape {:?}, expected {expected:?}",
+                delta.dims()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `act(x + bias)`: the fused host kernel for quick-GELU on tensors without autodiff,
+/// burn ops otherwise.
+fn bias_act<const D: usize>(
+    kind: Activation,
+    x: Tensor<D>,
+    bias: &Tensor<1>,
+    bias_host: &[f32],
+) -> Result<Tensor<D>, VitError> {
+    let x = if kind == Activation::QuickGelu {
+        match crate::kernels::quick_gelu_bias(x, bias_host)? {
+            Ok(y) => return Ok(y),
+            Err(x) => x,
+        }
+    } else {
+        x
+    };
+    let bias = bias.clone().unsqueeze::<D>();
+    Ok(act(kind, x + bias))
+}
+
+/// The MLP activation.
+pub(crate) fn act<const D: usize>(kind: Activation, x: Tensor<D>) -> Tensor<D> {
+    match kind {
+        Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+        Activation::Gelu => activation::gelu(x),
+        Activation::GeluTanh => activation::gelu_approximate(x),
+        Activation::Relu => activation::relu(x),
+    }
+}
+
+struct Builder<'a> {
+    config: &'a ClipVisionConfig,
+    found: &'a BTreeMap<String, &'a madeit_params::Tensor>,
+    device: &'a Device,
+}
+
+impl Builder<'_> {
+    fn data(&self, bare: &str) -> Result<&[f32], VitError> {
+        self.found
+            .get(bare)
+            .map(|t| t.data())
+            .ok_or_else(|| VitError::Checkpoint {
+                report: CheckpointReport {
+                    missing: vec![(bare.to_owned(), Vec::new())],
+                    ..CheckpointReport::default()
+                },
+            })
+    }
+
+    fn vec1(&self, bare: &str) -> Result<Tensor<1>, VitError> {
+        let data = self.data(bare)?.to_vec();
+        let n = data.len();
+        Ok(upload(data, [n], self.device))
+    }
+
+    /// Uploads an HF `[out, in]` weight transposed to `[in, out]`.
+    fn linear_t(&self, bare: &str, d_out: usize, d_in: usize) -> Result<Tensor<2>, VitError> {
+        let data = transpose(self.data(bare)?, d_out, d_in);
+        Ok(upload(data, [d_in, d_out], self.device))
+    }
+
+    fn norm(&self, name: &str) -> Result<Norm, VitError> {
+        Ok(Norm {
+            gamma: self.vec1(&format!("{name}.weight"))?,
+            beta: self.vec1(&format!("{name}.bias"))?,
+        })
+    }
+
+    fn build(
+        self,
+        layout: KeyLayout,
+        dtypes: BTreeMap<String, DType>,
+    ) -> Result<ClipVisionModel, VitError> {
+        let c = self.config;
+        let d = c.hidden_size;
+        let i = c.intermediate_size;
+        let cpp = c.num_channels * c.patch_size * c.patch_size;
+        let patch_w = self.linear_t("embeddings.patch_embedding.weight", d, cpp)?;
+        let class_emb = self.vec1("embeddings.class_embedding")?;
+        let pos = self.data("embeddings.position_embedding.weight")?.to_vec();
+        let pos_emb = upload(pos, [c.num_positions(), d], self.device);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let pre = format!("encoder.layers.{l}.");
+            // Fused [d, 3d] = [W_q^T | W_k^T | W_v^T]: stack the [d, d] HF matrices as
+            // [3d, d] and transpose once.
+            let mut stacked = Vec::with_capacity(3 * d * d);
+            let mut bias = Vec::with_capacity(3 * d);
+            for kind in [TargetKind::Q, TargetKind::K, TargetKind::V] {
+                let id = ModuleId::new(l, kind);
+                stacked.extend_from_slice(self.data(&id.weight_name())?);
+                bias.extend_from_slice(self.data(&id.bias_name())?);
+            }
+            let qkv_w = upload(transpose(&stacked, 3 * d, d), [d, 3 * d], self.device);
+            let qkv_b = upload(bias, [3 * d], self.device);
+            let out = ModuleId::new(l, TargetKind::Out);
+            let fc1 = ModuleId::new(l, TargetKind::Fc1);
+            let fc2 = ModuleId::new(l, TargetKind::Fc2);
+            let fc1_b_host = self.data(&fc1.bias_name())?.to_vec();
+            layers.push(Layer {
+                ln1: self.norm(&format!("{pre}layer_norm1"))?,
+                qkv_w,
+                qkv_b,
+                out_w: self.linear_t(&out.weight_name(), d, d)?,
+                out_b: self.vec1(&out.bias_name())?,
+                ln2: self.norm(&format!("{pre}layer_norm2"))?,
+                fc1_w: self.linear_t(&fc1.weight_name(), i, d)?,
+                fc1_b: self.vec1(&fc1.bias_name())?,
+                fc1_b_host,
+                fc2_w: self.linear_t(&fc2.weight_name(), d, i)?,
+                fc2_b: self.vec1(&fc2.bias_name())?,
+            });
+        }
+        let proj = if self.found.contains_key(PROJECTION_WEIGHT) {
+            Some(self.linear_t(PROJECTION_WEIGHT, c.projection_dim, d)?)
+        } else {
+            None
+        };
+        Ok(ClipVisionModel {
+            config: c.clone(),
+            layout,
+            dtypes,
+            device: self.device.clone(),
+            patch_w,
+            class_emb,
+            pos_emb,
+            pre_ln: self.norm("pre_layrnorm")?,
+            layers,
+            post_ln: self.norm("post_layernorm")?,
+            proj,
+        })
+    }
+}
