@@ -1,0 +1,995 @@
+//! Building the zoo: pretraining, heads, fine-tuning, evaluation and export, staged so that
+//! an interrupted build resumes and a failed one never leaves a zoo that looks complete.
+//!
+//! Stages, each saved under the staging folder `<zoo>.partial/` as soon as it completes
+//! (its files first, then a small JSON record under `stages/` that marks it done):
+//!
+//! 1. **pretrain**: a tower initialised from the seed is trained on the pretraining pool
+//!    (the [`Split::Pretrain`] images of the upright 28 × 28 sources, which are in no task's
+//!    train, val, seed or test split) with a cosine classifier over the union of their
+//!    classes; saved as `pretrained/`.
+//! 2. **heads**: one prototype head per task from the pretrained embeddings of (at most
+//!    `head_images_per_class` per class of) its train split; the pretrained tower is
+//!    evaluated with it on val and test.
+//! 3. **finetune:<task>**, per task: the pretrained tower fine-tuned on the task's train
+//!    split against its frozen head (only the tower moves); evaluated on val and test; the
+//!    spectral energy of its task vector is measured.
+//! 4. **export**: the val, seed and test splits, then `zoo.json`.
+//!
+//! Finally the staging folder is renamed to the zoo folder, so a zoo folder only ever
+//! appears complete. Records carry a fingerprint of the [`BuildConfig`]; a staging folder
+//! made with another configuration is discarded. Nothing is selected on test: the runs
+//! have fixed lengths and the test accuracy is only measured.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use madeit_data::{
+    ImageSet, Split, TaskData, export_task, load_tasks, pretraining_pool, zoo_tasks,
+};
+use madeit_params::ParamDict;
+use madeit_vit::{Activation, ClipVisionConfig, ClipVisionModel, LOGIT_SCALE, TaskHead};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::energy::{DEFAULT_ENERGY_FRACTION, EnergyReport, task_vector_energy};
+use crate::error::{Result, ZooError};
+use crate::head::{embed_images, evaluate, prototype_head};
+use crate::manifest::{
+    HeadSummary, MANIFEST_FILE, Manifest, PretrainPartSummary, PretrainSummary, RunSummary,
+    SplitAccuracy, SplitSizes, TaskAccuracy, TaskEntry, Timings, Versions, ZOO_FORMAT,
+    write_json_atomic,
+};
+use crate::model::TrainableVit;
+use crate::train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, shuffle, train};
+use crate::zoo::{Zoo, layout, save_tower};
+
+/// Every setting of a zoo build. `Default` is the configuration of the embedded zoo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildConfig {
+    /// Seed of every random choice (initial weights, classifier, batch order, head samples).
+    pub seed: u64,
+    /// The tower.
+    pub model: ClipVisionConfig,
+    /// Pretraining run.
+    pub pretrain: TrainConfig,
+    /// Logit scale `s` of the pretraining cosine classifier.
+    pub pretrain_logit_scale: f32,
+    /// At most this many pretraining images per source (a seeded sample), to keep the
+    /// sources balanced; `None` uses them all.
+    pub pretrain_images_per_source: Option<usize>,
+    /// Fine-tuning run of every task; with `finetune_epochs > 0`, `finetune.steps` is the
+    /// largest number of steps (see [`BuildConfig::finetune_steps`]).
+    pub finetune: TrainConfig,
+    /// Fine-tuning length in passes over the task's train split (0 = always
+    /// `finetune.steps`).
+    pub finetune_epochs: f64,
+    /// The fewest fine-tuning steps of a task when `finetune_epochs > 0`.
+    pub finetune_min_steps: usize,
+    /// At most this many training images per class are averaged into a prototype head.
+    pub head_images_per_class: usize,
+    /// Images per forward when embedding and evaluating.
+    pub eval_batch_size: usize,
+    /// Validation accuracy is measured on at most this many images per task (a seeded
+    /// sample; the test split is always evaluated whole); `None` uses the whole split.
+    pub val_images: Option<usize>,
+    /// Fraction of singular values whose energy is reported ([`task_vector_energy`]).
+    pub energy_fraction: f64,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            model: ClipVisionConfig {
+                hidden_size: 96,
+                intermediate_size: 384,
+                num_hidden_layers: 4,
+                num_attention_heads: 4,
+                image_size: madeit_data::IMAGE_SIZE,
+                patch_size: 8,
+                num_channels: madeit_data::CHANNELS,
+                layer_norm_eps: 1e-5,
+                hidden_act: Activation::QuickGelu,
+                projection_dim: 96,
+            },
+            pretrain: TrainConfig {
+                steps: 1500,
+                batch_size: 64,
+                lr: 1e-3,
+                warmup_steps: 100,
+                weight_decay: 0.05,
+                max_shift: 2,
+            },
+            pretrain_logit_scale: 16.0,
+            pretrain_images_per_source: Some(6000),
+            finetune: TrainConfig {
+                steps: 500,
+                batch_size: 64,
+                lr: 1.5e-3,
+                warmup_steps: 25,
+                weight_decay: 0.0,
+                max_shift: 1,
+            },
+            finetune_epochs: 7.0,
+            finetune_min_steps: 100,
+            head_images_per_class: 100,
+            eval_batch_size: 250,
+            val_images: Some(500),
+            energy_fraction: DEFAULT_ENERGY_FRACTION,
+        }
+    }
+}
+
+impl BuildConfig {
+    /// A configuration small enough for tests: a 2-layer width-32 tower, a few steps.
+    #[must_use]
+    pub fn micro() -> Self {
+        Self {
+            model: ClipVisionConfig {
+                hidden_size: 32,
+                intermediate_size: 64,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                projection_dim: 32,
+                ..Self::default().model
+            },
+            pretrain: TrainConfig {
+                steps: 6,
+                batch_size: 8,
+                warmup_steps: 2,
+                ..Self::default().pretrain
+            },
+            finetune: TrainConfig {
+                steps: 4,
+                batch_size: 8,
+                warmup_steps: 1,
+                ..Self::default().finetune
+            },
+            finetune_epochs: 0.0,
+            head_images_per_class: 4,
+            eval_batch_size: 16,
+            ..Self::default()
+        }
+    }
+
+    /// Fine-tuning steps of a task with `n_train` training images:
+    /// `clamp(ceil(finetune_epochs * n_train / batch_size), finetune_min_steps,
+    /// finetune.steps)`, or `finetune.steps` when `finetune_epochs` is 0.
+    #[must_use]
+    pub fn finetune_steps(&self, n_train: usize) -> usize {
+        if self.finetune_epochs <= 0.0 {
+            return self.finetune.steps;
+        }
+        let b = self.finetune.batch_size.max(1) as f64;
+        let steps = (self.finetune_epochs * n_train as f64 / b).ceil() as usize;
+        steps.clamp(
+            self.finetune_min_steps.min(self.finetune.steps),
+            self.finetune.steps,
+        )
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`ZooError::InvalidConfig`] or [`ZooError::Vit`] naming the first bad field.
+    pub fn check(&self) -> Result<()> {
+        self.model.validate()?;
+        self.pretrain.check()?;
+        self.finetune.check()?;
+        let bad = |field: &'static str, reason: &str| {
+            Err(ZooError::InvalidConfig {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if !(self.pretrain_logit_scale.is_finite() && self.pretrain_logit_scale > 0.0) {
+            return bad("pretrain_logit_scale", "must be finite and positive");
+        }
+        if self.pretrain_images_per_source == Some(0) {
+            return bad("pretrain_images_per_source", "must be positive");
+        }
+        if !(self.finetune_epochs.is_finite() && self.finetune_epochs >= 0.0) {
+            return bad("finetune_epochs", "must be finite and non-negative");
+        }
+        if self.head_images_per_class == 0 {
+            return bad("head_images_per_class", "must be positive");
+        }
+        if self.val_images == Some(0) {
+            return bad("val_images", "must be positive");
+        }
+        if self.eval_batch_size == 0 {
+            return bad("eval_batch_size", "must be positive");
+        }
+        if !(self.energy_fraction > 0.0 && self.energy_fraction <= 1.0) {
+            return bad("energy_fraction", "must be in (0, 1]");
+        }
+        Ok(())
+    }
+
+    /// A 64-bit FNV-1a hash of the configuration's JSON and the crate version: stage records
+    /// made under another fingerprint are not reused.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes().chain(env!("CARGO_PKG_VERSION").bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// SplitMix64 of `seed + stream`: independent seeds for the build's random streams.
+#[must_use]
+pub fn derive_seed(seed: u64, stream: u64) -> u64 {
+    let mut z = seed.wrapping_add(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const STREAM_INIT: u64 = 1;
+const STREAM_CLASSIFIER: u64 = 2;
+const STREAM_PRETRAIN_BATCHES: u64 = 3;
+const STREAM_PRETRAIN_SUBSET: u64 = 4;
+const STREAM_FINETUNE: u64 = 100;
+const STREAM_HEAD: u64 = 200;
+
+/// Where and how to build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildOptions {
+    /// The zoo folder to create.
+    pub zoo_dir: PathBuf,
+    /// The data cache (already fetched, see [`madeit_data::fetch_sources`]).
+    pub cache_dir: PathBuf,
+    /// The build configuration.
+    pub config: BuildConfig,
+    /// Rebuild even when a complete zoo exists (it is replaced only once the new one is
+    /// complete).
+    pub force: bool,
+    /// Worker threads for the compute kernels; `None` uses every available core.
+    pub threads: Option<usize>,
+}
+
+/// Progress of a build, for display.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum BuildEvent {
+    /// The staging folder was made with another configuration and was removed.
+    DiscardedStale {
+        /// The staging folder.
+        dir: PathBuf,
+    },
+    /// The data is loaded: the build will take `total_steps` steps (training steps of
+    /// every stage still to run, plus one per head and one per exported task).
+    Planned {
+        /// Number of steps.
+        total_steps: usize,
+    },
+    /// A stage begins; `total` is its number of steps (0 when unknown).
+    StageStarted {
+        /// `load`, `pretrain`, `heads`, `finetune:<task>`, `export`.
+        stage: String,
+        /// Number of steps.
+        total: usize,
+    },
+    /// A step of the current stage is done.
+    Step {
+        /// The stage.
+        stage: String,
+        /// Steps done.
+        done: usize,
+        /// Number of steps.
+        total: usize,
+        /// The training loss of the step, for training stages.
+        loss: Option<f32>,
+    },
+    /// A stage is done.
+    StageFinished {
+        /// The stage.
+        stage: String,
+        /// Wall-clock seconds.
+        seconds: f64,
+        /// A one-line summary.
+        detail: String,
+    },
+    /// A stage was already done by an earlier, interrupted build and is reused.
+    StageReused {
+        /// The stage.
+        stage: String,
+        /// A one-line summary.
+        detail: String,
+    },
+}
+
+/// What [`build_zoo`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildOutcome {
+    /// A complete zoo was already there; nothing was done.
+    AlreadyComplete(Box<Manifest>),
+    /// The zoo was built.
+    Built(Box<Manifest>),
+}
+
+/// The staging folder of a zoo folder: `<zoo>.partial` beside it.
+#[must_use]
+pub fn staging_dir(zoo_dir: &Path) -> PathBuf {
+    let name = zoo_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "zoo".into());
+    zoo_dir.with_file_name(format!("{name}.partial"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BuildRecord {
+    fingerprint: String,
+    config: BuildConfig,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PretrainRecord {
+    summary: PretrainSummary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeadRecord {
+    task: String,
+    head: HeadSummary,
+    pretrained: SplitAccuracy,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct HeadsRecord {
+    tasks: Vec<HeadRecord>,
+    seconds: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FinetuneRecord {
+    task: String,
+    seed: u64,
+    run: RunSummary,
+    finetuned: SplitAccuracy,
+    energy: EnergyReport,
+    seconds: f64,
+}
+
+fn read_record<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn run_summary(log: &TrainLog, cfg: &TrainConfig) -> RunSummary {
+    RunSummary {
+        steps: cfg.steps,
+        batch_size: cfg.batch_size,
+        first_loss: log.first_loss,
+        last_loss: log.last_loss,
+        seconds: log.seconds,
+    }
+}
+
+/// Builds the zoo described by `opts` (see the module docs) from the data in the cache,
+/// reporting progress to `on_event`. The data must already be in the cache
+/// ([`madeit_data::fetch_sources`]).
+///
+/// # Errors
+/// [`ZooError::Incomplete`] when `zoo_dir` holds an incomplete zoo and `force` is off (it is
+/// never overwritten silently); the errors of loading, training, evaluation and I/O. On
+/// error the staging folder keeps the completed stages for the next attempt.
+pub fn build_zoo(
+    opts: &BuildOptions,
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<BuildOutcome> {
+    opts.config.check()?;
+    if let Some(manifest) = existing_zoo(opts)? {
+        return Ok(BuildOutcome::AlreadyComplete(Box::new(manifest)));
+    }
+    let t0 = Instant::now();
+    on_event(&BuildEvent::StageStarted {
+        stage: "load".into(),
+        total: 0,
+    });
+    let tasks = load_tasks(&opts.cache_dir, &zoo_tasks())?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    on_event(&BuildEvent::StageFinished {
+        stage: "load".into(),
+        seconds: load_seconds,
+        detail: format!("{} tasks", tasks.len()),
+    });
+    build_and_commit(opts, &tasks, load_seconds, on_event)
+}
+
+/// As [`build_zoo`], with the tasks given instead of loaded from the cache (tests, custom
+/// task lists). `opts.cache_dir` is not used.
+///
+/// # Errors
+/// As [`build_zoo`].
+pub fn build_zoo_from_tasks(
+    opts: &BuildOptions,
+    tasks: &[TaskData],
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<BuildOutcome> {
+    opts.config.check()?;
+    if let Some(manifest) = existing_zoo(opts)? {
+        return Ok(BuildOutcome::AlreadyComplete(Box::new(manifest)));
+    }
+    build_and_commit(opts, tasks, 0.0, on_event)
+}
+
+/// The manifest of the complete zoo already at `opts.zoo_dir` (unless `force`).
+fn existing_zoo(opts: &BuildOptions) -> Result<Option<Manifest>> {
+    if !opts.zoo_dir.exists() {
+        return Ok(None);
+    }
+    match Zoo::open(&opts.zoo_dir) {
+        Ok(zoo) if !opts.force => Ok(Some(zoo.manifest().clone())),
+        Err(e) if !opts.force => Err(e),
+        _ => Ok(None),
+    }
+}
+
+/// The number of worker threads `opts` asks for.
+fn thread_count(opts: &BuildOptions) -> usize {
+    opts.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1)
+}
+
+fn build_and_commit(
+    opts: &BuildOptions,
+    tasks: &[TaskData],
+    load_seconds: f64,
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<BuildOutcome> {
+    let zoo_dir = &opts.zoo_dir;
+    let threads = thread_count(opts);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| ZooError::ThreadPool {
+            message: e.to_string(),
+        })?;
+    let manifest = pool.install(|| build_staged(opts, tasks, load_seconds, threads, on_event))?;
+    let staging = staging_dir(zoo_dir);
+    if zoo_dir.exists() {
+        // `force`: swap the old zoo out only now that the new one is complete.
+        let old = zoo_dir.with_file_name(format!(
+            "{}.old",
+            zoo_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| ZooError::io(&old, e))?;
+        }
+        std::fs::rename(zoo_dir, &old).map_err(|e| ZooError::io(zoo_dir, e))?;
+        std::fs::rename(&staging, zoo_dir).map_err(|e| ZooError::io(&staging, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| ZooError::io(&old, e))?;
+    } else {
+        if let Some(parent) = zoo_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| ZooError::io(parent, e))?;
+        }
+        std::fs::rename(&staging, zoo_dir).map_err(|e| ZooError::io(&staging, e))?;
+    }
+    // The rename is the commit point; check the result once more.
+    Zoo::open(zoo_dir)?;
+    Ok(BuildOutcome::Built(Box::new(manifest)))
+}
+
+/// Prepares the staging folder: reuses it when its fingerprint matches, discards it
+/// otherwise.
+fn prepare_staging(
+    staging: &Path,
+    config: &BuildConfig,
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<()> {
+    let record_path = staging.join("stages").join("build.json");
+    let fingerprint = config.fingerprint();
+    if staging.exists() {
+        let same =
+            read_record::<BuildRecord>(&record_path).is_some_and(|r| r.fingerprint == fingerprint);
+        if !same {
+            std::fs::remove_dir_all(staging).map_err(|e| ZooError::io(staging, e))?;
+            on_event(&BuildEvent::DiscardedStale {
+                dir: staging.to_path_buf(),
+            });
+        }
+    }
+    if !record_path.is_file() {
+        write_json_atomic(
+            &record_path,
+            &BuildRecord {
+                fingerprint,
+                config: config.clone(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn build_staged(
+    opts: &BuildOptions,
+    tasks: &[TaskData],
+    load_seconds: f64,
+    threads: usize,
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<Manifest> {
+    let cfg = &opts.config;
+    let staging = staging_dir(&opts.zoo_dir);
+    prepare_staging(&staging, cfg, on_event)?;
+    let stages = staging.join("stages");
+
+    let mut total_steps = 2 * tasks.len();
+    if !stages.join("pretrain.json").is_file() {
+        total_steps += cfg.pretrain.steps;
+    }
+    for t in tasks {
+        if !stages
+            .join(format!("finetune-{}.json", t.spec.name))
+            .is_file()
+        {
+            total_steps += cfg.finetune_steps(t.splits.train.len());
+        }
+    }
+    on_event(&BuildEvent::Planned { total_steps });
+    let pretrain = stage_pretrain(cfg, tasks, &staging, &stages, on_event)?;
+    let pretrained = ParamDict::load(
+        &staging
+            .join(layout::pretrained_dir())
+            .join(madeit_vit::WEIGHTS_FILE),
+    )?;
+    let heads = stage_heads(cfg, tasks, &pretrained, &staging, &stages, on_event)?;
+    let mut finetunes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        finetunes.push(stage_finetune(
+            cfg,
+            task,
+            &pretrained,
+            &staging,
+            &stages,
+            on_event,
+        )?);
+    }
+
+    // Export.
+    let t0 = Instant::now();
+    on_event(&BuildEvent::StageStarted {
+        stage: "export".into(),
+        total: tasks.len(),
+    });
+    for (i, task) in tasks.iter().enumerate() {
+        export_task(&staging.join(layout::data_dir()), task)?;
+        on_event(&BuildEvent::Step {
+            stage: "export".into(),
+            done: i + 1,
+            total: tasks.len(),
+            loss: None,
+        });
+    }
+    let mut entries = Vec::with_capacity(tasks.len());
+    for ((task, head), ft) in tasks.iter().zip(&heads.tasks).zip(&finetunes) {
+        let s = &task.splits;
+        entries.push(TaskEntry {
+            id: task.spec.id,
+            name: task.spec.name.to_owned(),
+            summary: task.spec.summary.to_owned(),
+            source: task.spec.source,
+            construction: task.spec.construction,
+            resize: task.spec.resize,
+            class_names: task.class_names().to_vec(),
+            splits: SplitSizes {
+                pretrain: s.pretrain.len(),
+                train: s.train.len(),
+                val: s.val.len(),
+                seed: s.seed.len(),
+                test: s.test.len(),
+            },
+            split_seed: madeit_data::split::split_seed(task.spec.source),
+            finetune_seed: ft.seed,
+            head: head.head.clone(),
+            accuracy: TaskAccuracy {
+                pretrained: head.pretrained,
+                finetuned: ft.finetuned,
+            },
+            finetune: ft.run.clone(),
+            energy: ft.energy.clone(),
+        });
+    }
+    let export_seconds = t0.elapsed().as_secs_f64();
+    let mut timings = Timings {
+        load: load_seconds,
+        pretrain: pretrain.run.seconds,
+        heads: heads.seconds,
+        finetune: finetunes
+            .iter()
+            .map(|f| (f.task.clone(), f.seconds))
+            .collect(),
+        export: export_seconds,
+        total: 0.0,
+    };
+    timings.total = timings.load
+        + timings.pretrain
+        + timings.heads
+        + timings.finetune.iter().map(|(_, s)| s).sum::<f64>()
+        + timings.export;
+    let manifest = Manifest {
+        format: ZOO_FORMAT.to_owned(),
+        versions: Versions {
+            madeit: env!("CARGO_PKG_VERSION").to_owned(),
+            split_format: madeit_data::export::SPLIT_FORMAT.to_owned(),
+        },
+        seed: cfg.seed,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        threads,
+        model: cfg.model.clone(),
+        build: cfg.clone(),
+        pretraining: pretrain,
+        tasks: entries,
+        timings,
+    };
+    manifest.save(&staging.join(MANIFEST_FILE))?;
+    on_event(&BuildEvent::StageFinished {
+        stage: "export".into(),
+        seconds: export_seconds,
+        detail: format!("{} tasks", tasks.len()),
+    });
+    Ok(manifest)
+}
+
+/// A seeded sample of at most `cap` indices of `0..n`, in increasing order.
+fn sample(n: usize, cap: Option<usize>, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    if let Some(cap) = cap.filter(|&c| c < n) {
+        shuffle(&mut idx, &mut ChaCha8Rng::seed_from_u64(seed));
+        idx.truncate(cap);
+        idx.sort_unstable();
+    }
+    idx
+}
+
+/// The pretraining set: the pool's parts concatenated, labels offset so that every source
+/// keeps its own classes (`<task>/<class>`).
+fn pretraining_set(
+    cfg: &BuildConfig,
+    tasks: &[TaskData],
+) -> Result<(ImageSet, Vec<PretrainPartSummary>)> {
+    let parts = pretraining_pool(tasks)?;
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut class_names = Vec::new();
+    let mut summaries = Vec::with_capacity(parts.len());
+    let mut dims = None;
+    for (k, part) in parts.iter().enumerate() {
+        let set = &part.images;
+        if *dims.get_or_insert((set.height, set.width, set.channels))
+            != (set.height, set.width, set.channels)
+        {
+            return Err(ZooError::InvalidData {
+                what: "pretraining pool".into(),
+                reason: format!("part `{}` has images of another size", part.task),
+            });
+        }
+        let offset = class_names.len() as u32;
+        let idx = sample(
+            set.n,
+            cfg.pretrain_images_per_source,
+            derive_seed(cfg.seed, STREAM_PRETRAIN_SUBSET + 1000 * k as u64),
+        );
+        let sub = set.subset(&idx)?;
+        images.extend_from_slice(&sub.images);
+        labels.extend(sub.labels.iter().map(|&l| l + offset));
+        class_names.extend(set.class_names.iter().map(|c| format!("{}/{c}", part.task)));
+        summaries.push(PretrainPartSummary {
+            task: part.task.to_owned(),
+            source: part.source,
+            images: sub.n,
+        });
+    }
+    let (h, w, c) = dims.ok_or_else(|| ZooError::InvalidData {
+        what: "pretraining pool".into(),
+        reason: "no task contributes pretraining images".into(),
+    })?;
+    let n = labels.len();
+    Ok((
+        ImageSet::new(images, n, h, w, c, labels, class_names)?,
+        summaries,
+    ))
+}
+
+fn progress<'a>(
+    stage: &'a str,
+    on_event: &'a mut (dyn FnMut(&BuildEvent) + Send),
+) -> impl FnMut(&StepInfo) + 'a {
+    move |s: &StepInfo| {
+        on_event(&BuildEvent::Step {
+            stage: stage.to_owned(),
+            done: s.step,
+            total: s.steps,
+            loss: Some(s.loss),
+        });
+    }
+}
+
+fn stage_pretrain(
+    cfg: &BuildConfig,
+    tasks: &[TaskData],
+    staging: &Path,
+    stages: &Path,
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<PretrainSummary> {
+    let record_path = stages.join("pretrain.json");
+    let dir = staging.join(layout::pretrained_dir());
+    if let Some(r) = read_record::<PretrainRecord>(&record_path)
+        && layout::model_files(&dir).iter().all(|p| p.is_file())
+    {
+        on_event(&BuildEvent::StageReused {
+            stage: "pretrain".into(),
+            detail: format!(
+                "loss {:.3} -> {:.3}",
+                r.summary.run.first_loss, r.summary.run.last_loss
+            ),
+        });
+        return Ok(r.summary);
+    }
+    let (set, parts) = pretraining_set(cfg, tasks)?;
+    on_event(&BuildEvent::StageStarted {
+        stage: "pretrain".into(),
+        total: cfg.pretrain.steps,
+    });
+    let device = Device::flex().autodiff();
+    let vit = TrainableVit::init(&cfg.model, derive_seed(cfg.seed, STREAM_INIT), &device)?;
+    let classifier = CosineClassifier::random(
+        set.num_classes(),
+        vit.embedding_dim(),
+        cfg.pretrain_logit_scale,
+        derive_seed(cfg.seed, STREAM_CLASSIFIER),
+        &device,
+    )?;
+    let (trainee, log) = train(
+        Trainee { vit, classifier },
+        &set,
+        &cfg.pretrain,
+        derive_seed(cfg.seed, STREAM_PRETRAIN_BATCHES),
+        "pretrain",
+        &mut progress("pretrain", on_event),
+    )?;
+    save_tower(&dir, &cfg.model, &trainee.vit.to_params()?)?;
+    let summary = PretrainSummary {
+        parts,
+        classes: set.num_classes(),
+        run: run_summary(&log, &cfg.pretrain),
+        seed: cfg.seed,
+    };
+    write_json_atomic(
+        &record_path,
+        &PretrainRecord {
+            summary: summary.clone(),
+        },
+    )?;
+    on_event(&BuildEvent::StageFinished {
+        stage: "pretrain".into(),
+        seconds: log.seconds,
+        detail: format!(
+            "{} images, {} classes, loss {:.3} -> {:.3}",
+            set.n,
+            set.num_classes(),
+            log.first_loss,
+            log.last_loss
+        ),
+    });
+    Ok(summary)
+}
+
+/// Indices of at most `per_class` images of each class of `set` (a seeded sample).
+fn per_class_sample(set: &ImageSet, per_class: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..set.n).collect();
+    shuffle(&mut order, &mut ChaCha8Rng::seed_from_u64(seed));
+    let mut taken = vec![0usize; set.num_classes()];
+    let mut out: Vec<usize> = order
+        .into_iter()
+        .filter(|&i| {
+            let c = set.labels.get(i).map_or(0, |&l| l as usize);
+            match taken.get_mut(c) {
+                Some(t) if *t < per_class => {
+                    *t += 1;
+                    true
+                }
+                _ => false,
+            }
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+const STREAM_VAL: u64 = 300;
+
+fn accuracy_on(
+    model: &ClipVisionModel,
+    head: &TaskHead,
+    task: &TaskData,
+    cfg: &BuildConfig,
+) -> Result<SplitAccuracy> {
+    let val = task.split(Split::Val)?;
+    let idx = sample(
+        val.n,
+        cfg.val_images,
+        derive_seed(cfg.seed, STREAM_VAL + u64::from(task.spec.id)),
+    );
+    Ok(SplitAccuracy {
+        val: evaluate(model, head, &val.subset(&idx)?, cfg.eval_batch_size)?,
+        test: evaluate(model, head, &task.split(Split::Test)?, cfg.eval_batch_size)?,
+    })
+}
+
+fn stage_heads(
+    cfg: &BuildConfig,
+    tasks: &[TaskData],
+    pretrained: &ParamDict,
+    staging: &Path,
+    stages: &Path,
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<HeadsRecord> {
+    let record_path = stages.join("heads.json");
+    if let Some(r) = read_record::<HeadsRecord>(&record_path)
+        && r.tasks.len() == tasks.len()
+        && tasks
+            .iter()
+            .all(|t| staging.join(layout::head_file(t.spec.name)).is_file())
+    {
+        on_event(&BuildEvent::StageReused {
+            stage: "heads".into(),
+            detail: format!("{} heads", r.tasks.len()),
+        });
+        return Ok(r);
+    }
+    let t0 = Instant::now();
+    on_event(&BuildEvent::StageStarted {
+        stage: "heads".into(),
+        total: tasks.len(),
+    });
+    let model = ClipVisionModel::from_params(&cfg.model, pretrained)?;
+    let mut records = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        let name = task.spec.name;
+        let train_set = task.split(Split::Train)?;
+        let idx = per_class_sample(
+            &train_set,
+            cfg.head_images_per_class,
+            derive_seed(cfg.seed, STREAM_HEAD + u64::from(task.spec.id)),
+        );
+        let emb = embed_images(&model, &train_set, Some(&idx), cfg.eval_batch_size)?;
+        let labels: Vec<u32> = idx
+            .iter()
+            .map(|&j| train_set.labels.get(j).copied().unwrap_or(0))
+            .collect();
+        let head = prototype_head(
+            name,
+            &emb,
+            model.embedding_dim(),
+            &labels,
+            task.class_names(),
+        )?;
+        let path = staging.join(layout::head_file(name));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| ZooError::io(parent, e))?;
+        }
+        head.save(&path)?;
+        let pretrained_acc = accuracy_on(&model, &head, task, cfg)?;
+        records.push(HeadRecord {
+            task: name.to_owned(),
+            head: HeadSummary {
+                kind: "prototype".into(),
+                images: idx.len(),
+            },
+            pretrained: pretrained_acc,
+        });
+        on_event(&BuildEvent::Step {
+            stage: "heads".into(),
+            done: i + 1,
+            total: tasks.len(),
+            loss: None,
+        });
+    }
+    let record = HeadsRecord {
+        tasks: records,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    write_json_atomic(&record_path, &record)?;
+    let mean = record.tasks.iter().map(|r| r.pretrained.test).sum::<f64>()
+        / record.tasks.len().max(1) as f64;
+    on_event(&BuildEvent::StageFinished {
+        stage: "heads".into(),
+        seconds: record.seconds,
+        detail: format!("mean pretrained test accuracy {:.1} %", 100.0 * mean),
+    });
+    Ok(record)
+}
+
+fn stage_finetune(
+    cfg: &BuildConfig,
+    task: &TaskData,
+    pretrained: &ParamDict,
+    staging: &Path,
+    stages: &Path,
+    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
+) -> Result<FinetuneRecord> {
+    let name = task.spec.name;
+    let stage = format!("finetune:{name}");
+    let record_path = stages.join(format!("finetune-{name}.json"));
+    let dir = staging.join(layout::finetuned_dir(name));
+    if let Some(r) = read_record::<FinetuneRecord>(&record_path)
+        && layout::model_files(&dir).iter().all(|p| p.is_file())
+    {
+        on_event(&BuildEvent::StageReused {
+            stage,
+            detail: format!("test accuracy {:.1} %", 100.0 * r.finetuned.test),
+        });
+        return Ok(r);
+    }
+    let t0 = Instant::now();
+    let train_set = task.split(Split::Train)?;
+    let ft = TrainConfig {
+        steps: cfg.finetune_steps(train_set.n),
+        ..cfg.finetune.clone()
+    };
+    on_event(&BuildEvent::StageStarted {
+        stage: stage.clone(),
+        total: ft.steps,
+    });
+    let head = TaskHead::load(&staging.join(layout::head_file(name)))?;
+    let device = Device::flex().autodiff();
+    let classifier = CosineClassifier::new(
+        head.weight().to_vec(),
+        head.num_classes(),
+        head.dim(),
+        LOGIT_SCALE,
+        false,
+        &device,
+    )?;
+    let vit = TrainableVit::from_params(&cfg.model, pretrained, &device)?;
+    let seed = derive_seed(cfg.seed, STREAM_FINETUNE + u64::from(task.spec.id));
+    let (trainee, log) = train(
+        Trainee { vit, classifier },
+        &train_set,
+        &ft,
+        seed,
+        &stage,
+        &mut progress(&stage, on_event),
+    )?;
+    let params = trainee.vit.to_params()?;
+    save_tower(&dir, &cfg.model, &params)?;
+    let model = ClipVisionModel::from_params(&cfg.model, &params)?;
+    let finetuned = accuracy_on(&model, &head, task, cfg)?;
+    let energy = task_vector_energy(pretrained, &params, &cfg.model, cfg.energy_fraction)?;
+    let record = FinetuneRecord {
+        task: name.to_owned(),
+        seed,
+        run: run_summary(&log, &ft),
+        finetuned,
+        energy,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    write_json_atomic(&record_path, &record)?;
+    on_event(&BuildEvent::StageFinished {
+        stage,
+        seconds: record.seconds,
+        detail: format!(
+            "loss {:.3} -> {:.3}, test accuracy {:.1} %",
+            log.first_loss,
+            log.last_loss,
+            100.0 * finetuned.test
+        ),
+    });
+    Ok(record)
+}

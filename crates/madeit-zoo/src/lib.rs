@@ -1,0 +1,38 @@
+//! The embedded model zoo: a small CLIP-like vision tower pretrained and fine-tuned by the
+//! project on real packaged data, exported in the Hugging Face `CLIPVisionModel` layout so
+//! that the zoo and real CLIP checkpoints travel the same code path
+//! ([`madeit_vit::ClipVisionModel`]).
+//!
+//! * [`model`]: [`TrainableVit`], the CLIP vision tower with burn parameters, convertible to
+//!   and from the HF state dict;
+//! * [`train`]: the deterministic Adam training loop on cosine logits with a warm-up +
+//!   cosine schedule;
+//! * [`head`]: prototype heads (the analogue of CLIP's zero-shot text heads), embedding and
+//!   accuracy;
+//! * [`energy`]: the spectral energy of task vectors per module kind;
+//! * [`build`]: the staged, resumable, atomic build ([`build_zoo`]);
+//! * [`zoo`]: [`Zoo::open`] and the typed accessors of a built zoo;
+//! * [`manifest`], the manifest `zoo.json`.
+//!
+//! `docs/zoo.md` describes the data, the choices and the measured numbers.
+
+pub mod build;
+pub mod energy;
+pub mod error;
+pub mod head;
+pub mod manifest;
+pub mod model;
+pub mod train;
+pub mod zoo;
+
+pub use build::{
+    BuildConfig, BuildEvent, BuildOptions, BuildOutcome, build_zoo, build_zoo_from_tasks,
+    staging_dir,
+};
+pub use energy::{EnergyReport, ModuleEnergy, task_vector_energy, top_energy};
+pub use error::{Result, ZooError};
+pub use head::{embed_images, evaluate, predict, prototype_head};
+pub use manifest::{MANIFEST_FILE, Manifest, TaskEntry, ZOO_FORMAT};
+pub use model::TrainableVit;
+pub use train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, train};
+pub use zoo::{DEFAULT_ZOO_DIR, ZOO_DIR_ENV, Zoo, default_zoo_dir, expected_files};

@@ -1,0 +1,237 @@
+//! A whole build on synthetic tasks with the micro configuration: export / open round trip,
+//! idempotence, resumption, incomplete-zoo detection, and the manifest's serde round trip.
+
+#![allow(clippy::panic)] // Tests report unexpected variants by panicking.
+
+mod common;
+
+use std::path::Path;
+
+use madeit_data::Split;
+use madeit_zoo::build::BuildEvent;
+use madeit_zoo::{
+    BuildConfig, BuildOptions, BuildOutcome, Manifest, Zoo, ZooError, build_zoo_from_tasks,
+    expected_files, staging_dir,
+};
+
+fn options(dir: &Path) -> BuildOptions {
+    let mut config = BuildConfig::micro();
+    config.model = common::micro_config();
+    BuildOptions {
+        zoo_dir: dir.join("zoo"),
+        cache_dir: dir.join("cache-unused"),
+        config,
+        force: false,
+        threads: Some(2),
+    }
+}
+
+fn build(opts: &BuildOptions, events: &mut Vec<BuildEvent>) -> madeit_zoo::Result<BuildOutcome> {
+    let tasks = common::synthetic_tasks();
+    build_zoo_from_tasks(opts, &tasks, &mut |e: &BuildEvent| events.push(e.clone()))
+}
+
+#[test]
+fn build_open_round_trip_idempotence_and_resume() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = options(tmp.path());
+    let mut events = Vec::new();
+    let manifest = match build(&opts, &mut events).expect("build") {
+        BuildOutcome::Built(m) => m,
+        BuildOutcome::AlreadyComplete(_) => panic!("nothing was there"),
+    };
+    assert!(
+        !staging_dir(&opts.zoo_dir).exists(),
+        "the staging folder was left behind"
+    );
+
+    // Open and read everything back.
+    let zoo = Zoo::open(&opts.zoo_dir).expect("open");
+    assert_eq!(zoo.task_names(), ["mnist", "rotated_mnist"]);
+    assert_eq!(zoo.manifest(), manifest.as_ref());
+    let config = zoo.config().clone();
+    let pretrained = zoo.pretrained().expect("pretrained");
+    let model = zoo.pretrained_model().expect("model");
+    assert_eq!(model.config(), &config);
+    for task in zoo.tasks() {
+        let name = task.name.as_str();
+        let finetuned = zoo.finetuned(name).expect("finetuned");
+        finetuned
+            .check_compatible(&pretrained)
+            .expect("same keys and shapes");
+        assert!(
+            zoo.task_vector(name).expect("tv").l2_norm() > 0.0,
+            "{name} did not move"
+        );
+        zoo.finetuned_model(name).expect("finetuned model");
+        let head = zoo.head(name).expect("head");
+        assert_eq!(head.num_classes(), 10);
+        assert_eq!(head.dim(), config.hidden_size);
+        assert_eq!(head.class_names(), task.class_names.as_slice());
+        for split in [Split::Val, Split::Seed, Split::Test] {
+            let set = zoo.split(name, split).expect("split");
+            let expected = match split {
+                Split::Val => task.splits.val,
+                Split::Seed => task.splits.seed,
+                _ => task.splits.test,
+            };
+            assert_eq!(set.n, expected);
+            assert_eq!((set.height, set.width, set.channels), (32, 32, 3));
+        }
+        assert!(matches!(
+            zoo.split(name, Split::Train),
+            Err(ZooError::SplitNotExported { .. })
+        ));
+        for acc in [task.accuracy.pretrained, task.accuracy.finetuned] {
+            assert!((0.0..=1.0).contains(&acc.val) && (0.0..=1.0).contains(&acc.test));
+        }
+        assert_eq!(task.energy.modules.len(), 6);
+        // The recorded test accuracy is what the exported files give.
+        let test = zoo.split(name, Split::Test).expect("test");
+        let fm = zoo.finetuned_model(name).expect("model");
+        let acc =
+            madeit_zoo::evaluate(&fm, &zoo.head(name).expect("head"), &test, 64).expect("eval");
+        assert_eq!(acc, task.accuracy.finetuned.test);
+    }
+    assert!(matches!(
+        zoo.head("nope"),
+        Err(ZooError::UnknownTask { .. })
+    ));
+
+    // A complete zoo is left alone.
+    let mtime = std::fs::metadata(opts.zoo_dir.join("zoo.json"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    match build(&opts, &mut Vec::new()).expect("second build") {
+        BuildOutcome::AlreadyComplete(m) => assert_eq!(m, manifest),
+        BuildOutcome::Built(_) => panic!("a complete zoo was rebuilt"),
+    }
+    let mtime2 = std::fs::metadata(opts.zoo_dir.join("zoo.json"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(mtime, mtime2);
+
+    // Resume: a staging folder holding the finished stages of the same configuration is
+    // reused, and the result is bit-identical to the uninterrupted build.
+    let first_ft = std::fs::read(
+        opts.zoo_dir
+            .join("finetuned/rotated_mnist/model.safetensors"),
+    )
+    .expect("read");
+    let staging = staging_dir(&opts.zoo_dir);
+    std::fs::rename(&opts.zoo_dir, &staging).expect("rename");
+    std::fs::remove_file(staging.join("zoo.json")).expect("rm manifest");
+    std::fs::remove_file(staging.join("stages/finetune-rotated_mnist.json")).expect("rm record");
+    std::fs::remove_dir_all(staging.join("finetuned/rotated_mnist")).expect("rm ft");
+    let mut events = Vec::new();
+    assert!(matches!(
+        build(&opts, &mut events).expect("resume"),
+        BuildOutcome::Built(_)
+    ));
+    let reused: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            BuildEvent::StageReused { stage, .. } => Some(stage.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reused, ["pretrain", "heads", "finetune:mnist"]);
+    let second_ft = std::fs::read(
+        opts.zoo_dir
+            .join("finetuned/rotated_mnist/model.safetensors"),
+    )
+    .expect("read");
+    assert!(first_ft == second_ft, "the resumed fine-tuning differs");
+}
+
+#[test]
+fn incomplete_zoo_is_detected_and_not_overwritten() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = options(tmp.path());
+    build(&opts, &mut Vec::new()).expect("build");
+    let manifest = Zoo::open(&opts.zoo_dir).expect("open").manifest().clone();
+    assert!(
+        expected_files(&manifest)
+            .iter()
+            .all(|p| opts.zoo_dir.join(p).is_file())
+    );
+
+    let victim = opts.zoo_dir.join("heads/rotated_mnist.safetensors");
+    std::fs::remove_file(&victim).expect("rm");
+    match Zoo::open(&opts.zoo_dir) {
+        Err(ZooError::Incomplete { missing, .. }) => {
+            assert_eq!(missing, [Path::new("heads/rotated_mnist.safetensors")]);
+        }
+        other => panic!("expected an incomplete zoo, got {other:?}"),
+    }
+    // A build refuses to touch it without `force`.
+    assert!(matches!(
+        build(&opts, &mut Vec::new()),
+        Err(ZooError::Incomplete { .. })
+    ));
+    // No manifest at all.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    assert!(matches!(
+        Zoo::open(&empty),
+        Err(ZooError::Incomplete { .. })
+    ));
+    // With `force` the zoo is rebuilt whole.
+    let forced = BuildOptions {
+        force: true,
+        ..opts.clone()
+    };
+    assert!(matches!(
+        build(&forced, &mut Vec::new()).expect("force"),
+        BuildOutcome::Built(_)
+    ));
+    Zoo::open(&opts.zoo_dir).expect("complete again");
+}
+
+#[test]
+fn stale_staging_folder_is_discarded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = options(tmp.path());
+    let staging = staging_dir(&opts.zoo_dir);
+    std::fs::create_dir_all(staging.join("stages")).expect("mkdir");
+    std::fs::write(staging.join("stages/pretrain.json"), b"{}").expect("write");
+    let mut events = Vec::new();
+    build(&opts, &mut events).expect("build");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, BuildEvent::DiscardedStale { .. }))
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, BuildEvent::StageReused { .. }))
+    );
+}
+
+#[test]
+fn manifest_serde_round_trip_and_format_check() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = options(tmp.path());
+    build(&opts, &mut Vec::new()).expect("build");
+    let path = opts.zoo_dir.join("zoo.json");
+    let manifest = Manifest::load(&path).expect("load");
+    let text = serde_json::to_string(&manifest).expect("ser");
+    let back: Manifest = serde_json::from_str(&text).expect("de");
+    assert_eq!(back, manifest);
+    assert_eq!(back.build, opts.config);
+    assert_eq!(back.tasks.len(), 2);
+    assert_eq!(back.tasks[0].id, 1);
+    assert_eq!(back.tasks[1].name, "rotated_mnist");
+
+    let mut value: serde_json::Value = serde_json::from_str(&text).expect("value");
+    value["format"] = "madeit-zoo-v0".into();
+    let other = tmp.path().join("other.json");
+    std::fs::write(&other, value.to_string()).expect("write");
+    assert!(matches!(
+        Manifest::load(&other),
+        Err(ZooError::Format { .. })
+    ));
+    std::fs::write(&other, b"{not json").expect("write");
+    assert!(matches!(Manifest::load(&other), Err(ZooError::Json { .. })));
+}
