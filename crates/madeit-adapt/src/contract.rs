@@ -1,0 +1,223 @@
+//! The test-time continual-merging contract: like `madeit_merge::ContinualMerger`, but every
+//! step also receives unlabeled samples of the current task and its head.
+
+use std::fmt;
+
+use burn::prelude::*;
+use indexmap::IndexMap;
+use madeit_merge::{MergedModel, StepReport, TaskId};
+use madeit_params::ParamDict;
+use madeit_vit::{ClipVisionModel, ExpertBank, GateBank, TaskHead, VisionOutput};
+use serde::{Deserialize, Serialize};
+
+use crate::{AdaptError, AdaptState, SeedImages, SeedSource};
+
+/// What one [`absorb`](TestTimeMerger::absorb) step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdaptReport {
+    /// Method name.
+    pub method: String,
+    /// 1-based index of the step (tasks absorbed so far, this one included).
+    pub step: usize,
+    /// The task absorbed.
+    pub task: TaskId,
+    /// `||theta_t - theta_0||_2` over every parameter (accumulated in `f64`).
+    pub task_vector_norm: f64,
+    /// Frobenius norm of the ungated sum of every expert after the step,
+    /// `sqrt(sum_m ||sum_e B_e A_e||_F^2)` (gates scale the experts per batch at run time).
+    pub merged_delta_norm: f64,
+    /// Number of seed samples used.
+    pub seed_samples: usize,
+    /// Where the run loop was told to take them from.
+    pub seed_source: SeedSource,
+    /// The distillation loss (cross-entropy form) before each adaptation step.
+    pub losses: Vec<f64>,
+    /// Mean `KL(teacher || merged)` on the seed set with the initial gates, when requested.
+    pub kl_before: Option<f64>,
+    /// Mean `KL(teacher || merged)` on the seed set after the adaptation.
+    pub kl_after: f64,
+    /// Method-specific quantities, by name (see the method's documentation).
+    pub metrics: IndexMap<String, f64>,
+}
+
+impl AdaptReport {
+    /// The report as a `madeit-merge` [`StepReport`] (same fields; the loss trace, the KL
+    /// values and the seed-sample count go into `metrics` as `loss_first`, `loss_last`,
+    /// `kl_before`, `kl_after`, `seed_samples`).
+    #[must_use]
+    pub fn to_step_report(&self) -> StepReport {
+        let mut metrics = IndexMap::new();
+        metrics.insert("seed_samples".to_owned(), self.seed_samples as f64);
+        if let Some(l) = self.losses.first() {
+            metrics.insert("loss_first".to_owned(), *l);
+        }
+        if let Some(l) = self.losses.last() {
+            metrics.insert("loss_last".to_owned(), *l);
+        }
+        if let Some(k) = self.kl_before {
+            metrics.insert("kl_before".to_owned(), k);
+        }
+        metrics.insert("kl_after".to_owned(), self.kl_after);
+        metrics.extend(self.metrics.iter().map(|(k, v)| (k.clone(), *v)));
+        StepReport {
+            method: self.method.clone(),
+            step: self.step,
+            task: self.task.clone(),
+            task_vector_norm: self.task_vector_norm,
+            merged_delta_norm: self.merged_delta_norm,
+            metrics,
+        }
+    }
+}
+
+/// The merged model of a gated expert method on a device: the pretrained backbone, the
+/// experts and the frozen gates, ready for evaluation.
+///
+/// The gates are averaged over the whole batch (`gbar_e = mean over samples and tokens of
+/// w_e^T x + b_e`), so every batch must hold samples of one task, as in the reference
+/// evaluation (batches of one task's test set).
+#[derive(Debug, Clone)]
+pub struct GatedModel {
+    model: ClipVisionModel,
+    bank: ExpertBank,
+    gates: GateBank,
+}
+
+impl GatedModel {
+    /// Assembles a gated model (checked: one gate per expert, matching widths).
+    ///
+    /// # Errors
+    /// [`AdaptError::Vit`] when experts, gates and model disagree.
+    pub fn new(
+        model: ClipVisionModel,
+        bank: ExpertBank,
+        gates: GateBank,
+    ) -> Result<Self, AdaptError> {
+        gates.validate(&bank)?;
+        Ok(Self { model, bank, gates })
+    }
+
+    /// The backbone.
+    #[must_use]
+    pub fn model(&self) -> &ClipVisionModel {
+        &self.model
+    }
+
+    /// The experts on the device.
+    #[must_use]
+    pub fn experts(&self) -> &ExpertBank {
+        &self.bank
+    }
+
+    /// The gates on the device.
+    #[must_use]
+    pub fn gates(&self) -> &GateBank {
+        &self.gates
+    }
+
+    /// The gated forward of a batch of one task (pixels on the backbone's device).
+    ///
+    /// # Errors
+    /// As [`ClipVisionModel::forward_gated`].
+    pub fn forward(&self, pixels: Tensor<4>) -> Result<VisionOutput, AdaptError> {
+        Ok(self.model.forward_gated(pixels, &self.bank, &self.gates)?)
+    }
+
+    /// Logits `[batch, classes]` of a host pixel buffer (`[batch, C, H, W]`, one task) under
+    /// `head`, as a host tensor.
+    ///
+    /// # Errors
+    /// Pixel, forward and head errors.
+    pub fn logits(
+        &self,
+        head: &TaskHead,
+        pixels: Vec<f32>,
+        batch: usize,
+    ) -> Result<madeit_params::Tensor, AdaptError> {
+        let px = self.model.pixels(pixels, batch)?;
+        let out = self.forward(px)?;
+        Ok(madeit_vit::to_host(&head.logits(out.embedding())?)?)
+    }
+
+    /// Image embeddings `[batch, dim]` of a host pixel buffer of one task.
+    ///
+    /// # Errors
+    /// Pixel and forward errors.
+    pub fn embed(
+        &self,
+        pixels: Vec<f32>,
+        batch: usize,
+    ) -> Result<madeit_params::Tensor, AdaptError> {
+        let px = self.model.pixels(pixels, batch)?;
+        Ok(madeit_vit::to_host(&self.forward(px)?.embedding())?)
+    }
+}
+
+/// A test-time continual merger: fed one fine-tuned model at a time together with a few
+/// unlabeled samples of that task (never of earlier tasks) and the task's head, it keeps a
+/// merged model.
+///
+/// Every implementation
+/// - validates its inputs (names, shapes, finiteness, the pretrained model being the same at
+///   every step, no task absorbed twice, usable seed samples and head) and returns a typed
+///   error naming the problem;
+/// - is atomic: a failed [`absorb`](Self::absorb) leaves it unchanged;
+/// - can be saved ([`state`](Self::state)) and resumed ([`restore`](Self::restore));
+/// - does no I/O (the run loop loads models, pixels and heads and saves the state).
+pub trait TestTimeMerger: fmt::Debug {
+    /// The registry name of the method.
+    fn method(&self) -> &'static str;
+
+    /// Absorbs one more task: its fine-tuned weights, its unlabeled seed samples (pixels
+    /// normalised for the tower) and its head.
+    ///
+    /// # Errors
+    /// Input validation errors ([`AdaptError::Incompatible`], [`AdaptError::NonFinite`],
+    /// [`AdaptError::PretrainedChanged`], [`AdaptError::DuplicateTask`],
+    /// [`AdaptError::DuplicateTaskName`], [`AdaptError::SeedData`], [`AdaptError::Head`]) and
+    /// method errors ([`AdaptError::Linalg`], [`AdaptError::NonFiniteLoss`], ...).
+    fn absorb(
+        &mut self,
+        pretrained: &ParamDict,
+        finetuned: &ParamDict,
+        task: &TaskId,
+        seed: &SeedImages,
+        head: &TaskHead,
+    ) -> Result<AdaptReport, AdaptError>;
+
+    /// Number of tasks absorbed so far.
+    fn num_tasks(&self) -> usize;
+
+    /// The tasks absorbed so far, in order.
+    fn tasks(&self) -> Vec<TaskId>;
+
+    /// The merged model as named tensors: the backbone and the low-rank experts per target
+    /// weight. Gates, which are not named tensors of the backbone, are part of the state and
+    /// of [`gated_model`](Self::gated_model).
+    ///
+    /// # Errors
+    /// [`AdaptError::EmptyStream`] before the first task, [`AdaptError::PretrainedChanged`]
+    /// if `pretrained` is not the stream's model.
+    fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError>;
+
+    /// The merged model ready to run on `backbone`'s device (`backbone` = the pretrained
+    /// tower).
+    ///
+    /// # Errors
+    /// [`AdaptError::EmptyStream`] before the first task; [`AdaptError::Vit`] when the
+    /// backbone does not fit.
+    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError>;
+
+    /// A snapshot of everything needed to continue the stream.
+    ///
+    /// # Errors
+    /// [`AdaptError::InvalidState`] if the configuration cannot be serialised.
+    fn state(&self) -> Result<AdaptState, AdaptError>;
+
+    /// Replaces the merger's state by a snapshot of a merger of the same method,
+    /// configuration and tower. On error the merger is unchanged.
+    ///
+    /// # Errors
+    /// [`AdaptError::InvalidState`] or [`AdaptError::StateTensor`].
+    fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError>;
+}

@@ -1,0 +1,124 @@
+//! Shared helpers of the integration tests: tiny random towers, fine-tuned variants with
+//! low-rank task vectors, heads and pixels.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use faer::Mat;
+use madeit_adapt::{MingleConfig, SeedImages};
+use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead, expected_tensors};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub fn randn(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+    // Box-Muller; adequate for test data.
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(1e-7);
+            let u2: f32 = rng.random::<f32>();
+            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
+pub fn randn_mat(rows: usize, cols: usize, seed: u64) -> Mat<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v = randn(&mut rng, rows * cols, 1.0);
+    Mat::from_fn(rows, cols, |i, j| f64::from(v[i * cols + j]))
+}
+
+/// A random bare-layout vision tower for `cfg`, with a projection.
+pub fn random_params(cfg: &ClipVisionConfig, seed: u64) -> ParamDict {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut dict = ParamDict::new();
+    let mut shapes = expected_tensors(cfg);
+    shapes.push((
+        "visual_projection.weight".into(),
+        vec![cfg.projection_dim, cfg.hidden_size],
+    ));
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let data = if name.contains("norm") && name.ends_with("weight") {
+            randn(&mut rng, n, 0.2)
+                .into_iter()
+                .map(|x| 1.0 + x)
+                .collect()
+        } else if name.ends_with("bias") || name.contains("norm") {
+            randn(&mut rng, n, 0.1)
+        } else if shape.len() >= 2 {
+            let fan_in: usize = shape[1..].iter().product();
+            randn(&mut rng, n, 1.0 / (fan_in as f32).sqrt())
+        } else {
+            randn(&mut rng, n, 0.5)
+        };
+        dict.insert(name, HostTensor::new(shape, data).unwrap());
+    }
+    dict
+}
+
+/// A "fine-tuned" copy of `base`: every target weight gets a rank-`rank` update of relative
+/// size about `scale`, every other tensor a small dense perturbation.
+pub fn finetune(
+    cfg: &ClipVisionConfig,
+    base: &ParamDict,
+    seed: u64,
+    rank: usize,
+    scale: f32,
+) -> ParamDict {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = base.clone();
+    for m in ModuleId::all(cfg.num_hidden_layers) {
+        let (d_out, d_in) = m.dims(cfg);
+        let a = randn(&mut rng, d_out * rank, 1.0);
+        let b = randn(&mut rng, rank * d_in, 1.0);
+        let w = out.get_mut(&m.weight_name()).unwrap();
+        let norm = (w.data().iter().map(|x| x * x).sum::<f32>()).sqrt();
+        let mut delta = vec![0.0f32; d_out * d_in];
+        for i in 0..d_out {
+            for j in 0..d_in {
+                delta[i * d_in + j] = (0..rank).map(|k| a[i * rank + k] * b[k * d_in + j]).sum();
+            }
+        }
+        let dn = delta.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for (x, d) in w.data_mut().iter_mut().zip(&delta) {
+            *x += scale * norm / dn * d;
+        }
+    }
+    let names: Vec<String> = out.keys().map(str::to_owned).collect();
+    for name in names {
+        if ModuleId::parse(&name).is_some_and(|(_, is_weight)| is_weight) {
+            continue;
+        }
+        let t = out.get_mut(&name).unwrap();
+        let n = t.numel();
+        for (x, d) in t.data_mut().iter_mut().zip(randn(&mut rng, n, 0.01)) {
+            *x += d;
+        }
+    }
+    out
+}
+
+pub fn random_head(cfg: &ClipVisionConfig, classes: usize, seed: u64) -> TaskHead {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let w = HostTensor::new(
+        vec![classes, cfg.projection_dim],
+        randn(&mut rng, classes * cfg.projection_dim, 1.0),
+    )
+    .unwrap();
+    TaskHead::new(format!("head{seed}"), &w, Vec::new()).unwrap()
+}
+
+pub fn random_seed_images(cfg: &ClipVisionConfig, count: usize, seed: u64) -> SeedImages {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = count * cfg.num_channels * cfg.image_size * cfg.image_size;
+    SeedImages::new(randn(&mut rng, n, 1.0), count)
+}
+
+/// A fast configuration for the tiny tower: few steps, small batches, exact SVDs.
+pub fn quick_config() -> MingleConfig {
+    MingleConfig {
+        steps: 6,
+        batch_size: 4,
+        subspace_svd: madeit_adapt::SvdMethod::Exact,
+        ..MingleConfig::default()
+    }
+}
