@@ -1,0 +1,111 @@
+//! `madeit embed`: image embeddings of a batch of preprocessed pixels.
+//!
+//! Input: a safetensors file with `pixel_values` `[n, channels, image_size, image_size]`
+//! (F32, F16 or BF16), already resized and normalised for the model. Output: a safetensors
+//! file (F32) with
+//!
+//! - `image_embeds` `[n, e]`: the embedding heads use — `pooled_output · visual_projection^T`
+//!   when the checkpoint has a projection (`e = projection_dim`), else `pooled_output`;
+//! - with `--all`, also `pooled_output` `[n, hidden_size]` and `last_hidden_state`
+//!   `[n, tokens, hidden_size]` (the names of transformers' `CLIPVisionModelOutput`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use madeit::params::{ParamDict, Tensor};
+use madeit::vit::{ClipVisionModel, to_host};
+
+/// Arguments of `madeit embed`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model folder (config.json + model.safetensors, Hugging Face layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Safetensors file holding `pixel_values` `[n, c, size, size]`.
+    #[arg(long)]
+    pub pixels: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write `pooled_output` and `last_hidden_state`.
+    #[arg(long)]
+    pub all: bool,
+    /// Images per forward.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+/// Key of the input tensor.
+const PIXELS_KEY: &str = "pixel_values";
+
+/// Concatenates host tensors along the first axis.
+fn concat(parts: Vec<Tensor>, name: &str) -> anyhow::Result<Tensor> {
+    let mut shape = parts
+        .first()
+        .map(|t| t.shape().to_vec())
+        .with_context(|| format!("no batches for `{name}`"))?;
+    let mut data = Vec::new();
+    let mut n = 0;
+    for p in parts {
+        n += p.shape().first().copied().unwrap_or(0);
+        data.extend_from_slice(p.data());
+    }
+    if let Some(first) = shape.first_mut() {
+        *first = n;
+    }
+    Ok(Tensor::new(shape, data).map_err(|e| e.in_tensor(name))?)
+}
+
+/// Computes and writes the embeddings.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let model = ClipVisionModel::load_dir(&args.model)
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let inputs = ParamDict::load(&args.pixels)
+        .with_context(|| format!("reading {}", args.pixels.display()))?;
+    let pixels = inputs
+        .get(PIXELS_KEY)
+        .with_context(|| format!("{} has no `{PIXELS_KEY}` tensor", args.pixels.display()))?;
+    let c = model.config();
+    let want = [c.num_channels, c.image_size, c.image_size];
+    let (n, rest) = match pixels.shape() {
+        [n, rest @ ..] => (*n, rest),
+        [] => (0, &[][..]),
+    };
+    anyhow::ensure!(
+        rest == want && n > 0,
+        "`{PIXELS_KEY}` has shape {:?}, the model takes [n, {}, {}, {}]",
+        pixels.shape(),
+        want[0],
+        want[1],
+        want[2]
+    );
+    let per_image: usize = want.iter().product();
+    let (mut emb, mut pooled, mut hidden) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in pixels.data().chunks(args.batch_size * per_image) {
+        let b = chunk.len() / per_image;
+        let out = model.forward(model.pixels(chunk.to_vec(), b)?)?;
+        emb.push(to_host(&out.embedding())?);
+        if args.all {
+            pooled.push(to_host(&out.pooled_output)?);
+            hidden.push(to_host(&out.last_hidden_state)?);
+        }
+    }
+    let mut dict = ParamDict::new();
+    dict.insert("image_embeds", concat(emb, "image_embeds")?);
+    if args.all {
+        dict.insert("pooled_output", concat(pooled, "pooled_output")?);
+        dict.insert("last_hidden_state", concat(hidden, "last_hidden_state")?);
+    }
+    dict.save(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "embedded {n} image(s) with {}: {}",
+        args.model.display(),
+        dict.iter()
+            .map(|(k, t)| format!("{k} {:?}", t.shape()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

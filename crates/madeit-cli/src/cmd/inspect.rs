@@ -1,0 +1,68 @@
+//! `madeit inspect`: the configuration and a parameter summary of a checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use madeit::params::ParamDict;
+use madeit::vit::{ClipVisionModel, WEIGHTS_FILE};
+
+/// Arguments of `madeit inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model folder (config.json + model.safetensors, Hugging Face layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Also list every tensor with its shape and dtype.
+    #[arg(long)]
+    pub tensors: bool,
+}
+
+/// Prints the configuration, the summary and the parameters per group.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let model = ClipVisionModel::load_dir(&args.model)
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    println!("config:\n{}", serde_json::to_string_pretty(model.config())?);
+    println!("{}", model.summary());
+    let weights = args.model.join(WEIGHTS_FILE);
+    let params =
+        ParamDict::load(&weights).with_context(|| format!("reading {}", weights.display()))?;
+    // Parameters per group: the embeddings and pre-norm, each encoder layer, the rest.
+    let mut groups: BTreeMap<(usize, String), (usize, usize)> = BTreeMap::new();
+    for (name, t) in params.iter() {
+        let bare = name.strip_prefix("vision_model.").unwrap_or(name);
+        let key = match bare.strip_prefix("encoder.layers.") {
+            Some(rest) => {
+                let layer = rest.split('.').next().unwrap_or_default();
+                (
+                    1 + layer.parse::<usize>().unwrap_or(usize::MAX - 2),
+                    format!("encoder.layers.{layer}"),
+                )
+            }
+            None => {
+                let head = bare.split('.').next().unwrap_or(bare).to_owned();
+                let rank = if head == "embeddings" || head == "pre_layrnorm" {
+                    0
+                } else {
+                    usize::MAX
+                };
+                (rank, head)
+            }
+        };
+        let g = groups.entry(key).or_default();
+        g.0 += 1;
+        g.1 += t.numel();
+    }
+    println!("\n| group | tensors | parameters |\n|---|---:|---:|");
+    for ((_, g), (k, n)) in &groups {
+        println!("| {g} | {k} | {n} |");
+    }
+    println!("| total | {} | {} |", params.len(), params.numel());
+    if args.tensors {
+        println!("\n| tensor | shape | dtype |\n|---|---|---|");
+        for (name, t) in params.iter() {
+            println!("| {name} | {:?} | {} |", t.shape(), t.dtype());
+        }
+    }
+    Ok(())
+}

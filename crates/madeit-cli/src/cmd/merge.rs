@@ -1,0 +1,196 @@
+//! `madeit merge`: merge fine-tuned checkpoints into one model, one task at a time.
+//!
+//! The checkpoints are absorbed in the order given on the command line by a continual
+//! merger of the chosen method; only the pretrained model, the checkpoint being absorbed
+//! and the merger's state are in memory at once. A dense result is written in the layout
+//! of the pretrained checkpoint (`config.json` copied unchanged, `model.safetensors` with
+//! the same tensor names and dtypes). A result with experts is written as the backbone
+//! (`config.json`, `model.safetensors`) plus `experts.safetensors`
+//! (`<weight>.expert<e>.up` `[out, r]`, `<weight>.expert<e>.down` `[r, in]`) and
+//! `experts.json` (the tasks each expert serves).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use madeit::merge::{MergedModel, MethodConfig, TaskId};
+use madeit::params::ParamDict;
+use madeit::vit::{CONFIG_FILE, WEIGHTS_FILE};
+
+/// Arguments of `madeit merge`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Merging method (swa, task_arithmetic, ties, magmax, opcm).
+    #[arg(long)]
+    pub method: String,
+    /// The pretrained checkpoint: a folder with config.json and model.safetensors, or a
+    /// .safetensors file.
+    #[arg(long)]
+    pub pretrained: PathBuf,
+    /// Fine-tuned checkpoints, in merge order (folders or .safetensors files). The task
+    /// name of each is its folder (or file stem) name.
+    #[arg(long, num_args = 1.., required = true)]
+    pub finetuned: Vec<PathBuf>,
+    /// Method parameters (TOML: `lambda = 0.3`, ...; a `method` key must match --method).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The weights file of a checkpoint path.
+fn weights_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(WEIGHTS_FILE)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// The task name of a checkpoint path: its folder name, or its file stem.
+fn task_name(path: &Path) -> String {
+    let p = if path.is_dir() {
+        path
+    } else if path.file_name().is_some_and(|f| f == WEIGHTS_FILE) {
+        path.parent().unwrap_or(path)
+    } else {
+        return path
+            .file_stem()
+            .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+    };
+    p.file_name()
+        .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
+    let Some(path) = &args.config else {
+        return Ok(MethodConfig::default_for(&args.method)?);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    match table.get("method") {
+        Some(toml::Value::String(m)) if m != &args.method => anyhow::bail!(
+            "{} configures method `{m}`, but --method is `{}`",
+            path.display(),
+            args.method
+        ),
+        Some(toml::Value::String(_)) => {}
+        Some(other) => anyhow::bail!("{}: `method` must be a string, got {other}", path.display()),
+        None => {
+            table.insert("method".into(), toml::Value::String(args.method.clone()));
+        }
+    }
+    let value = serde_json::to_value(table)?;
+    let cfg = MethodConfig::from_json_value(value)
+        .with_context(|| format!("method configuration {}", path.display()))?;
+    cfg.check()?;
+    Ok(cfg)
+}
+
+/// Merges the checkpoints and writes the result.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let cfg = method_config(args)?;
+    let pre_file = weights_file(&args.pretrained);
+    let pretrained = ParamDict::load(&pre_file)
+        .with_context(|| format!("reading the pretrained model {}", pre_file.display()))?;
+    let mut merger = cfg.build()?;
+    let mut names: Vec<String> = Vec::new();
+    for path in &args.finetuned {
+        let file = weights_file(path);
+        let mut name = task_name(path);
+        if names.contains(&name) {
+            name = format!("{name}#{}", names.len() + 1);
+        }
+        let t = Instant::now();
+        let ft = ParamDict::load(&file)
+            .with_context(|| format!("reading the fine-tuned model {}", file.display()))?;
+        pretrained.check_compatible(&ft).with_context(|| {
+            format!(
+                "{} does not match the pretrained model {}",
+                file.display(),
+                pre_file.display()
+            )
+        })?;
+        let report = merger
+            .absorb(&pretrained, &ft, &TaskId::new(name.clone()))
+            .with_context(|| format!("absorbing {}", file.display()))?;
+        let extra: Vec<String> = report
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect();
+        eprintln!(
+            "step {}: {name}  |tau|={:.4}  |merged-theta0|={:.4}  {}  ({:.2} s)",
+            report.step,
+            report.task_vector_norm,
+            report.merged_delta_norm,
+            extra.join(" "),
+            t.elapsed().as_secs_f64()
+        );
+        names.push(name);
+    }
+    let merged = merger.merged_model(&pretrained)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let cfg_src = args
+        .pretrained
+        .is_dir()
+        .then(|| args.pretrained.join(CONFIG_FILE))
+        .filter(|p| p.is_file());
+    if let Some(src) = &cfg_src {
+        std::fs::copy(src, args.out.join(CONFIG_FILE))
+            .with_context(|| format!("copying {}", src.display()))?;
+    }
+    let weights_out = args.out.join(WEIGHTS_FILE);
+    match merged {
+        MergedModel::Dense(params) => {
+            params
+                .save(&weights_out)
+                .with_context(|| format!("writing {}", weights_out.display()))?;
+        }
+        MergedModel::Experts(m) => {
+            m.backbone
+                .save(&weights_out)
+                .with_context(|| format!("writing {}", weights_out.display()))?;
+            let mut factors = ParamDict::new();
+            let mut tasks: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+            for (name, experts) in &m.experts {
+                for (e, x) in experts.iter().enumerate() {
+                    factors.insert(format!("{name}.expert{e}.up"), x.up.clone());
+                    factors.insert(format!("{name}.expert{e}.down"), x.down.clone());
+                }
+                tasks.insert(
+                    name.clone(),
+                    experts
+                        .iter()
+                        .map(|x| x.tasks.iter().map(|t| t.as_str().to_owned()).collect())
+                        .collect(),
+                );
+            }
+            let f = args.out.join("experts.safetensors");
+            factors
+                .save(&f)
+                .with_context(|| format!("writing {}", f.display()))?;
+            let j = args.out.join("experts.json");
+            std::fs::write(&j, serde_json::to_string_pretty(&tasks)?)
+                .with_context(|| format!("writing {}", j.display()))?;
+        }
+        _ => anyhow::bail!("method `{}` produced a kind of model this tool cannot write", cfg.name()),
+    }
+    eprintln!(
+        "merged {} model(s) with {} into {}{}",
+        names.len(),
+        cfg.name(),
+        args.out.display(),
+        if cfg_src.is_none() {
+            " (no config.json beside the pretrained weights: only the weights were written)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

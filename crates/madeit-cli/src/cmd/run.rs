@@ -1,0 +1,332 @@
+//! `madeit run`: the continual-merging benchmark — every method, several task orders, the
+//! paper-style tables, `results.json` and SVG plots.
+//!
+//! With no arguments it runs on the embedded zoo (building it first, with its data, when
+//! the zoo folder does not exist yet), with every registered method and the default orders
+//! (seeds [`DEFAULT_SEEDS`]); `--full` uses the ten published orders (seeds 42-51).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use madeit::eval::experiment::{
+    DEFAULT_SEEDS, ExperimentConfig, MethodEntry, StateOptions, run_experiment, timestamp_slug,
+    unix_now,
+};
+use madeit::eval::orders::PUBLISHED_SEEDS;
+use madeit::eval::report::{render_markdown, table_methods, table_per_task};
+use madeit::eval::runner::{EvalMode, RunEvent};
+use madeit::eval::{Benchmark, ExperimentResults};
+
+use super::plots;
+
+/// Evaluation mode on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalArg {
+    /// Every task seen so far after every step (the whole accuracy matrix).
+    Full,
+    /// Only what ACC and BWT need (diagonal and last column).
+    Final,
+}
+
+/// Arguments of `madeit run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Experiment file (TOML with an `[experiment]` table); defaults for everything else.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Zoo folder (default: the experiment's, else $MADEIT_ZOO or ./zoo). Built first when
+    /// it does not exist.
+    #[arg(long)]
+    pub zoo: Option<PathBuf>,
+    /// The ten published task orders (seeds 42-51) instead of the default three.
+    #[arg(long, conflicts_with = "seeds")]
+    pub full: bool,
+    /// Output folder (default: the experiment's, else runs/<UTC timestamp>; runs/latest
+    /// points at the last one).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only these methods: labels of the experiment's methods or registry names
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// These seeds (comma-separated) instead of the experiment's.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Which accuracies to compute after each step.
+    #[arg(long, value_enum)]
+    pub eval: Option<EvalArg>,
+    /// Save every stream after every step under <out>/state, so that it can be resumed.
+    #[arg(long)]
+    pub save_state: bool,
+    /// Resume the streams saved under <out>/state (implies --save-state; without --out,
+    /// resumes runs/latest).
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Folder that holds the run folders.
+const RUNS_DIR: &str = "runs";
+
+/// Resolves the experiment from the file and the flags.
+fn experiment(args: &Args) -> anyhow::Result<ExperimentConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => ExperimentConfig::from_file(path)?,
+        None => ExperimentConfig::default(),
+    };
+    if let Some(zoo) = &args.zoo {
+        cfg.zoo.clone_from(zoo);
+    }
+    if args.full {
+        cfg.seeds = PUBLISHED_SEEDS.to_vec();
+    }
+    if !args.seeds.is_empty() {
+        cfg.seeds.clone_from(&args.seeds);
+    }
+    if let Some(e) = args.eval {
+        cfg.eval = match e {
+            EvalArg::Full => EvalMode::Full,
+            EvalArg::Final => EvalMode::Final,
+        };
+    }
+    if !args.methods.is_empty() {
+        cfg.methods = args
+            .methods
+            .iter()
+            .map(|name| match cfg.methods.iter().find(|m| &m.label == name) {
+                Some(m) => Ok(m.clone()),
+                None => MethodEntry::defaults(name),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    if let Some(out) = &args.out {
+        cfg.out = Some(out.clone());
+    }
+    cfg.save_state |= args.save_state || args.resume;
+    cfg.check()?;
+    Ok(cfg)
+}
+
+/// Picks the output folder: the configured one, runs/latest when resuming without one, or
+/// a new runs/<timestamp>.
+fn output_dir(cfg: &ExperimentConfig, resume: bool) -> anyhow::Result<PathBuf> {
+    if let Some(out) = &cfg.out {
+        return Ok(out.clone());
+    }
+    let latest = Path::new(RUNS_DIR).join("latest");
+    if resume {
+        return std::fs::canonicalize(&latest).with_context(|| {
+            format!(
+                "--resume without --out resumes {}, which does not exist",
+                latest.display()
+            )
+        });
+    }
+    Ok(Path::new(RUNS_DIR).join(timestamp_slug(unix_now())))
+}
+
+/// Points runs/latest at `out` (a symbolic link; best effort, Unix only).
+fn mark_latest(out: &Path) {
+    #[cfg(unix)]
+    {
+        let latest = Path::new(RUNS_DIR).join("latest");
+        if out.parent() != Some(Path::new(RUNS_DIR)) {
+            return;
+        }
+        let Some(name) = out.file_name() else { return };
+        if latest.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = std::fs::remove_file(&latest);
+        }
+        if !latest.exists() {
+            let _ = std::os::unix::fs::symlink(name, &latest);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = out;
+}
+
+fn bar(quiet: bool, len: u64) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} evaluations (eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+/// Builds the zoo at `dir` (fetching its data first) when it does not exist.
+fn ensure_zoo(dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    if dir.join(madeit::zoo::MANIFEST_FILE).is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "no zoo at {}: fetching the data and building it (this happens once)",
+        dir.display()
+    );
+    let cache = madeit::data::default_cache_dir();
+    let spinner = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let s = ProgressBar::new_spinner();
+        s.enable_steady_tick(Duration::from_millis(200));
+        s
+    };
+    madeit::data::fetch_sources(&cache, &|ev| {
+        spinner.set_message(format!("data: {ev:?}"));
+    })
+    .with_context(|| format!("fetching the zoo's data into {}", cache.display()))?;
+    spinner.finish_and_clear();
+
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new(0);
+        pb.set_style(
+            ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb
+    };
+    let opts = madeit::zoo::BuildOptions {
+        zoo_dir: dir.to_path_buf(),
+        cache_dir: cache,
+        config: madeit::zoo::BuildConfig::default(),
+        force: false,
+        threads: None,
+    };
+    let pb2 = pb.clone();
+    madeit::zoo::build_zoo(&opts, &mut move |ev| match ev {
+        madeit::zoo::BuildEvent::StageStarted { stage, total } => {
+            pb2.set_length(*total as u64);
+            pb2.set_position(0);
+            pb2.set_message(stage.clone());
+        }
+        madeit::zoo::BuildEvent::Step {
+            done, total, loss, ..
+        } => {
+            pb2.set_length(*total as u64);
+            pb2.set_position(*done as u64);
+            if let Some(l) = loss {
+                pb2.set_message(format!("loss {l:.3}"));
+            }
+        }
+        madeit::zoo::BuildEvent::StageFinished {
+            stage,
+            seconds,
+            detail,
+        } => pb2.println(format!("zoo: {stage} done in {seconds:.1} s ({detail})")),
+        madeit::zoo::BuildEvent::StageReused { stage, detail } => {
+            pb2.println(format!("zoo: {stage} reused ({detail})"));
+        }
+        _ => {}
+    })
+    .with_context(|| format!("building the zoo at {}", dir.display()))?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// Writes results.json, results.md and the plots into `out`; returns the written files.
+pub fn write_outputs(results: &ExperimentResults, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = out.join("results.json");
+    results.save_json(&json)?;
+    let md = out.join("results.md");
+    std::fs::write(&md, render_markdown(results))
+        .with_context(|| format!("writing {}", md.display()))?;
+    let mut files = vec![json, md];
+    files.extend(plots::write_all(results, &out.join("plots"))?);
+    Ok(files)
+}
+
+/// Runs the benchmark and prints the tables.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cfg = experiment(args)?;
+    ensure_zoo(&cfg.zoo, args.quiet)?;
+    let bench = Benchmark::open_zoo(&cfg.zoo)
+        .with_context(|| format!("opening the zoo at {}", cfg.zoo.display()))?;
+    let out = output_dir(&cfg, args.resume)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    mark_latest(&out);
+    let n = bench.num_tasks();
+    eprintln!(
+        "{} tasks, {} method(s) x {} order(s) (seeds {}), eval {:?}, output {}",
+        n,
+        cfg.methods.len(),
+        cfg.seeds.len(),
+        cfg.seeds
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        cfg.eval,
+        out.display()
+    );
+    if cfg.seeds == DEFAULT_SEEDS && !args.full {
+        eprintln!("(default orders; --full runs the ten published orders, seeds 42-51)");
+    }
+
+    let per_stream = cfg.eval.evaluations_from(0, n) as u64;
+    let pb = bar(args.quiet, cfg.evaluations(n) as u64);
+    let state = StateOptions {
+        dir: cfg.save_state.then(|| out.join("state")),
+        resume: args.resume,
+    };
+    let mut progress = |ev: &RunEvent| match ev {
+        RunEvent::ReferenceEvaluated { kind, task, .. } => {
+            pb.set_message(format!("reference: {kind} on {task}"));
+            pb.inc(1);
+        }
+        RunEvent::StreamStarted {
+            evaluations,
+            resumed_steps,
+            ..
+        } => {
+            pb.inc(per_stream.saturating_sub(*evaluations as u64));
+            if *resumed_steps > 0 {
+                pb.println(format!("resumed after {resumed_steps} step(s)"));
+            }
+        }
+        RunEvent::StepStarted { label, step, task } => {
+            pb.set_message(format!("{label}: step {step}/{n} ({task})"));
+        }
+        RunEvent::TaskEvaluated { .. } => pb.inc(1),
+        RunEvent::StreamFinished {
+            label,
+            seed,
+            metrics: Some(m),
+        } => pb.println(format!(
+            "{label:>16} seed {:>3}: ACC {:5.1}%  BWT {:6.1}%",
+            seed.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            100.0 * m.acc,
+            100.0 * m.bwt.unwrap_or(0.0)
+        )),
+        _ => {}
+    };
+    let results = run_experiment(&cfg, &bench, &state, &mut progress)?;
+    pb.finish_and_clear();
+
+    let files = write_outputs(&results, &out)?;
+    println!("{}", table_methods(&results));
+    println!("{}", table_per_task(&results));
+    eprintln!(
+        "done in {:.1} s; wrote {}",
+        started.elapsed().as_secs_f64(),
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

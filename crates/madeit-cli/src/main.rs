@@ -1,0 +1,55 @@
+//! The `madeit` command-line tool: continual model merging of vision transformers.
+//!
+//! Each subcommand lives in its own module under `cmd/`; the library crates do the work and
+//! this binary owns loading, saving, logging and progress reporting.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Continual model merging of vision transformers.
+#[derive(Debug, Parser)]
+#[command(name = "madeit", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the task order the evaluation protocol uses for a seed (1-based task ids).
+    Orders(cmd::orders::Args),
+    /// Run the continual-merging benchmark: every method over several task orders; writes
+    /// results.json, results.md and SVG plots.
+    Run(cmd::run::Args),
+    /// Merge fine-tuned checkpoints one task at a time with a continual merging method.
+    Merge(cmd::merge::Args),
+    /// Image embeddings of a batch of preprocessed pixels.
+    Embed(cmd::embed::Args),
+    /// Print a checkpoint's configuration and a parameter summary.
+    Inspect(cmd::inspect::Args),
+    /// Render the SVG plots of a results.json.
+    Plots(cmd::plots::Args),
+    /// Build or describe the embedded model zoo.
+    Zoo(cmd::zoo::ZooArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Orders(args) => cmd::orders::run(&args),
+        Command::Run(args) => cmd::run::run(&args),
+        Command::Zoo(args) => cmd::zoo::run(&args),
+        Command::Merge(args) => cmd::merge::run(&args),
+        Command::Embed(args) => cmd::embed::run(&args),
+        Command::Inspect(args) => cmd::inspect::run(&args),
+        Command::Plots(args) => cmd::plots::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The error type of the evaluation run loop (loading, evaluating, merging, saving).
+
+use std::path::PathBuf;
+
+use madeit_params::ParamsError;
+
+use crate::EvalError;
+
+/// Everything that can go wrong while running the continual evaluation: reading a benchmark,
+/// evaluating a model, feeding a merger, saving or resuming a stream, parsing an experiment.
+///
+/// Variants about one file name it; variants about one tensor name it (directly or through
+/// the wrapped [`ParamsError`]); variants about one task name the task.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A file or folder could not be read, written, renamed or created.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fine-tuned checkpoint does not have the pretrained model's tensor names, shapes and
+    /// dtypes (the wrapped error names the tensor).
+    #[error(
+        "fine-tuned checkpoint of task `{task}` ({path}) does not match the pretrained model: {source}"
+    )]
+    CheckpointMismatch {
+        /// The task.
+        task: String,
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What differs, naming the tensor.
+        #[source]
+        source: ParamsError,
+    },
+    /// A model file could not be read (the wrapped error names the file or tensor).
+    #[error("cannot read model weights {path}: {source}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: ParamsError,
+    },
+    /// A test split cannot be used with the model or its head.
+    #[error("task `{task}`: {reason}")]
+    InvalidTask {
+        /// The task.
+        task: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A task name that the benchmark does not have.
+    #[error("no task `{name}` in the benchmark (tasks: {})", available.join(", "))]
+    UnknownTask {
+        /// The name asked for.
+        name: String,
+        /// The names the benchmark has.
+        available: Vec<String>,
+    },
+    /// A task order that is not a permutation of the benchmark's tasks.
+    #[error("invalid task order {order:?} for {n_tasks} tasks: {reason}")]
+    InvalidOrder {
+        /// The order (0-based task indices).
+        order: Vec<usize>,
+        /// Number of tasks of the benchmark.
+        n_tasks: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An experiment configuration that cannot be parsed or is out of range (unknown key,
+    /// unknown method, empty list, ...).
+    #[error("invalid experiment configuration: {message}")]
+    InvalidConfig {
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// An expert model whose experts cannot be attached to the vision tower.
+    #[error("expert model: {reason}")]
+    Experts {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A saved stream checkpoint that does not belong to the stream being resumed, or is
+    /// malformed.
+    #[error("cannot resume from {path}: {reason}")]
+    Resume {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// A JSON document could not be written or read.
+    #[error("{path}: JSON: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What the serializer said.
+        message: String,
+    },
+    /// An error of the evaluation protocol (accuracy matrix, metrics).
+    #[error(transparent)]
+    Protocol(#[from] EvalError),
+    /// An error of a merging method.
+    #[error(transparent)]
+    Merge(#[from] madeit_merge::MergeError),
+    /// An error of the vision tower (building the model, forward, heads).
+    #[error(transparent)]
+    Vit(#[from] madeit_vit::VitError),
+    /// An error of the data crate (split files).
+    #[error(transparent)]
+    Data(#[from] madeit_data::DataError),
+    /// An error of the zoo crate (opening a zoo).
+    #[error(transparent)]
+    Zoo(#[from] madeit_zoo::ZooError),
+    /// An error on named tensors that is not about one file.
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+}
+
+impl RunError {
+    /// An I/O error naming `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A JSON error naming `path`.
+    pub(crate) fn json(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
+        Self::Json {
+            path: path.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// An experiment-configuration error.
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            message: message.into(),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
+/// that `path` is never seen half-written.
+///
+/// # Errors
+/// [`RunError::Io`] naming the file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), RunError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| RunError::io(parent, e))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| RunError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))
+}

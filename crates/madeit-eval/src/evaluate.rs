@@ -1,0 +1,623 @@
+//! Test accuracy of dense and expert models, and an [`Evaluator`] that owns a benchmark's
+//! heads and test splits and remembers what it has computed.
+//!
+//! # Accuracy
+//!
+//! For a test image with bytes `b` (channels first), the network input is
+//! `x = (b / 255 − mean_c) / std_c` with madeit-data's [`NORM_MEAN`] / [`NORM_STD`]
+//! ([`ImageSet::normalized_nchw`]); the image embedding `e` is
+//! [`VisionOutput::embedding`](madeit_vit::VisionOutput::embedding) (the projected
+//! embedding, or the pooled output for a tower without projection); the logits over the
+//! task's own `C` classes are `100 · cos(e, h_c)` ([`TaskHead::logits`]) and the prediction
+//! is their argmax (the first class wins ties). The accuracy is
+//! `(number of correct predictions) / (number of test images)`, a fraction in `[0, 1]`.
+//!
+//! # Expert models
+//!
+//! A [`MergedModel::Experts`] (a backbone plus low-rank experts `ΔW = up · down` on target
+//! linear weights) is evaluated with a per-sample routing chosen by an [`ExpertRouter`]:
+//! for every batch the router returns which expert each sample uses in each module, and the
+//! routed forward adds `up_e · down_e · x` to that module's output
+//! ([`ClipVisionModel::forward_routed`]). [`ProjectionRouter`] routes by the projection
+//! score of the module inputs of a backbone pass; [`OracleRouter`] uses the task label (an
+//! upper bound, not a continual method).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use burn::prelude::{Device, Tensor};
+use rayon::prelude::*;
+use madeit_data::{ImageSet, NORM_MEAN, NORM_STD};
+use madeit_merge::{ExpertModel, Fingerprint, MergedModel, TaskId};
+use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_vit::{
+    ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, Routing, TaskHead,
+    TokenAggregation,
+};
+
+use crate::benchmark::Benchmark;
+use crate::error::RunError;
+
+/// Images per forward pass in evaluation, unless configured otherwise.
+pub const DEFAULT_EVAL_BATCH: usize = 128;
+
+fn check_task(config: &ClipVisionConfig, head: &TaskHead, test: &ImageSet) -> Result<(), RunError> {
+    let bad = |reason: String| RunError::InvalidTask {
+        task: head.name().to_owned(),
+        reason,
+    };
+    if test.n == 0 {
+        return Err(bad("the test split is empty".into()));
+    }
+    if test.class_names.len() != head.num_classes() {
+        return Err(bad(format!(
+            "the test split has {} classes, the head {}",
+            test.class_names.len(),
+            head.num_classes()
+        )));
+    }
+    if test.channels != config.num_channels
+        || test.height != config.image_size
+        || test.width != config.image_size
+    {
+        return Err(bad(format!(
+            "test images are {}x{}x{} (channels x height x width), the model takes {}x{}x{}",
+            test.channels,
+            test.height,
+            test.width,
+            config.num_channels,
+            config.image_size,
+            config.image_size
+        )));
+    }
+    if test.channels != NORM_MEAN.len() {
+        return Err(bad(format!(
+            "{} channels, the normalisation has {}",
+            test.channels,
+            NORM_MEAN.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Counts correct predictions of `forward` (pixels → embeddings) on `test`, `batch` images at
+/// a time. Batches run in parallel on the rayon pool (each forward is mostly single-threaded
+/// at these sizes); the count does not depend on the schedule.
+fn count_correct(
+    model: &ClipVisionModel,
+    head: &TaskHead,
+    test: &ImageSet,
+    batch: usize,
+    forward: &(dyn Fn(Tensor<4>) -> Result<Tensor<2>, RunError> + Sync),
+) -> Result<f64, RunError> {
+    check_task(model.config(), head, test)?;
+    if batch == 0 {
+        return Err(RunError::config("the evaluation batch size must be positive"));
+    }
+    let indices: Vec<usize> = (0..test.n).collect();
+    let correct = indices
+        .par_chunks(batch)
+        .map(|chunk| -> Result<usize, RunError> {
+            let pixels = test.normalized_nchw(chunk, &NORM_MEAN, &NORM_STD)?;
+            let pixels = model.pixels(pixels, chunk.len())?;
+            let pred = head.predict(forward(pixels)?)?;
+            Ok(pred
+                .iter()
+                .zip(chunk)
+                .filter(|&(p, &i)| test.labels.get(i).is_some_and(|&l| l as usize == *p))
+                .count())
+        })
+        .try_reduce(|| 0, |a, b| Ok(a + b))?;
+    Ok(correct as f64 / test.n as f64)
+}
+
+/// Test accuracy of a dense tower (see the module docs), `batch` images per forward.
+///
+/// # Errors
+/// [`RunError::InvalidTask`] when the split does not fit the model or head (image size,
+/// channels, number of classes, empty split); errors of the forward.
+pub fn evaluate_model(
+    model: &ClipVisionModel,
+    head: &TaskHead,
+    test: &ImageSet,
+    batch: usize,
+) -> Result<f64, RunError> {
+    count_correct(model, head, test, batch, &|px| Ok(model.forward(px)?.embedding()))
+}
+
+/// Test accuracy of dense weights `params` (HF names) with tower configuration `config`:
+/// builds the tower on the CPU and calls [`evaluate_model`]. Use [`DEFAULT_EVAL_BATCH`]
+/// (128) for `batch` unless memory says otherwise.
+///
+/// # Errors
+/// As [`ClipVisionModel::from_params`] and [`evaluate_model`].
+pub fn evaluate_dense(
+    config: &ClipVisionConfig,
+    params: &ParamDict,
+    head: &TaskHead,
+    test: &ImageSet,
+    batch: usize,
+) -> Result<f64, RunError> {
+    let model = ClipVisionModel::from_params(config, params)?;
+    evaluate_model(&model, head, test, batch)
+}
+
+/// What a router sees for one batch.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RouteRequest<'a> {
+    /// The backbone tower.
+    pub model: &'a ClipVisionModel,
+    /// The experts, uploaded.
+    pub bank: &'a ExpertBank,
+    /// Per module with experts, the tasks each of its experts serves (expert-index order).
+    pub expert_tasks: &'a [(ModuleId, Vec<Vec<TaskId>>)],
+    /// The normalised pixels of the batch, `[batch, C, H, W]`.
+    pub pixels: &'a Tensor<4>,
+    /// The task whose test split the batch comes from. A continual method must not use it;
+    /// it exists for oracle baselines.
+    pub task: &'a str,
+}
+
+/// Chooses, for every sample of a batch, which expert each module uses.
+pub trait ExpertRouter: Send + Sync + std::fmt::Debug {
+    /// A short name, recorded with the results (`projection`, `oracle`, ...).
+    fn name(&self) -> String;
+
+    /// The routing table of one batch.
+    ///
+    /// # Errors
+    /// Any [`RunError`]; the evaluation stops with it.
+    fn route(&self, request: &RouteRequest<'_>) -> Result<Routing, RunError>;
+}
+
+/// Routes every module independently to the expert whose input subspace best holds the
+/// sample's module input: with `X_i` the input of module `m` for sample `i` in a backbone
+/// pass and `V_e` expert `e`'s input factor, `e* = argmax_e ‖X_i V_e‖_F / ‖X_i‖_F`
+/// ([`ClipVisionModel::forward_scored`]; the first expert wins ties). The score is the
+/// feature-projection alignment when `V_e` has orthonormal columns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProjectionRouter {
+    /// Which tokens enter the score.
+    pub tokens: TokenAggregation,
+}
+
+impl ExpertRouter for ProjectionRouter {
+    fn name(&self) -> String {
+        match self.tokens {
+            TokenAggregation::ClassToken => "projection-cls".into(),
+            _ => "projection".into(),
+        }
+    }
+
+    fn route(&self, r: &RouteRequest<'_>) -> Result<Routing, RunError> {
+        let batch = r.pixels.dims()[0];
+        let (_, scores) = r
+            .model
+            .forward_scored(r.pixels.clone(), r.bank, None, self.tokens)?;
+        let mut routing = Routing::new(batch);
+        for m in r.bank.modules() {
+            let e = scores.num_experts(m);
+            let choices = (0..batch)
+                .map(|i| {
+                    (0..e)
+                        .filter_map(|k| scores.get(m, i, k).map(|s| (k, s)))
+                        .fold(None, |best: Option<(usize, f32)>, (k, s)| match best {
+                            Some((_, b)) if b >= s => best,
+                            _ => Some((k, s)),
+                        })
+                        .map(|(k, _)| k)
+                })
+                .collect();
+            routing.set(m, choices)?;
+        }
+        Ok(routing)
+    }
+}
+
+/// Routes every sample of a task's test split to the (first) expert that serves that task,
+/// in every module; modules with no such expert add nothing. It reads the task label, so it
+/// is an upper bound for routing, not a continual method.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OracleRouter;
+
+impl ExpertRouter for OracleRouter {
+    fn name(&self) -> String {
+        "oracle".into()
+    }
+
+    fn route(&self, r: &RouteRequest<'_>) -> Result<Routing, RunError> {
+        let batch = r.pixels.dims()[0];
+        let mut routing = Routing::new(batch);
+        for (m, experts) in r.expert_tasks {
+            let choice = experts
+                .iter()
+                .position(|tasks| tasks.iter().any(|t| t.as_str() == r.task));
+            routing.set(*m, vec![choice; batch])?;
+        }
+        Ok(routing)
+    }
+}
+
+/// An expert model uploaded for routed forwards.
+#[derive(Debug)]
+struct ExpertTower {
+    model: ClipVisionModel,
+    bank: ExpertBank,
+    expert_tasks: Vec<(ModuleId, Vec<Vec<TaskId>>)>,
+}
+
+impl ExpertTower {
+    fn new(config: &ClipVisionConfig, m: &ExpertModel, device: &Device) -> Result<Self, RunError> {
+        let model = ClipVisionModel::from_params_on(config, &m.backbone, device)?;
+        let mut modules = Vec::new();
+        let mut expert_tasks = Vec::new();
+        for (name, experts) in &m.experts {
+            let Some((id, true)) = ModuleId::parse(name) else {
+                return Err(RunError::Experts {
+                    reason: format!(
+                        "`{name}` is not the weight of a target module (q, k, v, out_proj, fc1, fc2)"
+                    ),
+                });
+            };
+            let factors = experts
+                .iter()
+                .enumerate()
+                .map(|(e, x)| {
+                    let up =
+                        x.up.as_mat()
+                            .map_err(|err| err.in_tensor(&format!("{name}.expert{e}.up")))?;
+                    let down = x
+                        .down
+                        .as_mat()
+                        .map_err(|err| err.in_tensor(&format!("{name}.expert{e}.down")))?;
+                    LowRankFactors::from_ba(up, down).map_err(|err| RunError::Experts {
+                        reason: format!("expert {e} of `{name}`: {err}"),
+                    })
+                })
+                .collect::<Result<Vec<_>, RunError>>()?;
+            expert_tasks.push((id, experts.iter().map(|x| x.tasks.clone()).collect()));
+            modules.push((id, factors));
+        }
+        let bank = ExpertBank::new(config, modules, device)?;
+        Ok(Self {
+            model,
+            bank,
+            expert_tasks,
+        })
+    }
+
+    fn accuracy(
+        &self,
+        router: &dyn ExpertRouter,
+        head: &TaskHead,
+        test: &ImageSet,
+        batch: usize,
+    ) -> Result<f64, RunError> {
+        count_correct(&self.model, head, test, batch, &|px| {
+            let routing = router.route(&RouteRequest {
+                model: &self.model,
+                bank: &self.bank,
+                expert_tasks: &self.expert_tasks,
+                pixels: &px,
+                task: head.name(),
+            })?;
+            Ok(self
+                .model
+                .forward_routed(px, &self.bank, &routing)?
+                .embedding())
+        })
+    }
+}
+
+/// Test accuracy of an expert model with per-sample routing (see the module docs).
+///
+/// # Errors
+/// [`RunError::Experts`] for an expert on a tensor that is not a target weight or with
+/// inconsistent factor shapes; as [`evaluate_model`] and the router.
+pub fn evaluate_experts(
+    config: &ClipVisionConfig,
+    model: &ExpertModel,
+    router: &dyn ExpertRouter,
+    head: &TaskHead,
+    test: &ImageSet,
+    batch: usize,
+) -> Result<f64, RunError> {
+    ExpertTower::new(config, model, &Device::flex())?.accuracy(router, head, test, batch)
+}
+
+/// One task of an [`Evaluator`]: its fixed head and test split.
+#[derive(Debug, Clone)]
+pub struct EvalTask {
+    /// Task name.
+    pub name: String,
+    /// The head.
+    pub head: TaskHead,
+    /// The test split.
+    pub test: ImageSet,
+}
+
+/// Identifies a model for the result cache: the fingerprint of its dense weights (or of its
+/// backbone and of its experts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ModelKey {
+    weights: Fingerprint,
+    experts: Option<Fingerprint>,
+}
+
+fn model_key(model: &MergedModel) -> Option<ModelKey> {
+    match model {
+        MergedModel::Dense(p) => Some(ModelKey {
+            weights: Fingerprint::of_params(p),
+            experts: None,
+        }),
+        MergedModel::Experts(m) => {
+            let mut factors = ParamDict::new();
+            for (name, experts) in &m.experts {
+                for (e, x) in experts.iter().enumerate() {
+                    factors.insert(format!("{name}.{e}.up"), x.up.clone());
+                    factors.insert(format!("{name}.{e}.down"), x.down.clone());
+                    let tasks: Vec<f32> = x
+                        .tasks
+                        .iter()
+                        .flat_map(|t| t.as_str().bytes().map(f32::from).chain([-1.0]))
+                        .collect();
+                    if let Ok(t) = HostTensor::new(vec![tasks.len()], tasks) {
+                        factors.insert(format!("{name}.{e}.tasks"), t);
+                    }
+                }
+            }
+            Some(ModelKey {
+                weights: Fingerprint::of_params(&m.backbone),
+                experts: Some(Fingerprint::of_params(&factors)),
+            })
+        }
+        // Kinds of merged models this crate does not know are never cached.
+        _ => None,
+    }
+}
+
+/// Owns the heads and test splits of a benchmark's tasks and evaluates models on them.
+///
+/// Results are cached by (model fingerprint, task): a model that comes back — the same
+/// merged model after step 1 of two orders that start with the same task, a merger whose
+/// step changed nothing — is not evaluated twice. Dense models are keyed by the 128-bit
+/// [`Fingerprint`] of their weights, expert models by those of their backbone and experts.
+/// `Evaluator` is `Sync`: streams may share one.
+#[derive(Debug)]
+pub struct Evaluator {
+    config: ClipVisionConfig,
+    tasks: Vec<EvalTask>,
+    batch: usize,
+    router: Arc<dyn ExpertRouter>,
+    cache: Mutex<HashMap<(ModelKey, usize), f64>>,
+    device: Device,
+}
+
+impl Evaluator {
+    /// An evaluator for `tasks` of towers with `config`, `batch` images per forward, routing
+    /// expert models with [`ProjectionRouter`].
+    ///
+    /// # Errors
+    /// [`RunError::InvalidTask`] when a split does not fit the model or its head;
+    /// [`RunError::InvalidConfig`] for `batch == 0` or no tasks.
+    pub fn new(
+        config: ClipVisionConfig,
+        tasks: Vec<EvalTask>,
+        batch: usize,
+    ) -> Result<Self, RunError> {
+        config.validate()?;
+        if batch == 0 {
+            return Err(RunError::config(
+                "the evaluation batch size must be positive",
+            ));
+        }
+        if tasks.is_empty() {
+            return Err(RunError::config("an evaluator needs at least one task"));
+        }
+        for t in &tasks {
+            check_task(&config, &t.head, &t.test).map_err(|e| match e {
+                RunError::InvalidTask { reason, .. } => RunError::InvalidTask {
+                    task: t.name.clone(),
+                    reason,
+                },
+                other => other,
+            })?;
+        }
+        Ok(Self {
+            config,
+            tasks,
+            batch,
+            router: Arc::new(ProjectionRouter::default()),
+            cache: Mutex::new(HashMap::new()),
+            device: Device::flex(),
+        })
+    }
+
+    /// Reads the head and test split of every task of `bench`.
+    ///
+    /// # Errors
+    /// File errors naming the file; as [`Evaluator::new`].
+    pub fn from_benchmark(bench: &Benchmark, batch: usize) -> Result<Self, RunError> {
+        let tasks = (0..bench.num_tasks())
+            .map(|i| {
+                Ok(EvalTask {
+                    name: bench
+                        .tasks()
+                        .get(i)
+                        .map(|t| t.name.clone())
+                        .unwrap_or_default(),
+                    head: bench.load_head(i)?,
+                    test: bench.load_test(i)?,
+                })
+            })
+            .collect::<Result<Vec<_>, RunError>>()?;
+        Self::new(bench.config().clone(), tasks, batch)
+    }
+
+    /// Uses `router` for expert models (and forgets cached results, which may depend on it).
+    #[must_use]
+    pub fn with_router(mut self, router: Arc<dyn ExpertRouter>) -> Self {
+        self.router = router;
+        self.cache = Mutex::new(HashMap::new());
+        self
+    }
+
+    /// The router used for expert models.
+    #[must_use]
+    pub fn router(&self) -> &dyn ExpertRouter {
+        self.router.as_ref()
+    }
+
+    /// The tower configuration.
+    #[must_use]
+    pub fn config(&self) -> &ClipVisionConfig {
+        &self.config
+    }
+
+    /// Images per forward.
+    #[must_use]
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// The tasks, in benchmark order.
+    #[must_use]
+    pub fn tasks(&self) -> &[EvalTask] {
+        &self.tasks
+    }
+
+    /// Number of tasks.
+    #[must_use]
+    pub fn num_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Number of test images of task `task`.
+    #[must_use]
+    pub fn test_size(&self, task: usize) -> usize {
+        self.tasks.get(task).map_or(0, |t| t.test.n)
+    }
+
+    /// Number of cached results.
+    #[must_use]
+    pub fn cached_results(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Starts evaluating `model`: computes its fingerprint; the tower itself is built on the
+    /// first task that is not cached.
+    #[must_use]
+    pub fn session<'a>(&'a self, model: &'a MergedModel) -> ModelSession<'a> {
+        ModelSession {
+            evaluator: self,
+            model,
+            key: model_key(model),
+            built: None,
+        }
+    }
+
+    /// Accuracy of `model` on every task in `tasks` (indices into [`Evaluator::tasks`]).
+    ///
+    /// # Errors
+    /// As [`ModelSession::accuracy`].
+    pub fn evaluate(&self, model: &MergedModel, tasks: &[usize]) -> Result<Vec<f64>, RunError> {
+        let mut s = self.session(model);
+        tasks
+            .iter()
+            .map(|&t| s.accuracy(t).map(|e| e.accuracy))
+            .collect()
+    }
+}
+
+/// The result of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Accuracy in `[0, 1]`.
+    pub accuracy: f64,
+    /// Whether it came from the cache.
+    pub cached: bool,
+}
+
+#[derive(Debug)]
+enum Built {
+    Dense(ClipVisionModel),
+    Experts(Box<ExpertTower>),
+}
+
+/// One model being evaluated on several tasks ([`Evaluator::session`]).
+#[derive(Debug)]
+pub struct ModelSession<'a> {
+    evaluator: &'a Evaluator,
+    model: &'a MergedModel,
+    key: Option<ModelKey>,
+    built: Option<Built>,
+}
+
+impl ModelSession<'_> {
+    /// Accuracy of the model on task `task` (an index into [`Evaluator::tasks`]), from the
+    /// cache when this model was evaluated on it before.
+    ///
+    /// # Errors
+    /// [`RunError::UnknownTask`] for an index out of range; the errors of building the tower
+    /// (a checkpoint that is not a tower of the evaluator's configuration), of the forward
+    /// and of the router.
+    pub fn accuracy(&mut self, task: usize) -> Result<Evaluation, RunError> {
+        let ev = self.evaluator;
+        let t = ev.tasks.get(task).ok_or_else(|| RunError::UnknownTask {
+            name: format!("#{task}"),
+            available: ev.tasks.iter().map(|t| t.name.clone()).collect(),
+        })?;
+        let cache_key = self.key.map(|k| (k, task));
+        if let Some(&a) = cache_key
+            .and_then(|k| {
+                ev.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&k)
+                    .copied()
+            })
+            .as_ref()
+        {
+            return Ok(Evaluation {
+                accuracy: a,
+                cached: true,
+            });
+        }
+        let built = match self.built.take() {
+            Some(b) => b,
+            None => match self.model {
+                MergedModel::Dense(p) => {
+                    Built::Dense(ClipVisionModel::from_params_on(&ev.config, p, &ev.device)?)
+                }
+                MergedModel::Experts(m) => {
+                    Built::Experts(Box::new(ExpertTower::new(&ev.config, m, &ev.device)?))
+                }
+                _ => {
+                    return Err(RunError::Experts {
+                        reason: "this kind of merged model cannot be evaluated".into(),
+                    });
+                }
+            },
+        };
+        let result = match &built {
+            Built::Dense(m) => evaluate_model(m, &t.head, &t.test, ev.batch),
+            Built::Experts(x) => x.accuracy(ev.router.as_ref(), &t.head, &t.test, ev.batch),
+        };
+        self.built = Some(built);
+        let accuracy = result?;
+        if let Some(k) = cache_key {
+            ev.cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(k, accuracy);
+        }
+        Ok(Evaluation {
+            accuracy,
+            cached: false,
+        })
+    }
+}

@@ -1,0 +1,686 @@
+//! The run loop, the evaluator and experiments on a tiny synthetic zoo written in the zoo
+//! layout: a random 2-layer tower, three fake tasks whose fine-tuned models are random
+//! perturbations of it, random heads and small random test splits.
+
+use std::path::Path;
+
+use madeit_data::{ImageSet, NORM_MEAN, NORM_STD, write_split};
+use madeit_eval::benchmark::Benchmark;
+use madeit_eval::evaluate::{
+    Evaluator, OracleRouter, ProjectionRouter, evaluate_dense, evaluate_experts,
+};
+use madeit_eval::experiment::{ExperimentConfig, StateOptions, run_experiment};
+use madeit_eval::report::{render_markdown, table_methods};
+use madeit_eval::runner::{EvalMode, RunEvent, StreamSpec, reference_rows, run_stream};
+use madeit_eval::{ExperimentResults, RunError};
+use madeit_merge::{
+    ExpertModel, Fingerprint, LowRankExpert, MergeError, MergedModel, MethodConfig, TaskId,
+};
+use madeit_params::{ParamDict, Tensor};
+use madeit_vit::{
+    CONFIG_FILE, ClipVisionConfig, ClipVisionModel, PROJECTION_WEIGHT, TaskHead, WEIGHTS_FILE,
+    expected_tensors,
+};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
+const CLASSES: [usize; 3] = [4, 3, 5];
+const TEST_IMAGES: usize = 24;
+
+fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+    let d = Normal::new(0.0f32, std).expect("valid normal");
+    (0..n).map(|_| d.sample(rng)).collect()
+}
+
+fn random_tower(config: &ClipVisionConfig, seed: u64) -> ParamDict {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut p = ParamDict::new();
+    let mut shapes = expected_tensors(config);
+    shapes.push((
+        PROJECTION_WEIGHT.to_owned(),
+        vec![config.projection_dim, config.hidden_size],
+    ));
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let data = if name.contains("norm") && name.ends_with(".weight") {
+            vec![1.0; n]
+        } else if name.ends_with(".bias") {
+            normal(&mut rng, n, 0.01)
+        } else {
+            normal(&mut rng, n, 0.2)
+        };
+        p.insert(name, Tensor::new(shape, data).expect("tensor"));
+    }
+    p
+}
+
+fn perturbed(base: &ParamDict, seed: u64, std: f32) -> ParamDict {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    base.map(|_, t| {
+        let noise = normal(&mut rng, t.numel(), std);
+        let data = t.data().iter().zip(noise).map(|(a, b)| a + b).collect();
+        Tensor::new(t.shape().to_vec(), data).expect("tensor")
+    })
+}
+
+fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(
+        dir.join(CONFIG_FILE),
+        config.to_json_string().expect("json"),
+    )
+    .expect("write");
+    params.save(&dir.join(WEIGHTS_FILE)).expect("save");
+}
+
+/// Writes the tiny zoo into `dir` and returns its benchmark.
+fn tiny_zoo(dir: &Path) -> Benchmark {
+    let config = ClipVisionConfig::tiny();
+    let pre = random_tower(&config, 1);
+    save_tower(&dir.join("pretrained"), &config, &pre);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (t, (&name, &classes)) in TASKS.iter().zip(&CLASSES).enumerate() {
+        let ft = perturbed(&pre, 100 + t as u64, 0.05);
+        save_tower(&dir.join("finetuned").join(name), &config, &ft);
+        let w = Tensor::new(
+            vec![classes, config.projection_dim],
+            normal(&mut rng, classes * config.projection_dim, 1.0),
+        )
+        .expect("head");
+        let names: Vec<String> = (0..classes).map(|c| format!("{name}-{c}")).collect();
+        let head = TaskHead::new(name, &w, names.clone()).expect("head");
+        std::fs::create_dir_all(dir.join("heads")).expect("mkdir");
+        head.save(&dir.join("heads").join(format!("{name}.safetensors")))
+            .expect("save head");
+        let (s, c) = (config.image_size, config.num_channels);
+        let images: Vec<u8> = (0..TEST_IMAGES * s * s * c).map(|_| rng.random()).collect();
+        let labels: Vec<u32> = (0..TEST_IMAGES)
+            .map(|_| rng.random_range(0..classes as u32))
+            .collect();
+        let set = ImageSet::new(images, TEST_IMAGES, s, s, c, labels, names).expect("set");
+        write_split(
+            &dir.join("data").join(name).join("test.safetensors"),
+            &set,
+            name,
+            "test",
+        )
+        .expect("split");
+    }
+    Benchmark::from_layout(dir, &TASKS).expect("benchmark")
+}
+
+fn method(name: &str) -> MethodConfig {
+    MethodConfig::default_for(name).expect("method")
+}
+
+fn run(
+    bench: &Benchmark,
+    ev: &Evaluator,
+    spec: &StreamSpec,
+) -> Result<madeit_eval::StreamResult, RunError> {
+    let pre = bench.load_pretrained()?;
+    run_stream(bench, ev, &pre, spec, &mut |_| {})
+}
+
+#[test]
+fn full_mode_fills_the_lower_triangle_and_metrics_match_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let ev = Evaluator::from_benchmark(&bench, 7).expect("evaluator");
+    for name in ["swa", "task_arithmetic", "ties", "magmax", "opcm"] {
+        let mut spec = StreamSpec::new(method(name), vec![2, 0, 1]);
+        spec.seed = Some(5);
+        let mut events = Vec::new();
+        let pre = bench.load_pretrained().expect("pretrained");
+        let r =
+            run_stream(&bench, &ev, &pre, &spec, &mut |e| events.push(e.clone())).expect("stream");
+        assert_eq!(r.order, ["gamma", "alpha", "beta"]);
+        assert_eq!(r.order_ids, [3, 1, 2]);
+        assert!(r.is_complete());
+        assert_eq!(r.steps.len(), 3);
+        for i in 0..3 {
+            for j in 0..3 {
+                let v = r.matrix.get(i, j).expect("in range");
+                assert_eq!(v.is_some(), i <= j, "{name}: entry ({i}, {j})");
+                if let Some(v) = v {
+                    assert!((0.0..=1.0).contains(&v));
+                    // Accuracies are fractions of the 24 test images.
+                    let k = v * TEST_IMAGES as f64;
+                    assert!((k - k.round()).abs() < 1e-9, "{v} is not k/24");
+                }
+            }
+        }
+        let last: Vec<f64> = (0..3)
+            .map(|i| r.matrix.require(i, 2).expect("last"))
+            .collect();
+        let acc = last.iter().sum::<f64>() / 3.0;
+        let bwt = ((last[0] - r.matrix.require(0, 0).expect("d0"))
+            + (last[1] - r.matrix.require(1, 1).expect("d1")))
+            / 2.0;
+        let m = r.metrics.expect("metrics");
+        assert!((m.acc - acc).abs() < 1e-12);
+        assert!((m.bwt.expect("bwt") - bwt).abs() < 1e-12);
+        let evaluated = events
+            .iter()
+            .filter(|e| matches!(e, RunEvent::TaskEvaluated { .. }))
+            .count();
+        assert_eq!(evaluated, 6, "{name}: T(T+1)/2 evaluations");
+        assert!(matches!(
+            events.first(),
+            Some(RunEvent::StreamStarted { evaluations: 6, .. })
+        ));
+        assert!(matches!(
+            events.last(),
+            Some(RunEvent::StreamFinished {
+                metrics: Some(_),
+                ..
+            })
+        ));
+        for (k, s) in r.steps.iter().enumerate() {
+            assert_eq!(s.step, k + 1);
+            assert_eq!(s.report.step, k + 1);
+            assert!(s.timing.absorb_s >= 0.0 && s.timing.eval_s >= 0.0);
+            assert_eq!(s.evaluations, k + 1);
+        }
+    }
+}
+
+#[test]
+fn swa_after_one_step_is_the_finetuned_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let ev = Evaluator::from_benchmark(&bench, 128).expect("evaluator");
+    let pre = bench.load_pretrained().expect("pretrained");
+    let refs = reference_rows(&bench, &ev, &pre, &mut |_| {}).expect("references");
+    assert_eq!(refs.tasks, TASKS);
+    let r = run(&bench, &ev, &StreamSpec::new(method("swa"), vec![1, 2, 0])).expect("stream");
+    assert_eq!(r.matrix.require(0, 0).expect("a"), refs.finetuned[1]);
+    // The reference rows are the independent evaluation of the same files.
+    let cfg = bench.config();
+    for i in 0..3 {
+        let head = bench.load_head(i).expect("head");
+        let test = bench.load_test(i).expect("test");
+        let a = evaluate_dense(cfg, &pre, &head, &test, 5).expect("eval");
+        assert_eq!(a, refs.pretrained[i]);
+        let ft = bench.load_finetuned(i, &pre).expect("ft");
+        assert_eq!(
+            evaluate_dense(cfg, &ft, &head, &test, 128).expect("eval"),
+            refs.finetuned[i]
+        );
+    }
+}
+
+#[test]
+fn evaluate_dense_matches_a_host_side_cosine_classifier() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let pre = bench.load_pretrained().expect("pretrained");
+    let model = ClipVisionModel::from_params(bench.config(), &pre).expect("model");
+    for i in 0..3 {
+        let head = bench.load_head(i).expect("head");
+        let test = bench.load_test(i).expect("test");
+        let idx: Vec<usize> = (0..test.n).collect();
+        let px = test
+            .normalized_nchw(&idx, &NORM_MEAN, &NORM_STD)
+            .expect("px");
+        let emb = model.embed(px, test.n).expect("embed");
+        let dim = head.dim();
+        let mut correct = 0;
+        for (e, &label) in emb.data().chunks_exact(dim).zip(&test.labels) {
+            let norm = e.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let best = head
+                .weight()
+                .chunks_exact(dim)
+                .map(|h| {
+                    e.iter()
+                        .zip(h)
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum::<f64>()
+                        / norm
+                })
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (c, s)| if s > b.1 { (c, s) } else { b },
+                )
+                .0;
+            correct += usize::from(best == label as usize);
+        }
+        let a = evaluate_dense(bench.config(), &pre, &head, &test, 10).expect("eval");
+        assert_eq!(a, correct as f64 / test.n as f64);
+    }
+}
+
+#[test]
+fn final_mode_computes_only_what_acc_and_bwt_need() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let order = vec![1, 0, 2];
+    let full = run(
+        &bench,
+        &Evaluator::from_benchmark(&bench, 128).expect("ev"),
+        &StreamSpec::new(method("ties"), order.clone()),
+    )
+    .expect("full");
+    let mut spec = StreamSpec::new(method("ties"), order);
+    spec.eval = EvalMode::Final;
+    let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
+    let fin = run(&bench, &ev, &spec).expect("final");
+    let mut computed = 0;
+    for i in 0..3 {
+        for j in 0..3 {
+            let v = fin.matrix.get(i, j).expect("in range");
+            assert_eq!(v.is_some(), i == j || j == 2, "entry ({i}, {j})");
+            if let Some(v) = v {
+                computed += 1;
+                assert_eq!(Some(v), full.matrix.get(i, j).expect("in range"));
+            }
+        }
+    }
+    assert_eq!(computed, 2 * 3 - 1);
+    assert_eq!(
+        ev.cached_results(),
+        computed,
+        "every entry is a distinct evaluation"
+    );
+    assert_eq!(fin.metrics, full.metrics);
+    assert_eq!(EvalMode::Final.evaluations_from(0, 3), 5);
+    assert_eq!(EvalMode::Full.evaluations_from(0, 3), 6);
+    assert_eq!(EvalMode::Full.evaluations_from(1, 3), 5);
+}
+
+#[test]
+fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    for name in ["opcm", "ties", "magmax", "swa"] {
+        let order = vec![2, 1, 0];
+        let whole_ckpt = dir.path().join(format!("{name}-whole.safetensors"));
+        let mut whole_spec = StreamSpec::new(method(name), order.clone());
+        whole_spec.checkpoint = Some(whole_ckpt.clone());
+        let whole = run(
+            &bench,
+            &Evaluator::from_benchmark(&bench, 128).expect("ev"),
+            &whole_spec,
+        )
+        .expect("whole");
+
+        for stop in [1, 2] {
+            let ckpt = dir.path().join(format!("{name}-{stop}.safetensors"));
+            let mut spec = StreamSpec::new(method(name), order.clone());
+            spec.checkpoint = Some(ckpt.clone());
+            spec.stop_after = Some(stop);
+            // A fresh evaluator per part: nothing is carried over in memory.
+            let first = run(
+                &bench,
+                &Evaluator::from_benchmark(&bench, 128).expect("ev"),
+                &spec,
+            )
+            .expect("first part");
+            assert!(!first.is_complete());
+            assert_eq!(first.steps.len(), stop);
+            assert_eq!(first.metrics, None);
+            spec.stop_after = None;
+            spec.resume = true;
+            let rest = run(
+                &bench,
+                &Evaluator::from_benchmark(&bench, 128).expect("ev"),
+                &spec,
+            )
+            .expect("resumed");
+            assert_eq!(rest.resumed_steps, stop);
+            assert!(rest.is_complete());
+            assert_eq!(rest.matrix, whole.matrix, "{name} stopped after {stop}");
+            for (a, b) in rest
+                .matrix
+                .rows()
+                .iter()
+                .flatten()
+                .zip(whole.matrix.rows().iter().flatten())
+            {
+                assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits));
+            }
+            assert_eq!(rest.metrics, whole.metrics);
+            let reports: Vec<_> = rest.steps.iter().map(|s| &s.report).collect();
+            let expected: Vec<_> = whole.steps.iter().map(|s| &s.report).collect();
+            assert_eq!(reports, expected);
+            // The final merger states are the same bits.
+            let (a, _) = ParamDict::load_with_metadata(&ckpt).expect("load");
+            let (b, _) = ParamDict::load_with_metadata(&whole_ckpt).expect("load");
+            assert_eq!(Fingerprint::of_params(&a), Fingerprint::of_params(&b));
+
+            // Resuming a complete stream returns it as saved, without work.
+            let mut events = Vec::new();
+            let pre = bench.load_pretrained().expect("pre");
+            let again = run_stream(
+                &bench,
+                &Evaluator::from_benchmark(&bench, 128).expect("ev"),
+                &pre,
+                &spec,
+                &mut |e| events.push(e.clone()),
+            )
+            .expect("again");
+            assert_eq!(again.matrix, whole.matrix);
+            assert_eq!(again.resumed_steps, 3);
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, RunEvent::StepStarted { .. }))
+            );
+        }
+    }
+}
+
+#[test]
+fn resuming_another_stream_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
+    let ckpt = dir.path().join("state.safetensors");
+    let mut spec = StreamSpec::new(method("task_arithmetic"), vec![0, 1, 2]);
+    spec.checkpoint = Some(ckpt.clone());
+    spec.stop_after = Some(1);
+    run(&bench, &ev, &spec).expect("first");
+    spec.resume = true;
+    spec.stop_after = None;
+
+    let mut other_order = spec.clone();
+    other_order.order = vec![1, 0, 2];
+    let err = run(&bench, &ev, &other_order).expect_err("other order");
+    assert!(
+        matches!(err, RunError::Resume { ref reason, .. } if reason.contains("order")),
+        "{err}"
+    );
+
+    let mut other_method = spec.clone();
+    other_method.method =
+        MethodConfig::from_toml_str("method = \"task_arithmetic\"\nlambda = 0.5").expect("config");
+    let err = run(&bench, &ev, &other_method).expect_err("other config");
+    assert!(matches!(err, RunError::Resume { .. }), "{err}");
+
+    let mut other_mode = spec.clone();
+    other_mode.eval = EvalMode::Final;
+    assert!(matches!(
+        run(&bench, &ev, &other_mode),
+        Err(RunError::Resume { .. })
+    ));
+
+    std::fs::write(&ckpt, b"not a checkpoint").expect("write");
+    assert!(matches!(
+        run(&bench, &ev, &spec),
+        Err(RunError::Weights { .. })
+    ));
+}
+
+#[test]
+fn a_checkpoint_that_does_not_match_the_pretrained_model_names_the_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let pre = bench.load_pretrained().expect("pre");
+    let bad_name = "encoder.layers.1.mlp.fc1.weight";
+    let mut bad = pre.clone();
+    bad.insert(bad_name, Tensor::new(vec![3, 2], vec![0.0; 6]).expect("t"));
+    let path = dir.path().join("finetuned").join("beta").join(WEIGHTS_FILE);
+    bad.save(&path).expect("save");
+    let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
+    let err = run(&bench, &ev, &StreamSpec::new(method("swa"), vec![0, 1, 2])).expect_err("bad");
+    match &err {
+        RunError::CheckpointMismatch {
+            task,
+            path: p,
+            source,
+        } => {
+            assert_eq!(task, "beta");
+            assert_eq!(p, &path);
+            assert_eq!(source.tensor_name(), Some(bad_name));
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(err.to_string().contains(bad_name));
+
+    let mut missing = pre.clone();
+    missing.remove("post_layernorm.bias");
+    missing.save(&path).expect("save");
+    let err = bench.load_finetuned(1, &pre).expect_err("missing");
+    assert!(err.to_string().contains("post_layernorm.bias"), "{err}");
+}
+
+#[test]
+fn bad_orders_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
+    for order in [vec![], vec![0, 0, 1], vec![0, 3]] {
+        let err = run(&bench, &ev, &StreamSpec::new(method("swa"), order)).expect_err("order");
+        assert!(matches!(err, RunError::InvalidOrder { .. }), "{err}");
+    }
+    // A subset of the tasks is a valid (shorter) stream.
+    let r = run(&bench, &ev, &StreamSpec::new(method("swa"), vec![2, 0])).expect("subset");
+    assert_eq!(r.matrix.n_tasks(), 2);
+}
+
+#[test]
+fn bad_experiment_configs_are_typed_errors() {
+    let parse = ExperimentConfig::from_toml_str;
+    let ok = parse(
+        "[experiment]\nseeds = [1, 2]\neval = \"final\"\nmethods = [\"swa\", { method = \"ties\", lambda = 0.5, label = \"t5\" }]",
+    )
+    .expect("valid");
+    assert_eq!(ok.seeds, [1, 2]);
+    assert_eq!(ok.eval, EvalMode::Final);
+    assert_eq!(ok.methods.len(), 2);
+    assert_eq!(ok.methods[1].label, "t5");
+    assert_eq!(
+        ok.methods[1].config,
+        MethodConfig::from_toml_str("method = \"ties\"\nlambda = 0.5").expect("ties")
+    );
+    let d = parse("[experiment]").expect("defaults");
+    assert_eq!(d, ExperimentConfig::default());
+    assert_eq!(d.methods.len(), madeit_merge::METHODS.len());
+
+    assert!(matches!(
+        parse("[experiment]\nmethods = [\"nope\"]"),
+        Err(RunError::Merge(MergeError::UnknownMethod { .. }))
+    ));
+    let err =
+        parse("[experiment]\nmethods = [{ method = \"ties\", lamda = 0.3 }]").expect_err("key");
+    assert!(
+        matches!(err, RunError::Merge(MergeError::InvalidConfig { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lamda"), "{err}");
+    assert!(matches!(
+        parse("[experiment]\nmethods = [{ method = \"opcm\", alpha = 2.0 }]"),
+        Err(RunError::Merge(MergeError::InvalidParameter { .. }))
+    ));
+    for bad in [
+        "[experiment]\nseed = [1]",
+        "[experiment]\nmethods = []",
+        "[experiment]\nseeds = []",
+        "[experiment]\nseeds = [1, 1]",
+        "[experiment]\nbatch_size = 0",
+        "[experiment]\neval = \"sometimes\"",
+        "[experiment]\nmethods = [\"swa\", \"swa\"]",
+        "[experiment]\nmethods = [3]",
+        "[experiments]\nseeds = [1]",
+        "[experiment]\n[other]\nx = 1",
+        "experiment = 3",
+        "[experiment",
+    ] {
+        let err = parse(bad).expect_err(bad);
+        assert!(
+            matches!(err, RunError::InvalidConfig { .. }),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_experiment_runs_end_to_end_and_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let cfg = ExperimentConfig::from_toml_str(
+        "[experiment]\nseeds = [42, 43]\nmethods = [\"swa\", \"opcm\"]",
+    )
+    .expect("config");
+    let state = StateOptions {
+        dir: Some(dir.path().join("state")),
+        resume: false,
+    };
+    let mut started = 0;
+    let r = run_experiment(&cfg, &bench, &state, &mut |e| {
+        started += usize::from(matches!(e, RunEvent::StreamStarted { .. }));
+    })
+    .expect("experiment");
+    assert_eq!(started, 4);
+    assert_eq!(r.streams.len(), 4);
+    assert_eq!(r.summaries.len(), 2);
+    assert_eq!(r.benchmark.test_images, [TEST_IMAGES; 3]);
+    for s in &r.summaries {
+        let mine: Vec<_> = r.streams_of(&s.label).collect();
+        assert_eq!(mine.len(), 2);
+        let accs: Vec<f64> = mine.iter().map(|m| m.metrics.expect("m").acc).collect();
+        assert!((s.orders.acc.mean - (accs[0] + accs[1]) / 2.0).abs() < 1e-12);
+        assert_eq!(s.orders.acc.n, 2);
+        let curve = s.seen_accuracy.as_ref().expect("full mode has curves");
+        assert_eq!(curve.len(), 3);
+        assert!((curve[2].mean - s.orders.acc.mean).abs() < 1e-12);
+        assert_eq!(s.final_accuracy.len(), 3);
+    }
+    // Orders are the published shuffles (ids 1-based).
+    assert_eq!(
+        r.streams[0].order_ids,
+        madeit_eval::orders::task_order(3, 42)
+    );
+    let md = render_markdown(&r);
+    assert!(md.contains("| Pre-Trained |") && md.contains("| OPCM |") && md.contains("| SWA |"));
+    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2);
+    let json = dir.path().join("results.json");
+    r.save_json(&json).expect("save");
+    assert_eq!(ExperimentResults::load_json(&json).expect("load"), r);
+    assert!(
+        dir.path()
+            .join("state")
+            .join("opcm-seed43.safetensors")
+            .is_file()
+    );
+
+    // Resuming the whole experiment reuses every saved stream.
+    let resumed = run_experiment(
+        &cfg,
+        &bench,
+        &StateOptions {
+            resume: true,
+            ..state
+        },
+        &mut |_| {},
+    )
+    .expect("resumed");
+    for (a, b) in resumed.streams.iter().zip(&r.streams) {
+        assert_eq!(a.matrix, b.matrix);
+        assert_eq!(a.resumed_steps, 3);
+    }
+}
+
+#[test]
+fn expert_models_are_evaluated_with_per_sample_routing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let cfg = bench.config().clone();
+    let pre = bench.load_pretrained().expect("pre");
+    let key = "encoder.layers.0.mlp.fc1.weight";
+    let (d_out, d_in) = (cfg.intermediate_size, cfg.hidden_size);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let up = Tensor::new(vec![d_out, 2], normal(&mut rng, d_out * 2, 0.5)).expect("up");
+    let down = Tensor::new(vec![2, d_in], normal(&mut rng, 2 * d_in, 0.5)).expect("down");
+    // The dense equivalent: W + up · down.
+    let mut dense = pre.clone();
+    {
+        let w = dense.get_mut(key).expect("w");
+        let (u, v) = (up.data(), down.data());
+        for (o, row) in w.data_mut().chunks_exact_mut(d_in).enumerate() {
+            for (i, x) in row.iter_mut().enumerate() {
+                *x += (0..2).map(|k| u[o * 2 + k] * v[k * d_in + i]).sum::<f32>();
+            }
+        }
+    }
+    let mut experts = ExpertModel::new(pre.clone());
+    experts.experts.insert(
+        key.to_owned(),
+        vec![LowRankExpert::new(
+            up.clone(),
+            down.clone(),
+            vec![TaskId::new("alpha")],
+        )],
+    );
+    let head = bench.load_head(0).expect("head");
+    let test = bench.load_test(0).expect("test");
+    let want = evaluate_dense(&cfg, &dense, &head, &test, 128).expect("dense");
+    let base = evaluate_dense(&cfg, &pre, &head, &test, 128).expect("base");
+    let oracle =
+        evaluate_experts(&cfg, &experts, &OracleRouter, &head, &test, 128).expect("oracle");
+    let proj = evaluate_experts(
+        &cfg,
+        &experts,
+        &ProjectionRouter::default(),
+        &head,
+        &test,
+        128,
+    )
+    .expect("projection");
+    assert_eq!(
+        oracle, want,
+        "one expert serving the task = the dense update"
+    );
+    assert_eq!(proj, want, "a single expert is always the argmax");
+    // On a task the expert does not serve, the oracle adds nothing.
+    let head1 = bench.load_head(1).expect("head");
+    let test1 = bench.load_test(1).expect("test");
+    assert_eq!(
+        evaluate_experts(&cfg, &experts, &OracleRouter, &head1, &test1, 128).expect("oracle"),
+        evaluate_dense(&cfg, &pre, &head1, &test1, 128).expect("base")
+    );
+    let _ = base;
+
+    // Through the evaluator, with its cache.
+    let ev = Evaluator::from_benchmark(&bench, 128)
+        .expect("ev")
+        .with_router(std::sync::Arc::new(OracleRouter));
+    let model = MergedModel::Experts(experts.clone());
+    assert_eq!(ev.evaluate(&model, &[0]).expect("eval"), [want]);
+    let mut s = ev.session(&model);
+    assert!(s.accuracy(0).expect("cached").cached);
+
+    // An expert on a tensor that is not a target weight is refused.
+    let mut bad = experts;
+    let v = bad.experts.swap_remove(key).expect("entry");
+    bad.experts.insert("post_layernorm.weight".to_owned(), v);
+    let err = evaluate_experts(&cfg, &bad, &OracleRouter, &head, &test, 128).expect_err("bad");
+    assert!(matches!(err, RunError::Experts { .. }), "{err}");
+}
+
+#[test]
+fn the_evaluator_caches_by_model_fingerprint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
+    let pre = bench.load_pretrained().expect("pre");
+    let m = MergedModel::Dense(pre.clone());
+    let first = ev.evaluate(&m, &[0, 1, 2]).expect("eval");
+    assert_eq!(ev.cached_results(), 3);
+    let mut s = ev.session(&m);
+    let again = s.accuracy(1).expect("eval");
+    assert!(again.cached);
+    assert_eq!(again.accuracy, first[1]);
+    // A different model is evaluated anew.
+    let other = MergedModel::Dense(perturbed(&pre, 9, 0.01));
+    let mut s = ev.session(&other);
+    assert!(!s.accuracy(1).expect("eval").cached);
+    assert!(matches!(s.accuracy(3), Err(RunError::UnknownTask { .. })));
+    assert!(matches!(
+        Evaluator::from_benchmark(&bench, 0),
+        Err(RunError::InvalidConfig { .. })
+    ));
+}
