@@ -24,15 +24,15 @@ use burn::prelude::*;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use faer::Mat;
 use madeit_adapt::{
-    GateProjection, GateTrainer, GradientProjector, Mingle, MingleConfig, SeedBatches,
-    SeedImages, SeedTask, TestTimeMerger, build_expert, extend_basis, seed_pass,
-    teacher_logits, top_directions,
+    GateProjection, GateTrainer, GradientProjector, Mingle, MingleConfig, SeedBatches, SeedImages,
+    SeedTask, TestTimeMerger, build_expert, extend_basis, seed_pass, teacher_logits,
+    top_directions,
 };
 use madeit_merge::TaskId;
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
-    Activation, ClipVisionConfig, ClipVisionModel, GateValues, LowRankFactors, ModuleId,
-    TaskHead, expected_tensors,
+    Activation, ClipVisionConfig, ClipVisionModel, GateValues, LowRankFactors, ModuleId, TaskHead,
+    expected_tensors,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -136,6 +136,21 @@ fn small(c: &mut Criterion) {
         .absorb(&theta0, &ft1, &TaskId::new("a"), &s1, &h1)
         .unwrap();
     let state = first.state().unwrap();
+    // One untimed run to print the stage breakdown of a step.
+    let mut probe = Mingle::new(config.clone(), cfg.clone(), Device::flex()).unwrap();
+    probe.restore(&state).unwrap();
+    let report = probe
+        .absorb(&theta0, &ft2, &TaskId::new("b"), &s2, &h2)
+        .unwrap();
+    let stage = |k: &str| report.metrics.get(k).copied().unwrap_or(f64::NAN);
+    eprintln!(
+        "small shape, task 2: experts {:.3} s, teacher {:.3} s, adaptation {:.3} s, subspace {:.3} s; KL after {:.4}",
+        stage("seconds_experts"),
+        stage("seconds_teacher"),
+        stage("seconds_adaptation"),
+        stage("seconds_subspace"),
+        report.kl_after
+    );
     let mut g = c.benchmark_group("mingle");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
@@ -219,7 +234,10 @@ fn vit_b32(c: &mut Criterion) {
         let seed = 100 + 2 * i as u64;
         experts.insert(
             m,
-            vec![random_factors(d_out, d_in, 64, seed), random_factors(d_out, d_in, 64, seed + 1)],
+            vec![
+                random_factors(d_out, d_in, 64, seed),
+                random_factors(d_out, d_in, 64, seed + 1),
+            ],
         );
         let u = madeit_linalg::orthonormalize(
             Mat::<f64>::from_fn(d_in, 3, |r, c| ((r * 7 + c * 13 + i) % 17) as f64 - 8.0).as_ref(),
@@ -228,8 +246,12 @@ fn vit_b32(c: &mut Criterion) {
         subspaces.insert(m, Mat::<f32>::from_fn(d_in, 3, |r, c| u[(r, c)] as f32));
     }
     let mut gates = GateValues::new();
-    gates.push_random(&cfg, modules.iter().copied(), 0.01, 31).unwrap();
-    gates.push_random(&cfg, modules.iter().copied(), 0.01, 32).unwrap();
+    gates
+        .push_random(&cfg, modules.iter().copied(), 0.01, 31)
+        .unwrap();
+    gates
+        .push_random(&cfg, modules.iter().copied(), 0.01, 32)
+        .unwrap();
     let config = MingleConfig::default();
     let task = SeedTask {
         head: &h,
@@ -240,7 +262,12 @@ fn vit_b32(c: &mut Criterion) {
     {
         let projectors: BTreeMap<ModuleId, GradientProjector> = subspaces
             .iter()
-            .map(|(m, u)| (*m, GradientProjector::new(u.as_ref(), GateProjection::Relaxed, 1.0, 0.99)))
+            .map(|(m, u)| {
+                (
+                    *m,
+                    GradientProjector::new(u.as_ref(), GateProjection::Relaxed, 1.0, 0.99),
+                )
+            })
             .collect();
         let mut trainer =
             GateTrainer::new(&backbone, &experts, &gates, projectors, task, &config).unwrap();

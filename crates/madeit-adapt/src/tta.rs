@@ -468,15 +468,25 @@ pub struct InputCovariance {
 
 impl InputCovariance {
     /// The matrix in `f64`.
+    ///
+    /// The buffer is read in storage order into faer's column-major layout, which yields the
+    /// transpose; `sum x x^T` is symmetric, so this is the same matrix up to the rounding of
+    /// the accumulation (and reading it this way is several times faster than a strided
+    /// copy at `d = 3072`). A buffer of the wrong length gives a NaN matrix, which the
+    /// decompositions reject.
     #[must_use]
     pub fn to_mat(&self) -> Mat<f64> {
         let d = self.dim;
-        Mat::from_fn(d, d, |i, j| {
-            self.data
-                .get(i * d + j)
-                .copied()
-                .map_or(f64::NAN, f64::from)
-        })
+        if self.data.len() != d * d {
+            return Mat::from_fn(d, d, |_, _| f64::NAN);
+        }
+        let mut out = Mat::<f64>::zeros(d, d);
+        for (j, col) in self.data.chunks_exact(d.max(1)).enumerate() {
+            for (i, x) in col.iter().enumerate() {
+                out[(i, j)] = f64::from(*x);
+            }
+        }
+        out
     }
 }
 

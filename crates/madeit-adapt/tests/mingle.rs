@@ -99,7 +99,7 @@ fn two_tasks_grow_experts_gates_and_subspaces() {
     assert_eq!(list[1].tasks, vec![TaskId::new("task1")]);
     // up . down = U diag(s) V^T of the stored factors.
     let f1 = &m.experts(ModuleId::new(0, TargetKind::Fc1))[1];
-    let dense = f1.to_dense();
+    let dense = f1.to_dense().unwrap();
     let (up, down) = (list[1].up.as_mat().unwrap(), list[1].down.as_mat().unwrap());
     let prod = up * down;
     let (rows, cols) = prod.shape();

@@ -211,7 +211,7 @@ impl Benchmark {
     pub fn load_pretrained(&self) -> Result<ParamDict, RunError> {
         let weights = |source| RunError::Weights {
             path: self.pretrained.clone(),
-            source,
+            source: Box::new(source),
         };
         let p = ParamDict::load(&self.pretrained).map_err(weights)?;
         p.check_finite().map_err(weights)?;
@@ -232,14 +232,14 @@ impl Benchmark {
         let task = self.task(index)?;
         let ft = ParamDict::load(&task.finetuned).map_err(|source| RunError::Weights {
             path: task.finetuned.clone(),
-            source,
+            source: Box::new(source),
         })?;
         pretrained
             .check_compatible(&ft)
             .map_err(|source| RunError::CheckpointMismatch {
                 task: task.name.clone(),
                 path: task.finetuned.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(ft)
     }

@@ -35,7 +35,7 @@ pub enum RunError {
         path: PathBuf,
         /// What differs, naming the tensor.
         #[source]
-        source: ParamsError,
+        source: Box<ParamsError>,
     },
     /// A model file could not be read (the wrapped error names the file or tensor).
     #[error("cannot read model weights {path}: {source}")]
@@ -44,7 +44,7 @@ pub enum RunError {
         path: PathBuf,
         /// The underlying error.
         #[source]
-        source: ParamsError,
+        source: Box<ParamsError>,
     },
     /// A test split cannot be used with the model or its head.
     #[error("task `{task}`: {reason}")]
@@ -107,20 +107,39 @@ pub enum RunError {
     Protocol(#[from] EvalError),
     /// An error of a merging method.
     #[error(transparent)]
-    Merge(#[from] madeit_merge::MergeError),
+    Merge(Box<madeit_merge::MergeError>),
     /// An error of the vision tower (building the model, forward, heads).
     #[error(transparent)]
-    Vit(#[from] madeit_vit::VitError),
+    Vit(Box<madeit_vit::VitError>),
     /// An error of the data crate (split files).
     #[error(transparent)]
-    Data(#[from] madeit_data::DataError),
+    Data(Box<madeit_data::DataError>),
     /// An error of the zoo crate (opening a zoo).
     #[error(transparent)]
-    Zoo(#[from] madeit_zoo::ZooError),
+    Zoo(Box<madeit_zoo::ZooError>),
     /// An error on named tensors that is not about one file.
     #[error(transparent)]
-    Params(#[from] ParamsError),
+    Params(Box<ParamsError>),
 }
+
+/// `From` impls that box the wrapped errors (keeping `RunError` small).
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl From<$ty> for RunError {
+            fn from(e: $ty) -> Self {
+                Self::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Merge(madeit_merge::MergeError),
+    Vit(madeit_vit::VitError),
+    Data(madeit_data::DataError),
+    Zoo(madeit_zoo::ZooError),
+    Params(ParamsError),
+);
 
 impl RunError {
     /// An I/O error naming `path`.

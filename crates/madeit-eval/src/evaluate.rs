@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::prelude::{Device, Tensor};
-use rayon::prelude::*;
 use madeit_data::{ImageSet, NORM_MEAN, NORM_STD};
 use madeit_merge::{ExpertModel, Fingerprint, MergedModel, TaskId};
 use madeit_params::{ParamDict, Tensor as HostTensor};
@@ -34,6 +33,7 @@ use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, Routing, TaskHead,
     TokenAggregation,
 };
+use rayon::prelude::*;
 
 use crate::benchmark::Benchmark;
 use crate::error::RunError;
@@ -92,7 +92,9 @@ fn count_correct(
 ) -> Result<f64, RunError> {
     check_task(model.config(), head, test)?;
     if batch == 0 {
-        return Err(RunError::config("the evaluation batch size must be positive"));
+        return Err(RunError::config(
+            "the evaluation batch size must be positive",
+        ));
     }
     let indices: Vec<usize> = (0..test.n).collect();
     let correct = indices
@@ -122,7 +124,9 @@ pub fn evaluate_model(
     test: &ImageSet,
     batch: usize,
 ) -> Result<f64, RunError> {
-    count_correct(model, head, test, batch, &|px| Ok(model.forward(px)?.embedding()))
+    count_correct(model, head, test, batch, &|px| {
+        Ok(model.forward(px)?.embedding())
+    })
 }
 
 /// Test accuracy of dense weights `params` (HF names) with tower configuration `config`:
@@ -544,7 +548,7 @@ pub struct Evaluation {
 
 #[derive(Debug)]
 enum Built {
-    Dense(ClipVisionModel),
+    Dense(Box<ClipVisionModel>),
     Experts(Box<ExpertTower>),
 }
 
@@ -590,9 +594,9 @@ impl ModelSession<'_> {
         let built = match self.built.take() {
             Some(b) => b,
             None => match self.model {
-                MergedModel::Dense(p) => {
-                    Built::Dense(ClipVisionModel::from_params_on(&ev.config, p, &ev.device)?)
-                }
+                MergedModel::Dense(p) => Built::Dense(Box::new(ClipVisionModel::from_params_on(
+                    &ev.config, p, &ev.device,
+                )?)),
                 MergedModel::Experts(m) => {
                     Built::Experts(Box::new(ExpertTower::new(&ev.config, m, &ev.device)?))
                 }

@@ -3,7 +3,7 @@
 //! ```toml
 //! [experiment]
 //! zoo = "zoo"                    # the benchmark folder (default: $MADEIT_ZOO or ./zoo)
-//! seeds = [42, 43]               # one task order per seed (default: DEFAULT_SEEDS)
+//! seeds = [42, 43, 44]           # one task order per seed (default: DEFAULT_SEEDS)
 //! eval = "full"                  # "full" (whole accuracy matrix) or "final" (ACC/BWT only)
 //! out = "runs/my-experiment"     # output folder (default: runs/<UTC timestamp>)
 //! batch_size = 128               # images per forward in evaluation
@@ -42,11 +42,14 @@ use crate::runner::{
     EvalMode, References, RunEvent, StreamResult, StreamSpec, reference_rows, run_stream,
 };
 
-/// Seeds of the default run: the first three published seeds. On the embedded zoo (8 tasks,
-/// about 29,000 test images) the five weight-space methods with the full accuracy matrix
-/// take a few minutes on 2 cores with these; [`PUBLISHED_SEEDS`] (`--full`) are the ten
-/// orders of the published protocol.
-pub const DEFAULT_SEEDS: [u64; 3] = [42, 43, 44];
+/// Seeds of the default run: the first two published seeds.
+///
+/// Chosen for time: on the embedded zoo (8 tasks, 28,741 test images) the five
+/// weight-space methods with the full accuracy matrix forward about 1.3 million test images
+/// for these two orders plus the reference rows, a few minutes on 2 cores; every further
+/// order adds about 0.6 million. [`PUBLISHED_SEEDS`] (`--full`) are the ten orders of the
+/// published protocol.
+pub const DEFAULT_SEEDS: [u64; 2] = [42, 43];
 
 /// Which router evaluates expert models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

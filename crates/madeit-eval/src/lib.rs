@@ -18,7 +18,11 @@
 //! 4. **Report**: mean and sample standard deviation (`ddof = 1`) of ACC and BWT over the ten
 //!    orders ([`metrics::summarize_orders`], [`metrics::mean_std`]).
 //!
-//! The modules here are pure: they need neither a model nor data.
+//! [`metrics`] and [`orders`] are pure: they need neither a model nor data. The run loop
+//! builds on them: [`benchmark`] (the files of a pretrained tower and its tasks),
+//! [`evaluate`] (test accuracy of dense and expert models, the [`Evaluator`]), [`runner`]
+//! (one method over one task order, resumable), [`experiment`] (methods × orders from a
+//! TOML file) and [`report`] (the Markdown tables); their errors are [`RunError`]s.
 
 pub mod metrics;
 pub mod orders;

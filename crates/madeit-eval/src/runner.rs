@@ -317,7 +317,7 @@ fn save_checkpoint(
         .save_with_metadata(path, &meta)
         .map_err(|source| RunError::Weights {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -329,7 +329,7 @@ fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, MergerState), RunEr
     let (tensors, meta) =
         ParamDict::load_with_metadata(path).map_err(|source| RunError::Weights {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     let meta = meta.ok_or_else(|| bad("the file has no metadata".into()))?;
     let run = meta

@@ -16,16 +16,18 @@ mod sealed {
 /// code needs (faer's own trait has no `Copy` bound and no conversion to `f64`).
 ///
 /// # Which precision where
-/// - **`f64`** where errors accumulate over many steps or small differences matter:
-///   OPCM's running projections and merged task vectors are updated at every task, and
-///   the projection `(I - U U^T) dW` of a nearly-contained update is a difference of close
-///   numbers; in `f32` its relative error grows like `eps_f32 * cond`, which is visible
-///   after a few tasks. Use `f64` there.
+/// - **`f64`** where results depend on individual singular vectors. OPCM projects each
+///   new task vector `τ` onto the singular directions of the merged update `D = U S V^T`
+///   (`C = U^T τ V`, then it zeroes the diagonal of `C`, direction by direction). Where
+///   singular values of `D` nearly coincide, the individual `u_i`, `v_i` are
+///   ill-conditioned (their error is about `eps / gap`), and an `f32` SVD moves the
+///   projected result by about `1e-5`. The error scales with `eps`, so `f64` shrinks it
+///   by about nine orders of magnitude: OPCM's SVDs should be `f64`.
 /// - **`f32`** where one decomposition is taken and truncated: the top-`r` experts of
-///   MADE-IT, affinities between subspaces (values in `[0, 1]` needed to a few digits), the
-///   randomized range finder. `f32` SVDs are about 1.6x faster and take half the memory;
-///   singular values come out to about `1e-6` relative to `s_1`, far below the
-///   noise of a fine-tuned task vector.
+///   MADE-IT, affinities between subspaces (values in `[0, 1]` needed to a few digits),
+///   the randomized range finder. Checkpoints are stored in `f32` (or lower) anyway,
+///   `f32` singular values agree with `f64` ones to about `1e-6 s_1` (tested), and an
+///   `f32` thin SVD is about 1.6x faster than an `f64` one and takes half the memory.
 pub trait Real:
     RealField + Copy + Send + Sync + Debug + Display + Default + 'static + sealed::Sealed
 {

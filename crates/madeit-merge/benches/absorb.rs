@@ -7,12 +7,19 @@
 //! with two tasks and the third step is measured (a fresh copy of the primed merger is
 //! restored from its state outside the timed region).
 //!
+//! Each step is measured twice: in wall-clock time, and in CPU time of the whole process
+//! (user + system, all threads, from `/proc/self/stat`, Linux only), which is what the step
+//! costs independently of other work sharing the machine; on an otherwise idle machine with
+//! `c` cores the wall time of a well-parallelised step approaches CPU time / `c`.
+//!
 //! Also measured: the pieces of one OPCM linear-weight step (f64 thin SVD, projection) at
 //! the two shapes that occur.
 
 use std::hint::black_box;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use faer::Mat;
 use madeit_linalg::random::gaussian;
@@ -119,11 +126,65 @@ fn finetuned(pre: &ParamDict, task: u64) -> ParamDict {
         .collect()
 }
 
-fn absorb_step(c: &mut Criterion) {
-    let pre = pretrained();
-    assert_eq!(pre.numel(), 87_456_000);
-    let tasks: Vec<ParamDict> = (1..=3).map(|t| finetuned(&pre, t)).collect();
-    let mut group = c.benchmark_group("absorb_vit_b32_step3");
+/// CPU time (user + system) of this process, all threads, in seconds.
+fn cpu_seconds() -> f64 {
+    // Fields after the `(comm)` entry: state is field 3, utime 14, stime 15 (clock ticks,
+    // USER_HZ = 100 on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat (Linux)");
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Criterion measurement: process CPU time (reported in the time units of wall time).
+struct CpuTime;
+
+static WALL: WallTime = WallTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = f64;
+    type Value = f64;
+
+    fn start(&self) -> f64 {
+        cpu_seconds()
+    }
+    fn end(&self, start: f64) -> f64 {
+        cpu_seconds() - start
+    }
+    fn add(&self, a: &f64, b: &f64) -> f64 {
+        a + b
+    }
+    fn zero(&self) -> f64 {
+        0.0
+    }
+    fn to_f64(&self, value: &f64) -> f64 {
+        value * 1e9
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
+
+/// The pretrained model and three fine-tuned models, built once.
+fn models() -> &'static (ParamDict, Vec<ParamDict>) {
+    static MODELS: OnceLock<(ParamDict, Vec<ParamDict>)> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let pre = pretrained();
+        assert_eq!(pre.numel(), 87_456_000);
+        let tasks = (1..=3).map(|t| finetuned(&pre, t)).collect();
+        (pre, tasks)
+    })
+}
+
+fn absorb_step_in<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
+    let (pre, tasks) = models();
+    let mut group = c.benchmark_group(group_name);
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -134,7 +195,7 @@ fn absorb_step(c: &mut Criterion) {
         let mut primed = cfg.build().expect("valid defaults");
         for (t, ft) in tasks.iter().take(2).enumerate() {
             primed
-                .absorb(&pre, ft, &TaskId::new(format!("t{t}")))
+                .absorb(pre, ft, &TaskId::new(format!("t{t}")))
                 .expect("absorb");
         }
         let state = primed.state();
@@ -144,7 +205,7 @@ fn absorb_step(c: &mut Criterion) {
             b.iter_batched(
                 || resume(&state).expect("resume"),
                 |mut m| {
-                    black_box(m.absorb(&pre, &tasks[2], &third).expect("absorb"));
+                    black_box(m.absorb(pre, &tasks[2], &third).expect("absorb"));
                     m
                 },
                 BatchSize::PerIteration,
@@ -152,6 +213,14 @@ fn absorb_step(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn absorb_step(c: &mut Criterion) {
+    absorb_step_in(c, "absorb_vit_b32_step3");
+}
+
+fn absorb_step_cpu(c: &mut Criterion<CpuTime>) {
+    absorb_step_in(c, "absorb_vit_b32_step3_cpu");
 }
 
 fn opcm_pieces(c: &mut Criterion) {
@@ -173,5 +242,10 @@ fn opcm_pieces(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, absorb_step, opcm_pieces);
-criterion_main!(benches);
+criterion_group!(wall, absorb_step, opcm_pieces);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = absorb_step_cpu
+}
+criterion_main!(wall, cpu);

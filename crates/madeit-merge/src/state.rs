@@ -127,9 +127,9 @@ impl Hasher {
 
     #[inline(always)]
     fn block(&mut self, w: [u64; LANES]) {
-        for i in 0..LANES {
-            self.a[i] = (self.a[i] ^ w[i]).wrapping_mul(MUL_A).rotate_left(29);
-            self.b[i] = (self.b[i].wrapping_add(w[i]) ^ (self.b[i] >> 31)).wrapping_mul(MUL_B);
+        for ((a, b), w) in self.a.iter_mut().zip(self.b.iter_mut()).zip(w) {
+            *a = (*a ^ w).wrapping_mul(MUL_A).rotate_left(29);
+            *b = (b.wrapping_add(w) ^ (*b >> 31)).wrapping_mul(MUL_B);
         }
     }
 
@@ -150,9 +150,9 @@ impl Hasher {
     /// an even number of values).
     fn floats(&mut self, data: &[f32]) {
         let pair = |p: &[f32]| -> u64 {
-            p.iter()
-                .enumerate()
-                .fold(0u64, |acc, (i, x)| acc | (u64::from(x.to_bits()) << (32 * i)))
+            p.iter().enumerate().fold(0u64, |acc, (i, x)| {
+                acc | (u64::from(x.to_bits()) << (32 * i))
+            })
         };
         // Align to a block boundary word by word.
         let mut start = 0;

@@ -64,9 +64,21 @@ fn main() {
             .unwrap()
     });
     let bias: Vec<f32> = vec![0.1; 3072];
-    let mut raw: Vec<f32> = (0..4_915_200).map(|i| ((i % 1000) as f32) * 0.01 - 5.0).collect();
-    t("raw kernel loop 1 thread", 5, || { for v in raw.iter_mut() { *v = madeit_vit::__scratch_qg1(*v); } vec![raw[7]] });
-    t("into_data+from_data", 5, || { let d = h3.clone().into_data(); let v: Vec<f32> = d.try_into_vec().unwrap(); let t2 = Tensor::<3>::from_data(TensorData::new(v, [32, 50, 3072]), &dev); vec![t2.dims()[0] as f32] });
+    let mut raw: Vec<f32> = (0..4_915_200)
+        .map(|i| ((i % 1000) as f32) * 0.01 - 5.0)
+        .collect();
+    t("raw kernel loop 1 thread", 5, || {
+        for v in raw.iter_mut() {
+            *v = madeit_vit::__scratch_qg1(*v);
+        }
+        vec![raw[7]]
+    });
+    t("into_data+from_data", 5, || {
+        let d = h3.clone().into_data();
+        let v: Vec<f32> = d.try_into_vec().unwrap();
+        let t2 = Tensor::<3>::from_data(TensorData::new(v, [32, 50, 3072]), &dev);
+        vec![t2.dims()[0] as f32]
+    });
     t("quick_gelu kernel", 5, || {
         let y = madeit_vit::__scratch_qg(h3.clone(), &bias);
         y.into_data().to_vec().unwrap()

@@ -166,14 +166,18 @@ impl LowRankFactors {
 
     /// The dense update `U diag(s) V^T` as a host tensor `[d_out, d_in]` (to merge into a
     /// weight with [`madeit_params::Tensor::axpy`]).
-    #[must_use]
-    pub fn to_dense(&self) -> madeit_params::Tensor {
+    ///
+    /// # Errors
+    /// [`VitError::Factors`] if `d_out * d_in` overflows.
+    pub fn to_dense(&self) -> Result<madeit_params::Tensor, VitError> {
         let (m, n, r) = (self.d_out, self.d_in, self.rank);
-        let mut out = vec![0.0f32; m * n];
-        for (i, row) in out.chunks_exact_mut(n).enumerate() {
+        let len = m.checked_mul(n).ok_or_else(|| VitError::Factors {
+            reason: format!("dense [{m} x {n}] is too large"),
+        })?;
+        let mut out = vec![0.0f32; len];
+        for (i, row) in out.chunks_exact_mut(n.max(1)).enumerate() {
             let ui = &self.u[i * r..(i + 1) * r];
-            for (j, o) in row.iter_mut().enumerate() {
-                let vj = &self.v[j * r..(j + 1) * r];
+            for (o, vj) in row.iter_mut().zip(self.v.chunks_exact(r)) {
                 *o = ui
                     .iter()
                     .zip(&self.s)
@@ -182,10 +186,7 @@ impl LowRankFactors {
                     .sum();
             }
         }
-        // The shape matches the buffer by construction.
-        madeit_params::Tensor::new(vec![m, n], out).unwrap_or_else(|_| {
-            madeit_params::Tensor::from_mat(faer::Mat::<f32>::zeros(m, n).as_ref())
-        })
+        Ok(madeit_params::Tensor::new(vec![m, n], out)?)
     }
 }
 

@@ -42,13 +42,14 @@ pub(crate) fn quick_gelu_f32(x: f32) -> f32 {
 }
 
 /// `quick_gelu(x + bias)` over the last axis of `x` (`bias` has the width of that axis),
-/// on the host with rayon, for tensors without autodiff. Returns `None` when the tensor is
-/// on an autodiff device (the caller then uses differentiable burn ops).
+/// on the host with rayon, for flex tensors without autodiff. Hands the tensor back
+/// (`Ok(Err(x))`) on other devices and on autodiff tensors; the caller then uses burn ops.
 pub(crate) fn quick_gelu_bias<const D: usize>(
     x: Tensor<D>,
     bias: &[f32],
 ) -> Result<Result<Tensor<D>, Tensor<D>>, VitError> {
-    if x.is_autodiff() {
+    // Host kernels only pay off where the tensor already lives in host memory.
+    if x.is_autodiff() || x.device() != Device::flex() {
         return Ok(Err(x));
     }
     let dims = x.dims();
@@ -57,22 +58,24 @@ pub(crate) fn quick_gelu_bias<const D: usize>(
     if bias.len() != width || width == 0 {
         return Ok(Err(x));
     }
-    let mut data = x
-        .into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| VitError::Backend {
-            message: format!("{e:?}"),
-        })?;
+    // `into_data` hands over the buffer without a copy when the tensor is contiguous and not
+    // shared; the kernel then works in place and `from_data` takes the buffer back.
+    let mut data = x.into_data();
+    let values = data.as_mut_slice::<f32>().map_err(|e| VitError::Backend {
+        message: format!("{e:?}"),
+    })?;
     // Rows of `width` values, processed in parallel blocks of rows.
     let rows_per_job = (16_384 / width).max(1);
-    data.par_chunks_mut(rows_per_job * width).for_each(|block| {
-        for row in block.chunks_exact_mut(width) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = quick_gelu_f32(*v + *b);
+    values
+        .par_chunks_mut(rows_per_job * width)
+        .for_each(|block| {
+            for row in block.chunks_exact_mut(width) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = quick_gelu_f32(*v + *b);
+                }
             }
-        }
-    });
-    Ok(Ok(Tensor::from_data(TensorData::new(data, dims), &device)))
+        });
+    Ok(Ok(Tensor::from_data(data, &device)))
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ pub use gates::{GateBank, GateTraining, GateValues, LinearGate, ModuleGates};
 pub use head::{
     CLASS_NAMES_KEY, HEAD_WEIGHT_KEY, LOGIT_SCALE, TASK_KEY, TaskHead, distillation_loss,
 };
+#[cfg(feature = "wgpu")]
+pub use model::wgpu_device;
 pub use model::{
     CONFIG_FILE, ClipVisionModel, ModelSummary, ModuleAdapter, ModuleInputs, NoAdapter,
     VisionOutput, WEIGHTS_FILE,
@@ -131,4 +133,6 @@ pub fn __scratch_qg(x: burn::tensor::Tensor<3>, b: &[f32]) -> burn::tensor::Tens
 }
 
 #[doc(hidden)]
-pub fn __scratch_qg1(x: f32) -> f32 { kernels::quick_gelu_f32(x) }
+pub fn __scratch_qg1(x: f32) -> f32 {
+    kernels::quick_gelu_f32(x)
+}

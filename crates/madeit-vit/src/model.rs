@@ -20,6 +20,15 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Name of the configuration file inside a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 
+/// burn's wgpu device (Vulkan, Metal or DX12, whichever the platform offers), for
+/// [`ClipVisionModel::load_dir_on`] / [`ClipVisionModel::to_device`]. Needs the `wgpu`
+/// feature.
+#[cfg(feature = "wgpu")]
+#[must_use]
+pub fn wgpu_device() -> Device {
+    Device::wgpu(Default::default())
+}
+
 /// Outputs of a forward pass (the names of transformers' `CLIPVisionModelOutput`).
 #[derive(Debug, Clone)]
 pub struct VisionOutput {

@@ -40,7 +40,7 @@ fn merged(dict: &ParamDict, updates: &[(ModuleId, &LowRankFactors)]) -> ParamDic
     for (m, f) in updates {
         out.get_mut(&m.weight_name())
             .unwrap()
-            .axpy(1.0, &f.to_dense())
+            .axpy(1.0, &f.to_dense().unwrap())
             .unwrap();
     }
     out
@@ -332,7 +332,7 @@ fn projection_scores_match_a_host_computation() {
 #[test]
 fn to_dense_matches_the_factor_product() {
     let f = random_factors(5, 4, 3, 9);
-    let dense = f.to_dense();
+    let dense = f.to_dense().unwrap();
     for i in 0..5 {
         for j in 0..4 {
             let want: f32 = (0..3)
@@ -360,7 +360,7 @@ mod props {
             let a = faer::Mat::from_fn(r, n, |k, j| vals[36 + k * n + j]);
             let f = LowRankFactors::from_ba(b.as_ref(), a.as_ref()).unwrap();
             let want = &b * &a;
-            let dense = f.to_dense();
+            let dense = f.to_dense().unwrap();
             for i in 0..m {
                 for j in 0..n {
                     prop_assert!((dense.data()[i * n + j] - want[(i, j)]).abs() < 1e-4);
@@ -369,7 +369,7 @@ mod props {
             let s: Vec<f32> = (0..r).map(|k| 1.0 + k as f32).collect();
             let g = LowRankFactors::from_mats(b.as_ref(), &s, a.transpose()).unwrap();
             let want = &b * faer::Mat::from_fn(r, r, |i, j| if i == j { s[i] } else { 0.0 }) * &a;
-            let dense = g.to_dense();
+            let dense = g.to_dense().unwrap();
             for i in 0..m {
                 for j in 0..n {
                     prop_assert!((dense.data()[i * n + j] - want[(i, j)]).abs() < 1e-3);

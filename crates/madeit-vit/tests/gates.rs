@@ -91,7 +91,7 @@ fn gated_forward_is_the_gate_weighted_dense_merge() {
             merged
                 .get_mut(&m.weight_name())
                 .unwrap()
-                .axpy(gbar as f32, &f.to_dense())
+                .axpy(gbar as f32, &f.to_dense().unwrap())
                 .unwrap();
         }
     }

@@ -58,7 +58,11 @@ pub fn init_std(name: &str, config: &ClipVisionConfig) -> f64 {
         d.powf(-0.5)
     } else if name.contains("fc1") {
         (2.0 * d).powf(-0.5)
-    } else if name.contains("q_proj") || name.contains("k_proj") || name.contains("v_proj") || name.contains("fc2") {
+    } else if name.contains("q_proj")
+        || name.contains("k_proj")
+        || name.contains("v_proj")
+        || name.contains("fc2")
+    {
         in_proj
     } else {
         INIT_RANGE

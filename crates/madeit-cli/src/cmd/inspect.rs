@@ -1,6 +1,8 @@
 //! `madeit inspect`: the configuration and a parameter summary of a checkpoint.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -22,8 +24,13 @@ pub struct Args {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let model = ClipVisionModel::load_dir(&args.model)
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
-    println!("config:\n{}", serde_json::to_string_pretty(model.config())?);
-    println!("{}", model.summary());
+    let mut out = String::new();
+    writeln!(
+        out,
+        "config:\n{}",
+        serde_json::to_string_pretty(model.config())?
+    )?;
+    writeln!(out, "{}", model.summary())?;
     let weights = args.model.join(WEIGHTS_FILE);
     let params =
         ParamDict::load(&weights).with_context(|| format!("reading {}", weights.display()))?;
@@ -53,16 +60,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         g.0 += 1;
         g.1 += t.numel();
     }
-    println!("\n| group | tensors | parameters |\n|---|---:|---:|");
+    writeln!(out, "\n| group | tensors | parameters |\n|---|---:|---:|")?;
     for ((_, g), (k, n)) in &groups {
-        println!("| {g} | {k} | {n} |");
+        writeln!(out, "| {g} | {k} | {n} |")?;
     }
-    println!("| total | {} | {} |", params.len(), params.numel());
+    writeln!(out, "| total | {} | {} |", params.len(), params.numel())?;
     if args.tensors {
-        println!("\n| tensor | shape | dtype |\n|---|---|---|");
+        writeln!(out, "\n| tensor | shape | dtype |\n|---|---|---|")?;
         for (name, t) in params.iter() {
-            println!("| {name} | {:?} | {} |", t.shape(), t.dtype());
+            writeln!(out, "| {name} | {:?} | {} |", t.shape(), t.dtype())?;
         }
     }
-    Ok(())
+    // A closed pipe (`madeit inspect ... | head`) is not an error.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -56,12 +56,15 @@ fn task_name(path: &Path) -> String {
     } else if path.file_name().is_some_and(|f| f == WEIGHTS_FILE) {
         path.parent().unwrap_or(path)
     } else {
-        return path
-            .file_stem()
-            .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+        return path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
     };
-    p.file_name()
-        .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned())
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
 }
 
 fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
@@ -179,7 +182,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             std::fs::write(&j, serde_json::to_string_pretty(&tasks)?)
                 .with_context(|| format!("writing {}", j.display()))?;
         }
-        _ => anyhow::bail!("method `{}` produced a kind of model this tool cannot write", cfg.name()),
+        _ => anyhow::bail!(
+            "method `{}` produced a kind of model this tool cannot write",
+            cfg.name()
+        ),
     }
     eprintln!(
         "merged {} model(s) with {} into {}{}",

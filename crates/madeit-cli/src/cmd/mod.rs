@@ -1,9 +1,9 @@
 //! Subcommands.
 
-pub mod orders;
 pub mod embed;
 pub mod inspect;
 pub mod merge;
+pub mod orders;
 pub mod plots;
 pub mod run;
 pub mod zoo;

@@ -185,16 +185,26 @@ pub fn seen_curves(path: &Path, results: &ExperimentResults) -> anyhow::Result<(
         .y_desc("accuracy (%)")
         .x_labels(n)
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(11)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .light_line_style(WHITE)
         .draw()
         .map_err(plot_err(path))?;
     for (k, (label, value)) in [
-        ("Fine-Tuned (individual)", results.references.finetuned_mean()),
+        (
+            "Fine-Tuned (individual)",
+            results.references.finetuned_mean(),
+        ),
         ("Pre-Trained", results.references.pretrained_mean()),
     ]
     .into_iter()
     .enumerate()
     {
-        let color = if k == 0 { BLACK } else { RGBColor(128, 128, 128) };
+        let color = if k == 0 {
+            BLACK
+        } else {
+            RGBColor(128, 128, 128)
+        };
         let y = 100.0 * value;
         chart
             .draw_series(DashedLineSeries::new(
@@ -229,7 +239,10 @@ pub fn seen_curves(path: &Path, results: &ExperimentResults) -> anyhow::Result<(
                 .collect();
             let band: Vec<(f64, f64)> = upper.chain(lower.into_iter().rev()).collect();
             chart
-                .draw_series(std::iter::once(Polygon::new(band, color.mix(0.15).filled())))
+                .draw_series(std::iter::once(Polygon::new(
+                    band,
+                    color.mix(0.15).filled(),
+                )))
                 .map_err(plot_err(path))?;
         }
         let name = display_name(&s.method).to_owned();

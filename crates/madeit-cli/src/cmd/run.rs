@@ -40,7 +40,7 @@ pub struct Args {
     /// it does not exist.
     #[arg(long)]
     pub zoo: Option<PathBuf>,
-    /// The ten published task orders (seeds 42-51) instead of the default three.
+    /// The ten published task orders (seeds 42-51) instead of the default two (42, 43).
     #[arg(long, conflicts_with = "seeds")]
     pub full: bool,
     /// Output folder (default: the experiment's, else runs/<UTC timestamp>; runs/latest
@@ -67,6 +67,10 @@ pub struct Args {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+fn show_seed(seed: Option<u64>) -> String {
+    seed.map_or_else(|| "-".to_owned(), |s| s.to_string())
 }
 
 /// Folder that holds the run folders.
@@ -138,7 +142,10 @@ fn mark_latest(out: &Path) {
             return;
         }
         let Some(name) = out.file_name() else { return };
-        if latest.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        if latest
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
             let _ = std::fs::remove_file(&latest);
         }
         if !latest.exists() {
@@ -147,6 +154,16 @@ fn mark_latest(out: &Path) {
     }
     #[cfg(not(unix))]
     let _ = out;
+}
+
+/// Prints a line above the bar, or to stderr when the bar is hidden (quiet, or stderr is not
+/// a terminal), so that logs keep the per-stream results.
+fn log(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
 }
 
 fn bar(quiet: bool, len: u64) -> ProgressBar {
@@ -164,75 +181,29 @@ fn bar(quiet: bool, len: u64) -> ProgressBar {
     pb
 }
 
-/// Builds the zoo at `dir` (fetching its data first) when it does not exist.
-fn ensure_zoo(dir: &Path, quiet: bool) -> anyhow::Result<()> {
+/// Builds the zoo at `dir` when it has no manifest yet, exactly as `madeit zoo build --zoo
+/// DIR` does (fetching the data into the default cache first, with progress bars; an
+/// interrupted build resumes).
+fn ensure_zoo(dir: &Path) -> anyhow::Result<()> {
     if dir.join(madeit::zoo::MANIFEST_FILE).is_file() {
         return Ok(());
     }
     eprintln!(
-        "no zoo at {}: fetching the data and building it (this happens once)",
+        "no zoo at {}: fetching its data and building it first (once)",
         dir.display()
     );
-    let cache = madeit::data::default_cache_dir();
-    let spinner = if quiet {
-        ProgressBar::hidden()
-    } else {
-        let s = ProgressBar::new_spinner();
-        s.enable_steady_tick(Duration::from_millis(200));
-        s
-    };
-    madeit::data::fetch_sources(&cache, &|ev| {
-        spinner.set_message(format!("data: {ev:?}"));
+    super::zoo::run(&super::zoo::ZooArgs {
+        command: super::zoo::ZooCommand::Build(super::zoo::BuildArgs {
+            zoo: Some(dir.to_path_buf()),
+            cache: None,
+            seed: None,
+            config: None,
+            threads: None,
+            force: false,
+            no_fetch: false,
+        }),
     })
-    .with_context(|| format!("fetching the zoo's data into {}", cache.display()))?;
-    spinner.finish_and_clear();
-
-    let pb = if quiet {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(0);
-        pb.set_style(
-            ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        pb
-    };
-    let opts = madeit::zoo::BuildOptions {
-        zoo_dir: dir.to_path_buf(),
-        cache_dir: cache,
-        config: madeit::zoo::BuildConfig::default(),
-        force: false,
-        threads: None,
-    };
-    let pb2 = pb.clone();
-    madeit::zoo::build_zoo(&opts, &mut move |ev| match ev {
-        madeit::zoo::BuildEvent::StageStarted { stage, total } => {
-            pb2.set_length(*total as u64);
-            pb2.set_position(0);
-            pb2.set_message(stage.clone());
-        }
-        madeit::zoo::BuildEvent::Step {
-            done, total, loss, ..
-        } => {
-            pb2.set_length(*total as u64);
-            pb2.set_position(*done as u64);
-            if let Some(l) = loss {
-                pb2.set_message(format!("loss {l:.3}"));
-            }
-        }
-        madeit::zoo::BuildEvent::StageFinished {
-            stage,
-            seconds,
-            detail,
-        } => pb2.println(format!("zoo: {stage} done in {seconds:.1} s ({detail})")),
-        madeit::zoo::BuildEvent::StageReused { stage, detail } => {
-            pb2.println(format!("zoo: {stage} reused ({detail})"));
-        }
-        _ => {}
-    })
-    .with_context(|| format!("building the zoo at {}", dir.display()))?;
-    pb.finish_and_clear();
-    Ok(())
+    .with_context(|| format!("building the zoo at {}", dir.display()))
 }
 
 /// Writes results.json, results.md and the plots into `out`; returns the written files.
@@ -252,7 +223,7 @@ pub fn write_outputs(results: &ExperimentResults, out: &Path) -> anyhow::Result<
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let cfg = experiment(args)?;
-    ensure_zoo(&cfg.zoo, args.quiet)?;
+    ensure_zoo(&cfg.zoo)?;
     let bench = Benchmark::open_zoo(&cfg.zoo)
         .with_context(|| format!("opening the zoo at {}", cfg.zoo.display()))?;
     let out = output_dir(&cfg, args.resume)?;
@@ -288,13 +259,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             pb.inc(1);
         }
         RunEvent::StreamStarted {
+            label,
+            seed,
             evaluations,
             resumed_steps,
             ..
         } => {
             pb.inc(per_stream.saturating_sub(*evaluations as u64));
             if *resumed_steps > 0 {
-                pb.println(format!("resumed after {resumed_steps} step(s)"));
+                log(
+                    &pb,
+                    format!(
+                        "{label} seed {}: resumed after {resumed_steps} step(s)",
+                        show_seed(*seed)
+                    ),
+                );
             }
         }
         RunEvent::StepStarted { label, step, task } => {
@@ -305,12 +284,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             label,
             seed,
             metrics: Some(m),
-        } => pb.println(format!(
-            "{label:>16} seed {:>3}: ACC {:5.1}%  BWT {:6.1}%",
-            seed.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-            100.0 * m.acc,
-            100.0 * m.bwt.unwrap_or(0.0)
-        )),
+        } => log(
+            &pb,
+            format!(
+                "{label:>16} seed {:>3}: ACC {:5.1}%  BWT {:6.1}%  [{:.0} s]",
+                show_seed(*seed),
+                100.0 * m.acc,
+                100.0 * m.bwt.unwrap_or(0.0),
+                started.elapsed().as_secs_f64()
+            ),
+        ),
         _ => {}
     };
     let results = run_experiment(&cfg, &bench, &state, &mut progress)?;

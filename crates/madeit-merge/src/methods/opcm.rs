@@ -175,12 +175,8 @@ impl Opcm {
                     .zip(pd.chunks_exact(a_rows).zip(md.chunks_exact(a_rows)))
                     .zip(fd.chunks_exact(a_rows))
                 {
-                    for ((((dv, tv), &p), &m), &f) in dc
-                        .iter_mut()
-                        .zip(tc.iter_mut())
-                        .zip(pc)
-                        .zip(mc)
-                        .zip(fc)
+                    for ((((dv, tv), &p), &m), &f) in
+                        dc.iter_mut().zip(tc.iter_mut()).zip(pc).zip(mc).zip(fc)
                     {
                         let p = f64::from(p);
                         *dv = f64::from(m) - p;
