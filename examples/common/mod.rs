@@ -1,0 +1,103 @@
+//! What every method example shares: open the embedded zoo, feed a short task stream to a
+//! continual merger one fine-tuned checkpoint at a time, and print the accuracy on every task
+//! seen so far after each step, with ACC and BWT at the end.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use madeit::eval::metrics::AccuracyMatrix;
+use madeit::eval::orders::task_order;
+use madeit::eval::{Benchmark, Evaluator};
+use madeit::merge::{ContinualMerger, MergedModel, TaskId};
+
+/// The zoo folder: the first command-line argument, else `$MADEIT_ZOO`, else `zoo`.
+pub fn zoo_dir() -> PathBuf {
+    std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("MADEIT_ZOO").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("zoo"))
+}
+
+/// Opens the zoo, with a message saying how to build it when it is missing.
+pub fn open_zoo() -> Result<Benchmark, Box<dyn std::error::Error>> {
+    let dir = zoo_dir();
+    if !dir.join("zoo.json").is_file() {
+        return Err(format!(
+            "no zoo at {}: build it once with `cargo run --release -p madeit-cli -- zoo build` \
+             (or pass another zoo folder as the first argument)",
+            dir.display()
+        )
+        .into());
+    }
+    Ok(Benchmark::open_zoo(&dir)?)
+}
+
+/// The first `len` tasks of the protocol's order for seed 42 (0-based benchmark indices).
+pub fn short_order(bench: &Benchmark, len: usize) -> Vec<usize> {
+    // `task_order` gives the 1-based ids of the paper's tables.
+    let mut order: Vec<usize> = task_order(bench.num_tasks(), 42)
+        .into_iter()
+        .map(|id| id - 1)
+        .collect();
+    order.truncate(len.min(order.len()));
+    order
+}
+
+/// Feeds `order` to `merger`; after each step evaluates the merged model on every task seen
+/// so far with `evaluate` and prints one line per step, then ACC and BWT.
+pub fn run_stream_with(
+    bench: &Benchmark,
+    order: &[usize],
+    merger: &mut dyn ContinualMerger,
+    evaluator: &Evaluator,
+) -> Result<AccuracyMatrix, Box<dyn std::error::Error>> {
+    let names = bench.task_names();
+    let pretrained = bench.load_pretrained()?;
+    let mut matrix = AccuracyMatrix::new(order.len())?;
+    println!(
+        "method {}: stream {:?}",
+        merger.method(),
+        order.iter().map(|&i| &names[i]).collect::<Vec<_>>()
+    );
+    for (j, &task) in order.iter().enumerate() {
+        let finetuned = bench.load_finetuned(task, &pretrained)?;
+        let report = merger.absorb(&pretrained, &finetuned, &TaskId::new(names[task].clone()))?;
+        let merged: MergedModel = merger.merged_model(&pretrained)?;
+        let seen = &order[..=j];
+        let accs = evaluator.evaluate(&merged, seen)?;
+        for (i, a) in accs.iter().enumerate() {
+            matrix.set(i, j, *a)?;
+        }
+        let line: Vec<String> = seen
+            .iter()
+            .zip(&accs)
+            .map(|(&t, a)| format!("{} {:.1}%", names[t], 100.0 * a))
+            .collect();
+        println!(
+            "step {} (+{}, |tau| {:.2}): {}",
+            j + 1,
+            names[task],
+            report.task_vector_norm,
+            line.join(", ")
+        );
+    }
+    let m = matrix.metrics()?;
+    println!(
+        "ACC {:.1}%  BWT {:.1}%",
+        100.0 * m.acc,
+        100.0 * m.bwt.unwrap_or(0.0)
+    );
+    Ok(matrix)
+}
+
+/// [`run_stream_with`] on the first three tasks of the seed-42 order, evaluating with the
+/// method's own routing.
+pub fn run_example(merger: &mut dyn ContinualMerger) -> Result<(), Box<dyn std::error::Error>> {
+    let bench = open_zoo()?;
+    let evaluator = Evaluator::from_benchmark(&bench, 250)?;
+    let order = short_order(&bench, 3);
+    run_stream_with(&bench, &order, merger, &evaluator)?;
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! SWA: the running average of the fine-tuned models, theta^(t) = ((t-1) theta^(t-1) + theta_t) / t.
+//!
+//! Merges the first three tasks of the seed-42 order of the embedded zoo one at a time and
+//! prints the accuracy on every task seen so far after each step. The method's parameters
+//! are the reference defaults; any of them can be set the same way from TOML, as in an
+//! experiment file (`method = "swa"` plus the fields).
+//!
+//! `cargo run --release -p madeit --example swa -- [ZOO_DIR]`
+
+mod common;
+
+use madeit::merge::MethodConfig;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = MethodConfig::default_for("swa")?;
+    println!("config: {}", serde_json::to_string(&config)?);
+    let mut merger = config.build()?;
+    common::run_example(merger.as_mut())
+}
