@@ -363,10 +363,23 @@ impl ModuleAdapter for Gated<'_> {
         let gbar = xbar.matmul(w.transpose()) + bias; // [1, E]
         // Spread gbar_e over expert e's rank columns: [1, E] x [E, R].
         let gcols = gbar.matmul(me.membership.clone().transpose()); // [1, R]
-        let delta = (x.clone().reshape([b * n, d_in]).matmul(me.v.clone()) * gcols)
-            .matmul(me.su.clone())
-            .reshape([b, n, me.d_out]);
-        Ok(Some(delta))
+        let rows = b * n;
+        let x2 = x.clone().reshape([rows, d_in]);
+        // The gate is one number per expert for the whole batch, so the update is one
+        // matrix `dW^T = V diag(gcols) (SU)` for every row. Forming it costs
+        // `d_in * R * d_out`; applying the factors row by row costs `rows * R * (d_in + d_out)`
+        // and applying the dense update `rows * d_in * d_out`. Take the cheaper order (the
+        // same product up to rounding; gradients flow through `gcols` either way).
+        let rank = gcols.dims()[1];
+        let dense_first =
+            d_in * rank * me.d_out + rows * d_in * me.d_out <= rows * rank * (d_in + me.d_out);
+        let delta = if dense_first {
+            let update = (me.v.clone() * gcols).matmul(me.su.clone()); // [d_in, d_out]
+            x2.matmul(update)
+        } else {
+            (x2.matmul(me.v.clone()) * gcols).matmul(me.su.clone())
+        };
+        Ok(Some(delta.reshape([b, n, me.d_out])))
     }
 }
 
