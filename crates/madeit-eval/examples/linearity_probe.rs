@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, Box<dyn std::error::Error>>>()?;
     println!("|θ0| = {:.2}", pre.l2_norm());
     let lambdas = [0.0f32, 0.3, 0.5, 1.0];
-    println!("| task | |τ| | {} |", lambdas.map(|l| format!("λ={l}")).join(" | "));
+    println!(
+        "| task | |τ| | {} |",
+        lambdas.map(|l| format!("λ={l}")).join(" | ")
+    );
     for t in 0..n {
         let mut row = Vec::new();
         for &l in &lambdas {
@@ -31,7 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let acc = ev.evaluate(&MergedModel::Dense(m), &[t])?[0];
             row.push(format!("{:.1}", 100.0 * acc));
         }
-        println!("| {} | {:.2} | {} |", names[t], taus[t].l2_norm(), row.join(" | "));
+        println!(
+            "| {} | {:.2} | {} |",
+            names[t],
+            taus[t].l2_norm(),
+            row.join(" | ")
+        );
     }
     println!("cosines:");
     for a in 0..n {

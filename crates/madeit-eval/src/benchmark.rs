@@ -13,6 +13,7 @@
 //! <dir>/finetuned/<task>/{config.json, model.safetensors}
 //! <dir>/heads/<task>.safetensors
 //! <dir>/data/<task>/test.safetensors
+//! <dir>/data/<task>/seed.safetensors     (test-time methods only; read when used)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct BenchmarkTask {
     pub head: PathBuf,
     /// The test split file (see [`madeit_data::read_split`]).
     pub test: PathBuf,
+    /// The seed split file: a few unlabelled images per class for test-time methods (read
+    /// only by them, so it may be absent for weight-space methods).
+    pub seed: PathBuf,
 }
 
 /// A pretrained tower and the files of `T` tasks, in task-id order (task id `k` is
@@ -138,6 +142,7 @@ impl Benchmark {
                 finetuned: dir.join(layout::finetuned_dir(name)).join(WEIGHTS_FILE),
                 head: dir.join(layout::head_file(name)),
                 test: dir.join(layout::split_file(name, Split::Test)),
+                seed: dir.join(layout::split_file(name, Split::Seed)),
             })
             .collect();
         Self::new(
@@ -258,5 +263,14 @@ impl Benchmark {
     /// As [`madeit_data::read_split`].
     pub fn load_test(&self, index: usize) -> Result<ImageSet, RunError> {
         Ok(madeit_data::read_split(&self.task(index)?.test)?.set)
+    }
+
+    /// Reads the seed split of task `index` (the unlabelled images test-time methods adapt
+    /// on; disjoint from the test split).
+    ///
+    /// # Errors
+    /// As [`madeit_data::read_split`] (a missing file names it).
+    pub fn load_seed(&self, index: usize) -> Result<ImageSet, RunError> {
+        Ok(madeit_data::read_split(&self.task(index)?.seed)?.set)
     }
 }

@@ -108,6 +108,9 @@ pub enum RunError {
     /// An error of a merging method.
     #[error(transparent)]
     Merge(Box<madeit_merge::MergeError>),
+    /// An error of a test-time merging method (MINGLE).
+    #[error(transparent)]
+    Adapt(Box<madeit_adapt::AdaptError>),
     /// An error of the vision tower (building the model, forward, heads).
     #[error(transparent)]
     Vit(Box<madeit_vit::VitError>),
@@ -135,6 +138,7 @@ macro_rules! boxed_from {
 
 boxed_from!(
     Merge(madeit_merge::MergeError),
+    Adapt(madeit_adapt::AdaptError),
     Vit(madeit_vit::VitError),
     Data(madeit_data::DataError),
     Zoo(madeit_zoo::ZooError),

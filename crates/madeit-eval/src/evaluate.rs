@@ -19,15 +19,22 @@
 //! for every batch the router returns which expert each sample uses in each module, and the
 //! routed forward adds `up_e · down_e · x` to that module's output
 //! ([`ClipVisionModel::forward_routed`]). [`ProjectionRouter`] routes by the projection
-//! score of the module inputs of a backbone pass; [`OracleRouter`] uses the task label (an
+//! score of the module inputs of a backbone pass; [`MadeItRouter`] applies MADE-IT's
+//! path-consistent routing to the same scores; [`OracleRouter`] uses the task label (an
 //! upper bound, not a continual method).
+//!
+//! An expert model may prescribe its routing rule ([`ExpertModel::routing`]): models with
+//! [`ExpertRouting::MadeItPaths`] are routed by [`MadeItRouter`] whenever the configured
+//! router is the default [`ProjectionRouter`] (all tokens), see
+//! [`ExpertRouter::defers_to_model`]; any other router (the oracle, the class-token
+//! projection) is used as configured.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::prelude::{Device, Tensor};
 use madeit_data::{ImageSet, NORM_MEAN, NORM_STD};
-use madeit_merge::{ExpertModel, Fingerprint, MergedModel, TaskId};
+use madeit_merge::{ExpertModel, ExpertRouting, Fingerprint, MergedModel, TaskId};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, Routing, TaskHead,
@@ -83,7 +90,7 @@ fn check_task(config: &ClipVisionConfig, head: &TaskHead, test: &ImageSet) -> Re
 /// Counts correct predictions of `forward` (pixels → embeddings) on `test`, `batch` images at
 /// a time. Batches run in parallel on the rayon pool (each forward is mostly single-threaded
 /// at these sizes); the count does not depend on the schedule.
-fn count_correct(
+pub(crate) fn count_correct(
     model: &ClipVisionModel,
     head: &TaskHead,
     test: &ImageSet,
@@ -173,6 +180,14 @@ pub trait ExpertRouter: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Any [`RunError`]; the evaluation stops with it.
     fn route(&self, request: &RouteRequest<'_>) -> Result<Routing, RunError>;
+
+    /// Whether an expert model that prescribes its own routing rule (for example
+    /// [`ExpertRouting::MadeItPaths`]) is routed by that rule instead of by this router.
+    /// `false` unless a router says otherwise; the default [`ProjectionRouter`] (all tokens)
+    /// says `true`.
+    fn defers_to_model(&self) -> bool {
+        false
+    }
 }
 
 /// Routes every module independently to the expert whose input subspace best holds the
@@ -192,6 +207,10 @@ impl ExpertRouter for ProjectionRouter {
             TokenAggregation::ClassToken => "projection-cls".into(),
             _ => "projection".into(),
         }
+    }
+
+    fn defers_to_model(&self) -> bool {
+        self.tokens == TokenAggregation::AllTokens
     }
 
     fn route(&self, r: &RouteRequest<'_>) -> Result<Routing, RunError> {
@@ -216,6 +235,120 @@ impl ExpertRouter for ProjectionRouter {
             routing.set(m, choices)?;
         }
         Ok(routing)
+    }
+}
+
+/// MADE-IT's implicit routing: the feature-projection alignment of every expert of every
+/// module from one backbone pass ([`ClipVisionModel::forward_scored`], the scores of
+/// [`ProjectionRouter`]), then, per sample, the path-consistent propagation of
+/// [`madeit_experts::routing`]: the anchor module (most experts, the deepest on ties) takes
+/// its best-scoring expert and the active task set `S` of that expert; the other modules
+/// are visited outward from the anchor (the deeper first at equal distance) and take the
+/// only expert sharing a task with `S`, or at a bifurcation the best-scoring such expert,
+/// with `S <- S ∩ tasks(pick)` ([`madeit_experts::route_from_scores`], the code
+/// `MadeIt::route` runs).
+///
+/// The score is `‖X V_e‖_F / ‖X‖_F` with `V_e = down_e^T`; MADE-IT stores experts as
+/// `up = U diag(s)`, `down = V^T` with orthonormal `V`, so it is exactly the FPA. Modules
+/// are taken in forward order (layer, then q, k, v, out_proj, fc1, fc2) and task names
+/// are only compared with each other. Scores come from the tower in `f32`; `MadeIt::route`
+/// accumulates norms in `f64`, so the two can differ on near-ties of the order of `1e-6`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MadeItRouter {
+    /// Which tokens enter the score.
+    pub tokens: TokenAggregation,
+}
+
+impl MadeItRouter {
+    /// The router of an expert model's routing rule, if the rule is MADE-IT's.
+    #[must_use]
+    pub fn for_rule(rule: ExpertRouting) -> Option<Self> {
+        match rule {
+            ExpertRouting::MadeItPaths { tokens } => Some(Self {
+                tokens: match tokens {
+                    madeit_experts::TokenAggregation::ClsOnly => TokenAggregation::ClassToken,
+                    _ => TokenAggregation::AllTokens,
+                },
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl ExpertRouter for MadeItRouter {
+    fn name(&self) -> String {
+        match self.tokens {
+            TokenAggregation::ClassToken => "made_it-paths-cls".into(),
+            _ => "made_it-paths".into(),
+        }
+    }
+
+    fn route(&self, r: &RouteRequest<'_>) -> Result<Routing, RunError> {
+        let batch = r.pixels.dims()[0];
+        let (_, scores) = r
+            .model
+            .forward_scored(r.pixels.clone(), r.bank, None, self.tokens)?;
+        // Modules with experts, in forward order, with their experts' task sets.
+        let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut modules: Vec<(ModuleId, Vec<BTreeSet<u32>>)> = Vec::new();
+        for (m, experts) in r.expert_tasks {
+            if r.bank.num_experts(*m) == 0 {
+                continue;
+            }
+            let sets = experts
+                .iter()
+                .map(|tasks| {
+                    tasks
+                        .iter()
+                        .map(|t| {
+                            let next = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+                            *ids.entry(t.as_str()).or_insert(next)
+                        })
+                        .collect()
+                })
+                .collect();
+            modules.push((*m, sets));
+        }
+        modules.sort_by_key(|(m, _)| *m);
+        let sets: Vec<Vec<BTreeSet<u32>>> = modules.iter().map(|(_, s)| s.clone()).collect();
+        let fail = |reason: String| RunError::Experts { reason };
+        let mut choices = vec![Vec::with_capacity(batch); modules.len()];
+        for i in 0..batch {
+            let sample = modules
+                .iter()
+                .map(|(m, s)| {
+                    (0..s.len())
+                        .map(|e| {
+                            scores.get(*m, i, e).map(f64::from).ok_or_else(|| {
+                                fail(format!("no routing score for expert {e} of `{m}`"))
+                            })
+                        })
+                        .collect::<Result<Vec<f64>, RunError>>()
+                })
+                .collect::<Result<Vec<_>, RunError>>()?;
+            let path = madeit_experts::route_from_scores(&sets, &sample)
+                .map_err(|e| fail(format!("MADE-IT routing of sample {i}: {e}")))?;
+            for (c, &e) in choices.iter_mut().zip(&path.experts) {
+                c.push(Some(e));
+            }
+        }
+        let mut routing = Routing::new(batch);
+        for ((m, _), c) in modules.iter().zip(choices) {
+            routing.set(*m, c)?;
+        }
+        Ok(routing)
+    }
+}
+
+/// The router that evaluates a model with routing rule `rule` when `configured` is the
+/// router asked for: MADE-IT's own router for a [`ExpertRouting::MadeItPaths`] model if
+/// `configured` [defers to it](ExpertRouter::defers_to_model), `None` to use `configured`.
+#[must_use]
+pub fn model_router(configured: &dyn ExpertRouter, rule: ExpertRouting) -> Option<MadeItRouter> {
+    if configured.defers_to_model() {
+        MadeItRouter::for_rule(rule)
+    } else {
+        None
     }
 }
 
@@ -249,6 +382,7 @@ struct ExpertTower {
     model: ClipVisionModel,
     bank: ExpertBank,
     expert_tasks: Vec<(ModuleId, Vec<Vec<TaskId>>)>,
+    rule: ExpertRouting,
 }
 
 impl ExpertTower {
@@ -288,6 +422,7 @@ impl ExpertTower {
             model,
             bank,
             expert_tasks,
+            rule: m.routing,
         })
     }
 
@@ -298,6 +433,11 @@ impl ExpertTower {
         test: &ImageSet,
         batch: usize,
     ) -> Result<f64, RunError> {
+        let own = model_router(router, self.rule);
+        let router: &dyn ExpertRouter = match &own {
+            Some(r) => r,
+            None => router,
+        };
         count_correct(&self.model, head, test, batch, &|px| {
             let routing = router.route(&RouteRequest {
                 model: &self.model,
@@ -314,7 +454,9 @@ impl ExpertTower {
     }
 }
 
-/// Test accuracy of an expert model with per-sample routing (see the module docs).
+/// Test accuracy of an expert model with per-sample routing (see the module docs; a model
+/// with [`ExpertRouting::MadeItPaths`] is routed by [`MadeItRouter`] when `router` defers
+/// to it).
 ///
 /// # Errors
 /// [`RunError::Experts`] for an expert on a tensor that is not a target weight or with
@@ -370,6 +512,18 @@ fn model_key(model: &MergedModel) -> Option<ModelKey> {
                         factors.insert(format!("{name}.{e}.tasks"), t);
                     }
                 }
+            }
+            // The routing rule changes the results: it is part of the key.
+            let rule: f32 = match m.routing {
+                ExpertRouting::PerModule => 0.0,
+                ExpertRouting::MadeItPaths {
+                    tokens: madeit_experts::TokenAggregation::ClsOnly,
+                } => 2.0,
+                ExpertRouting::MadeItPaths { .. } => 1.0,
+                _ => 3.0,
+            };
+            if let Ok(t) = HostTensor::new(vec![1], vec![rule]) {
+                factors.insert("routing_rule", t);
             }
             Some(ModelKey {
                 weights: Fingerprint::of_params(&m.backbone),
@@ -625,3 +779,6 @@ impl ModelSession<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod made_it_tests;

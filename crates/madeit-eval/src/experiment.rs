@@ -13,12 +13,16 @@
 //!     "swa",                                         # a method with its defaults
 //!     { method = "ties", lambda = 0.5 },             # with overrides
 //!     { method = "ties", lambda = 0.1, label = "ties-0.1" },
+//!     "mingle",                                      # test-time: MINGLE (madeit-adapt)
+//!     { method = "mingle", projection = "hard", label = "mingle-hard" },
 //! ]
 //! ```
 //!
 //! Every key is optional; unknown keys (in `[experiment]`, at the top level or in a method
-//! table) are errors, as are unknown methods. Without `methods`, every registered method
-//! ([`madeit_merge::METHODS`]) runs with its defaults.
+//! table) are errors, as are unknown methods. A method is a [`MethodSpec`]: a registry
+//! method or MINGLE with any field of [`madeit_adapt::MingleConfig`]. Without `methods`,
+//! every registered method ([`madeit_merge::METHODS`]) runs with its defaults, then MINGLE
+//! with the reference defaults ([`TEST_TIME_METHODS`]).
 //!
 //! [`run_experiment`] computes the reference rows once, then runs every (method, seed) stream
 //! ([`run_stream`]) and summarises ACC and BWT over the orders (mean ± sample std).
@@ -27,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use madeit_merge::{METHODS, MethodConfig};
+use madeit_merge::METHODS;
 use madeit_vit::{ClipVisionConfig, TokenAggregation};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +40,7 @@ use crate::error::{RunError, write_atomic};
 use crate::evaluate::{
     DEFAULT_EVAL_BATCH, Evaluator, ExpertRouter, OracleRouter, ProjectionRouter,
 };
+use crate::method::{MethodSpec, TEST_TIME_METHODS};
 use crate::metrics::{MeanStd, OrderSummary, summarize_orders};
 use crate::orders::{PUBLISHED_SEEDS, task_order};
 use crate::runner::{
@@ -47,8 +52,11 @@ use crate::runner::{
 /// Chosen for time: on the embedded zoo (8 tasks, 28,741 test images) the five
 /// weight-space methods with the full accuracy matrix forward about 1.3 million test images
 /// for these two orders plus the reference rows, a few minutes on 2 cores; every further
-/// order adds about 0.6 million. [`PUBLISHED_SEEDS`] (`--full`) are the ten orders of the
-/// published protocol.
+/// order adds about 0.6 million. MINGLE costs more per order: 8 test-time adaptations
+/// (about 45 s together) and gated forwards whose cost grows with the number of experts (by
+/// the last step about 7 times a dense forward); one MINGLE stream took 487 s, against
+/// about 100 s for a weight-space stream, on 2 shared cores under load (2026-11-23).
+/// [`PUBLISHED_SEEDS`] (`--full`) are the ten orders of the published protocol.
 pub const DEFAULT_SEEDS: [u64; 2] = [42, 43];
 
 /// Which router evaluates expert models.
@@ -84,16 +92,17 @@ pub struct MethodEntry {
     /// Unique label in results (default: the method name).
     pub label: String,
     /// The configuration.
-    pub config: MethodConfig,
+    pub config: MethodSpec,
 }
 
 impl MethodEntry {
-    /// A method with its reference defaults, labelled by its name.
+    /// A method with its reference defaults, labelled by its name (a registry name or
+    /// `mingle`).
     ///
     /// # Errors
     /// [`madeit_merge::MergeError::UnknownMethod`].
     pub fn defaults(name: &str) -> Result<Self, RunError> {
-        let config = MethodConfig::default_for(name)?;
+        let config = MethodSpec::default_for(name)?;
         Ok(Self {
             label: config.name().to_owned(),
             config,
@@ -106,7 +115,8 @@ impl MethodEntry {
     /// # Errors
     /// [`madeit_merge::MergeError::UnknownMethod`] or
     /// [`madeit_merge::MergeError::InvalidConfig`] (unknown key, wrong type) wrapped in
-    /// [`RunError::Merge`]; [`RunError::InvalidConfig`] for a value that is neither.
+    /// [`RunError::Merge`] (for MINGLE, [`madeit_adapt::AdaptError`]s wrapped in
+    /// [`RunError::Adapt`]); [`RunError::InvalidConfig`] for a value that is neither.
     pub fn from_value(value: serde_json::Value) -> Result<Self, RunError> {
         match value {
             serde_json::Value::String(name) => Self::defaults(&name),
@@ -120,7 +130,7 @@ impl MethodEntry {
                         )));
                     }
                 };
-                let config = MethodConfig::from_json_value(serde_json::Value::Object(map))?;
+                let config = MethodSpec::from_json_value(serde_json::Value::Object(map))?;
                 config.check()?;
                 Ok(Self {
                     label: label.unwrap_or_else(|| config.name().to_owned()),
@@ -156,14 +166,16 @@ pub struct ExperimentConfig {
 }
 
 impl Default for ExperimentConfig {
-    /// Every registered method with its defaults, [`DEFAULT_SEEDS`], the full matrix, the
-    /// default zoo folder.
+    /// Every registered method with its defaults, then MINGLE with its reference defaults,
+    /// [`DEFAULT_SEEDS`], the full matrix, the default zoo folder.
     fn default() -> Self {
         Self {
             zoo: madeit_zoo::default_zoo_dir(),
             methods: METHODS
                 .iter()
-                .filter_map(|m| MethodEntry::defaults(m.name).ok())
+                .map(|m| m.name)
+                .chain(TEST_TIME_METHODS)
+                .filter_map(|name| MethodEntry::defaults(name).ok())
                 .collect(),
             seeds: DEFAULT_SEEDS.to_vec(),
             eval: EvalMode::Full,
@@ -209,7 +221,8 @@ impl ExperimentConfig {
     ///
     /// # Errors
     /// [`RunError::InvalidConfig`] for TOML syntax errors, unknown keys, wrong types and
-    /// out-of-range values; [`RunError::Merge`] for an unknown method or method key.
+    /// out-of-range values; [`RunError::Merge`] (or [`RunError::Adapt`] for MINGLE) for an
+    /// unknown method or method key.
     pub fn from_toml_str(text: &str) -> Result<Self, RunError> {
         let file: ExperimentFile =
             toml::from_str(text).map_err(|e| RunError::config(e.to_string()))?;

@@ -23,6 +23,9 @@
 //! [`evaluate`] (test accuracy of dense and expert models, the [`Evaluator`]), [`runner`]
 //! (one method over one task order, resumable), [`experiment`] (methods × orders from a
 //! TOML file) and [`report`] (the Markdown tables); their errors are [`RunError`]s.
+//! [`method`] names what a stream runs (a weight-space method of `madeit-merge` or MINGLE
+//! of `madeit-adapt`); [`test_time`] loads seed images and evaluates gated models for
+//! MINGLE.
 
 pub mod metrics;
 pub mod orders;
@@ -31,13 +34,16 @@ pub mod benchmark;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;
+pub mod method;
 pub mod report;
 pub mod runner;
+pub mod test_time;
 
 pub use benchmark::{Benchmark, BenchmarkTask};
 pub use error::RunError;
 pub use evaluate::{Evaluator, evaluate_dense};
 pub use experiment::{ExperimentConfig, ExperimentResults, run_experiment};
+pub use method::MethodSpec;
 pub use runner::{EvalMode, RunEvent, StreamResult, StreamSpec, run_stream};
 
 /// Errors of the evaluation protocol.

@@ -21,7 +21,7 @@ pub fn display_name(method: &str) -> &str {
         "ties" => "TIES-Merging",
         "magmax" => "MagMax",
         "opcm" => "OPCM",
-        "madeit" => "MADE-IT",
+        "made_it" | "madeit" => "MADE-IT",
         "mingle" => "MINGLE",
         other => other,
     }

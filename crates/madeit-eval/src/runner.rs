@@ -24,19 +24,37 @@
 //!
 //! The loop owns loading, saving and progress reporting (a callback receiving
 //! [`RunEvent`]s); the merger does no I/O.
+//!
+//! # Test-time methods (MINGLE)
+//!
+//! A [`MethodSpec::Mingle`] stream runs a [`madeit_adapt::Mingle`] merger instead. Each step
+//! also loads the task's head ([`Benchmark::load_head`]) and its unlabelled seed images
+//! ([`seed_images`]: the task's seed split by default), and `absorb` adapts the new gates
+//! on them, so [`StepTiming::absorb_s`] includes the test-time adaptation. The merged model
+//! is the gated model ([`madeit_adapt::TestTimeMerger::gated_model`], timed as
+//! [`StepTiming::merge_s`]); it is evaluated on the test split of every task the evaluation
+//! mode asks for with [`evaluate_gated`], one task per batch, without the task label (the
+//! gates decide how much each expert contributes). Gated models are not cached by the
+//! evaluator. Checkpoints hold the merger's [`AdaptState`] (tensors and metadata) in place
+//! of a [`MergerState`], and resume bit-identically in the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use madeit_merge::{ContinualMerger, MergedModel, MergerState, MethodConfig, StepReport, TaskId};
+use burn::prelude::Device;
+use madeit_adapt::{AdaptState, Mingle, TestTimeMerger};
+use madeit_merge::{ContinualMerger, MergedModel, MergerState, StepReport, TaskId};
 use madeit_params::ParamDict;
+use madeit_vit::ClipVisionModel;
 use serde::{Deserialize, Serialize};
 
 use crate::benchmark::Benchmark;
 use crate::error::RunError;
 use crate::evaluate::Evaluator;
+use crate::method::MethodSpec;
 use crate::metrics::{AccuracyMatrix, RunMetrics};
+use crate::test_time::{evaluate_gated, seed_images};
 
 /// Which accuracies are computed after each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,9 +92,11 @@ impl EvalMode {
 pub struct StepTiming {
     /// Reading and checking the fine-tuned checkpoint.
     pub load_s: f64,
-    /// [`ContinualMerger::absorb`].
+    /// [`ContinualMerger::absorb`] (for a test-time method [`TestTimeMerger::absorb`],
+    /// the test-time adaptation included).
     pub absorb_s: f64,
-    /// [`ContinualMerger::merged_model`].
+    /// [`ContinualMerger::merged_model`] (for a test-time method, building the gated
+    /// model).
     pub merge_s: f64,
     /// Evaluating the merged model.
     pub eval_s: f64,
@@ -117,7 +137,7 @@ pub struct StreamSpec {
     /// configurations of one method are compared).
     pub label: String,
     /// The method and its parameters.
-    pub method: MethodConfig,
+    pub method: MethodSpec,
     /// Tasks in processing order, as 0-based indices into the benchmark's tasks (task id
     /// `k` of [`crate::orders::task_order`] is index `k − 1`). Distinct; may be a subset.
     pub order: Vec<usize>,
@@ -136,10 +156,12 @@ pub struct StreamSpec {
 }
 
 impl StreamSpec {
-    /// A stream of `method` over `order` with a full evaluation, no checkpoint, labelled by
-    /// the method name.
+    /// A stream of `method` (a [`madeit_merge::MethodConfig`], a
+    /// [`madeit_adapt::MingleConfig`] or a [`MethodSpec`]) over `order` with a full
+    /// evaluation, no checkpoint, labelled by the method name.
     #[must_use]
-    pub fn new(method: MethodConfig, order: Vec<usize>) -> Self {
+    pub fn new(method: impl Into<MethodSpec>, order: Vec<usize>) -> Self {
+        let method = method.into();
         Self {
             label: method.name().to_owned(),
             method,
@@ -159,7 +181,7 @@ pub struct StreamResult {
     /// The method label.
     pub label: String,
     /// The method and its parameters.
-    pub method: MethodConfig,
+    pub method: MethodSpec,
     /// The seed of the order, if any.
     pub seed: Option<u64>,
     /// Task names in processing order.
@@ -280,6 +302,8 @@ pub const CHECKPOINT_VERSION: u32 = 1;
 const RUN_KEY: &str = "madeit.stream";
 /// Metadata key of the merger's state metadata in a checkpoint file.
 const MERGER_KEY: &str = "madeit.merger";
+/// Metadata key of a test-time merger's state metadata in a checkpoint file.
+const ADAPT_KEY: &str = "madeit.adapt";
 
 /// The JSON record of a checkpoint (the merger's tensors and metadata sit beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,7 +312,7 @@ struct CheckpointRecord {
     format: String,
     version: u32,
     label: String,
-    method: MethodConfig,
+    method: MethodSpec,
     seed: Option<u64>,
     order: Vec<String>,
     order_ids: Vec<usize>,
@@ -297,23 +321,37 @@ struct CheckpointRecord {
     steps: Vec<StepRecord>,
 }
 
+/// The saved state of either kind of merger.
+enum SavedState {
+    Merge(MergerState),
+    Adapt(AdaptState),
+}
+
 fn save_checkpoint(
     path: &Path,
     record: &CheckpointRecord,
-    state: &MergerState,
+    state: &SavedState,
 ) -> Result<(), RunError> {
     let mut meta = BTreeMap::new();
     meta.insert(
         RUN_KEY.to_owned(),
         serde_json::to_string(record).map_err(|e| RunError::json(path, e))?,
     );
-    meta.insert(MERGER_KEY.to_owned(), state.metadata_json()?);
+    let tensors = match state {
+        SavedState::Merge(s) => {
+            meta.insert(MERGER_KEY.to_owned(), s.metadata_json()?);
+            &s.tensors
+        }
+        SavedState::Adapt(s) => {
+            meta.insert(ADAPT_KEY.to_owned(), s.metadata_json()?);
+            &s.tensors
+        }
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| RunError::io(parent, e))?;
     }
     // ParamDict::save_with_metadata writes a temporary file and renames it over `path`.
-    state
-        .tensors
+    tensors
         .save_with_metadata(path, &meta)
         .map_err(|source| RunError::Weights {
             path: path.to_path_buf(),
@@ -321,7 +359,7 @@ fn save_checkpoint(
         })
 }
 
-fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, MergerState), RunError> {
+fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, SavedState), RunError> {
     let bad = |reason: String| RunError::Resume {
         path: path.to_path_buf(),
         reason,
@@ -335,9 +373,6 @@ fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, MergerState), RunEr
     let run = meta
         .get(RUN_KEY)
         .ok_or_else(|| bad(format!("no `{RUN_KEY}` metadata")))?;
-    let merger = meta
-        .get(MERGER_KEY)
-        .ok_or_else(|| bad(format!("no `{MERGER_KEY}` metadata")))?;
     let record: CheckpointRecord =
         serde_json::from_str(run).map_err(|e| bad(format!("stream record: {e}")))?;
     if record.format != CHECKPOINT_FORMAT || record.version != CHECKPOINT_VERSION {
@@ -346,7 +381,17 @@ fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, MergerState), RunEr
             record.format, record.version
         )));
     }
-    let state = MergerState::from_parts(merger, tensors)?;
+    let state = if record.method.is_test_time() {
+        let adapt = meta
+            .get(ADAPT_KEY)
+            .ok_or_else(|| bad(format!("no `{ADAPT_KEY}` metadata")))?;
+        SavedState::Adapt(AdaptState::from_parts(adapt, tensors)?)
+    } else {
+        let merger = meta
+            .get(MERGER_KEY)
+            .ok_or_else(|| bad(format!("no `{MERGER_KEY}` metadata")))?;
+        SavedState::Merge(MergerState::from_parts(merger, tensors)?)
+    };
     Ok((record, state))
 }
 
@@ -370,20 +415,62 @@ fn check_order(order: &[usize], n_tasks: usize) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The merger of a stream: weight-space or test-time.
+enum StreamMerger {
+    Merge(Box<dyn ContinualMerger>),
+    Mingle(Box<Mingle>),
+}
+
+impl StreamMerger {
+    fn build(spec: &StreamSpec, bench: &Benchmark) -> Result<Self, RunError> {
+        match &spec.method {
+            MethodSpec::Merge(c) => Ok(Self::Merge(c.build()?)),
+            other => match other.build_mingle(bench.config())? {
+                Some(m) => Ok(Self::Mingle(Box::new(m))),
+                None => Err(RunError::config(format!(
+                    "method `{}` cannot be run",
+                    other.name()
+                ))),
+            },
+        }
+    }
+
+    fn state(&self) -> Result<SavedState, RunError> {
+        Ok(match self {
+            Self::Merge(m) => SavedState::Merge(m.state()),
+            Self::Mingle(m) => SavedState::Adapt(m.state()?),
+        })
+    }
+}
+
 /// The state a stream continues from.
 struct Start {
-    merger: Box<dyn ContinualMerger>,
+    merger: StreamMerger,
     matrix: AccuracyMatrix,
     steps: Vec<StepRecord>,
 }
 
-fn resume_from(path: &Path, spec: &StreamSpec, order: &[String]) -> Result<Start, RunError> {
+fn resume_from(
+    path: &Path,
+    spec: &StreamSpec,
+    bench: &Benchmark,
+    order: &[String],
+) -> Result<Start, RunError> {
     let (record, state) = load_checkpoint(path)?;
     let mismatch = |what: &str, saved: String, now: String| RunError::Resume {
         path: path.to_path_buf(),
         reason: format!("the checkpoint has {what} {saved}, this stream {now}"),
     };
-    if record.method != spec.method || state.metadata.config != spec.method {
+    let state_matches = match (&state, &spec.method) {
+        (SavedState::Merge(s), MethodSpec::Merge(c)) => &s.metadata.config == c,
+        (SavedState::Adapt(s), MethodSpec::Mingle(c)) => {
+            s.metadata.method == madeit_adapt::MINGLE
+                && serde_json::from_value::<madeit_adapt::MingleConfig>(s.metadata.config.clone())
+                    .is_ok_and(|saved| &saved == c)
+        }
+        _ => false,
+    };
+    if record.method != spec.method || !state_matches {
         return Err(mismatch(
             "method configuration",
             format!("{:?}", record.method),
@@ -405,9 +492,11 @@ fn resume_from(path: &Path, spec: &StreamSpec, order: &[String]) -> Result<Start
         ));
     }
     let done = record.steps.len();
-    let tasks: Vec<String> = state
-        .metadata
-        .tasks
+    let saved_tasks = match &state {
+        SavedState::Merge(s) => &s.metadata.tasks,
+        SavedState::Adapt(s) => &s.metadata.tasks,
+    };
+    let tasks: Vec<String> = saved_tasks
         .iter()
         .map(|t| t.task.as_str().to_owned())
         .collect();
@@ -426,7 +515,16 @@ fn resume_from(path: &Path, spec: &StreamSpec, order: &[String]) -> Result<Start
             ),
         });
     }
-    let merger = madeit_merge::resume(&state)?;
+    let merger = match state {
+        SavedState::Merge(s) => StreamMerger::Merge(madeit_merge::resume(&s)?),
+        SavedState::Adapt(s) => {
+            let mut merger = StreamMerger::build(spec, bench)?;
+            if let StreamMerger::Mingle(m) = &mut merger {
+                m.restore(&s)?;
+            }
+            merger
+        }
+    };
     Ok(Start {
         merger,
         matrix: record.matrix,
@@ -440,10 +538,12 @@ fn resume_from(path: &Path, spec: &StreamSpec, order: &[String]) -> Result<Start
 /// [`Benchmark::load_pretrained`]'s weights; it is shared by every stream of an experiment.
 ///
 /// # Errors
-/// [`RunError::InvalidOrder`]; [`RunError::Merge`] for an invalid configuration or a failed
-/// step; [`RunError::CheckpointMismatch`] naming the task, file and tensor when a fine-tuned
-/// checkpoint does not match `pretrained`; [`RunError::Resume`] for a checkpoint of another
-/// stream; evaluation, file and protocol errors.
+/// [`RunError::InvalidOrder`]; [`RunError::Merge`] or [`RunError::Adapt`] for an invalid
+/// configuration or a failed step; [`RunError::CheckpointMismatch`] naming the task, file
+/// and tensor when a fine-tuned checkpoint does not match `pretrained`; [`RunError::Resume`]
+/// for a checkpoint of another stream; evaluation, file and protocol errors (a test-time
+/// method also reads each task's head and seed split).
+#[allow(clippy::too_many_lines)]
 pub fn run_stream(
     bench: &Benchmark,
     evaluator: &Evaluator,
@@ -470,9 +570,9 @@ pub fn run_stream(
     let n = order.len();
 
     let start = match (&spec.checkpoint, spec.resume) {
-        (Some(path), true) if path.is_file() => resume_from(path, spec, &order)?,
+        (Some(path), true) if path.is_file() => resume_from(path, spec, bench, &order)?,
         _ => Start {
-            merger: spec.method.build()?,
+            merger: StreamMerger::build(spec, bench)?,
             matrix: AccuracyMatrix::new(n)?,
             steps: Vec::new(),
         },
@@ -493,6 +593,8 @@ pub fn run_stream(
             .map(|j| spec.eval.tasks_after_step(j, n).len())
             .sum(),
     });
+    // The pretrained tower of gated models, built at the first step of a test-time stream.
+    let mut backbone: Option<ClipVisionModel> = None;
 
     for j in resumed_steps..stop {
         let step = j + 1;
@@ -505,14 +607,43 @@ pub fn run_stream(
             task: task.clone(),
         });
         let mut timing = StepTiming::default();
+        let task_id = TaskId::new(task.clone());
 
         let t = Instant::now();
         let finetuned = bench.load_finetuned(task_index, pretrained)?;
+        let adapt_inputs = match (&merger, &spec.method) {
+            (StreamMerger::Mingle(_), MethodSpec::Mingle(cfg)) => {
+                let test = &evaluator
+                    .tasks()
+                    .get(task_index)
+                    .ok_or_else(|| RunError::UnknownTask {
+                        name: format!("#{task_index}"),
+                        available: names.clone(),
+                    })?
+                    .test;
+                Some((
+                    bench.load_head(task_index)?,
+                    seed_images(bench, task_index, test, cfg)?,
+                ))
+            }
+            _ => None,
+        };
         timing.load_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let report = merger.absorb(pretrained, &finetuned, &TaskId::new(task.clone()))?;
+        let report = match (&mut merger, &adapt_inputs) {
+            (StreamMerger::Merge(m), _) => m.absorb(pretrained, &finetuned, &task_id)?,
+            (StreamMerger::Mingle(m), Some((head, seed))) => m
+                .absorb(pretrained, &finetuned, &task_id, seed, head)?
+                .to_step_report(),
+            (StreamMerger::Mingle(_), None) => {
+                return Err(RunError::config(
+                    "a test-time stream needs a test-time method configuration",
+                ));
+            }
+        };
         drop(finetuned);
+        drop(adapt_inputs);
         timing.absorb_s = t.elapsed().as_secs_f64();
         progress(&RunEvent::Absorbed {
             label: spec.label.clone(),
@@ -521,32 +652,67 @@ pub fn run_stream(
             seconds: timing.absorb_s,
         });
 
-        let t = Instant::now();
-        let merged: MergedModel = merger.merged_model(pretrained)?;
-        timing.merge_s = t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let mut session = evaluator.session(&merged);
         let positions = spec.eval.tasks_after_step(j, n);
         let mut cached = 0;
-        for &i in &positions {
-            let (Some(&bench_index), Some(name)) = (spec.order.get(i), order.get(i)) else {
-                continue;
+        let mut record_accuracy =
+            |i: usize, accuracy: f64, from_cache: bool| -> Result<(), RunError> {
+                matrix.set(i, j, accuracy)?;
+                cached += usize::from(from_cache);
+                progress(&RunEvent::TaskEvaluated {
+                    label: spec.label.clone(),
+                    step,
+                    task: order.get(i).cloned().unwrap_or_default(),
+                    accuracy,
+                    cached: from_cache,
+                });
+                Ok(())
             };
-            let e = session.accuracy(bench_index)?;
-            matrix.set(i, j, e.accuracy)?;
-            cached += usize::from(e.cached);
-            progress(&RunEvent::TaskEvaluated {
-                label: spec.label.clone(),
-                step,
-                task: name.clone(),
-                accuracy: e.accuracy,
-                cached: e.cached,
-            });
+        match &merger {
+            StreamMerger::Merge(m) => {
+                let t = Instant::now();
+                let merged: MergedModel = m.merged_model(pretrained)?;
+                timing.merge_s = t.elapsed().as_secs_f64();
+
+                let t = Instant::now();
+                let mut session = evaluator.session(&merged);
+                for &i in &positions {
+                    let Some(&bench_index) = spec.order.get(i) else {
+                        continue;
+                    };
+                    let e = session.accuracy(bench_index)?;
+                    record_accuracy(i, e.accuracy, e.cached)?;
+                }
+                drop(session);
+                drop(merged);
+                timing.eval_s = t.elapsed().as_secs_f64();
+            }
+            StreamMerger::Mingle(m) => {
+                let t = Instant::now();
+                let base = match backbone.take() {
+                    Some(b) => b,
+                    None => ClipVisionModel::from_params_on(
+                        bench.config(),
+                        pretrained,
+                        &Device::flex(),
+                    )?,
+                };
+                let gated = m.gated_model(&base);
+                backbone = Some(base);
+                let gated = gated?;
+                timing.merge_s = t.elapsed().as_secs_f64();
+
+                let t = Instant::now();
+                for &i in &positions {
+                    let Some(et) = spec.order.get(i).and_then(|&b| evaluator.tasks().get(b)) else {
+                        continue;
+                    };
+                    let a = evaluate_gated(&gated, &et.head, &et.test, evaluator.batch_size())?;
+                    record_accuracy(i, a, false)?;
+                }
+                drop(gated);
+                timing.eval_s = t.elapsed().as_secs_f64();
+            }
         }
-        drop(session);
-        drop(merged);
-        timing.eval_s = t.elapsed().as_secs_f64();
 
         steps.push(StepRecord {
             step,
@@ -570,7 +736,7 @@ pub fn run_stream(
                 matrix: matrix.clone(),
                 steps: steps.clone(),
             };
-            save_checkpoint(path, &record, &merger.state())?;
+            save_checkpoint(path, &record, &merger.state()?)?;
             if let Some(last) = steps.last_mut() {
                 last.timing.save_s = t.elapsed().as_secs_f64();
                 timing = last.timing;

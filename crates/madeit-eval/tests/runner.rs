@@ -395,8 +395,9 @@ fn resuming_another_stream_is_refused() {
     );
 
     let mut other_method = spec.clone();
-    other_method.method =
-        MethodConfig::from_toml_str("method = \"task_arithmetic\"\nlambda = 0.5").expect("config");
+    other_method.method = MethodConfig::from_toml_str("method = \"task_arithmetic\"\nlambda = 0.5")
+        .expect("config")
+        .into();
     let err = run(&bench, &ev, &other_method).expect_err("other config");
     assert!(matches!(err, RunError::Resume { .. }), "{err}");
 
@@ -473,11 +474,16 @@ fn bad_experiment_configs_are_typed_errors() {
     assert_eq!(ok.methods[1].label, "t5");
     assert_eq!(
         ok.methods[1].config,
-        MethodConfig::from_toml_str("method = \"ties\"\nlambda = 0.5").expect("ties")
+        madeit_eval::MethodSpec::from(
+            MethodConfig::from_toml_str("method = \"ties\"\nlambda = 0.5").expect("ties")
+        )
     );
     let d = parse("[experiment]").expect("defaults");
     assert_eq!(d, ExperimentConfig::default());
-    assert_eq!(d.methods.len(), madeit_merge::METHODS.len());
+    assert_eq!(
+        d.methods.len(),
+        madeit_merge::METHODS.len() + madeit_eval::method::TEST_TIME_METHODS.len()
+    );
 
     let merge_error = |text: &str| match parse(text) {
         Err(RunError::Merge(e)) => Some(*e),

@@ -60,7 +60,7 @@ pub use config::{
 pub use error::{ExpertsError, Result};
 pub use evolve::{AbsorbReport, Action, MadeIt, ModuleReport, NonTargetMean, ThresholdStats};
 pub use expert::{BASIS_TOLERANCE, Expert, ModuleExperts};
-pub use routing::{FeatureBatch, RoutePath};
+pub use routing::{FeatureBatch, RoutePath, route_from_scores};
 pub use targets::{ModuleKind, TargetModule, parse_target_key, target_modules};
 
 /// Low-level numerics exposed for tests, benches and analyses.

@@ -128,30 +128,13 @@ impl MadeIt {
 
     /// The anchor module: most experts, ties to the deepest (highest forward position).
     pub fn anchor(&self) -> Result<usize> {
-        let mut best: Option<(usize, usize)> = None;
-        for (i, m) in self.modules().iter().enumerate() {
-            match best {
-                Some((_, n)) if m.len() < n => {}
-                _ => best = Some((i, m.len())),
-            }
-        }
-        best.map(|(i, _)| i).ok_or(ExpertsError::NoExperts)
+        anchor_of(&self.expert_counts()).ok_or(ExpertsError::NoExperts)
     }
 
     /// The order in which modules are visited after the anchor: forward distance
     /// `1, 2, ...` from it, the deeper module first at equal distance.
     pub fn visit_order(&self, anchor: usize) -> Vec<usize> {
-        let n = self.modules().len();
-        let mut out = Vec::with_capacity(n.saturating_sub(1));
-        for d in 1..n {
-            if let Some(deeper) = anchor.checked_add(d).filter(|&p| p < n) {
-                out.push(deeper);
-            }
-            if let Some(shallower) = anchor.checked_sub(d) {
-                out.push(shallower);
-            }
-        }
-        out
+        visit_order(self.modules().len(), anchor)
     }
 
     /// Routes one sample given the captured input of every module (`features[m]` is
@@ -178,73 +161,24 @@ impl MadeIt {
             check_features(m.name(), m.module().d_in, *x)?;
         }
         let agg = self.config().token_aggregation;
-        let anchor = self.anchor()?;
-        let n = modules.len();
-        let mut experts = vec![0usize; n];
-        let mut scores = vec![None; n];
-
         let score = |pos: usize, e: usize| -> Result<f64> {
             let m = modules.get(pos).ok_or(ExpertsError::NoExperts)?;
             let x = features.get(pos).ok_or(ExpertsError::NoExperts)?;
             fpa(aggregate_view(agg, *x), m.expert(e)?.v())
         };
-
-        let am = modules.get(anchor).ok_or(ExpertsError::NoExperts)?;
-        let anchor_scores = (0..am.len())
-            .map(|e| score(anchor, e))
-            .collect::<Result<Vec<_>>>()?;
-        let e_star = argmax_first(&anchor_scores).ok_or(ExpertsError::NoExperts)?;
-        let mut active: BTreeSet<u32> = am.expert(e_star)?.tasks().clone();
-        if let Some(slot) = experts.get_mut(anchor) {
-            *slot = e_star;
-        }
-        if let Some(slot) = scores.get_mut(anchor) {
-            *slot = anchor_scores.get(e_star).copied();
-        }
-
-        for pos in self.visit_order(anchor) {
-            let m = modules.get(pos).ok_or(ExpertsError::NoExperts)?;
-            let cands: Vec<usize> = m
-                .experts()
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| !e.tasks().is_disjoint(&active))
-                .map(|(i, _)| i)
-                .collect();
-            let (pick, s) = match cands.as_slice() {
-                [] => {
-                    return Err(ExpertsError::RoutingInvariant {
-                        module: m.name().to_owned(),
-                    });
-                }
-                [only] => (*only, None),
-                many => {
-                    let sc = many
-                        .iter()
-                        .map(|&e| score(pos, e))
-                        .collect::<Result<Vec<_>>>()?;
-                    let k = argmax_first(&sc).ok_or(ExpertsError::NoExperts)?;
-                    let pick = many.get(k).copied().ok_or(ExpertsError::NoExperts)?;
-                    (pick, sc.get(k).copied())
-                }
-            };
-            active = active
-                .intersection(m.expert(pick)?.tasks())
-                .copied()
-                .collect();
-            if let Some(slot) = experts.get_mut(pos) {
-                *slot = pick;
-            }
-            if let Some(slot) = scores.get_mut(pos) {
-                *slot = s;
-            }
-        }
-        Ok(RoutePath {
-            experts,
-            tasks: active,
-            anchor: Some(anchor),
-            fpa: scores,
-        })
+        propagate(
+            &self.expert_counts(),
+            &|pos, e| {
+                let m = modules.get(pos).ok_or(ExpertsError::NoExperts)?;
+                Ok(m.expert(e)?.tasks())
+            },
+            &|pos| {
+                modules
+                    .get(pos)
+                    .map_or_else(|| format!("#{pos}"), |m| m.name().to_owned())
+            },
+            &score,
+        )
     }
 
     /// Routes every sample of a batch (in parallel over samples). `features[m]` holds
@@ -276,6 +210,179 @@ impl MadeIt {
             })
             .collect()
     }
+}
+
+/// The anchor module of a model whose modules (in forward order) have `counts` experts:
+/// the most experts, ties to the deepest (highest forward position). `None` when there is
+/// no module.
+pub fn anchor_of(counts: &[usize]) -> Option<usize> {
+    let mut best: Option<(usize, usize)> = None;
+    for (i, &n) in counts.iter().enumerate() {
+        match best {
+            Some((_, b)) if n < b => {}
+            _ => best = Some((i, n)),
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// The order in which the `n` modules are visited after `anchor`: forward distance
+/// `1, 2, ...` from it, the deeper module first at equal distance.
+pub fn visit_order(n: usize, anchor: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n.saturating_sub(1));
+    for d in 1..n {
+        if let Some(deeper) = anchor.checked_add(d).filter(|&p| p < n) {
+            out.push(deeper);
+        }
+        if let Some(shallower) = anchor.checked_sub(d) {
+            out.push(shallower);
+        }
+    }
+    out
+}
+
+/// Path-consistent routing of one sample from precomputed scores (see the
+/// [module docs](self)): `tasks[m][e]` is the task set of expert `e` of module `m` and
+/// `scores[m][e]` its routing score (the FPA) for the sample, modules in forward order.
+///
+/// This is the propagation [`MadeIt::route`] applies to its feature-projection scores; it
+/// lets callers that compute the scores elsewhere (for example in a backbone forward on an
+/// accelerator) route exactly as MADE-IT does. Only the scores the rules read matter: the
+/// anchor's and those of the candidates at a bifurcation. The returned
+/// [`RoutePath::fpa`] holds the scores that were read.
+///
+/// # Errors
+/// [`ExpertsError::NoExperts`] for no module or a module without experts;
+/// [`ExpertsError::Features`] when `scores` and `tasks` do not have the same shape;
+/// [`ExpertsError::NonFinite`] for a NaN or infinite score;
+/// [`ExpertsError::InvalidExpert`] for an empty task set;
+/// [`ExpertsError::RoutingInvariant`] when no expert of a module shares a task with the
+/// active set (task sets that do not partition one set of tasks).
+pub fn route_from_scores(tasks: &[Vec<BTreeSet<u32>>], scores: &[Vec<f64>]) -> Result<RoutePath> {
+    if tasks.is_empty() || tasks.iter().any(Vec::is_empty) {
+        return Err(ExpertsError::NoExperts);
+    }
+    if scores.len() != tasks.len() {
+        return Err(ExpertsError::Features {
+            reason: format!(
+                "scores of {} modules for {} modules",
+                scores.len(),
+                tasks.len()
+            ),
+        });
+    }
+    for (m, (t, s)) in tasks.iter().zip(scores).enumerate() {
+        if s.len() != t.len() {
+            return Err(ExpertsError::Features {
+                reason: format!("module #{m} has {} experts but {} scores", t.len(), s.len()),
+            });
+        }
+        if let Some(index) = s.iter().position(|x| !x.is_finite()) {
+            return Err(ExpertsError::NonFinite {
+                name: format!("routing scores of module #{m}"),
+                index,
+            });
+        }
+        if let Some(e) = t.iter().position(BTreeSet::is_empty) {
+            return Err(ExpertsError::InvalidExpert {
+                module: format!("#{m}"),
+                reason: format!("expert {e} serves no task"),
+            });
+        }
+    }
+    let counts: Vec<usize> = tasks.iter().map(Vec::len).collect();
+    let missing = |pos: usize, e: usize| ExpertsError::ExpertIndex {
+        module: format!("#{pos}"),
+        index: e,
+        count: counts.get(pos).copied().unwrap_or(0),
+    };
+    propagate(
+        &counts,
+        &|pos, e| {
+            tasks
+                .get(pos)
+                .and_then(|t| t.get(e))
+                .ok_or_else(|| missing(pos, e))
+        },
+        &|pos| format!("#{pos}"),
+        &|pos, e| {
+            scores
+                .get(pos)
+                .and_then(|s| s.get(e))
+                .copied()
+                .ok_or_else(|| missing(pos, e))
+        },
+    )
+}
+
+/// Task set of expert `e` of module `m`.
+type TasksOf<'t, 'a> = dyn Fn(usize, usize) -> Result<&'a BTreeSet<u32>> + 't;
+
+/// The one implementation of the path-consistent propagation: anchor, outward visit,
+/// bifurcation intersection. `counts[m]` is module `m`'s number of experts, `tasks_of`
+/// gives task sets, `score` the routing score (only called where the rules need it) and
+/// `name` a module's name for errors.
+fn propagate<'a>(
+    counts: &[usize],
+    tasks_of: &TasksOf<'_, 'a>,
+    name: &dyn Fn(usize) -> String,
+    score: &dyn Fn(usize, usize) -> Result<f64>,
+) -> Result<RoutePath> {
+    let n = counts.len();
+    let anchor = anchor_of(counts).ok_or(ExpertsError::NoExperts)?;
+    let mut experts = vec![0usize; n];
+    let mut scores = vec![None; n];
+
+    let anchor_count = counts.get(anchor).copied().unwrap_or(0);
+    let anchor_scores = (0..anchor_count)
+        .map(|e| score(anchor, e))
+        .collect::<Result<Vec<_>>>()?;
+    let e_star = argmax_first(&anchor_scores).ok_or(ExpertsError::NoExperts)?;
+    let mut active: BTreeSet<u32> = tasks_of(anchor, e_star)?.clone();
+    if let Some(slot) = experts.get_mut(anchor) {
+        *slot = e_star;
+    }
+    if let Some(slot) = scores.get_mut(anchor) {
+        *slot = anchor_scores.get(e_star).copied();
+    }
+
+    for pos in visit_order(n, anchor) {
+        let count = counts.get(pos).copied().unwrap_or(0);
+        let mut cands = Vec::new();
+        for e in 0..count {
+            if !tasks_of(pos, e)?.is_disjoint(&active) {
+                cands.push(e);
+            }
+        }
+        let (pick, s) = match cands.as_slice() {
+            [] => {
+                return Err(ExpertsError::RoutingInvariant { module: name(pos) });
+            }
+            [only] => (*only, None),
+            many => {
+                let sc = many
+                    .iter()
+                    .map(|&e| score(pos, e))
+                    .collect::<Result<Vec<_>>>()?;
+                let k = argmax_first(&sc).ok_or(ExpertsError::NoExperts)?;
+                let pick = many.get(k).copied().ok_or(ExpertsError::NoExperts)?;
+                (pick, sc.get(k).copied())
+            }
+        };
+        active = active.intersection(tasks_of(pos, pick)?).copied().collect();
+        if let Some(slot) = experts.get_mut(pos) {
+            *slot = pick;
+        }
+        if let Some(slot) = scores.get_mut(pos) {
+            *slot = s;
+        }
+    }
+    Ok(RoutePath {
+        experts,
+        tasks: active,
+        anchor: Some(anchor),
+        fpa: scores,
+    })
 }
 
 /// Rows used by the token aggregation.

@@ -398,3 +398,89 @@ fn materialize_checks_the_path() {
     ));
     assert!(matches!(m.task_path(5), Err(ExpertsError::Path { .. })));
 }
+
+/// Scores of every expert of every module for one sample, as `route_from_scores` takes them.
+fn all_scores(m: &MadeIt, x: &[Mat<f32>]) -> Vec<Vec<f64>> {
+    m.modules()
+        .iter()
+        .enumerate()
+        .map(|(i, me)| {
+            (0..me.len())
+                .map(|e| m.fpa(i, e, x[i].as_ref()).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+fn task_sets(m: &MadeIt) -> Vec<Vec<BTreeSet<u32>>> {
+    m.modules()
+        .iter()
+        .map(|me| me.experts().iter().map(|e| e.tasks().clone()).collect())
+        .collect()
+}
+
+#[test]
+fn routing_from_precomputed_scores_equals_feature_routing() {
+    use ModuleKind::{K, Q, V};
+    let layout = vec![
+        (Q, vec![vec![1], vec![2], vec![3, 4]]),
+        (K, vec![vec![1, 2], vec![3], vec![4]]),
+        (V, vec![vec![1, 2], vec![3], vec![4]]),
+    ];
+    let (m, _) = designed(cfg(TokenAggregation::Frobenius), &layout, 8);
+    let sets = task_sets(&m);
+    for seed in 0..20u64 {
+        // Unstructured inputs, so that every rule (anchor argmax, bifurcations) is exercised
+        // on arbitrary scores.
+        let x: Vec<Mat<f32>> = (0..3)
+            .map(|i| gaussian::<f32>(3, 8, 1000 * seed + i))
+            .collect();
+        let want = m.route(&refs(&x)).unwrap();
+        let got = madeit_experts::route_from_scores(&sets, &all_scores(&m, &x)).unwrap();
+        assert_eq!(got, want, "seed {seed}");
+    }
+    let (_, m) = absorbed(1.0);
+    let sets = task_sets(&m);
+    for task in 100..104 {
+        let x = task_features(&m, task, u64::from(task) + 7);
+        let got = madeit_experts::route_from_scores(&sets, &all_scores(&m, &x)).unwrap();
+        assert_eq!(got, m.route(&refs(&x)).unwrap());
+    }
+}
+
+#[test]
+fn routing_from_scores_rejects_malformed_inputs() {
+    let sets = vec![
+        vec![BTreeSet::from([1]), BTreeSet::from([2])],
+        vec![BTreeSet::from([1, 2])],
+    ];
+    let ok = vec![vec![0.2, 0.9], vec![0.5]];
+    let path = madeit_experts::route_from_scores(&sets, &ok).unwrap();
+    assert_eq!(path.experts, vec![1, 0]);
+    assert_eq!(path.tasks, BTreeSet::from([2]));
+    assert!(matches!(
+        madeit_experts::route_from_scores(&sets, &ok[..1]),
+        Err(ExpertsError::Features { .. })
+    ));
+    assert!(matches!(
+        madeit_experts::route_from_scores(&sets, &[vec![0.2], vec![0.5]]),
+        Err(ExpertsError::Features { .. })
+    ));
+    assert!(matches!(
+        madeit_experts::route_from_scores(&sets, &[vec![f64::NAN, 0.1], vec![0.5]]),
+        Err(ExpertsError::NonFinite { .. })
+    ));
+    assert!(matches!(
+        madeit_experts::route_from_scores(&[], &[]),
+        Err(ExpertsError::NoExperts)
+    ));
+    // Task sets that do not partition one set: no consistent expert.
+    let broken = vec![
+        vec![BTreeSet::from([1]), BTreeSet::from([2])],
+        vec![BTreeSet::from([3])],
+    ];
+    assert!(matches!(
+        madeit_experts::route_from_scores(&broken, &ok),
+        Err(ExpertsError::RoutingInvariant { .. })
+    ));
+}

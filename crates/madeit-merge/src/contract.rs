@@ -84,6 +84,24 @@ impl LowRankExpert {
     }
 }
 
+/// How the experts of an [`ExpertModel`] must be chosen for an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ExpertRouting {
+    /// Every module picks its expert on its own (the evaluator's router decides how). The
+    /// default.
+    #[default]
+    PerModule,
+    /// MADE-IT's path-consistent implicit routing: feature-projection scores
+    /// `‖X V_e‖_F / ‖X‖_F` of a backbone pass (experts stored as `up = U diag(s)`,
+    /// `down = V^T` with orthonormal `V`), an anchor module, then task-set propagation
+    /// outward from it (`madeit_experts::routing`).
+    MadeItPaths {
+        /// Which tokens of a module input enter the score.
+        tokens: madeit_experts::TokenAggregation,
+    },
+}
+
 /// A backbone with low-rank experts on some of its linear weights; which expert (or which
 /// weighted sum of experts) applies to an input is decided by the method's routing.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -93,16 +111,27 @@ pub struct ExpertModel {
     pub backbone: ParamDict,
     /// Experts per target weight name (for example `encoder.layers.0.mlp.fc1.weight`).
     pub experts: IndexMap<String, Vec<LowRankExpert>>,
+    /// How experts must be routed ([`ExpertRouting::PerModule`] unless the method says
+    /// otherwise).
+    pub routing: ExpertRouting,
 }
 
 impl ExpertModel {
-    /// A model with no experts yet.
+    /// A model with no experts yet, routed per module.
     #[must_use]
     pub fn new(backbone: ParamDict) -> Self {
         Self {
             backbone,
             experts: IndexMap::new(),
+            routing: ExpertRouting::PerModule,
         }
+    }
+
+    /// The same model with routing rule `routing`.
+    #[must_use]
+    pub fn with_routing(mut self, routing: ExpertRouting) -> Self {
+        self.routing = routing;
+        self
     }
 }
 

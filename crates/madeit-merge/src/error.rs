@@ -140,6 +140,17 @@ pub enum MergeError {
         /// Why the step is undefined.
         reason: String,
     },
+    /// MADE-IT's expert state rejected a step (no target module, a target module set that
+    /// changed between steps, a failed decomposition, ...); the wrapped error names the
+    /// module or tensor.
+    #[error("method `{method}`: {source}")]
+    Experts {
+        /// Method name.
+        method: &'static str,
+        /// What went wrong, naming the module or tensor.
+        #[source]
+        source: madeit_experts::ExpertsError,
+    },
     /// A dense model was requested from a method whose merged model is not dense.
     #[error("method `{method}` does not produce a single dense model (it keeps {kind})")]
     NotDense {

@@ -16,6 +16,7 @@
 //! | [`TaskArithmeticFamily`] | `ties` | `θ^(t) = θ^(t−1) + λ TIES(θ^(t−1) − θ_0, τ_t)`, keep 20 % |
 //! | [`MagMax`] | `magmax` | `θ^(t) = θ_0 + 0.5 maxabs(τ_1, …, τ_t)` |
 //! | [`Opcm`] | `opcm` | project `τ_t` off the singular directions of `θ^(t−1) − θ_0`, rescale |
+//! | [`MadeItMerger`] | `made_it` | evolve low-rank experts per target module (create or consolidate by subspace affinity); route per input along task-consistent paths |
 //!
 //! Every method follows the semantics and defaults of its reference implementation (listed
 //! in [`METHODS`]); every parameter tensor takes part. Methods are built from a
@@ -35,10 +36,15 @@ pub use config::{
     Aggregate, METHODS, MagMaxConfig, MethodConfig, MethodInfo, OpcmConfig, SwaConfig,
     TaskArithmeticConfig, TiesConfig, method_info, resume,
 };
-pub use contract::{ContinualMerger, ExpertModel, LowRankExpert, MergedModel, StepReport, TaskId};
+pub use contract::{
+    ContinualMerger, ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,
+};
 pub use error::MergeError;
+/// MADE-IT's hyper-parameters (the configuration of `method = "made_it"`).
+pub use madeit_experts::MadeItConfig;
 pub use methods::{
-    Consensus, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily, opcm_projection, split_rank,
+    Consensus, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily, opcm_projection,
+    split_rank,
 };
 pub use state::{
     Fingerprint, MergerState, STATE_FORMAT, STATE_VERSION, StateMetadata, TaskRecord, exact_f64,

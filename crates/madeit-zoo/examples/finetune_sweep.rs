@@ -59,7 +59,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let test = d.split(Split::Test)?;
         let model = ClipVisionModel::from_params(zoo.config(), &ft)?;
         let acc = evaluate(&model, &head, &test, 250)?;
-        let base = evaluate(&ClipVisionModel::from_params(zoo.config(), &pre)?, &head, &test, 250)?;
+        let base = evaluate(
+            &ClipVisionModel::from_params(zoo.config(), &pre)?,
+            &head,
+            &test,
+            250,
+        )?;
         let tau = ft.sub(&pre)?;
         println!(
             "{task}: pretrained {:.1}% -> fine-tuned {:.1}%  |tau| {:.2}  ({:.0} s)",
@@ -83,7 +88,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;
         let row: Vec<String> = accs.iter().map(|x| format!("{x:.1}")).collect();
-        println!("steps {steps} lr {lr} {label}: mean {mean:.1} [{}]", row.join(" "));
+        println!(
+            "steps {steps} lr {lr} {label}: mean {mean:.1} [{}]",
+            row.join(" ")
+        );
     }
     Ok(())
 }

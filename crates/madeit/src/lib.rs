@@ -4,6 +4,7 @@
 
 pub use madeit_data as data;
 pub use madeit_eval as eval;
+pub use madeit_experts as experts;
 pub use madeit_grassmann as grassmann;
 pub use madeit_linalg as linalg;
 pub use madeit_merge as merge;

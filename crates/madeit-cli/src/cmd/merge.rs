@@ -8,20 +8,39 @@
 //! (`config.json`, `model.safetensors`) plus `experts.safetensors`
 //! (`<weight>.expert<e>.up` `[out, r]`, `<weight>.expert<e>.down` `[r, in]`) and
 //! `experts.json` (the tasks each expert serves).
+//!
+//! MADE-IT (`--method made_it`) writes its expert store instead of `experts.safetensors` /
+//! `experts.json`: `experts/` (madeit-experts' `store`: `manifest.json` with the
+//! configuration, every expert's task ids and the affinity history, and one safetensors
+//! file with the factors `U`, `s`, `V` of every expert), `tasks.json` (the task name of each
+//! task id of the store, in merge order) and the backbone `model.safetensors`. The
+//! pretrained model plus the store is the merged model: loading it with
+//! `madeit::experts::store::load` gives back the full MADE-IT state (experts, routing,
+//! non-target mean), ready to route inputs or to absorb more tasks. The backbone is
+//! `theta0` (or `theta0` plus the non-target running mean when `non_target =
+//! "running_mean"`).
+//!
+//! Only weight-space methods merge from checkpoints alone. MINGLE (`--method mingle`) also
+//! needs each task's unlabelled seed images and fixed head at every step, which a list of
+//! checkpoints does not provide; it is refused with a message pointing to `madeit run`,
+//! which runs it on a benchmark (a zoo folder with heads and seed splits).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use madeit::merge::{MergedModel, MethodConfig, TaskId};
+use madeit::experts::store;
+use madeit::merge::{ContinualMerger, MadeItMerger, MergedModel, MethodConfig, TaskId};
 use madeit::params::ParamDict;
 use madeit::vit::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// Arguments of `madeit merge`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Merging method (swa, task_arithmetic, ties, magmax, opcm).
+    /// Merging method (swa, task_arithmetic, ties, magmax, opcm, made_it). `made_it` writes
+    /// the backbone plus its expert store (`experts/`, with `tasks.json` naming the task ids).
+    /// MINGLE needs seed images and heads: run it with `madeit run --methods mingle`.
     #[arg(long)]
     pub method: String,
     /// The pretrained checkpoint: a folder with config.json and model.safetensors, or a
@@ -67,7 +86,18 @@ fn task_name(path: &Path) -> String {
     )
 }
 
+/// Registry name of MINGLE, which this command cannot run.
+const MINGLE: &str = "mingle";
+
 fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
+    if args.method == MINGLE {
+        anyhow::bail!(
+            "`madeit merge` cannot run MINGLE: it adapts on each task's unlabelled seed images \
+             and fixed head, which fine-tuned checkpoints alone do not provide. Run it on a \
+             benchmark instead: `madeit run --methods mingle` (a zoo with heads and seed \
+             splits; see `madeit run --help`)"
+        );
+    }
     let Some(path) = &args.config else {
         return Ok(MethodConfig::default_for(&args.method)?);
     };
@@ -100,7 +130,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let pre_file = weights_file(&args.pretrained);
     let pretrained = ParamDict::load(&pre_file)
         .with_context(|| format!("reading the pretrained model {}", pre_file.display()))?;
-    let mut merger = cfg.build()?;
+    // MADE-IT is built as its concrete type, so that its expert store can be written.
+    let mut made_it = match &cfg {
+        MethodConfig::MadeIt(c) => Some(MadeItMerger::new(c.clone())?),
+        _ => None,
+    };
+    let mut boxed = match made_it {
+        Some(_) => None,
+        None => Some(cfg.build()?),
+    };
+    let merger: &mut dyn ContinualMerger = match (&mut made_it, &mut boxed) {
+        (Some(m), _) => m,
+        (None, Some(b)) => b.as_mut(),
+        (None, None) => anyhow::bail!("no merger was built for `{}`", cfg.name()),
+    };
     let mut names: Vec<String> = Vec::new();
     for path in &args.finetuned {
         let file = weights_file(path);
@@ -154,6 +197,31 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             params
                 .save(&weights_out)
                 .with_context(|| format!("writing {}", weights_out.display()))?;
+        }
+        MergedModel::Experts(m) if made_it.is_some() => {
+            m.backbone
+                .save(&weights_out)
+                .with_context(|| format!("writing {}", weights_out.display()))?;
+            if let Some(mi) = &made_it {
+                let dir = args.out.join("experts");
+                let saved = store::save(mi.experts(), &dir)
+                    .with_context(|| format!("writing the expert store {}", dir.display()))?;
+                // Task id i of the store is the i-th merged task.
+                let ids: BTreeMap<u32, &str> = names
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| u32::try_from(i).ok().map(|i| (i, n.as_str())))
+                    .collect();
+                let j = args.out.join("tasks.json");
+                std::fs::write(&j, serde_json::to_string_pretty(&ids)?)
+                    .with_context(|| format!("writing {}", j.display()))?;
+                eprintln!(
+                    "expert store: {} experts in {} ({} bytes of factors)",
+                    mi.experts().num_experts(),
+                    saved.manifest.display(),
+                    saved.tensor_bytes
+                );
+            }
         }
         MergedModel::Experts(m) => {
             m.backbone

@@ -2,8 +2,9 @@
 //! paper-style tables, `results.json` and SVG plots.
 //!
 //! With no arguments it runs on the embedded zoo (building it first, with its data, when
-//! the zoo folder does not exist yet), with every registered method and the default orders
-//! (seeds [`DEFAULT_SEEDS`]); `--full` uses the ten published orders (seeds 42-51).
+//! the zoo folder does not exist yet), with every registered method, then MINGLE (which
+//! adapts on each task's seed split), and the default orders (seeds [`DEFAULT_SEEDS`]);
+//! `--full` uses the ten published orders (seeds 42-51).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,8 +48,8 @@ pub struct Args {
     /// points at the last one).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these methods: labels of the experiment's methods or registry names
-    /// (comma-separated).
+    /// Only these methods: labels of the experiment's methods or registry names, `mingle`
+    /// included (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// These seeds (comma-separated) instead of the experiment's.

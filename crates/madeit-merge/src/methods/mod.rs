@@ -1,10 +1,13 @@
-//! The weight-space continual merging methods and the helpers they share.
+//! The continual merging methods (weight-space ones and MADE-IT's experts) and the helpers
+//! they share.
 
+mod made_it;
 mod magmax;
 mod opcm;
 mod swa;
 mod task_arithmetic;
 
+pub use made_it::MadeItMerger;
 pub use magmax::MagMax;
 pub use opcm::{Opcm, opcm_projection, split_rank};
 pub use swa::Swa;

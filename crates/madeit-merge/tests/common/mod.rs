@@ -1,7 +1,7 @@
 //! Shared helpers of the integration tests: tiny CLIP-like models and comparisons.
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
-use madeit_merge::{ContinualMerger, MergerState, MethodConfig, TaskId};
+use madeit_merge::{ContinualMerger, MergedModel, MergerState, MethodConfig, TaskId};
 use madeit_params::{ParamDict, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -128,4 +128,42 @@ pub fn all_configs() -> Vec<MethodConfig> {
         MethodConfig::from_toml_str("method = \"opcm\"\nclass_embedding_quirk = false").unwrap(),
     );
     out
+}
+
+/// The dense weights of a merged model, or the backbone of an expert model.
+pub fn weights(model: &MergedModel) -> &ParamDict {
+    match model {
+        MergedModel::Dense(p) => p,
+        MergedModel::Experts(m) => &m.backbone,
+        _ => panic!("unknown kind of merged model"),
+    }
+}
+
+/// Bit-for-bit equality of two merged models (weights, and every expert's factors, tasks
+/// and routing rule).
+pub fn assert_same_model(a: &MergedModel, b: &MergedModel) {
+    assert_bit_identical(weights(a), weights(b));
+    match (a, b) {
+        (MergedModel::Dense(_), MergedModel::Dense(_)) => {}
+        (MergedModel::Experts(x), MergedModel::Experts(y)) => {
+            assert_eq!(x.routing, y.routing, "routing rules differ");
+            let kx: Vec<&String> = x.experts.keys().collect();
+            let ky: Vec<&String> = y.experts.keys().collect();
+            assert_eq!(kx, ky, "expert modules differ");
+            for (name, ex) in &x.experts {
+                let ey = &y.experts[name];
+                assert_eq!(ex.len(), ey.len(), "number of experts of {name}");
+                for (e, (p, q)) in ex.iter().zip(ey).enumerate() {
+                    assert_eq!(p.tasks, q.tasks, "tasks of {name} expert {e}");
+                    for (s, t) in [(&p.up, &q.up), (&p.down, &q.down)] {
+                        assert_eq!(s.shape(), t.shape(), "{name} expert {e}");
+                        for (u, v) in s.data().iter().zip(t.data()) {
+                            assert_eq!(u.to_bits(), v.to_bits(), "{name} expert {e}");
+                        }
+                    }
+                }
+            }
+        }
+        _ => panic!("the models are of different kinds"),
+    }
 }

@@ -1,0 +1,83 @@
+//! What the run loop does for test-time methods (MINGLE): load a task's unlabelled seed
+//! images, and evaluate a gated model.
+//!
+//! # Seed images
+//!
+//! [`seed_images`] takes them from the split named by [`MingleConfig::seed_source`]:
+//! the task's `seed` split by default ([`Benchmark::load_seed`], disjoint from the test
+//! split), or the test split (the paper's protocol). In both cases the stratified subset of
+//! [`select_seed_indices`] keeps at most [`MingleConfig::seed_per_class`] images per class,
+//! drawn with [`MingleConfig::seed`]; the labels serve only this draw and are never passed to
+//! the method. On the embedded zoo the seed split holds 5 images per class (45 for the
+//! emoji task), so the default keeps all of them.
+//!
+//! # Gated evaluation
+//!
+//! [`evaluate_gated`] is [`crate::evaluate::evaluate_model`] with the gated forward: the
+//! test split is cut into batches of the evaluator's batch size, each batch holding images
+//! of one task only, and the gates (averaged over the batch, see [`GatedModel`]) decide how
+//! much each expert contributes. No task label reaches the model; the head is the task's
+//! fixed head, as for every other method. Because the gates average over a batch, the
+//! accuracy depends on the batch size (the reference evaluates one task's test loader at a
+//! time, as here).
+
+use madeit_adapt::{GatedModel, MingleConfig, SeedImages, SeedSource, select_seed_indices};
+use madeit_data::{ImageSet, NORM_MEAN, NORM_STD};
+use madeit_vit::TaskHead;
+
+use crate::benchmark::Benchmark;
+use crate::error::RunError;
+use crate::evaluate::count_correct;
+
+/// The seed images of benchmark task `index` for a MINGLE configuration (see the module
+/// docs), normalised for the tower. `test` is the task's test split (used only with
+/// [`SeedSource::TestSplit`]).
+///
+/// # Errors
+/// As [`Benchmark::load_seed`]; [`RunError::InvalidTask`] for an empty selection;
+/// pixel-conversion errors of the data crate.
+pub fn seed_images(
+    bench: &Benchmark,
+    index: usize,
+    test: &ImageSet,
+    config: &MingleConfig,
+) -> Result<SeedImages, RunError> {
+    let loaded;
+    let set = match config.seed_source {
+        SeedSource::SeedSplit => {
+            loaded = bench.load_seed(index)?;
+            &loaded
+        }
+        SeedSource::TestSplit => test,
+    };
+    let labels: Vec<usize> = set.labels.iter().map(|&l| l as usize).collect();
+    let indices = select_seed_indices(&labels, config.seed_per_class, config.seed);
+    if indices.is_empty() {
+        return Err(RunError::InvalidTask {
+            task: bench
+                .tasks()
+                .get(index)
+                .map_or_else(|| format!("#{index}"), |t| t.name.clone()),
+            reason: format!("no seed images in the {:?} source", config.seed_source),
+        });
+    }
+    let pixels = set.normalized_nchw(&indices, &NORM_MEAN, &NORM_STD)?;
+    Ok(SeedImages::new(pixels, indices.len()))
+}
+
+/// Test accuracy of a gated model on one task's test split, `batch` images of that task per
+/// forward (see the module docs).
+///
+/// # Errors
+/// [`RunError::InvalidTask`] when the split does not fit the model or head; errors of the
+/// gated forward.
+pub fn evaluate_gated(
+    model: &GatedModel,
+    head: &TaskHead,
+    test: &ImageSet,
+    batch: usize,
+) -> Result<f64, RunError> {
+    count_correct(model.model(), head, test, batch, &|px| {
+        Ok(model.forward(px)?.embedding())
+    })
+}

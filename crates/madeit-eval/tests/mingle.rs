@@ -1,0 +1,417 @@
+//! MINGLE in the run loop, on a tiny synthetic zoo in the zoo layout (a random 2-layer
+//! tower, three fake tasks with random fine-tuned perturbations, random heads, small random
+//! test and seed splits): streams, checkpoints, experiments and the method configuration.
+
+use std::path::Path;
+
+use madeit_adapt::{AdaptError, MingleConfig, SeedSource, TargetSet};
+use madeit_data::{ImageSet, write_split};
+use madeit_eval::benchmark::Benchmark;
+use madeit_eval::evaluate::Evaluator;
+use madeit_eval::experiment::{ExperimentConfig, StateOptions, run_experiment};
+use madeit_eval::report::{render_markdown, table_methods};
+use madeit_eval::runner::{RunEvent, StreamResult, StreamSpec, run_stream};
+use madeit_eval::{ExperimentResults, MethodSpec, RunError};
+use madeit_merge::{Fingerprint, MethodConfig, StepReport};
+use madeit_params::{ParamDict, Tensor};
+use madeit_vit::{
+    CONFIG_FILE, ClipVisionConfig, PROJECTION_WEIGHT, TaskHead, WEIGHTS_FILE, expected_tensors,
+};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
+const CLASSES: [usize; 3] = [4, 3, 5];
+const TEST_IMAGES: usize = 24;
+const SEED_IMAGES: usize = 12;
+
+fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+    let d = Normal::new(0.0f32, std).expect("valid normal");
+    (0..n).map(|_| d.sample(rng)).collect()
+}
+
+fn random_tower(config: &ClipVisionConfig, seed: u64) -> ParamDict {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut p = ParamDict::new();
+    let mut shapes = expected_tensors(config);
+    shapes.push((
+        PROJECTION_WEIGHT.to_owned(),
+        vec![config.projection_dim, config.hidden_size],
+    ));
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let data = if name.contains("norm") && name.ends_with(".weight") {
+            vec![1.0; n]
+        } else if name.ends_with(".bias") {
+            normal(&mut rng, n, 0.01)
+        } else {
+            normal(&mut rng, n, 0.2)
+        };
+        p.insert(name, Tensor::new(shape, data).expect("tensor"));
+    }
+    p
+}
+
+fn perturbed(base: &ParamDict, seed: u64, std: f32) -> ParamDict {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    base.map(|_, t| {
+        let noise = normal(&mut rng, t.numel(), std);
+        let data = t.data().iter().zip(noise).map(|(a, b)| a + b).collect();
+        Tensor::new(t.shape().to_vec(), data).expect("tensor")
+    })
+}
+
+fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(
+        dir.join(CONFIG_FILE),
+        config.to_json_string().expect("json"),
+    )
+    .expect("write");
+    params.save(&dir.join(WEIGHTS_FILE)).expect("save");
+}
+
+fn random_split(
+    rng: &mut ChaCha8Rng,
+    config: &ClipVisionConfig,
+    n: usize,
+    classes: usize,
+    names: &[String],
+) -> ImageSet {
+    let (s, c) = (config.image_size, config.num_channels);
+    let images: Vec<u8> = (0..n * s * s * c).map(|_| rng.random()).collect();
+    // Classes in turn: with 12 seed images every class has at least 2.
+    let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+    ImageSet::new(images, n, s, s, c, labels, names.to_vec()).expect("set")
+}
+
+/// Writes the tiny zoo (with seed splits) into `dir` and returns its benchmark.
+fn tiny_zoo(dir: &Path) -> Benchmark {
+    let config = ClipVisionConfig::tiny();
+    let pre = random_tower(&config, 1);
+    save_tower(&dir.join("pretrained"), &config, &pre);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (t, (&name, &classes)) in TASKS.iter().zip(&CLASSES).enumerate() {
+        let ft = perturbed(&pre, 100 + t as u64, 0.05);
+        save_tower(&dir.join("finetuned").join(name), &config, &ft);
+        let w = Tensor::new(
+            vec![classes, config.projection_dim],
+            normal(&mut rng, classes * config.projection_dim, 1.0),
+        )
+        .expect("head");
+        let names: Vec<String> = (0..classes).map(|c| format!("{name}-{c}")).collect();
+        let head = TaskHead::new(name, &w, names.clone()).expect("head");
+        std::fs::create_dir_all(dir.join("heads")).expect("mkdir");
+        head.save(&dir.join("heads").join(format!("{name}.safetensors")))
+            .expect("save head");
+        for (split, n) in [("test", TEST_IMAGES), ("seed", SEED_IMAGES)] {
+            let set = random_split(&mut rng, &config, n, classes, &names);
+            write_split(
+                &dir.join("data")
+                    .join(name)
+                    .join(format!("{split}.safetensors")),
+                &set,
+                name,
+                split,
+            )
+            .expect("split");
+        }
+    }
+    Benchmark::from_layout(dir, &TASKS).expect("benchmark")
+}
+
+/// A quick MINGLE: few adaptation steps on small batches.
+fn quick_mingle() -> MingleConfig {
+    MingleConfig {
+        steps: 3,
+        batch_size: 4,
+        seed_per_class: 2,
+        lr: 1e-2,
+        ..MingleConfig::default()
+    }
+}
+
+fn run(bench: &Benchmark, spec: &StreamSpec) -> Result<StreamResult, RunError> {
+    // A fresh evaluator per call: nothing is carried over in memory.
+    let ev = Evaluator::from_benchmark(bench, 7)?;
+    let pre = bench.load_pretrained()?;
+    run_stream(bench, &ev, &pre, spec, &mut |_| {})
+}
+
+/// A step report without its wall-clock measurements (`seconds_*`), which differ between
+/// runs.
+fn without_timings(r: &StepReport) -> StepReport {
+    let mut r = r.clone();
+    r.metrics.retain(|k, _| !k.starts_with("seconds_"));
+    r
+}
+
+#[test]
+fn a_mingle_stream_evaluates_every_seen_task_and_reports_its_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let mut spec = StreamSpec::new(quick_mingle(), vec![2, 0, 1]);
+    spec.seed = Some(5);
+    let ev = Evaluator::from_benchmark(&bench, 7).expect("evaluator");
+    let pre = bench.load_pretrained().expect("pretrained");
+    let mut events = Vec::new();
+    let r = run_stream(&bench, &ev, &pre, &spec, &mut |e| events.push(e.clone())).expect("run");
+    assert_eq!(r.label, "mingle");
+    assert_eq!(r.order, ["gamma", "alpha", "beta"]);
+    assert!(r.is_complete());
+    for i in 0..3 {
+        for j in 0..3 {
+            let v = r.matrix.get(i, j).expect("in range");
+            assert_eq!(v.is_some(), i <= j, "entry ({i}, {j})");
+            if let Some(v) = v {
+                let k = v * TEST_IMAGES as f64;
+                assert!((k - k.round()).abs() < 1e-9, "{v}");
+            }
+        }
+    }
+    for (j, s) in r.steps.iter().enumerate() {
+        assert_eq!(s.report.method, "mingle");
+        assert_eq!(s.report.step, j + 1);
+        assert_eq!(s.evaluations, j + 1);
+        assert_eq!(s.cached, 0);
+        // seed_per_class = 2 over every class of the seed split.
+        let classes = CLASSES[spec.order[j]];
+        assert_eq!(
+            s.report.metrics.get("seed_samples"),
+            Some(&(2.0 * classes as f64))
+        );
+        assert!(s.report.metrics.contains_key("kl_after"));
+        assert!(s.timing.absorb_s > 0.0 && s.timing.eval_s > 0.0);
+    }
+    let evaluated = events
+        .iter()
+        .filter(|e| matches!(e, RunEvent::TaskEvaluated { cached: false, .. }))
+        .count();
+    assert_eq!(evaluated, 6);
+    let m = r.metrics.expect("metrics");
+    assert_eq!(m, r.matrix.metrics().expect("metrics"));
+
+    // The same stream again gives the same bits (the method and the evaluation are
+    // deterministic).
+    let again = run(&bench, &spec).expect("again");
+    assert_eq!(again.matrix, r.matrix);
+}
+
+#[test]
+fn a_resumed_mingle_stream_is_bit_identical_to_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let order = vec![1, 2, 0];
+    let whole_ckpt = dir.path().join("whole.safetensors");
+    let mut whole_spec = StreamSpec::new(quick_mingle(), order.clone());
+    whole_spec.checkpoint = Some(whole_ckpt.clone());
+    let whole = run(&bench, &whole_spec).expect("whole");
+
+    for stop in [1, 2] {
+        let ckpt = dir.path().join(format!("part-{stop}.safetensors"));
+        let mut spec = StreamSpec::new(quick_mingle(), order.clone());
+        spec.checkpoint = Some(ckpt.clone());
+        spec.stop_after = Some(stop);
+        let first = run(&bench, &spec).expect("first part");
+        assert_eq!(first.steps.len(), stop);
+        assert_eq!(first.metrics, None);
+        spec.stop_after = None;
+        spec.resume = true;
+        let rest = run(&bench, &spec).expect("resumed");
+        assert_eq!(rest.resumed_steps, stop);
+        assert!(rest.is_complete());
+        for (a, b) in rest
+            .matrix
+            .rows()
+            .iter()
+            .flatten()
+            .zip(whole.matrix.rows().iter().flatten())
+        {
+            assert_eq!(
+                a.map(f64::to_bits),
+                b.map(f64::to_bits),
+                "stopped after {stop}"
+            );
+        }
+        assert_eq!(rest.metrics, whole.metrics);
+        let reports: Vec<_> = rest
+            .steps
+            .iter()
+            .map(|s| without_timings(&s.report))
+            .collect();
+        let expected: Vec<_> = whole
+            .steps
+            .iter()
+            .map(|s| without_timings(&s.report))
+            .collect();
+        assert_eq!(reports, expected);
+        // The final merger states (experts, gates, subspaces) are the same bits.
+        let (a, _) = ParamDict::load_with_metadata(&ckpt).expect("load");
+        let (b, _) = ParamDict::load_with_metadata(&whole_ckpt).expect("load");
+        assert!(a.keys().any(|k| k.starts_with("gate.")));
+        assert_eq!(Fingerprint::of_params(&a), Fingerprint::of_params(&b));
+    }
+
+    // A checkpoint of another MINGLE configuration or of another method is refused.
+    let mut other = StreamSpec::new(MingleConfig::hard_null_space(), order.clone());
+    other.checkpoint = Some(whole_ckpt.clone());
+    other.resume = true;
+    let err = run(&bench, &other).expect_err("other config");
+    assert!(matches!(err, RunError::Resume { .. }), "{err}");
+    other.method = MethodConfig::default_for("swa").expect("swa").into();
+    let err = run(&bench, &other).expect_err("other method");
+    assert!(matches!(err, RunError::Resume { .. }), "{err}");
+}
+
+#[test]
+fn a_missing_seed_split_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let seed = dir
+        .path()
+        .join("data")
+        .join("beta")
+        .join("seed.safetensors");
+    std::fs::remove_file(&seed).expect("rm");
+    let err = run(&bench, &StreamSpec::new(quick_mingle(), vec![1])).expect_err("no seed");
+    assert!(err.to_string().contains("seed.safetensors"), "{err}");
+    // Weight-space methods do not read seed splits.
+    run(
+        &bench,
+        &StreamSpec::new(MethodConfig::default_for("swa").expect("swa"), vec![1]),
+    )
+    .expect("swa");
+    // The paper's protocol takes the seed images from the test split instead.
+    let from_test = MingleConfig {
+        seed_source: SeedSource::TestSplit,
+        ..quick_mingle()
+    };
+    let r = run(&bench, &StreamSpec::new(from_test, vec![1])).expect("test split");
+    assert!(r.is_complete());
+}
+
+#[test]
+fn mingle_configurations_parse_check_and_round_trip() {
+    let parse = MethodSpec::from_toml_str;
+    assert_eq!(
+        parse("method = \"mingle\"").expect("defaults"),
+        MethodSpec::Mingle(MingleConfig::default())
+    );
+    assert_eq!(
+        parse("method = \"mingle\"\nprojection = \"hard\"").expect("hard"),
+        MethodSpec::Mingle(MingleConfig::hard_null_space())
+    );
+    assert_eq!(
+        parse("method = \"mingle\"\ntargets = \"lightweight\"").expect("lightweight"),
+        MethodSpec::Mingle(MingleConfig::lightweight())
+    );
+    let custom = parse(
+        "method = \"mingle\"\nsteps = 10\nsubspace_svd = \"exact\"\ntargets = { custom = [\"Q\", \"Fc1\"] }",
+    )
+    .expect("custom");
+    let MethodSpec::Mingle(c) = &custom else {
+        unreachable!("expected MINGLE, got {custom:?}")
+    };
+    assert_eq!(c.steps, 10);
+    assert!(matches!(c.targets, TargetSet::Custom(ref k) if k.len() == 2));
+
+    // Unknown keys and out-of-range values are typed errors naming the key.
+    let err = parse("method = \"mingle\"\nstep = 3").expect_err("unknown key");
+    assert!(
+        matches!(&err, RunError::Adapt(e) if matches!(**e, AdaptError::InvalidConfig { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("step"), "{err}");
+    let zero = parse("method = \"mingle\"\nbatch_size = 0").expect("parses");
+    let err = zero.check().expect_err("range");
+    assert!(
+        matches!(&err, RunError::Adapt(e) if matches!(**e, AdaptError::InvalidParameter { parameter: "batch_size", .. })),
+        "{err}"
+    );
+
+    // JSON round trips; registry methods keep their own form.
+    for spec in [
+        MethodSpec::Mingle(MingleConfig::default()),
+        custom.clone(),
+        MethodSpec::Merge(
+            MethodConfig::from_toml_str("method = \"ties\"\nlambda = 0.5").expect("ties"),
+        ),
+    ] {
+        let json = serde_json::to_string(&spec).expect("json");
+        assert!(
+            json.contains(&format!("\"method\":\"{}\"", spec.name())),
+            "{json}"
+        );
+        let back: MethodSpec = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, spec);
+    }
+    let ties = MethodConfig::from_toml_str("method = \"ties\"").expect("ties");
+    assert_eq!(
+        serde_json::to_value(MethodSpec::from(ties.clone())).expect("json"),
+        serde_json::to_value(&ties).expect("json")
+    );
+
+    // In an experiment: defaults end with MINGLE, entries may be labelled variants.
+    let d = ExperimentConfig::default();
+    assert_eq!(d.methods.last().map(|m| m.label.as_str()), Some("mingle"));
+    let cfg = ExperimentConfig::from_toml_str(
+        "[experiment]\nmethods = [\"mingle\", { method = \"mingle\", projection = \"none\", label = \"mingle-free\" }]",
+    )
+    .expect("experiment");
+    assert_eq!(cfg.methods[1].label, "mingle-free");
+    assert_eq!(
+        cfg.methods[1].config,
+        MethodSpec::Mingle(MingleConfig::without_projection())
+    );
+    assert!(
+        ExperimentConfig::from_toml_str(
+            "[experiment]\nmethods = [{ method = \"mingle\", gamma = -1.0 }]"
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn an_experiment_with_mingle_runs_resumes_and_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    let cfg = ExperimentConfig::from_toml_str(
+        "[experiment]\nseeds = [42]\nbatch_size = 7\nmethods = [\"swa\", { method = \"mingle\", steps = 2, batch_size = 4, seed_per_class = 2 }]",
+    )
+    .expect("config");
+    let state = StateOptions {
+        dir: Some(dir.path().join("state")),
+        resume: false,
+    };
+    let r = run_experiment(&cfg, &bench, &state, &mut |_| {}).expect("experiment");
+    assert_eq!(r.streams.len(), 2);
+    assert_eq!(r.summaries[1].method, "mingle");
+    assert!(r.summaries[1].absorb_seconds.mean > 0.0);
+    let md = render_markdown(&r);
+    assert!(md.contains("| MINGLE |") && md.contains("| SWA |"), "{md}");
+    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2);
+    let json = dir.path().join("results.json");
+    r.save_json(&json).expect("save");
+    assert_eq!(ExperimentResults::load_json(&json).expect("load"), r);
+    assert!(
+        dir.path()
+            .join("state")
+            .join("mingle-seed42.safetensors")
+            .is_file()
+    );
+    let resumed = run_experiment(
+        &cfg,
+        &bench,
+        &StateOptions {
+            resume: true,
+            ..state
+        },
+        &mut |_| {},
+    )
+    .expect("resumed");
+    for (a, b) in resumed.streams.iter().zip(&r.streams) {
+        assert_eq!(a.matrix, b.matrix);
+        assert_eq!(a.resumed_steps, 3);
+    }
+}
