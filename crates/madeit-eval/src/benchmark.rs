@@ -265,6 +265,32 @@ impl Benchmark {
         Ok(madeit_data::read_split(&self.task(index)?.test)?.set)
     }
 
+    /// The same benchmark evaluated on the zoo's validation splits instead of the test
+    /// splits (for choosing hyper-parameters without looking at test data): every task's
+    /// `test` file becomes `data/<task>/val.safetensors` of the benchmark's folder.
+    ///
+    /// # Errors
+    /// [`RunError::InvalidConfig`] for a benchmark built from explicit files (no folder);
+    /// [`RunError::Io`] naming the first missing validation file.
+    pub fn on_validation(&self) -> Result<Self, RunError> {
+        let Some(root) = &self.root else {
+            return Err(RunError::config(
+                "validation splits need a benchmark in the zoo layout (Benchmark::open_zoo)",
+            ));
+        };
+        let mut out = self.clone();
+        for t in &mut out.tasks {
+            t.test = root.join(layout::split_file(&t.name, Split::Val));
+            if !t.test.is_file() {
+                return Err(RunError::io(
+                    &t.test,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads the seed split of task `index` (the unlabelled images test-time methods adapt
     /// on; disjoint from the test split).
     ///

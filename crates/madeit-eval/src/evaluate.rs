@@ -597,6 +597,26 @@ impl Evaluator {
     /// # Errors
     /// File errors naming the file; as [`Evaluator::new`].
     pub fn from_benchmark(bench: &Benchmark, batch: usize) -> Result<Self, RunError> {
+        Self::from_benchmark_capped(bench, batch, None)
+    }
+
+    /// As [`from_benchmark`](Self::from_benchmark), with at most `max_test` test images per
+    /// task when `max_test` is set: the images at the evenly spaced positions
+    /// `floor(k n / max_test)`, `k = 0 .. max_test`, of the `n`-image split (deterministic,
+    /// and proportional in every stretch of the split, so a split grouped by class keeps
+    /// its class balance). Splits with at most `max_test` images are used whole.
+    ///
+    /// # Errors
+    /// As [`from_benchmark`](Self::from_benchmark); [`RunError::InvalidConfig`] for
+    /// `max_test == Some(0)`.
+    pub fn from_benchmark_capped(
+        bench: &Benchmark,
+        batch: usize,
+        max_test: Option<usize>,
+    ) -> Result<Self, RunError> {
+        if max_test == Some(0) {
+            return Err(RunError::config("`test_images` must be positive"));
+        }
         let tasks = (0..bench.num_tasks())
             .map(|i| {
                 Ok(EvalTask {
@@ -606,7 +626,7 @@ impl Evaluator {
                         .map(|t| t.name.clone())
                         .unwrap_or_default(),
                     head: bench.load_head(i)?,
-                    test: bench.load_test(i)?,
+                    test: cap_test(bench.load_test(i)?, max_test)?,
                 })
             })
             .collect::<Result<Vec<_>, RunError>>()?;
@@ -782,3 +802,15 @@ impl ModelSession<'_> {
 
 #[cfg(test)]
 mod made_it_tests;
+
+/// The evenly spaced subset of at most `max` images of `set` (see
+/// [`Evaluator::from_benchmark_capped`]).
+fn cap_test(set: ImageSet, max: Option<usize>) -> Result<ImageSet, RunError> {
+    match max {
+        Some(m) if set.n > m => {
+            let indices: Vec<usize> = (0..m).map(|k| k * set.n / m).collect();
+            Ok(set.subset(&indices)?)
+        }
+        _ => Ok(set),
+    }
+}

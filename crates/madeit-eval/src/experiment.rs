@@ -7,6 +7,8 @@
 //! eval = "full"                  # "full" (whole accuracy matrix) or "final" (ACC/BWT only)
 //! out = "runs/my-experiment"     # output folder (default: runs/<UTC timestamp>)
 //! batch_size = 128               # images per forward in evaluation
+//! test_images = 2000             # at most this many test images per task (default: all)
+//! split = "test"                 # "test", or "val" to choose hyper-parameters
 //! save_state = false             # save each stream after every step (to resume)
 //! router = "projection"          # expert models: "projection", "projection-cls", "oracle"
 //! methods = [
@@ -47,16 +49,23 @@ use crate::runner::{
     EvalMode, References, RunEvent, StreamResult, StreamSpec, reference_rows, run_stream,
 };
 
+/// The split an experiment measures accuracy on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalSplit {
+    /// The test splits (the protocol's numbers).
+    #[default]
+    Test,
+    /// The validation splits (hyper-parameter selection).
+    Val,
+}
+
 /// Seeds of the default run: the first two published seeds.
 ///
-/// Chosen for time: on the embedded zoo (8 tasks, 28,741 test images) the five
-/// weight-space methods with the full accuracy matrix forward about 1.3 million test images
-/// for these two orders plus the reference rows, a few minutes on 2 cores; every further
-/// order adds about 0.6 million. MINGLE costs more per order: 8 test-time adaptations
-/// (about 45 s together) and gated forwards whose cost grows with the number of experts (by
-/// the last step about 7 times a dense forward); one MINGLE stream took 487 s, against
-/// about 100 s for a weight-space stream, on 2 shared cores under load (2026-11-23).
-/// [`PUBLISHED_SEEDS`] (`--full`) are the ten orders of the published protocol.
+/// Chosen for time; the default run of `madeit run` also evaluates at most 2,000 test
+/// images per task (`test_images`), which measures every method on 12,741 of the zoo's
+/// 28,741 test images. [`PUBLISHED_SEEDS`] (`--full`) are the ten orders of the published
+/// protocol, on whole test splits.
 pub const DEFAULT_SEEDS: [u64; 2] = [42, 43];
 
 /// Which router evaluates expert models.
@@ -159,6 +168,12 @@ pub struct ExperimentConfig {
     pub out: Option<PathBuf>,
     /// Images per forward in evaluation.
     pub batch_size: usize,
+    /// At most this many test images per task, an evenly spaced subset of the split
+    /// ([`Evaluator::from_benchmark_capped`]); `None` (the default) evaluates whole splits.
+    pub test_images: Option<usize>,
+    /// Which split the accuracies are measured on: the test splits, or the validation
+    /// splits for choosing hyper-parameters ([`Benchmark::on_validation`]).
+    pub split: EvalSplit,
     /// Save every stream after every step (under `<out>/state/`), so that it can be resumed.
     pub save_state: bool,
     /// How expert models are routed.
@@ -181,6 +196,8 @@ impl Default for ExperimentConfig {
             eval: EvalMode::Full,
             out: None,
             batch_size: DEFAULT_EVAL_BATCH,
+            test_images: None,
+            split: EvalSplit::Test,
             save_state: false,
             router: RouterKind::Projection,
         }
@@ -203,6 +220,8 @@ struct RawExperiment {
     eval: Option<EvalMode>,
     out: Option<PathBuf>,
     batch_size: Option<usize>,
+    test_images: Option<usize>,
+    split: Option<EvalSplit>,
     save_state: Option<bool>,
     router: Option<RouterKind>,
 }
@@ -242,6 +261,8 @@ impl ExperimentConfig {
             eval: raw.eval.unwrap_or(d.eval),
             out: raw.out,
             batch_size: raw.batch_size.unwrap_or(d.batch_size),
+            test_images: raw.test_images.or(d.test_images),
+            split: raw.split.unwrap_or(d.split),
             save_state: raw.save_state.unwrap_or(d.save_state),
             router: raw.router.unwrap_or(d.router),
         };
@@ -279,6 +300,9 @@ impl ExperimentConfig {
         }
         if self.batch_size == 0 {
             return Err(RunError::config("`batch_size` must be positive"));
+        }
+        if self.test_images == Some(0) {
+            return Err(RunError::config("`test_images` must be positive"));
         }
         for (i, m) in self.methods.iter().enumerate() {
             m.config.check()?;
@@ -527,8 +551,16 @@ pub fn run_experiment(
 ) -> Result<ExperimentResults, RunError> {
     cfg.check()?;
     let t0 = Instant::now();
-    let evaluator =
-        Evaluator::from_benchmark(bench, cfg.batch_size)?.with_router(cfg.router.build());
+    let validation;
+    let bench = match cfg.split {
+        EvalSplit::Test => bench,
+        EvalSplit::Val => {
+            validation = bench.on_validation()?;
+            &validation
+        }
+    };
+    let evaluator = Evaluator::from_benchmark_capped(bench, cfg.batch_size, cfg.test_images)?
+        .with_router(cfg.router.build());
     let pretrained = bench.load_pretrained()?;
     let load_s = t0.elapsed().as_secs_f64();
 

@@ -42,7 +42,7 @@ pub mod test_time;
 pub use benchmark::{Benchmark, BenchmarkTask};
 pub use error::RunError;
 pub use evaluate::{Evaluator, evaluate_dense};
-pub use experiment::{ExperimentConfig, ExperimentResults, run_experiment};
+pub use experiment::{EvalSplit, ExperimentConfig, ExperimentResults, run_experiment};
 pub use method::MethodSpec;
 pub use runner::{EvalMode, RunEvent, StreamResult, StreamSpec, run_stream};
 

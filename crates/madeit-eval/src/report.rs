@@ -128,7 +128,7 @@ pub fn render_markdown(r: &ExperimentResults) -> String {
     let _ = writeln!(s, "# Continual merging results\n");
     let _ = writeln!(
         s,
-        "{} tasks ({}), {} task order{} (seeds {}), evaluation `{}`, {} test images in all. \
+        "{} tasks ({}), {} task order{} (seeds {}), evaluation `{}`, {} {} images in all{}. \
          Accuracies in percent; methods: mean ± sample std over the orders.\n",
         r.benchmark.tasks.len(),
         r.benchmark.tasks.join(", "),
@@ -140,6 +140,13 @@ pub fn render_markdown(r: &ExperimentResults) -> String {
             crate::runner::EvalMode::Final => "final",
         },
         r.benchmark.test_images.iter().sum::<usize>(),
+        match r.config.split {
+            crate::experiment::EvalSplit::Test => "test",
+            crate::experiment::EvalSplit::Val => "validation",
+        },
+        r.config
+            .test_images
+            .map_or_else(String::new, |m| format!(" (at most {m} per task)")),
     );
     let _ = writeln!(s, "## ACC and BWT\n\n{}", table_methods(r));
     let _ = writeln!(s, "## Final accuracy per task\n\n{}", table_per_task(r));

@@ -693,3 +693,46 @@ fn the_evaluator_caches_by_model_fingerprint() {
         Err(RunError::InvalidConfig { .. })
     ));
 }
+
+#[test]
+fn test_caps_take_evenly_spaced_images_and_validation_reads_the_val_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bench = tiny_zoo(tmp.path());
+    let full = Evaluator::from_benchmark(&bench, 16).expect("ev");
+    let cap = TEST_IMAGES / 3;
+    let capped = Evaluator::from_benchmark_capped(&bench, 16, Some(cap)).expect("capped");
+    let big = Evaluator::from_benchmark_capped(&bench, 16, Some(TEST_IMAGES + 5)).expect("big");
+    for t in 0..bench.num_tasks() {
+        assert_eq!(full.test_size(t), TEST_IMAGES);
+        assert_eq!(capped.test_size(t), cap);
+        assert_eq!(big.test_size(t), TEST_IMAGES);
+        let whole = bench.load_test(t).expect("test");
+        let want: Vec<u32> = (0..cap)
+            .map(|k| whole.labels[k * TEST_IMAGES / cap])
+            .collect();
+        assert_eq!(capped.tasks()[t].test.labels, want);
+    }
+    assert!(Evaluator::from_benchmark_capped(&bench, 16, Some(0)).is_err());
+
+    // No validation files yet: the error names the first missing one.
+    let err = bench.on_validation().expect_err("no val files");
+    assert!(err.to_string().contains("val.safetensors"), "{err}");
+    // Copy each test split to val with one label changed, and check that it is read.
+    for name in TASKS {
+        let dir = tmp.path().join("data").join(name);
+        let mut set = madeit_data::read_split(&dir.join("test.safetensors"))
+            .expect("read")
+            .set;
+        set.labels[0] = (set.labels[0] + 1) % set.class_names.len() as u32;
+        write_split(&dir.join("val.safetensors"), &set, name, "val").expect("val");
+    }
+    let val = bench.on_validation().expect("val");
+    for t in 0..bench.num_tasks() {
+        let (v, w) = (
+            val.load_test(t).expect("val"),
+            bench.load_test(t).expect("test"),
+        );
+        assert_ne!(v.labels[0], w.labels[0]);
+        assert_eq!(v.labels[1..], w.labels[1..]);
+    }
+}

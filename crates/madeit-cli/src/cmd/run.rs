@@ -58,6 +58,16 @@ pub struct Args {
     /// Which accuracies to compute after each step.
     #[arg(long, value_enum)]
     pub eval: Option<EvalArg>,
+    /// At most this many test images per task (an evenly spaced subset of each split), or
+    /// `all`. Default: the experiment file's setting; without one, `all` with `--full` and
+    /// 2000 otherwise (it keeps the default run within minutes; the two large
+    /// Fashion-MNIST test splits have 10,000 images).
+    #[arg(long, value_parser = parse_test_images)]
+    pub test_images: Option<TestImages>,
+    /// Measure on the validation splits instead of the test splits (for choosing
+    /// hyper-parameters; the caps of `--test-images` apply to them too).
+    #[arg(long)]
+    pub val: bool,
     /// Save every stream after every step under <out>/state, so that it can be resumed.
     #[arg(long)]
     pub save_state: bool,
@@ -69,6 +79,28 @@ pub struct Args {
     #[arg(long, short)]
     pub quiet: bool,
 }
+
+/// `--test-images`: a positive count or `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestImages {
+    /// Whole test splits.
+    All,
+    /// At most this many per task.
+    AtMost(usize),
+}
+
+fn parse_test_images(s: &str) -> Result<TestImages, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(TestImages::All);
+    }
+    match s.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("expected a positive number or `all`, got `{s}`")),
+        Ok(n) => Ok(TestImages::AtMost(n)),
+    }
+}
+
+/// Test images per task of the default run (no experiment file, no `--full`).
+pub const DEFAULT_RUN_TEST_IMAGES: usize = 2000;
 
 fn show_seed(seed: Option<u64>) -> String {
     seed.map_or_else(|| "-".to_owned(), |s| s.to_string())
@@ -110,6 +142,15 @@ fn experiment(args: &Args) -> anyhow::Result<ExperimentConfig> {
     }
     if let Some(out) = &args.out {
         cfg.out = Some(out.clone());
+    }
+    cfg.test_images = match args.test_images {
+        Some(TestImages::All) => None,
+        Some(TestImages::AtMost(n)) => Some(n),
+        None if args.config.is_none() && !args.full => Some(DEFAULT_RUN_TEST_IMAGES),
+        None => cfg.test_images,
+    };
+    if args.val {
+        cfg.split = madeit::eval::EvalSplit::Val;
     }
     cfg.save_state |= args.save_state || args.resume;
     cfg.check()?;
