@@ -2,6 +2,7 @@
 //!
 //! This crate is a thin facade that re-exports the layered `madeit-*` crates.
 
+pub use madeit_adapt as adapt;
 pub use madeit_data as data;
 pub use madeit_eval as eval;
 pub use madeit_experts as experts;
