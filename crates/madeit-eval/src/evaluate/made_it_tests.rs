@@ -87,6 +87,15 @@ fn module_id(state: &MadeIt, index: usize) -> ModuleId {
 
 #[test]
 fn the_router_takes_the_path_made_it_takes_on_the_captured_inputs() {
+    for tokens in [
+        madeit_experts::TokenAggregation::Frobenius,
+        madeit_experts::TokenAggregation::ClsOnly,
+    ] {
+        router_matches_made_it(tokens);
+    }
+}
+
+fn router_matches_made_it(tokens: madeit_experts::TokenAggregation) {
     let config = ClipVisionConfig::tiny();
     // A low threshold, so that modules differ in their number of experts and paths have
     // bifurcations.
@@ -96,6 +105,7 @@ fn the_router_takes_the_path_made_it_takes_on_the_captured_inputs() {
         MadeItConfig {
             rho: 0.1,
             kappa: 0.0,
+            token_aggregation: tokens,
             ..MadeItConfig::default()
         },
     );
@@ -112,7 +122,11 @@ fn the_router_takes_the_path_made_it_takes_on_the_captured_inputs() {
         .unwrap();
     let router = model_router(&ProjectionRouter::default(), model.routing)
         .expect("the default router defers to MADE-IT's rule");
-    assert_eq!(router.name(), "made_it-paths");
+    let want = match tokens {
+        madeit_experts::TokenAggregation::ClsOnly => "made_it-paths-cls",
+        _ => "made_it-paths",
+    };
+    assert_eq!(router.name(), want);
     let routing = router
         .route(&RouteRequest {
             model: &tower.model,
