@@ -193,7 +193,19 @@ fn batch_routing_equals_per_sample_routing() {
     let paths = m.route_batch(&batches).unwrap();
     assert_eq!(paths.len(), 5);
     for (p, s) in paths.iter().zip(&samples) {
-        assert_eq!(p, &m.route(&refs(s)).unwrap());
+        // Same decisions; the scores agree up to f32 rounding (the batch reads row-major
+        // buffers, the per-sample call faer matrices, so the products may round
+        // differently).
+        let q = m.route(&refs(s)).unwrap();
+        assert_eq!((&p.experts, &p.tasks, p.anchor), (&q.experts, &q.tasks, q.anchor));
+        assert_eq!(p.fpa.len(), q.fpa.len());
+        for (a, b) in p.fpa.iter().zip(&q.fpa) {
+            match (a, b) {
+                (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-6, "{a} vs {b}"),
+                (None, None) => {}
+                other => panic!("a score on one side only: {other:?}"),
+            }
+        }
     }
     assert!(FeatureBatch::new(&buffers[0], 5, tokens, 3).is_err());
 }
