@@ -1,4 +1,5 @@
-//! MADE-IT's routing report: merges every task of the embedded zoo (seed-42 order), then for
+//! MADE-IT's routing report: merges every task of the embedded zoo (seed-42 order), prints
+//! how many experts each component of each layer kept, then for
 //! every task's test images (at most 500 each) routes each image with the implicit router
 //! and counts how often the routed path's final task set contains the image's true task, and
 //! how often the anchor module alone picked an expert serving it. A task whose images are
@@ -37,11 +38,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|m| match ModuleId::parse(&m.module().weight_key) {
             Some((id, true)) => Ok(id),
-            _ => Err(format!("`{}` is not a target weight", m.module().weight_key)),
+            _ => Err(format!(
+                "`{}` is not a target weight",
+                m.module().weight_key
+            )),
         })
         .collect::<Result<_, _>>()?;
+    // Experts kept per component (columns) and layer (rows), out of one per task.
+    let kinds = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"];
+    let layers = bench.config().num_hidden_layers;
+    let mut kept = vec![[0usize; 6]; layers];
+    for (me, id) in state.modules().iter().zip(&ids) {
+        let key = &me.module().weight_key;
+        if let (Some(k), Some(row)) = (
+            kinds.iter().position(|k| key.contains(k)),
+            kept.get_mut(id.layer),
+        ) {
+            row[k] = me.len();
+        }
+    }
+    println!("| layer | {} | reduction |", kinds.join(" | "));
+    println!("|---:|{}---:|", "---:|".repeat(kinds.len()));
+    for (l, row) in kept.iter().enumerate() {
+        let total: usize = row.iter().sum();
+        let cells: Vec<String> = row.iter().map(ToString::to_string).collect();
+        println!(
+            "| {l} | {} | {:.0} % |",
+            cells.join(" | "),
+            100.0 * (1.0 - total as f64 / (kinds.len() * order.len()) as f64)
+        );
+    }
     let model = ClipVisionModel::from_params(bench.config(), &pretrained)?;
-    println!("| task | images | path serves the task | anchor serves the task | mean size of the final task set |");
+    println!(
+        "| task | images | path serves the task | anchor serves the task | mean size of the final task set |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for (t, name) in names.iter().enumerate() {
         let Some(id) = merger.task_id(&TaskId::new(name.clone())) else {
