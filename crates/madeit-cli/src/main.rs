@@ -30,6 +30,9 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Render the SVG plots of a results.json.
     Plots(cmd::plots::Args),
+    /// MADE-IT's expert allocation on a zoo: allocation map (SVG) and experts kept per
+    /// component and layer.
+    Analyze(cmd::analyze::Args),
     /// Build or describe the embedded model zoo.
     Zoo(cmd::zoo::ZooArgs),
 }
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(args) => cmd::embed::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Plots(args) => cmd::plots::run(&args),
+        Command::Analyze(args) => cmd::analyze::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

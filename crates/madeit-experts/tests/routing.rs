@@ -197,7 +197,10 @@ fn batch_routing_equals_per_sample_routing() {
         // buffers, the per-sample call faer matrices, so the products may round
         // differently).
         let q = m.route(&refs(s)).unwrap();
-        assert_eq!((&p.experts, &p.tasks, p.anchor), (&q.experts, &q.tasks, q.anchor));
+        assert_eq!(
+            (&p.experts, &p.tasks, p.anchor),
+            (&q.experts, &q.tasks, q.anchor)
+        );
         assert_eq!(p.fpa.len(), q.fpa.len());
         for (a, b) in p.fpa.iter().zip(&q.fpa) {
             match (a, b) {

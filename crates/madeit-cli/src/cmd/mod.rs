@@ -1,5 +1,6 @@
 //! Subcommands.
 
+pub mod analyze;
 pub mod embed;
 pub mod inspect;
 pub mod merge;

@@ -1,0 +1,193 @@
+//! `madeit analyze`: MADE-IT's expert allocation on a zoo.
+//!
+//! Merges the zoo's tasks with MADE-IT in the order of one seed and writes
+//! `allocation_map.svg` (rows: target modules in forward order; columns: tasks in merge
+//! order; a cell's colour and label: the index of the expert of that module that serves that
+//! task, so a column that shares colours with another shows consolidation), and prints the
+//! number of experts kept per component and layer.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use madeit::eval::Benchmark;
+use madeit::eval::orders::task_order;
+use madeit::experts::MadeItConfig;
+use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+/// Arguments of `madeit analyze`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Zoo folder (default: $MADEIT_ZOO or ./zoo).
+    #[arg(long)]
+    pub zoo: Option<PathBuf>,
+    /// Seed of the task order.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// MADE-IT rank ratio (default: MadeItConfig's).
+    #[arg(long)]
+    pub rho: Option<f64>,
+    /// MADE-IT threshold margin (default: MadeItConfig's).
+    #[arg(long)]
+    pub kappa: Option<f64>,
+    /// Output folder.
+    #[arg(long, default_value = "analysis")]
+    pub out: PathBuf,
+}
+
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Runs the analysis.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let dir = args
+        .zoo
+        .clone()
+        .unwrap_or_else(madeit::zoo::default_zoo_dir);
+    let bench = Benchmark::open_zoo(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let mut config = MadeItConfig::default();
+    if let Some(r) = args.rho {
+        config.rho = r;
+    }
+    if let Some(k) = args.kappa {
+        config.kappa = k;
+    }
+    let mut merger = MadeItMerger::new(config)?;
+    let names = bench.task_names();
+    let order: Vec<usize> = task_order(bench.num_tasks(), args.seed)
+        .into_iter()
+        .map(|id| id - 1)
+        .collect();
+    let pretrained = bench.load_pretrained()?;
+    let mut ids = Vec::with_capacity(order.len());
+    for &t in &order {
+        let task = TaskId::new(names[t].clone());
+        let ft = bench.load_finetuned(t, &pretrained)?;
+        merger.absorb(&pretrained, &ft, &task)?;
+        ids.push(
+            merger
+                .task_id(&task)
+                .context("an absorbed task has an id")?,
+        );
+    }
+    let state = merger.experts();
+    // alloc[m][j]: expert of module m serving the j-th task of the order.
+    let rows: Vec<(String, Vec<Option<usize>>)> = state
+        .modules()
+        .iter()
+        .map(|me| {
+            let key = &me.module().weight_key;
+            let label = key
+                .trim_end_matches(".weight")
+                .replace("encoder.layers.", "L")
+                .replace(".self_attn.", " ")
+                .replace(".mlp.", " ");
+            (label, ids.iter().map(|&id| me.expert_of_task(id)).collect())
+        })
+        .collect();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let path = args.out.join("allocation_map.svg");
+    let columns: Vec<String> = order.iter().map(|&t| names[t].clone()).collect();
+    allocation_map(&path, &rows, &columns)?;
+    println!(
+        "{} experts over {} modules after {} tasks (order of seed {}); wrote {}",
+        state.num_experts(),
+        state.modules().len(),
+        order.len(),
+        args.seed,
+        path.display()
+    );
+    let kinds = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"];
+    println!("| layer | {} |", kinds.join(" | "));
+    println!("|---:|{}", "---:|".repeat(kinds.len()));
+    let layers = bench.config().num_hidden_layers;
+    for l in 0..layers {
+        let prefix = format!("encoder.layers.{l}.");
+        let cells: Vec<String> = kinds
+            .iter()
+            .map(|k| {
+                state
+                    .modules()
+                    .iter()
+                    .find(|me| {
+                        let key = &me.module().weight_key;
+                        key.starts_with(&prefix) && key.contains(k)
+                    })
+                    .map_or_else(|| "-".to_owned(), |me| me.len().to_string())
+            })
+            .collect();
+        println!("| {l} | {} |", cells.join(" | "));
+    }
+    Ok(())
+}
+
+fn allocation_map(
+    path: &std::path::Path,
+    rows: &[(String, Vec<Option<usize>>)],
+    columns: &[String],
+) -> anyhow::Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
+    let (cell_w, cell_h, left, top) = (90i32, 18i32, 120i32, 70i32);
+    let width = (left + columns.len() as i32 * cell_w + 20) as u32;
+    let height = (top + rows.len() as i32 * cell_h + 20) as u32;
+    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let font = |size: i32| ("sans-serif", size).into_font();
+    root.draw(&Text::new(
+        "MADE-IT expert allocation (cell: expert index serving the task)".to_owned(),
+        (10, 12),
+        font(15),
+    ))
+    .map_err(|e| err(&e))?;
+    let centred = TextStyle::from(font(11)).pos(Pos::new(HPos::Center, VPos::Center));
+    let right = TextStyle::from(font(11)).pos(Pos::new(HPos::Right, VPos::Center));
+    for (j, c) in columns.iter().enumerate() {
+        let x = left + j as i32 * cell_w + cell_w / 2;
+        root.draw(&Text::new(
+            format!("{}. {c}", j + 1),
+            (x, top - 14),
+            centred.clone(),
+        ))
+        .map_err(|e| err(&e))?;
+    }
+    for (i, (label, cells)) in rows.iter().enumerate() {
+        let y0 = top + i as i32 * cell_h;
+        root.draw(&Text::new(
+            label.clone(),
+            (left - 6, y0 + cell_h / 2),
+            right.clone(),
+        ))
+        .map_err(|e| err(&e))?;
+        for (j, e) in cells.iter().enumerate() {
+            let x0 = left + j as i32 * cell_w;
+            let fill = e.map_or(RGBColor(245, 245, 245), |e| PALETTE[e % PALETTE.len()]);
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell_w - 1, y0 + cell_h - 1)],
+                fill.filled(),
+            ))
+            .map_err(|e| err(&e))?;
+            if let Some(e) = e {
+                root.draw(&Text::new(
+                    e.to_string(),
+                    (x0 + cell_w / 2, y0 + cell_h / 2),
+                    centred.color(&WHITE),
+                ))
+                .map_err(|e| err(&e))?;
+            }
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
