@@ -3,15 +3,18 @@
 //! Merges the zoo's tasks with MADE-IT in the order of one seed and writes
 //! `allocation_map.svg` (rows: target modules in forward order; columns: tasks in merge
 //! order; a cell's colour and label: the index of the expert of that module that serves that
-//! task, so a column that shares colours with another shows consolidation), and prints the
-//! number of experts kept per component and layer.
+//! task, so a column that shares colours with another shows consolidation), prints the
+//! number of experts kept per component and layer, and writes `affinity_density.svg`: the
+//! distribution over all modules of the pairwise affinities of the tasks' candidate experts
+//! (one rank-r expert per task and module, as with `kappa = +inf`), by MADE-IT's subspace
+//! affinity and by the cosine similarity of the flattened updates (the paper's ablation).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use madeit::eval::Benchmark;
 use madeit::eval::orders::task_order;
-use madeit::experts::MadeItConfig;
+use madeit::experts::{AffinityMetric, MadeItConfig};
 use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -63,7 +66,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(k) = args.kappa {
         config.kappa = k;
     }
-    let mut merger = MadeItMerger::new(config)?;
+    let mut merger = MadeItMerger::new(config.clone())?;
+    // The same stream without consolidation keeps every task's candidate expert.
+    let mut candidates = MadeItMerger::new(MadeItConfig {
+        kappa: f64::INFINITY,
+        ..config
+    })?;
     let names = bench.task_names();
     let order: Vec<usize> = task_order(bench.num_tasks(), args.seed)
         .into_iter()
@@ -75,6 +83,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let task = TaskId::new(names[t].clone());
         let ft = bench.load_finetuned(t, &pretrained)?;
         merger.absorb(&pretrained, &ft, &task)?;
+        candidates.absorb(&pretrained, &ft, &task)?;
         ids.push(
             merger
                 .task_id(&task)
@@ -108,6 +117,32 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         order.len(),
         args.seed,
         path.display()
+    );
+    let (mut subspace, mut cosine) = (Vec::new(), Vec::new());
+    for me in candidates.experts().modules() {
+        let experts = me.experts();
+        for (a, ea) in experts.iter().enumerate() {
+            for ec in &experts[a + 1..] {
+                let name = me.name();
+                subspace.push(madeit::experts::math::affinity(
+                    name,
+                    AffinityMetric::Subspace,
+                    ea,
+                    ec,
+                )?);
+                cosine.push(madeit::experts::math::flat_cosine(ea, ec)?);
+            }
+        }
+    }
+    let density = args.out.join("affinity_density.svg");
+    affinity_density(&density, &subspace, &cosine)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "pairwise affinities of {} candidate pairs: subspace mean {:.3}, flat cosine mean {:.3}; wrote {}",
+        subspace.len(),
+        mean(&subspace),
+        mean(&cosine),
+        density.display()
     );
     let kinds = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"];
     println!("| layer | {} |", kinds.join(" | "));
@@ -188,6 +223,79 @@ fn allocation_map(
             }
         }
     }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Histograms (20 bins over `[-1, 1]` for the cosine, `[0, 1]` for the affinity, as
+/// densities) of the two pairwise measures, on one axis.
+fn affinity_density(
+    path: &std::path::Path,
+    subspace: &[f64],
+    cosine: &[f64],
+) -> anyhow::Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
+    const BINS: usize = 40;
+    let hist = |v: &[f64]| -> Vec<(f64, f64)> {
+        let mut counts = [0usize; BINS];
+        for &x in v {
+            let b = (((x + 1.0) / 2.0) * BINS as f64)
+                .floor()
+                .clamp(0.0, (BINS - 1) as f64);
+            counts[b as usize] += 1;
+        }
+        let width = 2.0 / BINS as f64;
+        let n = v.len().max(1) as f64;
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (-1.0 + (i as f64 + 0.5) * width, c as f64 / (n * width)))
+            .collect()
+    };
+    let (hs, hc) = (hist(subspace), hist(cosine));
+    let ymax = hs
+        .iter()
+        .chain(&hc)
+        .map(|p| p.1)
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Pairwise similarity of the tasks' candidate experts",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(-1.0f64..1.0f64, 0.0f64..ymax)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("similarity")
+        .y_desc("density")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (h, color, label) in [
+        (&hs, PALETTE[0], "subspace affinity S (MADE-IT)"),
+        (&hc, PALETTE[1], "cosine of flattened updates"),
+    ] {
+        chart
+            .draw_series(LineSeries::new(h.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
