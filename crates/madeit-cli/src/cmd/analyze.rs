@@ -7,7 +7,9 @@
 //! number of experts kept per component and layer, and writes `affinity_density.svg`: the
 //! distribution over all modules of the pairwise affinities of the tasks' candidate experts
 //! (one rank-r expert per task and module, as with `kappa = +inf`), by MADE-IT's subspace
-//! affinity and by the cosine similarity of the flattened updates (the paper's ablation).
+//! affinity and by the cosine similarity of the flattened updates (the paper's ablation),
+//! and `experts_kept.svg`: experts kept per component, one bar per layer, against one per
+//! task.
 
 use std::path::PathBuf;
 
@@ -148,6 +150,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("| layer | {} |", kinds.join(" | "));
     println!("|---:|{}", "---:|".repeat(kinds.len()));
     let layers = bench.config().num_hidden_layers;
+    let mut kept = vec![vec![0usize; kinds.len()]; layers];
+    for me in state.modules() {
+        let key = &me.module().weight_key;
+        for (l, row) in kept.iter_mut().enumerate() {
+            if !key.starts_with(&format!("encoder.layers.{l}.")) {
+                continue;
+            }
+            if let Some(k) = kinds.iter().position(|k| key.contains(k)) {
+                row[k] = me.len();
+            }
+        }
+    }
+    let bars = args.out.join("experts_kept.svg");
+    experts_kept(&bars, &kinds, &kept, order.len())?;
+    println!("wrote {}", bars.display());
     for l in 0..layers {
         let prefix = format!("encoder.layers.{l}.");
         let cells: Vec<String> = kinds
@@ -174,7 +191,7 @@ fn allocation_map(
     columns: &[String],
 ) -> anyhow::Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
-    let (cell_w, cell_h, left, top) = (90i32, 18i32, 120i32, 70i32);
+    let (cell_w, cell_h, left, top) = (128i32, 18i32, 120i32, 70i32);
     let width = (left + columns.len() as i32 * cell_w + 20) as u32;
     let height = (top + rows.len() as i32 * cell_h + 20) as u32;
     let root = SVGBackend::new(path, (width, height)).into_drawing_area();
@@ -290,6 +307,77 @@ fn affinity_density(
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Grouped bars: for each component, the experts kept in each layer, with the number of
+/// tasks as the dashed ceiling.
+fn experts_kept(
+    path: &std::path::Path,
+    kinds: &[&str],
+    kept: &[Vec<usize>],
+    tasks: usize,
+) -> anyhow::Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
+    let layers = kept.len().max(1);
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let groups = kinds.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "MADE-IT: experts kept per component and layer",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0.0f64..groups, 0.0f64..(tasks as f64 + 1.0))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(kinds.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 {
+                kinds.get(i).map_or_else(String::new, |k| (*k).to_owned())
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("experts kept")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let width = 0.8 / layers as f64;
+    for l in 0..layers {
+        let color = PALETTE[l % PALETTE.len()];
+        chart
+            .draw_series(kinds.iter().enumerate().map(|(k, _)| {
+                let v = kept.get(l).and_then(|r| r.get(k)).copied().unwrap_or(0) as f64;
+                let x0 = k as f64 + 0.1 + l as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
+            }))
+            .map_err(|e| err(&e))?
+            .label(format!("layer {l}"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, tasks as f64), (groups, tasks as f64)],
+            6,
+            4,
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| err(&e))?
+        .label("one per task")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
