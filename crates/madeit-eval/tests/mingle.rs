@@ -2,7 +2,11 @@
 //! tower, three fake tasks with random fine-tuned perturbations, random heads, small random
 //! test and seed splits): streams, checkpoints, experiments and the method configuration.
 
+mod common;
+
 use std::path::Path;
+
+use common::{normal, perturbed, random_tower, save_tower};
 
 use madeit_adapt::{AdaptError, MingleConfig, SeedSource, TargetSet};
 use madeit_data::{ImageSet, write_split};
@@ -14,63 +18,14 @@ use madeit_eval::runner::{RunEvent, StreamResult, StreamSpec, run_stream};
 use madeit_eval::{ExperimentResults, MethodSpec, RunError};
 use madeit_merge::{Fingerprint, MethodConfig, StepReport};
 use madeit_params::{ParamDict, Tensor};
-use madeit_vit::{
-    CONFIG_FILE, ClipVisionConfig, PROJECTION_WEIGHT, TaskHead, WEIGHTS_FILE, expected_tensors,
-};
+use madeit_vit::{ClipVisionConfig, TaskHead};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 
 const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
 const CLASSES: [usize; 3] = [4, 3, 5];
 const TEST_IMAGES: usize = 24;
 const SEED_IMAGES: usize = 12;
-
-fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
-    let d = Normal::new(0.0f32, std).expect("valid normal");
-    (0..n).map(|_| d.sample(rng)).collect()
-}
-
-fn random_tower(config: &ClipVisionConfig, seed: u64) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut p = ParamDict::new();
-    let mut shapes = expected_tensors(config);
-    shapes.push((
-        PROJECTION_WEIGHT.to_owned(),
-        vec![config.projection_dim, config.hidden_size],
-    ));
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data = if name.contains("norm") && name.ends_with(".weight") {
-            vec![1.0; n]
-        } else if name.ends_with(".bias") {
-            normal(&mut rng, n, 0.01)
-        } else {
-            normal(&mut rng, n, 0.2)
-        };
-        p.insert(name, Tensor::new(shape, data).expect("tensor"));
-    }
-    p
-}
-
-fn perturbed(base: &ParamDict, seed: u64, std: f32) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    base.map(|_, t| {
-        let noise = normal(&mut rng, t.numel(), std);
-        let data = t.data().iter().zip(noise).map(|(a, b)| a + b).collect();
-        Tensor::new(t.shape().to_vec(), data).expect("tensor")
-    })
-}
-
-fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(
-        dir.join(CONFIG_FILE),
-        config.to_json_string().expect("json"),
-    )
-    .expect("write");
-    params.save(&dir.join(WEIGHTS_FILE)).expect("save");
-}
 
 fn random_split(
     rng: &mut ChaCha8Rng,

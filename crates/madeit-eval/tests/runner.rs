@@ -2,7 +2,11 @@
 //! layout: a random 2-layer tower, three fake tasks whose fine-tuned models are random
 //! perturbations of it, random heads and small random test splits.
 
+mod common;
+
 use std::path::Path;
+
+use common::{normal, perturbed, random_tower, save_tower};
 
 use madeit_data::{ImageSet, NORM_MEAN, NORM_STD, write_split};
 use madeit_eval::benchmark::Benchmark;
@@ -17,63 +21,13 @@ use madeit_merge::{
     ExpertModel, Fingerprint, LowRankExpert, MergeError, MergedModel, MethodConfig, TaskId,
 };
 use madeit_params::{ParamDict, Tensor};
-use madeit_vit::{
-    CONFIG_FILE, ClipVisionConfig, ClipVisionModel, PROJECTION_WEIGHT, TaskHead, WEIGHTS_FILE,
-    expected_tensors,
-};
+use madeit_vit::{ClipVisionConfig, ClipVisionModel, TaskHead, WEIGHTS_FILE};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 
 const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
 const CLASSES: [usize; 3] = [4, 3, 5];
 const TEST_IMAGES: usize = 24;
-
-fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
-    let d = Normal::new(0.0f32, std).expect("valid normal");
-    (0..n).map(|_| d.sample(rng)).collect()
-}
-
-fn random_tower(config: &ClipVisionConfig, seed: u64) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut p = ParamDict::new();
-    let mut shapes = expected_tensors(config);
-    shapes.push((
-        PROJECTION_WEIGHT.to_owned(),
-        vec![config.projection_dim, config.hidden_size],
-    ));
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data = if name.contains("norm") && name.ends_with(".weight") {
-            vec![1.0; n]
-        } else if name.ends_with(".bias") {
-            normal(&mut rng, n, 0.01)
-        } else {
-            normal(&mut rng, n, 0.2)
-        };
-        p.insert(name, Tensor::new(shape, data).expect("tensor"));
-    }
-    p
-}
-
-fn perturbed(base: &ParamDict, seed: u64, std: f32) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    base.map(|_, t| {
-        let noise = normal(&mut rng, t.numel(), std);
-        let data = t.data().iter().zip(noise).map(|(a, b)| a + b).collect();
-        Tensor::new(t.shape().to_vec(), data).expect("tensor")
-    })
-}
-
-fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(
-        dir.join(CONFIG_FILE),
-        config.to_json_string().expect("json"),
-    )
-    .expect("write");
-    params.save(&dir.join(WEIGHTS_FILE)).expect("save");
-}
 
 /// Writes the tiny zoo into `dir` and returns its benchmark.
 fn tiny_zoo(dir: &Path) -> Benchmark {

@@ -148,11 +148,6 @@ impl MadeItMerger {
     }
 }
 
-/// A row-major `[rows, cols]` tensor from an `f32` matrix.
-fn mat_tensor(m: faer::MatRef<'_, f32>) -> Tensor {
-    Tensor::from_mat(m)
-}
-
 impl ContinualMerger for MadeItMerger {
     fn method(&self) -> &'static str {
         METHOD
@@ -254,8 +249,8 @@ impl ContinualMerger for MadeItMerger {
                         })
                         .collect::<Result<Vec<_>, MergeError>>()?;
                     Ok(LowRankExpert::new(
-                        mat_tensor(up.as_ref()),
-                        mat_tensor(down.as_ref()),
+                        Tensor::from_mat(up.as_ref()),
+                        Tensor::from_mat(down.as_ref()),
                         tasks,
                     ))
                 })
@@ -273,7 +268,7 @@ impl ContinualMerger for MadeItMerger {
             for (i, e) in m.experts().iter().enumerate() {
                 tensors.insert(
                     format!("{EXPERTS_PREFIX}{}", tensor_key(name, i, Factor::U)),
-                    mat_tensor(e.u()),
+                    Tensor::from_mat(e.u()),
                 );
                 if let Ok(s) = Tensor::new(vec![e.rank()], e.s().to_vec()) {
                     tensors.insert(
@@ -283,7 +278,7 @@ impl ContinualMerger for MadeItMerger {
                 }
                 tensors.insert(
                     format!("{EXPERTS_PREFIX}{}", tensor_key(name, i, Factor::V)),
-                    mat_tensor(e.v()),
+                    Tensor::from_mat(e.v()),
                 );
             }
             modules.push(SavedModule {
