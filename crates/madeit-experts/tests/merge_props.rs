@@ -67,6 +67,15 @@ fn dense_subspace_merge_singular_values(e: &Expert, c: &Expert) -> (Vec<f64>, Ma
     (thin_svd(m.as_ref()).unwrap().s, m)
 }
 
+/// Smallest singular value of `[a b]`.
+fn min_singular_value(a: faer::MatRef<'_, f32>, b: faer::MatRef<'_, f32>) -> f64 {
+    let k = a.ncols();
+    let cat = Mat::from_fn(a.nrows(), k + b.ncols(), |i, j| {
+        f64::from(if j < k { a[(i, j)] } else { b[(i, j - k)] })
+    });
+    thin_svd(cat.as_ref()).unwrap().s.last().copied().unwrap_or(0.0)
+}
+
 fn dims() -> impl Strategy<Value = (usize, usize, usize, u64)> {
     (4usize..10, 4usize..10, any::<u64>()).prop_flat_map(|(a, b, seed)| {
         let rmax = a.min(b) / 2;
@@ -138,6 +147,11 @@ proptest! {
     fn subspace_merge_matches_the_dense_reference((d_out, d_in, r, seed) in dims(), s2 in any::<u64>()) {
         let e = random_expert(d_out, d_in, r, seed, 1);
         let c = random_expert(d_out, d_in, r, s2, 2);
+        // The polar factor of [U_e U_c] is discontinuous where the concatenation is nearly
+        // rank deficient (2r = d with nearly shared directions): there the implementation
+        // drops directions under its tolerance and a plain dense polar does not, so the two
+        // are only comparable on well-conditioned concatenations.
+        prop_assume!(min_singular_value(e.u(), c.u()) > 1e-2 && min_singular_value(e.v(), c.v()) > 1e-2);
         let m = consolidate("t", MergeRule::SubspaceMerge, 1e-4, &e, &c, r).unwrap();
         let (sv, dense_m) = dense_subspace_merge_singular_values(&e, &c);
         for k in 0..r {
