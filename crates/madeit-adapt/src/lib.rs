@@ -56,8 +56,11 @@
 //! - The top-`k` directions of the input covariance use a randomized SVD by default
 //!   ([`MingleConfig::subspace_svd`]; `SvdMethod::Exact` is available).
 
+mod adamerging;
+mod admit;
 mod config;
 mod contract;
+mod entropy;
 mod error;
 mod expert;
 mod mingle;
@@ -67,8 +70,10 @@ mod state;
 mod subspace;
 mod tta;
 
+pub use adamerging::{AdaMergingConfig, LW_ADAMERGING, LwAdaMerging};
 pub use config::{GateProjection, MINGLE, MingleConfig, SeedSource, SvdMethod, TargetSet};
 pub use contract::{AdaptReport, GatedModel, TestTimeMerger};
+pub use entropy::{ENTROPY_EPSILON, entropy_loss};
 pub use error::AdaptError;
 pub use expert::{ExpertStats, build_expert, effective_rank, experts_svd, project_out_block};
 pub use mingle::Mingle;
@@ -79,3 +84,6 @@ pub use subspace::{extend_basis, top_directions};
 pub use tta::{
     GateTrainer, InputCovariance, SeedPass, SeedTask, mean_kl, seed_pass, teacher_logits,
 };
+
+mod wemoe;
+pub use wemoe::{LORA_WEMOE, LoraWemoe, WemoeConfig};

@@ -9,13 +9,14 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use indexmap::IndexMap;
 use madeit_merge::{ExpertModel, Fingerprint, LowRankExpert, MergedModel, TaskId, TaskRecord};
-use madeit_params::{ParamDict, ParamsError, Tensor as HostTensor};
+use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues, LinearGate,
     LowRankFactors, ModuleId, TaskHead, VISION_PREFIX, VitError,
 };
 use rayon::prelude::*;
 
+use crate::admit::{Admitted, admit_task, check_seed_images};
 use crate::config::MINGLE;
 use crate::expert::{ExpertStats, build_expert};
 use crate::subspace::{extend_basis, top_directions};
@@ -166,12 +167,6 @@ pub struct Mingle {
     backbone: Option<(Fingerprint, ClipVisionModel)>,
 }
 
-/// A task that passed every input check, with its bookkeeping.
-struct Admitted {
-    pretrained: Fingerprint,
-    record: TaskRecord,
-}
-
 impl Mingle {
     /// An empty merger for towers with `vision`'s shape, computing on `device` (for example
     /// `Device::flex()`; gates are trained on its autodiff counterpart).
@@ -243,100 +238,11 @@ impl Mingle {
         finetuned: &ParamDict,
         task: &TaskId,
     ) -> Result<Admitted, AdaptError> {
-        if self.tasks.iter().any(|r| &r.task == task) {
-            return Err(AdaptError::DuplicateTaskName { task: task.clone() });
-        }
-        pretrained
-            .check_compatible(finetuned)
-            .map_err(|source| AdaptError::Incompatible {
-                task: task.clone(),
-                source,
-            })?;
-        finetuned
-            .check_finite()
-            .map_err(|source| AdaptError::NonFinite {
-                task: task.clone(),
-                which: "fine-tuned",
-                source,
-            })?;
-        if self.pretrained.is_none() {
-            pretrained
-                .check_finite()
-                .map_err(|source| AdaptError::NonFinite {
-                    task: task.clone(),
-                    which: "pretrained",
-                    source,
-                })?;
-        }
-        let fp_pre = Fingerprint::of_params(pretrained);
-        if let Some(expected) = self.pretrained
-            && expected != fp_pre
-        {
-            return Err(AdaptError::PretrainedChanged {
-                expected,
-                got: fp_pre,
-            });
-        }
-        let fp_task = Fingerprint::of_params(finetuned);
-        if let Some(prev) = self.tasks.iter().find(|r| r.fingerprint == fp_task) {
-            return Err(AdaptError::DuplicateTask {
-                task: task.clone(),
-                previous: prev.task.clone(),
-            });
-        }
-        let names: Vec<&str> = pretrained.keys().collect();
-        let sq: f64 = names
-            .par_iter()
-            .map(|&name| -> Result<f64, ParamsError> {
-                let p = pretrained.get(name)?;
-                let f = finetuned.get(name)?;
-                Ok(p.data()
-                    .iter()
-                    .zip(f.data())
-                    .map(|(&a, &b)| (f64::from(b) - f64::from(a)).powi(2))
-                    .sum())
-            })
-            .collect::<Result<Vec<f64>, ParamsError>>()
-            .map_err(|source| AdaptError::Incompatible {
-                task: task.clone(),
-                source,
-            })?
-            .iter()
-            .sum();
-        Ok(Admitted {
-            pretrained: fp_pre,
-            record: TaskRecord {
-                task: task.clone(),
-                fingerprint: fp_task,
-                task_vector_norm: sq.sqrt(),
-            },
-        })
+        admit_task(&self.tasks, self.pretrained, pretrained, finetuned, task)
     }
 
     fn check_seed(&self, task: &TaskId, seed: &SeedImages) -> Result<(), AdaptError> {
-        let c = &self.vision;
-        let per_image = c.num_channels * c.image_size * c.image_size;
-        let err = |reason: String| AdaptError::SeedData {
-            task: task.clone(),
-            reason,
-        };
-        if seed.is_empty() {
-            return Err(err("no seed samples".into()));
-        }
-        if seed.pixels().len() != seed.len() * per_image {
-            return Err(err(format!(
-                "{} pixel values for {} images of [{}, {}, {}]",
-                seed.pixels().len(),
-                seed.len(),
-                c.num_channels,
-                c.image_size,
-                c.image_size
-            )));
-        }
-        if let Some(i) = seed.pixels().iter().position(|x| !x.is_finite()) {
-            return Err(err(format!("non-finite pixel value at flat index {i}")));
-        }
-        Ok(())
+        check_seed_images(&self.vision, task, seed)
     }
 
     /// The pretrained tower on the device (cached between steps).

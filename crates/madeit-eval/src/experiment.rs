@@ -339,6 +339,10 @@ pub struct MethodSummary {
     pub label: String,
     /// Registry name.
     pub method: String,
+    /// What the table must say about the row ([`MethodSpec::table_note`]): the mode of
+    /// C. LW AdaMerging, that C. Fine-Tuned needs training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// ACC and BWT over the orders (fractions).
     pub orders: OrderSummary,
     /// Final accuracy per task (benchmark order) over the orders.
@@ -682,6 +686,7 @@ pub fn summarize_method(
     Ok(MethodSummary {
         label: m.label.clone(),
         method: m.config.name().to_owned(),
+        note: m.config.table_note(),
         orders,
         final_accuracy,
         seen_accuracy,

@@ -37,14 +37,16 @@ pub mod experiment;
 pub mod method;
 pub mod report;
 pub mod runner;
+pub mod sequential;
 pub mod test_time;
 
 pub use benchmark::{Benchmark, BenchmarkTask};
 pub use error::RunError;
 pub use evaluate::{Evaluator, evaluate_dense};
 pub use experiment::{EvalSplit, ExperimentConfig, ExperimentResults, run_experiment};
-pub use method::MethodSpec;
+pub use method::{MethodSpec, SeedSetup, TEST_TIME_METHODS, TRAINING_METHODS};
 pub use runner::{EvalMode, RunEvent, StreamResult, StreamSpec, run_stream};
+pub use sequential::{C_FINETUNED, SequentialConfig};
 
 /// Errors of the evaluation protocol.
 #[derive(Debug, thiserror::Error)]

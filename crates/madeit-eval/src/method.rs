@@ -1,10 +1,12 @@
-//! What a stream runs: a weight-space method of the `madeit-merge` registry or a test-time
-//! method of `madeit-adapt` (MINGLE).
+//! What a stream runs: a weight-space method of the `madeit-merge` registry, a test-time
+//! method of `madeit-adapt` (MINGLE, C. LW AdaMerging, C. LoRA-WEMoE) or the sequential
+//! fine-tuning reference (C. Fine-Tuned).
 //!
-//! Both are written as one table tagged by `method`. A registry method keeps the form of
-//! [`MethodConfig`] (`{ method = "ties", lambda = 0.5 }`); MINGLE is `method = "mingle"`
-//! plus any field of [`MingleConfig`] (unknown keys rejected, missing keys at the reference
-//! defaults):
+//! All are written as one table tagged by `method`. A registry method keeps the form of
+//! [`MethodConfig`] (`{ method = "ties", lambda = 0.5 }`); the others are `method = NAME`
+//! plus any field of their configuration ([`MingleConfig`], [`AdaMergingConfig`],
+//! [`WemoeConfig`], [`SequentialConfig`]; unknown keys rejected, missing keys at the
+//! reference defaults):
 //!
 //! ```toml
 //! methods = [
@@ -12,17 +14,28 @@
 //!     { method = "mingle", projection = "hard", label = "mingle-hard" },  # hard null space
 //!     { method = "mingle", targets = "lightweight", label = "mingle-lw" }, # q, k, v, fc1
 //!     { method = "mingle", steps = 20, seed_source = "test_split" },
+//!     "c_lw_adamerging",                                             # discards earlier merges
+//!     { method = "c_lw_adamerging", accumulate = true, label = "c_lw_adamerging-acc" },
+//!     "c_lora_wemoe",
+//!     { method = "c_lora_wemoe", first_rank = 16, label = "c_lora_wemoe-r16" }, # one rank
+//!     "c_finetuned",                                                 # needs training data
 //! ]
 //! ```
 
-use madeit_adapt::{MINGLE, Mingle, MingleConfig};
+use madeit_adapt::{
+    AdaMergingConfig, LORA_WEMOE, LW_ADAMERGING, LoraWemoe, LwAdaMerging, MINGLE, Mingle,
+    MingleConfig, SeedSource, TestTimeMerger, WemoeConfig,
+};
 use madeit_merge::{MethodConfig, MethodInfo};
 use madeit_vit::ClipVisionConfig;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::RunError;
+use crate::sequential::{C_FINETUNED, SequentialConfig};
 
-/// One method of a stream or experiment: a registry method or MINGLE.
+/// One method of a stream or experiment: a registry method, a test-time method or the
+/// sequential fine-tuning reference.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum MethodSpec {
@@ -30,6 +43,15 @@ pub enum MethodSpec {
     Merge(MethodConfig),
     /// MINGLE, a test-time continual merger (needs each task's seed images and head).
     Mingle(MingleConfig),
+    /// C. LW AdaMerging, a test-time continual merger (per-tensor coefficients learned by
+    /// entropy minimisation on the seed images).
+    AdaMerging(AdaMergingConfig),
+    /// C. LoRA-WEMoE, a test-time continual merger (attention by task arithmetic, MLP
+    /// mixtures of low-rank experts with routers retrained at every step).
+    Wemoe(WemoeConfig),
+    /// C. Fine-Tuned: sequential fine-tuning through the order on the zoo's training data
+    /// (a reference row, not a merge: it needs training data).
+    Sequential(SequentialConfig),
 }
 
 impl From<MethodConfig> for MethodSpec {
@@ -44,9 +66,41 @@ impl From<MingleConfig> for MethodSpec {
     }
 }
 
+impl From<AdaMergingConfig> for MethodSpec {
+    fn from(c: AdaMergingConfig) -> Self {
+        Self::AdaMerging(c)
+    }
+}
+
+impl From<WemoeConfig> for MethodSpec {
+    fn from(c: WemoeConfig) -> Self {
+        Self::Wemoe(c)
+    }
+}
+
+impl From<SequentialConfig> for MethodSpec {
+    fn from(c: SequentialConfig) -> Self {
+        Self::Sequential(c)
+    }
+}
+
 /// Registry names of the test-time methods [`MethodSpec`] knows besides
-/// [`madeit_merge::METHODS`].
-pub const TEST_TIME_METHODS: [&str; 1] = [MINGLE];
+/// [`madeit_merge::METHODS`], in the order the default experiment runs them.
+pub const TEST_TIME_METHODS: [&str; 3] = [LW_ADAMERGING, LORA_WEMOE, MINGLE];
+
+/// Names of the methods that need the benchmark's training data (not run by default).
+pub const TRAINING_METHODS: [&str; 1] = [C_FINETUNED];
+
+/// Where a test-time method's unlabelled seed images come from and how many are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedSetup {
+    /// The split they are drawn from.
+    pub source: SeedSource,
+    /// At most this many per class.
+    pub per_class: usize,
+    /// Seed of the stratified draw.
+    pub seed: u64,
+}
 
 impl MethodSpec {
     /// The method's registry name (`ties`, `mingle`, ...).
@@ -55,13 +109,45 @@ impl MethodSpec {
         match self {
             Self::Merge(c) => c.name(),
             Self::Mingle(_) => MINGLE,
+            Self::AdaMerging(_) => LW_ADAMERGING,
+            Self::Wemoe(_) => LORA_WEMOE,
+            Self::Sequential(_) => C_FINETUNED,
         }
     }
 
     /// Whether the method adapts at test time (is fed seed images and heads).
     #[must_use]
     pub fn is_test_time(&self) -> bool {
-        matches!(self, Self::Mingle(_))
+        matches!(self, Self::Mingle(_) | Self::AdaMerging(_) | Self::Wemoe(_))
+    }
+
+    /// Whether the method needs the benchmark's training data (C. Fine-Tuned).
+    #[must_use]
+    pub fn needs_training_data(&self) -> bool {
+        matches!(self, Self::Sequential(_))
+    }
+
+    /// The seed-image setup of a test-time method (`None` otherwise).
+    #[must_use]
+    pub fn seed_setup(&self) -> Option<SeedSetup> {
+        match self {
+            Self::Mingle(c) => Some(SeedSetup {
+                source: c.seed_source,
+                per_class: c.seed_per_class,
+                seed: c.seed,
+            }),
+            Self::AdaMerging(c) => Some(SeedSetup {
+                source: c.seed_source,
+                per_class: c.seed_per_class,
+                seed: c.seed,
+            }),
+            Self::Wemoe(c) => Some(SeedSetup {
+                source: c.seed_source,
+                per_class: c.seed_per_class,
+                seed: c.seed,
+            }),
+            Self::Merge(_) | Self::Sequential(_) => None,
+        }
     }
 
     /// The registry configuration, for a weight-space method.
@@ -69,40 +155,69 @@ impl MethodSpec {
     pub fn as_merge(&self) -> Option<&MethodConfig> {
         match self {
             Self::Merge(c) => Some(c),
-            Self::Mingle(_) => None,
+            _ => None,
         }
     }
 
-    /// The reference defaults of method `name` (a registry name or `mingle`).
+    /// The configuration's serde form without the `method` key.
+    ///
+    /// # Errors
+    /// [`RunError::InvalidConfig`] if it cannot be serialised.
+    pub fn config_json(&self) -> Result<serde_json::Value, RunError> {
+        let v = match self {
+            Self::Merge(c) => serde_json::to_value(c),
+            Self::Mingle(c) => serde_json::to_value(c),
+            Self::AdaMerging(c) => serde_json::to_value(c),
+            Self::Wemoe(c) => serde_json::to_value(c),
+            Self::Sequential(c) => serde_json::to_value(c),
+        };
+        v.map_err(|e| RunError::config(e.to_string()))
+    }
+
+    /// The reference defaults of method `name` (a registry name, a test-time method or
+    /// `c_finetuned`).
     ///
     /// # Errors
     /// [`madeit_merge::MergeError::UnknownMethod`] wrapped in [`RunError::Merge`].
     pub fn default_for(name: &str) -> Result<Self, RunError> {
-        if name == MINGLE {
-            return Ok(Self::Mingle(MingleConfig::default()));
-        }
-        Ok(Self::Merge(MethodConfig::default_for(name)?))
+        Ok(match name {
+            MINGLE => Self::Mingle(MingleConfig::default()),
+            LW_ADAMERGING => Self::AdaMerging(AdaMergingConfig::default()),
+            LORA_WEMOE => Self::Wemoe(WemoeConfig::default()),
+            C_FINETUNED => Self::Sequential(SequentialConfig::default()),
+            _ => Self::Merge(MethodConfig::default_for(name)?),
+        })
     }
 
     /// Parses a table with a `method` key (see the module docs).
     ///
     /// # Errors
-    /// For `mingle`: [`madeit_adapt::AdaptError::InvalidConfig`] (unknown key, wrong type)
-    /// wrapped in [`RunError::Adapt`]. Otherwise as [`MethodConfig::from_json_value`],
-    /// wrapped in [`RunError::Merge`]. Values are not range-checked: see
-    /// [`check`](Self::check).
+    /// For the methods of this module: [`madeit_adapt::AdaptError::InvalidConfig`] (unknown
+    /// key, wrong type) wrapped in [`RunError::Adapt`]. Otherwise as
+    /// [`MethodConfig::from_json_value`], wrapped in [`RunError::Merge`]. Values are not
+    /// range-checked: see [`check`](Self::check).
     pub fn from_json_value(value: serde_json::Value) -> Result<Self, RunError> {
-        if let serde_json::Value::Object(map) = &value
-            && map.get("method").and_then(serde_json::Value::as_str) == Some(MINGLE)
-        {
+        fn parse<T: DeserializeOwned>(
+            method: &'static str,
+            map: &serde_json::Map<String, serde_json::Value>,
+        ) -> Result<T, RunError> {
             let mut map = map.clone();
             map.remove("method");
-            let cfg: MingleConfig = serde_json::from_value(serde_json::Value::Object(map))
-                .map_err(|e| madeit_adapt::AdaptError::InvalidConfig {
-                    method: MINGLE,
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+                RunError::from(madeit_adapt::AdaptError::InvalidConfig {
+                    method,
                     message: e.to_string(),
-                })?;
-            return Ok(Self::Mingle(cfg));
+                })
+            })
+        }
+        if let serde_json::Value::Object(map) = &value {
+            match map.get("method").and_then(serde_json::Value::as_str) {
+                Some(MINGLE) => return Ok(Self::Mingle(parse(MINGLE, map)?)),
+                Some(LW_ADAMERGING) => return Ok(Self::AdaMerging(parse(LW_ADAMERGING, map)?)),
+                Some(LORA_WEMOE) => return Ok(Self::Wemoe(parse(LORA_WEMOE, map)?)),
+                Some(C_FINETUNED) => return Ok(Self::Sequential(parse(C_FINETUNED, map)?)),
+                _ => {}
+            }
         }
         Ok(Self::Merge(MethodConfig::from_json_value(value)?))
     }
@@ -128,49 +243,78 @@ impl MethodSpec {
         match self {
             Self::Merge(c) => Ok(c.check()?),
             Self::Mingle(c) => Ok(c.check()?),
+            Self::AdaMerging(c) => Ok(c.check()?),
+            Self::Wemoe(c) => Ok(c.check()?),
+            Self::Sequential(c) => c.check(),
         }
     }
 
-    /// The registry entry of a weight-space method (`None` for MINGLE).
+    /// What a results table must say next to the method's name: the mode of C. LW
+    /// AdaMerging (`accumulate = false` discards earlier merges, as the reference does), and
+    /// that C. Fine-Tuned needs training data; `None` for the others.
+    #[must_use]
+    pub fn table_note(&self) -> Option<String> {
+        match self {
+            Self::AdaMerging(c) => Some(if c.accumulate {
+                "accumulate = true".to_owned()
+            } else {
+                "accumulate = false, as the reference".to_owned()
+            }),
+            Self::Sequential(c) => Some(match c.steps {
+                None => "needs training data".to_owned(),
+                Some(n) => format!("needs training data; {n} steps per task, not the zoo recipe"),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The registry entry of a weight-space method (`None` otherwise).
     #[must_use]
     pub fn info(&self) -> Option<&'static MethodInfo> {
         self.as_merge().map(MethodConfig::info)
     }
 
-    /// An empty MINGLE merger for towers of shape `vision`, on the CPU (`None` for a
-    /// weight-space method).
+    /// An empty test-time merger for towers of shape `vision`, on the CPU (`None` for a
+    /// weight-space method or C. Fine-Tuned).
     ///
     /// # Errors
-    /// As [`Mingle::new`], wrapped.
-    pub fn build_mingle(&self, vision: &ClipVisionConfig) -> Result<Option<Mingle>, RunError> {
-        match self {
-            Self::Mingle(c) => Ok(Some(Mingle::new(
+    /// As the merger's constructor, wrapped.
+    pub fn build_test_time(
+        &self,
+        vision: &ClipVisionConfig,
+    ) -> Result<Option<Box<dyn TestTimeMerger>>, RunError> {
+        let device = burn::prelude::Device::flex();
+        Ok(match self {
+            Self::Mingle(c) => Some(Box::new(Mingle::new(c.clone(), vision.clone(), device)?)),
+            Self::AdaMerging(c) => Some(Box::new(LwAdaMerging::new(
                 c.clone(),
                 vision.clone(),
-                burn::prelude::Device::flex(),
+                device,
             )?)),
-            Self::Merge(_) => Ok(None),
-        }
+            Self::Wemoe(c) => Some(Box::new(LoraWemoe::new(c.clone(), vision.clone(), device)?)),
+            Self::Merge(_) | Self::Sequential(_) => None,
+        })
     }
 }
 
-/// MINGLE's serde form: the configuration's fields after `method = "mingle"`.
+/// The serde form of the methods of this module: `method = NAME` and the configuration's
+/// fields.
 #[derive(Serialize)]
-struct TaggedMingle<'a> {
+struct Tagged<'a, T: Serialize> {
     method: &'static str,
     #[serde(flatten)]
-    config: &'a MingleConfig,
+    config: &'a T,
 }
 
 impl Serialize for MethodSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let method = self.name();
         match self {
             Self::Merge(c) => c.serialize(s),
-            Self::Mingle(c) => TaggedMingle {
-                method: MINGLE,
-                config: c,
-            }
-            .serialize(s),
+            Self::Mingle(config) => Tagged { method, config }.serialize(s),
+            Self::AdaMerging(config) => Tagged { method, config }.serialize(s),
+            Self::Wemoe(config) => Tagged { method, config }.serialize(s),
+            Self::Sequential(config) => Tagged { method, config }.serialize(s),
         }
     }
 }

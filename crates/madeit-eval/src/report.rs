@@ -2,7 +2,10 @@
 //!
 //! - [`table_methods`]: rows Pre-Trained, Fine-Tuned (individual), then each method;
 //!   columns ACC and BWT in percent, `mean ± std` over the task orders (sample std, ddof 1).
-//!   The two reference rows are order-independent (no std, no BWT).
+//!   The two reference rows are order-independent (no std, no BWT). Rows carry the
+//!   method's note in brackets (the mode of C. LW AdaMerging; "needs training data" for
+//!   C. Fine-Tuned), and a C. Fine-Tuned row marked "not run" when the experiment left it
+//!   out (it is opt-in: `--methods c_finetuned`).
 //! - [`table_per_task`]: the final accuracy of each method on each task (mean over orders).
 //! - [`table_timings`]: seconds per absorb step and per stream.
 
@@ -23,15 +26,22 @@ pub fn display_name(method: &str) -> &str {
         "opcm" => "OPCM",
         "made_it" | "madeit" => "MADE-IT",
         "mingle" => "MINGLE",
+        "c_lw_adamerging" => "C. LW AdaMerging",
+        "c_lora_wemoe" => "C. LoRA-WEMoE",
+        "c_finetuned" => "C. Fine-Tuned",
         other => other,
     }
 }
 
-fn row_name(label: &str, method: &str) -> String {
-    if label == method {
+fn row_name(label: &str, method: &str, note: Option<&str>) -> String {
+    let name = if label == method {
         display_name(method).to_owned()
     } else {
         format!("{} (`{label}`)", display_name(method))
+    };
+    match note {
+        Some(n) => format!("{name} [{n}]"),
+        None => name,
     }
 }
 
@@ -65,9 +75,15 @@ pub fn table_methods(r: &ExperimentResults) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} |",
-            row_name(&m.label, &m.method),
+            row_name(&m.label, &m.method, m.note.as_deref()),
             pct(&m.orders.acc),
             bwt
+        );
+    }
+    if !r.summaries.iter().any(|m| m.method == "c_finetuned") {
+        let _ = writeln!(
+            s,
+            "| C. Fine-Tuned [needs training data] | not run | not run |"
         );
     }
     s
@@ -93,7 +109,11 @@ pub fn table_per_task(r: &ExperimentResults) -> String {
     line(&mut s, "Fine-Tuned (individual)", &r.references.finetuned);
     for m in &r.summaries {
         let v: Vec<f64> = m.final_accuracy.iter().map(|x| x.mean).collect();
-        line(&mut s, &row_name(&m.label, &m.method), &v);
+        line(
+            &mut s,
+            &row_name(&m.label, &m.method, m.note.as_deref()),
+            &v,
+        );
     }
     s
 }
@@ -112,7 +132,7 @@ pub fn table_timings(r: &ExperimentResults) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} |",
-            row_name(&m.label, &m.method),
+            row_name(&m.label, &m.method, m.note.as_deref()),
             f(&m.absorb_seconds),
             f(&m.stream_seconds)
         );

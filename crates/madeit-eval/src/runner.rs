@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::Device;
-use madeit_adapt::{AdaptState, Mingle, TestTimeMerger};
+use madeit_adapt::{AdaptState, TestTimeMerger};
 use madeit_merge::{ContinualMerger, MergedModel, MergerState, StepReport, TaskId};
 use madeit_params::ParamDict;
 use madeit_vit::ClipVisionModel;
@@ -54,6 +54,7 @@ use crate::error::RunError;
 use crate::evaluate::Evaluator;
 use crate::method::MethodSpec;
 use crate::metrics::{AccuracyMatrix, RunMetrics};
+use crate::sequential::{C_FINETUNED, SequentialStream};
 use crate::test_time::{evaluate_gated, seed_images};
 
 /// Which accuracies are computed after each step.
@@ -304,6 +305,8 @@ const RUN_KEY: &str = "madeit.stream";
 const MERGER_KEY: &str = "madeit.merger";
 /// Metadata key of a test-time merger's state metadata in a checkpoint file.
 const ADAPT_KEY: &str = "madeit.adapt";
+/// Metadata key of the task list of a C. Fine-Tuned checkpoint (its tensors are the tower).
+const WEIGHTS_KEY: &str = "madeit.weights";
 
 /// The JSON record of a checkpoint (the merger's tensors and metadata sit beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,10 +324,15 @@ struct CheckpointRecord {
     steps: Vec<StepRecord>,
 }
 
-/// The saved state of either kind of merger.
+/// The saved state of a stream's merger.
 enum SavedState {
     Merge(MergerState),
     Adapt(AdaptState),
+    /// C. Fine-Tuned: the tower after the listed tasks.
+    Weights {
+        tasks: Vec<String>,
+        params: ParamDict,
+    },
 }
 
 fn save_checkpoint(
@@ -345,6 +353,13 @@ fn save_checkpoint(
         SavedState::Adapt(s) => {
             meta.insert(ADAPT_KEY.to_owned(), s.metadata_json()?);
             &s.tensors
+        }
+        SavedState::Weights { tasks, params } => {
+            meta.insert(
+                WEIGHTS_KEY.to_owned(),
+                serde_json::to_string(tasks).map_err(|e| RunError::json(path, e))?,
+            );
+            params
         }
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -381,7 +396,17 @@ fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, SavedState), RunErr
             record.format, record.version
         )));
     }
-    let state = if record.method.is_test_time() {
+    let state = if record.method.needs_training_data() {
+        let tasks = meta
+            .get(WEIGHTS_KEY)
+            .ok_or_else(|| bad(format!("no `{WEIGHTS_KEY}` metadata")))?;
+        let tasks: Vec<String> =
+            serde_json::from_str(tasks).map_err(|e| bad(format!("task list: {e}")))?;
+        SavedState::Weights {
+            tasks,
+            params: tensors,
+        }
+    } else if record.method.is_test_time() {
         let adapt = meta
             .get(ADAPT_KEY)
             .ok_or_else(|| bad(format!("no `{ADAPT_KEY}` metadata")))?;
@@ -415,18 +440,22 @@ fn check_order(order: &[usize], n_tasks: usize) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The merger of a stream: weight-space or test-time.
+/// The merger of a stream: weight-space, test-time, or sequential fine-tuning.
 enum StreamMerger {
     Merge(Box<dyn ContinualMerger>),
-    Mingle(Box<Mingle>),
+    TestTime(Box<dyn TestTimeMerger>),
+    Sequential(Box<SequentialStream>),
 }
 
 impl StreamMerger {
     fn build(spec: &StreamSpec, bench: &Benchmark) -> Result<Self, RunError> {
         match &spec.method {
             MethodSpec::Merge(c) => Ok(Self::Merge(c.build()?)),
-            other => match other.build_mingle(bench.config())? {
-                Some(m) => Ok(Self::Mingle(Box::new(m))),
+            MethodSpec::Sequential(c) => {
+                Ok(Self::Sequential(Box::new(SequentialStream::new(c, bench)?)))
+            }
+            other => match other.build_test_time(bench.config())? {
+                Some(m) => Ok(Self::TestTime(m)),
                 None => Err(RunError::config(format!(
                     "method `{}` cannot be run",
                     other.name()
@@ -438,7 +467,11 @@ impl StreamMerger {
     fn state(&self) -> Result<SavedState, RunError> {
         Ok(match self {
             Self::Merge(m) => SavedState::Merge(m.state()),
-            Self::Mingle(m) => SavedState::Adapt(m.state()?),
+            Self::TestTime(m) => SavedState::Adapt(m.state()?),
+            Self::Sequential(s) => SavedState::Weights {
+                tasks: s.tasks.clone(),
+                params: s.current.clone().unwrap_or_default(),
+            },
         })
     }
 }
@@ -463,11 +496,10 @@ fn resume_from(
     };
     let state_matches = match (&state, &spec.method) {
         (SavedState::Merge(s), MethodSpec::Merge(c)) => &s.metadata.config == c,
-        (SavedState::Adapt(s), MethodSpec::Mingle(c)) => {
-            s.metadata.method == madeit_adapt::MINGLE
-                && serde_json::from_value::<madeit_adapt::MingleConfig>(s.metadata.config.clone())
-                    .is_ok_and(|saved| &saved == c)
+        (SavedState::Adapt(s), m) if m.is_test_time() => {
+            s.metadata.method == m.name() && m.config_json().is_ok_and(|c| c == s.metadata.config)
         }
+        (SavedState::Weights { .. }, MethodSpec::Sequential(_)) => true,
         _ => false,
     };
     if record.method != spec.method || !state_matches {
@@ -492,14 +524,21 @@ fn resume_from(
         ));
     }
     let done = record.steps.len();
-    let saved_tasks = match &state {
-        SavedState::Merge(s) => &s.metadata.tasks,
-        SavedState::Adapt(s) => &s.metadata.tasks,
+    let tasks: Vec<String> = match &state {
+        SavedState::Merge(s) => s
+            .metadata
+            .tasks
+            .iter()
+            .map(|t| t.task.as_str().to_owned())
+            .collect(),
+        SavedState::Adapt(s) => s
+            .metadata
+            .tasks
+            .iter()
+            .map(|t| t.task.as_str().to_owned())
+            .collect(),
+        SavedState::Weights { tasks, .. } => tasks.clone(),
     };
-    let tasks: Vec<String> = saved_tasks
-        .iter()
-        .map(|t| t.task.as_str().to_owned())
-        .collect();
     if done > order.len()
         || tasks.len() != done
         || order
@@ -519,8 +558,16 @@ fn resume_from(
         SavedState::Merge(s) => StreamMerger::Merge(madeit_merge::resume(&s)?),
         SavedState::Adapt(s) => {
             let mut merger = StreamMerger::build(spec, bench)?;
-            if let StreamMerger::Mingle(m) = &mut merger {
+            if let StreamMerger::TestTime(m) = &mut merger {
                 m.restore(&s)?;
+            }
+            merger
+        }
+        SavedState::Weights { tasks, params } => {
+            let mut merger = StreamMerger::build(spec, bench)?;
+            if let StreamMerger::Sequential(m) = &mut merger {
+                m.tasks = tasks;
+                m.current = (!params.is_empty()).then_some(params);
             }
             merger
         }
@@ -611,8 +658,8 @@ pub fn run_stream(
 
         let t = Instant::now();
         let finetuned = bench.load_finetuned(task_index, pretrained)?;
-        let adapt_inputs = match (&merger, &spec.method) {
-            (StreamMerger::Mingle(_), MethodSpec::Mingle(cfg)) => {
+        let adapt_inputs = match (&merger, spec.method.seed_setup()) {
+            (StreamMerger::TestTime(_), Some(setup)) => {
                 let test = &evaluator
                     .tasks()
                     .get(task_index)
@@ -623,7 +670,7 @@ pub fn run_stream(
                     .test;
                 Some((
                     bench.load_head(task_index)?,
-                    seed_images(bench, task_index, test, cfg)?,
+                    seed_images(bench, task_index, test, setup)?,
                 ))
             }
             _ => None,
@@ -633,10 +680,25 @@ pub fn run_stream(
         let t = Instant::now();
         let report = match (&mut merger, &adapt_inputs) {
             (StreamMerger::Merge(m), _) => m.absorb(pretrained, &finetuned, &task_id)?,
-            (StreamMerger::Mingle(m), Some((head, seed))) => m
+            (StreamMerger::TestTime(m), Some((head, seed))) => m
                 .absorb(pretrained, &finetuned, &task_id, seed, head)?
                 .to_step_report(),
-            (StreamMerger::Mingle(_), None) => {
+            (StreamMerger::Sequential(m), _) => {
+                let (train_steps, last_loss) = m.absorb(pretrained, task)?;
+                let current = m.current.as_ref().unwrap_or(pretrained);
+                let mut metrics = indexmap::IndexMap::new();
+                metrics.insert("train_steps".to_owned(), train_steps as f64);
+                metrics.insert("last_loss".to_owned(), last_loss);
+                StepReport {
+                    method: C_FINETUNED.to_owned(),
+                    step,
+                    task: task_id.clone(),
+                    task_vector_norm: distance(&finetuned, pretrained),
+                    merged_delta_norm: distance(current, pretrained),
+                    metrics,
+                }
+            }
+            (StreamMerger::TestTime(_), None) => {
                 return Err(RunError::config(
                     "a test-time stream needs a test-time method configuration",
                 ));
@@ -686,7 +748,24 @@ pub fn run_stream(
                 drop(merged);
                 timing.eval_s = t.elapsed().as_secs_f64();
             }
-            StreamMerger::Mingle(m) => {
+            StreamMerger::Sequential(m) => {
+                let t = Instant::now();
+                let merged =
+                    MergedModel::Dense(m.current.clone().unwrap_or_else(|| pretrained.clone()));
+                timing.merge_s = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let mut session = evaluator.session(&merged);
+                for &i in &positions {
+                    let Some(&bench_index) = spec.order.get(i) else {
+                        continue;
+                    };
+                    let e = session.accuracy(bench_index)?;
+                    record_accuracy(i, e.accuracy, e.cached)?;
+                }
+                drop(session);
+                timing.eval_s = t.elapsed().as_secs_f64();
+            }
+            StreamMerger::TestTime(m) => {
                 let t = Instant::now();
                 let base = match backbone.take() {
                     Some(b) => b,
@@ -848,4 +927,21 @@ pub fn reference_rows(
         pretrained: pre,
         finetuned: ft,
     })
+}
+
+/// `||a - b||_2` over every tensor of `a` (accumulated in `f64`; tensors missing from `b`
+/// count as zero).
+fn distance(a: &ParamDict, b: &ParamDict) -> f64 {
+    a.iter()
+        .map(|(name, t)| match b.get(name) {
+            Ok(u) => t
+                .data()
+                .iter()
+                .zip(u.data())
+                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+                .sum::<f64>(),
+            Err(_) => t.data().iter().map(|x| f64::from(*x).powi(2)).sum(),
+        })
+        .sum::<f64>()
+        .sqrt()
 }

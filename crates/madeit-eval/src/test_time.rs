@@ -1,13 +1,13 @@
-//! What the run loop does for test-time methods (MINGLE): load a task's unlabelled seed
+//! What the run loop does for test-time methods (MINGLE, C. LW AdaMerging, C. LoRA-WEMoE): load a task's unlabelled seed
 //! images, and evaluate a gated model.
 //!
 //! # Seed images
 //!
-//! [`seed_images`] takes them from the split named by [`MingleConfig::seed_source`]:
+//! [`seed_images`] takes them from the split named by [`SeedSetup::source`] (the method's `seed_source`):
 //! the task's `seed` split by default ([`Benchmark::load_seed`], disjoint from the test
 //! split), or the test split (the paper's protocol). In both cases the stratified subset of
-//! [`select_seed_indices`] keeps at most [`MingleConfig::seed_per_class`] images per class,
-//! drawn with [`MingleConfig::seed`]; the labels serve only this draw and are never passed to
+//! [`select_seed_indices`] keeps at most [`SeedSetup::per_class`] images per class,
+//! drawn with [`SeedSetup::seed`]; the labels serve only this draw and are never passed to
 //! the method. On the embedded zoo the seed split holds 5 images per class (45 for the
 //! emoji task), so the default keeps all of them.
 //!
@@ -21,16 +21,17 @@
 //! accuracy depends on the batch size (the reference evaluates one task's test loader at a
 //! time, as here).
 
-use madeit_adapt::{GatedModel, MingleConfig, SeedImages, SeedSource, select_seed_indices};
+use madeit_adapt::{GatedModel, SeedImages, SeedSource, select_seed_indices};
 use madeit_data::{ImageSet, NORM_MEAN, NORM_STD};
 use madeit_vit::TaskHead;
 
 use crate::benchmark::Benchmark;
 use crate::error::RunError;
 use crate::evaluate::count_correct;
+use crate::method::SeedSetup;
 
-/// The seed images of benchmark task `index` for a MINGLE configuration (see the module
-/// docs), normalised for the tower. `test` is the task's test split (used only with
+/// The seed images of benchmark task `index` for a test-time method's seed setup (see the
+/// module docs), normalised for the tower. `test` is the task's test split (used only with
 /// [`SeedSource::TestSplit`]).
 ///
 /// # Errors
@@ -40,10 +41,10 @@ pub fn seed_images(
     bench: &Benchmark,
     index: usize,
     test: &ImageSet,
-    config: &MingleConfig,
+    setup: SeedSetup,
 ) -> Result<SeedImages, RunError> {
     let loaded;
-    let set = match config.seed_source {
+    let set = match setup.source {
         SeedSource::SeedSplit => {
             loaded = bench.load_seed(index)?;
             &loaded
@@ -51,14 +52,14 @@ pub fn seed_images(
         SeedSource::TestSplit => test,
     };
     let labels: Vec<usize> = set.labels.iter().map(|&l| l as usize).collect();
-    let indices = select_seed_indices(&labels, config.seed_per_class, config.seed);
+    let indices = select_seed_indices(&labels, setup.per_class, setup.seed);
     if indices.is_empty() {
         return Err(RunError::InvalidTask {
             task: bench
                 .tasks()
                 .get(index)
                 .map_or_else(|| format!("#{index}"), |t| t.name.clone()),
-            reason: format!("no seed images in the {:?} source", config.seed_source),
+            reason: format!("no seed images in the {:?} source", setup.source),
         });
     }
     let pixels = set.normalized_nchw(&indices, &NORM_MEAN, &NORM_STD)?;

@@ -134,6 +134,22 @@ pub struct GateBank {
     modules: Vec<ModuleGates>,
     #[module(skip)]
     ids: Vec<ModuleId>,
+    #[module(skip)]
+    sharing: GateSharing,
+}
+
+/// Which input drives the gates of a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateSharing {
+    /// Every module with experts has its own gates on its own input (MINGLE).
+    #[default]
+    PerModule,
+    /// One router per layer on the MLP input (the output of `layer_norm2`, fc1's input):
+    /// the gates stored on fc1 weight fc1's experts **and** fc2's experts, fc2 has no gates
+    /// of its own and must hold as many experts as fc1 has gates (WEMoE's MLP mixture).
+    /// Modules other than fc1 / fc2 keep their own gates.
+    SharedMlp,
 }
 
 impl GateBank {
@@ -203,7 +219,35 @@ impl GateBank {
             modules.push(ModuleGates { weights, biases });
             ids.push(*id);
         }
-        Ok(Self { modules, ids })
+        Ok(Self {
+            modules,
+            ids,
+            sharing: GateSharing::PerModule,
+        })
+    }
+
+    /// The same gates with another [`GateSharing`] rule.
+    #[must_use]
+    pub fn with_sharing(mut self, sharing: GateSharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+
+    /// Which input drives the gates.
+    #[must_use]
+    pub fn sharing(&self) -> GateSharing {
+        self.sharing
+    }
+
+    /// The module whose gates weight the experts of `module`: `module` itself, or fc1 of the
+    /// same layer for fc2 under [`GateSharing::SharedMlp`].
+    #[must_use]
+    pub fn gate_source(&self, module: ModuleId) -> ModuleId {
+        if self.sharing == GateSharing::SharedMlp && module.kind == crate::TargetKind::Fc2 {
+            ModuleId::new(module.layer, crate::TargetKind::Fc1)
+        } else {
+            module
+        }
     }
 
     /// The gate values as plain numbers.
@@ -313,6 +357,29 @@ impl GateBank {
     pub fn validate(&self, bank: &ExpertBank) -> Result<(), VitError> {
         for m in bank.modules() {
             let n = bank.num_experts(m);
+            let source = self.gate_source(m);
+            if source != m {
+                if self.num_gates(m) != 0 {
+                    return Err(VitError::Gates {
+                        module: m,
+                        reason: format!("has gates of its own, but its experts follow {source}"),
+                    });
+                }
+                let g = self.num_gates(source);
+                if g != n {
+                    return Err(VitError::Gates {
+                        module: m,
+                        reason: format!("{n} experts follow the {g} gates of {source}"),
+                    });
+                }
+                if bank.num_experts(source) == 0 {
+                    return Err(VitError::Gates {
+                        module: m,
+                        reason: format!("its experts follow {source}, which has no experts"),
+                    });
+                }
+                continue;
+            }
             let g = self.num_gates(m);
             if g != n {
                 return Err(VitError::Gates {
@@ -346,21 +413,51 @@ impl GateBank {
 struct Gated<'a> {
     bank: &'a ExpertBank,
     gates: &'a GateBank,
+    /// `gbar` of the layer's fc1 gates, kept for fc2 under [`GateSharing::SharedMlp`].
+    mlp_gbar: Option<(usize, Tensor<2>)>,
 }
 
 impl ModuleAdapter for Gated<'_> {
     fn adapt(&mut self, module: ModuleId, x: &Tensor<3>) -> Result<Option<Tensor<3>>, VitError> {
-        let (Some(me), Some(mg)) = (self.bank.modules.get(&module), self.gates.get(module)) else {
+        let source = self.gates.gate_source(module);
+        let shared = self.gates.sharing == GateSharing::SharedMlp;
+        let me = self.bank.modules.get(&module);
+        let [b, n, d_in] = x.dims();
+        let gbar = if source == module {
+            let Some(mg) = self.gates.get(module) else {
+                return Ok(None);
+            };
+            if me.is_none() && !(shared && module.kind == crate::TargetKind::Fc1) {
+                return Ok(None);
+            }
+            let e = mg.weights.len();
+            // gbar_e = mean_batch(mean_tokens(w_e^T x + b_e)) = w_e^T xbar + b_e (the gate is
+            // affine, so averaging the input first is exact and cheaper).
+            let xbar = x.clone().mean_dim(1).mean_dim(0).reshape([1, d_in]);
+            let w = Tensor::stack::<2>(mg.weights.iter().map(Param::val).collect(), 0); // [E, d_in]
+            let bias = Tensor::cat(mg.biases.iter().map(Param::val).collect(), 0).reshape([1, e]);
+            let gbar = xbar.matmul(w.transpose()) + bias; // [1, E]
+            if shared && module.kind == crate::TargetKind::Fc1 {
+                self.mlp_gbar = Some((module.layer, gbar.clone()));
+            }
+            gbar
+        } else {
+            if me.is_none() {
+                return Ok(None);
+            }
+            match &self.mlp_gbar {
+                Some((layer, g)) if *layer == module.layer => g.clone(),
+                _ => {
+                    return Err(VitError::Gates {
+                        module,
+                        reason: format!("the gates of {source} were not evaluated first"),
+                    });
+                }
+            }
+        };
+        let Some(me) = me else {
             return Ok(None);
         };
-        let [b, n, d_in] = x.dims();
-        let e = mg.weights.len();
-        // gbar_e = mean_batch(mean_tokens(w_e^T x + b_e)) = w_e^T xbar + b_e (the gate is
-        // affine, so averaging the input first is exact and cheaper).
-        let xbar = x.clone().mean_dim(1).mean_dim(0).reshape([1, d_in]);
-        let w = Tensor::stack::<2>(mg.weights.iter().map(Param::val).collect(), 0); // [E, d_in]
-        let bias = Tensor::cat(mg.biases.iter().map(Param::val).collect(), 0).reshape([1, e]);
-        let gbar = xbar.matmul(w.transpose()) + bias; // [1, E]
         // Spread gbar_e over expert e's rank columns: [1, E] x [E, R].
         let gcols = gbar.matmul(me.membership.clone().transpose()); // [1, R]
         let rows = b * n;
@@ -398,6 +495,13 @@ impl ClipVisionModel {
     ) -> Result<VisionOutput, VitError> {
         self.check_bank(bank)?;
         gates.validate(bank)?;
-        self.forward_with_adapter(pixels, &mut Gated { bank, gates })
+        self.forward_with_adapter(
+            pixels,
+            &mut Gated {
+                bank,
+                gates,
+                mlp_gbar: None,
+            },
+        )
     }
 }

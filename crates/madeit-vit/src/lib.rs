@@ -106,10 +106,12 @@ mod model;
 mod names;
 mod util;
 
+pub mod functional;
+
 pub use config::{Activation, ClipVisionConfig};
 pub use error::{CheckpointReport, ShapeMismatch, VitError};
 pub use experts::{ExpertBank, LowRankFactors, Routing, RoutingScores, TokenAggregation};
-pub use gates::{GateBank, GateTraining, GateValues, LinearGate, ModuleGates};
+pub use gates::{GateBank, GateSharing, GateTraining, GateValues, LinearGate, ModuleGates};
 pub use head::{
     CLASS_NAMES_KEY, HEAD_WEIGHT_KEY, LOGIT_SCALE, TASK_KEY, TaskHead, distillation_loss,
 };

@@ -172,6 +172,23 @@ impl BuildConfig {
         )
     }
 
+    /// The fine-tuning run of a task with `n_train` training images: [`BuildConfig::finetune`]
+    /// with `steps` = [`BuildConfig::finetune_steps`]`(n_train)`.
+    #[must_use]
+    pub fn finetune_config(&self, n_train: usize) -> TrainConfig {
+        TrainConfig {
+            steps: self.finetune_steps(n_train),
+            ..self.finetune.clone()
+        }
+    }
+
+    /// The seed (batch order and augmentation) of the fine-tuning run of the task with id
+    /// `task_id`, as recorded in the manifest ([`TaskEntry::finetune_seed`]).
+    #[must_use]
+    pub fn finetune_seed(&self, task_id: u32) -> u64 {
+        derive_seed(self.seed, STREAM_FINETUNE + u64::from(task_id))
+    }
+
     /// Checks every field.
     ///
     /// # Errors
@@ -916,6 +933,63 @@ fn stage_heads(
     Ok(record)
 }
 
+/// The fine-tuning recipe of every zoo task: the tower `start` trained on `train_set` against
+/// the frozen `head` (cosine logits at CLIP's scale, only the tower moves) for
+/// [`BuildConfig::finetune_steps`]`(train_set.n)` steps of [`BuildConfig::finetune`] (a fresh
+/// Adam and a fresh warm-up + cosine schedule), batches and augmentation drawn from `seed`.
+/// `stage` names the run in errors; `on_step` is called after every step. Returns the
+/// trained tower and the run's log.
+///
+/// The build fine-tunes each task from the pretrained tower with this function
+/// ([`build_zoo`]); [`crate::sequential::sequential_finetune`] chains it through a task order.
+///
+/// # Errors
+/// [`ZooError::InvalidData`] when the head does not fit the tower (its width is not the
+/// tower's embedding width), the data is empty, its images do not fit the tower or a label
+/// is not a class of the head; [`ZooError::Parameter`] when `start` does not fit
+/// `cfg.model`; [`ZooError::Diverged`]; the configuration's and the backend's errors.
+pub fn finetune_tower(
+    cfg: &BuildConfig,
+    start: &ParamDict,
+    head: &TaskHead,
+    train_set: &ImageSet,
+    seed: u64,
+    stage: &str,
+    on_step: &mut dyn FnMut(&StepInfo),
+) -> Result<(ParamDict, TrainLog)> {
+    let ft = cfg.finetune_config(train_set.n);
+    let device = Device::flex().autodiff();
+    let vit = TrainableVit::from_params(&cfg.model, start, &device)?;
+    if head.dim() != vit.embedding_dim() {
+        return Err(ZooError::InvalidData {
+            what: stage.into(),
+            reason: format!(
+                "the head `{}` has width {}, the tower embeds in {}",
+                head.name(),
+                head.dim(),
+                vit.embedding_dim()
+            ),
+        });
+    }
+    let classifier = CosineClassifier::new(
+        head.weight().to_vec(),
+        head.num_classes(),
+        head.dim(),
+        LOGIT_SCALE,
+        false,
+        &device,
+    )?;
+    let (trainee, log) = train(
+        Trainee { vit, classifier },
+        train_set,
+        &ft,
+        seed,
+        stage,
+        on_step,
+    )?;
+    Ok((trainee.vit.to_params()?, log))
+}
+
 fn stage_finetune(
     cfg: &BuildConfig,
     task: &TaskData,
@@ -939,35 +1013,22 @@ fn stage_finetune(
     }
     let t0 = Instant::now();
     let train_set = task.split(Split::Train)?;
-    let ft = TrainConfig {
-        steps: cfg.finetune_steps(train_set.n),
-        ..cfg.finetune.clone()
-    };
+    let ft = cfg.finetune_config(train_set.n);
     on_event(&BuildEvent::StageStarted {
         stage: stage.clone(),
         total: ft.steps,
     });
     let head = TaskHead::load(&staging.join(layout::head_file(name)))?;
-    let device = Device::flex().autodiff();
-    let classifier = CosineClassifier::new(
-        head.weight().to_vec(),
-        head.num_classes(),
-        head.dim(),
-        LOGIT_SCALE,
-        false,
-        &device,
-    )?;
-    let vit = TrainableVit::from_params(&cfg.model, pretrained, &device)?;
-    let seed = derive_seed(cfg.seed, STREAM_FINETUNE + u64::from(task.spec.id));
-    let (trainee, log) = train(
-        Trainee { vit, classifier },
+    let seed = cfg.finetune_seed(task.spec.id);
+    let (params, log) = finetune_tower(
+        cfg,
+        pretrained,
+        &head,
         &train_set,
-        &ft,
         seed,
         &stage,
         &mut progress(&stage, on_event),
     )?;
-    let params = trainee.vit.to_params()?;
     save_tower(&dir, &cfg.model, &params)?;
     let model = ClipVisionModel::from_params(&cfg.model, &params)?;
     let finetuned = accuracy_on(&model, &head, task, cfg)?;

@@ -106,6 +106,37 @@ pub enum ZooError {
     /// An error of the linear-algebra crate (SVD).
     #[error(transparent)]
     Linalg(#[from] madeit_linalg::LinalgError),
+    /// The train split of a zoo task cannot be rebuilt: the zoo does not export it, and
+    /// the data cache lacks the source it was cut from.
+    #[error(
+        "cannot rebuild the train split of task `{task}` from the data cache {}: {reason}; the zoo \
+         does not export train splits, they are rebuilt from the cached sources the zoo was \
+         built from: fetch them into the cache (the fetch step of `madeit zoo build`, \
+         `madeit_data::fetch_sources`) or point to that cache ($MADEIT_CACHE_DIR, default \
+         `.cache/madeit`)",
+        cache_dir.display()
+    )]
+    TrainDataUnavailable {
+        /// The task.
+        task: String,
+        /// The data cache searched.
+        cache_dir: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// The data given for a zoo task is not the data the zoo was built from (other split
+    /// sizes, classes, split seed or seed-split images than the manifest and the exported
+    /// splits record).
+    #[error(
+        "the data of task `{task}` is not the data the zoo was built from: {reason}; rebuild \
+         the zoo from this data or use the data cache it was built from"
+    )]
+    TrainDataMismatch {
+        /// The task.
+        task: String,
+        /// What differs.
+        reason: String,
+    },
     /// A rayon thread pool could not be built.
     #[error("thread pool: {message}")]
     ThreadPool {

@@ -11,6 +11,8 @@
 //!   accuracy;
 //! * [`energy`]: the spectral energy of task vectors per module kind;
 //! * [`build`]: the staged, resumable, atomic build ([`build_zoo`]);
+//! * [`sequential`]: sequential fine-tuning of one tower through a task order
+//!   ([`sequential_finetune`]), the non-merging reference that needs training data;
 //! * [`zoo`]: [`Zoo::open`] and the typed accessors of a built zoo;
 //! * [`manifest`], the manifest `zoo.json`.
 //!
@@ -22,17 +24,19 @@ pub mod error;
 pub mod head;
 pub mod manifest;
 pub mod model;
+pub mod sequential;
 pub mod train;
 pub mod zoo;
 
 pub use build::{
     BuildConfig, BuildEvent, BuildOptions, BuildOutcome, build_zoo, build_zoo_from_tasks,
-    staging_dir,
+    finetune_tower, staging_dir,
 };
 pub use energy::{EnergyReport, ModuleEnergy, task_vector_energy, top_energy};
 pub use error::{Result, ZooError};
 pub use head::{embed_images, evaluate, predict, prototype_head};
 pub use manifest::{MANIFEST_FILE, Manifest, TaskEntry, ZOO_FORMAT};
 pub use model::TrainableVit;
+pub use sequential::{SequentialOutcome, SequentialRun, SequentialTask, sequential_finetune};
 pub use train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, train};
 pub use zoo::{DEFAULT_ZOO_DIR, ZOO_DIR_ENV, Zoo, default_zoo_dir, expected_files};

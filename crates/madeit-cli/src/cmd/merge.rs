@@ -20,10 +20,11 @@
 //! `theta0` (or `theta0` plus the non-target running mean when `non_target =
 //! "running_mean"`).
 //!
-//! Only weight-space methods merge from checkpoints alone. MINGLE (`--method mingle`) also
-//! needs each task's unlabelled seed images and fixed head at every step, which a list of
-//! checkpoints does not provide; it is refused with a message pointing to `madeit run`,
-//! which runs it on a benchmark (a zoo folder with heads and seed splits).
+//! Only weight-space methods merge from checkpoints alone. The test-time methods (MINGLE,
+//! C. LW AdaMerging, C. LoRA-WEMoE) also need each task's unlabelled seed images and fixed
+//! head at every step, and C. Fine-Tuned needs training data; a list of checkpoints
+//! provides neither, so they are refused with a message pointing to `madeit run`, which
+//! runs them on a benchmark (a zoo folder with heads, seed splits and source data).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +41,8 @@ use madeit::vit::{CONFIG_FILE, WEIGHTS_FILE};
 pub struct Args {
     /// Merging method (swa, task_arithmetic, ties, magmax, opcm, made_it). `made_it` writes
     /// the backbone plus its expert store (`experts/`, with `tasks.json` naming the task ids).
-    /// MINGLE needs seed images and heads: run it with `madeit run --methods mingle`.
+    /// MINGLE, c_lw_adamerging and c_lora_wemoe need seed images and heads, c_finetuned
+    /// training data: run them with `madeit run --methods NAME`.
     #[arg(long)]
     pub method: String,
     /// The pretrained checkpoint: a folder with config.json and model.safetensors, or a
@@ -86,16 +88,21 @@ fn task_name(path: &Path) -> String {
     )
 }
 
-/// Registry name of MINGLE, which this command cannot run.
-const MINGLE: &str = "mingle";
-
 fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
-    if args.method == MINGLE {
+    let m = args.method.as_str();
+    if madeit::eval::TEST_TIME_METHODS.contains(&m) {
         anyhow::bail!(
-            "`madeit merge` cannot run MINGLE: it adapts on each task's unlabelled seed images \
+            "`madeit merge` cannot run `{m}`: it adapts on each task's unlabelled seed images \
              and fixed head, which fine-tuned checkpoints alone do not provide. Run it on a \
-             benchmark instead: `madeit run --methods mingle` (a zoo with heads and seed \
+             benchmark instead: `madeit run --methods {m}` (a zoo with heads and seed \
              splits; see `madeit run --help`)"
+        );
+    }
+    if madeit::eval::TRAINING_METHODS.contains(&m) {
+        anyhow::bail!(
+            "`madeit merge` cannot run `{m}`: it is sequential fine-tuning on each task's \
+             training data, not a merge of checkpoints. Run it on the zoo instead: \
+             `madeit run --methods {m}`"
         );
     }
     let Some(path) = &args.config else {

@@ -48,8 +48,10 @@ pub struct Args {
     /// points at the last one).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these methods: labels of the experiment's methods or registry names, `mingle`
-    /// included (comma-separated).
+    /// Only these methods: labels of the experiment's methods or method names
+    /// (comma-separated): the registry's, the test-time `mingle`, `c_lw_adamerging`,
+    /// `c_lora_wemoe`, and `c_finetuned` (sequential fine-tuning on the zoo's training
+    /// data, not run by default: about 13 min per order on 2 cores).
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// These seeds (comma-separated) instead of the experiment's.

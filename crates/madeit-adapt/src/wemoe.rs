@@ -1,0 +1,908 @@
+//! C. LoRA-WEMoE: continual weight-ensembling mixture of low-rank MLP experts with routers
+//! retrained at every step (the reference's `c_wemoe`), as a [`TestTimeMerger`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use indexmap::IndexMap;
+use madeit_merge::{ExpertModel, Fingerprint, LowRankExpert, MergedModel, TaskId, TaskRecord};
+use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_vit::{
+    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
+    LinearGate, LowRankFactors, ModuleId, TargetKind, TaskHead, VISION_PREFIX, VitError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::admit::{admit_task, check_seed_images};
+use crate::entropy::entropy_loss;
+use crate::expert::build_expert;
+use crate::tta::{mean_kl, teacher_logits};
+use crate::{
+    ADAPT_STATE_FORMAT, ADAPT_STATE_VERSION, AdaptError, AdaptMetadata, AdaptReport, AdaptState,
+    GatedModel, SeedBatches, SeedImages, SeedSource, SvdMethod, TestTimeMerger,
+};
+
+/// Registry name of C. LoRA-WEMoE.
+pub const LORA_WEMOE: &str = "c_lora_wemoe";
+
+/// C. LoRA-WEMoE's configuration. `Default` gives the reference's values.
+///
+/// The expert rank of a module `d_out x d_in` at step `t` is
+/// `max(1, min(r_t, floor(max_rank_fraction * min(d_out, d_in))))` with `r_1 = first_rank`
+/// and `r_t = rank` afterwards (the reference: 64 for the first task of the order, 16 for
+/// the others). Set `first_rank = rank` for one rank for all tasks. The cap changes nothing
+/// on CLIP models (ViT-B: 64 of 768) and is the same rule as MINGLE's
+/// ([`crate::MingleConfig::effective_rank`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WemoeConfig {
+    /// Continual task-arithmetic coefficient of the attention weights and biases (0.3).
+    pub attention_lambda: f64,
+    /// Expert rank of the first task of the order (64).
+    pub first_rank: usize,
+    /// Expert rank of every later task (16).
+    pub rank: usize,
+    /// Rank cap as a fraction of the module's smaller side (0.5; see the type docs).
+    pub max_rank_fraction: f64,
+    /// Standard deviation of a new router row's weights (0.01).
+    pub router_init_std: f64,
+    /// Bias of a new router row (0.3).
+    pub router_init_bias: f64,
+    /// Adam learning rate (1e-4).
+    pub lr: f64,
+    /// Adaptation steps per task (50).
+    pub steps: usize,
+    /// Seed samples per batch (16).
+    pub batch_size: usize,
+    /// Seed samples per class drawn by the run loop (5).
+    pub seed_per_class: usize,
+    /// Where the run loop draws the seed samples from.
+    pub seed_source: SeedSource,
+    /// Seed of the router initialisation, the batch order and the seed-sample draw.
+    pub seed: u64,
+    /// Adam `beta_1` (0.9).
+    pub adam_beta1: f64,
+    /// Adam `beta_2` (0.999).
+    pub adam_beta2: f64,
+    /// Adam `epsilon` (1e-8).
+    pub adam_epsilon: f64,
+    /// How the experts' truncated SVDs are computed (exact).
+    pub expert_svd: SvdMethod,
+}
+
+impl Default for WemoeConfig {
+    fn default() -> Self {
+        Self {
+            attention_lambda: 0.3,
+            first_rank: 64,
+            rank: 16,
+            max_rank_fraction: 0.5,
+            router_init_std: 0.01,
+            router_init_bias: 0.3,
+            lr: 1e-4,
+            steps: 50,
+            batch_size: 16,
+            seed_per_class: 5,
+            seed_source: SeedSource::SeedSplit,
+            seed: 0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            expert_svd: SvdMethod::Exact,
+        }
+    }
+}
+
+impl WemoeConfig {
+    /// The expert rank of a `d_out x d_in` module at 1-based step `step` (see the type docs).
+    #[must_use]
+    pub fn effective_rank(&self, step: usize, d_out: usize, d_in: usize) -> usize {
+        let r = if step <= 1 {
+            self.first_rank
+        } else {
+            self.rank
+        };
+        let side = d_out.min(d_in);
+        let cap = (self.max_rank_fraction * side as f64).floor();
+        let cap = if cap.is_finite() && cap >= 1.0 {
+            cap as usize
+        } else {
+            1
+        };
+        r.min(cap).clamp(1, side.max(1))
+    }
+
+    /// Validates every value once.
+    ///
+    /// # Errors
+    /// [`AdaptError::InvalidParameter`] naming the first bad field.
+    pub fn check(&self) -> Result<(), AdaptError> {
+        let bad = |parameter: &'static str, value: f64, reason: &'static str| {
+            Err(AdaptError::InvalidParameter {
+                method: LORA_WEMOE,
+                parameter,
+                value: value.to_string(),
+                reason,
+            })
+        };
+        let finite_pos = |x: f64| x.is_finite() && x > 0.0;
+        if !self.attention_lambda.is_finite() {
+            return bad("attention_lambda", self.attention_lambda, "must be finite");
+        }
+        if self.first_rank == 0 {
+            return bad("first_rank", 0.0, "must be at least 1");
+        }
+        if self.rank == 0 {
+            return bad("rank", 0.0, "must be at least 1");
+        }
+        if !finite_pos(self.max_rank_fraction) || self.max_rank_fraction > 1.0 {
+            return bad(
+                "max_rank_fraction",
+                self.max_rank_fraction,
+                "must lie in (0, 1]",
+            );
+        }
+        if !self.router_init_std.is_finite() || self.router_init_std < 0.0 {
+            return bad(
+                "router_init_std",
+                self.router_init_std,
+                "must be finite and >= 0",
+            );
+        }
+        if !self.router_init_bias.is_finite() {
+            return bad("router_init_bias", self.router_init_bias, "must be finite");
+        }
+        if !finite_pos(self.lr) {
+            return bad("lr", self.lr, "must be finite and > 0");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", 0.0, "must be at least 1");
+        }
+        if self.seed_per_class == 0 {
+            return bad("seed_per_class", 0.0, "must be at least 1");
+        }
+        for (name, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(name, b, "must lie in [0, 1)");
+            }
+        }
+        if !finite_pos(self.adam_epsilon) {
+            return bad("adam_epsilon", self.adam_epsilon, "must be finite and > 0");
+        }
+        Ok(())
+    }
+}
+
+/// The attention parameters merged by continual task arithmetic: q, k, v and out_proj
+/// weights and biases of every layer (bare names).
+fn attention_names(config: &ClipVisionConfig) -> Vec<String> {
+    (0..config.num_hidden_layers)
+        .flat_map(|l| {
+            [TargetKind::Q, TargetKind::K, TargetKind::V, TargetKind::Out]
+                .into_iter()
+                .flat_map(move |k| {
+                    let m = ModuleId::new(l, k);
+                    [m.weight_name(), m.bias_name()]
+                })
+        })
+        .collect()
+}
+
+/// `name` in `dict` under its bare or `vision_model.`-prefixed form.
+fn lookup<'a>(dict: &'a ParamDict, bare: &str) -> Result<(String, &'a HostTensor), AdaptError> {
+    if let Ok(t) = dict.get(bare) {
+        return Ok((bare.to_owned(), t));
+    }
+    let full = format!("{VISION_PREFIX}{bare}");
+    dict.get(&full)
+        .map(|t| (full.clone(), t))
+        .map_err(|_| AdaptError::TargetWeight {
+            name: bare.to_owned(),
+            reason: "missing (looked for the bare and the `vision_model.` names)".into(),
+        })
+}
+
+/// The MLP modules that receive experts: fc1 and fc2 of every layer.
+fn mlp_modules(config: &ClipVisionConfig) -> Vec<ModuleId> {
+    (0..config.num_hidden_layers)
+        .flat_map(|l| {
+            [
+                ModuleId::new(l, TargetKind::Fc1),
+                ModuleId::new(l, TargetKind::Fc2),
+            ]
+        })
+        .collect()
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn stream_seed(seed: u64, step: usize, stream: u64) -> u64 {
+    splitmix(splitmix(seed ^ splitmix(step as u64)) ^ stream)
+}
+
+const STREAM_ROUTER: u64 = 11;
+const STREAM_BATCHES: u64 = 12;
+const STREAM_SVD: u64 = 13;
+
+/// C. LoRA-WEMoE, the continual weight-ensembling MoE baseline of the MINGLE paper, with the
+/// reference code's behaviour (`method/mingle/c_wemoe.py`).
+///
+/// Per task `t`:
+///
+/// 1. **Attention** weights and biases (q, k, v, out_proj) are merged by continual task
+///    arithmetic: `theta_attn = theta0_attn + lambda sum_{i<=t} tau_i` (`lambda = 0.3`).
+///    Every other non-MLP parameter (embeddings, layer norms, the projection) and the MLP
+///    biases stay pretrained (bias deltas are dropped).
+/// 2. **Experts.** fc1 and fc2 of every layer gain one expert each, the truncated SVD of the
+///    weight delta `W_t - W0` (`B = U_r`, `A = diag(s_r) V_r^T`; rank per
+///    [`WemoeConfig::effective_rank`]).
+/// 3. **Router.** One linear router per layer on the MLP input (the output of `layer_norm2`):
+///    `g(X) = W_r xbar + b_r`, `xbar` the mean over tokens, then over the batch; it gains a
+///    row for the new expert (`N(0, 0.01^2)`, bias 0.3). The same gate values weight fc1's
+///    and fc2's experts: `W_fc = W0 + sum_e g_e B_e A_e`, no softmax
+///    ([`GateSharing::SharedMlp`]).
+/// 4. **Test-time adaptation.** *All* router rows of all layers are trained (Adam, lr
+///    `1e-4`, 50 steps, batches of 16) by entropy minimisation
+///    ([`entropy_loss`]) on the current task's seed samples, which is why the method forgets
+///    much: earlier tasks' rows move to serve the newest task.
+///
+/// The merged model is evaluated with [`gated_model`](TestTimeMerger::gated_model) on batches
+/// of one task (the router averages over the batch).
+///
+/// Report: `losses` holds the entropy before each step; `kl_before` is `None`; `kl_after`
+/// is the mean `KL(fine-tuned || merged)` (temperature 1) on the seed set after the
+/// adaptation, a measure of how far the merged model is from the task's own checkpoint.
+/// Metrics: `experts_per_module`, `expert_rank`, `steps`, `entropy_first`, `entropy_last`,
+/// `router_bias_mean`, `seconds_experts`, `seconds_adaptation`.
+#[derive(Debug)]
+pub struct LoraWemoe {
+    config: WemoeConfig,
+    vision: ClipVisionConfig,
+    device: Device,
+    modules: Vec<ModuleId>,
+    pretrained: Option<Fingerprint>,
+    tasks: Vec<TaskRecord>,
+    /// `lambda sum_i tau_i` of every attention parameter (bare names).
+    attention: ParamDict,
+    experts: BTreeMap<ModuleId, Vec<LowRankFactors>>,
+    /// Router rows, stored as gates of each layer's fc1.
+    routers: GateValues,
+}
+
+/// What one step produced, applied only when the whole step succeeded.
+struct Committed {
+    attention: ParamDict,
+    experts: BTreeMap<ModuleId, Vec<LowRankFactors>>,
+    routers: GateValues,
+}
+
+impl LoraWemoe {
+    /// An empty merger for towers of shape `vision`, computing on `device` (routers are
+    /// trained on its autodiff counterpart).
+    ///
+    /// # Errors
+    /// [`AdaptError::InvalidParameter`] from [`WemoeConfig::check`]; [`AdaptError::Vit`] for an
+    /// invalid tower configuration.
+    pub fn new(
+        config: WemoeConfig,
+        vision: ClipVisionConfig,
+        device: Device,
+    ) -> Result<Self, AdaptError> {
+        config.check()?;
+        vision.validate()?;
+        let modules = mlp_modules(&vision);
+        Ok(Self {
+            config,
+            vision,
+            device,
+            modules,
+            pretrained: None,
+            tasks: Vec::new(),
+            attention: ParamDict::new(),
+            experts: BTreeMap::new(),
+            routers: GateValues::new(),
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &WemoeConfig {
+        &self.config
+    }
+
+    /// The experts of `module` (fc1 or fc2 of a layer), in task order.
+    #[must_use]
+    pub fn experts(&self, module: ModuleId) -> &[LowRankFactors] {
+        self.experts.get(&module).map_or(&[], Vec::as_slice)
+    }
+
+    /// The router rows of every layer, stored as the gates of the layer's fc1 module.
+    #[must_use]
+    pub fn routers(&self) -> &GateValues {
+        &self.routers
+    }
+
+    /// The backbone: `theta0` with the merged attention parameters `theta0 + attention`.
+    fn backbone_params(
+        &self,
+        pretrained: &ParamDict,
+        attention: &ParamDict,
+    ) -> Result<ParamDict, AdaptError> {
+        let mut out = pretrained.clone();
+        for (bare, delta) in attention.iter() {
+            let (name, p) = lookup(pretrained, bare)?;
+            let data: Vec<f32> = p
+                .data()
+                .iter()
+                .zip(delta.data())
+                .map(|(a, d)| a + d)
+                .collect();
+            out.insert(name, HostTensor::new(p.shape().to_vec(), data)?);
+        }
+        Ok(out)
+    }
+
+    fn run_task(
+        &self,
+        step: usize,
+        task: &TaskId,
+        pretrained: &ParamDict,
+        finetuned: &ParamDict,
+        seed: &SeedImages,
+        head: &TaskHead,
+    ) -> Result<(Committed, AdaptReport, f64), AdaptError> {
+        let cfg = &self.config;
+        // 1. Attention by continual task arithmetic.
+        let mut attention = ParamDict::new();
+        for bare in attention_names(&self.vision) {
+            let (_, p0) = lookup(pretrained, &bare)?;
+            let (_, pt) = lookup(finetuned, &bare)?;
+            let prev = self.attention.get(&bare).ok();
+            let data: Vec<f32> = p0
+                .data()
+                .iter()
+                .zip(pt.data())
+                .enumerate()
+                .map(|(i, (a, b))| {
+                    let before = prev.map_or(0.0, |t| t.data()[i]);
+                    before + (f64::from(b - a) * cfg.attention_lambda) as f32
+                })
+                .collect();
+            attention.insert(bare, HostTensor::new(p0.shape().to_vec(), data)?);
+        }
+
+        // 2. Experts on fc1 and fc2.
+        let t0 = Instant::now();
+        let mut experts = self.experts.clone();
+        let svd = cfg
+            .expert_svd
+            .to_linalg(stream_seed(cfg.seed, step, STREAM_SVD));
+        let mut ranks = Vec::new();
+        for &m in &self.modules {
+            let (_, w0) = lookup(pretrained, &m.weight_name())?;
+            let (_, wt) = lookup(finetuned, &m.weight_name())?;
+            let (d_out, d_in) = m.dims(&self.vision);
+            if w0.shape() != [d_out, d_in] || wt.shape() != [d_out, d_in] {
+                return Err(AdaptError::TargetWeight {
+                    name: m.weight_name(),
+                    reason: format!(
+                        "shapes {:?} and {:?}, expected [{d_out}, {d_in}]",
+                        w0.shape(),
+                        wt.shape()
+                    ),
+                });
+            }
+            let rank = cfg.effective_rank(step, d_out, d_in);
+            let (f, _) = build_expert(m, w0.as_mat()?, wt.as_mat()?, &[], rank, false, svd)?;
+            ranks.push(f.rank());
+            experts.entry(m).or_default().push(f);
+        }
+        let seconds_experts = t0.elapsed().as_secs_f64();
+
+        // 3. Routers: one new row per layer.
+        let mut routers = self.routers.clone();
+        let fc1: Vec<ModuleId> = self
+            .modules
+            .iter()
+            .copied()
+            .filter(|m| m.kind == TargetKind::Fc1)
+            .collect();
+        routers.push_random(
+            &self.vision,
+            fc1.iter().copied(),
+            cfg.router_init_std as f32,
+            stream_seed(cfg.seed, step, STREAM_ROUTER),
+        )?;
+        for (_, list) in &mut routers.modules {
+            if let Some(g) = list.last_mut() {
+                g.bias = cfg.router_init_bias as f32;
+            }
+        }
+
+        // 4. Entropy minimisation over every router row.
+        let t0 = Instant::now();
+        let backbone_params = self.backbone_params(pretrained, &attention)?;
+        let backbone =
+            ClipVisionModel::from_params_on(&self.vision, &backbone_params, &self.device)?;
+        if head.dim() != backbone.embedding_dim() {
+            return Err(AdaptError::Head {
+                task: task.clone(),
+                reason: format!(
+                    "head dimension {}, the model's embedding dimension is {}",
+                    head.dim(),
+                    backbone.embedding_dim()
+                ),
+            });
+        }
+        let bank = ExpertBank::new(
+            &self.vision,
+            experts.iter().map(|(m, e)| (*m, e.clone())),
+            &self.device,
+        )?;
+        let mut gates = Some(
+            GateBank::new(&routers, GateTraining::All, &self.device.clone().autodiff())?
+                .with_sharing(GateSharing::SharedMlp),
+        );
+        if let Some(g) = &gates {
+            g.validate(&bank)?;
+        }
+        let mut optim: ModuleOptimizer = AdamConfig::new()
+            .with_beta_1(cfg.adam_beta1 as f32)
+            .with_beta_2(cfg.adam_beta2 as f32)
+            .with_epsilon(cfg.adam_epsilon as f32)
+            .init();
+        let mut batches = SeedBatches::new(
+            seed.len(),
+            cfg.batch_size,
+            stream_seed(cfg.seed, step, STREAM_BATCHES),
+        );
+        let mut losses = Vec::with_capacity(cfg.steps);
+        for s in 0..cfg.steps {
+            let batch = batches.next().unwrap_or_default();
+            let Some(g) = gates.take() else { break };
+            let px = backbone.pixels(seed.gather(&batch), batch.len())?;
+            let out = backbone.forward_gated(px, &bank, &g)?;
+            let loss = entropy_loss(head.logits(out.embedding())?);
+            let value = madeit_vit::to_host(&loss)?
+                .data()
+                .first()
+                .copied()
+                .map_or(f64::NAN, f64::from);
+            if !value.is_finite() {
+                return Err(AdaptError::NonFiniteLoss {
+                    task: task.clone(),
+                    step: s,
+                    value,
+                });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &g);
+            gates = Some(optim.step(cfg.lr, g, grads));
+            losses.push(value);
+        }
+        let routers = match gates {
+            Some(g) => g.to_values()?,
+            None => routers,
+        };
+        let seconds_adaptation = t0.elapsed().as_secs_f64();
+
+        // How far the merged model is from the task's checkpoint on the seed set.
+        let teacher_model = ClipVisionModel::from_params_on(&self.vision, finetuned, &self.device)?;
+        let teacher = teacher_logits(&teacher_model, head, seed, cfg.batch_size)?;
+        drop(teacher_model);
+        let frozen = GateBank::new(&routers, GateTraining::Frozen, &self.device)?
+            .with_sharing(GateSharing::SharedMlp);
+        let model = GatedModel::new(backbone, bank, frozen)?;
+        let mut student = Vec::with_capacity(teacher.len());
+        let idx: Vec<usize> = (0..seed.len()).collect();
+        for chunk in idx.chunks(cfg.batch_size) {
+            student.extend_from_slice(model.logits(head, seed.gather(chunk), chunk.len())?.data());
+        }
+        let kl_after = mean_kl(&student, &teacher, head.num_classes(), 1.0);
+
+        let mut metrics = IndexMap::new();
+        metrics.insert("experts_per_module".to_owned(), step as f64);
+        metrics.insert(
+            "expert_rank".to_owned(),
+            ranks.iter().sum::<usize>() as f64 / ranks.len().max(1) as f64,
+        );
+        metrics.insert("steps".to_owned(), cfg.steps as f64);
+        if let (Some(f), Some(l)) = (losses.first(), losses.last()) {
+            metrics.insert("entropy_first".to_owned(), *f);
+            metrics.insert("entropy_last".to_owned(), *l);
+        }
+        let biases: Vec<f64> = routers
+            .modules
+            .iter()
+            .flat_map(|(_, g)| g.iter().map(|x| f64::from(x.bias)))
+            .collect();
+        metrics.insert(
+            "router_bias_mean".to_owned(),
+            biases.iter().sum::<f64>() / biases.len().max(1) as f64,
+        );
+        metrics.insert("seconds_experts".to_owned(), seconds_experts);
+        metrics.insert("seconds_adaptation".to_owned(), seconds_adaptation);
+        let report = AdaptReport {
+            method: LORA_WEMOE.to_owned(),
+            step,
+            task: task.clone(),
+            task_vector_norm: 0.0,
+            merged_delta_norm: 0.0,
+            seed_samples: seed.len(),
+            seed_source: cfg.seed_source,
+            losses,
+            kl_before: None,
+            kl_after,
+            metrics,
+        };
+        let merged_delta_norm = attention
+            .iter()
+            .flat_map(|(_, t)| t.data().iter())
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        Ok((
+            Committed {
+                attention,
+                experts,
+                routers,
+            },
+            report,
+            merged_delta_norm,
+        ))
+    }
+
+    fn check_stream(&self, pretrained: &ParamDict) -> Result<(), AdaptError> {
+        let Some(expected) = self.pretrained else {
+            return Err(AdaptError::EmptyStream { method: LORA_WEMOE });
+        };
+        let got = Fingerprint::of_params(pretrained);
+        if got != expected {
+            return Err(AdaptError::PretrainedChanged { expected, got });
+        }
+        Ok(())
+    }
+}
+
+fn state_err(name: &str, reason: impl Into<String>) -> AdaptError {
+    AdaptError::StateTensor {
+        method: LORA_WEMOE,
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn take<'a>(
+    dict: &'a ParamDict,
+    name: &str,
+    used: &mut BTreeSet<String>,
+) -> Result<&'a HostTensor, AdaptError> {
+    let t = dict.get(name).map_err(|_| state_err(name, "missing"))?;
+    used.insert(name.to_owned());
+    Ok(t)
+}
+
+fn put(
+    dict: &mut ParamDict,
+    name: String,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+) -> Result<(), AdaptError> {
+    let t = HostTensor::new(shape, data).map_err(|e| state_err(&name, e.to_string()))?;
+    dict.insert(name, t);
+    Ok(())
+}
+
+impl TestTimeMerger for LoraWemoe {
+    fn method(&self) -> &'static str {
+        LORA_WEMOE
+    }
+
+    fn absorb(
+        &mut self,
+        pretrained: &ParamDict,
+        finetuned: &ParamDict,
+        task: &TaskId,
+        seed: &SeedImages,
+        head: &TaskHead,
+    ) -> Result<AdaptReport, AdaptError> {
+        let admitted = admit_task(&self.tasks, self.pretrained, pretrained, finetuned, task)?;
+        check_seed_images(&self.vision, task, seed)?;
+        let step = self.tasks.len() + 1;
+        let (committed, mut report, delta) =
+            self.run_task(step, task, pretrained, finetuned, seed, head)?;
+        report.task_vector_norm = admitted.record.task_vector_norm;
+        report.merged_delta_norm = delta;
+        self.attention = committed.attention;
+        self.experts = committed.experts;
+        self.routers = committed.routers;
+        self.pretrained = Some(admitted.pretrained);
+        self.tasks.push(admitted.record);
+        Ok(report)
+    }
+
+    fn num_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn tasks(&self) -> Vec<TaskId> {
+        self.tasks.iter().map(|r| r.task.clone()).collect()
+    }
+
+    /// The backbone with merged attention and the fc1 / fc2 experts (`up = U diag(s)`,
+    /// `down = V^T`); the routers are part of the state and of the gated model only.
+    fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {
+        self.check_stream(pretrained)?;
+        let mut model = ExpertModel::new(self.backbone_params(pretrained, &self.attention)?);
+        for &m in &self.modules {
+            let (name, _) = lookup(pretrained, &m.weight_name())?;
+            let list = self
+                .experts(m)
+                .iter()
+                .zip(&self.tasks)
+                .map(|(f, rec)| -> Result<LowRankExpert, AdaptError> {
+                    let (d_out, d_in, r) = (f.d_out(), f.d_in(), f.rank());
+                    let mut up = vec![0.0f32; d_out * r];
+                    for (i, row) in f.u().chunks_exact(r).enumerate() {
+                        for (k, (u, s)) in row.iter().zip(f.s()).enumerate() {
+                            up[i * r + k] = u * s;
+                        }
+                    }
+                    let mut down = vec![0.0f32; r * d_in];
+                    for (i, row) in f.v().chunks_exact(r).enumerate() {
+                        for (k, v) in row.iter().enumerate() {
+                            down[k * d_in + i] = *v;
+                        }
+                    }
+                    Ok(LowRankExpert::new(
+                        HostTensor::new(vec![d_out, r], up)?,
+                        HostTensor::new(vec![r, d_in], down)?,
+                        vec![rec.task.clone()],
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            model.experts.insert(name, list);
+        }
+        Ok(MergedModel::Experts(model))
+    }
+
+    /// `backbone` must be the pretrained tower; the merged attention parameters are applied
+    /// to a copy of it.
+    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
+        if self.tasks.is_empty() {
+            return Err(AdaptError::EmptyStream { method: LORA_WEMOE });
+        }
+        if backbone.config() != &self.vision {
+            return Err(AdaptError::Vit(VitError::InvalidConfig {
+                field: "vision tower",
+                reason: "the backbone's configuration differs from the merger's".into(),
+            }));
+        }
+        let device = backbone.device();
+        let params = self.backbone_params(&backbone.to_params()?, &self.attention)?;
+        let model = ClipVisionModel::from_params_on(&self.vision, &params, device)?;
+        let bank = ExpertBank::new(
+            &self.vision,
+            self.experts.iter().map(|(m, e)| (*m, e.clone())),
+            device,
+        )?;
+        let gates = GateBank::new(&self.routers, GateTraining::Frozen, device)?
+            .with_sharing(GateSharing::SharedMlp);
+        GatedModel::new(model, bank, gates)
+    }
+
+    fn state(&self) -> Result<AdaptState, AdaptError> {
+        let config = serde_json::to_value(&self.config).map_err(|e| AdaptError::InvalidState {
+            method: LORA_WEMOE,
+            reason: format!("cannot serialise the configuration: {e}"),
+        })?;
+        let mut tensors = ParamDict::new();
+        for (name, t) in self.attention.iter() {
+            put(
+                &mut tensors,
+                format!("attention.{name}"),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )?;
+        }
+        for &m in &self.modules {
+            for (e, f) in self.experts(m).iter().enumerate() {
+                let p = format!("expert.{m}.{e}");
+                put(
+                    &mut tensors,
+                    format!("{p}.u"),
+                    vec![f.d_out(), f.rank()],
+                    f.u().to_vec(),
+                )?;
+                put(
+                    &mut tensors,
+                    format!("{p}.s"),
+                    vec![f.rank()],
+                    f.s().to_vec(),
+                )?;
+                put(
+                    &mut tensors,
+                    format!("{p}.v"),
+                    vec![f.d_in(), f.rank()],
+                    f.v().to_vec(),
+                )?;
+            }
+            let gates = self.routers.gates(m);
+            if let Some(first) = gates.first() {
+                let d_in = first.weight.len();
+                let w: Vec<f32> = gates
+                    .iter()
+                    .flat_map(|g| g.weight.iter().copied())
+                    .collect();
+                put(
+                    &mut tensors,
+                    format!("router.{m}.weight"),
+                    vec![gates.len(), d_in],
+                    w,
+                )?;
+                let b: Vec<f32> = gates.iter().map(|g| g.bias).collect();
+                put(
+                    &mut tensors,
+                    format!("router.{m}.bias"),
+                    vec![gates.len()],
+                    b,
+                )?;
+            }
+        }
+        Ok(AdaptState {
+            metadata: AdaptMetadata {
+                format: ADAPT_STATE_FORMAT.to_owned(),
+                version: ADAPT_STATE_VERSION,
+                method: LORA_WEMOE.to_owned(),
+                config,
+                vision: self.vision.clone(),
+                modules: self.modules.clone(),
+                pretrained: self.pretrained,
+                tasks: self.tasks.clone(),
+            },
+            tensors,
+        })
+    }
+
+    fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {
+        let meta = &state.metadata;
+        let invalid = |reason: String| AdaptError::InvalidState {
+            method: LORA_WEMOE,
+            reason,
+        };
+        if meta.format != ADAPT_STATE_FORMAT || meta.version != ADAPT_STATE_VERSION {
+            return Err(invalid(format!(
+                "format `{}` version {}, expected `{ADAPT_STATE_FORMAT}` version {ADAPT_STATE_VERSION}",
+                meta.format, meta.version
+            )));
+        }
+        if meta.method != LORA_WEMOE {
+            return Err(invalid(format!(
+                "the state belongs to method `{}`",
+                meta.method
+            )));
+        }
+        let config: WemoeConfig = serde_json::from_value(meta.config.clone())
+            .map_err(|e| invalid(format!("configuration: {e}")))?;
+        if config != self.config {
+            return Err(invalid(format!(
+                "the state was written with configuration {config:?}, this merger has {:?}",
+                self.config
+            )));
+        }
+        if meta.vision != self.vision || meta.modules != self.modules {
+            return Err(invalid(
+                "the state belongs to a tower of another shape".into(),
+            ));
+        }
+        if meta.pretrained.is_none() != meta.tasks.is_empty() {
+            return Err(invalid(
+                "pretrained fingerprint and task list disagree".into(),
+            ));
+        }
+        let t = meta.tasks.len();
+        let tensors = &state.tensors;
+        let mut used = BTreeSet::new();
+        let mut attention = ParamDict::new();
+        if t > 0 {
+            let expected: BTreeMap<String, Vec<usize>> = madeit_vit::expected_tensors(&self.vision)
+                .into_iter()
+                .collect();
+            for bare in attention_names(&self.vision) {
+                let name = format!("attention.{bare}");
+                let x = take(tensors, &name, &mut used)?;
+                if expected.get(&bare).map(Vec::as_slice) != Some(x.shape()) {
+                    return Err(state_err(&name, format!("shape {:?}", x.shape())));
+                }
+                if x.data().iter().any(|v| !v.is_finite()) {
+                    return Err(state_err(&name, "non-finite value"));
+                }
+                attention.insert(bare, x.clone());
+            }
+        }
+        let mut experts = BTreeMap::new();
+        let mut routers = GateValues::new();
+        for &m in &self.modules {
+            if t == 0 {
+                continue;
+            }
+            let (d_out, d_in) = m.dims(&self.vision);
+            let mut list = Vec::with_capacity(t);
+            for e in 0..t {
+                let p = format!("expert.{m}.{e}");
+                let (un, sn, vn) = (format!("{p}.u"), format!("{p}.s"), format!("{p}.v"));
+                let u = take(tensors, &un, &mut used)?;
+                let s = take(tensors, &sn, &mut used)?;
+                let v = take(tensors, &vn, &mut used)?;
+                let r = s.numel();
+                if s.shape() != [r] || r == 0 || u.shape() != [d_out, r] || v.shape() != [d_in, r] {
+                    return Err(state_err(
+                        &p,
+                        format!(
+                            "shapes {:?} {:?} {:?}, expected [{d_out}, r] [r] [{d_in}, r]",
+                            u.shape(),
+                            s.shape(),
+                            v.shape()
+                        ),
+                    ));
+                }
+                let f = LowRankFactors::new(
+                    d_out,
+                    d_in,
+                    u.data().to_vec(),
+                    s.data().to_vec(),
+                    v.data().to_vec(),
+                )
+                .map_err(|err| state_err(&p, err.to_string()))?;
+                list.push(f);
+            }
+            experts.insert(m, list);
+            if m.kind != TargetKind::Fc1 {
+                continue;
+            }
+            let (wn, bn) = (format!("router.{m}.weight"), format!("router.{m}.bias"));
+            let w = take(tensors, &wn, &mut used)?;
+            let b = take(tensors, &bn, &mut used)?;
+            if w.shape() != [t, d_in] || b.shape() != [t] {
+                return Err(state_err(
+                    &wn,
+                    format!(
+                        "shapes {:?} and {:?}, expected [{t}, {d_in}] and [{t}]",
+                        w.shape(),
+                        b.shape()
+                    ),
+                ));
+            }
+            for (row, bias) in w.data().chunks_exact(d_in).zip(b.data()) {
+                if row.iter().any(|x| !x.is_finite()) || !bias.is_finite() {
+                    return Err(state_err(&wn, "non-finite router value"));
+                }
+                routers.push(
+                    m,
+                    LinearGate {
+                        weight: row.to_vec(),
+                        bias: *bias,
+                    },
+                );
+            }
+        }
+        if let Some(extra) = tensors.keys().find(|k| !used.contains(*k)) {
+            return Err(state_err(extra, "unexpected tensor"));
+        }
+        self.attention = attention;
+        self.experts = experts;
+        self.routers = routers;
+        self.pretrained = meta.pretrained;
+        self.tasks = meta.tasks.clone();
+        Ok(())
+    }
+}

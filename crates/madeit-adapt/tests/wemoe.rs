@@ -1,0 +1,325 @@
+//! C. LoRA-WEMoE on a tiny random tower: attention by continual task arithmetic, MLP experts,
+//! router rows per task, the shared MLP router, adaptation, state and input validation.
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use burn::prelude::*;
+use common::{finetune, random_head, random_params, random_seed_images};
+use madeit_adapt::{AdaptError, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig};
+use madeit_merge::{MergedModel, TaskId};
+use madeit_params::ParamDict;
+use madeit_vit::{
+    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining,
+    GateValues, LinearGate, ModuleId, TargetKind, TaskHead,
+};
+
+struct Fixture {
+    cfg: ClipVisionConfig,
+    theta0: ParamDict,
+    tasks: Vec<(TaskId, ParamDict, SeedImages, TaskHead)>,
+}
+
+fn fixture(n_tasks: usize) -> Fixture {
+    let cfg = ClipVisionConfig::tiny();
+    let theta0 = random_params(&cfg, 1);
+    let tasks = (0..n_tasks)
+        .map(|t| {
+            let t64 = t as u64;
+            (
+                TaskId::new(format!("task{t}")),
+                finetune(&cfg, &theta0, 100 + t64, 3, 0.3),
+                random_seed_images(&cfg, 10, 200 + t64),
+                random_head(&cfg, 5, 300 + t64),
+            )
+        })
+        .collect();
+    Fixture { cfg, theta0, tasks }
+}
+
+fn quick() -> WemoeConfig {
+    WemoeConfig {
+        steps: 4,
+        batch_size: 4,
+        ..WemoeConfig::default()
+    }
+}
+
+fn merger(f: &Fixture, cfg: WemoeConfig) -> LoraWemoe {
+    LoraWemoe::new(cfg, f.cfg.clone(), Device::flex()).unwrap()
+}
+
+fn absorb(m: &mut LoraWemoe, f: &Fixture, t: usize) -> madeit_adapt::AdaptReport {
+    let (id, theta, seed, head) = &f.tasks[t];
+    m.absorb(&f.theta0, theta, id, seed, head).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn embed(model: &ClipVisionModel, seed: &SeedImages) -> Vec<f32> {
+    model
+        .embed(seed.pixels().to_vec(), seed.len())
+        .unwrap()
+        .data()
+        .to_vec()
+}
+
+#[test]
+fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
+    let f = fixture(3);
+    let mut m = merger(&f, quick());
+    for t in 0..3 {
+        let report = absorb(&mut m, &f, t);
+        assert_eq!(report.step, t + 1);
+        assert_eq!(report.losses.len(), 4);
+        for layer in 0..f.cfg.num_hidden_layers {
+            let fc1 = ModuleId::new(layer, TargetKind::Fc1);
+            let fc2 = ModuleId::new(layer, TargetKind::Fc2);
+            assert_eq!(m.routers().gates(fc1).len(), t + 1, "layer {layer} step {t}");
+            assert!(m.routers().gates(fc2).is_empty());
+            assert_eq!(m.experts(fc1).len(), t + 1);
+            assert_eq!(m.experts(fc2).len(), t + 1);
+            // Rank 64 capped at half of min(128, 64) = 32 for the first task, 16 after.
+            let want = if t == 0 { 32 } else { 16 };
+            assert_eq!(m.experts(fc1)[t].rank(), want);
+            // Attention modules get no experts.
+            assert!(m.experts(ModuleId::new(layer, TargetKind::Q)).is_empty());
+        }
+    }
+}
+
+#[test]
+fn attention_is_continual_task_arithmetic_and_mlp_biases_stay_pretrained() {
+    let f = fixture(2);
+    let mut m = merger(&f, quick());
+    absorb(&mut m, &f, 0);
+    absorb(&mut m, &f, 1);
+    let MergedModel::Experts(model) = m.merged_model(&f.theta0).unwrap() else {
+        panic!("expected an expert model");
+    };
+    for name in f.theta0.keys() {
+        let p0 = f.theta0.get(name).unwrap().data();
+        let got = model.backbone.get(name).unwrap().data();
+        let is_attention = name.contains("self_attn.");
+        for (k, (&a, &g)) in p0.iter().zip(got).enumerate() {
+            let want = if is_attention {
+                let t1 = f.tasks[0].1.get(name).unwrap().data()[k];
+                let t2 = f.tasks[1].1.get(name).unwrap().data()[k];
+                a + 0.3 * (t1 - a) + 0.3 * (t2 - a)
+            } else {
+                a
+            };
+            assert!((g - want).abs() < 1e-5, "{name}[{k}]: {g} vs {want}");
+        }
+    }
+    // Experts on fc1 and fc2 only, one per task.
+    assert_eq!(model.experts.len(), 2 * f.cfg.num_hidden_layers);
+    assert!(model.experts.values().all(|e| e.len() == 2));
+}
+
+/// With a one-hot gate (weights 0, bias 1 for expert `e`, 0 for the others) the mixture is
+/// the dense model `W0 + B_e A_e` on fc1 and fc2 of every layer.
+#[test]
+fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
+    let f = fixture(2);
+    let mut m = merger(&f, quick());
+    absorb(&mut m, &f, 0);
+    absorb(&mut m, &f, 1);
+    let MergedModel::Experts(merged) = m.merged_model(&f.theta0).unwrap() else {
+        panic!("expected an expert model");
+    };
+    let device = Device::flex();
+    let backbone = ClipVisionModel::from_params_on(&f.cfg, &merged.backbone, &device).unwrap();
+    let modules: Vec<ModuleId> = (0..f.cfg.num_hidden_layers)
+        .flat_map(|l| [ModuleId::new(l, TargetKind::Fc1), ModuleId::new(l, TargetKind::Fc2)])
+        .collect();
+    let bank = ExpertBank::new(
+        &f.cfg,
+        modules.iter().map(|&md| (md, m.experts(md).to_vec())),
+        &device,
+    )
+    .unwrap();
+    let images = &f.tasks[0].2;
+    for e in 0..2 {
+        let mut values = GateValues::new();
+        for l in 0..f.cfg.num_hidden_layers {
+            let fc1 = ModuleId::new(l, TargetKind::Fc1);
+            for k in 0..2 {
+                values.push(
+                    fc1,
+                    LinearGate {
+                        weight: vec![0.0; f.cfg.hidden_size],
+                        bias: if k == e { 1.0 } else { 0.0 },
+                    },
+                );
+            }
+        }
+        let gates = GateBank::new(&values, GateTraining::Frozen, &device)
+            .unwrap()
+            .with_sharing(GateSharing::SharedMlp);
+        let px = backbone
+            .pixels(images.pixels().to_vec(), images.len())
+            .unwrap();
+        let gated = backbone.forward_gated(px, &bank, &gates).unwrap();
+        let gated = madeit_vit::to_host(&gated.embedding()).unwrap();
+
+        let mut dense = merged.backbone.clone();
+        for &md in &modules {
+            let delta = m.experts(md)[e].to_dense().unwrap();
+            let w = dense.get_mut(&md.weight_name()).unwrap();
+            for (x, d) in w.data_mut().iter_mut().zip(delta.data()) {
+                *x += d;
+            }
+        }
+        let dense = ClipVisionModel::from_params_on(&f.cfg, &dense, &device).unwrap();
+        let want = embed(&dense, images);
+        let err = max_diff(gated.data(), &want);
+        assert!(err < 1e-4, "expert {e}: max |diff| {err}");
+    }
+}
+
+#[test]
+fn the_shared_router_rejects_gates_on_fc2_and_mismatched_counts() {
+    let f = fixture(1);
+    let mut m = merger(&f, quick());
+    absorb(&mut m, &f, 0);
+    let device = Device::flex();
+    let fc1 = ModuleId::new(0, TargetKind::Fc1);
+    let fc2 = ModuleId::new(0, TargetKind::Fc2);
+    let bank = ExpertBank::new(
+        &f.cfg,
+        [(fc1, m.experts(fc1).to_vec()), (fc2, m.experts(fc2).to_vec())],
+        &device,
+    )
+    .unwrap();
+    let gate = |d: usize| LinearGate {
+        weight: vec![0.0; d],
+        bias: 0.3,
+    };
+    // A gate on fc2 of its own.
+    let mut values = GateValues::new();
+    values.push(fc1, gate(f.cfg.hidden_size));
+    values.push(fc2, gate(f.cfg.intermediate_size));
+    let gates = GateBank::new(&values, GateTraining::Frozen, &device)
+        .unwrap()
+        .with_sharing(GateSharing::SharedMlp);
+    assert!(gates.validate(&bank).is_err());
+    // Two router rows for one expert.
+    let mut values = GateValues::new();
+    values.push(fc1, gate(f.cfg.hidden_size));
+    values.push(fc1, gate(f.cfg.hidden_size));
+    let gates = GateBank::new(&values, GateTraining::Frozen, &device)
+        .unwrap()
+        .with_sharing(GateSharing::SharedMlp);
+    assert!(gates.validate(&bank).is_err());
+}
+
+#[test]
+fn adaptation_lowers_the_entropy_on_a_fixed_batch() {
+    let f = fixture(1);
+    // One batch holding every seed image, a larger step size: the entropy must go down.
+    let cfg = WemoeConfig {
+        steps: 15,
+        batch_size: 10,
+        lr: 1e-2,
+        ..WemoeConfig::default()
+    };
+    let mut m = merger(&f, cfg);
+    let report = absorb(&mut m, &f, 0);
+    let first = report.losses[0];
+    let last = *report.losses.last().unwrap();
+    assert!(last < first, "entropy {first} -> {last}");
+    assert!(report.kl_after.is_finite() && report.kl_after >= 0.0);
+}
+
+#[test]
+fn state_round_trips_and_a_resumed_stream_matches() {
+    let f = fixture(2);
+    let mut a = merger(&f, quick());
+    absorb(&mut a, &f, 0);
+    let state = a.state().unwrap();
+    let mut b = merger(&f, quick());
+    b.restore(&state).unwrap();
+    assert_eq!(b.state().unwrap(), state);
+    absorb(&mut a, &f, 1);
+    absorb(&mut b, &f, 1);
+    assert_eq!(a.state().unwrap(), b.state().unwrap());
+    // The gated model of both gives the same embeddings.
+    let base = ClipVisionModel::from_params_on(&f.cfg, &f.theta0, &Device::flex()).unwrap();
+    let ga = a.gated_model(&base).unwrap();
+    let gb = b.gated_model(&base).unwrap();
+    let img = &f.tasks[1].2;
+    let ea = ga.embed(img.pixels().to_vec(), img.len()).unwrap();
+    let eb = gb.embed(img.pixels().to_vec(), img.len()).unwrap();
+    assert_eq!(ea.data(), eb.data());
+    // A state of another configuration is refused.
+    let mut c = merger(
+        &f,
+        WemoeConfig {
+            rank: 8,
+            ..quick()
+        },
+    );
+    assert!(matches!(
+        c.restore(&state),
+        Err(AdaptError::InvalidState { .. })
+    ));
+}
+
+#[test]
+fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
+    let f = fixture(2);
+    let mut m = merger(&f, quick());
+    absorb(&mut m, &f, 0);
+    let before = m.state().unwrap();
+    let (_, theta, seed, head) = &f.tasks[1];
+    // NaN weights.
+    let mut bad = theta.clone();
+    bad.get_mut("encoder.layers.0.mlp.fc1.weight").unwrap().data_mut()[3] = f32::NAN;
+    assert!(matches!(
+        m.absorb(&f.theta0, &bad, &TaskId::new("x"), seed, head),
+        Err(AdaptError::NonFinite { .. })
+    ));
+    // The same task name twice.
+    assert!(matches!(
+        m.absorb(&f.theta0, theta, &f.tasks[0].0, seed, head),
+        Err(AdaptError::DuplicateTaskName { .. })
+    ));
+    // No seed images.
+    assert!(matches!(
+        m.absorb(&f.theta0, theta, &f.tasks[1].0, &SeedImages::new(Vec::new(), 0), head),
+        Err(AdaptError::SeedData { .. })
+    ));
+    // A head of the wrong width.
+    let wrong = random_head(
+        &ClipVisionConfig {
+            projection_dim: 16,
+            ..f.cfg.clone()
+        },
+        5,
+        9,
+    );
+    assert!(matches!(
+        m.absorb(&f.theta0, theta, &f.tasks[1].0, seed, &wrong),
+        Err(AdaptError::Head { .. })
+    ));
+    assert_eq!(m.state().unwrap(), before);
+    // Invalid configuration.
+    assert!(matches!(
+        LoraWemoe::new(
+            WemoeConfig {
+                rank: 0,
+                ..WemoeConfig::default()
+            },
+            f.cfg.clone(),
+            Device::flex()
+        ),
+        Err(AdaptError::InvalidParameter { .. })
+    ));
+}
