@@ -11,38 +11,8 @@
 
 mod common;
 
-use madeit::eval::runner::{RunEvent, StreamSpec, run_stream};
-use madeit::eval::{Evaluator, MethodSpec};
+use madeit::eval::MethodSpec;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let bench = common::open_zoo()?;
-    let evaluator = Evaluator::from_benchmark(&bench, 128)?;
-    let pretrained = bench.load_pretrained()?;
-    let method = MethodSpec::default_for("mingle")?;
-    let spec = StreamSpec::new(method, common::short_order(&bench, 3));
-    let result = run_stream(&bench, &evaluator, &pretrained, &spec, &mut |ev| match ev {
-        RunEvent::TaskEvaluated {
-            step,
-            task,
-            accuracy,
-            ..
-        } => println!("step {step}: {task} {:.1}%", 100.0 * accuracy),
-        RunEvent::Absorbed {
-            step,
-            task,
-            seconds,
-            ..
-        } => {
-            println!("step {step}: absorbed {task} (adaptation included) in {seconds:.1} s");
-        }
-        _ => {}
-    })?;
-    if let Some(m) = result.metrics {
-        println!(
-            "ACC {:.1}%  BWT {:.1}%",
-            100.0 * m.acc,
-            100.0 * m.bwt.unwrap_or(0.0)
-        );
-    }
-    Ok(())
+    common::run_method(MethodSpec::default_for("mingle")?, 3)
 }

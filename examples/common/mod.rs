@@ -101,3 +101,42 @@ pub fn run_example(merger: &mut dyn ContinualMerger) -> Result<(), Box<dyn std::
     run_stream_with(&bench, &order, merger, &evaluator)?;
     Ok(())
 }
+
+/// Runs `method` through the run loop (`madeit_eval::run_stream`, which loads the seed
+/// images and heads a test-time method needs, or the training data of C. Fine-Tuned) on the
+/// first `len` tasks of the seed-42 order, printing each evaluation, then ACC and BWT.
+pub fn run_method(
+    method: madeit::eval::MethodSpec,
+    len: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use madeit::eval::runner::{RunEvent, StreamSpec, run_stream};
+
+    let bench = open_zoo()?;
+    let evaluator = Evaluator::from_benchmark(&bench, 128)?;
+    let pretrained = bench.load_pretrained()?;
+    let name = method.name();
+    let spec = StreamSpec::new(method, short_order(&bench, len));
+    let result = run_stream(&bench, &evaluator, &pretrained, &spec, &mut |ev| match ev {
+        RunEvent::TaskEvaluated {
+            step,
+            task,
+            accuracy,
+            ..
+        } => println!("step {step}: {task} {:.1}%", 100.0 * accuracy),
+        RunEvent::Absorbed {
+            step,
+            task,
+            seconds,
+            ..
+        } => println!("step {step}: {name} absorbed {task} in {seconds:.1} s"),
+        _ => {}
+    })?;
+    if let Some(m) = result.metrics {
+        println!(
+            "ACC {:.1}%  BWT {:.1}%",
+            100.0 * m.acc,
+            100.0 * m.bwt.unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}

@@ -104,7 +104,12 @@ impl SequentialStream {
                  zoo (Benchmark::open_zoo)"
             ))
         })?;
-        let zoo = Zoo::open(root)?;
+        let zoo = Zoo::open(root).map_err(|e| {
+            RunError::config(format!(
+                "{C_FINETUNED} needs the training data of a built zoo (its manifest names the \
+                 sources and splits to rebuild): {e}"
+            ))
+        })?;
         let recipe = config.recipe(&zoo.manifest().build);
         Ok(Self {
             zoo,

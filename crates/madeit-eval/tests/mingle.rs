@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{normal, perturbed, random_tower, save_tower};
+use common::{CLASSES, TEST_IMAGES, tiny_zoo};
 
 use madeit_adapt::{AdaptError, MingleConfig, SeedSource, TargetSet};
-use madeit_data::{ImageSet, write_split};
 use madeit_eval::benchmark::Benchmark;
 use madeit_eval::evaluate::Evaluator;
 use madeit_eval::experiment::{ExperimentConfig, StateOptions, run_experiment};
@@ -17,64 +14,7 @@ use madeit_eval::report::{render_markdown, table_methods};
 use madeit_eval::runner::{RunEvent, StreamResult, StreamSpec, run_stream};
 use madeit_eval::{ExperimentResults, MethodSpec, RunError};
 use madeit_merge::{Fingerprint, MethodConfig, StepReport};
-use madeit_params::{ParamDict, Tensor};
-use madeit_vit::{ClipVisionConfig, TaskHead};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
-const CLASSES: [usize; 3] = [4, 3, 5];
-const TEST_IMAGES: usize = 24;
-const SEED_IMAGES: usize = 12;
-
-fn random_split(
-    rng: &mut ChaCha8Rng,
-    config: &ClipVisionConfig,
-    n: usize,
-    classes: usize,
-    names: &[String],
-) -> ImageSet {
-    let (s, c) = (config.image_size, config.num_channels);
-    let images: Vec<u8> = (0..n * s * s * c).map(|_| rng.random()).collect();
-    // Classes in turn: with 12 seed images every class has at least 2.
-    let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
-    ImageSet::new(images, n, s, s, c, labels, names.to_vec()).expect("set")
-}
-
-/// Writes the tiny zoo (with seed splits) into `dir` and returns its benchmark.
-fn tiny_zoo(dir: &Path) -> Benchmark {
-    let config = ClipVisionConfig::tiny();
-    let pre = random_tower(&config, 1);
-    save_tower(&dir.join("pretrained"), &config, &pre);
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for (t, (&name, &classes)) in TASKS.iter().zip(&CLASSES).enumerate() {
-        let ft = perturbed(&pre, 100 + t as u64, 0.05);
-        save_tower(&dir.join("finetuned").join(name), &config, &ft);
-        let w = Tensor::new(
-            vec![classes, config.projection_dim],
-            normal(&mut rng, classes * config.projection_dim, 1.0),
-        )
-        .expect("head");
-        let names: Vec<String> = (0..classes).map(|c| format!("{name}-{c}")).collect();
-        let head = TaskHead::new(name, &w, names.clone()).expect("head");
-        std::fs::create_dir_all(dir.join("heads")).expect("mkdir");
-        head.save(&dir.join("heads").join(format!("{name}.safetensors")))
-            .expect("save head");
-        for (split, n) in [("test", TEST_IMAGES), ("seed", SEED_IMAGES)] {
-            let set = random_split(&mut rng, &config, n, classes, &names);
-            write_split(
-                &dir.join("data")
-                    .join(name)
-                    .join(format!("{split}.safetensors")),
-                &set,
-                name,
-                split,
-            )
-            .expect("split");
-        }
-    }
-    Benchmark::from_layout(dir, &TASKS).expect("benchmark")
-}
+use madeit_params::ParamDict;
 
 /// A quick MINGLE: few adaptation steps on small batches.
 fn quick_mingle() -> MingleConfig {
@@ -345,7 +285,8 @@ fn an_experiment_with_mingle_runs_resumes_and_round_trips() {
     assert!(r.summaries[1].absorb_seconds.mean > 0.0);
     let md = render_markdown(&r);
     assert!(md.contains("| MINGLE |") && md.contains("| SWA |"), "{md}");
-    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2);
+    // Header, two reference rows, the two methods, and the "not run" C. Fine-Tuned row.
+    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2 + 1);
     let json = dir.path().join("results.json");
     r.save_json(&json).expect("save");
     assert_eq!(ExperimentResults::load_json(&json).expect("load"), r);
