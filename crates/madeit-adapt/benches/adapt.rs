@@ -11,8 +11,12 @@
 //!   per task), and the subspace pass on one batch of 16 seed images with the top-3
 //!   directions of the 48 distinct module inputs.
 //!
-//! Run: `cargo bench -p madeit-adapt --bench adapt` (add `-- small` or `-- vit_b32` to
-//! select).
+//! - `table_rows/small/*`: a whole `absorb` of the second task by C. LW AdaMerging (both
+//!   modes) and C. LoRA-WEMoE with their defaults (50 Adam steps on batches of 16) on the
+//!   same zoo-shaped tower and seed set.
+//!
+//! Run: `cargo bench -p madeit-adapt --bench adapt` (add `-- small`, `-- vit_b32` or
+//! `-- table_rows` to select).
 
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
@@ -24,9 +28,9 @@ use burn::prelude::*;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use faer::Mat;
 use madeit_adapt::{
-    GateProjection, GateTrainer, GradientProjector, Mingle, MingleConfig, SeedBatches, SeedImages,
-    SeedTask, TestTimeMerger, build_expert, extend_basis, seed_pass, teacher_logits,
-    top_directions,
+    AdaMergingConfig, GateProjection, GateTrainer, GradientProjector, LoraWemoe, LwAdaMerging,
+    Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TestTimeMerger, WemoeConfig,
+    build_expert, extend_basis, seed_pass, teacher_logits, top_directions,
 };
 use madeit_merge::TaskId;
 use madeit_params::{ParamDict, Tensor as HostTensor};
@@ -297,5 +301,64 @@ fn vit_b32(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, small, vit_b32);
+fn table_rows(c: &mut Criterion) {
+    let cfg = zoo_shape();
+    let theta0 = random_params(&cfg, false, 1);
+    let (ft1, ft2) = (finetune(&cfg, &theta0, 2), finetune(&cfg, &theta0, 3));
+    let (h1, h2) = (head(10, cfg.hidden_size, 4), head(10, cfg.hidden_size, 5));
+    let (s1, s2) = (images(&cfg, 50, 6), images(&cfg, 50, 7));
+    let make = |name: &str| -> Box<dyn TestTimeMerger> {
+        let device = Device::flex();
+        match name {
+            "c_lw_adamerging" => Box::new(
+                LwAdaMerging::new(AdaMergingConfig::default(), cfg.clone(), device).unwrap(),
+            ),
+            "c_lw_adamerging_accumulate" => Box::new(
+                LwAdaMerging::new(
+                    AdaMergingConfig {
+                        accumulate: true,
+                        ..AdaMergingConfig::default()
+                    },
+                    cfg.clone(),
+                    device,
+                )
+                .unwrap(),
+            ),
+            _ => Box::new(LoraWemoe::new(WemoeConfig::default(), cfg.clone(), device).unwrap()),
+        }
+    };
+    let mut g = c.benchmark_group("table_rows");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    for name in [
+        "c_lw_adamerging",
+        "c_lw_adamerging_accumulate",
+        "c_lora_wemoe",
+    ] {
+        let mut first = make(name);
+        first
+            .absorb(&theta0, &ft1, &TaskId::new("a"), &s1, &h1)
+            .unwrap();
+        let state = first.state().unwrap();
+        g.bench_function(format!("small/{name}_absorb_task2_50_steps"), |b| {
+            b.iter_batched(
+                || {
+                    let mut m = make(name);
+                    m.restore(&state).unwrap();
+                    m
+                },
+                |mut m| {
+                    black_box(
+                        m.absorb(&theta0, &ft2, &TaskId::new("b"), &s2, &h2)
+                            .unwrap(),
+                    )
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, small, vit_b32, table_rows);
 criterion_main!(benches);

@@ -519,7 +519,8 @@ fn an_experiment_runs_end_to_end_and_round_trips() {
     );
     let md = render_markdown(&r);
     assert!(md.contains("| Pre-Trained |") && md.contains("| OPCM |") && md.contains("| SWA |"));
-    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2);
+    // Header, two reference rows, the two methods, and the "not run" C. Fine-Tuned row.
+    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2 + 1);
     let json = dir.path().join("results.json");
     r.save_json(&json).expect("save");
     assert_eq!(ExperimentResults::load_json(&json).expect("load"), r);
