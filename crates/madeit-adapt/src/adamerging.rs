@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::admit::{Admitted, admit_task, check_seed_images};
 use crate::entropy::{ENTROPY_EPSILON, entropy_loss};
+use crate::persist::{StateReader, StateWriter, check_backbone, check_stream, stream_seed};
 use crate::{
-    ADAPT_STATE_FORMAT, ADAPT_STATE_VERSION, AdaptError, AdaptMetadata, AdaptReport, AdaptState,
-    GatedModel, SeedBatches, SeedImages, SeedSource, TestTimeMerger,
+    AdaptError, AdaptReport, AdaptState, GatedModel, SeedBatches, SeedImages, SeedSource,
+    TestTimeMerger,
 };
 
 /// Registry name of continual layer-wise AdaMerging.
@@ -125,19 +126,8 @@ impl AdaMergingConfig {
     }
 }
 
-/// SplitMix64: independent seeds for the random streams of each step.
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The seed of the batch stream of step `step` (1-based).
-fn batch_seed(seed: u64, step: usize) -> u64 {
-    const STREAM_BATCHES: u64 = 2;
-    splitmix(splitmix(seed ^ splitmix(step as u64)) ^ STREAM_BATCHES)
-}
+/// The random stream of the seed batches (the same stream number as MINGLE's).
+const STREAM_BATCHES: u64 = 2;
 
 /// The tower tensors of `dict` as `(name in dict, bare name)`, sorted by bare name: every
 /// tensor of [`expected_tensors`] plus `visual_projection.weight` when present. Other tensors
@@ -391,7 +381,11 @@ impl LwAdaMerging {
         let (mut m1, mut m2) = (vec![0.0f64; k], vec![0.0f64; k]);
         let (b1, b2) = (cfg.adam_beta1, cfg.adam_beta2);
         let n = seed.len();
-        let mut batches = SeedBatches::new(n, cfg.batch_size, batch_seed(cfg.seed, step));
+        let mut batches = SeedBatches::new(
+            n,
+            cfg.batch_size,
+            stream_seed(cfg.seed, step, STREAM_BATCHES),
+        );
         let mut losses = Vec::with_capacity(cfg.steps);
         for s in 0..cfg.steps {
             let batch = batches.next().unwrap_or_default();
@@ -537,23 +531,15 @@ impl LwAdaMerging {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<(), AdaptError> {
-        let Some(expected) = self.pretrained else {
-            return Err(AdaptError::EmptyStream {
-                method: LW_ADAMERGING,
-            });
-        };
-        let got = Fingerprint::of_params(pretrained);
-        if got != expected {
-            return Err(AdaptError::PretrainedChanged { expected, got });
-        }
-        Ok(())
+        check_stream(LW_ADAMERGING, self.pretrained, pretrained).map(|_| ())
     }
 }
 
-fn state_err(name: &str, reason: impl Into<String>) -> AdaptError {
+/// A [`AdaptError::StateTensor`] about the merged tensor `name`.
+fn merged_err(name: &str, reason: impl Into<String>) -> AdaptError {
     AdaptError::StateTensor {
         method: LW_ADAMERGING,
-        name: name.to_owned(),
+        name: format!("merged.{name}"),
         reason: reason.into(),
     }
 }
@@ -597,10 +583,10 @@ impl TestTimeMerger for LwAdaMerging {
             let t = self
                 .merged
                 .get(name)
-                .map_err(|_| state_err(&format!("merged.{name}"), "missing"))?;
+                .map_err(|_| merged_err(name, "missing"))?;
             if t.shape() != p.shape() {
-                return Err(state_err(
-                    &format!("merged.{name}"),
+                return Err(merged_err(
+                    name,
                     format!("shape {:?}, pretrained {:?}", t.shape(), p.shape()),
                 ));
             }
@@ -610,17 +596,7 @@ impl TestTimeMerger for LwAdaMerging {
     }
 
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        if self.tasks.is_empty() {
-            return Err(AdaptError::EmptyStream {
-                method: LW_ADAMERGING,
-            });
-        }
-        if backbone.config() != &self.vision {
-            return Err(AdaptError::Vit(VitError::InvalidConfig {
-                field: "vision tower",
-                reason: "the backbone's configuration differs from the merger's".into(),
-            }));
-        }
+        check_backbone(LW_ADAMERGING, self.tasks.len(), backbone, &self.vision)?;
         let device = backbone.device();
         let model = ClipVisionModel::from_params_on(&self.vision, &self.merged, device)?;
         let bank = ExpertBank::new(&self.vision, std::iter::empty(), device)?;
@@ -629,118 +605,55 @@ impl TestTimeMerger for LwAdaMerging {
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
-        let config = serde_json::to_value(&self.config).map_err(|e| AdaptError::InvalidState {
-            method: LW_ADAMERGING,
-            reason: format!("cannot serialise the configuration: {e}"),
-        })?;
-        let mut tensors = ParamDict::new();
+        let mut w = StateWriter::new(LW_ADAMERGING);
         for (name, t) in self.merged.iter() {
-            let data = t.data().to_vec();
-            let name = format!("merged.{name}");
-            let t = HostTensor::new(t.shape().to_vec(), data)
-                .map_err(|e| state_err(&name, e.to_string()))?;
-            tensors.insert(name, t);
+            w.put(
+                format!("merged.{name}"),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )?;
         }
         for (e, c) in self.coefficients.iter().enumerate() {
-            let name = format!("coefficients.{e}");
-            let t = HostTensor::new(vec![c.len()], c.clone())
-                .map_err(|e| state_err(&name, e.to_string()))?;
-            tensors.insert(name, t);
+            w.put(format!("coefficients.{e}"), vec![c.len()], c.clone())?;
         }
-        Ok(AdaptState {
-            metadata: AdaptMetadata {
-                format: ADAPT_STATE_FORMAT.to_owned(),
-                version: ADAPT_STATE_VERSION,
-                method: LW_ADAMERGING.to_owned(),
-                config,
-                vision: self.vision.clone(),
-                modules: Vec::new(),
-                pretrained: self.pretrained,
-                tasks: self.tasks.clone(),
-            },
-            tensors,
-        })
+        w.finish(
+            &self.config,
+            &self.vision,
+            &[],
+            self.pretrained,
+            &self.tasks,
+        )
     }
 
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {
+        let mut r = StateReader::open(state, LW_ADAMERGING, &self.config, &self.vision, &[])?;
         let meta = &state.metadata;
-        let invalid = |reason: String| AdaptError::InvalidState {
-            method: LW_ADAMERGING,
-            reason,
-        };
-        if meta.format != ADAPT_STATE_FORMAT || meta.version != ADAPT_STATE_VERSION {
-            return Err(invalid(format!(
-                "format `{}` version {}, expected `{ADAPT_STATE_FORMAT}` version {ADAPT_STATE_VERSION}",
-                meta.format, meta.version
-            )));
-        }
-        if meta.method != LW_ADAMERGING {
-            return Err(invalid(format!(
-                "the state belongs to method `{}`",
-                meta.method
-            )));
-        }
-        let config: AdaMergingConfig = serde_json::from_value(meta.config.clone())
-            .map_err(|e| invalid(format!("configuration: {e}")))?;
-        if config != self.config {
-            return Err(invalid(format!(
-                "the state was written with configuration {config:?}, this merger has {:?}",
-                self.config
-            )));
-        }
-        if meta.vision != self.vision {
-            return Err(invalid(
-                "the state belongs to a tower of another shape".into(),
-            ));
-        }
-        if meta.pretrained.is_none() != meta.tasks.is_empty() {
-            return Err(invalid(
-                "pretrained fingerprint and task list disagree".into(),
-            ));
-        }
         let t = meta.tasks.len();
         let mut merged = ParamDict::new();
-        let mut coeff_tensors = BTreeMap::new();
-        for (name, tensor) in state.tensors.iter() {
+        for (name, tensor) in r.tensors().iter() {
             if let Some(inner) = name.strip_prefix("merged.") {
                 if let Some(i) = tensor.data().iter().position(|x| !x.is_finite()) {
-                    return Err(state_err(name, format!("non-finite value at {i}")));
+                    return Err(r.err(name, format!("non-finite value at {i}")));
                 }
                 merged.insert(inner, tensor.clone().with_dtype(DType::F32));
-            } else if let Some(e) = name
-                .strip_prefix("coefficients.")
-                .and_then(|e| e.parse::<usize>().ok())
-                .filter(|e| *e < t)
-            {
-                coeff_tensors.insert(e, (name, tensor));
-            } else {
-                return Err(state_err(name, "unexpected tensor"));
+                r.mark(name);
             }
         }
         let names = tower_names(&self.vision, &merged);
         if t > 0 {
             // The merged model must be a whole tower of this shape.
             TowerTensors::from_params(&self.vision, &merged, &self.device)
-                .map_err(|e| state_err("merged.*", e.to_string()))?;
+                .map_err(|e| r.err("merged.*", e.to_string()))?;
         } else if !merged.is_empty() {
-            return Err(state_err("merged.*", "a merged model without tasks"));
+            return Err(r.err("merged.*", "a merged model without tasks"));
         }
-        let mut coefficients = Vec::with_capacity(t);
-        for e in 0..t {
-            let Some((name, tensor)) = coeff_tensors.get(&e) else {
-                return Err(state_err(&format!("coefficients.{e}"), "missing"));
-            };
-            if tensor.shape() != [names.len()] {
-                return Err(state_err(
-                    name,
-                    format!("shape {:?}, expected [{}]", tensor.shape(), names.len()),
-                ));
-            }
-            if tensor.data().iter().any(|x| !x.is_finite()) {
-                return Err(state_err(name, "non-finite coefficient"));
-            }
-            coefficients.push(tensor.data().to_vec());
-        }
+        let coefficients = (0..t)
+            .map(|e| {
+                r.take_finite(&format!("coefficients.{e}"), &[names.len()])
+                    .map(|c| c.data().to_vec())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        r.finish()?;
         self.merged = merged;
         self.coefficients = coefficients;
         self.pretrained = meta.pretrained;

@@ -64,6 +64,7 @@ mod entropy;
 mod error;
 mod expert;
 mod mingle;
+mod persist;
 mod projection;
 mod seed;
 mod state;

@@ -8,37 +8,26 @@ use burn::prelude::Device;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use indexmap::IndexMap;
-use madeit_merge::{ExpertModel, Fingerprint, LowRankExpert, MergedModel, TaskId, TaskRecord};
+use madeit_merge::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues, LinearGate,
-    LowRankFactors, ModuleId, TaskHead, VISION_PREFIX, VitError,
+    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
+    LowRankFactors, ModuleId, TaskHead, VISION_PREFIX,
 };
 use rayon::prelude::*;
 
 use crate::admit::{Admitted, admit_task, check_seed_images};
 use crate::config::MINGLE;
 use crate::expert::{ExpertStats, build_expert};
+use crate::persist::{
+    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, low_rank_expert, stream_seed,
+};
 use crate::subspace::{extend_basis, top_directions};
 use crate::tta::{GateTrainer, SeedTask, seed_pass, teacher_logits};
 use crate::{
-    ADAPT_STATE_FORMAT, ADAPT_STATE_VERSION, AdaptError, AdaptMetadata, AdaptReport, AdaptState,
-    GateProjection, GatedModel, GradientProjector, MingleConfig, SeedBatches, SeedImages,
-    TestTimeMerger,
+    AdaptError, AdaptReport, AdaptState, GateProjection, GatedModel, GradientProjector,
+    MingleConfig, SeedBatches, SeedImages, TestTimeMerger,
 };
-
-/// SplitMix64: independent seeds for the random streams of each step.
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The seed of random stream `stream` of step `step` (1-based).
-fn stream_seed(seed: u64, step: usize, stream: u64) -> u64 {
-    splitmix(splitmix(seed ^ splitmix(step as u64)) ^ stream)
-}
 
 const STREAM_GATES: u64 = 1;
 const STREAM_BATCHES: u64 = 2;
@@ -562,14 +551,7 @@ impl Mingle {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<Fingerprint, AdaptError> {
-        let Some(expected) = self.pretrained else {
-            return Err(AdaptError::EmptyStream { method: MINGLE });
-        };
-        let got = Fingerprint::of_params(pretrained);
-        if got != expected {
-            return Err(AdaptError::PretrainedChanged { expected, got });
-        }
-        Ok(got)
+        check_stream(MINGLE, self.pretrained, pretrained)
     }
 }
 
@@ -579,35 +561,6 @@ struct Committed {
     gates: GateValues,
     subspaces: BTreeMap<ModuleId, Mat<f32>>,
     backbone: ClipVisionModel,
-}
-
-fn state_err(name: &str, reason: impl Into<String>) -> AdaptError {
-    AdaptError::StateTensor {
-        method: MINGLE,
-        name: name.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-fn put(
-    dict: &mut ParamDict,
-    name: String,
-    shape: Vec<usize>,
-    data: Vec<f32>,
-) -> Result<(), AdaptError> {
-    let t = HostTensor::new(shape, data).map_err(|e| state_err(&name, e.to_string()))?;
-    dict.insert(name, t);
-    Ok(())
-}
-
-fn take<'a>(
-    dict: &'a ParamDict,
-    name: &str,
-    used: &mut BTreeSet<String>,
-) -> Result<&'a HostTensor, AdaptError> {
-    let t = dict.get(name).map_err(|_| state_err(name, "missing"))?;
-    used.insert(name.to_owned());
-    Ok(t)
 }
 
 impl TestTimeMerger for Mingle {
@@ -652,18 +605,7 @@ impl TestTimeMerger for Mingle {
                 .experts(m)
                 .iter()
                 .zip(&self.tasks)
-                .map(|(f, rec)| -> Result<LowRankExpert, AdaptError> {
-                    let (d_out, d_in, r) = (f.d_out(), f.d_in(), f.rank());
-                    let up = HostTensor::new(vec![d_out, r], f.u().to_vec())?;
-                    let mut down = vec![0.0f32; r * d_in];
-                    for (i, row) in f.v().chunks_exact(r).enumerate() {
-                        for (k, (v, s)) in row.iter().zip(f.s()).enumerate() {
-                            down[k * d_in + i] = v * s;
-                        }
-                    }
-                    let down = HostTensor::new(vec![r, d_in], down)?;
-                    Ok(LowRankExpert::new(up, down, vec![rec.task.clone()]))
-                })
+                .map(|(f, rec)| low_rank_expert(f, &rec.task, ScaleOn::Down))
                 .collect::<Result<Vec<_>, _>>()?;
             model.experts.insert(name, list);
         }
@@ -671,15 +613,7 @@ impl TestTimeMerger for Mingle {
     }
 
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        if self.tasks.is_empty() {
-            return Err(AdaptError::EmptyStream { method: MINGLE });
-        }
-        if backbone.config() != &self.vision {
-            return Err(AdaptError::Vit(VitError::InvalidConfig {
-                field: "vision tower",
-                reason: "the backbone's configuration differs from the merger's".into(),
-            }));
-        }
+        check_backbone(MINGLE, self.tasks.len(), backbone, &self.vision)?;
         let device = backbone.device();
         let bank = ExpertBank::new(
             &self.vision,
@@ -691,213 +625,69 @@ impl TestTimeMerger for Mingle {
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
-        let config = serde_json::to_value(&self.config).map_err(|e| AdaptError::InvalidState {
-            method: MINGLE,
-            reason: format!("cannot serialise the configuration: {e}"),
-        })?;
-        let mut tensors = ParamDict::new();
+        let mut w = StateWriter::new(MINGLE);
         for &m in &self.modules {
             for (e, f) in self.experts(m).iter().enumerate() {
-                let p = format!("expert.{m}.{e}");
-                put(
-                    &mut tensors,
-                    format!("{p}.u"),
-                    vec![f.d_out(), f.rank()],
-                    f.u().to_vec(),
-                )?;
-                put(
-                    &mut tensors,
-                    format!("{p}.s"),
-                    vec![f.rank()],
-                    f.s().to_vec(),
-                )?;
-                put(
-                    &mut tensors,
-                    format!("{p}.v"),
-                    vec![f.d_in(), f.rank()],
-                    f.v().to_vec(),
-                )?;
+                w.put_factors(&format!("expert.{m}.{e}"), f)?;
             }
-            let gates = self.gates.gates(m);
-            if let Some(first) = gates.first() {
-                let d_in = first.weight.len();
-                let w: Vec<f32> = gates
-                    .iter()
-                    .flat_map(|g| g.weight.iter().copied())
-                    .collect();
-                put(
-                    &mut tensors,
-                    format!("gate.{m}.weight"),
-                    vec![gates.len(), d_in],
-                    w,
-                )?;
-                let b: Vec<f32> = gates.iter().map(|g| g.bias).collect();
-                put(&mut tensors, format!("gate.{m}.bias"), vec![gates.len()], b)?;
-            }
+            w.put_gates(&format!("gate.{m}"), self.gates.gates(m))?;
             if let Some(u) = self.subspaces.get(&m) {
                 let (d, k) = u.shape();
                 let data: Vec<f32> = (0..d)
                     .flat_map(|i| (0..k).map(move |j| u[(i, j)]))
                     .collect();
-                put(&mut tensors, format!("subspace.{m}"), vec![d, k], data)?;
+                w.put(format!("subspace.{m}"), vec![d, k], data)?;
             }
         }
-        Ok(AdaptState {
-            metadata: AdaptMetadata {
-                format: ADAPT_STATE_FORMAT.to_owned(),
-                version: ADAPT_STATE_VERSION,
-                method: MINGLE.to_owned(),
-                config,
-                vision: self.vision.clone(),
-                modules: self.modules.clone(),
-                pretrained: self.pretrained,
-                tasks: self.tasks.clone(),
-            },
-            tensors,
-        })
+        w.finish(
+            &self.config,
+            &self.vision,
+            &self.modules,
+            self.pretrained,
+            &self.tasks,
+        )
     }
 
-    #[allow(clippy::too_many_lines)]
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {
+        let mut r = StateReader::open(state, MINGLE, &self.config, &self.vision, &self.modules)?;
         let meta = &state.metadata;
-        let invalid = |reason: String| AdaptError::InvalidState {
-            method: MINGLE,
-            reason,
-        };
-        if meta.format != ADAPT_STATE_FORMAT || meta.version != ADAPT_STATE_VERSION {
-            return Err(invalid(format!(
-                "format `{}` version {}, expected `{ADAPT_STATE_FORMAT}` version {ADAPT_STATE_VERSION}",
-                meta.format, meta.version
-            )));
-        }
-        if meta.method != MINGLE {
-            return Err(invalid(format!(
-                "the state belongs to method `{}`",
-                meta.method
-            )));
-        }
-        let config: MingleConfig = serde_json::from_value(meta.config.clone())
-            .map_err(|e| invalid(format!("configuration: {e}")))?;
-        if config != self.config {
-            return Err(invalid(format!(
-                "the state was written with configuration {config:?}, this merger has {:?}",
-                self.config
-            )));
-        }
-        if meta.vision != self.vision {
-            return Err(invalid(
-                "the state belongs to a tower of another shape".into(),
-            ));
-        }
-        if meta.modules != self.modules {
-            return Err(invalid("the state has other target modules".into()));
-        }
-        if meta.pretrained.is_none() != meta.tasks.is_empty() {
-            return Err(invalid(
-                "pretrained fingerprint and task list disagree".into(),
-            ));
-        }
         let t = meta.tasks.len();
-        let tensors = &state.tensors;
-        let mut used = BTreeSet::new();
         let mut experts = BTreeMap::new();
         let mut gates = GateValues::new();
         let mut subspaces = BTreeMap::new();
         for &m in &self.modules {
             let (d_out, d_in) = m.dims(&self.vision);
-            let mut list = Vec::with_capacity(t);
-            for e in 0..t {
-                let p = format!("expert.{m}.{e}");
-                let (un, sn, vn) = (format!("{p}.u"), format!("{p}.s"), format!("{p}.v"));
-                let u = take(tensors, &un, &mut used)?;
-                let s = take(tensors, &sn, &mut used)?;
-                let v = take(tensors, &vn, &mut used)?;
-                let r = s.numel();
-                if s.shape() != [r] || r == 0 {
-                    return Err(state_err(
-                        &sn,
-                        format!("shape {:?}, expected [r] with r >= 1", s.shape()),
-                    ));
-                }
-                if u.shape() != [d_out, r] {
-                    return Err(state_err(
-                        &un,
-                        format!("shape {:?}, expected [{d_out}, {r}]", u.shape()),
-                    ));
-                }
-                if v.shape() != [d_in, r] {
-                    return Err(state_err(
-                        &vn,
-                        format!("shape {:?}, expected [{d_in}, {r}]", v.shape()),
-                    ));
-                }
-                let f = LowRankFactors::new(
-                    d_out,
-                    d_in,
-                    u.data().to_vec(),
-                    s.data().to_vec(),
-                    v.data().to_vec(),
-                )
-                .map_err(|err| state_err(&p, err.to_string()))?;
-                list.push(f);
-            }
+            let list = (0..t)
+                .map(|e| r.factors(&format!("expert.{m}.{e}"), d_out, d_in))
+                .collect::<Result<Vec<_>, _>>()?;
             if t == 0 {
                 continue;
             }
             experts.insert(m, list);
-            let (wn, bn) = (format!("gate.{m}.weight"), format!("gate.{m}.bias"));
-            let w = take(tensors, &wn, &mut used)?;
-            let b = take(tensors, &bn, &mut used)?;
-            if w.shape() != [t, d_in] {
-                return Err(state_err(
-                    &wn,
-                    format!("shape {:?}, expected [{t}, {d_in}]", w.shape()),
-                ));
-            }
-            if b.shape() != [t] {
-                return Err(state_err(
-                    &bn,
-                    format!("shape {:?}, expected [{t}]", b.shape()),
-                ));
-            }
-            for (row, bias) in w.data().chunks_exact(d_in).zip(b.data()) {
-                if row.iter().any(|x| !x.is_finite()) || !bias.is_finite() {
-                    return Err(state_err(&wn, "non-finite gate value"));
-                }
-                gates.push(
-                    m,
-                    LinearGate {
-                        weight: row.to_vec(),
-                        bias: *bias,
-                    },
-                );
+            for gate in r.gates(&format!("gate.{m}"), t, d_in)? {
+                gates.push(m, gate);
             }
             let un = format!("subspace.{m}");
-            let u = take(tensors, &un, &mut used)?;
-            let [rows, k] = *u.shape() else {
-                return Err(state_err(
-                    &un,
-                    format!("shape {:?}, expected [{d_in}, K]", u.shape()),
-                ));
+            let u = r.take(&un)?;
+            let k = match *u.shape() {
+                [rows, k] if rows == d_in && (1..=d_in).contains(&k) => k,
+                _ => {
+                    return Err(r.err(
+                        &un,
+                        format!(
+                            "shape {:?}, expected [{d_in}, K] with 1 <= K <= {d_in}",
+                            u.shape()
+                        ),
+                    ));
+                }
             };
-            if rows != d_in || k == 0 || k > d_in {
-                return Err(state_err(
-                    &un,
-                    format!(
-                        "shape {:?}, expected [{d_in}, K] with 1 <= K <= {d_in}",
-                        u.shape()
-                    ),
-                ));
-            }
             if u.data().iter().any(|x| !x.is_finite()) {
-                return Err(state_err(&un, "non-finite value"));
+                return Err(r.err(&un, "non-finite value"));
             }
             let data = u.data();
-            subspaces.insert(m, Mat::from_fn(rows, k, |i, j| data[i * k + j]));
+            subspaces.insert(m, Mat::from_fn(d_in, k, |i, j| data[i * k + j]));
         }
-        if let Some(extra) = tensors.keys().find(|k| !used.contains(*k)) {
-            return Err(state_err(extra, "unexpected tensor"));
-        }
+        r.finish()?;
         self.experts = experts;
         self.gates = gates;
         self.subspaces = subspaces;

@@ -1,27 +1,30 @@
 //! C. LoRA-WEMoE: continual weight-ensembling mixture of low-rank MLP experts with routers
 //! retrained at every step (the reference's `c_wemoe`), as a [`TestTimeMerger`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
-use madeit_merge::{ExpertModel, Fingerprint, LowRankExpert, MergedModel, TaskId, TaskRecord};
+use madeit_merge::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
-    LinearGate, LowRankFactors, ModuleId, TargetKind, TaskHead, VISION_PREFIX, VitError,
+    LowRankFactors, ModuleId, TargetKind, TaskHead, VISION_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::admit::{admit_task, check_seed_images};
 use crate::entropy::entropy_loss;
 use crate::expert::build_expert;
+use crate::persist::{
+    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, low_rank_expert, stream_seed,
+};
 use crate::tta::{mean_kl, teacher_logits};
 use crate::{
-    ADAPT_STATE_FORMAT, ADAPT_STATE_VERSION, AdaptError, AdaptMetadata, AdaptReport, AdaptState,
-    GatedModel, SeedBatches, SeedImages, SeedSource, SvdMethod, TestTimeMerger,
+    AdaptError, AdaptReport, AdaptState, GatedModel, SeedBatches, SeedImages, SeedSource,
+    SvdMethod, TestTimeMerger,
 };
 
 /// Registry name of C. LoRA-WEMoE.
@@ -217,17 +220,6 @@ fn mlp_modules(config: &ClipVisionConfig) -> Vec<ModuleId> {
             ]
         })
         .collect()
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn stream_seed(seed: u64, step: usize, stream: u64) -> u64 {
-    splitmix(splitmix(seed ^ splitmix(step as u64)) ^ stream)
 }
 
 const STREAM_ROUTER: u64 = 11;
@@ -562,44 +554,8 @@ impl LoraWemoe {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<(), AdaptError> {
-        let Some(expected) = self.pretrained else {
-            return Err(AdaptError::EmptyStream { method: LORA_WEMOE });
-        };
-        let got = Fingerprint::of_params(pretrained);
-        if got != expected {
-            return Err(AdaptError::PretrainedChanged { expected, got });
-        }
-        Ok(())
+        check_stream(LORA_WEMOE, self.pretrained, pretrained).map(|_| ())
     }
-}
-
-fn state_err(name: &str, reason: impl Into<String>) -> AdaptError {
-    AdaptError::StateTensor {
-        method: LORA_WEMOE,
-        name: name.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-fn take<'a>(
-    dict: &'a ParamDict,
-    name: &str,
-    used: &mut BTreeSet<String>,
-) -> Result<&'a HostTensor, AdaptError> {
-    let t = dict.get(name).map_err(|_| state_err(name, "missing"))?;
-    used.insert(name.to_owned());
-    Ok(t)
-}
-
-fn put(
-    dict: &mut ParamDict,
-    name: String,
-    shape: Vec<usize>,
-    data: Vec<f32>,
-) -> Result<(), AdaptError> {
-    let t = HostTensor::new(shape, data).map_err(|e| state_err(&name, e.to_string()))?;
-    dict.insert(name, t);
-    Ok(())
 }
 
 impl TestTimeMerger for LoraWemoe {
@@ -649,26 +605,7 @@ impl TestTimeMerger for LoraWemoe {
                 .experts(m)
                 .iter()
                 .zip(&self.tasks)
-                .map(|(f, rec)| -> Result<LowRankExpert, AdaptError> {
-                    let (d_out, d_in, r) = (f.d_out(), f.d_in(), f.rank());
-                    let mut up = vec![0.0f32; d_out * r];
-                    for (i, row) in f.u().chunks_exact(r).enumerate() {
-                        for (k, (u, s)) in row.iter().zip(f.s()).enumerate() {
-                            up[i * r + k] = u * s;
-                        }
-                    }
-                    let mut down = vec![0.0f32; r * d_in];
-                    for (i, row) in f.v().chunks_exact(r).enumerate() {
-                        for (k, v) in row.iter().enumerate() {
-                            down[k * d_in + i] = *v;
-                        }
-                    }
-                    Ok(LowRankExpert::new(
-                        HostTensor::new(vec![d_out, r], up)?,
-                        HostTensor::new(vec![r, d_in], down)?,
-                        vec![rec.task.clone()],
-                    ))
-                })
+                .map(|(f, rec)| low_rank_expert(f, &rec.task, ScaleOn::Up))
                 .collect::<Result<Vec<_>, _>>()?;
             model.experts.insert(name, list);
         }
@@ -678,15 +615,7 @@ impl TestTimeMerger for LoraWemoe {
     /// `backbone` must be the pretrained tower; the merged attention parameters are applied
     /// to a copy of it.
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        if self.tasks.is_empty() {
-            return Err(AdaptError::EmptyStream { method: LORA_WEMOE });
-        }
-        if backbone.config() != &self.vision {
-            return Err(AdaptError::Vit(VitError::InvalidConfig {
-                field: "vision tower",
-                reason: "the backbone's configuration differs from the merger's".into(),
-            }));
-        }
+        check_backbone(LORA_WEMOE, self.tasks.len(), backbone, &self.vision)?;
         let device = backbone.device();
         let params = self.backbone_params(&backbone.to_params()?, &self.attention)?;
         let model = ClipVisionModel::from_params_on(&self.vision, &params, device)?;
@@ -701,14 +630,9 @@ impl TestTimeMerger for LoraWemoe {
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
-        let config = serde_json::to_value(&self.config).map_err(|e| AdaptError::InvalidState {
-            method: LORA_WEMOE,
-            reason: format!("cannot serialise the configuration: {e}"),
-        })?;
-        let mut tensors = ParamDict::new();
+        let mut w = StateWriter::new(LORA_WEMOE);
         for (name, t) in self.attention.iter() {
-            put(
-                &mut tensors,
+            w.put(
                 format!("attention.{name}"),
                 t.shape().to_vec(),
                 t.data().to_vec(),
@@ -716,102 +640,24 @@ impl TestTimeMerger for LoraWemoe {
         }
         for &m in &self.modules {
             for (e, f) in self.experts(m).iter().enumerate() {
-                let p = format!("expert.{m}.{e}");
-                put(
-                    &mut tensors,
-                    format!("{p}.u"),
-                    vec![f.d_out(), f.rank()],
-                    f.u().to_vec(),
-                )?;
-                put(
-                    &mut tensors,
-                    format!("{p}.s"),
-                    vec![f.rank()],
-                    f.s().to_vec(),
-                )?;
-                put(
-                    &mut tensors,
-                    format!("{p}.v"),
-                    vec![f.d_in(), f.rank()],
-                    f.v().to_vec(),
-                )?;
+                w.put_factors(&format!("expert.{m}.{e}"), f)?;
             }
-            let gates = self.routers.gates(m);
-            if let Some(first) = gates.first() {
-                let d_in = first.weight.len();
-                let w: Vec<f32> = gates
-                    .iter()
-                    .flat_map(|g| g.weight.iter().copied())
-                    .collect();
-                put(
-                    &mut tensors,
-                    format!("router.{m}.weight"),
-                    vec![gates.len(), d_in],
-                    w,
-                )?;
-                let b: Vec<f32> = gates.iter().map(|g| g.bias).collect();
-                put(
-                    &mut tensors,
-                    format!("router.{m}.bias"),
-                    vec![gates.len()],
-                    b,
-                )?;
-            }
+            w.put_gates(&format!("router.{m}"), self.routers.gates(m))?;
         }
-        Ok(AdaptState {
-            metadata: AdaptMetadata {
-                format: ADAPT_STATE_FORMAT.to_owned(),
-                version: ADAPT_STATE_VERSION,
-                method: LORA_WEMOE.to_owned(),
-                config,
-                vision: self.vision.clone(),
-                modules: self.modules.clone(),
-                pretrained: self.pretrained,
-                tasks: self.tasks.clone(),
-            },
-            tensors,
-        })
+        w.finish(
+            &self.config,
+            &self.vision,
+            &self.modules,
+            self.pretrained,
+            &self.tasks,
+        )
     }
 
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {
+        let mut r =
+            StateReader::open(state, LORA_WEMOE, &self.config, &self.vision, &self.modules)?;
         let meta = &state.metadata;
-        let invalid = |reason: String| AdaptError::InvalidState {
-            method: LORA_WEMOE,
-            reason,
-        };
-        if meta.format != ADAPT_STATE_FORMAT || meta.version != ADAPT_STATE_VERSION {
-            return Err(invalid(format!(
-                "format `{}` version {}, expected `{ADAPT_STATE_FORMAT}` version {ADAPT_STATE_VERSION}",
-                meta.format, meta.version
-            )));
-        }
-        if meta.method != LORA_WEMOE {
-            return Err(invalid(format!(
-                "the state belongs to method `{}`",
-                meta.method
-            )));
-        }
-        let config: WemoeConfig = serde_json::from_value(meta.config.clone())
-            .map_err(|e| invalid(format!("configuration: {e}")))?;
-        if config != self.config {
-            return Err(invalid(format!(
-                "the state was written with configuration {config:?}, this merger has {:?}",
-                self.config
-            )));
-        }
-        if meta.vision != self.vision || meta.modules != self.modules {
-            return Err(invalid(
-                "the state belongs to a tower of another shape".into(),
-            ));
-        }
-        if meta.pretrained.is_none() != meta.tasks.is_empty() {
-            return Err(invalid(
-                "pretrained fingerprint and task list disagree".into(),
-            ));
-        }
         let t = meta.tasks.len();
-        let tensors = &state.tensors;
-        let mut used = BTreeSet::new();
         let mut attention = ParamDict::new();
         if t > 0 {
             let expected: BTreeMap<String, Vec<usize>> = madeit_vit::expected_tensors(&self.vision)
@@ -819,13 +665,8 @@ impl TestTimeMerger for LoraWemoe {
                 .collect();
             for bare in attention_names(&self.vision) {
                 let name = format!("attention.{bare}");
-                let x = take(tensors, &name, &mut used)?;
-                if expected.get(&bare).map(Vec::as_slice) != Some(x.shape()) {
-                    return Err(state_err(&name, format!("shape {:?}", x.shape())));
-                }
-                if x.data().iter().any(|v| !v.is_finite()) {
-                    return Err(state_err(&name, "non-finite value"));
-                }
+                let shape = expected.get(&bare).cloned().unwrap_or_default();
+                let x = r.take_finite(&name, &shape)?;
                 attention.insert(bare, x.clone());
             }
         }
@@ -836,68 +677,18 @@ impl TestTimeMerger for LoraWemoe {
                 continue;
             }
             let (d_out, d_in) = m.dims(&self.vision);
-            let mut list = Vec::with_capacity(t);
-            for e in 0..t {
-                let p = format!("expert.{m}.{e}");
-                let (un, sn, vn) = (format!("{p}.u"), format!("{p}.s"), format!("{p}.v"));
-                let u = take(tensors, &un, &mut used)?;
-                let s = take(tensors, &sn, &mut used)?;
-                let v = take(tensors, &vn, &mut used)?;
-                let r = s.numel();
-                if s.shape() != [r] || r == 0 || u.shape() != [d_out, r] || v.shape() != [d_in, r] {
-                    return Err(state_err(
-                        &p,
-                        format!(
-                            "shapes {:?} {:?} {:?}, expected [{d_out}, r] [r] [{d_in}, r]",
-                            u.shape(),
-                            s.shape(),
-                            v.shape()
-                        ),
-                    ));
-                }
-                let f = LowRankFactors::new(
-                    d_out,
-                    d_in,
-                    u.data().to_vec(),
-                    s.data().to_vec(),
-                    v.data().to_vec(),
-                )
-                .map_err(|err| state_err(&p, err.to_string()))?;
-                list.push(f);
-            }
+            let list = (0..t)
+                .map(|e| r.factors(&format!("expert.{m}.{e}"), d_out, d_in))
+                .collect::<Result<Vec<_>, _>>()?;
             experts.insert(m, list);
             if m.kind != TargetKind::Fc1 {
                 continue;
             }
-            let (wn, bn) = (format!("router.{m}.weight"), format!("router.{m}.bias"));
-            let w = take(tensors, &wn, &mut used)?;
-            let b = take(tensors, &bn, &mut used)?;
-            if w.shape() != [t, d_in] || b.shape() != [t] {
-                return Err(state_err(
-                    &wn,
-                    format!(
-                        "shapes {:?} and {:?}, expected [{t}, {d_in}] and [{t}]",
-                        w.shape(),
-                        b.shape()
-                    ),
-                ));
-            }
-            for (row, bias) in w.data().chunks_exact(d_in).zip(b.data()) {
-                if row.iter().any(|x| !x.is_finite()) || !bias.is_finite() {
-                    return Err(state_err(&wn, "non-finite router value"));
-                }
-                routers.push(
-                    m,
-                    LinearGate {
-                        weight: row.to_vec(),
-                        bias: *bias,
-                    },
-                );
+            for gate in r.gates(&format!("router.{m}"), t, d_in)? {
+                routers.push(m, gate);
             }
         }
-        if let Some(extra) = tensors.keys().find(|k| !used.contains(*k)) {
-            return Err(state_err(extra, "unexpected tensor"));
-        }
+        r.finish()?;
         self.attention = attention;
         self.experts = experts;
         self.routers = routers;

@@ -5,44 +5,16 @@
 mod common;
 
 use burn::prelude::*;
-use common::{finetune, random_head, random_params, random_seed_images};
+use common::{Fixture, absorb, fixture};
 use madeit_adapt::{
     AdaMergingConfig, AdaptError, LwAdaMerging, SeedImages, TestTimeMerger, entropy_loss,
 };
-use madeit_merge::{MergedModel, MethodConfig, TaskArithmeticConfig, TaskId};
+use madeit_merge::{MergedModel, MethodConfig, TaskArithmeticConfig};
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_vit::{ClipVisionConfig, ClipVisionModel, TaskHead};
-
-struct Fixture {
-    cfg: ClipVisionConfig,
-    theta0: ParamDict,
-    tasks: Vec<(TaskId, ParamDict, SeedImages, TaskHead)>,
-}
-
-fn fixture(n_tasks: usize, seeds: usize) -> Fixture {
-    let cfg = ClipVisionConfig::tiny();
-    let theta0 = random_params(&cfg, 1);
-    let tasks = (0..n_tasks)
-        .map(|t| {
-            let t64 = t as u64;
-            (
-                TaskId::new(format!("task{t}")),
-                finetune(&cfg, &theta0, 100 + t64, 3, 0.3),
-                random_seed_images(&cfg, seeds, 200 + t64),
-                random_head(&cfg, 5, 300 + t64),
-            )
-        })
-        .collect();
-    Fixture { cfg, theta0, tasks }
-}
+use madeit_vit::ClipVisionModel;
 
 fn merger(f: &Fixture, config: AdaMergingConfig) -> LwAdaMerging {
     LwAdaMerging::new(config, f.cfg.clone(), Device::flex()).unwrap()
-}
-
-fn absorb(m: &mut LwAdaMerging, f: &Fixture, t: usize) -> madeit_adapt::AdaptReport {
-    let (id, ft, seed, head) = &f.tasks[t];
-    m.absorb(&f.theta0, ft, id, seed, head).unwrap()
 }
 
 fn dense(m: &LwAdaMerging, theta0: &ParamDict) -> ParamDict {

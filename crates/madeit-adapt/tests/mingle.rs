@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use common::{finetune, quick_config, random_head, random_params, random_seed_images};
+use common::{Fixture, absorb, fixture, quick_config, random_params};
 use madeit_adapt::{
     AdaptError, AdaptState, GateProjection, GateTrainer, GradientProjector, Mingle, MingleConfig,
     SeedBatches, SeedImages, SeedTask, TargetSet, TestTimeMerger, seed_pass, teacher_logits,
@@ -16,41 +16,13 @@ use madeit_merge::{MergedModel, TaskId};
 use madeit_params::ParamDict;
 use madeit_vit::{ClipVisionConfig, ClipVisionModel, GateValues, ModuleId, TargetKind};
 
-struct Fixture {
-    cfg: ClipVisionConfig,
-    theta0: ParamDict,
-    tasks: Vec<(TaskId, ParamDict, SeedImages, madeit_vit::TaskHead)>,
-}
-
-fn fixture(n_tasks: usize) -> Fixture {
-    let cfg = ClipVisionConfig::tiny();
-    let theta0 = random_params(&cfg, 1);
-    let tasks = (0..n_tasks)
-        .map(|t| {
-            let t64 = t as u64;
-            (
-                TaskId::new(format!("task{t}")),
-                finetune(&cfg, &theta0, 100 + t64, 3, 0.3),
-                random_seed_images(&cfg, 10, 200 + t64),
-                random_head(&cfg, 5, 300 + t64),
-            )
-        })
-        .collect();
-    Fixture { cfg, theta0, tasks }
-}
-
 fn merger(f: &Fixture, config: MingleConfig) -> Mingle {
     Mingle::new(config, f.cfg.clone(), Device::flex()).unwrap()
 }
 
-fn absorb(m: &mut Mingle, f: &Fixture, t: usize) -> madeit_adapt::AdaptReport {
-    let (id, ft, seed, head) = &f.tasks[t];
-    m.absorb(&f.theta0, ft, id, seed, head).unwrap()
-}
-
 #[test]
 fn two_tasks_grow_experts_gates_and_subspaces() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let mut m = merger(&f, quick_config());
     let n_mod = 6 * f.cfg.num_hidden_layers;
     assert_eq!(m.modules().len(), n_mod);
@@ -114,7 +86,7 @@ fn two_tasks_grow_experts_gates_and_subspaces() {
 fn adaptation_lowers_the_kl_on_the_seed_set() {
     // A larger step size than the paper's 1e-4 so that a few steps on a tiny tower move the
     // gates visibly.
-    let f = fixture(1);
+    let f = fixture(1, 10);
     let cfg = MingleConfig {
         lr: 1e-2,
         steps: 25,
@@ -136,7 +108,7 @@ fn adaptation_lowers_the_kl_on_the_seed_set() {
 
 #[test]
 fn gradients_reach_only_the_new_gates_and_hard_projection_is_orthogonal() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let config = MingleConfig {
         projection: GateProjection::Hard,
         ..quick_config()
@@ -222,7 +194,7 @@ fn gradients_reach_only_the_new_gates_and_hard_projection_is_orthogonal() {
 
 #[test]
 fn the_recording_pass_matches_the_gated_model() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let mut m = merger(&f, quick_config());
     absorb(&mut m, &f, 0);
     absorb(&mut m, &f, 1);
@@ -282,7 +254,7 @@ fn save_and_load(state: &AdaptState) -> AdaptState {
 
 #[test]
 fn state_round_trip_resumes_the_stream() {
-    let f = fixture(3);
+    let f = fixture(3, 10);
     let mut a = merger(&f, quick_config());
     absorb(&mut a, &f, 0);
     absorb(&mut a, &f, 1);
@@ -304,7 +276,7 @@ fn state_round_trip_resumes_the_stream() {
 
 #[test]
 fn restore_rejects_foreign_or_damaged_states() {
-    let f = fixture(1);
+    let f = fixture(1, 10);
     let mut a = merger(&f, quick_config());
     absorb(&mut a, &f, 0);
     let state = a.state().unwrap();
@@ -379,7 +351,7 @@ fn restore_rejects_foreign_or_damaged_states() {
 
 #[test]
 fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let mut m = merger(&f, quick_config());
     assert!(matches!(
         m.merged_model(&f.theta0),
@@ -561,7 +533,7 @@ fn configuration_is_checked_and_parsed() {
 
 #[test]
 fn variants_change_targets_and_projection() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let light = merger(
         &f,
         MingleConfig {

@@ -5,37 +5,13 @@
 mod common;
 
 use burn::prelude::*;
-use common::{finetune, random_head, random_params, random_seed_images};
+use common::{Fixture, absorb, fixture, random_head};
 use madeit_adapt::{AdaptError, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig};
 use madeit_merge::{MergedModel, TaskId};
-use madeit_params::ParamDict;
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining,
-    GateValues, LinearGate, ModuleId, TargetKind, TaskHead,
+    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
+    LinearGate, ModuleId, TargetKind,
 };
-
-struct Fixture {
-    cfg: ClipVisionConfig,
-    theta0: ParamDict,
-    tasks: Vec<(TaskId, ParamDict, SeedImages, TaskHead)>,
-}
-
-fn fixture(n_tasks: usize) -> Fixture {
-    let cfg = ClipVisionConfig::tiny();
-    let theta0 = random_params(&cfg, 1);
-    let tasks = (0..n_tasks)
-        .map(|t| {
-            let t64 = t as u64;
-            (
-                TaskId::new(format!("task{t}")),
-                finetune(&cfg, &theta0, 100 + t64, 3, 0.3),
-                random_seed_images(&cfg, 10, 200 + t64),
-                random_head(&cfg, 5, 300 + t64),
-            )
-        })
-        .collect();
-    Fixture { cfg, theta0, tasks }
-}
 
 fn quick() -> WemoeConfig {
     WemoeConfig {
@@ -47,11 +23,6 @@ fn quick() -> WemoeConfig {
 
 fn merger(f: &Fixture, cfg: WemoeConfig) -> LoraWemoe {
     LoraWemoe::new(cfg, f.cfg.clone(), Device::flex()).unwrap()
-}
-
-fn absorb(m: &mut LoraWemoe, f: &Fixture, t: usize) -> madeit_adapt::AdaptReport {
-    let (id, theta, seed, head) = &f.tasks[t];
-    m.absorb(&f.theta0, theta, id, seed, head).unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -72,7 +43,7 @@ fn embed(model: &ClipVisionModel, seed: &SeedImages) -> Vec<f32> {
 
 #[test]
 fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
-    let f = fixture(3);
+    let f = fixture(3, 10);
     let mut m = merger(&f, quick());
     for t in 0..3 {
         let report = absorb(&mut m, &f, t);
@@ -81,7 +52,11 @@ fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
         for layer in 0..f.cfg.num_hidden_layers {
             let fc1 = ModuleId::new(layer, TargetKind::Fc1);
             let fc2 = ModuleId::new(layer, TargetKind::Fc2);
-            assert_eq!(m.routers().gates(fc1).len(), t + 1, "layer {layer} step {t}");
+            assert_eq!(
+                m.routers().gates(fc1).len(),
+                t + 1,
+                "layer {layer} step {t}"
+            );
             assert!(m.routers().gates(fc2).is_empty());
             assert_eq!(m.experts(fc1).len(), t + 1);
             assert_eq!(m.experts(fc2).len(), t + 1);
@@ -96,7 +71,7 @@ fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
 
 #[test]
 fn attention_is_continual_task_arithmetic_and_mlp_biases_stay_pretrained() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let mut m = merger(&f, quick());
     absorb(&mut m, &f, 0);
     absorb(&mut m, &f, 1);
@@ -127,7 +102,7 @@ fn attention_is_continual_task_arithmetic_and_mlp_biases_stay_pretrained() {
 /// the dense model `W0 + B_e A_e` on fc1 and fc2 of every layer.
 #[test]
 fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let mut m = merger(&f, quick());
     absorb(&mut m, &f, 0);
     absorb(&mut m, &f, 1);
@@ -137,7 +112,12 @@ fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
     let device = Device::flex();
     let backbone = ClipVisionModel::from_params_on(&f.cfg, &merged.backbone, &device).unwrap();
     let modules: Vec<ModuleId> = (0..f.cfg.num_hidden_layers)
-        .flat_map(|l| [ModuleId::new(l, TargetKind::Fc1), ModuleId::new(l, TargetKind::Fc2)])
+        .flat_map(|l| {
+            [
+                ModuleId::new(l, TargetKind::Fc1),
+                ModuleId::new(l, TargetKind::Fc2),
+            ]
+        })
         .collect();
     let bank = ExpertBank::new(
         &f.cfg,
@@ -186,7 +166,7 @@ fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
 
 #[test]
 fn the_shared_router_rejects_gates_on_fc2_and_mismatched_counts() {
-    let f = fixture(1);
+    let f = fixture(1, 10);
     let mut m = merger(&f, quick());
     absorb(&mut m, &f, 0);
     let device = Device::flex();
@@ -194,7 +174,10 @@ fn the_shared_router_rejects_gates_on_fc2_and_mismatched_counts() {
     let fc2 = ModuleId::new(0, TargetKind::Fc2);
     let bank = ExpertBank::new(
         &f.cfg,
-        [(fc1, m.experts(fc1).to_vec()), (fc2, m.experts(fc2).to_vec())],
+        [
+            (fc1, m.experts(fc1).to_vec()),
+            (fc2, m.experts(fc2).to_vec()),
+        ],
         &device,
     )
     .unwrap();
@@ -222,7 +205,7 @@ fn the_shared_router_rejects_gates_on_fc2_and_mismatched_counts() {
 
 #[test]
 fn adaptation_lowers_the_entropy_on_a_fixed_batch() {
-    let f = fixture(1);
+    let f = fixture(1, 10);
     // One batch holding every seed image, a larger step size: the entropy must go down.
     let cfg = WemoeConfig {
         steps: 15,
@@ -240,7 +223,7 @@ fn adaptation_lowers_the_entropy_on_a_fixed_batch() {
 
 #[test]
 fn state_round_trips_and_a_resumed_stream_matches() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let mut a = merger(&f, quick());
     absorb(&mut a, &f, 0);
     let state = a.state().unwrap();
@@ -259,13 +242,7 @@ fn state_round_trips_and_a_resumed_stream_matches() {
     let eb = gb.embed(img.pixels().to_vec(), img.len()).unwrap();
     assert_eq!(ea.data(), eb.data());
     // A state of another configuration is refused.
-    let mut c = merger(
-        &f,
-        WemoeConfig {
-            rank: 8,
-            ..quick()
-        },
-    );
+    let mut c = merger(&f, WemoeConfig { rank: 8, ..quick() });
     assert!(matches!(
         c.restore(&state),
         Err(AdaptError::InvalidState { .. })
@@ -274,14 +251,16 @@ fn state_round_trips_and_a_resumed_stream_matches() {
 
 #[test]
 fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
-    let f = fixture(2);
+    let f = fixture(2, 10);
     let mut m = merger(&f, quick());
     absorb(&mut m, &f, 0);
     let before = m.state().unwrap();
     let (_, theta, seed, head) = &f.tasks[1];
     // NaN weights.
     let mut bad = theta.clone();
-    bad.get_mut("encoder.layers.0.mlp.fc1.weight").unwrap().data_mut()[3] = f32::NAN;
+    bad.get_mut("encoder.layers.0.mlp.fc1.weight")
+        .unwrap()
+        .data_mut()[3] = f32::NAN;
     assert!(matches!(
         m.absorb(&f.theta0, &bad, &TaskId::new("x"), seed, head),
         Err(AdaptError::NonFinite { .. })
@@ -293,7 +272,13 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
     ));
     // No seed images.
     assert!(matches!(
-        m.absorb(&f.theta0, theta, &f.tasks[1].0, &SeedImages::new(Vec::new(), 0), head),
+        m.absorb(
+            &f.theta0,
+            theta,
+            &f.tasks[1].0,
+            &SeedImages::new(Vec::new(), 0),
+            head
+        ),
         Err(AdaptError::SeedData { .. })
     ));
     // A head of the wrong width.

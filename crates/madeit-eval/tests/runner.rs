@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::path::Path;
+use common::{TASKS, TEST_IMAGES, normal, perturbed, tiny_zoo};
 
-use common::{normal, perturbed, random_tower, save_tower};
-
-use madeit_data::{ImageSet, NORM_MEAN, NORM_STD, write_split};
+use madeit_data::{NORM_MEAN, NORM_STD, write_split};
 use madeit_eval::benchmark::Benchmark;
 use madeit_eval::evaluate::{
     Evaluator, OracleRouter, ProjectionRouter, evaluate_dense, evaluate_experts,
@@ -21,49 +19,9 @@ use madeit_merge::{
     ExpertModel, Fingerprint, LowRankExpert, MergeError, MergedModel, MethodConfig, TaskId,
 };
 use madeit_params::{ParamDict, Tensor};
-use madeit_vit::{ClipVisionConfig, ClipVisionModel, TaskHead, WEIGHTS_FILE};
-use rand::{RngExt, SeedableRng};
+use madeit_vit::{ClipVisionModel, WEIGHTS_FILE};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
-const CLASSES: [usize; 3] = [4, 3, 5];
-const TEST_IMAGES: usize = 24;
-
-/// Writes the tiny zoo into `dir` and returns its benchmark.
-fn tiny_zoo(dir: &Path) -> Benchmark {
-    let config = ClipVisionConfig::tiny();
-    let pre = random_tower(&config, 1);
-    save_tower(&dir.join("pretrained"), &config, &pre);
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for (t, (&name, &classes)) in TASKS.iter().zip(&CLASSES).enumerate() {
-        let ft = perturbed(&pre, 100 + t as u64, 0.05);
-        save_tower(&dir.join("finetuned").join(name), &config, &ft);
-        let w = Tensor::new(
-            vec![classes, config.projection_dim],
-            normal(&mut rng, classes * config.projection_dim, 1.0),
-        )
-        .expect("head");
-        let names: Vec<String> = (0..classes).map(|c| format!("{name}-{c}")).collect();
-        let head = TaskHead::new(name, &w, names.clone()).expect("head");
-        std::fs::create_dir_all(dir.join("heads")).expect("mkdir");
-        head.save(&dir.join("heads").join(format!("{name}.safetensors")))
-            .expect("save head");
-        let (s, c) = (config.image_size, config.num_channels);
-        let images: Vec<u8> = (0..TEST_IMAGES * s * s * c).map(|_| rng.random()).collect();
-        let labels: Vec<u32> = (0..TEST_IMAGES)
-            .map(|_| rng.random_range(0..classes as u32))
-            .collect();
-        let set = ImageSet::new(images, TEST_IMAGES, s, s, c, labels, names).expect("set");
-        write_split(
-            &dir.join("data").join(name).join("test.safetensors"),
-            &set,
-            name,
-            "test",
-        )
-        .expect("split");
-    }
-    Benchmark::from_layout(dir, &TASKS).expect("benchmark")
-}
 
 fn method(name: &str) -> MethodConfig {
     MethodConfig::default_for(name).expect("method")

@@ -73,7 +73,12 @@ fn min_singular_value(a: faer::MatRef<'_, f32>, b: faer::MatRef<'_, f32>) -> f64
     let cat = Mat::from_fn(a.nrows(), k + b.ncols(), |i, j| {
         f64::from(if j < k { a[(i, j)] } else { b[(i, j - k)] })
     });
-    thin_svd(cat.as_ref()).unwrap().s.last().copied().unwrap_or(0.0)
+    thin_svd(cat.as_ref())
+        .unwrap()
+        .s
+        .last()
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn dims() -> impl Strategy<Value = (usize, usize, usize, u64)> {

@@ -52,9 +52,7 @@ pub fn init_std(name: &str, config: &ClipVisionConfig) -> f64 {
     let d = config.hidden_size.max(1) as f64;
     let l = config.num_hidden_layers.max(1) as f64;
     let in_proj = d.powf(-0.5) * (2.0 * l).powf(-0.5);
-    if name.ends_with("class_embedding") {
-        d.powf(-0.5)
-    } else if name.contains("out_proj") {
+    if name.ends_with("class_embedding") || name.contains("out_proj") {
         d.powf(-0.5)
     } else if name.contains("fc1") {
         (2.0 * d).powf(-0.5)

@@ -3,7 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use faer::Mat;
-use madeit_adapt::{MingleConfig, SeedImages};
+use madeit_adapt::{AdaptReport, MingleConfig, SeedImages, TestTimeMerger};
+use madeit_merge::TaskId;
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead, expected_tensors};
 use rand::{RngExt, SeedableRng};
@@ -121,4 +122,35 @@ pub fn quick_config() -> MingleConfig {
         subspace_svd: madeit_adapt::SvdMethod::Exact,
         ..MingleConfig::default()
     }
+}
+
+/// A stream on the tiny tower: the pretrained weights and `n_tasks` tasks, each with its
+/// fine-tuned weights (rank-3 updates), `seeds` seed images and a 5-class head.
+pub struct Fixture {
+    pub cfg: ClipVisionConfig,
+    pub theta0: ParamDict,
+    pub tasks: Vec<(TaskId, ParamDict, SeedImages, TaskHead)>,
+}
+
+pub fn fixture(n_tasks: usize, seeds: usize) -> Fixture {
+    let cfg = ClipVisionConfig::tiny();
+    let theta0 = random_params(&cfg, 1);
+    let tasks = (0..n_tasks)
+        .map(|t| {
+            let t64 = t as u64;
+            (
+                TaskId::new(format!("task{t}")),
+                finetune(&cfg, &theta0, 100 + t64, 3, 0.3),
+                random_seed_images(&cfg, seeds, 200 + t64),
+                random_head(&cfg, 5, 300 + t64),
+            )
+        })
+        .collect();
+    Fixture { cfg, theta0, tasks }
+}
+
+/// Absorbs task `t` of the fixture (which must succeed).
+pub fn absorb(m: &mut impl TestTimeMerger, f: &Fixture, t: usize) -> AdaptReport {
+    let (id, ft, seed, head) = &f.tasks[t];
+    m.absorb(&f.theta0, ft, id, seed, head).unwrap()
 }

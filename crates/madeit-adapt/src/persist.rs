@@ -1,0 +1,385 @@
+//! What the test-time mergers share beyond input admission: the seeds of their random
+//! streams, the stream and backbone checks, the conversion of expert factors to a merged
+//! model, and the writing and checked reading of their saved state.
+
+use std::collections::BTreeSet;
+
+use madeit_merge::{Fingerprint, LowRankExpert, TaskId, TaskRecord};
+use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_vit::{
+    ClipVisionConfig, ClipVisionModel, LinearGate, LowRankFactors, ModuleId, VitError,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{ADAPT_STATE_FORMAT, ADAPT_STATE_VERSION, AdaptError, AdaptMetadata, AdaptState};
+
+/// SplitMix64: a well-mixed 64-bit hash, used to derive independent seeds.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The seed of random stream `stream` of step `step` (1-based) of a merger seeded `seed`.
+pub(crate) fn stream_seed(seed: u64, step: usize, stream: u64) -> u64 {
+    splitmix(splitmix(seed ^ splitmix(step as u64)) ^ stream)
+}
+
+/// Checks that `pretrained` is the model the stream was started with; returns its
+/// fingerprint.
+pub(crate) fn check_stream(
+    method: &'static str,
+    expected: Option<Fingerprint>,
+    pretrained: &ParamDict,
+) -> Result<Fingerprint, AdaptError> {
+    let Some(expected) = expected else {
+        return Err(AdaptError::EmptyStream { method });
+    };
+    let got = Fingerprint::of_params(pretrained);
+    if got != expected {
+        return Err(AdaptError::PretrainedChanged { expected, got });
+    }
+    Ok(got)
+}
+
+/// Checks, before a gated model is assembled, that a task has been absorbed and that the
+/// backbone has the merger's configuration.
+pub(crate) fn check_backbone(
+    method: &'static str,
+    tasks: usize,
+    backbone: &ClipVisionModel,
+    vision: &ClipVisionConfig,
+) -> Result<(), AdaptError> {
+    if tasks == 0 {
+        return Err(AdaptError::EmptyStream { method });
+    }
+    if backbone.config() != vision {
+        return Err(AdaptError::Vit(VitError::InvalidConfig {
+            field: "vision tower",
+            reason: "the backbone's configuration differs from the merger's".into(),
+        }));
+    }
+    Ok(())
+}
+
+/// Which factor of a [`LowRankExpert`] carries the singular values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScaleOn {
+    /// `up = U`, `down = diag(s) V^T` (MINGLE's `B = U_r`, `A = diag(s_r) V_r^T`).
+    Down,
+    /// `up = U diag(s)`, `down = V^T`.
+    Up,
+}
+
+/// The factors `U diag(s) V^T` as a [`LowRankExpert`] serving `task`.
+pub(crate) fn low_rank_expert(
+    f: &LowRankFactors,
+    task: &TaskId,
+    scale: ScaleOn,
+) -> Result<LowRankExpert, AdaptError> {
+    let (d_out, d_in, r) = (f.d_out(), f.d_in(), f.rank());
+    let mut up = f.u().to_vec();
+    let mut down = vec![0.0f32; r * d_in];
+    for (i, row) in f.v().chunks_exact(r).enumerate() {
+        for (k, v) in row.iter().enumerate() {
+            down[k * d_in + i] = *v;
+        }
+    }
+    match scale {
+        ScaleOn::Down => {
+            for (row, s) in down.chunks_exact_mut(d_in).zip(f.s()) {
+                row.iter_mut().for_each(|x| *x *= s);
+            }
+        }
+        ScaleOn::Up => {
+            for row in up.chunks_exact_mut(r) {
+                row.iter_mut().zip(f.s()).for_each(|(x, s)| *x *= s);
+            }
+        }
+    }
+    Ok(LowRankExpert::new(
+        HostTensor::new(vec![d_out, r], up)?,
+        HostTensor::new(vec![r, d_in], down)?,
+        vec![task.clone()],
+    ))
+}
+
+fn tensor_err(method: &'static str, name: &str, reason: impl Into<String>) -> AdaptError {
+    AdaptError::StateTensor {
+        method,
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Builds the [`AdaptState`] of a merger, tensor by tensor.
+pub(crate) struct StateWriter {
+    method: &'static str,
+    tensors: ParamDict,
+}
+
+impl StateWriter {
+    pub(crate) fn new(method: &'static str) -> Self {
+        Self {
+            method,
+            tensors: ParamDict::new(),
+        }
+    }
+
+    /// Adds an `f32` tensor.
+    pub(crate) fn put(
+        &mut self,
+        name: String,
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    ) -> Result<(), AdaptError> {
+        let t = HostTensor::new(shape, data)
+            .map_err(|e| tensor_err(self.method, &name, e.to_string()))?;
+        self.tensors.insert(name, t);
+        Ok(())
+    }
+
+    /// Adds `{prefix}.u` `[d_out, r]`, `{prefix}.s` `[r]` and `{prefix}.v` `[d_in, r]`.
+    pub(crate) fn put_factors(
+        &mut self,
+        prefix: &str,
+        f: &LowRankFactors,
+    ) -> Result<(), AdaptError> {
+        self.put(
+            format!("{prefix}.u"),
+            vec![f.d_out(), f.rank()],
+            f.u().to_vec(),
+        )?;
+        self.put(format!("{prefix}.s"), vec![f.rank()], f.s().to_vec())?;
+        self.put(
+            format!("{prefix}.v"),
+            vec![f.d_in(), f.rank()],
+            f.v().to_vec(),
+        )
+    }
+
+    /// Adds `{prefix}.weight` `[E, d_in]` and `{prefix}.bias` `[E]` (nothing when `gates` is
+    /// empty).
+    pub(crate) fn put_gates(
+        &mut self,
+        prefix: &str,
+        gates: &[LinearGate],
+    ) -> Result<(), AdaptError> {
+        let Some(first) = gates.first() else {
+            return Ok(());
+        };
+        let d_in = first.weight.len();
+        let w: Vec<f32> = gates
+            .iter()
+            .flat_map(|g| g.weight.iter().copied())
+            .collect();
+        self.put(format!("{prefix}.weight"), vec![gates.len(), d_in], w)?;
+        let b: Vec<f32> = gates.iter().map(|g| g.bias).collect();
+        self.put(format!("{prefix}.bias"), vec![gates.len()], b)
+    }
+
+    /// The state: these tensors plus the metadata.
+    pub(crate) fn finish<C: Serialize>(
+        self,
+        config: &C,
+        vision: &ClipVisionConfig,
+        modules: &[ModuleId],
+        pretrained: Option<Fingerprint>,
+        tasks: &[TaskRecord],
+    ) -> Result<AdaptState, AdaptError> {
+        let config = serde_json::to_value(config).map_err(|e| AdaptError::InvalidState {
+            method: self.method,
+            reason: format!("cannot serialise the configuration: {e}"),
+        })?;
+        Ok(AdaptState {
+            metadata: AdaptMetadata {
+                format: ADAPT_STATE_FORMAT.to_owned(),
+                version: ADAPT_STATE_VERSION,
+                method: self.method.to_owned(),
+                config,
+                vision: vision.clone(),
+                modules: modules.to_vec(),
+                pretrained,
+                tasks: tasks.to_vec(),
+            },
+            tensors: self.tensors,
+        })
+    }
+}
+
+/// Reads a saved state back: checks its metadata against the merger once, then hands out
+/// tensors by name and finally refuses any tensor that was not asked for.
+pub(crate) struct StateReader<'a> {
+    method: &'static str,
+    tensors: &'a ParamDict,
+    used: BTreeSet<String>,
+}
+
+impl<'a> StateReader<'a> {
+    /// Checks format, version, method, configuration, tower, target modules and that the
+    /// fingerprint and the task list agree.
+    pub(crate) fn open<C>(
+        state: &'a AdaptState,
+        method: &'static str,
+        config: &C,
+        vision: &ClipVisionConfig,
+        modules: &[ModuleId],
+    ) -> Result<Self, AdaptError>
+    where
+        C: DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let meta = &state.metadata;
+        let invalid = |reason: String| AdaptError::InvalidState { method, reason };
+        if meta.format != ADAPT_STATE_FORMAT || meta.version != ADAPT_STATE_VERSION {
+            return Err(invalid(format!(
+                "format `{}` version {}, expected `{ADAPT_STATE_FORMAT}` version {ADAPT_STATE_VERSION}",
+                meta.format, meta.version
+            )));
+        }
+        if meta.method != method {
+            return Err(invalid(format!(
+                "the state belongs to method `{}`",
+                meta.method
+            )));
+        }
+        let saved: C = serde_json::from_value(meta.config.clone())
+            .map_err(|e| invalid(format!("configuration: {e}")))?;
+        if &saved != config {
+            return Err(invalid(format!(
+                "the state was written with configuration {saved:?}, this merger has {config:?}"
+            )));
+        }
+        if &meta.vision != vision {
+            return Err(invalid(
+                "the state belongs to a tower of another shape".into(),
+            ));
+        }
+        if meta.modules != modules {
+            return Err(invalid("the state has other target modules".into()));
+        }
+        if meta.pretrained.is_none() != meta.tasks.is_empty() {
+            return Err(invalid(
+                "pretrained fingerprint and task list disagree".into(),
+            ));
+        }
+        Ok(Self {
+            method,
+            tensors: &state.tensors,
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// A [`AdaptError::StateTensor`] naming `name`.
+    pub(crate) fn err(&self, name: &str, reason: impl Into<String>) -> AdaptError {
+        tensor_err(self.method, name, reason)
+    }
+
+    /// Every saved tensor, without marking any as read.
+    pub(crate) fn tensors(&self) -> &'a ParamDict {
+        self.tensors
+    }
+
+    /// The tensor `name` (an error if it is missing).
+    pub(crate) fn take(&mut self, name: &str) -> Result<&'a HostTensor, AdaptError> {
+        let t = self
+            .tensors
+            .get(name)
+            .map_err(|_| self.err(name, "missing"))?;
+        self.used.insert(name.to_owned());
+        Ok(t)
+    }
+
+    /// The tensor `name`, checked to have `shape` and finite values.
+    pub(crate) fn take_finite(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<&'a HostTensor, AdaptError> {
+        let t = self.take(name)?;
+        if t.shape() != shape {
+            return Err(self.err(name, format!("shape {:?}, expected {shape:?}", t.shape())));
+        }
+        if let Some(i) = t.data().iter().position(|x| !x.is_finite()) {
+            return Err(self.err(name, format!("non-finite value at {i}")));
+        }
+        Ok(t)
+    }
+
+    /// The factors written by [`StateWriter::put_factors`] for a `d_out x d_in` module.
+    pub(crate) fn factors(
+        &mut self,
+        prefix: &str,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<LowRankFactors, AdaptError> {
+        let (un, sn, vn) = (
+            format!("{prefix}.u"),
+            format!("{prefix}.s"),
+            format!("{prefix}.v"),
+        );
+        let u = self.take(&un)?;
+        let s = self.take(&sn)?;
+        let v = self.take(&vn)?;
+        let r = s.numel();
+        if s.shape() != [r] || r == 0 {
+            return Err(self.err(
+                &sn,
+                format!("shape {:?}, expected [r] with r >= 1", s.shape()),
+            ));
+        }
+        if u.shape() != [d_out, r] {
+            return Err(self.err(
+                &un,
+                format!("shape {:?}, expected [{d_out}, {r}]", u.shape()),
+            ));
+        }
+        if v.shape() != [d_in, r] {
+            return Err(self.err(
+                &vn,
+                format!("shape {:?}, expected [{d_in}, {r}]", v.shape()),
+            ));
+        }
+        LowRankFactors::new(
+            d_out,
+            d_in,
+            u.data().to_vec(),
+            s.data().to_vec(),
+            v.data().to_vec(),
+        )
+        .map_err(|err| self.err(prefix, err.to_string()))
+    }
+
+    /// The `count` gates written by [`StateWriter::put_gates`], each of width `d_in`.
+    pub(crate) fn gates(
+        &mut self,
+        prefix: &str,
+        count: usize,
+        d_in: usize,
+    ) -> Result<Vec<LinearGate>, AdaptError> {
+        let w = self.take_finite(&format!("{prefix}.weight"), &[count, d_in])?;
+        let b = self.take_finite(&format!("{prefix}.bias"), &[count])?;
+        Ok(w.data()
+            .chunks_exact(d_in)
+            .zip(b.data())
+            .map(|(row, bias)| LinearGate {
+                weight: row.to_vec(),
+                bias: *bias,
+            })
+            .collect())
+    }
+
+    /// Marks `name` as read (for tensors consumed through [`tensors`](Self::tensors)).
+    pub(crate) fn mark(&mut self, name: &str) {
+        self.used.insert(name.to_owned());
+    }
+
+    /// Refuses any tensor that was not read.
+    pub(crate) fn finish(self) -> Result<(), AdaptError> {
+        match self.tensors.keys().find(|k| !self.used.contains(*k)) {
+            Some(extra) => Err(self.err(extra, "unexpected tensor")),
+            None => Ok(()),
+        }
+    }
+}
