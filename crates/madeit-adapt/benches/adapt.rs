@@ -15,6 +15,10 @@
 //!   modes) and C. LoRA-WEMoE with their defaults (50 Adam steps on batches of 16) on the
 //!   same zoo-shaped tower and seed set.
 //!
+//! - `table_rows/vit_b32/*`: a whole `absorb` of the second task by the same two methods at
+//!   ViT-B/32 shape with 1 and with 3 adaptation steps on 16 seed images, which separates the
+//!   cost of one step from the per-task cost.
+//!
 //! Run: `cargo bench -p madeit-adapt --bench adapt` (add `-- small`, `-- vit_b32` or
 //! `-- table_rows` to select).
 
@@ -360,5 +364,67 @@ fn table_rows(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, small, vit_b32, table_rows);
+/// A whole `absorb` of task 2 at ViT-B/32 shape by C. LW AdaMerging and C. LoRA-WEMoE,
+/// with 1 and with 3 adaptation steps on 16 seed images (batch 16): the difference of the
+/// two is the cost of two steps, the rest is the per-task cost (task-vector and merge work,
+/// WEMoE's expert SVDs). A 50-step task is `fixed + 50 x step`.
+fn table_rows_vit_b32(c: &mut Criterion) {
+    let cfg = ClipVisionConfig::vit_b_32();
+    let theta0 = random_params(&cfg, true, 41);
+    let (ft1, ft2) = (finetune(&cfg, &theta0, 42), finetune(&cfg, &theta0, 43));
+    let (h1, h2) = (
+        head(10, cfg.projection_dim, 44),
+        head(10, cfg.projection_dim, 45),
+    );
+    let (s1, s2) = (images(&cfg, 16, 46), images(&cfg, 16, 47));
+    let make = |name: &str, steps: usize| -> Box<dyn TestTimeMerger> {
+        let device = Device::flex();
+        if name == "c_lw_adamerging" {
+            let config = AdaMergingConfig {
+                steps,
+                ..AdaMergingConfig::default()
+            };
+            Box::new(LwAdaMerging::new(config, cfg.clone(), device).unwrap())
+        } else {
+            let config = WemoeConfig {
+                steps,
+                ..WemoeConfig::default()
+            };
+            Box::new(LoraWemoe::new(config, cfg.clone(), device).unwrap())
+        }
+    };
+    let mut g = c.benchmark_group("table_rows");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(30));
+    for name in ["c_lw_adamerging", "c_lora_wemoe"] {
+        for steps in [1, 3] {
+            let mut first = make(name, steps);
+            first
+                .absorb(&theta0, &ft1, &TaskId::new("a"), &s1, &h1)
+                .unwrap();
+            let state = first.state().unwrap();
+            drop(first);
+            g.bench_function(format!("vit_b32/{name}_absorb_task2_{steps}_steps"), |b| {
+                b.iter_batched(
+                    || {
+                        let mut m = make(name, steps);
+                        m.restore(&state).unwrap();
+                        m
+                    },
+                    |mut m| {
+                        black_box(
+                            m.absorb(&theta0, &ft2, &TaskId::new("b"), &s2, &h2)
+                                .unwrap(),
+                        )
+                    },
+                    BatchSize::PerIteration,
+                );
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, small, vit_b32, table_rows, table_rows_vit_b32);
 criterion_main!(benches);
