@@ -59,7 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .any(|k| name.contains(k))
     };
-    let groups: [(&str, &dyn Fn(&str) -> bool); 3] = [
+    // Which tensors a merge touches: all, the target linear weights, or the rest.
+    type Keep<'a> = &'a dyn Fn(&str) -> bool;
+    let groups: [(&str, Keep); 3] = [
         ("", &|_| true),
         (", linear weights only", &|n| is_target(n)),
         (", all but linear weights", &|n| !is_target(n)),
