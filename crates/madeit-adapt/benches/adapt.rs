@@ -29,12 +29,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use burn::prelude::*;
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use faer::Mat;
 use madeit_adapt::{
-    AdaMergingConfig, GateProjection, GateTrainer, GradientProjector, LoraWemoe, LwAdaMerging,
-    Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TestTimeMerger, WemoeConfig,
-    build_expert, extend_basis, seed_pass, teacher_logits, top_directions,
+    AdaMergingConfig, AdaptReport, GateProjection, GateTrainer, GradientProjector, LoraWemoe,
+    LwAdaMerging, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TestTimeMerger,
+    WemoeConfig, build_expert, extend_basis, seed_pass, teacher_logits, top_directions,
 };
 use madeit_merge::TaskId;
 use madeit_params::{ParamDict, Tensor as HostTensor};
@@ -132,24 +133,87 @@ fn zoo_shape() -> ClipVisionConfig {
     }
 }
 
+/// A pretrained tower and two tasks (fine-tuned weights, 10-class head, seed images), drawn
+/// with seeds `base` (tower), `base + 1`, `base + 2` (fine-tunes), `base + 3`, `base + 4`
+/// (heads) and `base + 5`, `base + 6` (seed images).
+struct TwoTasks {
+    theta0: ParamDict,
+    finetuned: [ParamDict; 2],
+    heads: [TaskHead; 2],
+    seeds: [SeedImages; 2],
+}
+
+impl TwoTasks {
+    fn new(cfg: &ClipVisionConfig, projection: bool, base: u64, seed_images: usize) -> Self {
+        let theta0 = random_params(cfg, projection, base);
+        let dim = if projection {
+            cfg.projection_dim
+        } else {
+            cfg.hidden_size
+        };
+        Self {
+            finetuned: [
+                finetune(cfg, &theta0, base + 1),
+                finetune(cfg, &theta0, base + 2),
+            ],
+            heads: [head(10, dim, base + 3), head(10, dim, base + 4)],
+            seeds: [
+                images(cfg, seed_images, base + 5),
+                images(cfg, seed_images, base + 6),
+            ],
+            theta0,
+        }
+    }
+
+    fn absorb(&self, m: &mut dyn TestTimeMerger, t: usize) -> AdaptReport {
+        let id = TaskId::new(["a", "b"][t]);
+        m.absorb(
+            &self.theta0,
+            &self.finetuned[t],
+            &id,
+            &self.seeds[t],
+            &self.heads[t],
+        )
+        .unwrap()
+    }
+}
+
+/// Benchmarks `id`: a whole `absorb` of task 2 by a merger from `make` that has absorbed task
+/// 1 (restored from a saved state outside the timed region).
+fn bench_task2(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    make: &dyn Fn() -> Box<dyn TestTimeMerger>,
+    tasks: &TwoTasks,
+) {
+    let mut first = make();
+    tasks.absorb(first.as_mut(), 0);
+    let state = first.state().unwrap();
+    drop(first);
+    g.bench_function(id, |b| {
+        b.iter_batched(
+            || {
+                let mut m = make();
+                m.restore(&state).unwrap();
+                m
+            },
+            |mut m| black_box(tasks.absorb(m.as_mut(), 1)),
+            BatchSize::PerIteration,
+        );
+    });
+}
+
 fn small(c: &mut Criterion) {
     let cfg = zoo_shape();
-    let theta0 = random_params(&cfg, false, 1);
-    let (ft1, ft2) = (finetune(&cfg, &theta0, 2), finetune(&cfg, &theta0, 3));
-    let (h1, h2) = (head(10, cfg.hidden_size, 4), head(10, cfg.hidden_size, 5));
-    let (s1, s2) = (images(&cfg, 50, 6), images(&cfg, 50, 7));
+    let tasks = TwoTasks::new(&cfg, false, 1, 50);
     let config = MingleConfig::default();
-    let mut first = Mingle::new(config.clone(), cfg.clone(), Device::flex()).unwrap();
-    first
-        .absorb(&theta0, &ft1, &TaskId::new("a"), &s1, &h1)
-        .unwrap();
-    let state = first.state().unwrap();
+    let make = || -> Box<dyn TestTimeMerger> {
+        Box::new(Mingle::new(config.clone(), cfg.clone(), Device::flex()).unwrap())
+    };
     // One untimed run to print the stage breakdown of a step.
-    let mut probe = Mingle::new(config.clone(), cfg.clone(), Device::flex()).unwrap();
-    probe.restore(&state).unwrap();
-    let report = probe
-        .absorb(&theta0, &ft2, &TaskId::new("b"), &s2, &h2)
-        .unwrap();
+    let mut probe = make();
+    tasks.absorb(probe.as_mut(), 0);
+    let report = tasks.absorb(probe.as_mut(), 1);
     let stage = |k: &str| report.metrics.get(k).copied().unwrap_or(f64::NAN);
     eprintln!(
         "small shape, task 2: experts {:.3} s, teacher {:.3} s, adaptation {:.3} s, subspace {:.3} s; KL after {:.4}",
@@ -162,22 +226,7 @@ fn small(c: &mut Criterion) {
     let mut g = c.benchmark_group("mingle");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
-    g.bench_function("small/absorb_task2_50_steps", |b| {
-        b.iter_batched(
-            || {
-                let mut m = Mingle::new(config.clone(), cfg.clone(), Device::flex()).unwrap();
-                m.restore(&state).unwrap();
-                m
-            },
-            |mut m| {
-                black_box(
-                    m.absorb(&theta0, &ft2, &TaskId::new("b"), &s2, &h2)
-                        .unwrap(),
-                )
-            },
-            BatchSize::PerIteration,
-        );
-    });
+    bench_task2(&mut g, "small/absorb_task2_50_steps", &make, &tasks);
     g.finish();
 }
 
@@ -307,59 +356,36 @@ fn vit_b32(c: &mut Criterion) {
 
 fn table_rows(c: &mut Criterion) {
     let cfg = zoo_shape();
-    let theta0 = random_params(&cfg, false, 1);
-    let (ft1, ft2) = (finetune(&cfg, &theta0, 2), finetune(&cfg, &theta0, 3));
-    let (h1, h2) = (head(10, cfg.hidden_size, 4), head(10, cfg.hidden_size, 5));
-    let (s1, s2) = (images(&cfg, 50, 6), images(&cfg, 50, 7));
-    let make = |name: &str| -> Box<dyn TestTimeMerger> {
-        let device = Device::flex();
-        match name {
-            "c_lw_adamerging" => Box::new(
-                LwAdaMerging::new(AdaMergingConfig::default(), cfg.clone(), device).unwrap(),
-            ),
-            "c_lw_adamerging_accumulate" => Box::new(
-                LwAdaMerging::new(
-                    AdaMergingConfig {
-                        accumulate: true,
-                        ..AdaMergingConfig::default()
-                    },
-                    cfg.clone(),
-                    device,
-                )
-                .unwrap(),
-            ),
-            _ => Box::new(LoraWemoe::new(WemoeConfig::default(), cfg.clone(), device).unwrap()),
-        }
-    };
+    let tasks = TwoTasks::new(&cfg, false, 1, 50);
     let mut g = c.benchmark_group("table_rows");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
-    for name in [
-        "c_lw_adamerging",
-        "c_lw_adamerging_accumulate",
-        "c_lora_wemoe",
+    for (name, accumulate) in [
+        ("c_lw_adamerging", Some(false)),
+        ("c_lw_adamerging_accumulate", Some(true)),
+        ("c_lora_wemoe", None),
     ] {
-        let mut first = make(name);
-        first
-            .absorb(&theta0, &ft1, &TaskId::new("a"), &s1, &h1)
-            .unwrap();
-        let state = first.state().unwrap();
-        g.bench_function(format!("small/{name}_absorb_task2_50_steps"), |b| {
-            b.iter_batched(
-                || {
-                    let mut m = make(name);
-                    m.restore(&state).unwrap();
-                    m
-                },
-                |mut m| {
-                    black_box(
-                        m.absorb(&theta0, &ft2, &TaskId::new("b"), &s2, &h2)
-                            .unwrap(),
-                    )
-                },
-                BatchSize::PerIteration,
-            );
-        });
+        let make = || -> Box<dyn TestTimeMerger> {
+            let device = Device::flex();
+            match accumulate {
+                Some(accumulate) => {
+                    let config = AdaMergingConfig {
+                        accumulate,
+                        ..AdaMergingConfig::default()
+                    };
+                    Box::new(LwAdaMerging::new(config, cfg.clone(), device).unwrap())
+                }
+                None => {
+                    Box::new(LoraWemoe::new(WemoeConfig::default(), cfg.clone(), device).unwrap())
+                }
+            }
+        };
+        bench_task2(
+            &mut g,
+            &format!("small/{name}_absorb_task2_50_steps"),
+            &make,
+            &tasks,
+        );
     }
     g.finish();
 }
@@ -370,57 +396,35 @@ fn table_rows(c: &mut Criterion) {
 /// WEMoE's expert SVDs). A 50-step task is `fixed + 50 x step`.
 fn table_rows_vit_b32(c: &mut Criterion) {
     let cfg = ClipVisionConfig::vit_b_32();
-    let theta0 = random_params(&cfg, true, 41);
-    let (ft1, ft2) = (finetune(&cfg, &theta0, 42), finetune(&cfg, &theta0, 43));
-    let (h1, h2) = (
-        head(10, cfg.projection_dim, 44),
-        head(10, cfg.projection_dim, 45),
-    );
-    let (s1, s2) = (images(&cfg, 16, 46), images(&cfg, 16, 47));
-    let make = |name: &str, steps: usize| -> Box<dyn TestTimeMerger> {
-        let device = Device::flex();
-        if name == "c_lw_adamerging" {
-            let config = AdaMergingConfig {
-                steps,
-                ..AdaMergingConfig::default()
-            };
-            Box::new(LwAdaMerging::new(config, cfg.clone(), device).unwrap())
-        } else {
-            let config = WemoeConfig {
-                steps,
-                ..WemoeConfig::default()
-            };
-            Box::new(LoraWemoe::new(config, cfg.clone(), device).unwrap())
-        }
-    };
+    let tasks = TwoTasks::new(&cfg, true, 41, 16);
     let mut g = c.benchmark_group("table_rows");
     g.sample_size(10);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(30));
     for name in ["c_lw_adamerging", "c_lora_wemoe"] {
         for steps in [1, 3] {
-            let mut first = make(name, steps);
-            first
-                .absorb(&theta0, &ft1, &TaskId::new("a"), &s1, &h1)
-                .unwrap();
-            let state = first.state().unwrap();
-            drop(first);
-            g.bench_function(format!("vit_b32/{name}_absorb_task2_{steps}_steps"), |b| {
-                b.iter_batched(
-                    || {
-                        let mut m = make(name, steps);
-                        m.restore(&state).unwrap();
-                        m
-                    },
-                    |mut m| {
-                        black_box(
-                            m.absorb(&theta0, &ft2, &TaskId::new("b"), &s2, &h2)
-                                .unwrap(),
-                        )
-                    },
-                    BatchSize::PerIteration,
-                );
-            });
+            let make = || -> Box<dyn TestTimeMerger> {
+                let device = Device::flex();
+                if name == "c_lw_adamerging" {
+                    let config = AdaMergingConfig {
+                        steps,
+                        ..AdaMergingConfig::default()
+                    };
+                    Box::new(LwAdaMerging::new(config, cfg.clone(), device).unwrap())
+                } else {
+                    let config = WemoeConfig {
+                        steps,
+                        ..WemoeConfig::default()
+                    };
+                    Box::new(LoraWemoe::new(config, cfg.clone(), device).unwrap())
+                }
+            };
+            bench_task2(
+                &mut g,
+                &format!("vit_b32/{name}_absorb_task2_{steps}_steps"),
+                &make,
+                &tasks,
+            );
         }
     }
     g.finish();

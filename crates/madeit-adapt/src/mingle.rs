@@ -627,9 +627,7 @@ impl TestTimeMerger for Mingle {
     fn state(&self) -> Result<AdaptState, AdaptError> {
         let mut w = StateWriter::new(MINGLE);
         for &m in &self.modules {
-            for (e, f) in self.experts(m).iter().enumerate() {
-                w.put_factors(&format!("expert.{m}.{e}"), f)?;
-            }
+            w.put_experts(m, self.experts(m))?;
             w.put_gates(&format!("gate.{m}"), self.gates.gates(m))?;
             if let Some(u) = self.subspaces.get(&m) {
                 let (d, k) = u.shape();
@@ -657,9 +655,7 @@ impl TestTimeMerger for Mingle {
         let mut subspaces = BTreeMap::new();
         for &m in &self.modules {
             let (d_out, d_in) = m.dims(&self.vision);
-            let list = (0..t)
-                .map(|e| r.factors(&format!("expert.{m}.{e}"), d_out, d_in))
-                .collect::<Result<Vec<_>, _>>()?;
+            let list = r.experts(m, t, d_out, d_in)?;
             if t == 0 {
                 continue;
             }

@@ -142,11 +142,7 @@ impl StateWriter {
     }
 
     /// Adds `{prefix}.u` `[d_out, r]`, `{prefix}.s` `[r]` and `{prefix}.v` `[d_in, r]`.
-    pub(crate) fn put_factors(
-        &mut self,
-        prefix: &str,
-        f: &LowRankFactors,
-    ) -> Result<(), AdaptError> {
+    fn put_factors(&mut self, prefix: &str, f: &LowRankFactors) -> Result<(), AdaptError> {
         self.put(
             format!("{prefix}.u"),
             vec![f.d_out(), f.rank()],
@@ -158,6 +154,18 @@ impl StateWriter {
             vec![f.d_in(), f.rank()],
             f.v().to_vec(),
         )
+    }
+
+    /// Adds the experts of `module`, in task order, as `expert.{module}.{e}.{u,s,v}`.
+    pub(crate) fn put_experts(
+        &mut self,
+        module: ModuleId,
+        experts: &[LowRankFactors],
+    ) -> Result<(), AdaptError> {
+        for (e, f) in experts.iter().enumerate() {
+            self.put_factors(&format!("expert.{module}.{e}"), f)?;
+        }
+        Ok(())
     }
 
     /// Adds `{prefix}.weight` `[E, d_in]` and `{prefix}.bias` `[E]` (nothing when `gates` is
@@ -308,7 +316,7 @@ impl<'a> StateReader<'a> {
     }
 
     /// The factors written by [`StateWriter::put_factors`] for a `d_out x d_in` module.
-    pub(crate) fn factors(
+    fn factors(
         &mut self,
         prefix: &str,
         d_out: usize,
@@ -349,6 +357,20 @@ impl<'a> StateReader<'a> {
             v.data().to_vec(),
         )
         .map_err(|err| self.err(prefix, err.to_string()))
+    }
+
+    /// The `count` experts written by [`StateWriter::put_experts`] for `module`, a
+    /// `d_out x d_in` module.
+    pub(crate) fn experts(
+        &mut self,
+        module: ModuleId,
+        count: usize,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<Vec<LowRankFactors>, AdaptError> {
+        (0..count)
+            .map(|e| self.factors(&format!("expert.{module}.{e}"), d_out, d_in))
+            .collect()
     }
 
     /// The `count` gates written by [`StateWriter::put_gates`], each of width `d_in`.

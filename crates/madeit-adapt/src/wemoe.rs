@@ -639,9 +639,7 @@ impl TestTimeMerger for LoraWemoe {
             )?;
         }
         for &m in &self.modules {
-            for (e, f) in self.experts(m).iter().enumerate() {
-                w.put_factors(&format!("expert.{m}.{e}"), f)?;
-            }
+            w.put_experts(m, self.experts(m))?;
             w.put_gates(&format!("router.{m}"), self.routers.gates(m))?;
         }
         w.finish(
@@ -677,9 +675,7 @@ impl TestTimeMerger for LoraWemoe {
                 continue;
             }
             let (d_out, d_in) = m.dims(&self.vision);
-            let list = (0..t)
-                .map(|e| r.factors(&format!("expert.{m}.{e}"), d_out, d_in))
-                .collect::<Result<Vec<_>, _>>()?;
+            let list = r.experts(m, t, d_out, d_in)?;
             experts.insert(m, list);
             if m.kind != TargetKind::Fc1 {
                 continue;
