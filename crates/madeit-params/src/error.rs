@@ -118,6 +118,44 @@ pub enum ParamsError {
         /// What is wrong with it.
         message: String,
     },
+    /// An output path would replace or remove one of the inputs of the same command.
+    #[error(
+        "refusing to write `{}`: it is (or holds) the input `{}`; choose another output",
+        .output.display(),
+        .input.display()
+    )]
+    OutputIsInput {
+        /// The output path given.
+        output: PathBuf,
+        /// The input it clashes with.
+        input: PathBuf,
+    },
+    /// An output folder exists and holds something that the command may not replace.
+    #[error(
+        "refusing to replace `{}`: it is {holds}; choose an empty or new folder, or pass \
+         --force to replace it as a whole",
+        .path.display()
+    )]
+    OutputRefused {
+        /// The output folder.
+        path: PathBuf,
+        /// What it holds.
+        holds: String,
+    },
+    /// Another process is writing the same output folder.
+    #[error("another madeit process is writing `{}`; wait for it to finish", .path.display())]
+    OutputBusy {
+        /// The output folder.
+        path: PathBuf,
+    },
+    /// A checkpoint folder holds weights in a format that is not read.
+    #[error("cannot read the checkpoint `{}`: {message}", .path.display())]
+    UnsupportedCheckpoint {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was found and what to do.
+        message: String,
+    },
     /// A tensor in a file is stored in a dtype other than F32, F16 or BF16.
     #[error("tensor `{name}` has unsupported dtype {dtype} (supported: F32, F16, BF16)")]
     UnsupportedDType {
@@ -164,7 +202,12 @@ impl ParamsError {
             | Self::NotAMatrix { name, .. }
             | Self::DTypeOverflow { name, .. }
             | Self::UnsupportedDType { name, .. } => name.as_str(),
-            Self::Io { .. } | Self::Safetensors { .. } => return None,
+            Self::Io { .. }
+            | Self::Safetensors { .. }
+            | Self::OutputIsInput { .. }
+            | Self::OutputRefused { .. }
+            | Self::OutputBusy { .. }
+            | Self::UnsupportedCheckpoint { .. } => return None,
         };
         (!name.is_empty()).then_some(name)
     }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -125,40 +125,7 @@ impl ParamDict {
     /// `1e5` as F16), [`ParamsError::Safetensors`] if the header would be too large,
     /// [`ParamsError::Io`] naming `path` on any file-system error.
     pub fn save_with(&self, path: &Path, options: &SaveOptions) -> Result<(), ParamsError> {
-        let io_err = |source| ParamsError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let file_name = path
-            .file_name()
-            .map_or_else(|| "params".into(), |s| s.to_string_lossy());
-        let prefix = format!(".{file_name}.");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".tmp");
-        // Temporary files are private (0600) by default; the saved file should get the usual
-        // permissions of a new file (0666 minus the umask), like any other written file.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            builder.permissions(std::fs::Permissions::from_mode(0o666));
-        }
-        let mut tmp = builder.tempfile_in(dir).map_err(io_err)?;
-        {
-            let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-            self.write_safetensors(&mut w, options, path)?;
-            w.flush().map_err(io_err)?;
-        }
-        tmp.as_file().sync_all().map_err(io_err)?;
-        tmp.persist(path).map_err(|e| io_err(e.error))?;
-        // Make the rename itself durable; not every platform can open a directory.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::fs::write_atomic_with(path, |w| self.write_safetensors(w, options, path))
     }
 
     /// Serialises to an in-memory safetensors buffer (same layout as [`ParamDict::save_with`]).
@@ -172,7 +139,7 @@ impl ParamDict {
     }
 
     /// Streams the safetensors encoding to `w`; `path` is only used in errors.
-    fn write_safetensors<W: Write>(
+    fn write_safetensors<W: Write + ?Sized>(
         &self,
         w: &mut W,
         options: &SaveOptions,
@@ -327,6 +294,15 @@ fn decode<R: Read + Seek>(
     }
     let mut len_bytes = [0u8; 8];
     r.read_exact(&mut len_bytes).map_err(io_err)?;
+    // A file that is not safetensors at all is recognised by its first bytes, once they
+    // fail as a header (the first bytes of a valid header length can look like a magic).
+    let bad = |message: String| match foreign_format(&len_bytes) {
+        Some(what) => ParamsError::UnsupportedCheckpoint {
+            path: PathBuf::from(path),
+            message: format!("{what}, not a safetensors file. {CONVERT_HINT}"),
+        },
+        None => bad(message),
+    };
     let n = u64::from_le_bytes(len_bytes);
     if n > MAX_HEADER_SIZE as u64 {
         return Err(bad(format!(
@@ -408,4 +384,149 @@ fn decode<R: Read + Seek>(
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     Ok((dict, metadata))
+}
+
+/// How to turn a PyTorch pickle checkpoint into one madeit reads.
+const CONVERT_HINT: &str = "madeit reads only safetensors weights (unpickling a PyTorch file \
+    can run arbitrary code); convert it once with `python -c \"import torch; from \
+    safetensors.torch import save_file; save_file(torch.load('pytorch_model.bin', \
+    weights_only=True), 'model.safetensors')\"`, or save the model with transformers' \
+    `save_pretrained(dir, safe_serialization=True)`";
+
+/// Recognises the first bytes of weight files in other formats.
+fn foreign_format(head: &[u8; 8]) -> Option<&'static str> {
+    match head {
+        [b'P', b'K', 3, 4, ..] => Some("a zip archive (the format of `torch.save`)"),
+        [0x80, 2..=5, ..] => Some("a Python pickle (a PyTorch `.bin` / `.pt` file)"),
+        [0x89, b'H', b'D', b'F', ..] => Some("an HDF5 file (a Keras / TensorFlow `.h5` file)"),
+        _ => None,
+    }
+}
+
+/// The weights file of a Hugging Face checkpoint folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// The index of a sharded Hugging Face checkpoint (`weight_map`: tensor name -> shard file).
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Weight files of other formats that a checkpoint folder may hold instead.
+const FOREIGN_FILES: [&str; 6] = [
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "model.pt",
+    "model.pth",
+];
+
+/// The index file of a sharded checkpoint.
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: IndexMap<String, String>,
+}
+
+impl ParamDict {
+    /// Reads the weights of a checkpoint: a `.safetensors` file, or a Hugging Face folder
+    /// holding `model.safetensors` or a sharded checkpoint (`model.safetensors.index.json`
+    /// plus the shard files it names). The tensors of a sharded checkpoint are checked
+    /// against the index: every tensor the index names is in the shard it names, and no
+    /// shard holds a tensor the index does not list.
+    ///
+    /// # Errors
+    /// [`ParamsError::UnsupportedCheckpoint`] for a folder that holds weights in another
+    /// format (a PyTorch `.bin` pickle, TensorFlow, Flax), with how to convert them, or that
+    /// holds no weights at all; [`ParamsError::Safetensors`] for an index that does not parse
+    /// or does not match its shards; otherwise as [`ParamDict::load`].
+    pub fn load_checkpoint(path: &Path) -> Result<Self, ParamsError> {
+        if !path.is_dir() {
+            return Self::load(path);
+        }
+        let single = path.join(WEIGHTS_FILE);
+        if single.is_file() {
+            return Self::load(&single);
+        }
+        let index = path.join(INDEX_FILE);
+        if index.is_file() {
+            return load_sharded(path, &index);
+        }
+        let foreign: Vec<&str> = FOREIGN_FILES
+            .iter()
+            .copied()
+            .filter(|f| path.join(f).exists())
+            .collect();
+        let message = if foreign.is_empty() {
+            format!("the folder holds neither `{WEIGHTS_FILE}` nor a sharded `{INDEX_FILE}`")
+        } else {
+            format!(
+                "the folder holds `{}` but no `{WEIGHTS_FILE}`. {CONVERT_HINT}",
+                foreign.join("`, `")
+            )
+        };
+        Err(ParamsError::UnsupportedCheckpoint {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+}
+
+/// Reads the shards an index names, in the order of their first appearance.
+fn load_sharded(dir: &Path, index: &Path) -> Result<ParamDict, ParamsError> {
+    let bad = |message: String| ParamsError::Safetensors {
+        path: index.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| ParamsError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let parsed: ShardIndex = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("not a sharded-checkpoint index: {e}")))?;
+    let mut shards: Vec<&str> = Vec::new();
+    for file in parsed.weight_map.values() {
+        let plain = Path::new(file)
+            .file_name()
+            .is_some_and(|n| n == std::ffi::OsStr::new(file));
+        if !plain || file.starts_with('.') {
+            return Err(bad(format!(
+                "shard `{file}` is not a plain file name in the checkpoint folder"
+            )));
+        }
+        if !shards.contains(&file.as_str()) {
+            shards.push(file);
+        }
+    }
+    if shards.is_empty() {
+        return Err(bad("the index lists no tensors".to_owned()));
+    }
+    let mut dict = ParamDict::new();
+    for shard in shards {
+        let file = dir.join(shard);
+        let part = ParamDict::load(&file)?;
+        for (name, t) in part {
+            match parsed.weight_map.get(&name) {
+                Some(s) if s == shard => {}
+                Some(s) => {
+                    return Err(bad(format!(
+                        "tensor `{name}` is in `{shard}`, but the index puts it in `{s}`"
+                    )));
+                }
+                None => {
+                    return Err(bad(format!(
+                        "shard `{shard}` holds tensor `{name}`, which the index does not list"
+                    )));
+                }
+            }
+            if dict.contains(&name) {
+                return Err(bad(format!("tensor `{name}` is in more than one shard")));
+            }
+            dict.insert(name, t);
+        }
+    }
+    if let Some(name) = parsed.weight_map.keys().find(|k| !dict.contains(k)) {
+        let shard = parsed.weight_map.get(name).map_or("", String::as_str);
+        return Err(bad(format!(
+            "the index puts tensor `{name}` in `{shard}`, which does not hold it"
+        )));
+    }
+    Ok(dict)
 }

@@ -10,7 +10,10 @@
 //!   dtypes, and its error names the offending tensor.
 //! - [`TaskVector`]: `τ = θ_ft − θ_pre`, applied as `θ_pre + λ τ`.
 //! - safetensors I/O: [`ParamDict::load`], [`ParamDict::save`] (atomic), [`ParamDict::save_as`]
-//!   and the `__metadata__` map ([`ParamDict::load_with_metadata`], [`SaveOptions`]).
+//!   and the `__metadata__` map ([`ParamDict::load_with_metadata`], [`SaveOptions`]);
+//!   Hugging Face checkpoint folders, single-file or sharded ([`ParamDict::load_checkpoint`]).
+//! - [`fs`]: files and folders that land as a unit (atomic writes, output folders swapped
+//!   in whole, refusal to write over an input).
 //!
 //! Nothing here panics on bad input: malformed files, missing keys, shape or dtype
 //! mismatches and NaN/Inf ([`ParamDict::check_finite`]) are all [`ParamsError`]s.
@@ -33,6 +36,7 @@
 mod dict;
 mod dtype;
 mod error;
+pub mod fs;
 mod io;
 mod task_vector;
 mod tensor;
@@ -40,6 +44,6 @@ mod tensor;
 pub use dict::ParamDict;
 pub use dtype::DType;
 pub use error::ParamsError;
-pub use io::{Metadata, SaveOptions};
+pub use io::{INDEX_FILE, Metadata, SaveOptions, WEIGHTS_FILE};
 pub use task_vector::TaskVector;
 pub use tensor::Tensor;
