@@ -8,8 +8,14 @@ use crate::expert::{Expert, to_f32, to_f64};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use madeit_grassmann::expert_affinity;
-use madeit_linalg::{Svd, TruncatedSvd, thin_svd, truncated_svd};
+use madeit_linalg::{Svd, SvdWorkspace, TruncatedSvd};
 use std::collections::BTreeSet;
+
+/// A sequential workspace: MADE-IT parallelises over modules, and each decomposition runs
+/// on one thread, so that its result does not depend on the number of threads.
+fn seq<T: madeit_linalg::Real>() -> SvdWorkspace<T> {
+    SvdWorkspace::with_parallelism(Par::Seq)
+}
 
 fn linalg(context: impl Into<String>) -> impl FnOnce(madeit_linalg::LinalgError) -> ExpertsError {
     let context = context.into();
@@ -37,7 +43,8 @@ pub fn candidate(
             seed,
         },
     };
-    let Svd { u, s, v } = truncated_svd(dw, rank, method)
+    let Svd { u, s, v } = seq()
+        .truncated_svd(dw, rank, method)
         .map_err(linalg(format!("the candidate SVD of `{module}`")))?;
     Expert::new(module, u, s, v, BTreeSet::from([task]))
 }
@@ -134,7 +141,7 @@ fn hcat(a: MatRef<'_, f32>, b: MatRef<'_, f32>) -> Mat<f64> {
 /// return `P_k Q_k^T` (`m x n`). Equal to the polar factor `P Q^T` when every
 /// `sigma_i > tol * sigma_1`.
 pub fn truncated_polar(a: MatRef<'_, f64>, tol: f64, context: &str) -> Result<Mat<f64>> {
-    let Svd { u: p, s, v: q } = thin_svd(a).map_err(linalg(context.to_owned()))?;
+    let Svd { u: p, s, v: q } = seq().thin_svd(a).map_err(linalg(context.to_owned()))?;
     let s1 = s.first().copied().unwrap_or(0.0);
     let k = s.iter().take_while(|&&x| x > tol * s1).count().max(1);
     let mut out = Mat::zeros(a.nrows(), a.ncols());
@@ -173,14 +180,11 @@ pub fn top_r_of_factors(
             ),
         });
     }
-    let qra = a.qr();
-    let qrb = b.qr();
-    let qa = qra.compute_thin_Q();
-    let qb = qrb.compute_thin_Q();
-    let ra = qra.thin_R();
-    let rb = qrb.thin_R();
+    let mut ws = seq::<f64>();
+    let (qa, ra) = ws.thin_qr(a).map_err(linalg(context.to_owned()))?;
+    let (qb, rb) = ws.thin_qr(b).map_err(linalg(context.to_owned()))?;
     // R_a diag(d)
-    let mut rad = ra.to_owned();
+    let mut rad = ra.clone();
     for (j, &dj) in d.iter().enumerate().take(rad.ncols()) {
         for x in rad.col_mut(j).iter_mut() {
             *x *= dj;
@@ -195,7 +199,9 @@ pub fn top_r_of_factors(
         1.0,
         Par::Seq,
     );
-    let svd = thin_svd(core.as_ref()).map_err(linalg(context.to_owned()))?;
+    let svd = ws
+        .thin_svd(core.as_ref())
+        .map_err(linalg(context.to_owned()))?;
     if svd.s.len() < r {
         return Err(ExpertsError::InvalidExpert {
             module: context.to_owned(),

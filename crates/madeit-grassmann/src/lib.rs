@@ -20,10 +20,10 @@
 //! With equal ranks `s(A, B) = 1 - d_c^2 / r`. All are symmetric in `A` and `B`.
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef};
+use faer::{Accum, Mat, MatRef, Par};
 use madeit_linalg::{
-    LinalgError, Real, check_matrix, default_orthonormal_tolerance, faer, orthonormality_error,
-    orthonormalize,
+    LinalgError, Real, SvdWorkspace, check_matrix, default_orthonormal_tolerance, faer,
+    orthonormality_error,
 };
 use thiserror::Error;
 
@@ -124,7 +124,7 @@ impl<T: Real> Subspace<T> {
             return Err(GrassmannError::RankExceedsDimension { dim, rank });
         }
         Ok(Self {
-            basis: orthonormalize(a)?,
+            basis: SvdWorkspace::with_parallelism(Par::Seq).orthonormalize(a)?,
         })
     }
 
@@ -309,7 +309,7 @@ fn cross<T: Real>(x: MatRef<'_, T>, y: MatRef<'_, T>) -> Mat<T> {
         x.transpose(),
         y,
         T::from_f64(1.0),
-        faer::get_global_parallelism(),
+        Par::Seq,
     );
     out
 }
@@ -317,23 +317,13 @@ fn cross<T: Real>(x: MatRef<'_, T>, y: MatRef<'_, T>) -> Mat<T> {
 /// `Y - X M` with `M = X^T Y`: the part of `Y` outside the span of `X`.
 fn residual<T: Real>(x: MatRef<'_, T>, y: MatRef<'_, T>, m: MatRef<'_, T>) -> Mat<T> {
     let mut out = y.to_owned();
-    matmul(
-        out.as_mut(),
-        Accum::Add,
-        x,
-        m,
-        T::from_f64(-1.0),
-        faer::get_global_parallelism(),
-    );
+    matmul(out.as_mut(), Accum::Add, x, m, T::from_f64(-1.0), Par::Seq);
     out
 }
 
-/// Singular values, descending.
+/// Singular values, descending. The matrices here are small (`r x r`), so this runs on one
+/// thread; every computation of this crate does, so results do not depend on the number
+/// of threads.
 fn singular_values<T: Real>(a: MatRef<'_, T>) -> Result<Vec<T>, GrassmannError> {
-    a.singular_values().map_err(|_| {
-        GrassmannError::Linalg(LinalgError::NoConvergence {
-            rows: a.nrows(),
-            cols: a.ncols(),
-        })
-    })
+    Ok(SvdWorkspace::with_parallelism(Par::Seq).thin_svd(a)?.s)
 }

@@ -58,6 +58,35 @@ impl<T: Real> Svd<T> {
         out
     }
 
+    /// Fixes the sign of every singular pair: the entry of largest magnitude of each
+    /// column of `U` (the first one on ties) is made non-negative, and the same column of
+    /// `V` is negated with it, so `U diag(s) V^T` is unchanged. Every SVD of this crate
+    /// returns its factors in this form, so that results do not depend on the sign choices
+    /// of the algorithm (which vary, for example, with the number of threads).
+    pub fn canonicalize_signs(&mut self) {
+        let zero = T::from_f64(0.0);
+        let k = self.s.len().min(self.u.ncols()).min(self.v.ncols());
+        for j in 0..k {
+            let mut best = zero;
+            let mut sign_negative = false;
+            for x in self.u.col(j).iter() {
+                let a = if *x < zero { -*x } else { *x };
+                if a > best {
+                    best = a;
+                    sign_negative = *x < zero;
+                }
+            }
+            if sign_negative {
+                for x in self.u.col_mut(j).iter_mut() {
+                    *x = -*x;
+                }
+                for x in self.v.col_mut(j).iter_mut() {
+                    *x = -*x;
+                }
+            }
+        }
+    }
+
     /// Keeps the top `rank` triplets (a no-op when `rank >= self.rank()`).
     #[must_use]
     pub fn truncated(mut self, rank: usize) -> Self {
@@ -148,7 +177,8 @@ impl TruncatedSvd {
     }
 }
 
-/// Thin SVD `A = U diag(s) V^T` with `k = min(m, n)` triplets.
+/// Thin SVD `A = U diag(s) V^T` with `k = min(m, n)` triplets, signs canonical (see
+/// [`Svd::canonicalize_signs`]).
 ///
 /// # Errors
 /// [`LinalgError::EmptyMatrix`], [`LinalgError::NonFinite`] (argument `"a"`), or
@@ -375,7 +405,9 @@ impl<T: Real> SvdWorkspace<T> {
             Default::default(),
         )
         .map_err(|_| LinalgError::NoConvergence { rows: m, cols: n })?;
-        Ok(Svd { u, s, v })
+        let mut out = Svd { u, s, v };
+        out.canonicalize_signs();
+        Ok(out)
     }
 
     /// Householder QR of `work` (`m x n`, destroyed) and the explicit thin `Q` written to
@@ -535,7 +567,31 @@ impl<T: Real> SvdWorkspace<T> {
         res.map_err(|_| LinalgError::NoConvergence { rows: k, cols: n })?;
         v.truncate(n, rank);
         s.truncate(rank);
-        Ok(Svd { u, s, v })
+        let mut out = Svd { u, s, v };
+        out.canonicalize_signs();
+        Ok(out)
+    }
+
+    /// Thin QR `A = Q R` with `Q` `m x k`, `R` `k x n` upper triangular, `k = min(m, n)`,
+    /// signs chosen so that `diag(R) >= 0` (see [`orthonormalize`]), computed with this
+    /// workspace's parallelism.
+    ///
+    /// # Errors
+    /// [`LinalgError::EmptyMatrix`] or [`LinalgError::NonFinite`] (argument `"a"`).
+    pub fn thin_qr(&mut self, a: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>), LinalgError> {
+        check_matrix(a, "a")?;
+        let (m, n) = a.shape();
+        let k = m.min(n);
+        let mut work = a.to_owned();
+        let mut q = Mat::zeros(m, k);
+        let par = self.par;
+        self.qr_into(work.as_mut(), q.as_mut(), true, par);
+        let zero = T::from_f64(0.0);
+        let r = Mat::from_fn(k, n, |i, j| {
+            let x = if j >= i { work[(i, j)] } else { zero };
+            if work[(i, i)] < zero { -x } else { x }
+        });
+        Ok((q, r))
     }
 }
 
