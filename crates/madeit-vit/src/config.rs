@@ -6,6 +6,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::VitError;
 
+/// Largest `hidden_size` (and `projection_dim`, heads) a config may ask for.
+pub const MAX_WIDTH: usize = 1 << 15;
+/// Largest `num_hidden_layers` a config may ask for.
+pub const MAX_LAYERS: usize = 1024;
+/// Largest `image_size` a config may ask for, in pixels.
+pub const MAX_IMAGE_SIZE: usize = 1 << 13;
+/// Largest `num_channels` a config may ask for.
+pub const MAX_CHANNELS: usize = 64;
+/// Largest sequence length (patches plus the class token) a config may ask for.
+pub const MAX_POSITIONS: usize = 1 << 16;
+
 /// The MLP activation (`hidden_act` in `config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -216,18 +227,35 @@ impl ClipVisionConfig {
                 reason: format!("must be finite and positive, got {}", self.layer_norm_eps),
             });
         }
-        // Guard the products used to size tensors against overflow.
-        let sizes = [
-            self.image_size.checked_mul(self.image_size),
-            self.num_channels
-                .checked_mul(self.patch_size * self.patch_size),
-            self.hidden_size.checked_mul(self.intermediate_size),
-            self.hidden_size.checked_mul(3 * self.hidden_size),
+        // Bound every size before anything is allocated from it: a hostile or mistyped
+        // config.json must fail here, not abort on an allocation.
+        let bounds = [
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, 4 * MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+            ("image_size", self.image_size, MAX_IMAGE_SIZE),
+            ("num_channels", self.num_channels, MAX_CHANNELS),
+            ("projection_dim", self.projection_dim, MAX_WIDTH),
         ];
-        if sizes.iter().any(Option::is_none) || self.image_size > 1 << 16 {
+        for (field, value, max) in bounds {
+            if value > max {
+                return Err(VitError::InvalidConfig {
+                    field,
+                    reason: format!("({value}) exceeds the supported maximum of {max}"),
+                });
+            }
+        }
+        if self.num_positions() > MAX_POSITIONS {
             return Err(VitError::InvalidConfig {
-                field: "hidden_size",
-                reason: "sizes are too large".into(),
+                field: "patch_size",
+                reason: format!(
+                    "({}) gives {} tokens per image for image_size {}, more than the supported \
+                     {MAX_POSITIONS}",
+                    self.patch_size,
+                    self.num_positions(),
+                    self.image_size
+                ),
             });
         }
         Ok(())
@@ -294,10 +322,11 @@ impl ClipVisionConfig {
                 {
                     v.insert("projection_dim".into(), proj.clone());
                 }
-                serde_json::from_value::<Self>(vision)
-                    .map_err(|e| err(format!("in `vision_config`: {e}")))?
+                serde_path_to_error::deserialize::<_, Self>(vision)
+                    .map_err(|e| err(format!("in `vision_config.{}`: {}", e.path(), e.inner())))?
             }
-            None => serde_json::from_value::<Self>(value).map_err(|e| err(e.to_string()))?,
+            None => serde_path_to_error::deserialize::<_, Self>(value)
+                .map_err(|e| err(format!("`{}`: {}", e.path(), e.inner())))?,
         };
         cfg.validate()?;
         Ok(cfg)

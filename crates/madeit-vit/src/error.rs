@@ -39,6 +39,17 @@ impl CheckpointReport {
     }
 }
 
+/// How many names of each list a [`CheckpointReport`] message shows.
+const LISTED: usize = 12;
+
+/// Ends a list shown up to [`LISTED`] items with the number left out.
+fn more(f: &mut fmt::Formatter<'_>, total: usize) -> fmt::Result {
+    if total > LISTED {
+        write!(f, " and {} more", total - LISTED)?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for CheckpointReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
@@ -53,32 +64,35 @@ impl fmt::Display for CheckpointReport {
         if !self.missing.is_empty() {
             sep(f)?;
             write!(f, "{} missing: ", self.missing.len())?;
-            for (i, (name, shape)) in self.missing.iter().enumerate() {
+            for (i, (name, shape)) in self.missing.iter().take(LISTED).enumerate() {
                 if i > 0 {
                     f.write_str(", ")?;
                 }
                 write!(f, "`{name}` {shape:?}")?;
             }
+            more(f, self.missing.len())?;
         }
         if !self.unexpected.is_empty() {
             sep(f)?;
             write!(f, "{} unexpected: ", self.unexpected.len())?;
-            for (i, name) in self.unexpected.iter().enumerate() {
+            for (i, name) in self.unexpected.iter().take(LISTED).enumerate() {
                 if i > 0 {
                     f.write_str(", ")?;
                 }
                 write!(f, "`{name}`")?;
             }
+            more(f, self.unexpected.len())?;
         }
         if !self.mismatched.is_empty() {
             sep(f)?;
             write!(f, "{} with wrong shape: ", self.mismatched.len())?;
-            for (i, m) in self.mismatched.iter().enumerate() {
+            for (i, m) in self.mismatched.iter().take(LISTED).enumerate() {
                 if i > 0 {
                     f.write_str(", ")?;
                 }
                 write!(f, "`{}` expected {:?}, got {:?}", m.name, m.expected, m.got)?;
             }
+            more(f, self.mismatched.len())?;
         }
         Ok(())
     }

@@ -108,7 +108,10 @@ mod util;
 
 pub mod functional;
 
-pub use config::{Activation, ClipVisionConfig};
+pub use config::{
+    Activation, ClipVisionConfig, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_POSITIONS,
+    MAX_WIDTH,
+};
 pub use error::{CheckpointReport, ShapeMismatch, VitError};
 pub use experts::{ExpertBank, LowRankFactors, Routing, RoutingScores, TokenAggregation};
 pub use gates::{GateBank, GateSharing, GateTraining, GateValues, LinearGate, ModuleGates};
@@ -126,15 +129,5 @@ pub use names::{
 };
 pub use util::to_host;
 
-#[doc(hidden)]
-pub fn __scratch_qg(x: burn::tensor::Tensor<3>, b: &[f32]) -> burn::tensor::Tensor<3> {
-    match kernels::quick_gelu_bias(x, b) {
-        Ok(Ok(y)) => y,
-        _ => unreachable!(),
-    }
-}
-
-#[doc(hidden)]
-pub fn __scratch_qg1(x: f32) -> f32 {
-    kernels::quick_gelu_f32(x)
-}
+/// The burn device type the `*_on` constructors take (`Device::flex()` is the CPU).
+pub use burn::prelude::Device;

@@ -16,7 +16,7 @@ use crate::util::{download, first_non_finite, transpose, upload};
 use crate::{Activation, ClipVisionConfig, ModuleId, TargetKind, VitError};
 
 /// Name of the weights file inside a model directory.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub use madeit_params::WEIGHTS_FILE;
 /// Name of the configuration file inside a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 
@@ -257,6 +257,76 @@ impl fmt::Display for ModelSummary {
     }
 }
 
+/// Checks HF-named tensors against a configuration without building anything: every
+/// tensor of the tower present with the right shape (the projection optional), nothing
+/// unexpected, every value finite. Returns the key layout and the tensors by bare name.
+fn match_checkpoint<'p>(
+    config: &ClipVisionConfig,
+    params: &'p ParamDict,
+) -> Result<(KeyLayout, BTreeMap<String, &'p madeit_params::Tensor>), VitError> {
+    config.validate()?;
+    let layout = if params.keys().any(|k| k.starts_with(VISION_PREFIX)) {
+        KeyLayout::VisionModel
+    } else {
+        KeyLayout::Bare
+    };
+    let expected = expected_tensors(config);
+    let mut wanted: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
+    wanted.insert(
+        PROJECTION_WEIGHT.to_owned(),
+        vec![config.projection_dim, config.hidden_size],
+    );
+
+    let mut report = CheckpointReport::default();
+    let mut found: BTreeMap<String, &madeit_params::Tensor> = BTreeMap::new();
+    for (name, tensor) in params.iter() {
+        let bare = if name == PROJECTION_WEIGHT {
+            Some(name)
+        } else {
+            name.strip_prefix(layout.prefix())
+        };
+        let Some(bare) = bare.filter(|b| wanted.contains_key(*b)) else {
+            if !is_ignored(name) {
+                report.unexpected.push(name.to_owned());
+            }
+            continue;
+        };
+        if let Some(shape) = wanted.get(bare)
+            && shape.as_slice() != tensor.shape()
+        {
+            report.mismatched.push(ShapeMismatch {
+                name: name.to_owned(),
+                expected: shape.clone(),
+                got: tensor.shape().to_vec(),
+            });
+            continue;
+        }
+        found.insert(bare.to_owned(), tensor);
+    }
+    for (bare, shape) in &expected {
+        let mismatched = report
+            .mismatched
+            .iter()
+            .any(|m| m.name == layout.full_name(bare));
+        if !found.contains_key(bare) && !mismatched {
+            report.missing.push((layout.full_name(bare), shape.clone()));
+        }
+    }
+    if !report.is_clean() {
+        return Err(VitError::Checkpoint { report });
+    }
+    for (bare, t) in &found {
+        if let Some((index, value)) = first_non_finite(t.data()) {
+            return Err(VitError::NonFiniteWeight {
+                name: layout.full_name(bare),
+                index,
+                value,
+            });
+        }
+    }
+    Ok((layout, found))
+}
+
 fn check_pixels(config: &ClipVisionConfig, dims: [usize; 4]) -> Result<(), VitError> {
     let [b, c, h, w] = dims;
     if b == 0 || c != config.num_channels || h != config.image_size || w != config.image_size {
@@ -270,6 +340,17 @@ fn check_pixels(config: &ClipVisionConfig, dims: [usize; 4]) -> Result<(), VitEr
 }
 
 impl ClipVisionModel {
+    /// Checks HF-named tensors against `config` as [`from_params_on`](Self::from_params_on)
+    /// does, without building a model or allocating anything the size of the weights: for
+    /// validating checkpoints before long work starts.
+    ///
+    /// # Errors
+    /// As [`from_params_on`](Self::from_params_on).
+    pub fn check_params(config: &ClipVisionConfig, params: &ParamDict) -> Result<(), VitError> {
+        config.validate()?;
+        match_checkpoint(config, params).map(|_| ())
+    }
+
     /// Builds a model on burn's flex CPU device from HF-named tensors (see
     /// [`from_params_on`](Self::from_params_on)).
     ///
@@ -297,66 +378,7 @@ impl ClipVisionModel {
         params: &ParamDict,
         device: &Device,
     ) -> Result<Self, VitError> {
-        config.validate()?;
-        let layout = if params.keys().any(|k| k.starts_with(VISION_PREFIX)) {
-            KeyLayout::VisionModel
-        } else {
-            KeyLayout::Bare
-        };
-        let expected = expected_tensors(config);
-        let mut wanted: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
-        wanted.insert(
-            PROJECTION_WEIGHT.to_owned(),
-            vec![config.projection_dim, config.hidden_size],
-        );
-
-        let mut report = CheckpointReport::default();
-        let mut found: BTreeMap<String, &madeit_params::Tensor> = BTreeMap::new();
-        for (name, tensor) in params.iter() {
-            let bare = if name == PROJECTION_WEIGHT {
-                Some(name)
-            } else {
-                name.strip_prefix(layout.prefix())
-            };
-            let Some(bare) = bare.filter(|b| wanted.contains_key(*b)) else {
-                if !is_ignored(name) {
-                    report.unexpected.push(name.to_owned());
-                }
-                continue;
-            };
-            if let Some(shape) = wanted.get(bare)
-                && shape.as_slice() != tensor.shape()
-            {
-                report.mismatched.push(ShapeMismatch {
-                    name: name.to_owned(),
-                    expected: shape.clone(),
-                    got: tensor.shape().to_vec(),
-                });
-                continue;
-            }
-            found.insert(bare.to_owned(), tensor);
-        }
-        for (bare, shape) in &expected {
-            let mismatched = report
-                .mismatched
-                .iter()
-                .any(|m| m.name == layout.full_name(bare));
-            if !found.contains_key(bare) && !mismatched {
-                report.missing.push((layout.full_name(bare), shape.clone()));
-            }
-        }
-        if !report.is_clean() {
-            return Err(VitError::Checkpoint { report });
-        }
-        for (bare, t) in &found {
-            if let Some((index, value)) = first_non_finite(t.data()) {
-                return Err(VitError::NonFiniteWeight {
-                    name: layout.full_name(bare),
-                    index,
-                    value,
-                });
-            }
-        }
+        let (layout, found) = match_checkpoint(config, params)?;
         let dtypes = found.iter().map(|(k, t)| (k.clone(), t.dtype())).collect();
         Builder {
             config,
@@ -366,7 +388,8 @@ impl ClipVisionModel {
         .build(layout, dtypes)
     }
 
-    /// Reads `dir/config.json` and `dir/model.safetensors`.
+    /// Reads `dir/config.json` and the weights of `dir` (`model.safetensors`, or a sharded
+    /// checkpoint: see [`ParamDict::load_checkpoint`]).
     ///
     /// # Errors
     /// File and parse errors naming the file, then as [`from_params`](Self::from_params).
@@ -380,7 +403,7 @@ impl ClipVisionModel {
     /// As [`load_dir`](Self::load_dir).
     pub fn load_dir_on(dir: &Path, device: &Device) -> Result<Self, VitError> {
         let config = ClipVisionConfig::from_file(&dir.join(CONFIG_FILE))?;
-        let params = ParamDict::load(&dir.join(WEIGHTS_FILE))?;
+        let params = ParamDict::load_checkpoint(dir)?;
         Self::from_params_on(&config, &params, device)
     }
 
