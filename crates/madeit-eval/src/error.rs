@@ -170,8 +170,9 @@ impl RunError {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
-/// that `path` is never seen half-written.
+/// Writes `bytes` to `path` atomically ([`madeit_params::fs::write_atomic`]: a temporary
+/// file in the same folder, `fsync`, rename), creating the folder if needed, so that `path`
+/// is never seen half-written.
 ///
 /// # Errors
 /// [`RunError::Io`] naming the file.
@@ -179,9 +180,8 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), RunError
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| RunError::io(parent, e))?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| RunError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))
+    madeit_params::fs::write_atomic(path, bytes).map_err(|e| match e {
+        ParamsError::Io { path, source } => RunError::Io { path, source },
+        other => RunError::Params(Box::new(other)),
+    })
 }

@@ -38,7 +38,7 @@ use madeit_merge::{ExpertModel, ExpertRouting, Fingerprint, MergedModel, TaskId}
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, Routing, TaskHead,
-    TokenAggregation,
+    TokenAggregation, VisionOutput,
 };
 use rayon::prelude::*;
 
@@ -376,9 +376,10 @@ impl ExpertRouter for OracleRouter {
     }
 }
 
-/// An expert model uploaded for routed forwards.
+/// An expert model uploaded for routed forwards: the backbone tower, its expert bank and
+/// the tasks each expert serves.
 #[derive(Debug)]
-struct ExpertTower {
+pub struct ExpertTower {
     model: ClipVisionModel,
     bank: ExpertBank,
     expert_tasks: Vec<(ModuleId, Vec<Vec<TaskId>>)>,
@@ -386,7 +387,16 @@ struct ExpertTower {
 }
 
 impl ExpertTower {
-    fn new(config: &ClipVisionConfig, m: &ExpertModel, device: &Device) -> Result<Self, RunError> {
+    /// Uploads `m` to `device`.
+    ///
+    /// # Errors
+    /// [`RunError::Experts`] for an expert on a tensor that is not a target weight or with
+    /// inconsistent factor shapes; the tower's errors for the backbone.
+    pub fn new(
+        config: &ClipVisionConfig,
+        m: &ExpertModel,
+        device: &Device,
+    ) -> Result<Self, RunError> {
         let model = ClipVisionModel::from_params_on(config, &m.backbone, device)?;
         let mut modules = Vec::new();
         let mut expert_tasks = Vec::new();
@@ -426,6 +436,39 @@ impl ExpertTower {
         })
     }
 
+    /// The routed forward of a batch: `router` picks the experts of every sample (the
+    /// model's own router when it has one and `router` defers to it, as MADE-IT's paths
+    /// do); `task` is the task the batch comes from, which only the oracle reads.
+    ///
+    /// # Errors
+    /// As the router and [`ClipVisionModel::forward_routed`].
+    pub fn forward(
+        &self,
+        router: &dyn ExpertRouter,
+        pixels: Tensor<4>,
+        task: &str,
+    ) -> Result<VisionOutput, RunError> {
+        let own = model_router(router, self.rule);
+        let router: &dyn ExpertRouter = match &own {
+            Some(r) => r,
+            None => router,
+        };
+        let routing = router.route(&RouteRequest {
+            model: &self.model,
+            bank: &self.bank,
+            expert_tasks: &self.expert_tasks,
+            pixels: &pixels,
+            task,
+        })?;
+        Ok(self.model.forward_routed(pixels, &self.bank, &routing)?)
+    }
+
+    /// The backbone tower.
+    #[must_use]
+    pub fn model(&self) -> &ClipVisionModel {
+        &self.model
+    }
+
     fn accuracy(
         &self,
         router: &dyn ExpertRouter,
@@ -433,23 +476,8 @@ impl ExpertTower {
         test: &ImageSet,
         batch: usize,
     ) -> Result<f64, RunError> {
-        let own = model_router(router, self.rule);
-        let router: &dyn ExpertRouter = match &own {
-            Some(r) => r,
-            None => router,
-        };
         count_correct(&self.model, head, test, batch, &|px| {
-            let routing = router.route(&RouteRequest {
-                model: &self.model,
-                bank: &self.bank,
-                expert_tasks: &self.expert_tasks,
-                pixels: &px,
-                task: head.name(),
-            })?;
-            Ok(self
-                .model
-                .forward_routed(px, &self.bank, &routing)?
-                .embedding())
+            Ok(self.forward(router, px, head.name())?.embedding())
         })
     }
 }

@@ -816,6 +816,7 @@ pub fn run_stream(
                 steps: steps.clone(),
             };
             save_checkpoint(path, &record, &merger.state()?)?;
+            madeit_params::fs::crash_point("run-after-state");
             if let Some(last) = steps.last_mut() {
                 last.timing.save_s = t.elapsed().as_secs_f64();
                 timing = last.timing;

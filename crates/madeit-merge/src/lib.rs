@@ -43,8 +43,8 @@ pub use error::MergeError;
 /// MADE-IT's hyper-parameters (the configuration of `method = "made_it"`).
 pub use madeit_experts::MadeItConfig;
 pub use methods::{
-    Consensus, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily, opcm_projection,
-    split_rank,
+    Consensus, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily,
+    made_it_expert_model, opcm_projection, split_rank,
 };
 pub use state::{
     Fingerprint, MergerState, STATE_FORMAT, STATE_VERSION, StateMetadata, TaskRecord, exact_f64,

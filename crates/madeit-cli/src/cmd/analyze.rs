@@ -18,6 +18,7 @@ use madeit::eval::Benchmark;
 use madeit::eval::orders::task_order;
 use madeit::experts::{AffinityMetric, MadeItConfig};
 use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
+use madeit::params::fs::write_atomic;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -194,7 +195,8 @@ fn allocation_map(
     let (cell_w, cell_h, left, top) = (128i32, 18i32, 120i32, 70i32);
     let width = (left + columns.len() as i32 * cell_w + 20) as u32;
     let height = (top + rows.len() as i32 * cell_h + 20) as u32;
-    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let font = |size: i32| ("sans-serif", size).into_font();
     root.draw(&Text::new(
@@ -241,6 +243,8 @@ fn allocation_map(
         }
     }
     root.present().map_err(|e| err(&e))?;
+    drop(root);
+    write_atomic(path, svg.as_bytes())?;
     Ok(())
 }
 
@@ -277,7 +281,8 @@ fn affinity_density(
         .fold(0.0f64, f64::max)
         .max(1e-9)
         * 1.1;
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -314,6 +319,9 @@ fn affinity_density(
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
+    drop(chart);
+    drop(root);
+    write_atomic(path, svg.as_bytes())?;
     Ok(())
 }
 
@@ -327,7 +335,8 @@ fn experts_kept(
 ) -> anyhow::Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
     let layers = kept.len().max(1);
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (760, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let groups = kinds.len() as f64;
     let mut chart = ChartBuilder::on(&root)
@@ -385,5 +394,8 @@ fn experts_kept(
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
+    drop(chart);
+    drop(root);
+    write_atomic(path, svg.as_bytes())?;
     Ok(())
 }

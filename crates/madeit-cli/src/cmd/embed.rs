@@ -8,12 +8,24 @@
 //!   when the checkpoint has a projection (`e = projection_dim`), else `pooled_output`;
 //! - with `--all`, also `pooled_output` `[n, hidden_size]` and `last_hidden_state`
 //!   `[n, tokens, hidden_size]` (the names of transformers' `CLIPVisionModelOutput`).
+//!
+//! A `madeit merge --method made_it` result (a backbone with an `experts/` store and
+//! `tasks.json`) is embedded with MADE-IT's routing: every image takes its own path of
+//! experts, chosen from the backbone's module inputs, exactly as `madeit run` evaluates it.
+//! Other expert files (`experts.safetensors`) are refused, since the router they need is
+//! not stored with them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use std::collections::BTreeMap;
+
+use madeit::eval::evaluate::{ExpertTower, ProjectionRouter};
+use madeit::experts::store;
+use madeit::merge::{TaskId, made_it_expert_model};
+use madeit::params::fs::{check_not_input, remove_stale_temp_files};
 use madeit::params::{ParamDict, Tensor};
-use madeit::vit::{ClipVisionModel, to_host};
+use madeit::vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, Device, VisionOutput, to_host};
 
 /// Arguments of `madeit embed`.
 #[derive(Debug, clap::Args)]
@@ -56,11 +68,67 @@ fn concat(parts: Vec<Tensor>, name: &str) -> anyhow::Result<Tensor> {
     Ok(Tensor::new(shape, data).map_err(|e| e.in_tensor(name))?)
 }
 
+/// The model of `--model`: a plain tower, or a backbone with MADE-IT's experts.
+enum Tower {
+    Plain(Box<ClipVisionModel>),
+    Routed(Box<ExpertTower>),
+}
+
+impl Tower {
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        if dir.join("experts.safetensors").is_file() {
+            anyhow::bail!(
+                "{} holds experts (experts.safetensors) whose router is not stored with them; \
+                 only MADE-IT results (an experts/ store) can be embedded with their routing",
+                dir.display()
+            );
+        }
+        let store_dir = dir.join("experts");
+        if !store_dir.is_dir() {
+            let model = ClipVisionModel::load_dir(dir)
+                .with_context(|| format!("loading the model in {}", dir.display()))?;
+            return Ok(Self::Plain(Box::new(model)));
+        }
+        let state = store::load(&store_dir)?;
+        let tasks_file = dir.join("tasks.json");
+        let text = std::fs::read_to_string(&tasks_file)
+            .with_context(|| format!("reading {}", tasks_file.display()))?;
+        let names: BTreeMap<u32, String> = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", tasks_file.display()))?;
+        let config = ClipVisionConfig::from_file(&dir.join(CONFIG_FILE))?;
+        let backbone = ParamDict::load_checkpoint(dir)?;
+        let experts = made_it_expert_model(&state, backbone, |t| {
+            names.get(&t).map(|n| TaskId::new(n.clone()))
+        })
+        .with_context(|| format!("the expert store of {}", dir.display()))?;
+        let tower = ExpertTower::new(&config, &experts, &Device::flex())?;
+        Ok(Self::Routed(Box::new(tower)))
+    }
+
+    fn config(&self) -> &ClipVisionConfig {
+        match self {
+            Self::Plain(m) => m.config(),
+            Self::Routed(t) => t.model().config(),
+        }
+    }
+
+    fn forward(&self, pixels: &[f32], batch: usize) -> anyhow::Result<VisionOutput> {
+        Ok(match self {
+            Self::Plain(m) => m.forward(m.pixels(pixels.to_vec(), batch)?)?,
+            Self::Routed(t) => {
+                let px = t.model().pixels(pixels.to_vec(), batch)?;
+                // The default router defers to the model's own: MADE-IT's paths.
+                t.forward(&ProjectionRouter::default(), px, "")?
+            }
+        })
+    }
+}
+
 /// Computes and writes the embeddings.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let model = ClipVisionModel::load_dir(&args.model)
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    check_not_input(&args.out, &[&args.model, &args.pixels])?;
+    let model = Tower::load(&args.model)?;
     let inputs = ParamDict::load(&args.pixels)
         .with_context(|| format!("reading {}", args.pixels.display()))?;
     let pixels = inputs
@@ -81,10 +149,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         want[2]
     );
     let per_image: usize = want.iter().product();
+    // At most the whole input per forward; a huge --batch-size must not overflow.
+    let chunk_len = args.batch_size.min(n).saturating_mul(per_image);
     let (mut emb, mut pooled, mut hidden) = (Vec::new(), Vec::new(), Vec::new());
-    for chunk in pixels.data().chunks(args.batch_size * per_image) {
+    for chunk in pixels.data().chunks(chunk_len) {
         let b = chunk.len() / per_image;
-        let out = model.forward(model.pixels(chunk.to_vec(), b)?)?;
+        let out = model.forward(chunk, b)?;
         emb.push(to_host(&out.embedding())?);
         if args.all {
             pooled.push(to_host(&out.pooled_output)?);
@@ -97,11 +167,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         dict.insert("pooled_output", concat(pooled, "pooled_output")?);
         dict.insert("last_hidden_state", concat(hidden, "last_hidden_state")?);
     }
-    dict.save(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    if let (Some(dir), Some(name)) = (args.out.parent(), args.out.file_name()) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        remove_stale_temp_files(dir, &[&name.to_string_lossy()]);
+    }
+    dict.save(&args.out)?;
     eprintln!(
-        "embedded {n} image(s) with {}: {}",
+        "embedded {n} image(s) with {}{}: {}",
         args.model.display(),
+        if matches!(model, Tower::Routed(_)) {
+            " (routed through its MADE-IT experts)"
+        } else {
+            ""
+        },
         dict.iter()
             .map(|(k, t)| format!("{k} {:?}", t.shape()))
             .collect::<Vec<_>>()

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use madeit::params::ParamDict;
-use madeit::vit::{ClipVisionModel, WEIGHTS_FILE};
+use madeit::vit::ClipVisionModel;
 
 /// Arguments of `madeit inspect`.
 #[derive(Debug, clap::Args)]
@@ -31,9 +31,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(model.config())?
     )?;
     writeln!(out, "{}", model.summary())?;
-    let weights = args.model.join(WEIGHTS_FILE);
-    let params =
-        ParamDict::load(&weights).with_context(|| format!("reading {}", weights.display()))?;
+    let params = ParamDict::load_checkpoint(&args.model)?;
     // Parameters per group: the embeddings and pre-norm, each encoder layer, the rest.
     let mut groups: BTreeMap<(usize, String), (usize, usize)> = BTreeMap::new();
     for (name, t) in params.iter() {

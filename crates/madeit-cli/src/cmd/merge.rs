@@ -20,6 +20,13 @@
 //! `theta0` (or `theta0` plus the non-target running mean when `non_target =
 //! "running_mean"`).
 //!
+//! Safety: the output folder may not be (or hold) one of the inputs, and it may replace
+//! only an earlier `madeit merge` output (or, with `--force`, anything else). Every
+//! `config.json` is validated against its weights, and the fine-tuned ones against the
+//! pretrained one, before any merging starts. The result is written into a staging folder
+//! and swapped in whole ([`madeit::params::fs::OutputDir`]), so the output folder always
+//! holds either the earlier result or the complete new one.
+//!
 //! Only weight-space methods merge from checkpoints alone. The test-time methods (MINGLE,
 //! C. LW AdaMerging, C. LoRA-WEMoE) also need each task's unlabelled seed images and fixed
 //! head at every step, and C. Fine-Tuned needs training data; a list of checkpoints
@@ -34,7 +41,8 @@ use anyhow::Context;
 use madeit::experts::store;
 use madeit::merge::{ContinualMerger, MadeItMerger, MergedModel, MethodConfig, TaskId};
 use madeit::params::ParamDict;
-use madeit::vit::{CONFIG_FILE, WEIGHTS_FILE};
+use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};
+use madeit::vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, WEIGHTS_FILE};
 
 /// Arguments of `madeit merge`.
 #[derive(Debug, clap::Args)]
@@ -45,8 +53,8 @@ pub struct Args {
     /// training data: run them with `madeit run --methods NAME`.
     #[arg(long)]
     pub method: String,
-    /// The pretrained checkpoint: a folder with config.json and model.safetensors, or a
-    /// .safetensors file.
+    /// The pretrained checkpoint: a folder with config.json and model.safetensors (or a
+    /// sharded model.safetensors.index.json), or a .safetensors file.
     #[arg(long)]
     pub pretrained: PathBuf,
     /// Fine-tuned checkpoints, in merge order (folders or .safetensors files). The task
@@ -56,19 +64,18 @@ pub struct Args {
     /// Method parameters (TOML: `lambda = 0.3`, ...; a `method` key must match --method).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Output folder.
+    /// Output folder. It is written as a unit (a staging folder swapped in at the end), may
+    /// not be one of the inputs, and may replace only an earlier `madeit merge` output.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out even when it holds something other than an earlier `madeit merge`
+    /// output (it is still never one of the inputs).
+    #[arg(long)]
+    pub force: bool,
 }
 
-/// The weights file of a checkpoint path.
-fn weights_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join(WEIGHTS_FILE)
-    } else {
-        path.to_path_buf()
-    }
-}
+/// The kind recorded in the marker of a `madeit merge` output folder.
+pub const OUTPUT_KIND: &str = "merge";
 
 /// The task name of a checkpoint path: its folder name, or its file stem.
 fn task_name(path: &Path) -> String {
@@ -131,12 +138,56 @@ fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
     Ok(cfg)
 }
 
+/// A checkpoint given on the command line: its weights and, for a folder with a
+/// `config.json`, the configuration (validated against the weights) and the file's text.
+struct Checkpoint {
+    params: ParamDict,
+    config: Option<(ClipVisionConfig, String)>,
+}
+
+impl Checkpoint {
+    /// Reads the weights and the configuration; `what` names the checkpoint in errors.
+    fn read(path: &Path, what: &str) -> anyhow::Result<Self> {
+        let params = ParamDict::load_checkpoint(path)
+            .with_context(|| format!("reading {what} {}", path.display()))?;
+        let cfg_file = path.join(CONFIG_FILE);
+        let config = if path.is_dir() && cfg_file.is_file() {
+            let text = std::fs::read_to_string(&cfg_file)
+                .with_context(|| format!("reading {}", cfg_file.display()))?;
+            let cfg = ClipVisionConfig::from_file(&cfg_file)?;
+            ClipVisionModel::check_params(&cfg, &params).with_context(|| {
+                format!(
+                    "{} does not describe the weights of {what} {}",
+                    cfg_file.display(),
+                    path.display()
+                )
+            })?;
+            Some((cfg, text))
+        } else {
+            params
+                .check_finite()
+                .with_context(|| format!("{what} {}", path.display()))?;
+            None
+        };
+        Ok(Self { params, config })
+    }
+}
+
 /// Merges the checkpoints and writes the result.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let cfg = method_config(args)?;
-    let pre_file = weights_file(&args.pretrained);
-    let pretrained = ParamDict::load(&pre_file)
-        .with_context(|| format!("reading the pretrained model {}", pre_file.display()))?;
+    // Refuse a clash with an input, or a folder this command may not replace, before any
+    // work; the result is built in a staging folder and swapped in only when complete.
+    let mut inputs: Vec<&Path> = vec![args.pretrained.as_path()];
+    inputs.extend(args.finetuned.iter().map(PathBuf::as_path));
+    if let Some(c) = &args.config {
+        inputs.push(c);
+    }
+    check_not_input(&args.out, &inputs)?;
+    let out = OutputDir::prepare(&args.out, OUTPUT_KIND, args.force)?;
+
+    let pre = Checkpoint::read(&args.pretrained, "the pretrained model")?;
+    let pretrained = &pre.params;
     // MADE-IT is built as its concrete type, so that its expert store can be written.
     let mut made_it = match &cfg {
         MethodConfig::MadeIt(c) => Some(MadeItMerger::new(c.clone())?),
@@ -153,24 +204,37 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let mut names: Vec<String> = Vec::new();
     for path in &args.finetuned {
-        let file = weights_file(path);
         let mut name = task_name(path);
         if names.contains(&name) {
             name = format!("{name}#{}", names.len() + 1);
         }
         let t = Instant::now();
-        let ft = ParamDict::load(&file)
-            .with_context(|| format!("reading the fine-tuned model {}", file.display()))?;
-        pretrained.check_compatible(&ft).with_context(|| {
+        let ft = Checkpoint::read(path, "the fine-tuned model")?;
+        // The projection width is checked with the weights (when there is a projection).
+        if let (Some((want, _)), Some((got, _))) = (&pre.config, &ft.config)
+            && *want
+                != (ClipVisionConfig {
+                    projection_dim: want.projection_dim,
+                    ..got.clone()
+                })
+        {
+            anyhow::bail!(
+                "the fine-tuned model {} has another architecture than the pretrained model \
+                 {}: their config.json files differ",
+                path.display(),
+                args.pretrained.display()
+            );
+        }
+        pretrained.check_compatible(&ft.params).with_context(|| {
             format!(
-                "{} does not match the pretrained model {}",
-                file.display(),
-                pre_file.display()
+                "the fine-tuned model {} does not match the pretrained model {}",
+                path.display(),
+                args.pretrained.display()
             )
         })?;
         let report = merger
-            .absorb(&pretrained, &ft, &TaskId::new(name.clone()))
-            .with_context(|| format!("absorbing {}", file.display()))?;
+            .absorb(pretrained, &ft.params, &TaskId::new(name.clone()))
+            .with_context(|| format!("absorbing {}", path.display()))?;
         let extra: Vec<String> = report
             .metrics
             .iter()
@@ -185,55 +249,41 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64()
         );
         names.push(name);
+        crash_point("merge-after-step");
     }
-    let merged = merger.merged_model(&pretrained)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let cfg_src = args
-        .pretrained
-        .is_dir()
-        .then(|| args.pretrained.join(CONFIG_FILE))
-        .filter(|p| p.is_file());
-    if let Some(src) = &cfg_src {
-        std::fs::copy(src, args.out.join(CONFIG_FILE))
-            .with_context(|| format!("copying {}", src.display()))?;
+    let merged = merger.merged_model(pretrained)?;
+    let dir = out.path();
+    if let Some((_, text)) = &pre.config {
+        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     }
-    let weights_out = args.out.join(WEIGHTS_FILE);
+    crash_point("merge-after-config");
+    let weights_out = dir.join(WEIGHTS_FILE);
     match merged {
-        MergedModel::Dense(params) => {
-            params
-                .save(&weights_out)
-                .with_context(|| format!("writing {}", weights_out.display()))?;
-        }
+        MergedModel::Dense(params) => params.save(&weights_out)?,
         MergedModel::Experts(m) if made_it.is_some() => {
-            m.backbone
-                .save(&weights_out)
-                .with_context(|| format!("writing {}", weights_out.display()))?;
+            m.backbone.save(&weights_out)?;
             if let Some(mi) = &made_it {
-                let dir = args.out.join("experts");
-                let saved = store::save(mi.experts(), &dir)
-                    .with_context(|| format!("writing the expert store {}", dir.display()))?;
+                let store_dir = dir.join("experts");
+                let saved = store::save(mi.experts(), &store_dir)?;
                 // Task id i of the store is the i-th merged task.
                 let ids: BTreeMap<u32, &str> = names
                     .iter()
                     .enumerate()
                     .filter_map(|(i, n)| u32::try_from(i).ok().map(|i| (i, n.as_str())))
                     .collect();
-                let j = args.out.join("tasks.json");
-                std::fs::write(&j, serde_json::to_string_pretty(&ids)?)
-                    .with_context(|| format!("writing {}", j.display()))?;
+                write_atomic(
+                    &dir.join("tasks.json"),
+                    serde_json::to_string_pretty(&ids)?.as_bytes(),
+                )?;
                 eprintln!(
-                    "expert store: {} experts in {} ({} bytes of factors)",
+                    "expert store: {} experts ({} bytes of factors)",
                     mi.experts().num_experts(),
-                    saved.manifest.display(),
                     saved.tensor_bytes
                 );
             }
         }
         MergedModel::Experts(m) => {
-            m.backbone
-                .save(&weights_out)
-                .with_context(|| format!("writing {}", weights_out.display()))?;
+            m.backbone.save(&weights_out)?;
             let mut factors = ParamDict::new();
             let mut tasks: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
             for (name, experts) in &m.experts {
@@ -249,25 +299,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         .collect(),
                 );
             }
-            let f = args.out.join("experts.safetensors");
-            factors
-                .save(&f)
-                .with_context(|| format!("writing {}", f.display()))?;
-            let j = args.out.join("experts.json");
-            std::fs::write(&j, serde_json::to_string_pretty(&tasks)?)
-                .with_context(|| format!("writing {}", j.display()))?;
+            factors.save(&dir.join("experts.safetensors"))?;
+            write_atomic(
+                &dir.join("experts.json"),
+                serde_json::to_string_pretty(&tasks)?.as_bytes(),
+            )?;
         }
         _ => anyhow::bail!(
             "method `{}` produced a kind of model this tool cannot write",
             cfg.name()
         ),
     }
+    crash_point("merge-before-commit");
+    let target = out.commit()?;
     eprintln!(
         "merged {} model(s) with {} into {}{}",
         names.len(),
         cfg.name(),
-        args.out.display(),
-        if cfg_src.is_none() {
+        target.display(),
+        if pre.config.is_none() {
             " (no config.json beside the pretrained weights: only the weights were written)"
         } else {
             ""

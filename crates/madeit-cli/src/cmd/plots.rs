@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use madeit::eval::ExperimentResults;
 use madeit::eval::report::display_name;
+use madeit::params::fs::write_atomic;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -114,7 +115,8 @@ pub fn heatmap(
     let (cell_w, cell_h, left, top) = (56i32, 32i32, 190i32, 60i32);
     let width = (left + n * cell_w + 20) as u32;
     let height = (top + n * cell_h + 50) as u32;
-    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err(path))?;
     let font = |size: i32| ("sans-serif", size).into_font();
     root.draw(&Text::new(title.to_owned(), (10, 12), font(16)))
@@ -161,13 +163,16 @@ pub fn heatmap(
     ))
     .map_err(plot_err(path))?;
     root.present().map_err(plot_err(path))?;
+    drop(root);
+    write_atomic(path, svg.as_bytes())?;
     Ok(())
 }
 
 /// Draws the seen-task accuracy per step, one curve per method (see the module docs).
 pub fn seen_curves(path: &Path, results: &ExperimentResults) -> anyhow::Result<()> {
     let n = results.benchmark.tasks.len();
-    let root = SVGBackend::new(path, (760, 480)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err(path))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -270,5 +275,8 @@ pub fn seen_curves(path: &Path, results: &ExperimentResults) -> anyhow::Result<(
         .draw()
         .map_err(plot_err(path))?;
     root.present().map_err(plot_err(path))?;
+    drop(chart);
+    drop(root);
+    write_atomic(path, svg.as_bytes())?;
     Ok(())
 }

@@ -20,6 +20,8 @@ use madeit::eval::report::{render_markdown, table_methods, table_per_task};
 use madeit::eval::runner::{EvalMode, RunEvent};
 use madeit::eval::{Benchmark, ExperimentResults};
 
+use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};
+
 use super::plots;
 
 /// Evaluation mode on the command line.
@@ -77,10 +79,17 @@ pub struct Args {
     /// resumes runs/latest).
     #[arg(long)]
     pub resume: bool,
+    /// Replace the output folder even when it holds something other than an earlier
+    /// `madeit run` output.
+    #[arg(long)]
+    pub force: bool,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
 }
+
+/// The kind recorded in the marker of a `madeit run` output folder.
+pub const OUTPUT_KIND: &str = "run";
 
 /// `--test-images`: a positive count or `all`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,12 +176,15 @@ fn output_dir(cfg: &ExperimentConfig, resume: bool) -> anyhow::Result<PathBuf> {
     }
     let latest = Path::new(RUNS_DIR).join("latest");
     if resume {
-        return std::fs::canonicalize(&latest).with_context(|| {
+        // runs/latest names the last run, which exists only once it completed: an
+        // interrupted run lives in its staging folder until then.
+        let name = std::fs::read_link(&latest).with_context(|| {
             format!(
                 "--resume without --out resumes {}, which does not exist",
                 latest.display()
             )
-        });
+        })?;
+        return Ok(Path::new(RUNS_DIR).join(name));
     }
     Ok(Path::new(RUNS_DIR).join(timestamp_slug(unix_now())))
 }
@@ -192,7 +204,7 @@ fn mark_latest(out: &Path) {
         {
             let _ = std::fs::remove_file(&latest);
         }
-        if !latest.exists() {
+        if latest.symlink_metadata().is_err() {
             let _ = std::os::unix::fs::symlink(name, &latest);
         }
     }
@@ -250,17 +262,20 @@ fn ensure_zoo(dir: &Path) -> anyhow::Result<()> {
     .with_context(|| format!("building the zoo at {}", dir.display()))
 }
 
-/// Writes results.json, results.md and the plots into `out`; returns the written files.
+/// Writes results.json, results.md and the plots into `out` (each file atomically);
+/// returns the written files' names relative to `out`.
 pub fn write_outputs(results: &ExperimentResults, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = out.join("results.json");
     results.save_json(&json)?;
     let md = out.join("results.md");
-    std::fs::write(&md, render_markdown(results))
-        .with_context(|| format!("writing {}", md.display()))?;
+    write_atomic(&md, render_markdown(results).as_bytes())?;
     let mut files = vec![json, md];
     files.extend(plots::write_all(results, &out.join("plots"))?);
-    Ok(files)
+    Ok(files
+        .into_iter()
+        .map(|f| f.strip_prefix(out).map(Path::to_path_buf).unwrap_or(f))
+        .collect())
 }
 
 /// Runs the benchmark and prints the tables.
@@ -270,9 +285,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure_zoo(&cfg.zoo)?;
     let bench = Benchmark::open_zoo(&cfg.zoo)
         .with_context(|| format!("opening the zoo at {}", cfg.zoo.display()))?;
-    let out = output_dir(&cfg, args.resume)?;
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    mark_latest(&out);
+    let target = output_dir(&cfg, args.resume)?;
+    check_not_input(&target, &[&cfg.zoo])?;
+    // Everything is written into a staging folder that replaces the output folder once the
+    // run is complete. With saved states, an interrupted run keeps its staging folder, and
+    // `--resume` continues from it.
+    let mut staged = if args.resume {
+        OutputDir::prepare_resumable(&target, OUTPUT_KIND, args.force)?
+    } else {
+        OutputDir::prepare(&target, OUTPUT_KIND, args.force)?
+    };
+    if cfg.save_state {
+        staged.keep_on_drop();
+    }
+    let out = staged.path().to_path_buf();
+    mark_latest(&target);
     let n = bench.num_tasks();
     eprintln!(
         "{} tasks, {} method(s) x {} order(s) (seeds {}), eval {:?}, output {}",
@@ -285,7 +312,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(","),
         cfg.eval,
-        out.display()
+        target.display()
     );
     if cfg.seeds == DEFAULT_SEEDS && !args.full {
         eprintln!("(default orders; --full runs the ten published orders, seeds 42-51)");
@@ -344,6 +371,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
 
     let files = write_outputs(&results, &out)?;
+    crash_point("run-before-commit");
+    let target = staged.commit()?;
     println!("{}", table_methods(&results));
     println!("{}", table_per_task(&results));
     eprintln!(
@@ -351,7 +380,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         files
             .iter()
-            .map(|f| f.display().to_string())
+            .map(|f| target.join(f).display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );

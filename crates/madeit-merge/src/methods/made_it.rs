@@ -210,54 +210,9 @@ impl ContinualMerger for MadeItMerger {
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
-        let mut backbone = pretrained.clone();
-        if let Some(nt) = self.state.non_target_mean() {
-            for (name, mean) in nt.mean().iter() {
-                let w = backbone
-                    .get_mut(name)
-                    .map_err(|source| MergeError::StateTensor {
-                        method: METHOD,
-                        source,
-                    })?;
-                w.axpy(1.0, mean)
-                    .map_err(|source| MergeError::StateTensor {
-                        method: METHOD,
-                        source: source.in_tensor(name),
-                    })?;
-            }
-        }
-        let mut model = ExpertModel::new(backbone).with_routing(ExpertRouting::MadeItPaths {
-            tokens: self.config.token_aggregation,
-        });
-        for m in self.state.modules() {
-            let experts = m
-                .experts()
-                .iter()
-                .map(|e| {
-                    let (u, s, v) = (e.u(), e.s(), e.v());
-                    let up = Mat::from_fn(u.nrows(), s.len(), |i, j| {
-                        u[(i, j)] * s.get(j).copied().unwrap_or(0.0)
-                    });
-                    let down = v.transpose().to_owned();
-                    let tasks = e
-                        .tasks()
-                        .iter()
-                        .map(|&t| {
-                            self.task_name(t)
-                                .cloned()
-                                .ok_or_else(|| invalid(format!("task id {t} has no name")))
-                        })
-                        .collect::<Result<Vec<_>, MergeError>>()?;
-                    Ok(LowRankExpert::new(
-                        Tensor::from_mat(up.as_ref()),
-                        Tensor::from_mat(down.as_ref()),
-                        tasks,
-                    ))
-                })
-                .collect::<Result<Vec<_>, MergeError>>()?;
-            model.experts.insert(m.module().weight_key.clone(), experts);
-        }
-        Ok(MergedModel::Experts(model))
+        let backbone = backbone(&self.state, pretrained)?;
+        expert_model(&self.state, backbone, |t| self.task_name(t).cloned())
+            .map(MergedModel::Experts)
     }
 
     fn state(&self) -> MergerState {
@@ -410,4 +365,72 @@ impl ContinualMerger for MadeItMerger {
         self.ledger = ledger;
         Ok(())
     }
+}
+
+/// The backbone of a MADE-IT state: `pretrained` plus the state's non-target running mean
+/// when it keeps one.
+fn backbone(state: &MadeIt, pretrained: &ParamDict) -> Result<ParamDict, MergeError> {
+    let mut backbone = pretrained.clone();
+    if let Some(nt) = state.non_target_mean() {
+        for (name, mean) in nt.mean().iter() {
+            let w = backbone
+                .get_mut(name)
+                .map_err(|source| MergeError::StateTensor {
+                    method: METHOD,
+                    source,
+                })?;
+            w.axpy(1.0, mean)
+                .map_err(|source| MergeError::StateTensor {
+                    method: METHOD,
+                    source: source.in_tensor(name),
+                })?;
+        }
+    }
+    Ok(backbone)
+}
+
+/// The expert model of a MADE-IT state over `backbone` (the pretrained model, plus the
+/// state's non-target running mean when it keeps one: the backbone `madeit merge` writes):
+/// per target weight, every expert as `up = U diag(s)`, `down = V^T`, serving the tasks
+/// `task_name` gives for its task ids; routed by [`ExpertRouting::MadeItPaths`]. This is
+/// the model [`MadeItMerger::merged_model`](ContinualMerger::merged_model) returns, also
+/// for a state read back from an expert store.
+///
+/// # Errors
+/// [`MergeError::InvalidState`] for a task id without a name.
+pub fn expert_model(
+    state: &MadeIt,
+    backbone: ParamDict,
+    task_name: impl Fn(u32) -> Option<TaskId>,
+) -> Result<ExpertModel, MergeError> {
+    let mut model = ExpertModel::new(backbone).with_routing(ExpertRouting::MadeItPaths {
+        tokens: state.config().token_aggregation,
+    });
+    for m in state.modules() {
+        let experts = m
+            .experts()
+            .iter()
+            .map(|e| {
+                let (u, s, v) = (e.u(), e.s(), e.v());
+                let up = Mat::from_fn(u.nrows(), s.len(), |i, j| {
+                    u[(i, j)] * s.get(j).copied().unwrap_or(0.0)
+                });
+                let down = v.transpose().to_owned();
+                let tasks = e
+                    .tasks()
+                    .iter()
+                    .map(|&t| {
+                        task_name(t).ok_or_else(|| invalid(format!("task id {t} has no name")))
+                    })
+                    .collect::<Result<Vec<_>, MergeError>>()?;
+                Ok(LowRankExpert::new(
+                    Tensor::from_mat(up.as_ref()),
+                    Tensor::from_mat(down.as_ref()),
+                    tasks,
+                ))
+            })
+            .collect::<Result<Vec<_>, MergeError>>()?;
+        model.experts.insert(m.module().weight_key.clone(), experts);
+    }
+    Ok(model)
 }

@@ -7,7 +7,7 @@ mod opcm;
 mod swa;
 mod task_arithmetic;
 
-pub use made_it::MadeItMerger;
+pub use made_it::{MadeItMerger, expert_model as made_it_expert_model};
 pub use magmax::MagMax;
 pub use opcm::{Opcm, opcm_projection, split_rank};
 pub use swa::Swa;

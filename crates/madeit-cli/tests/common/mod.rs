@@ -1,0 +1,303 @@
+//! Helpers of the command-line tests: random towers in the Hugging Face layout, running the
+//! `madeit` binary, and comparing folders byte for byte.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use madeit::params::{ParamDict, Tensor};
+use madeit::vit::{CONFIG_FILE, ClipVisionConfig, PROJECTION_WEIGHT, WEIGHTS_FILE};
+
+/// The `madeit` binary under test.
+pub fn madeit() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_madeit"));
+    c.env_remove("MADEIT_CRASH_AT");
+    c
+}
+
+/// Runs `madeit` with `args` and returns its output.
+pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = madeit();
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("the madeit binary runs")
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a clean failure: a non-zero exit that is not a panic (101) or a signal.
+pub fn assert_clean_failure(o: &Output) -> String {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected a failure, got success: {err}"
+    );
+    assert_eq!(o.status.code(), Some(1), "not a clean error exit: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// Asserts success and returns stderr.
+pub fn assert_success(o: &Output) -> String {
+    let err = stderr(o);
+    assert!(o.status.success(), "madeit failed: {err}");
+    err
+}
+
+/// Deterministic values in `[-scale, scale)` (SplitMix64).
+pub fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * unit - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A random tower of `config` with a projection.
+pub fn random_tower(config: &ClipVisionConfig, seed: u64) -> ParamDict {
+    let mut p = ParamDict::new();
+    let mut shapes = madeit::vit::expected_tensors(config);
+    shapes.push((
+        PROJECTION_WEIGHT.to_owned(),
+        vec![config.projection_dim, config.hidden_size],
+    ));
+    for (i, (name, shape)) in shapes.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let data = if name.contains("norm") && name.ends_with(".weight") {
+            vec![1.0; n]
+        } else {
+            values(seed * 1000 + i as u64, n, 0.2)
+        };
+        p.insert(name, Tensor::new(shape, data).expect("tensor"));
+    }
+    p
+}
+
+/// `base` plus a low-rank-plus-noise update of every matrix (a fine-tune).
+pub fn finetuned(base: &ParamDict, seed: u64) -> ParamDict {
+    base.map(|name, t| {
+        let noise = values(seed * 7919 + name.len() as u64, t.numel(), 0.02);
+        let data = t.data().iter().zip(noise).map(|(a, b)| a + b).collect();
+        Tensor::new(t.shape().to_vec(), data).expect("tensor")
+    })
+}
+
+/// Writes `config.json` and `model.safetensors` into `dir`.
+pub fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(
+        dir.join(CONFIG_FILE),
+        config.to_json_string().expect("json"),
+    )
+    .expect("write");
+    params.save(&dir.join(WEIGHTS_FILE)).expect("save");
+}
+
+/// A pretrained tower and `n` fine-tuned ones under `root`: `root/pretrained`,
+/// `root/task1`, ...
+pub struct Towers {
+    /// The folder holding them.
+    pub root: PathBuf,
+    /// The pretrained tower's folder.
+    pub pretrained: PathBuf,
+    /// The fine-tuned towers' folders.
+    pub finetuned: Vec<PathBuf>,
+}
+
+impl Towers {
+    /// Writes the towers.
+    pub fn new(root: &Path, config: &ClipVisionConfig, n: usize) -> Self {
+        let pre = random_tower(config, 1);
+        let pretrained = root.join("pretrained");
+        save_tower(&pretrained, config, &pre);
+        let finetuned = (0..n)
+            .map(|t| {
+                let dir = root.join(format!("task{}", t + 1));
+                save_tower(&dir, config, &finetuned(&pre, 10 + t as u64));
+                dir
+            })
+            .collect();
+        Self {
+            root: root.to_path_buf(),
+            pretrained,
+            finetuned,
+        }
+    }
+
+    /// `madeit merge` arguments for `method` into `out`.
+    pub fn merge_args(&self, method: &str, out: &Path) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "merge".into(),
+            "--method".into(),
+            method.into(),
+            "--pretrained".into(),
+            self.pretrained.clone().into(),
+            "--finetuned".into(),
+        ];
+        a.extend(self.finetuned.iter().map(|p| p.clone().into()));
+        a.push("--out".into());
+        a.push(out.to_path_buf().into());
+        a
+    }
+
+    /// Runs `madeit merge`.
+    pub fn merge(&self, method: &str, out: &Path) -> Output {
+        madeit()
+            .args(self.merge_args(method, out))
+            .output()
+            .expect("the madeit binary runs")
+    }
+}
+
+/// Every file under `dir`: relative path -> bytes (empty when `dir` does not exist).
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return out;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("prefix").display().to_string();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+/// The names in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The tasks of [`tiny_zoo`], with their class counts.
+pub const ZOO_TASKS: [(&str, usize); 3] = [("alpha", 4), ("beta", 3), ("gamma", 5)];
+
+/// Writes a tiny zoo (random towers, heads and splits of random images, and a manifest)
+/// into `dir`, in the layout `madeit zoo build` writes.
+pub fn tiny_zoo(dir: &Path) {
+    use madeit::data::{ImageSet, Split, write_split};
+    use madeit::vit::TaskHead;
+    let config = ClipVisionConfig::tiny();
+    let pre = random_tower(&config, 1);
+    save_tower(&dir.join("pretrained"), &config, &pre);
+    let mut tasks = Vec::new();
+    for (t, &(name, classes)) in ZOO_TASKS.iter().enumerate() {
+        save_tower(
+            &dir.join("finetuned").join(name),
+            &config,
+            &finetuned(&pre, 100 + t as u64),
+        );
+        let w = Tensor::new(
+            vec![classes, config.projection_dim],
+            values(200 + t as u64, classes * config.projection_dim, 1.0),
+        )
+        .expect("head");
+        let names: Vec<String> = (0..classes).map(|c| format!("{name}-{c}")).collect();
+        let head = TaskHead::new(name, &w, names.clone()).expect("head");
+        std::fs::create_dir_all(dir.join("heads")).expect("mkdir");
+        head.save(&dir.join("heads").join(format!("{name}.safetensors")))
+            .expect("save head");
+        let (s, c) = (config.image_size, config.num_channels);
+        for (i, split) in [Split::Val, Split::Seed, Split::Test]
+            .into_iter()
+            .enumerate()
+        {
+            let n = 12;
+            let pixels: Vec<u8> = values(300 + 10 * t as u64 + i as u64, n * s * s * c, 1.0)
+                .into_iter()
+                .map(|v| ((v + 1.0) * 127.5) as u8)
+                .collect();
+            let labels: Vec<u32> = (0..n).map(|k| (k % classes) as u32).collect();
+            let set = ImageSet::new(pixels, n, s, s, c, labels, names.clone()).expect("set");
+            write_split(
+                &madeit::data::split_path(&dir.join("data"), name, split),
+                &set,
+                name,
+                &split.to_string(),
+            )
+            .expect("split");
+        }
+        let acc = serde_json::json!({"val": 0.5, "test": 0.5});
+        let run = serde_json::json!({
+            "steps": 1, "batch_size": 1, "first_loss": 1.0, "last_loss": 1.0, "seconds": 0.0
+        });
+        tasks.push(serde_json::json!({
+            "id": t + 1,
+            "name": name,
+            "summary": "random test task",
+            "source": madeit::data::SourceId::Mnist,
+            "construction": madeit::data::Construction::Original,
+            "resize": madeit::data::Resize::Pad,
+            "class_names": names,
+            "splits": {"pretrain": 0, "train": 0, "val": 12, "seed": 12, "test": 12},
+            "split_seed": 0,
+            "finetune_seed": 0,
+            "head": {"kind": "random", "images": 0},
+            "accuracy": {"pretrained": acc, "finetuned": acc},
+            "finetune": run,
+            "energy": {"fraction": 0.5, "modules": []},
+        }));
+    }
+    let manifest = serde_json::json!({
+        "format": madeit::zoo::ZOO_FORMAT,
+        "versions": {"madeit": "test", "split_format": "test"},
+        "seed": 0,
+        "created_unix": 0,
+        "threads": 1,
+        "model": config,
+        "build": madeit::zoo::BuildConfig::default(),
+        "pretraining": {
+            "parts": [],
+            "classes": 0,
+            "run": {"steps": 1, "batch_size": 1, "first_loss": 1.0, "last_loss": 1.0, "seconds": 0.0},
+            "seed": 0
+        },
+        "tasks": tasks,
+        "timings": {"load": 0.0, "pretrain": 0.0, "heads": 0.0, "finetune": [], "export": 0.0, "total": 0.0},
+    });
+    std::fs::write(
+        dir.join(madeit::zoo::MANIFEST_FILE),
+        serde_json::to_string_pretty(&manifest).expect("json"),
+    )
+    .expect("manifest");
+}
+
+/// Asserts that two folder trees ([`tree`]) are equal, naming the files that differ
+/// (never printing their bytes).
+#[track_caller]
+pub fn assert_same_tree(
+    got: &BTreeMap<String, Vec<u8>>,
+    want: &BTreeMap<String, Vec<u8>>,
+    what: &str,
+) {
+    let differ: Vec<&String> = got
+        .keys()
+        .chain(want.keys())
+        .filter(|k| got.get(*k) != want.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "{what}: these files differ: {differ:?}");
+}
