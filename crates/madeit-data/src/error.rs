@@ -10,6 +10,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
+    /// An image file (JPEG, PNG, WebP) cannot be decoded or resized.
+    #[error("{file}: cannot decode the image: {message}")]
+    Image {
+        /// The image file (or the dataset entry holding it).
+        file: String,
+        /// The decoder's message.
+        message: String,
+    },
     /// A file could not be read or written.
     #[error("I/O error on {}: {source}", .path.display())]
     Io {

@@ -19,13 +19,16 @@
 //! Nothing here trains a model; `docs/data.md` documents the sources, tasks, splits and
 //! the pretraining proposal.
 
+pub mod dataset;
 pub mod error;
 pub mod export;
 pub mod fetch;
 pub mod image;
+pub mod preprocess;
 pub mod readers;
 pub mod source;
 pub mod split;
+pub mod stream;
 pub mod task;
 pub mod transform;
 
