@@ -20,6 +20,12 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Name of the configuration file inside a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 
+/// The weights of a model folder, as every loader of this crate reads them (the vision
+/// tower, the text tower and the zero-shot heads' logit scale all come through here).
+pub(crate) fn load_weights(dir: &Path) -> Result<ParamDict, VitError> {
+    Ok(ParamDict::load(&dir.join(WEIGHTS_FILE))?)
+}
+
 /// burn's wgpu device (Vulkan, Metal or DX12, whichever the platform offers), for
 /// [`ClipVisionModel::load_dir_on`] / [`ClipVisionModel::to_device`]. Needs the `wgpu`
 /// feature.
@@ -380,7 +386,7 @@ impl ClipVisionModel {
     /// As [`load_dir`](Self::load_dir).
     pub fn load_dir_on(dir: &Path, device: &Device) -> Result<Self, VitError> {
         let config = ClipVisionConfig::from_file(&dir.join(CONFIG_FILE))?;
-        let params = ParamDict::load(&dir.join(WEIGHTS_FILE))?;
+        let params = load_weights(dir)?;
         Self::from_params_on(&config, &params, device)
     }
 
@@ -543,6 +549,51 @@ impl ClipVisionModel {
         } else {
             self.config.hidden_size
         }
+    }
+
+    /// The same tower with `visual_projection` set to `weight` (`[projection_dim,
+    /// hidden_size]`, HF layout), replacing any it had; `projection_dim` becomes the number
+    /// of rows. For vision towers saved without the projection (`CLIPVisionModel` files, such
+    /// as fine-tuned checkpoints whose projection stayed frozen), with the projection of the
+    /// CLIP they came from (a zero-shot head carries it:
+    /// [`TaskHead::visual_projection`](crate::TaskHead::visual_projection)).
+    ///
+    /// # Errors
+    /// [`VitError::Checkpoint`] when the shape is not `[rows, hidden_size]` with `rows > 0`;
+    /// [`VitError::NonFiniteWeight`] on NaN / infinity.
+    pub fn with_projection(mut self, weight: &madeit_params::Tensor) -> Result<Self, VitError> {
+        let d = self.config.hidden_size;
+        let rows = match *weight.shape() {
+            [rows, cols] if cols == d && rows > 0 => rows,
+            _ => {
+                return Err(VitError::Checkpoint {
+                    report: CheckpointReport {
+                        mismatched: vec![ShapeMismatch {
+                            name: PROJECTION_WEIGHT.to_owned(),
+                            expected: vec![self.config.projection_dim, d],
+                            got: weight.shape().to_vec(),
+                        }],
+                        ..CheckpointReport::default()
+                    },
+                });
+            }
+        };
+        if let Some((index, value)) = first_non_finite(weight.data()) {
+            return Err(VitError::NonFiniteWeight {
+                name: PROJECTION_WEIGHT.to_owned(),
+                index,
+                value,
+            });
+        }
+        self.config.projection_dim = rows;
+        self.proj = Some(upload(
+            transpose(weight.data(), rows, d),
+            [d, rows],
+            &self.device,
+        ));
+        self.dtypes
+            .insert(PROJECTION_WEIGHT.to_owned(), weight.dtype());
+        Ok(self)
     }
 
     /// A summary for display.
