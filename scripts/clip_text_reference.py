@@ -9,6 +9,9 @@ Usage
   clip_text_reference.py --fixtures DIR   same, into DIR
   clip_text_reference.py --bpe FILE       take CLIP's BPE file from FILE instead of
                                            DIR/clip_bpe/bpe_simple_vocab_16e6.txt.gz
+  clip_text_reference.py --clip-b-32 OUT  write a random ViT-B/32-shaped CLIPModel (both
+                                           towers, F32, ~600 MB) with CLIP's real tokenizer,
+                                           for timing `madeit heads` (scripts/bench_heads_torch.py)
 
 Nothing is downloaded. CLIP's byte-pair vocabulary is the file `bpe_simple_vocab_16e6.txt.gz`
 (MIT licence, OpenAI) as shipped inside the `open-clip-torch` wheel (`pip download --no-deps
@@ -339,13 +342,28 @@ def write_fixtures(root, bpe_path):
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(out, "io.safetensors"))
 
 
+def write_clip_b_32(outdir, bpe_path):
+    torch.manual_seed(SEED)
+    model = CLIPModel(CLIPConfig())  # transformers' defaults: ViT-B/32 with its text tower
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6052)  # ln(100), as the trained checkpoints
+    model.save_pretrained(outdir)
+    load_tokenizer(bpe_path).save_pretrained(outdir)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote a random ViT-B/32 CLIPModel ({n} parameters) with CLIP's tokenizer to {outdir}")
+
+
 def main() -> int:
     default = os.path.join(HERE, "..", "crates", "madeit-vit", "tests", "fixtures")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fixtures", default=default, help="fixture directory")
     ap.add_argument("--bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz")
+    ap.add_argument("--clip-b-32", metavar="OUTDIR", help="write a random ViT-B/32 CLIPModel")
     args = ap.parse_args()
     bpe = args.bpe or os.path.join(args.fixtures, "clip_bpe", "bpe_simple_vocab_16e6.txt.gz")
+    if args.clip_b_32:
+        write_clip_b_32(args.clip_b_32, bpe)
+        return 0
     write_fixtures(args.fixtures, bpe)
     total = 0
     for name in ("clip_tokens.json", "clip_text_tiny"):
