@@ -842,7 +842,7 @@ fn check_delta(module: ModuleId, delta: &Tensor<3>, expected: [usize; 3]) -> Res
 
 /// `act(x + bias)`: the fused host kernel for quick-GELU on tensors without autodiff,
 /// burn ops otherwise.
-fn bias_act<const D: usize>(
+pub(crate) fn bias_act<const D: usize>(
     kind: Activation,
     x: Tensor<D>,
     bias: &Tensor<1>,

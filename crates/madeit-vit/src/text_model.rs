@@ -11,7 +11,7 @@ use madeit_params::ParamDict;
 
 use crate::VitError;
 use crate::error::{CheckpointReport, ShapeMismatch};
-use crate::model::{CONFIG_FILE, act, load_weights};
+use crate::model::{CONFIG_FILE, bias_act, load_weights};
 use crate::text_config::{ClipTextConfig, PoolingRule};
 use crate::util::{first_non_finite, transpose, upload};
 
@@ -276,6 +276,8 @@ struct Layer {
     ln2: Norm,
     fc1_w: Tensor<2>,
     fc1_b: Tensor<1>,
+    /// Host copy of `fc1_b`, for the fused bias + activation kernel.
+    fc1_b_host: Vec<f32>,
     fc2_w: Tensor<2>,
     fc2_b: Tensor<1>,
 }
@@ -493,20 +495,26 @@ impl ClipTextModel {
         let x = self.tok_emb.clone().select(0, ids).reshape([b, l, d]);
         let mut x = x + self.pos_emb.clone().narrow(0, 0, l).unsqueeze::<3>();
 
-        // Mask (true = masked): later positions (causal) and padding keys.
-        let mut masked = Vec::with_capacity(b * heads * l * l);
-        for row in batch.mask().chunks_exact(l) {
-            let mut one = Vec::with_capacity(l * l);
-            for i in 0..l {
-                one.extend((0..l).map(|j| j > i || !row[j]));
+        // Without padding the causal option of the attention kernel is the whole mask;
+        // otherwise an explicit mask (true = masked): later positions and padding keys.
+        let padded = batch.mask().iter().any(|m| !m);
+        let mask = padded.then(|| {
+            let mut masked = Vec::with_capacity(b * heads * l * l);
+            for row in batch.mask().chunks_exact(l) {
+                let mut one = Vec::with_capacity(l * l);
+                for i in 0..l {
+                    one.extend((0..l).map(|j| j > i || !row[j]));
+                }
+                for _ in 0..heads {
+                    masked.extend_from_slice(&one);
+                }
             }
-            for _ in 0..heads {
-                masked.extend_from_slice(&one);
-            }
-        }
-        let mask =
-            Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, heads, l, l]), &self.device);
-        let opts = AttentionModuleOptions::default();
+            Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, heads, l, l]), &self.device)
+        });
+        let opts = AttentionModuleOptions {
+            is_causal: !padded,
+            ..AttentionModuleOptions::default()
+        };
         for layer in &self.layers {
             let h = layer.ln1.forward(x.clone(), eps);
             let qkv = linear(h, layer.qkv_w.clone(), Some(layer.qkv_b.clone()));
@@ -516,15 +524,17 @@ impl ClipTextModel {
                     .reshape([b, l, heads, dh])
                     .swap_dims(1, 2)
             };
-            let a = attention(split(0), split(1), split(2), Some(mask.clone()), None, opts)
+            let a = attention(split(0), split(1), split(2), mask.clone(), None, opts)
                 .swap_dims(1, 2)
                 .reshape([b, l, d]);
             x = x + linear(a, layer.out_w.clone(), Some(layer.out_b.clone()));
             let h = layer.ln2.forward(x.clone(), eps);
-            let f = act(
+            let f = bias_act(
                 c.hidden_act,
-                linear(h, layer.fc1_w.clone(), Some(layer.fc1_b.clone())),
-            );
+                linear(h, layer.fc1_w.clone(), None),
+                &layer.fc1_b,
+                &layer.fc1_b_host,
+            )?;
             x = x + linear(f, layer.fc2_w.clone(), Some(layer.fc2_b.clone()));
         }
         let x = self.final_ln.forward(x, eps);
@@ -642,6 +652,7 @@ impl Builder<'_> {
                 ln2: self.norm(&format!("{pre}layer_norm2"))?,
                 fc1_w: self.linear_t(&format!("{pre}mlp.fc1.weight"), i, d)?,
                 fc1_b: self.vec1(&format!("{pre}mlp.fc1.bias"))?,
+                fc1_b_host: self.data(&format!("{pre}mlp.fc1.bias"))?.to_vec(),
                 fc2_w: self.linear_t(&format!("{pre}mlp.fc2.weight"), d, i)?,
                 fc2_b: self.vec1(&format!("{pre}mlp.fc2.bias"))?,
             });

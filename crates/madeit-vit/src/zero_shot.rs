@@ -369,8 +369,8 @@ impl ZeroShotTask {
 /// each template's prompt is normalised, the normalised embeddings are averaged, and the
 /// mean is normalised again. The head carries `logit_scale` (CLIP's, a logarithm) when given.
 ///
-/// Prompts are tokenized with truncation to the text tower's context length, sorted by
-/// length and run [`DEFAULT_TEXT_BATCH`] at a time; padding is masked out, so the result
+/// Prompts are tokenized with truncation to the text tower's context length and run in
+/// batches of at most [`DEFAULT_TEXT_BATCH`] prompts of one length (no padding); the result
 /// does not depend on the batching.
 ///
 /// # Errors
@@ -432,14 +432,19 @@ pub fn zero_shot_head_with(
             ids.push(tokenizer.encode(&prompt)?);
         }
     }
-    // Longest first, so the first batch shows the cost; stable, so ties keep prompt order.
+    // Batches of prompts of one length: no padding, so the forward needs only the causal
+    // mask. Longest first, so the first batch shows the cost; ties keep prompt order.
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+    let mut chunks: Vec<&[usize]> = Vec::new();
+    for group in order.chunk_by(|&a, &b| ids[a].len() == ids[b].len()) {
+        chunks.extend(group.chunks(batch_size));
+    }
     let dim = model.embedding_dim();
     let mut embeds = vec![0.0f32; ids.len() * dim];
     let total = ids.len();
     let mut done = 0;
-    for chunk in order.chunks(batch_size) {
+    for chunk in chunks {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
         let out = model.text_embeddings(&seqs, tokenizer.pad_id(), seqs.len())?;
         for (row, &i) in out.data().chunks_exact(dim).zip(chunk) {

@@ -417,3 +417,30 @@ fn text_inputs_are_checked() {
     assert!(TextBatch::new(vec![1, 2], vec![true], 1, 2).is_err());
     assert!(model.text_embeddings(&[vec![1, 2]], 0, 0).is_err());
 }
+
+#[test]
+fn unpadded_batches_take_the_causal_kernel_and_agree_with_padded_ones() {
+    let dir = fixture("clip_text_tiny");
+    let tok = ClipTokenizer::from_dir(&dir).unwrap();
+    let model = ClipTextModel::load_dir(&dir).unwrap();
+    let short = tok.encode("a photo of a cat.").unwrap();
+    let long = tok
+        .encode("a blurry photo of the école maternelle.")
+        .unwrap();
+    assert!(long.len() > short.len());
+    let alone = model
+        .forward(&TextBatch::pad(&[long.clone()], 0).unwrap())
+        .unwrap();
+    let both = model
+        .forward(&TextBatch::pad(&[short.clone(), long], tok.pad_id()).unwrap())
+        .unwrap();
+    let a = host(alone.text_embeds.as_ref().unwrap());
+    let b = common::rows(&host(both.text_embeds.as_ref().unwrap()), 1, 1);
+    assert!(max_abs_diff(&a, &b) <= 1e-5);
+    let alone = model
+        .forward(&TextBatch::pad(&[short], 0).unwrap())
+        .unwrap();
+    let a = host(alone.text_embeds.as_ref().unwrap());
+    let b = common::rows(&host(both.text_embeds.as_ref().unwrap()), 0, 1);
+    assert!(max_abs_diff(&a, &b) <= 1e-5);
+}
