@@ -429,7 +429,7 @@ fn unpadded_batches_take_the_causal_kernel_and_agree_with_padded_ones() {
         .unwrap();
     assert!(long.len() > short.len());
     let alone = model
-        .forward(&TextBatch::pad(&[long.clone()], 0).unwrap())
+        .forward(&TextBatch::pad(std::slice::from_ref(&long), 0).unwrap())
         .unwrap();
     let both = model
         .forward(&TextBatch::pad(&[short.clone(), long], tok.pad_id()).unwrap())
