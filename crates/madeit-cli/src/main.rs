@@ -24,8 +24,11 @@ enum Command {
     Run(cmd::run::Args),
     /// Merge fine-tuned checkpoints one task at a time with a continual merging method.
     Merge(cmd::merge::Args),
-    /// Image embeddings of a batch of preprocessed pixels.
+    /// Image embeddings of a batch of preprocessed pixels (and, with a head, logits and
+    /// predictions).
     Embed(cmd::embed::Args),
+    /// CLIP's zero-shot classification heads from class names and prompt templates.
+    Heads(cmd::heads::Args),
     /// Print a checkpoint's configuration and a parameter summary.
     Inspect(cmd::inspect::Args),
     /// Render the SVG plots of a results.json.
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Zoo(args) => cmd::zoo::run(&args),
         Command::Merge(args) => cmd::merge::run(&args),
         Command::Embed(args) => cmd::embed::run(&args),
+        Command::Heads(args) => cmd::heads::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Plots(args) => cmd::plots::run(&args),
         Command::Analyze(args) => cmd::analyze::run(&args),

@@ -117,7 +117,10 @@ impl Dataset {
         }
         dirs.sort();
         if dirs.is_empty() {
-            return Err(malformed(root, "no class sub-folder (expected root/<class>/<image>)"));
+            return Err(malformed(
+                root,
+                "no class sub-folder (expected root/<class>/<image>)",
+            ));
         }
         let classes: Vec<String> = match classes {
             Some(c) => c.to_vec(),
@@ -289,7 +292,9 @@ impl Dataset {
     /// Number of images (after any selection).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.selection.as_ref().map_or(self.labels.len(), |s| s.len())
+        self.selection
+            .as_ref()
+            .map_or(self.labels.len(), |s| s.len())
     }
 
     /// Whether there is no image.
@@ -349,20 +354,16 @@ impl Dataset {
         match &self.storage {
             Storage::Folder(files) => {
                 let files = Arc::clone(files);
-                Box::new(
-                    (0..files.len())
-                        .filter(move |&i| wanted(i))
-                        .map(move |i| {
-                            let path = files.get(i).cloned().unwrap_or_default();
-                            let bytes = std::fs::read(&path).map_err(io(&path))?;
-                            Ok(Encoded {
-                                index: i,
-                                bytes,
-                                label: labels.get(i).copied().unwrap_or(0),
-                                name: path.display().to_string(),
-                            })
-                        }),
-                )
+                Box::new((0..files.len()).filter(move |&i| wanted(i)).map(move |i| {
+                    let path = files.get(i).cloned().unwrap_or_default();
+                    let bytes = std::fs::read(&path).map_err(io(&path))?;
+                    Ok(Encoded {
+                        index: i,
+                        bytes,
+                        label: labels.get(i).copied().unwrap_or(0),
+                        name: path.display().to_string(),
+                    })
+                }))
             }
             Storage::Parquet {
                 files,
@@ -444,7 +445,10 @@ fn class_label_names(
         .iter()
         .map(|n| {
             n.as_str().map(str::to_owned).ok_or_else(|| {
-                malformed(file, format!("a ClassLabel name of `{column}` is not a string"))
+                malformed(
+                    file,
+                    format!("a ClassLabel name of `{column}` is not a string"),
+                )
             })
         })
         .collect::<Result<Vec<_>>>()
@@ -485,7 +489,9 @@ fn row_image(row: &Row, name: &str) -> Result<Vec<u8>> {
             Err(bad("the image struct has no `bytes` field"))
         }
         Some(Field::Bytes(b)) => Ok(b.data().to_vec()),
-        _ => Err(bad("the image column is neither an Image struct nor binary")),
+        _ => Err(bad(
+            "the image column is neither an Image struct nor binary",
+        )),
     }
 }
 

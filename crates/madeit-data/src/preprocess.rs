@@ -33,7 +33,7 @@ use crate::error::{DataError, Result};
 /// CLIP's normalisation mean (`OPENAI_CLIP_MEAN`).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's normalisation standard deviation (`OPENAI_CLIP_STD`).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Name of the preprocessing configuration file of a Hugging Face model folder.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
@@ -340,7 +340,10 @@ impl ClipPreprocess {
         let three = |name: &str, v: Vec<f64>| -> Result<[f32; 3]> {
             match v.as_slice() {
                 [a, b, c] => Ok([*a as f32, *b as f32, *c as f32]),
-                _ => Err(bad(format!("`{name}` must have 3 entries, got {}", v.len()))),
+                _ => Err(bad(format!(
+                    "`{name}` must have 3 entries, got {}",
+                    v.len()
+                ))),
             }
         };
         if let Some(v) = raw.image_mean {
@@ -369,7 +372,10 @@ impl ClipPreprocess {
             || self.image_mean.iter().any(|m| !m.is_finite())
             || !self.rescale_factor.is_finite()
         {
-            return Err("`image_mean`, `image_std` and `rescale_factor` must be finite, the std non-zero".to_owned());
+            return Err(
+                "`image_mean`, `image_std` and `rescale_factor` must be finite, the std non-zero"
+                    .to_owned(),
+            );
         }
         Ok(())
     }

@@ -146,7 +146,11 @@ fn decoding_converts_like_pil() {
     // The opaque half is unchanged.
     let last = lossless.width - 1;
     assert_eq!(px(&white, last), px(&lossless, last));
-    for bad in [&b"not an image"[..], &b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"[..], &[]] {
+    for bad in [
+        &b"not an image"[..],
+        &b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"[..],
+        &[],
+    ] {
         let err = decode_rgb(bad, "broken.png").unwrap_err();
         assert!(err.to_string().contains("broken.png"), "{err}");
     }
@@ -163,7 +167,11 @@ fn image_folders_and_parquet_files_hold_the_same_dataset() {
     )
     .unwrap();
     assert_eq!(folder.classes(), ["jpeg", "other"]);
-    assert_eq!(parquet.classes(), folder.classes(), "ClassLabel names from the metadata");
+    assert_eq!(
+        parquet.classes(),
+        folder.classes(),
+        "ClassLabel names from the metadata"
+    );
     assert_eq!(folder.len(), 9);
     assert_eq!(parquet.len(), 9);
     let blobs = |d: &Dataset| {
@@ -176,7 +184,11 @@ fn image_folders_and_parquet_files_hold_the_same_dataset() {
     };
     assert_eq!(blobs(&folder), blobs(&parquet));
     let first = parquet.encoded().next().unwrap().unwrap();
-    assert!(first.name.contains("row 0") && first.name.contains("horse.png"), "{}", first.name);
+    assert!(
+        first.name.contains("row 0") && first.name.contains("horse.png"),
+        "{}",
+        first.name
+    );
     // Selections keep dataset order.
     let sel = parquet.select(&[5, 1, 1]).unwrap();
     assert_eq!(sel.len(), 2);
@@ -252,8 +264,13 @@ fn bad_datasets_are_named() {
     assert!(err.contains("twice"), "{err}");
     // Parquet: a missing column, too few classes for the labels, not Parquet at all.
     let pq = [fixtures().join("parquet/test-00000-of-00001.parquet")];
-    let err = Dataset::parquet(&pq, "img", "label", None).unwrap_err().to_string();
-    assert!(err.contains("no column `img`") && err.contains("image, label"), "{err}");
+    let err = Dataset::parquet(&pq, "img", "label", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no column `img`") && err.contains("image, label"),
+        "{err}"
+    );
     let err = Dataset::parquet(&pq, "image", "label", Some(&["only".to_owned()]))
         .unwrap_err()
         .to_string();
@@ -261,5 +278,8 @@ fn bad_datasets_are_named() {
     let err = Dataset::parquet(&[root.join("a/horse.png")], "image", "label", None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("not a Parquet file") && err.contains("horse.png"), "{err}");
+    assert!(
+        err.contains("not a Parquet file") && err.contains("horse.png"),
+        "{err}"
+    );
 }

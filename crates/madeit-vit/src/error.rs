@@ -234,12 +234,125 @@ pub enum VitError {
         /// What is wrong.
         reason: String,
     },
+    /// A text configuration value is out of range or inconsistent with another one.
+    #[error("invalid text config: field `{field}` {reason}")]
+    InvalidTextConfig {
+        /// The offending field (HF `config.json` name, inside `text_config`).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The text part of a `config.json` could not be parsed.
+    #[error("cannot parse text config{}: {message}", show_path(.path))]
+    TextConfigParse {
+        /// The file, when the config came from one.
+        path: Option<PathBuf>,
+        /// The parser's message.
+        message: String,
+    },
+    /// A checkpoint's text tower does not fit the text configuration.
+    #[error("checkpoint does not match the text config: {report}")]
+    TextCheckpoint {
+        /// Every missing, unexpected and mis-shaped tensor of the text tower.
+        report: CheckpointReport,
+    },
+    /// A model folder, configuration or weight file has no (usable) CLIP text tower, so no
+    /// zero-shot head can be made from it.
+    #[error("{} has no text tower: {reason}", show_path_or(.path, "the checkpoint"))]
+    NoTextTower {
+        /// The folder or file, when known.
+        path: Option<PathBuf>,
+        /// What is missing.
+        reason: String,
+    },
+    /// A `CLIPModel` checkpoint lacks `logit_scale`, or holds an unusable one.
+    #[error("{} has no usable `logit_scale`: {reason}", show_path_or(.path, "the checkpoint"))]
+    LogitScale {
+        /// The folder or file, when known.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tokenizer file does not parse, or the tokenizer does not behave as CLIP's.
+    #[error("tokenizer{}: {message}", show_path(.path))]
+    Tokenizer {
+        /// The file or folder, when known.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A class-name list is empty or holds an empty or duplicate name.
+    #[error("class list{}{}: {reason}", show_path(.path), show_line(.line))]
+    ClassList {
+        /// The file, when the list came from one.
+        path: Option<PathBuf>,
+        /// The 1-based line, when one line is at fault.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A prompt-template list is empty or holds a template without the `{}` placeholder.
+    #[error("template list{}{}: {reason}", show_path(.path), show_line(.line))]
+    TemplateList {
+        /// The file, when the list came from one.
+        path: Option<PathBuf>,
+        /// The 1-based line, when one line is at fault.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A task name that has no built-in class names and templates.
+    #[error("no built-in task `{name}`; known tasks: {known}")]
+    UnknownTask {
+        /// The name asked for.
+        name: String,
+        /// The known task and group names, comma separated.
+        known: String,
+    },
+    /// Token ids given to the text tower do not fit it.
+    #[error("text input: {reason}")]
+    TextInput {
+        /// What is wrong.
+        reason: String,
+    },
     /// The tensor backend failed to read data back.
     #[error("tensor backend: {message}")]
     Backend {
         /// The backend's message.
         message: String,
     },
+}
+
+fn show_path_or(path: &Option<PathBuf>, fallback: &str) -> String {
+    match path {
+        Some(p) => format!("`{}`", p.display()),
+        None => fallback.to_owned(),
+    }
+}
+
+fn show_line(line: &Option<usize>) -> String {
+    match line {
+        Some(l) => format!(", line {l}"),
+        None => String::new(),
+    }
+}
+
+impl VitError {
+    /// Names `dir` in errors that were raised without a path (a model folder's missing text
+    /// tower or logit scale).
+    pub(crate) fn in_folder(self, dir: &std::path::Path) -> Self {
+        match self {
+            Self::NoTextTower { path: None, reason } => Self::NoTextTower {
+                path: Some(dir.to_path_buf()),
+                reason,
+            },
+            Self::LogitScale { path: None, reason } => Self::LogitScale {
+                path: Some(dir.to_path_buf()),
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 fn show_path(path: &Option<PathBuf>) -> String {

@@ -1,6 +1,5 @@
 //! Task heads: fixed class-embedding matrices, cosine logits and accuracy.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::prelude::*;
@@ -10,11 +9,23 @@ use madeit_params::ParamDict;
 use crate::VitError;
 use crate::util::{download, first_non_finite, upload};
 
-/// CLIP's logit scale: logits are `100 cos(image embedding, class embedding)`.
+/// CLIP's logit scale: logits are `100 cos(image embedding, class embedding)`, the scale of
+/// every head that does not carry its own (a trained CLIP's `logit_scale.exp()` is 100).
 pub const LOGIT_SCALE: f32 = 100.0;
 
 /// Key of the head matrix in a head file.
 pub const HEAD_WEIGHT_KEY: &str = "head.weight";
+
+/// Key of the optional logit scale in a head file: a scalar holding its logarithm, as
+/// CLIP's `logit_scale` parameter (logits are multiplied by its exponential).
+pub const HEAD_LOGIT_SCALE_KEY: &str = "logit_scale";
+
+/// Key of the optional image projection in a head file (`[dim, vision hidden_size]`, the
+/// `visual_projection.weight` of the CLIP the head was made with).
+pub const HEAD_PROJECTION_KEY: &str = "visual_projection.weight";
+
+/// Metadata key holding the prompt templates (a JSON array of strings) in a head file.
+pub const TEMPLATES_KEY: &str = "templates";
 
 /// Metadata key holding the class names (a JSON array of strings) in a head file.
 pub const CLASS_NAMES_KEY: &str = "class_names";
@@ -23,13 +34,20 @@ pub const CLASS_NAMES_KEY: &str = "class_names";
 pub const TASK_KEY: &str = "task";
 
 /// The fixed classification head of one task: a `[classes, dim]` matrix `H` of unit rows
-/// (for CLIP, the normalised text embeddings of the class prompts).
+/// (for CLIP, the normalised text embeddings of the class prompts, see
+/// [`zero_shot_head`](crate::zero_shot_head)) and a logit scale `s`.
 ///
-/// `logits = 100 * (e / ||e||) H^T` for an image embedding `e`; predictions are the argmax
-/// over the task's own classes.
+/// `logits = s * (e / ||e||) H^T` for an image embedding `e`; predictions are the argmax
+/// over the task's own classes. `s` is [`LOGIT_SCALE`] (100) unless the head carries
+/// CLIP's `logit_scale` (then `s = exp(logit_scale)`, as CLIP computes it).
 ///
-/// File format (safetensors): tensor `head.weight` `[classes, dim]` (F32, F16 or BF16),
-/// metadata `task` (the name) and `class_names` (JSON array), both optional.
+/// File format (safetensors): tensor `head.weight` `[classes, dim]` (F32, F16 or BF16);
+/// optional tensors `logit_scale` (a scalar, the logarithm of `s`) and
+/// `visual_projection.weight` (`[dim, d]`, the image projection of the CLIP the head was
+/// made with, for vision towers saved without one, see
+/// [`ClipVisionModel::with_projection`](crate::ClipVisionModel::with_projection));
+/// metadata `task` (the name), `class_names` and `templates` (JSON arrays), all optional.
+/// Files are written atomically.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskHead {
     name: String,
@@ -37,6 +55,11 @@ pub struct TaskHead {
     dim: usize,
     weight: Vec<f32>,
     class_names: Vec<String>,
+    /// CLIP's `logit_scale` (a logarithm); `None`: [`LOGIT_SCALE`].
+    logit_scale: Option<f32>,
+    /// `[dim, d]`.
+    projection: Option<madeit_params::Tensor>,
+    templates: Vec<String>,
 }
 
 impl TaskHead {
@@ -97,7 +120,69 @@ impl TaskHead {
             dim,
             weight: data,
             class_names,
+            logit_scale: None,
+            projection: None,
+            templates: Vec::new(),
         })
+    }
+
+    /// The same head with CLIP's `logit_scale` (the logarithm of the factor on cosine
+    /// similarities; a `CLIPModel` checkpoint's `logit_scale` tensor).
+    ///
+    /// # Errors
+    /// [`VitError::LogitScale`] when it or its exponential is not finite.
+    pub fn with_logit_scale(mut self, logit_scale: f32) -> Result<Self, VitError> {
+        if !(logit_scale.is_finite() && logit_scale.exp().is_finite()) {
+            return Err(VitError::LogitScale {
+                path: None,
+                reason: format!(
+                    "head `{}`: logit_scale {logit_scale} is not usable",
+                    self.name
+                ),
+            });
+        }
+        self.logit_scale = Some(logit_scale);
+        Ok(self)
+    }
+
+    /// The same head carrying an image projection `[dim, d]` (a CLIP's
+    /// `visual_projection.weight`), for vision towers saved without one.
+    ///
+    /// # Errors
+    /// [`VitError::Head`] when the shape is not `[dim, d]`; [`VitError::NonFiniteInput`] on
+    /// NaN / infinity.
+    pub fn with_visual_projection(
+        mut self,
+        projection: madeit_params::Tensor,
+    ) -> Result<Self, VitError> {
+        match *projection.shape() {
+            [rows, cols] if rows == self.dim && cols > 0 => {}
+            _ => {
+                return Err(VitError::Head {
+                    head: self.name.clone(),
+                    reason: format!(
+                        "visual projection of shape {:?}, expected [{}, d]",
+                        projection.shape(),
+                        self.dim
+                    ),
+                });
+            }
+        }
+        if let Some((index, _)) = first_non_finite(projection.data()) {
+            return Err(VitError::NonFiniteInput {
+                what: format!("visual projection of head `{}`", self.name),
+                index,
+            });
+        }
+        self.projection = Some(projection);
+        Ok(self)
+    }
+
+    /// The same head recording the prompt templates it was made with (metadata only).
+    #[must_use]
+    pub fn with_templates(mut self, templates: Vec<String>) -> Self {
+        self.templates = templates;
+        self
     }
 
     /// Reads a head file (see the type docs). The name is the `task` metadata, or the file
@@ -107,11 +192,8 @@ impl TaskHead {
     /// File errors naming the file; [`VitError::Head`] when `head.weight` is missing or the
     /// metadata is malformed; then as [`new`](Self::new).
     pub fn load(path: &Path) -> Result<Self, VitError> {
-        let dict = ParamDict::load(path)?;
-        let bytes = std::fs::read(path).map_err(|source| VitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (dict, meta) = ParamDict::load_with_metadata(path)?;
+        let meta = meta.unwrap_or_default();
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -120,9 +202,6 @@ impl TaskHead {
             head: path.display().to_string(),
             reason,
         };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| err(format!("cannot read the header: {e}")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
         let name = meta.get(TASK_KEY).cloned().unwrap_or(stem);
         let class_names = match meta.get(CLASS_NAMES_KEY) {
             Some(text) => serde_json::from_str::<Vec<String>>(text).map_err(|e| {
@@ -132,42 +211,80 @@ impl TaskHead {
             })?,
             None => Vec::new(),
         };
+        let templates = match meta.get(TEMPLATES_KEY) {
+            Some(text) => serde_json::from_str::<Vec<String>>(text).map_err(|e| {
+                err(format!(
+                    "`{TEMPLATES_KEY}` metadata is not a JSON string list: {e}"
+                ))
+            })?,
+            None => Vec::new(),
+        };
         let weight = dict
             .get(HEAD_WEIGHT_KEY)
             .map_err(|_| err(format!("no `{HEAD_WEIGHT_KEY}` tensor")))?;
-        Self::new(name, weight, class_names)
+        let mut head = Self::new(name, weight, class_names)?.with_templates(templates);
+        if let Ok(scale) = dict.get(HEAD_LOGIT_SCALE_KEY) {
+            let [value] = scale.data() else {
+                return Err(err(format!(
+                    "`{HEAD_LOGIT_SCALE_KEY}` must hold one value, it has shape {:?}",
+                    scale.shape()
+                )));
+            };
+            head = head.with_logit_scale(*value).map_err(|e| match e {
+                VitError::LogitScale { reason, .. } => VitError::LogitScale {
+                    path: Some(path.to_path_buf()),
+                    reason,
+                },
+                other => other,
+            })?;
+        }
+        if let Ok(projection) = dict.get(HEAD_PROJECTION_KEY) {
+            head = head.with_visual_projection(projection.clone())?;
+        }
+        Ok(head)
     }
 
-    /// Writes the head as an F32 safetensors file with `task` and `class_names` metadata.
+    /// Writes the head as an F32 safetensors file (atomically: a temporary file renamed over
+    /// `path`) with its `task`, `class_names` and `templates` metadata, its logit scale and
+    /// image projection when it has them.
     ///
     /// # Errors
-    /// [`VitError::Io`] naming the file.
+    /// [`VitError::Params`] naming the file.
     pub fn save(&self, path: &Path) -> Result<(), VitError> {
-        let bytes: Vec<u8> = self.weight.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            vec![self.classes, self.dim],
-            &bytes,
-        )
-        .map_err(|e| VitError::Head {
+        let head_err = |reason: String| VitError::Head {
             head: self.name.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut meta = HashMap::new();
+            reason,
+        };
+        let mut dict = ParamDict::new();
+        dict.insert(
+            HEAD_WEIGHT_KEY,
+            madeit_params::Tensor::new(vec![self.classes, self.dim], self.weight.clone())?,
+        );
+        if let Some(s) = self.logit_scale {
+            dict.insert(
+                HEAD_LOGIT_SCALE_KEY,
+                madeit_params::Tensor::new(vec![], vec![s])?,
+            );
+        }
+        if let Some(p) = &self.projection {
+            dict.insert(
+                HEAD_PROJECTION_KEY,
+                p.clone().with_dtype(madeit_params::DType::F32),
+            );
+        }
+        let mut meta = madeit_params::Metadata::new();
         meta.insert(TASK_KEY.to_owned(), self.name.clone());
         if !self.class_names.is_empty() {
-            let names = serde_json::to_string(&self.class_names).map_err(|e| VitError::Head {
-                head: self.name.clone(),
-                reason: e.to_string(),
-            })?;
+            let names =
+                serde_json::to_string(&self.class_names).map_err(|e| head_err(e.to_string()))?;
             meta.insert(CLASS_NAMES_KEY.to_owned(), names);
         }
-        safetensors::serialize_to_file([(HEAD_WEIGHT_KEY, view)], Some(meta), path).map_err(|e| {
-            VitError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })
+        if !self.templates.is_empty() {
+            let t = serde_json::to_string(&self.templates).map_err(|e| head_err(e.to_string()))?;
+            meta.insert(TEMPLATES_KEY.to_owned(), t);
+        }
+        dict.save_with_metadata(path, &meta)?;
+        Ok(())
     }
 
     /// Task name.
@@ -194,6 +311,32 @@ impl TaskHead {
         &self.class_names
     }
 
+    /// The factor on cosine similarities: `exp(logit_scale)` for a head that carries CLIP's
+    /// logit scale, else [`LOGIT_SCALE`].
+    #[must_use]
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale.map_or(LOGIT_SCALE, f32::exp)
+    }
+
+    /// CLIP's `logit_scale` (the logarithm of [`logit_scale`](Self::logit_scale)), when the
+    /// head carries one.
+    #[must_use]
+    pub fn log_logit_scale(&self) -> Option<f32> {
+        self.logit_scale
+    }
+
+    /// The image projection `[dim, d]` the head carries, if any.
+    #[must_use]
+    pub fn visual_projection(&self) -> Option<&madeit_params::Tensor> {
+        self.projection.as_ref()
+    }
+
+    /// The prompt templates the head was made with (empty when unknown).
+    #[must_use]
+    pub fn templates(&self) -> &[String] {
+        &self.templates
+    }
+
     /// The unit-row matrix, row-major `[classes, dim]`.
     #[must_use]
     pub fn weight(&self) -> &[f32] {
@@ -210,8 +353,9 @@ impl TaskHead {
         Ok(())
     }
 
-    /// Logits `[batch, classes] = 100 * normalize(embeds) H^T` for embeddings
-    /// `[batch, dim]`, on the embeddings' device (differentiable).
+    /// Logits `[batch, classes] = s * normalize(embeds) H^T` for embeddings
+    /// `[batch, dim]`, on the embeddings' device (differentiable); `s` is
+    /// [`logit_scale`](Self::logit_scale).
     ///
     /// # Errors
     /// [`VitError::Head`] when `dim` differs.
@@ -220,7 +364,7 @@ impl TaskHead {
         let device = embeds.device().without_autodiff();
         let h = upload(self.weight.clone(), [self.classes, self.dim], &device);
         let norm = embeds.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
-        Ok((embeds / norm).matmul(h.transpose()) * LOGIT_SCALE)
+        Ok((embeds / norm).matmul(h.transpose()) * self.logit_scale())
     }
 
     /// Predicted class of every embedding (argmax of the logits).

@@ -1,5 +1,6 @@
 //! A CLIP / ViT vision tower in [burn](https://burn.dev) that loads Hugging Face checkpoints
-//! and runs the forwards that continual model-merging methods need.
+//! and runs the forwards that continual model-merging methods need, and CLIP's text tower,
+//! tokenizer and zero-shot heads.
 //!
 //! The model is the vision half of CLIP (Radford et al., *Learning Transferable Visual Models
 //! From Natural Language Supervision*, 2021) as implemented by transformers'
@@ -88,7 +89,37 @@
 //! gradient projection, and [`distillation_loss`] is its test-time-adaptation loss.
 //!
 //! *Heads.* A [`TaskHead`] is a fixed `[classes, dim]` matrix of unit rows; logits are
-//! `100 cos(image embedding, row)` and accuracy uses the task's own classes.
+//! `s cos(image embedding, row)` with `s = 100`, or `exp(logit_scale)` for a head that
+//! carries CLIP's logit scale, and accuracy uses the task's own classes.
+//!
+//! # Text tower, tokenizer and zero-shot heads
+//!
+//! The text half of CLIP, as transformers' `CLIPTextModel` / `CLIPModel` implement it:
+//!
+//! ```text
+//! x = E_tok[ids] + E_pos[0..len]
+//! per layer: x = x + Attn(LN_1(x)), causal and padding mask;  x = x + MLP(LN_2(x))
+//! last_hidden_state = LN_final(x)
+//! pooled_output     = last_hidden_state[end-of-text position]   (PoolingRule)
+//! text_embeds       = pooled_output W_text_proj^T
+//! ```
+//!
+//! - [`ClipTextConfig`] mirrors `CLIPTextConfig` (also read from a `CLIPConfig`'s
+//!   `text_config`) and bounds every size before anything is allocated.
+//! - [`ClipTextModel`] is built from the same [`ParamDict`](madeit_params::ParamDict) a
+//!   `CLIPModel` file loads into (`text_model.*`, `text_projection.weight`); the vision tower
+//!   of such a file still loads with [`ClipVisionModel::load_dir`]. The end-of-text position
+//!   follows transformers exactly, for the legacy `eos_token_id == 2` (largest id) and the
+//!   current configurations (first end token) ([`PoolingRule`]).
+//! - [`ClipTokenizer`] wraps the `tokenizers` library (pure-Rust regex backend) with CLIP's
+//!   pipeline: `tokenizer.json`, or `vocab.json` + `merges.txt`, or CLIP's own BPE file;
+//!   start and end tokens, truncation at 77.
+//! - [`zero_shot_head`] / [`ZeroShotModel::head`] make CLIP's zero-shot head of a
+//!   [`ZeroShotTask`] (class names and `{}` templates; the 20 tasks of TA8 / TALL14 / TALL20
+//!   are built in) as FusionBench does: per class, the normalised text embedding of every
+//!   template, averaged, normalised again; the head carries `logit_scale` and the
+//!   checkpoint's `visual_projection` ([`ClipVisionModel::with_projection`] gives it to a
+//!   vision tower saved without one).
 //!
 //! # Backends
 //!
@@ -104,7 +135,11 @@ mod head;
 mod kernels;
 mod model;
 mod names;
+mod text_config;
+mod text_model;
+mod tokenizer;
 mod util;
+mod zero_shot;
 
 pub mod functional;
 
@@ -116,7 +151,8 @@ pub use error::{CheckpointReport, ShapeMismatch, VitError};
 pub use experts::{ExpertBank, LowRankFactors, Routing, RoutingScores, TokenAggregation};
 pub use gates::{GateBank, GateSharing, GateTraining, GateValues, LinearGate, ModuleGates};
 pub use head::{
-    CLASS_NAMES_KEY, HEAD_WEIGHT_KEY, LOGIT_SCALE, TASK_KEY, TaskHead, distillation_loss,
+    CLASS_NAMES_KEY, HEAD_LOGIT_SCALE_KEY, HEAD_PROJECTION_KEY, HEAD_WEIGHT_KEY, LOGIT_SCALE,
+    TASK_KEY, TEMPLATES_KEY, TaskHead, distillation_loss,
 };
 #[cfg(feature = "wgpu")]
 pub use model::wgpu_device;
@@ -127,7 +163,21 @@ pub use model::{
 pub use names::{
     KeyLayout, ModuleId, PROJECTION_WEIGHT, TargetKind, VISION_PREFIX, expected_tensors,
 };
+pub use text_config::{ClipTextConfig, PoolingRule, limits as text_limits};
+pub use text_model::{
+    ClipTextModel, LOGIT_SCALE_KEY, TEXT_PREFIX, TEXT_PROJECTION_WEIGHT, TextBatch, TextKeyLayout,
+    TextOutput, expected_text_tensors,
+};
+pub use tokenizer::{
+    BOS_TOKEN, CLIP_NUM_MERGES, CONTEXT_LENGTH, ClipTokenizer, EOS_TOKEN, MERGES_FILE,
+    TOKENIZER_FILE, VOCAB_FILE,
+};
 pub use util::to_host;
+pub use zero_shot::{
+    DEFAULT_TEXT_BATCH, PLACEHOLDER, TA8, TALL14, TALL20, ZeroShotModel, ZeroShotTask,
+    builtin_task_name, builtin_task_names, logit_scale_of, task_group, zero_shot_head,
+    zero_shot_head_with,
+};
 
 /// The burn device type the `*_on` constructors take (`Device::flex()` is the CPU).
 pub use burn::prelude::Device;

@@ -20,6 +20,13 @@ pub use madeit_params::WEIGHTS_FILE;
 /// Name of the configuration file inside a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 
+/// The weights of a model folder, as every loader of this crate reads them (the vision
+/// tower, the text tower and the zero-shot heads' logit scale all come through here).
+/// `model.safetensors`, or a sharded checkpoint ([`ParamDict::load_checkpoint`]).
+pub(crate) fn load_weights(dir: &Path) -> Result<ParamDict, VitError> {
+    Ok(ParamDict::load_checkpoint(dir)?)
+}
+
 /// burn's wgpu device (Vulkan, Metal or DX12, whichever the platform offers), for
 /// [`ClipVisionModel::load_dir_on`] / [`ClipVisionModel::to_device`]. Needs the `wgpu`
 /// feature.
@@ -403,7 +410,7 @@ impl ClipVisionModel {
     /// As [`load_dir`](Self::load_dir).
     pub fn load_dir_on(dir: &Path, device: &Device) -> Result<Self, VitError> {
         let config = ClipVisionConfig::from_file(&dir.join(CONFIG_FILE))?;
-        let params = ParamDict::load_checkpoint(dir)?;
+        let params = load_weights(dir)?;
         Self::from_params_on(&config, &params, device)
     }
 
@@ -566,6 +573,51 @@ impl ClipVisionModel {
         } else {
             self.config.hidden_size
         }
+    }
+
+    /// The same tower with `visual_projection` set to `weight` (`[projection_dim,
+    /// hidden_size]`, HF layout), replacing any it had; `projection_dim` becomes the number
+    /// of rows. For vision towers saved without the projection (`CLIPVisionModel` files, such
+    /// as fine-tuned checkpoints whose projection stayed frozen), with the projection of the
+    /// CLIP they came from (a zero-shot head carries it:
+    /// [`TaskHead::visual_projection`](crate::TaskHead::visual_projection)).
+    ///
+    /// # Errors
+    /// [`VitError::Checkpoint`] when the shape is not `[rows, hidden_size]` with `rows > 0`;
+    /// [`VitError::NonFiniteWeight`] on NaN / infinity.
+    pub fn with_projection(mut self, weight: &madeit_params::Tensor) -> Result<Self, VitError> {
+        let d = self.config.hidden_size;
+        let rows = match *weight.shape() {
+            [rows, cols] if cols == d && rows > 0 => rows,
+            _ => {
+                return Err(VitError::Checkpoint {
+                    report: CheckpointReport {
+                        mismatched: vec![ShapeMismatch {
+                            name: PROJECTION_WEIGHT.to_owned(),
+                            expected: vec![self.config.projection_dim, d],
+                            got: weight.shape().to_vec(),
+                        }],
+                        ..CheckpointReport::default()
+                    },
+                });
+            }
+        };
+        if let Some((index, value)) = first_non_finite(weight.data()) {
+            return Err(VitError::NonFiniteWeight {
+                name: PROJECTION_WEIGHT.to_owned(),
+                index,
+                value,
+            });
+        }
+        self.config.projection_dim = rows;
+        self.proj = Some(upload(
+            transpose(weight.data(), rows, d),
+            [d, rows],
+            &self.device,
+        ));
+        self.dtypes
+            .insert(PROJECTION_WEIGHT.to_owned(), weight.dtype());
+        Ok(self)
     }
 
     /// A summary for display.
@@ -814,7 +866,7 @@ fn check_delta(module: ModuleId, delta: &Tensor<3>, expected: [usize; 3]) -> Res
 
 /// `act(x + bias)`: the fused host kernel for quick-GELU on tensors without autodiff,
 /// burn ops otherwise.
-fn bias_act<const D: usize>(
+pub(crate) fn bias_act<const D: usize>(
     kind: Activation,
     x: Tensor<D>,
     bias: &Tensor<1>,

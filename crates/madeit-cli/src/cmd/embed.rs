@@ -7,7 +7,11 @@
 //! - `image_embeds` `[n, e]`: the embedding heads use — `pooled_output · visual_projection^T`
 //!   when the checkpoint has a projection (`e = projection_dim`), else `pooled_output`;
 //! - with `--all`, also `pooled_output` `[n, hidden_size]` and `last_hidden_state`
-//!   `[n, tokens, hidden_size]` (the names of transformers' `CLIPVisionModelOutput`).
+//!   `[n, tokens, hidden_size]` (the names of transformers' `CLIPVisionModelOutput`);
+//! - with `--head HEAD.safetensors` (`madeit heads`, or a zoo head), also `logits`
+//!   `[n, classes]` (`scale · cos(image embedding, class row)`, CLIP's zero-shot classifier)
+//!   and `predictions` `[n]` (the argmax class index, as F32). A model saved without
+//!   `visual_projection` uses the projection the head carries.
 //!
 //! A `madeit merge --method made_it` result (a backbone with an `experts/` store and
 //! `tasks.json`) is embedded with MADE-IT's routing: every image takes its own path of
@@ -25,7 +29,9 @@ use madeit::experts::store;
 use madeit::merge::{TaskId, made_it_expert_model};
 use madeit::params::fs::{check_not_input, remove_stale_temp_files};
 use madeit::params::{ParamDict, Tensor};
-use madeit::vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, Device, VisionOutput, to_host};
+use madeit::vit::{
+    CONFIG_FILE, ClipVisionConfig, ClipVisionModel, Device, TaskHead, VisionOutput, to_host,
+};
 
 /// Arguments of `madeit embed`.
 #[derive(Debug, clap::Args)]
@@ -45,6 +51,12 @@ pub struct Args {
     /// Images per forward.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Classification head (`madeit heads`): also write `logits` and `predictions`.
+    #[arg(long)]
+    pub head: Option<PathBuf>,
+    /// With `--head`: print one line per image (index, class index, class name, logit).
+    #[arg(long, requires = "head")]
+    pub print: bool,
 }
 
 /// Key of the input tensor.
@@ -127,8 +139,12 @@ impl Tower {
 /// Computes and writes the embeddings.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    check_not_input(&args.out, &[&args.model, &args.pixels])?;
-    let model = Tower::load(&args.model)?;
+    let mut inputs: Vec<&Path> = vec![&args.model, &args.pixels];
+    if let Some(h) = &args.head {
+        inputs.push(h);
+    }
+    check_not_input(&args.out, &inputs)?;
+    let (model, head) = with_head(Tower::load(&args.model)?, args)?;
     let inputs = ParamDict::load(&args.pixels)
         .with_context(|| format!("reading {}", args.pixels.display()))?;
     let pixels = inputs
@@ -152,10 +168,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // At most the whole input per forward; a huge --batch-size must not overflow.
     let chunk_len = args.batch_size.min(n).saturating_mul(per_image);
     let (mut emb, mut pooled, mut hidden) = (Vec::new(), Vec::new(), Vec::new());
+    let mut logits = Vec::new();
     for chunk in pixels.data().chunks(chunk_len) {
         let b = chunk.len() / per_image;
         let out = model.forward(chunk, b)?;
         emb.push(to_host(&out.embedding())?);
+        if let Some(h) = &head {
+            logits.push(to_host(&h.logits(out.embedding())?)?);
+        }
         if args.all {
             pooled.push(to_host(&out.pooled_output)?);
             hidden.push(to_host(&out.last_hidden_state)?);
@@ -166,6 +186,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.all {
         dict.insert("pooled_output", concat(pooled, "pooled_output")?);
         dict.insert("last_hidden_state", concat(hidden, "last_hidden_state")?);
+    }
+    if let Some(h) = &head {
+        let logits = concat(logits, "logits")?;
+        let predictions = argmax_rows(&logits, h.num_classes());
+        if args.print {
+            print_predictions(h, &logits, &predictions);
+        }
+        let pred = predictions.iter().map(|&p| p as f32).collect();
+        dict.insert("logits", logits);
+        dict.insert("predictions", Tensor::new(vec![n], pred)?);
     }
     if let (Some(dir), Some(name)) = (args.out.parent(), args.out.file_name()) {
         let dir = if dir.as_os_str().is_empty() {
@@ -190,4 +220,70 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .join(", ")
     );
     Ok(())
+}
+
+/// Loads `--head` and gives a model saved without `visual_projection` the head's.
+fn with_head(model: Tower, args: &Args) -> anyhow::Result<(Tower, Option<TaskHead>)> {
+    let Some(path) = &args.head else {
+        return Ok((model, None));
+    };
+    let head =
+        TaskHead::load(path).with_context(|| format!("reading the head {}", path.display()))?;
+    let model = match (model, head.visual_projection()) {
+        (Tower::Plain(m), Some(p)) if !m.has_projection() => {
+            eprintln!(
+                "{} has no visual_projection: using the one in {}",
+                args.model.display(),
+                path.display()
+            );
+            Tower::Plain(Box::new(m.with_projection(p)?))
+        }
+        (model, _) => model,
+    };
+    let tower = match &model {
+        Tower::Plain(m) => m.as_ref(),
+        Tower::Routed(t) => t.model(),
+    };
+    anyhow::ensure!(
+        tower.embedding_dim() == head.dim(),
+        "the head {} takes {}-dimensional embeddings, the model gives {}{}",
+        path.display(),
+        head.dim(),
+        tower.embedding_dim(),
+        if tower.has_projection() {
+            ""
+        } else {
+            " (the model has no visual_projection and the head carries none)"
+        }
+    );
+    Ok((model, Some(head)))
+}
+
+/// The argmax of every row of a `[n, classes]` matrix (first index on ties).
+fn argmax_rows(logits: &Tensor, classes: usize) -> Vec<usize> {
+    logits
+        .data()
+        .chunks_exact(classes.max(1))
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0
+        })
+        .collect()
+}
+
+fn print_predictions(head: &TaskHead, logits: &Tensor, predictions: &[usize]) {
+    use std::io::Write as _;
+    let c = head.num_classes();
+    let mut out = String::from("image\tclass\tname\tlogit\n");
+    for (i, &p) in predictions.iter().enumerate() {
+        let name = head.class_names().get(p).map_or("", String::as_str);
+        let logit = logits.data().get(i * c + p).copied().unwrap_or(f32::NAN);
+        out.push_str(&format!("{i}\t{p}\t{name}\t{logit:.4}\n"));
+    }
+    // A closed pipe (`madeit embed ... --print | head`) is not an error.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }

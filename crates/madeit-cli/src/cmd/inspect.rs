@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use madeit::params::ParamDict;
-use madeit::vit::ClipVisionModel;
+use madeit::vit::{CONFIG_FILE, ClipTextConfig, ClipVisionModel};
 
 /// Arguments of `madeit inspect`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +31,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(model.config())?
     )?;
     writeln!(out, "{}", model.summary())?;
+    // A full CLIPModel folder also has a text tower (what `madeit heads` uses).
+    if let Ok(text) = ClipTextConfig::from_file(&args.model.join(CONFIG_FILE)) {
+        writeln!(
+            out,
+            "CLIP text tower: d={} mlp={} layers={} heads={} vocabulary={} positions={} act={:?} projection={} pooling={:?}",
+            text.hidden_size,
+            text.intermediate_size,
+            text.num_hidden_layers,
+            text.num_attention_heads,
+            text.vocab_size,
+            text.max_position_embeddings,
+            text.hidden_act,
+            text.projection_dim,
+            text.pooling_rule()
+        )?;
+    }
     let params = ParamDict::load_checkpoint(&args.model)?;
     // Parameters per group: the embeddings and pre-norm, each encoder layer, the rest.
     let mut groups: BTreeMap<(usize, String), (usize, usize)> = BTreeMap::new();

@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod embed;
+pub mod heads;
 pub mod inspect;
 pub mod merge;
 pub mod orders;

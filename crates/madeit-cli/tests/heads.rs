@@ -1,0 +1,368 @@
+//! `madeit heads` and `madeit embed --head` on the random full `CLIPModel` folder written by
+//! `scripts/clip_text_reference.py`: the heads and logits match FusionBench's recipe as
+//! computed with transformers, and bad input gets a message naming the file.
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use madeit::params::{ParamDict, Tensor};
+use madeit::vit::TaskHead;
+
+const TOL: f32 = 1e-4;
+
+fn clip_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../madeit-vit/tests/fixtures/clip_text_tiny")
+}
+
+fn io() -> ParamDict {
+    ParamDict::load(&clip_dir().join("io.safetensors")).unwrap()
+}
+
+fn madeit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_madeit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = madeit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "madeit {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = madeit(args);
+    assert!(!out.status.success(), "madeit {args:?} should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[derive(serde::Deserialize)]
+struct Lists {
+    classes: Vec<String>,
+    templates: Vec<String>,
+}
+
+#[test]
+fn heads_and_embed_match_the_reference() {
+    let io = io();
+    let dir = clip_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let eurosat = tmp.path().join("heads").join("eurosat.safetensors");
+    ok(&[
+        "heads",
+        "--model",
+        s(&dir),
+        "--task",
+        "EuroSAT",
+        "--out",
+        s(&eurosat),
+        "--quiet",
+    ]);
+    let head = TaskHead::load(&eurosat).unwrap();
+    assert_eq!(head.name(), "eurosat");
+    assert_eq!(head.num_classes(), 10);
+    assert!((head.logit_scale() - 3.2f32.exp()).abs() < 1e-4);
+    let d = max_abs_diff(head.weight(), io.get("head.eurosat.weight").unwrap().data());
+    assert!(d <= TOL, "eurosat head max|diff| = {d}");
+
+    // Class and template files.
+    let lists: Lists =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("heads.json")).unwrap()).unwrap();
+    let classes = tmp.path().join("custom.txt");
+    let templates = tmp.path().join("templates.txt");
+    std::fs::write(&classes, lists.classes.join("\n")).unwrap();
+    std::fs::write(&templates, lists.templates.join("\n") + "\n").unwrap();
+    let custom = tmp.path().join("custom.safetensors");
+    ok(&[
+        "heads",
+        "--model",
+        s(&dir),
+        "--classes",
+        s(&classes),
+        "--templates",
+        s(&templates),
+        "--out",
+        s(&custom),
+        "--batch-size",
+        "3",
+        "--quiet",
+    ]);
+    let head = TaskHead::load(&custom).unwrap();
+    assert_eq!(head.name(), "custom");
+    assert_eq!(head.class_names(), lists.classes);
+    let d = max_abs_diff(head.weight(), io.get("head.custom.weight").unwrap().data());
+    assert!(d <= TOL, "custom head max|diff| = {d}");
+
+    // embed --head: CLIP's logits and predictions.
+    let emb = tmp.path().join("emb.safetensors");
+    let pixels = dir.join("io.safetensors");
+    let printed = ok(&[
+        "embed",
+        "--model",
+        s(&dir),
+        "--pixels",
+        s(&pixels),
+        "--head",
+        s(&eurosat),
+        "--out",
+        s(&emb),
+        "--print",
+    ]);
+    let out = ParamDict::load(&emb).unwrap();
+    let logits = out.get("logits").unwrap();
+    assert_eq!(logits.shape(), [3, 10]);
+    let want = io.get("logits.eurosat").unwrap();
+    let d = max_abs_diff(logits.data(), want.data());
+    assert!(d <= TOL, "embed logits max|diff| = {d}");
+    let pred = out.get("predictions").unwrap();
+    for (i, row) in want.data().chunks_exact(10).enumerate() {
+        let best = (0..10).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+        assert_eq!(pred.data()[i], best as f32);
+        let names = TaskHead::load(&eurosat).unwrap();
+        assert!(
+            printed.contains(&format!("{i}\t{best}\t{}\t", names.class_names()[best])),
+            "{printed}"
+        );
+    }
+
+    // A vision tower saved without visual_projection takes the head's.
+    let bare = tmp.path().join("vision_only");
+    std::fs::create_dir_all(&bare).unwrap();
+    let mut params = ParamDict::load(&dir.join("model.safetensors")).unwrap();
+    let keep: Vec<String> = params
+        .keys()
+        .filter(|k| !k.starts_with("vision_model."))
+        .map(str::to_owned)
+        .collect();
+    for k in keep {
+        params.remove(&k);
+    }
+    params.save(&bare.join("model.safetensors")).unwrap();
+    std::fs::copy(dir.join("config.json"), bare.join("config.json")).unwrap();
+    let emb2 = tmp.path().join("emb2.safetensors");
+    ok(&[
+        "embed",
+        "--model",
+        s(&bare),
+        "--pixels",
+        s(&pixels),
+        "--head",
+        s(&eurosat),
+        "--out",
+        s(&emb2),
+    ]);
+    let logits2 = ParamDict::load(&emb2).unwrap();
+    let d = max_abs_diff(logits2.get("logits").unwrap().data(), want.data());
+    assert!(d <= TOL, "vision-only logits max|diff| = {d}");
+    // A zoo-style head without projection does not fit that tower: a clear message.
+    let plain = tmp.path().join("plain.safetensors");
+    let h = TaskHead::new(
+        "plain",
+        &Tensor::new(vec![2, 24], vec![1.0; 48]).unwrap(),
+        vec![],
+    )
+    .unwrap();
+    h.save(&plain).unwrap();
+    let err = fails(&[
+        "embed",
+        "--model",
+        s(&bare),
+        "--pixels",
+        s(&pixels),
+        "--head",
+        s(&plain),
+        "--out",
+        s(&emb2),
+    ]);
+    assert!(err.contains("visual_projection"), "{err}");
+}
+
+#[test]
+fn a_task_group_writes_one_head_per_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ta8");
+    ok(&[
+        "heads",
+        "--model",
+        s(&clip_dir()),
+        "--task",
+        "ta8",
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    for task in madeit::vit::TA8 {
+        let head = TaskHead::load(&out.join(format!("{task}.safetensors"))).unwrap();
+        assert_eq!(head.name(), task);
+        assert_eq!(head.dim(), 24);
+    }
+    let listed = ok(&["heads", "--list"]);
+    assert!(listed.contains("| sun397 | 397 | 2 |"), "{listed}");
+    assert!(listed.contains("rendered_sst2"), "{listed}");
+}
+
+#[test]
+fn bad_input_is_named_and_never_panics() {
+    let dir = clip_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("h.safetensors");
+    let classes = tmp.path().join("classes.txt");
+    let templates = tmp.path().join("templates.txt");
+
+    std::fs::write(&classes, "cat\ndog\ncat\n").unwrap();
+    std::fs::write(&templates, "a photo of a {}.\n").unwrap();
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&dir),
+        "--classes",
+        s(&classes),
+        "--templates",
+        s(&templates),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("duplicate") && err.contains(s(&classes)) && err.contains("line 3"),
+        "{err}"
+    );
+
+    std::fs::write(&classes, "cat\n\ndog\n").unwrap();
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&dir),
+        "--classes",
+        s(&classes),
+        "--templates",
+        s(&templates),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("empty class name") && err.contains("line 2"),
+        "{err}"
+    );
+
+    std::fs::write(&classes, "cat\ndog\n").unwrap();
+    std::fs::write(&templates, "a photo of a {}.\na photo\n").unwrap();
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&dir),
+        "--classes",
+        s(&classes),
+        "--templates",
+        s(&templates),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("{}") && err.contains(s(&templates)) && err.contains("line 2"),
+        "{err}"
+    );
+
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&dir),
+        "--task",
+        "imagenet",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("no built-in task") && err.contains("sun397"),
+        "{err}"
+    );
+
+    // A vision-only checkpoint.
+    let vision = dir.join("../clip_tiny");
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&vision),
+        "--task",
+        "mnist",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("has no text tower") && err.contains("clip_tiny"),
+        "{err}"
+    );
+
+    // No logit_scale.
+    let copy = tmp.path().join("clip");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+    }
+    let mut params = ParamDict::load(&dir.join("model.safetensors")).unwrap();
+    params.remove("logit_scale").unwrap();
+    params.save(&copy.join("model.safetensors")).unwrap();
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&copy),
+        "--task",
+        "mnist",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("logit_scale") && err.contains("model.safetensors"),
+        "{err}"
+    );
+
+    // A tokenizer that does not parse.
+    std::fs::copy(
+        dir.join("model.safetensors"),
+        copy.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(copy.join("tokenizer.json"), "{not json").unwrap();
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&copy),
+        "--task",
+        "mnist",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("tokenizer") && err.contains("tokenizer.json"),
+        "{err}"
+    );
+
+    // Writing over an input is refused.
+    let err = fails(&[
+        "heads",
+        "--model",
+        s(&dir),
+        "--task",
+        "mnist",
+        "--out",
+        s(&dir.join("model.safetensors")),
+    ]);
+    assert!(err.contains("is (or holds) the input"), "{err}");
+    assert!(!out.exists());
+}
