@@ -939,7 +939,10 @@ fn destination(member: &str, rules: &[Rule]) -> Option<(usize, String)> {
             }
             Rule::Tree { from, exts, to, .. } => {
                 let lower = member.to_ascii_lowercase();
-                if !exts.iter().any(|e| lower.ends_with(&e.to_ascii_lowercase())) {
+                if !exts
+                    .iter()
+                    .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
+                {
                     continue;
                 }
                 // The member lies below a folder ending in `from`: find `from/` at a
@@ -1181,7 +1184,8 @@ fn digest_rules(root: &Path, spec: &PackageSpec) -> Result<BTreeMap<String, Stri
                     .into_iter()
                     .filter(|(rel, _)| {
                         let lower = rel.to_ascii_lowercase();
-                        exts.iter().any(|e| lower.ends_with(&e.to_ascii_lowercase()))
+                        exts.iter()
+                            .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
                     })
                     .collect();
                 names.sort();

@@ -12,10 +12,10 @@ use crate::image::ImageSet;
 use crate::readers::animal::read_animal_mnist;
 use crate::readers::emoji::{EMOJI_IMAGE_DIR, EmojiVendor, TWEMOJI_IMAGE_DIR, read_emoji_dir_of};
 use crate::readers::fonts::read_font_dir;
-use crate::readers::tuxpaint::read_tuxpaint_dir;
 use crate::readers::idx::read_idx_gz;
 use crate::readers::mnist_json::read_mnist_digits;
 use crate::readers::optdigits::read_optdigits_csv_gz;
+use crate::readers::tuxpaint::read_tuxpaint_dir;
 
 /// Class names of Fashion-MNIST, in label order.
 pub const FASHION_CLASSES: [&str; 10] = [

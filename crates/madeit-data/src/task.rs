@@ -128,34 +128,132 @@ const TURNED: Construction = Construction::Rotated { quarter_turns: 1 };
 pub fn all_tasks() -> Vec<TaskSpec> {
     use SourceId as S;
     vec![
-        task(1, "mnist", S::Mnist, UPRIGHT, Resize::Pad, None,
-            "handwritten digits 0-9 (10,000 MNIST images)"),
-        task(2, "fashion_mnist", S::FashionMnist, UPRIGHT, Resize::Pad, None,
-            "ten kinds of clothing (Fashion-MNIST, official test split)"),
-        task(3, "animal_silhouettes", S::AnimalMnist, UPRIGHT, Resize::Pad, None,
-            "silhouettes of ten animals"),
-        task(4, "optdigits", S::Optdigits, UPRIGHT, Resize::Bilinear, None,
-            "8x8 block-count digits 0-9 (UCI optical recognition), upsampled"),
-        task(5, "emoji_categories", S::Emoji, UPRIGHT, Resize::Area, None,
-            "Noto emoji, classified into their nine Unicode categories"),
-        task(6, "font_letters", S::Fonts, UPRIGHT, Resize::Pad, Some([10, 20]),
-            "the letters A-J rendered from Debian's font files (as notMNIST)"),
-        task(7, "twemoji_categories", S::Twemoji, UPRIGHT, Resize::Area, None,
-            "Twemoji, classified into their nine Unicode categories"),
-        task(8, "rotated_mnist", S::Mnist, TURNED, Resize::Pad, None,
-            "Rotated MNIST: the digits turned 90 degrees"),
-        task(9, "font_digits", S::Fonts, UPRIGHT, Resize::Pad, Some([0, 10]),
-            "the digits 0-9 rendered from Debian's font files"),
-        task(10, "clipart_stamps", S::Tuxpaint, UPRIGHT, Resize::Area, None,
-            "Tux Paint's colour clip-art stamps, classified into seven categories"),
-        task(11, "rotated_fashion_mnist", S::FashionMnist, TURNED, Resize::Pad, None,
-            "Rotated Fashion-MNIST: the clothing turned 90 degrees"),
-        task(12, "rotated_animal_silhouettes", S::AnimalMnist, TURNED, Resize::Pad, None,
-            "Rotated animal silhouettes: turned 90 degrees"),
-        task(13, "rotated_optdigits", S::Optdigits, TURNED, Resize::Bilinear, None,
-            "Rotated optdigits: turned 90 degrees"),
-        task(14, "rotated_font_letters", S::Fonts, TURNED, Resize::Pad, Some([10, 20]),
-            "Rotated font letters A-J: turned 90 degrees"),
+        task(
+            1,
+            "mnist",
+            S::Mnist,
+            UPRIGHT,
+            Resize::Pad,
+            None,
+            "handwritten digits 0-9 (10,000 MNIST images)",
+        ),
+        task(
+            2,
+            "fashion_mnist",
+            S::FashionMnist,
+            UPRIGHT,
+            Resize::Pad,
+            None,
+            "ten kinds of clothing (Fashion-MNIST, official test split)",
+        ),
+        task(
+            3,
+            "animal_silhouettes",
+            S::AnimalMnist,
+            UPRIGHT,
+            Resize::Pad,
+            None,
+            "silhouettes of ten animals",
+        ),
+        task(
+            4,
+            "optdigits",
+            S::Optdigits,
+            UPRIGHT,
+            Resize::Bilinear,
+            None,
+            "8x8 block-count digits 0-9 (UCI optical recognition), upsampled",
+        ),
+        task(
+            5,
+            "emoji_categories",
+            S::Emoji,
+            UPRIGHT,
+            Resize::Area,
+            None,
+            "Noto emoji, classified into their nine Unicode categories",
+        ),
+        task(
+            6,
+            "font_letters",
+            S::Fonts,
+            UPRIGHT,
+            Resize::Pad,
+            Some([10, 20]),
+            "the letters A-J rendered from Debian's font files (as notMNIST)",
+        ),
+        task(
+            7,
+            "twemoji_categories",
+            S::Twemoji,
+            UPRIGHT,
+            Resize::Area,
+            None,
+            "Twemoji, classified into their nine Unicode categories",
+        ),
+        task(
+            8,
+            "rotated_mnist",
+            S::Mnist,
+            TURNED,
+            Resize::Pad,
+            None,
+            "Rotated MNIST: the digits turned 90 degrees",
+        ),
+        task(
+            9,
+            "font_digits",
+            S::Fonts,
+            UPRIGHT,
+            Resize::Pad,
+            Some([0, 10]),
+            "the digits 0-9 rendered from Debian's font files",
+        ),
+        task(
+            10,
+            "clipart_stamps",
+            S::Tuxpaint,
+            UPRIGHT,
+            Resize::Area,
+            None,
+            "Tux Paint's colour clip-art stamps, classified into seven categories",
+        ),
+        task(
+            11,
+            "rotated_fashion_mnist",
+            S::FashionMnist,
+            TURNED,
+            Resize::Pad,
+            None,
+            "Rotated Fashion-MNIST: the clothing turned 90 degrees",
+        ),
+        task(
+            12,
+            "rotated_animal_silhouettes",
+            S::AnimalMnist,
+            TURNED,
+            Resize::Pad,
+            None,
+            "Rotated animal silhouettes: turned 90 degrees",
+        ),
+        task(
+            13,
+            "rotated_optdigits",
+            S::Optdigits,
+            TURNED,
+            Resize::Bilinear,
+            None,
+            "Rotated optdigits: turned 90 degrees",
+        ),
+        task(
+            14,
+            "rotated_font_letters",
+            S::Fonts,
+            TURNED,
+            Resize::Pad,
+            Some([10, 20]),
+            "Rotated font letters A-J: turned 90 degrees",
+        ),
     ]
 }
 
@@ -370,7 +468,11 @@ pub fn load_tasks_and_pool(
     relabel: bool,
 ) -> Result<(Vec<TaskData>, Vec<PretrainPart>)> {
     let mut sources: BTreeMap<SourceId, SourceData> = BTreeMap::new();
-    let needed: Vec<SourceId> = specs.iter().map(|s| s.source).chain(pool.iter().copied()).collect();
+    let needed: Vec<SourceId> = specs
+        .iter()
+        .map(|s| s.source)
+        .chain(pool.iter().copied())
+        .collect();
     for s in needed {
         if let std::collections::btree_map::Entry::Vacant(e) = sources.entry(s) {
             e.insert(load_source(cache_dir, s)?);
@@ -378,10 +480,12 @@ pub fn load_tasks_and_pool(
     }
     let mut tasks = Vec::with_capacity(specs.len());
     for spec in specs {
-        let data = sources.get(&spec.source).ok_or_else(|| DataError::NotFetched {
-            source_name: spec.source.name().to_owned(),
-            cache_dir: cache_dir.to_path_buf(),
-        })?;
+        let data = sources
+            .get(&spec.source)
+            .ok_or_else(|| DataError::NotFetched {
+                source_name: spec.source.name().to_owned(),
+                cache_dir: cache_dir.to_path_buf(),
+            })?;
         tasks.push(prepare_task(data, spec)?);
     }
     let mut parts = Vec::new();

@@ -11,7 +11,9 @@ use madeit_data::readers::emoji::{EMOJI_CATEGORIES, EmojiVendor, read_emoji_of};
 use madeit_data::readers::fonts::{
     FONT_CANVAS, FONT_CLASSES, FontSkip, read_font_dir, read_fonts, render_font,
 };
-use madeit_data::readers::tuxpaint::{TUXPAINT_CATEGORIES, TUXPAINT_SIZE, letterbox_rgb, read_tuxpaint};
+use madeit_data::readers::tuxpaint::{
+    TUXPAINT_CATEGORIES, TUXPAINT_SIZE, letterbox_rgb, read_tuxpaint,
+};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,17 +38,31 @@ fn a_font_renders_twenty_centred_white_on_black_images() {
             .map(|p| (p / FONT_CANVAS, p % FONT_CANVAS))
             .collect();
         assert!(!lit.is_empty(), "glyph {k} is empty");
-        let (y0, y1) = (lit.iter().map(|p| p.0).min().unwrap(), lit.iter().map(|p| p.0).max().unwrap());
-        let (x0, x1) = (lit.iter().map(|p| p.1).min().unwrap(), lit.iter().map(|p| p.1).max().unwrap());
+        let (y0, y1) = (
+            lit.iter().map(|p| p.0).min().unwrap(),
+            lit.iter().map(|p| p.0).max().unwrap(),
+        );
+        let (x0, x1) = (
+            lit.iter().map(|p| p.1).min().unwrap(),
+            lit.iter().map(|p| p.1).max().unwrap(),
+        );
         let longer = (y1 - y0 + 1).max(x1 - x0 + 1);
         assert!((19..=21).contains(&longer), "glyph {k}: box {longer}");
         let (cy, cx) = ((y0 + y1) as f64 / 2.0, (x0 + x1) as f64 / 2.0);
         let mid = (FONT_CANVAS - 1) as f64 / 2.0;
-        assert!((cy - mid).abs() <= 1.0 && (cx - mid).abs() <= 1.0, "glyph {k} at {cy},{cx}");
-        assert!(img[..FONT_CANVAS].iter().all(|&v| v == 0), "top row of glyph {k}");
+        assert!(
+            (cy - mid).abs() <= 1.0 && (cx - mid).abs() <= 1.0,
+            "glyph {k} at {cy},{cx}"
+        );
+        assert!(
+            img[..FONT_CANVAS].iter().all(|&v| v == 0),
+            "top row of glyph {k}"
+        );
     }
     // The same bytes render the same images (determinism).
-    let again = render_font(&fixture("fixture_full.ttf"), "x").unwrap().unwrap();
+    let again = render_font(&fixture("fixture_full.ttf"), "x")
+        .unwrap()
+        .unwrap();
     assert_eq!(images, again);
 }
 
@@ -75,7 +91,10 @@ fn fonts_missing_a_character_and_duplicates_are_skipped() {
     assert_eq!(out.set.labels, (0..20).collect::<Vec<u32>>());
     assert_eq!(out.set.class_names[0], "0");
     assert_eq!(out.set.class_names[10], "A");
-    assert_eq!((out.set.height, out.set.width, out.set.channels), (28, 28, 1));
+    assert_eq!(
+        (out.set.height, out.set.width, out.set.channels),
+        (28, 28, 1)
+    );
 }
 
 #[test]
@@ -100,8 +119,16 @@ fn a_font_folder_is_read_recursively_in_path_order() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("truetype/b")).unwrap();
     std::fs::create_dir_all(dir.path().join("opentype/a")).unwrap();
-    std::fs::write(dir.path().join("truetype/b/Full.TTF"), fixture("fixture_full.ttf")).unwrap();
-    std::fs::write(dir.path().join("opentype/a/clone.otf"), fixture("fixture_clone.ttf")).unwrap();
+    std::fs::write(
+        dir.path().join("truetype/b/Full.TTF"),
+        fixture("fixture_full.ttf"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("opentype/a/clone.otf"),
+        fixture("fixture_clone.ttf"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("opentype/a/readme.txt"), b"not a font").unwrap();
     let out = read_font_dir(dir.path()).unwrap();
     // `opentype/...` sorts first, so the clone is kept and the later file is the duplicate.
@@ -136,10 +163,15 @@ fn twemoji_follow_the_twitter_flags_and_keep_subcategories() {
     let red: Vec<u8> = (0..4 * 4).flat_map(|_| [255, 0, 0, 255]).collect();
     let png = encode_png(4, 4, png::ColorType::Rgba, &red);
     let mut asked = Vec::new();
-    let out = read_emoji_of(emoji_json().as_bytes(), "emoji.json", EmojiVendor::Twitter, |name| {
-        asked.push(name.to_owned());
-        Ok(png.clone())
-    })
+    let out = read_emoji_of(
+        emoji_json().as_bytes(),
+        "emoji.json",
+        EmojiVendor::Twitter,
+        |name| {
+            asked.push(name.to_owned());
+            Ok(png.clone())
+        },
+    )
     .unwrap();
     assert_eq!(asked, vec!["1f600.png", "1f436.png"]);
     assert_eq!(out.set.n, 2);
@@ -148,18 +180,24 @@ fn twemoji_follow_the_twitter_flags_and_keep_subcategories() {
     assert_eq!(out.subcategory_names, vec!["face-smiling", "animal-mammal"]);
     assert_eq!(out.subcategory, vec![0, 1]);
     // The Google flags select three pictures (the component is dropped either way).
-    let google = read_emoji_of(emoji_json().as_bytes(), "emoji.json", EmojiVendor::Google, |_| {
-        Ok(png.clone())
-    })
+    let google = read_emoji_of(
+        emoji_json().as_bytes(),
+        "emoji.json",
+        EmojiVendor::Google,
+        |_| Ok(png.clone()),
+    )
     .unwrap();
     assert_eq!(google.set.n, 3);
 }
 
 #[test]
 fn an_undecodable_twemoji_png_is_an_error_naming_it() {
-    let err = read_emoji_of(emoji_json().as_bytes(), "emoji.json", EmojiVendor::Twitter, |_| {
-        Ok(b"\x89PNG broken".to_vec())
-    })
+    let err = read_emoji_of(
+        emoji_json().as_bytes(),
+        "emoji.json",
+        EmojiVendor::Twitter,
+        |_| Ok(b"\x89PNG broken".to_vec()),
+    )
     .unwrap_err();
     assert!(matches!(&err, DataError::Png { file, .. } if file == "1f600.png"));
 }
@@ -182,9 +220,13 @@ fn stamps_are_letterboxed_on_white_and_labelled_by_folder() {
     .unwrap();
     assert_eq!(set.n, 2, "the symbols are not a kept category");
     assert_eq!(set.labels, vec![0, TUXPAINT_CATEGORIES.len() as u32 - 1]);
-    assert_eq!((set.height, set.width, set.channels), (TUXPAINT_SIZE, TUXPAINT_SIZE, 3));
+    assert_eq!(
+        (set.height, set.width, set.channels),
+        (TUXPAINT_SIZE, TUXPAINT_SIZE, 3)
+    );
     let first = set.image(0).unwrap();
-    let px = |y: usize, x: usize| &first[(y * TUXPAINT_SIZE + x) * 3..(y * TUXPAINT_SIZE + x) * 3 + 3];
+    let px =
+        |y: usize, x: usize| &first[(y * TUXPAINT_SIZE + x) * 3..(y * TUXPAINT_SIZE + x) * 3 + 3];
     assert_eq!(px(0, 16), &[255, 255, 255], "white band above");
     assert_eq!(px(16, 16), &[0, 0, 255], "blue in the middle");
     assert_eq!(px(31, 0), &[255, 255, 255], "white band below");
@@ -210,5 +252,8 @@ fn letterboxing_averages_when_shrinking() {
 fn an_undecodable_stamp_is_an_error_naming_it() {
     let err = read_tuxpaint([("food/apple.png", b"garbage".as_slice())]).unwrap_err();
     assert!(matches!(&err, DataError::Png { file, .. } if file == "food/apple.png"));
-    assert!(matches!(read_tuxpaint([]), Err(DataError::Malformed { .. })));
+    assert!(matches!(
+        read_tuxpaint([]),
+        Err(DataError::Malformed { .. })
+    ));
 }

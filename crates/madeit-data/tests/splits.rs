@@ -121,7 +121,11 @@ fn the_groups_draw_on_distinct_sources_with_at_most_one_twin() {
     assert_eq!(tasks, TaskGroup::Eight.tasks());
     let long = TaskGroup::Fourteen.tasks();
     assert_eq!(long.len(), 14);
-    assert_eq!(&long[..8], tasks.as_slice(), "the long group extends the default one");
+    assert_eq!(
+        &long[..8],
+        tasks.as_slice(),
+        "the long group extends the default one"
+    );
     assert_eq!(all_tasks(), long);
     let ids: Vec<u32> = long.iter().map(|t| t.id).collect();
     assert_eq!(ids, (1..=14).collect::<Vec<_>>());
@@ -181,15 +185,21 @@ fn a_class_range_task_keeps_its_classes_and_a_partition_of_their_splits() {
     let src_first_a = 10;
     assert_eq!(
         letters.images.image(0).unwrap(),
-        madeit_data::to_common(&source.images.subset(&[src_first_a]).unwrap(), madeit_data::Resize::Pad)
-            .unwrap()
-            .image(0)
-            .unwrap()
+        madeit_data::to_common(
+            &source.images.subset(&[src_first_a]).unwrap(),
+            madeit_data::Resize::Pad
+        )
+        .unwrap()
+        .image(0)
+        .unwrap()
     );
     // The pretraining reserve of the source holds all twenty names.
     let part = madeit_data::pretrain_part(&source, true).unwrap().unwrap();
     assert_eq!(part.images.class_names.len(), 20);
-    assert_eq!(part.images.n, letters.splits.pretrain.len() + digits.splits.pretrain.len());
+    assert_eq!(
+        part.images.n,
+        letters.splits.pretrain.len() + digits.splits.pretrain.len()
+    );
 }
 
 #[test]

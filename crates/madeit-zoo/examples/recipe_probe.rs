@@ -54,7 +54,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             s.subset(&evenly_spaced(s.n, Some(cap)))
         })
         .collect::<Result<_, _>>()?;
-    let heads: Vec<_> = tasks.iter().map(|t| zoo.head(t)).collect::<Result<_, _>>()?;
+    let heads: Vec<_> = tasks
+        .iter()
+        .map(|t| zoo.head(t))
+        .collect::<Result<_, _>>()?;
     let acc_all = |m: &ClipVisionModel| -> Result<Vec<f64>, madeit_zoo::ZooError> {
         heads
             .iter()

@@ -28,8 +28,8 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use madeit_data::{
-    ImageSet, PretrainPart, SourceId, Split, TaskData, TaskGroup, export_task,
-    load_tasks_and_pool, pretraining_pool,
+    ImageSet, PretrainPart, SourceId, Split, TaskData, TaskGroup, export_task, load_tasks_and_pool,
+    pretraining_pool,
 };
 use madeit_params::ParamDict;
 use madeit_vit::{Activation, ClipVisionConfig, ClipVisionModel, TaskHead};
@@ -528,8 +528,8 @@ fn build_and_commit(
         .map_err(|e| ZooError::ThreadPool {
             message: e.to_string(),
         })?;
-    let manifest =
-        pool_threads.install(|| build_staged(opts, tasks, pool, load_seconds, threads, on_event))?;
+    let manifest = pool_threads
+        .install(|| build_staged(opts, tasks, pool, load_seconds, threads, on_event))?;
     let staging = staging_dir(zoo_dir);
     if zoo_dir.exists() {
         // `force`: swap the old zoo out only now that the new one is complete.

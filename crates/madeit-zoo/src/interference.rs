@@ -123,7 +123,9 @@ pub fn interference_matrix(
         .map(|i| {
             columns
                 .iter()
-                .map(|col| col.get(i).copied().unwrap_or(0.0) - pretrained.get(i).copied().unwrap_or(0.0))
+                .map(|col| {
+                    col.get(i).copied().unwrap_or(0.0) - pretrained.get(i).copied().unwrap_or(0.0)
+                })
                 .collect()
         })
         .collect();

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use madeit::data::TaskGroup;
 use madeit::data::{Clients, FetchEvent, default_cache_dir, fetch_sources_with};
 use madeit::vit::TargetKind;
-use madeit::data::TaskGroup;
-use madeit::zoo::interference::{evenly_spaced, merged_accuracies, test_sets};
+use madeit::zoo::interference::{merged_accuracies, test_sets};
 use madeit::zoo::{
     BuildConfig, BuildEvent, BuildOptions, BuildOutcome, Manifest, Zoo, build_zoo, default_zoo_dir,
     interference_matrix,
@@ -352,7 +352,9 @@ fn print_interference(zoo: &Zoo, test_images: &str) -> anyhow::Result<()> {
                 .ok()
                 .filter(|&n| n > 0)
                 .with_context(|| {
-                    format!("--test-images: expected a positive number or `all`, got `{test_images}`")
+                    format!(
+                        "--test-images: expected a positive number or `all`, got `{test_images}`"
+                    )
                 })?,
         )
     };
@@ -375,7 +377,13 @@ fn print_interference(zoo: &Zoo, test_images: &str) -> anyhow::Result<()> {
          acc_i(theta_0 + tau_j) - acc_i(theta_0) ({cap_text})"
     );
     let short: Vec<String> = (1..=n).map(|j| format!("{j:>6}")).collect();
-    println!("{:>3}  {:<28} {:>7} {}", "id", "task", "theta_0", short.join(""));
+    println!(
+        "{:>3}  {:<28} {:>7} {}",
+        "id",
+        "task",
+        "theta_0",
+        short.join("")
+    );
     for (i, t) in zoo.tasks().iter().enumerate() {
         let row: Vec<String> = m.matrix[i]
             .iter()
@@ -402,7 +410,6 @@ fn print_interference(zoo: &Zoo, test_images: &str) -> anyhow::Result<()> {
         mean(&avg),
         mean(&ta)
     );
-    let _ = evenly_spaced;
     Ok(())
 }
 

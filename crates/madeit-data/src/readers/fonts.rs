@@ -29,8 +29,8 @@ use crate::image::ImageSet;
 /// The characters rendered, in label order: the ten digits, then the letters `A`–`J`
 /// (notMNIST's ten letters).
 pub const FONT_CLASSES: [char; 20] = [
-    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H',
-    'I', 'J',
+    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I',
+    'J',
 ];
 
 /// Side of the square the glyph's bounding box is scaled into, in pixels.

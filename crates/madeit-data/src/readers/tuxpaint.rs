@@ -90,7 +90,10 @@ pub fn read_tuxpaint<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -
         TUXPAINT_SIZE,
         3,
         labels,
-        TUXPAINT_CATEGORIES.iter().map(|s| (*s).to_owned()).collect(),
+        TUXPAINT_CATEGORIES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
     )
 }
 
