@@ -438,9 +438,9 @@ fn require<'a>(tool: &'a Option<Tool>, client: &str, hint: &str) -> Result<&'a T
     })
 }
 
-const APT_HINT: &str =
-    "Fashion-MNIST ships as a Debian package: a Debian-based system with apt-get is needed";
-const DPKG_HINT: &str = "install dpkg (it unpacks the Debian package of Fashion-MNIST)";
+const APT_HINT: &str = "Fashion-MNIST, the fonts and the clip-art ship as Debian packages: a Debian-based system with apt-get is needed";
+const DPKG_HINT: &str =
+    "install dpkg (it unpacks the Debian packages of Fashion-MNIST, the fonts and the clip-art)";
 const NPM_HINT: &str = "install Node.js/npm";
 const PIP_HINT: &str = "install Python 3 with pip";
 
