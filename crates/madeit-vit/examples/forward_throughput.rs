@@ -23,7 +23,10 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = PathBuf::from(args.first().ok_or("usage: forward_throughput DIR [--batch N]")?);
+    let dir = PathBuf::from(
+        args.first()
+            .ok_or("usage: forward_throughput DIR [--batch N]")?,
+    );
     let (batch, iters, warmup) = (
         arg(&args, "--batch", 32),
         arg(&args, "--iters", 10),
