@@ -154,12 +154,12 @@ pub use head::{
     CLASS_NAMES_KEY, HEAD_LOGIT_SCALE_KEY, HEAD_PROJECTION_KEY, HEAD_WEIGHT_KEY, LOGIT_SCALE,
     TASK_KEY, TEMPLATES_KEY, TaskHead, distillation_loss,
 };
-#[cfg(feature = "wgpu")]
-pub use model::wgpu_device;
 pub use model::{
     CONFIG_FILE, ClipVisionModel, ModelSummary, ModuleAdapter, ModuleInputs, NoAdapter,
     VisionOutput, WEIGHTS_FILE,
 };
+#[cfg(feature = "wgpu")]
+pub use model::{wgpu_available, wgpu_device};
 pub use names::{
     KeyLayout, ModuleId, PROJECTION_WEIGHT, TargetKind, VISION_PREFIX, expected_tensors,
 };

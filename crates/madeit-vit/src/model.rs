@@ -30,10 +30,31 @@ pub(crate) fn load_weights(dir: &Path) -> Result<ParamDict, VitError> {
 /// burn's wgpu device (Vulkan, Metal or DX12, whichever the platform offers), for
 /// [`ClipVisionModel::load_dir_on`] / [`ClipVisionModel::to_device`]. Needs the `wgpu`
 /// feature.
+///
+/// The runtime is initialised on the first call (adapter selection, device and queue),
+/// once per process; later calls return the same device or the same error. A machine
+/// without a usable adapter gets [`VitError::Backend`] naming wgpu's reason, instead of
+/// a panic at the first tensor.
+///
+/// # Errors
+/// [`VitError::Backend`] when wgpu finds no adapter or cannot open a device on it.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> Result<Device, VitError> {
+    static DEVICE: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|message| VitError::Backend {
+            message: format!("no usable wgpu device: {message}"),
+        })
+}
+
+/// Whether [`wgpu_device`] finds a usable adapter on this machine (initialising the
+/// runtime if it was not yet).
 #[cfg(feature = "wgpu")]
 #[must_use]
-pub fn wgpu_device() -> Device {
-    Device::wgpu(Default::default())
+pub fn wgpu_available() -> bool {
+    wgpu_device().is_ok()
 }
 
 /// Outputs of a forward pass (the names of transformers' `CLIPVisionModelOutput`).
