@@ -25,12 +25,14 @@
 //! TOML file) and [`report`] (the Markdown tables); their errors are [`RunError`]s.
 //! [`method`] names what a stream runs (a weight-space method of `madeit-merge` or MINGLE
 //! of `madeit-adapt`); [`test_time`] loads seed images and evaluates gated models for
-//! MINGLE.
+//! MINGLE. [`checkpoints`] is the path of merging fine-tuned checkpoints outside a benchmark
+//! (`madeit merge`, the Python package).
 
 pub mod metrics;
 pub mod orders;
 
 pub mod benchmark;
+pub mod checkpoints;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;

@@ -38,11 +38,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use madeit::eval::checkpoints::{
+    Checkpoint, absorb_checkpoint, merge_config, refuse_non_merge, task_name,
+};
 use madeit::experts::store;
 use madeit::merge::{ContinualMerger, MadeItMerger, MergedModel, MethodConfig, TaskId};
 use madeit::params::ParamDict;
 use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};
-use madeit::vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, WEIGHTS_FILE};
+use madeit::vit::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// Arguments of `madeit merge`.
 #[derive(Debug, clap::Args)]
@@ -77,47 +80,15 @@ pub struct Args {
 /// The kind recorded in the marker of a `madeit merge` output folder.
 pub const OUTPUT_KIND: &str = "merge";
 
-/// The task name of a checkpoint path: its folder name, or its file stem.
-fn task_name(path: &Path) -> String {
-    let p = if path.is_dir() {
-        path
-    } else if path.file_name().is_some_and(|f| f == WEIGHTS_FILE) {
-        path.parent().unwrap_or(path)
-    } else {
-        return path.file_stem().map_or_else(
-            || path.display().to_string(),
-            |s| s.to_string_lossy().into_owned(),
-        );
-    };
-    p.file_name().map_or_else(
-        || p.display().to_string(),
-        |s| s.to_string_lossy().into_owned(),
-    )
-}
-
 fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
-    let m = args.method.as_str();
-    if madeit::eval::TEST_TIME_METHODS.contains(&m) {
-        anyhow::bail!(
-            "`madeit merge` cannot run `{m}`: it adapts on each task's unlabelled seed images \
-             and fixed head, which fine-tuned checkpoints alone do not provide. Run it on a \
-             benchmark instead: `madeit run --methods {m}` (a zoo with heads and seed \
-             splits; see `madeit run --help`)"
-        );
-    }
-    if madeit::eval::TRAINING_METHODS.contains(&m) {
-        anyhow::bail!(
-            "`madeit merge` cannot run `{m}`: it is sequential fine-tuning on each task's \
-             training data, not a merge of checkpoints. Run it on the zoo instead: \
-             `madeit run --methods {m}`"
-        );
-    }
     let Some(path) = &args.config else {
-        return Ok(MethodConfig::default_for(&args.method)?);
+        return Ok(merge_config(&args.method, serde_json::Map::new())?);
     };
+    // The method itself is refused before its configuration is read.
+    refuse_non_merge(&args.method)?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
+    let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     match table.get("method") {
         Some(toml::Value::String(m)) if m != &args.method => anyhow::bail!(
@@ -125,52 +96,14 @@ fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
             path.display(),
             args.method
         ),
-        Some(toml::Value::String(_)) => {}
+        Some(toml::Value::String(_)) | None => {}
         Some(other) => anyhow::bail!("{}: `method` must be a string, got {other}", path.display()),
-        None => {
-            table.insert("method".into(), toml::Value::String(args.method.clone()));
-        }
     }
-    let value = serde_json::to_value(table)?;
-    let cfg = MethodConfig::from_json_value(value)
-        .with_context(|| format!("method configuration {}", path.display()))?;
-    cfg.check()?;
-    Ok(cfg)
-}
-
-/// A checkpoint given on the command line: its weights and, for a folder with a
-/// `config.json`, the configuration (validated against the weights) and the file's text.
-struct Checkpoint {
-    params: ParamDict,
-    config: Option<(ClipVisionConfig, String)>,
-}
-
-impl Checkpoint {
-    /// Reads the weights and the configuration; `what` names the checkpoint in errors.
-    fn read(path: &Path, what: &str) -> anyhow::Result<Self> {
-        let params = ParamDict::load_checkpoint(path)
-            .with_context(|| format!("reading {what} {}", path.display()))?;
-        let cfg_file = path.join(CONFIG_FILE);
-        let config = if path.is_dir() && cfg_file.is_file() {
-            let text = std::fs::read_to_string(&cfg_file)
-                .with_context(|| format!("reading {}", cfg_file.display()))?;
-            let cfg = ClipVisionConfig::from_file(&cfg_file)?;
-            ClipVisionModel::check_params(&cfg, &params).with_context(|| {
-                format!(
-                    "{} does not describe the weights of {what} {}",
-                    cfg_file.display(),
-                    path.display()
-                )
-            })?;
-            Some((cfg, text))
-        } else {
-            params
-                .check_finite()
-                .with_context(|| format!("{what} {}", path.display()))?;
-            None
-        };
-        Ok(Self { params, config })
-    }
+    let serde_json::Value::Object(options) = serde_json::to_value(table)? else {
+        anyhow::bail!("{}: not a table", path.display());
+    };
+    Ok(merge_config(&args.method, options)
+        .with_context(|| format!("method configuration {}", path.display()))?)
 }
 
 /// Merges the checkpoints and writes the result.
@@ -210,31 +143,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         let t = Instant::now();
         let ft = Checkpoint::read(path, "the fine-tuned model")?;
-        // The projection width is checked with the weights (when there is a projection).
-        if let (Some((want, _)), Some((got, _))) = (&pre.config, &ft.config)
-            && *want
-                != (ClipVisionConfig {
-                    projection_dim: want.projection_dim,
-                    ..got.clone()
-                })
-        {
-            anyhow::bail!(
-                "the fine-tuned model {} has another architecture than the pretrained model \
-                 {}: their config.json files differ",
-                path.display(),
-                args.pretrained.display()
-            );
-        }
-        pretrained.check_compatible(&ft.params).with_context(|| {
-            format!(
-                "the fine-tuned model {} does not match the pretrained model {}",
-                path.display(),
-                args.pretrained.display()
-            )
-        })?;
-        let report = merger
-            .absorb(pretrained, &ft.params, &TaskId::new(name.clone()))
-            .with_context(|| format!("absorbing {}", path.display()))?;
+        let report = absorb_checkpoint(merger, &pre, &ft, &TaskId::new(name.clone()))?;
         let extra: Vec<String> = report
             .metrics
             .iter()
