@@ -10,14 +10,19 @@
 //! ```
 //!
 //! `CONFIG.json` is a `BuildConfig` (missing fields take the zoo's build configuration).
+//! A task the zoo was not built with gets its name-based head from the zoo's name vectors.
 //! The data cache is `$MADEIT_CACHE_DIR`, else `.cache/madeit`.
 
 use std::path::PathBuf;
 
 use madeit_data::{Split, default_cache_dir, load_tasks, task_by_name};
 use madeit_vit::ClipVisionModel;
+use madeit_zoo::build::derive_seed;
 use madeit_zoo::interference::evenly_spaced;
-use madeit_zoo::{BuildConfig, TaskVectorNorm, Zoo, evaluate, finetune_tower};
+use madeit_zoo::{BuildConfig, TaskVectorNorm, Zoo, evaluate, finetune_tower, name_head};
+
+/// The seed stream of the vectors of unseen names (as in the build).
+const STREAM_NAMES: u64 = 200;
 
 fn main() {
     if let Err(e) = run() {
@@ -54,9 +59,25 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             s.subset(&evenly_spaced(s.n, Some(cap)))
         })
         .collect::<Result<_, _>>()?;
+    // A task the zoo was not built with gets its name-based head from the zoo's name
+    // vectors, exactly as a build would make it.
+    let names = zoo.name_vectors()?;
     let heads: Vec<_> = tasks
         .iter()
-        .map(|t| zoo.head(t))
+        .zip(&data)
+        .map(|(t, d)| {
+            if zoo.task(t).is_ok() {
+                zoo.head(t)
+            } else {
+                name_head(
+                    t,
+                    d.class_names(),
+                    &names,
+                    derive_seed(cfg.seed, STREAM_NAMES),
+                )
+                .map(|(h, _)| h)
+            }
+        })
         .collect::<Result<_, _>>()?;
     let acc_all = |m: &ClipVisionModel| -> Result<Vec<f64>, madeit_zoo::ZooError> {
         heads

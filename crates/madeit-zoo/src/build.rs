@@ -248,13 +248,21 @@ impl BuildConfig {
         Ok(())
     }
 
-    /// A 64-bit FNV-1a hash of the configuration's JSON and the crate version: stage records
-    /// made under another fingerprint are not reused.
+    /// A 64-bit FNV-1a hash of the configuration's JSON, the names of the group's tasks
+    /// (a group's tasks may change between versions while its name stays), the zoo format
+    /// and the crate version: stage records made under another fingerprint are not reused.
     #[must_use]
     pub fn fingerprint(&self) -> String {
         let text = serde_json::to_string(self).unwrap_or_default();
+        let tasks: Vec<&str> = self.group.tasks().iter().map(|t| t.name).collect();
+        let tasks = tasks.join(",");
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes().chain(env!("CARGO_PKG_VERSION").bytes()) {
+        for b in text
+            .bytes()
+            .chain(tasks.bytes())
+            .chain(ZOO_FORMAT.bytes())
+            .chain(env!("CARGO_PKG_VERSION").bytes())
+        {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
