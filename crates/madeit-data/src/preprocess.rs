@@ -38,6 +38,10 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Name of the preprocessing configuration file of a Hugging Face model folder.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 
+/// Name of the processor file transformers 5 writes when it saves a whole processor (the
+/// image processor's configuration is its `image_processor` object).
+pub const PROCESSOR_FILE: &str = "processor_config.json";
+
 /// Largest width or height of an image that is decoded (16,384 px).
 pub const MAX_IMAGE_SIDE: u32 = 1 << 14;
 
@@ -272,18 +276,33 @@ impl ClipPreprocess {
         }
     }
 
-    /// Reads a model folder's `preprocessor_config.json`, or returns CLIP's defaults for an
-    /// `image_size`-pixel tower when the folder has none.
+    /// Reads a model folder's `preprocessor_config.json` (or, without one, the
+    /// `image_processor` of the `processor_config.json` transformers 5 writes for a whole
+    /// processor), or returns CLIP's defaults for an `image_size`-pixel tower when the
+    /// folder has neither.
     ///
     /// # Errors
     /// As [`ClipPreprocess::from_json_str`], naming the file.
     pub fn for_model(dir: &Path, image_size: usize) -> Result<Self> {
         let path = dir.join(PREPROCESSOR_FILE);
-        if !path.is_file() {
-            return Ok(Self::clip(image_size));
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+            return Self::from_json_str(&text, &path.display().to_string(), image_size);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-        Self::from_json_str(&text, &path.display().to_string(), image_size)
+        let path = dir.join(PROCESSOR_FILE);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+            let name = path.display().to_string();
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| DataError::Malformed {
+                    file: name.clone(),
+                    detail: e.to_string(),
+                })?;
+            if let Some(image) = value.get("image_processor") {
+                return Self::from_json_str(&image.to_string(), &name, image_size);
+            }
+        }
+        Ok(Self::clip(image_size))
     }
 
     /// Parses a `preprocessor_config.json`; missing fields take CLIP's defaults for an
