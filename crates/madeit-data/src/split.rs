@@ -118,8 +118,9 @@ impl SplitPlan {
 /// Fashion-MNIST keeps its official 10,000 test images; of its 60,000 training images a
 /// third (2,000 a class) is reserved for pretraining and a twelfth (500 a class) for
 /// validation. MNIST and the animal silhouettes (1,000 a class) hold out 20 % for testing,
-/// 10 % for validation and reserve 20 % for pretraining. Optdigits and the emoji are small
-/// and reserve nothing for pretraining (their domains stay unseen by the backbone).
+/// 10 % for validation and reserve 20 % for pretraining. Optdigits is small and reserves
+/// nothing. The two emoji sources and the fonts hold out 20 % / 10 % and reserve 30 % of
+/// each class for pretraining; the clip-art stamps reserve 20 %.
 pub fn split_plan(source: SourceId) -> SplitPlan {
     match source {
         SourceId::FashionMnist => SplitPlan {
@@ -134,10 +135,28 @@ pub fn split_plan(source: SourceId) -> SplitPlan {
             pretrain_fraction: 0.2,
             seed_per_class: 5,
         },
-        SourceId::Optdigits | SourceId::Emoji => SplitPlan {
+        SourceId::Optdigits => SplitPlan {
             test_fraction: 0.2,
             val_fraction: 0.1,
             pretrain_fraction: 0.0,
+            seed_per_class: 5,
+        },
+        SourceId::Emoji | SourceId::Twemoji => SplitPlan {
+            test_fraction: 0.2,
+            val_fraction: 0.1,
+            pretrain_fraction: 0.3,
+            seed_per_class: 5,
+        },
+        SourceId::Fonts => SplitPlan {
+            test_fraction: 0.2,
+            val_fraction: 0.1,
+            pretrain_fraction: 0.3,
+            seed_per_class: 5,
+        },
+        SourceId::Tuxpaint => SplitPlan {
+            test_fraction: 0.2,
+            val_fraction: 0.1,
+            pretrain_fraction: 0.2,
             seed_per_class: 5,
         },
     }

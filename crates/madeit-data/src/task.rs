@@ -42,6 +42,8 @@ pub struct TaskSpec {
     pub construction: Construction,
     /// How the images are brought to the common size.
     pub resize: Resize,
+    /// Only the source's classes `start..end` (relabelled from 0), or all of them.
+    pub classes: Option<[u32; 2]>,
     /// One-line description.
     pub summary: &'static str,
 }
@@ -56,77 +58,211 @@ impl TaskSpec {
     }
 }
 
-/// The tasks of the embedded zoo, in id order.
-///
-/// Five tasks are the five real sources; three are the standard *rotated* construction
-/// (every image turned 90° counter-clockwise) of the three 28 × 28 sources.
-pub fn zoo_tasks() -> Vec<TaskSpec> {
+/// A group of tasks the zoo can be built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum TaskGroup {
+    /// The default eight tasks: seven real sources and one rotated twin.
+    #[default]
+    #[serde(rename = "8")]
+    Eight,
+    /// The eight tasks and six more (in the spirit of the papers' second group): the font
+    /// digits, the clip-art stamps and four rotated twins.
+    #[serde(rename = "14")]
+    Fourteen,
+}
+
+impl TaskGroup {
+    /// Number of tasks.
+    pub fn len(self) -> usize {
+        match self {
+            TaskGroup::Eight => 8,
+            TaskGroup::Fourteen => 14,
+        }
+    }
+
+    /// Always false: a group has tasks.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// The group with this many tasks (8 or 14).
+    pub fn from_len(n: usize) -> Option<TaskGroup> {
+        match n {
+            8 => Some(TaskGroup::Eight),
+            14 => Some(TaskGroup::Fourteen),
+            _ => None,
+        }
+    }
+
+    /// The group's tasks, in id order.
+    pub fn tasks(self) -> Vec<TaskSpec> {
+        all_tasks().into_iter().take(self.len()).collect()
+    }
+}
+
+const fn task(
+    id: u32,
+    name: &'static str,
+    source: SourceId,
+    construction: Construction,
+    resize: Resize,
+    classes: Option<[u32; 2]>,
+    summary: &'static str,
+) -> TaskSpec {
+    TaskSpec {
+        id,
+        name,
+        source,
+        construction,
+        resize,
+        classes,
+        summary,
+    }
+}
+
+const UPRIGHT: Construction = Construction::Original;
+const TURNED: Construction = Construction::Rotated { quarter_turns: 1 };
+
+/// Every task, in id order: the default group is the first eight ([`zoo_tasks`]), the
+/// long group all fourteen ([`TaskGroup::Fourteen`]).
+pub fn all_tasks() -> Vec<TaskSpec> {
+    use SourceId as S;
     vec![
-        TaskSpec {
-            id: 1,
-            name: "mnist",
-            source: SourceId::Mnist,
-            construction: Construction::Original,
-            resize: Resize::Pad,
-            summary: "handwritten digits 0-9 (10,000 MNIST images)",
-        },
-        TaskSpec {
-            id: 2,
-            name: "fashion_mnist",
-            source: SourceId::FashionMnist,
-            construction: Construction::Original,
-            resize: Resize::Pad,
-            summary: "ten kinds of clothing (Fashion-MNIST, official test split)",
-        },
-        TaskSpec {
-            id: 3,
-            name: "animal_silhouettes",
-            source: SourceId::AnimalMnist,
-            construction: Construction::Original,
-            resize: Resize::Pad,
-            summary: "silhouettes of ten animals",
-        },
-        TaskSpec {
-            id: 4,
-            name: "optdigits",
-            source: SourceId::Optdigits,
-            construction: Construction::Original,
-            resize: Resize::Bilinear,
-            summary: "8x8 block-count digits 0-9 (UCI optical recognition), upsampled",
-        },
-        TaskSpec {
-            id: 5,
-            name: "emoji_categories",
-            source: SourceId::Emoji,
-            construction: Construction::Original,
-            resize: Resize::Area,
-            summary: "Noto emoji, classified into their nine Unicode categories",
-        },
-        TaskSpec {
-            id: 6,
-            name: "rotated_mnist",
-            source: SourceId::Mnist,
-            construction: Construction::Rotated { quarter_turns: 1 },
-            resize: Resize::Pad,
-            summary: "Rotated MNIST: the digits turned 90 degrees",
-        },
-        TaskSpec {
-            id: 7,
-            name: "rotated_fashion_mnist",
-            source: SourceId::FashionMnist,
-            construction: Construction::Rotated { quarter_turns: 1 },
-            resize: Resize::Pad,
-            summary: "Rotated Fashion-MNIST: the clothing turned 90 degrees",
-        },
-        TaskSpec {
-            id: 8,
-            name: "rotated_animal_silhouettes",
-            source: SourceId::AnimalMnist,
-            construction: Construction::Rotated { quarter_turns: 1 },
-            resize: Resize::Pad,
-            summary: "Rotated animal silhouettes: turned 90 degrees",
-        },
+        task(
+            1,
+            "mnist",
+            S::Mnist,
+            UPRIGHT,
+            Resize::Pad,
+            None,
+            "handwritten digits 0-9 (10,000 MNIST images)",
+        ),
+        task(
+            2,
+            "fashion_mnist",
+            S::FashionMnist,
+            UPRIGHT,
+            Resize::Pad,
+            None,
+            "ten kinds of clothing (Fashion-MNIST, official test split)",
+        ),
+        task(
+            3,
+            "animal_silhouettes",
+            S::AnimalMnist,
+            UPRIGHT,
+            Resize::Pad,
+            None,
+            "silhouettes of ten animals",
+        ),
+        task(
+            4,
+            "optdigits",
+            S::Optdigits,
+            UPRIGHT,
+            Resize::Bilinear,
+            None,
+            "8x8 block-count digits 0-9 (UCI optical recognition), upsampled",
+        ),
+        task(
+            5,
+            "emoji_categories",
+            S::Emoji,
+            UPRIGHT,
+            Resize::Area,
+            None,
+            "Noto emoji, classified into their nine Unicode categories",
+        ),
+        task(
+            6,
+            "font_letters",
+            S::Fonts,
+            UPRIGHT,
+            Resize::Pad,
+            Some([10, 20]),
+            "the letters A-J rendered from Debian's font files (as notMNIST)",
+        ),
+        task(
+            7,
+            "twemoji_categories",
+            S::Twemoji,
+            UPRIGHT,
+            Resize::Area,
+            None,
+            "Twemoji, classified into their nine Unicode categories",
+        ),
+        task(
+            8,
+            "rotated_mnist",
+            S::Mnist,
+            TURNED,
+            Resize::Pad,
+            None,
+            "Rotated MNIST: the digits turned 90 degrees",
+        ),
+        task(
+            9,
+            "font_digits",
+            S::Fonts,
+            UPRIGHT,
+            Resize::Pad,
+            Some([0, 10]),
+            "the digits 0-9 rendered from Debian's font files",
+        ),
+        task(
+            10,
+            "clipart_stamps",
+            S::Tuxpaint,
+            UPRIGHT,
+            Resize::Area,
+            None,
+            "Tux Paint's colour clip-art stamps, classified into seven categories",
+        ),
+        task(
+            11,
+            "rotated_fashion_mnist",
+            S::FashionMnist,
+            TURNED,
+            Resize::Pad,
+            None,
+            "Rotated Fashion-MNIST: the clothing turned 90 degrees",
+        ),
+        task(
+            12,
+            "rotated_animal_silhouettes",
+            S::AnimalMnist,
+            TURNED,
+            Resize::Pad,
+            None,
+            "Rotated animal silhouettes: turned 90 degrees",
+        ),
+        task(
+            13,
+            "rotated_optdigits",
+            S::Optdigits,
+            TURNED,
+            Resize::Bilinear,
+            None,
+            "Rotated optdigits: turned 90 degrees",
+        ),
+        task(
+            14,
+            "rotated_font_letters",
+            S::Fonts,
+            TURNED,
+            Resize::Pad,
+            Some([10, 20]),
+            "Rotated font letters A-J: turned 90 degrees",
+        ),
     ]
+}
+
+/// The tasks of the default group ([`TaskGroup::Eight`]), in id order.
+///
+/// Seven real sources (MNIST, Fashion-MNIST, animal silhouettes, optdigits, Noto emoji,
+/// font-rendered letters, Twemoji) and one rotated twin (Rotated MNIST).
+pub fn zoo_tasks() -> Vec<TaskSpec> {
+    TaskGroup::Eight.tasks()
 }
 
 /// The task called `name`.
@@ -134,7 +270,7 @@ pub fn zoo_tasks() -> Vec<TaskSpec> {
 /// # Errors
 /// [`DataError::UnknownTask`] if there is none.
 pub fn task_by_name(name: &str) -> Result<TaskSpec> {
-    zoo_tasks()
+    all_tasks()
         .into_iter()
         .find(|t| t.name == name)
         .ok_or_else(|| DataError::UnknownTask {
@@ -187,9 +323,62 @@ pub fn prepare_task(source: &SourceData, spec: &TaskSpec) -> Result<TaskData> {
         Construction::Rotated { quarter_turns } => Some(rotate90(&source.images, quarter_turns)),
     };
     let images = to_common(constructed.as_ref().unwrap_or(&source.images), spec.resize)?;
+    let Some([start, end]) = spec.classes else {
+        return Ok(TaskData {
+            spec: *spec,
+            images,
+            splits,
+        });
+    };
+    if start >= end || end as usize > images.num_classes() {
+        return Err(DataError::InvalidImageSet {
+            detail: format!(
+                "task {}: classes {start}..{end} of a source with {} classes",
+                spec.name,
+                images.num_classes()
+            ),
+        });
+    }
+    // Keep the classes start..end: new index of every kept image, splits remapped.
+    let keep: Vec<usize> = (0..images.n)
+        .filter(|&i| {
+            images
+                .labels
+                .get(i)
+                .is_some_and(|&l| (start..end).contains(&l))
+        })
+        .collect();
+    let mut new_index = vec![usize::MAX; images.n];
+    for (k, &i) in keep.iter().enumerate() {
+        if let Some(slot) = new_index.get_mut(i) {
+            *slot = k;
+        }
+    }
+    let mut sub = images.subset(&keep)?;
+    for l in &mut sub.labels {
+        *l -= start;
+    }
+    sub.class_names = sub
+        .class_names
+        .get(start as usize..end as usize)
+        .map(<[String]>::to_vec)
+        .unwrap_or_default();
+    sub.validate()?;
+    let remap = |v: &[usize]| -> Vec<usize> {
+        v.iter()
+            .filter_map(|&i| new_index.get(i).copied().filter(|&k| k != usize::MAX))
+            .collect()
+    };
+    let splits = Splits {
+        pretrain: remap(&splits.pretrain),
+        train: remap(&splits.train),
+        val: remap(&splits.val),
+        seed: remap(&splits.seed),
+        test: remap(&splits.test),
+    };
     Ok(TaskData {
         spec: *spec,
-        images,
+        images: sub,
         splits,
     })
 }
@@ -224,6 +413,90 @@ pub struct PretrainPart {
     pub source: SourceId,
     /// The images, in the common format, with the source's labels.
     pub images: ImageSet,
+}
+
+/// The natural resize of a source's images to the common size.
+pub fn source_resize(source: SourceId) -> Resize {
+    match source {
+        SourceId::Mnist | SourceId::FashionMnist | SourceId::AnimalMnist | SourceId::Fonts => {
+            Resize::Pad
+        }
+        SourceId::Optdigits => Resize::Bilinear,
+        SourceId::Emoji | SourceId::Twemoji | SourceId::Tuxpaint => Resize::Area,
+    }
+}
+
+/// The [`Split::Pretrain`] images of one source in the common format, upright, labelled
+/// with the source's pretraining labels ([`SourceData::pretrain_labels`]) where it has
+/// them and `relabel` is set, and with its own labels otherwise; `None` when the source
+/// reserves nothing.
+///
+/// # Errors
+/// The errors of [`source_splits`] and [`to_common`].
+pub fn pretrain_part(source: &SourceData, relabel: bool) -> Result<Option<PretrainPart>> {
+    let splits = source_splits(source)?;
+    if splits.pretrain.is_empty() {
+        return Ok(None);
+    }
+    let mut set = source.images.subset(&splits.pretrain)?;
+    if let Some(relabel) = source.pretrain_labels.as_ref().filter(|_| relabel) {
+        set.labels = splits
+            .pretrain
+            .iter()
+            .map(|&i| relabel.labels.get(i).copied().unwrap_or(0))
+            .collect();
+        set.class_names.clone_from(&relabel.class_names);
+        set.validate()?;
+    }
+    Ok(Some(PretrainPart {
+        task: source.source.name(),
+        source: source.source,
+        images: to_common(&set, source_resize(source.source))?,
+    }))
+}
+
+/// The tasks of `specs` and the pretraining pool of `pool` (one part per source that
+/// reserves images, [`pretrain_part`] with `relabel`), loaded from the cache, each source
+/// read once.
+///
+/// # Errors
+/// As [`load_source`], [`prepare_task`] and [`pretrain_part`].
+pub fn load_tasks_and_pool(
+    cache_dir: &Path,
+    specs: &[TaskSpec],
+    pool: &[SourceId],
+    relabel: bool,
+) -> Result<(Vec<TaskData>, Vec<PretrainPart>)> {
+    let mut sources: BTreeMap<SourceId, SourceData> = BTreeMap::new();
+    let needed: Vec<SourceId> = specs
+        .iter()
+        .map(|s| s.source)
+        .chain(pool.iter().copied())
+        .collect();
+    for s in needed {
+        if let std::collections::btree_map::Entry::Vacant(e) = sources.entry(s) {
+            e.insert(load_source(cache_dir, s)?);
+        }
+    }
+    let mut tasks = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let data = sources
+            .get(&spec.source)
+            .ok_or_else(|| DataError::NotFetched {
+                source_name: spec.source.name().to_owned(),
+                cache_dir: cache_dir.to_path_buf(),
+            })?;
+        tasks.push(prepare_task(data, spec)?);
+    }
+    let mut parts = Vec::new();
+    for s in pool {
+        if let Some(data) = sources.get(s)
+            && let Some(part) = pretrain_part(data, relabel)?
+        {
+            parts.push(part);
+        }
+    }
+    Ok((tasks, parts))
 }
 
 /// The pretraining pool: the [`Split::Pretrain`] images of every task that

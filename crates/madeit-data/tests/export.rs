@@ -159,6 +159,7 @@ fn export_task_writes_val_seed_and_test() {
             source: SourceId::Optdigits,
             images: set,
             official_test: None,
+            pretrain_labels: None,
         },
         &task_by_name("optdigits").unwrap(),
     )

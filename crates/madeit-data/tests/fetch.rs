@@ -417,3 +417,160 @@ fn debian_packages_are_unpacked_with_dpkg_deb() {
             .exists()
     );
 }
+
+/// A `.deb` named `<name>_1_all.deb` in `out` holding `files` (path below the root, bytes).
+#[cfg(unix)]
+fn build_deb(dpkg: &Path, name: &str, files: &[(&str, Vec<u8>)], out: &Path) -> PathBuf {
+    let build = tempfile::tempdir().unwrap();
+    let root = build.path().join("pkg");
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n"
+        ),
+    )
+    .unwrap();
+    for (path, bytes) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let deb = out.join(format!("{name}_1_all.deb"));
+    let status = std::process::Command::new(dpkg)
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    deb
+}
+
+#[cfg(unix)]
+#[test]
+fn a_source_spread_over_several_debian_packages_is_fetched_in_one_command() {
+    use madeit_data::fetch::Rule;
+    let Some(dpkg) = find_on_path("dpkg-deb") else {
+        eprintln!("dpkg-deb is not installed: the bundle path is covered by the real fetch only");
+        return;
+    };
+    let fonts = |name: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let packages = cache.path().join("packages");
+    std::fs::create_dir_all(&packages).unwrap();
+    // The first package is already in the cache; the two others must be downloaded.
+    build_deb(
+        &dpkg,
+        "fonts-a",
+        &[(
+            "usr/share/fonts/truetype/a/Full.ttf",
+            fonts("fixture_full.ttf"),
+        )],
+        &packages,
+    );
+    build_deb(
+        &dpkg,
+        "fonts-b",
+        &[
+            (
+                "usr/share/fonts/opentype/b/Partial.otf",
+                fonts("fixture_partial.ttf"),
+            ),
+            ("usr/share/doc/fonts-b/README", b"not a font".to_vec()),
+        ],
+        bin.path(),
+    );
+    build_deb(
+        &dpkg,
+        "fonts-c",
+        &[(
+            "usr/share/fonts/truetype/c/Clone.ttf",
+            fonts("fixture_clone.ttf"),
+        )],
+        bin.path(),
+    );
+    // A stand-in for `apt-get download fonts-b fonts-c`: one command for both.
+    let log = bin.path().join("calls");
+    let apt = script(
+        bin.path(),
+        "apt-get",
+        &format!(
+            "echo \"$@\" >> '{log}'\n[ \"$1\" = download ] || exit 3\nshift\nfor p in \"$@\"; do cp '{dir}'/\"$p\"_1_all.deb . || exit 4; done",
+            log = log.display(),
+            dir = bin.path().display()
+        ),
+    );
+    let clients = Clients {
+        apt_get: Some(Tool {
+            program: apt,
+            prefix_args: vec![],
+        }),
+        dpkg_deb: Some(Tool {
+            program: dpkg,
+            prefix_args: vec![],
+        }),
+        ..Clients::none()
+    };
+    let spec = PackageSpec {
+        requirement: "fonts-a",
+        bundle: &["fonts-b", "fonts-c"],
+        archive_prefixes: &["fonts-a_"],
+        rules: &[Rule::Tree {
+            from: "usr/share/fonts",
+            exts: &[".ttf", ".otf"],
+            to: "fonts",
+            count: 3,
+        }],
+        // The partial font lacks `J`, the clone duplicates the full one: 20 images.
+        expected_images: 20,
+        ..package_spec(SourceId::Fonts)
+    };
+    let got = fetch_package(cache.path(), &spec, &clients, &|_| {}).unwrap();
+    assert_eq!(got.images, 20);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().trim(),
+        "download fonts-b fonts-c"
+    );
+    let dir = source_dir(cache.path(), SourceId::Fonts);
+    assert!(dir.join("fonts/truetype/a/Full.ttf").is_file());
+    assert!(dir.join("fonts/opentype/b/Partial.otf").is_file());
+    let data = load_source(cache.path(), SourceId::Fonts).unwrap();
+    assert_eq!(data.images.n, 20);
+    // Fetched again: reused, no client runs.
+    let again = fetch_package(cache.path(), &spec, &Clients::none(), &|_| {}).unwrap();
+    assert!(again.reused);
+    // A wrong file count is an error naming the package.
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir2.path().join("packages")).unwrap();
+    for e in std::fs::read_dir(&packages).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir2.path().join("packages").join(e.file_name())).unwrap();
+    }
+    let wrong = PackageSpec {
+        rules: &[Rule::Tree {
+            from: "usr/share/fonts",
+            exts: &[".ttf", ".otf"],
+            to: "fonts",
+            count: 4,
+        }],
+        ..spec
+    };
+    let err = fetch_package(dir2.path(), &wrong, &clients, &|_| {}).unwrap_err();
+    assert!(
+        matches!(&err, DataError::PackageMissing { package, .. } if package == "fonts-a"),
+        "{err}"
+    );
+}

@@ -7,7 +7,8 @@ use std::collections::{BTreeSet, HashSet};
 use madeit_data::split::split_seed;
 use madeit_data::{
     CHANNELS, Construction, DataError, IMAGE_SIZE, ImageSet, Resize, SourceData, SourceId, Split,
-    SplitPlan, make_splits, prepare_task, pretraining_pool, split_plan, task_by_name, zoo_tasks,
+    SplitPlan, TaskGroup, all_tasks, make_splits, prepare_task, pretraining_pool, split_plan,
+    task_by_name, zoo_tasks,
 };
 use proptest::prelude::*;
 
@@ -114,21 +115,38 @@ fn every_source_plan_is_valid() {
 }
 
 #[test]
-fn registry_has_eight_tasks_from_five_sources() {
+fn the_groups_draw_on_distinct_sources_with_at_most_one_twin() {
     let tasks = zoo_tasks();
-    assert!(tasks.len() >= 8);
-    let ids: Vec<u32> = tasks.iter().map(|t| t.id).collect();
-    assert_eq!(ids, (1..=tasks.len() as u32).collect::<Vec<_>>());
-    let names: HashSet<&str> = tasks.iter().map(|t| t.name).collect();
-    assert_eq!(names.len(), tasks.len());
+    assert_eq!(tasks.len(), 8);
+    assert_eq!(tasks, TaskGroup::Eight.tasks());
+    let long = TaskGroup::Fourteen.tasks();
+    assert_eq!(long.len(), 14);
+    assert_eq!(
+        &long[..8],
+        tasks.as_slice(),
+        "the long group extends the default one"
+    );
+    assert_eq!(all_tasks(), long);
+    let ids: Vec<u32> = long.iter().map(|t| t.id).collect();
+    assert_eq!(ids, (1..=14).collect::<Vec<_>>());
+    let names: HashSet<&str> = long.iter().map(|t| t.name).collect();
+    assert_eq!(names.len(), long.len());
+    // The default group: at least six real sources and at most one transformed twin.
     let sources: BTreeSet<SourceId> = tasks.iter().map(|t| t.source).collect();
-    assert_eq!(sources.len(), 5);
+    assert!(sources.len() >= 6, "{sources:?}");
+    let twins = tasks
+        .iter()
+        .filter(|t| t.construction != Construction::Original)
+        .count();
+    assert!(twins <= 1);
     // Derived tasks are the named rotated construction.
-    for t in &tasks {
+    for t in &long {
         if let Construction::Rotated { .. } = t.construction {
             assert!(t.name.starts_with("rotated_"), "{}", t.name);
         }
     }
+    assert_eq!(TaskGroup::from_len(14), Some(TaskGroup::Fourteen));
+    assert_eq!(TaskGroup::from_len(9), None);
     assert_eq!(
         task_by_name("optdigits").unwrap().source,
         SourceId::Optdigits
@@ -137,6 +155,77 @@ fn registry_has_eight_tasks_from_five_sources() {
         task_by_name("cifar10").unwrap_err(),
         DataError::UnknownTask { .. }
     ));
+}
+
+#[test]
+fn a_class_range_task_keeps_its_classes_and_a_partition_of_their_splits() {
+    // A synthetic "fonts" source: 20 classes (0-9, A-J) of 30 images.
+    let n = 20 * 30;
+    let labels: Vec<u32> = (0..n).map(|i| (i % 20) as u32).collect();
+    let images: Vec<u8> = (0..n * 28 * 28).map(|k| (k % 251) as u8).collect();
+    let names: Vec<String> = madeit_data::readers::fonts::font_class_names();
+    let source = SourceData {
+        source: SourceId::Fonts,
+        images: madeit_data::ImageSet::new(images, n, 28, 28, 1, labels, names).unwrap(),
+        official_test: None,
+        pretrain_labels: None,
+    };
+    let letters = prepare_task(&source, &task_by_name("font_letters").unwrap()).unwrap();
+    let digits = prepare_task(&source, &task_by_name("font_digits").unwrap()).unwrap();
+    assert_eq!(letters.class_names()[0], "A");
+    assert_eq!(letters.class_names().len(), 10);
+    assert_eq!(digits.class_names()[9], "9");
+    for t in [&letters, &digits] {
+        assert_eq!(t.images.n, 300);
+        t.splits.check_partition(t.images.n).unwrap();
+        assert!(t.images.labels.iter().all(|&l| l < 10));
+        assert_eq!(t.splits.seed.len(), 50);
+    }
+    // The letters' images are the source's images of classes 10..20, in order.
+    let src_first_a = 10;
+    assert_eq!(
+        letters.images.image(0).unwrap(),
+        madeit_data::to_common(
+            &source.images.subset(&[src_first_a]).unwrap(),
+            madeit_data::Resize::Pad
+        )
+        .unwrap()
+        .image(0)
+        .unwrap()
+    );
+    // The pretraining reserve of the source holds all twenty names.
+    let part = madeit_data::pretrain_part(&source, true).unwrap().unwrap();
+    assert_eq!(part.images.class_names.len(), 20);
+    assert_eq!(
+        part.images.n,
+        letters.splits.pretrain.len() + digits.splits.pretrain.len()
+    );
+}
+
+#[test]
+fn a_relabelled_source_joins_the_pool_under_its_other_names() {
+    let n = 10 * 40;
+    let labels: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
+    let sub: Vec<u32> = (0..n).map(|i| (i % 4) as u32).collect();
+    let images: Vec<u8> = vec![7; n * 64 * 64 * 3];
+    let names: Vec<String> = (0..10).map(|i| format!("cat{i}")).collect();
+    let source = SourceData {
+        source: SourceId::Emoji,
+        images: madeit_data::ImageSet::new(images, n, 64, 64, 3, labels, names).unwrap(),
+        official_test: None,
+        pretrain_labels: Some(madeit_data::Relabel {
+            labels: sub.clone(),
+            class_names: (0..4).map(|i| format!("sub{i}")).collect(),
+        }),
+    };
+    let part = madeit_data::pretrain_part(&source, true).unwrap().unwrap();
+    assert_eq!(part.images.class_names, ["sub0", "sub1", "sub2", "sub3"]);
+    let plain = madeit_data::pretrain_part(&source, false).unwrap().unwrap();
+    assert_eq!(plain.images.class_names.len(), 10);
+    let splits = madeit_data::source_splits(&source).unwrap();
+    let expect: Vec<u32> = splits.pretrain.iter().map(|&i| sub[i]).collect();
+    assert_eq!(part.images.labels, expect);
+    assert_eq!((part.images.height, part.images.width), (32, 32));
 }
 
 /// A synthetic 28x28 source: 10 classes of `per_class` images, first `test` images of
@@ -161,6 +250,7 @@ fn synthetic_source(source: SourceId, per_class: usize, side: usize) -> SourceDa
         source,
         images: set,
         official_test: None,
+        pretrain_labels: None,
     }
 }
 

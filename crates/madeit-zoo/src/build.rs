@@ -5,11 +5,13 @@
 //! (its files first, then a small JSON record under `stages/` that marks it done):
 //!
 //! 1. **pretrain**: a tower initialised from the seed is trained on the pretraining pool
-//!    (the [`Split::Pretrain`] images of the upright 28 × 28 sources, which are in no task's
-//!    train, val, seed or test split) with a cosine classifier over the union of their
-//!    classes; saved as `pretrained/`.
-//! 2. **heads**: one prototype head per task from the pretrained embeddings of (at most
-//!    `head_images_per_class` per class of) its train split; the pretrained tower is
+//!    (the [`Split::Pretrain`] images of the sources of
+//!    [`BuildConfig::pretrain_sources`], which are in no task's train, val, seed or test
+//!    split) with a cosine classifier over the distinct class *names* of the pool; saved as
+//!    `pretrained/`, and the classifier's vectors as `heads/names.safetensors`.
+//! 2. **heads**: one name-based head per task ([`crate::head::name_head`]): the
+//!    pretraining vector of each class name, or a fixed seeded vector for a name
+//!    pretraining never saw; nothing is fitted to the task. The pretrained tower is
 //!    evaluated with it on val and test.
 //! 3. **finetune:<task>**, per task: the pretrained tower fine-tuned on the task's train
 //!    split against its frozen head (only the tower moves); evaluated on val and test; the
@@ -26,21 +28,22 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use madeit_data::{
-    ImageSet, Split, TaskData, export_task, load_tasks, pretraining_pool, zoo_tasks,
+    ImageSet, PretrainPart, SourceId, Split, TaskData, TaskGroup, export_task, load_tasks_and_pool,
+    pretraining_pool,
 };
 use madeit_params::ParamDict;
-use madeit_vit::{Activation, ClipVisionConfig, ClipVisionModel, LOGIT_SCALE, TaskHead};
+use madeit_vit::{Activation, ClipVisionConfig, ClipVisionModel, TaskHead};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::energy::{DEFAULT_ENERGY_FRACTION, EnergyReport, task_vector_energy};
 use crate::error::{Result, ZooError};
-use crate::head::{embed_images, evaluate, prototype_head};
+use crate::head::{NameVectors, evaluate, name_head};
 use crate::manifest::{
     HeadSummary, MANIFEST_FILE, Manifest, PretrainPartSummary, PretrainSummary, RunSummary,
-    SplitAccuracy, SplitSizes, TaskAccuracy, TaskEntry, Timings, Versions, ZOO_FORMAT,
-    write_json_atomic,
+    SplitAccuracy, SplitSizes, TaskAccuracy, TaskEntry, TaskVectorNorm, Timings, Versions,
+    ZOO_FORMAT, write_json_atomic,
 };
 use crate::model::TrainableVit;
 use crate::train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, shuffle, train};
@@ -50,8 +53,17 @@ use crate::zoo::{Zoo, layout, save_tower};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuildConfig {
-    /// Seed of every random choice (initial weights, classifier, batch order, head samples).
+    /// Seed of every random choice (initial weights, classifier, batch order, vectors of
+    /// unseen names).
     pub seed: u64,
+    /// The tasks: the default eight or the long group of fourteen.
+    pub group: TaskGroup,
+    /// The sources whose reserved ([`Split::Pretrain`]) images form the pretraining pool.
+    pub pretrain_sources: Vec<SourceId>,
+    /// Whether a source with a second labelling of its images (the emoji's subcategories,
+    /// [`madeit_data::SourceData::pretrain_labels`]) joins the pool under those names
+    /// instead of its task's names.
+    pub pretrain_relabel: bool,
     /// The tower.
     pub model: ClipVisionConfig,
     /// Pretraining run.
@@ -64,13 +76,16 @@ pub struct BuildConfig {
     /// Fine-tuning run of every task; with `finetune_epochs > 0`, `finetune.steps` is the
     /// largest number of steps (see [`BuildConfig::finetune_steps`]).
     pub finetune: TrainConfig,
+    /// Logit scale `s` of `s cos(e, h_c)` in the fine-tuning loss (CLIP's 100 by default;
+    /// evaluation takes the argmax, which does not depend on it).
+    pub finetune_logit_scale: f32,
+    /// Which tensors fine-tuning moves.
+    pub finetune_scope: FinetuneScope,
     /// Fine-tuning length in passes over the task's train split (0 = always
     /// `finetune.steps`).
     pub finetune_epochs: f64,
     /// The fewest fine-tuning steps of a task when `finetune_epochs > 0`.
     pub finetune_min_steps: usize,
-    /// At most this many training images per class are averaged into a prototype head.
-    pub head_images_per_class: usize,
     /// Images per forward when embedding and evaluating.
     pub eval_batch_size: usize,
     /// Validation accuracy is measured on at most this many images per task (a seeded
@@ -84,6 +99,9 @@ impl Default for BuildConfig {
     fn default() -> Self {
         Self {
             seed: 0,
+            group: TaskGroup::Eight,
+            pretrain_sources: default_pretrain_sources(),
+            pretrain_relabel: false,
             model: ClipVisionConfig {
                 hidden_size: 96,
                 intermediate_size: 384,
@@ -97,7 +115,7 @@ impl Default for BuildConfig {
                 projection_dim: 96,
             },
             pretrain: TrainConfig {
-                steps: 1500,
+                steps: 2000,
                 batch_size: 64,
                 lr: 1e-3,
                 warmup_steps: 100,
@@ -107,16 +125,17 @@ impl Default for BuildConfig {
             pretrain_logit_scale: 16.0,
             pretrain_images_per_source: Some(6000),
             finetune: TrainConfig {
-                steps: 500,
+                steps: 200,
                 batch_size: 64,
-                lr: 1.5e-3,
-                warmup_steps: 25,
-                weight_decay: 0.0,
+                lr: 5e-4,
+                warmup_steps: 20,
+                weight_decay: 0.01,
                 max_shift: 1,
             },
-            finetune_epochs: 7.0,
+            finetune_logit_scale: 16.0,
+            finetune_scope: FinetuneScope::AttentionWeights,
+            finetune_epochs: 0.0,
             finetune_min_steps: 100,
-            head_images_per_class: 100,
             eval_batch_size: 250,
             val_images: Some(500),
             energy_fraction: DEFAULT_ENERGY_FRACTION,
@@ -150,7 +169,6 @@ impl BuildConfig {
                 ..Self::default().finetune
             },
             finetune_epochs: 0.0,
-            head_images_per_class: 4,
             eval_batch_size: 16,
             ..Self::default()
         }
@@ -206,14 +224,17 @@ impl BuildConfig {
         if !(self.pretrain_logit_scale.is_finite() && self.pretrain_logit_scale > 0.0) {
             return bad("pretrain_logit_scale", "must be finite and positive");
         }
+        if !(self.finetune_logit_scale.is_finite() && self.finetune_logit_scale > 0.0) {
+            return bad("finetune_logit_scale", "must be finite and positive");
+        }
         if self.pretrain_images_per_source == Some(0) {
             return bad("pretrain_images_per_source", "must be positive");
         }
         if !(self.finetune_epochs.is_finite() && self.finetune_epochs >= 0.0) {
             return bad("finetune_epochs", "must be finite and non-negative");
         }
-        if self.head_images_per_class == 0 {
-            return bad("head_images_per_class", "must be positive");
+        if self.pretrain_sources.is_empty() {
+            return bad("pretrain_sources", "must name at least one source");
         }
         if self.val_images == Some(0) {
             return bad("val_images", "must be positive");
@@ -241,6 +262,31 @@ impl BuildConfig {
     }
 }
 
+/// Which tensors a fine-tune moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinetuneScope {
+    /// Every tensor of the tower.
+    #[default]
+    All,
+    /// Only the linear weights of the encoder layers (q/k/v, out_proj, fc1, fc2); the
+    /// embeddings, layer norms and biases keep their pretrained values.
+    LinearWeights,
+    /// Only the attention weights of the encoder layers (q/k/v, out_proj).
+    AttentionWeights,
+}
+
+/// The sources of the default pretraining pool: every source except the two handwritten
+/// digit sources (MNIST, optdigits), whose digits pretraining knows only from printed
+/// (font) digits, as CLIP knows digits from the web rather than from MNIST.
+#[must_use]
+pub fn default_pretrain_sources() -> Vec<SourceId> {
+    SourceId::ALL
+        .into_iter()
+        .filter(|s| !matches!(s, SourceId::Mnist | SourceId::Optdigits))
+        .collect()
+}
+
 /// SplitMix64 of `seed + stream`: independent seeds for the build's random streams.
 #[must_use]
 pub fn derive_seed(seed: u64, stream: u64) -> u64 {
@@ -255,7 +301,7 @@ const STREAM_CLASSIFIER: u64 = 2;
 const STREAM_PRETRAIN_BATCHES: u64 = 3;
 const STREAM_PRETRAIN_SUBSET: u64 = 4;
 const STREAM_FINETUNE: u64 = 100;
-const STREAM_HEAD: u64 = 200;
+const STREAM_NAMES: u64 = 200;
 
 /// Where and how to build.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,6 +420,7 @@ struct FinetuneRecord {
     run: RunSummary,
     finetuned: SplitAccuracy,
     energy: EnergyReport,
+    task_vector: TaskVectorNorm,
     seconds: f64,
 }
 
@@ -413,18 +460,24 @@ pub fn build_zoo(
         stage: "load".into(),
         total: 0,
     });
-    let tasks = load_tasks(&opts.cache_dir, &zoo_tasks())?;
+    let (tasks, pool) = load_tasks_and_pool(
+        &opts.cache_dir,
+        &opts.config.group.tasks(),
+        &opts.config.pretrain_sources,
+        opts.config.pretrain_relabel,
+    )?;
     let load_seconds = t0.elapsed().as_secs_f64();
     on_event(&BuildEvent::StageFinished {
         stage: "load".into(),
         seconds: load_seconds,
-        detail: format!("{} tasks", tasks.len()),
+        detail: format!("{} tasks, {} pretraining sources", tasks.len(), pool.len()),
     });
-    build_and_commit(opts, &tasks, load_seconds, on_event)
+    build_and_commit(opts, &tasks, &pool, load_seconds, on_event)
 }
 
 /// As [`build_zoo`], with the tasks given instead of loaded from the cache (tests, custom
-/// task lists). `opts.cache_dir` is not used.
+/// task lists). `opts.cache_dir`, `group` and `pretrain_sources` are not used: the pool is
+/// the reserved images of the given upright tasks ([`pretraining_pool`]).
 ///
 /// # Errors
 /// As [`build_zoo`].
@@ -437,11 +490,14 @@ pub fn build_zoo_from_tasks(
     if let Some(manifest) = existing_zoo(opts)? {
         return Ok(BuildOutcome::AlreadyComplete(Box::new(manifest)));
     }
-    build_and_commit(opts, tasks, 0.0, on_event)
+    let pool = pretraining_pool(tasks)?;
+    build_and_commit(opts, tasks, &pool, 0.0, on_event)
 }
 
 /// The manifest of the complete zoo already at `opts.zoo_dir` (unless `force`).
 fn existing_zoo(opts: &BuildOptions) -> Result<Option<Manifest>> {
+    // A zoo swapped out by a build killed before its new one was in place comes back.
+    madeit_params::fs::recover(&opts.zoo_dir)?;
     if !opts.zoo_dir.exists() {
         return Ok(None);
     }
@@ -462,41 +518,28 @@ fn thread_count(opts: &BuildOptions) -> usize {
 fn build_and_commit(
     opts: &BuildOptions,
     tasks: &[TaskData],
+    pool: &[PretrainPart],
     load_seconds: f64,
     on_event: &mut (dyn FnMut(&BuildEvent) + Send),
 ) -> Result<BuildOutcome> {
     let zoo_dir = &opts.zoo_dir;
     let threads = thread_count(opts);
-    let pool = rayon::ThreadPoolBuilder::new()
+    let pool_threads = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| ZooError::ThreadPool {
             message: e.to_string(),
         })?;
-    let manifest = pool.install(|| build_staged(opts, tasks, load_seconds, threads, on_event))?;
+    let manifest = pool_threads
+        .install(|| build_staged(opts, tasks, pool, load_seconds, threads, on_event))?;
     let staging = staging_dir(zoo_dir);
-    if zoo_dir.exists() {
-        // `force`: swap the old zoo out only now that the new one is complete.
-        let old = zoo_dir.with_file_name(format!(
-            "{}.old",
-            zoo_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| ZooError::io(&old, e))?;
-        }
-        std::fs::rename(zoo_dir, &old).map_err(|e| ZooError::io(zoo_dir, e))?;
-        std::fs::rename(&staging, zoo_dir).map_err(|e| ZooError::io(&staging, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| ZooError::io(&old, e))?;
-    } else {
-        if let Some(parent) = zoo_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| ZooError::io(parent, e))?;
-        }
-        std::fs::rename(&staging, zoo_dir).map_err(|e| ZooError::io(&staging, e))?;
+    if let Some(parent) = zoo_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| ZooError::io(parent, e))?;
     }
-    // The rename is the commit point; check the result once more.
+    // `force`: the old zoo is swapped out only now that the new one is complete, in one
+    // step where the file system allows it (`madeit_params::fs::swap_in`).
+    madeit_params::fs::swap_in(&staging, zoo_dir)?;
+    // The swap is the commit point; check the result once more.
     Zoo::open(zoo_dir)?;
     Ok(BuildOutcome::Built(Box::new(manifest)))
 }
@@ -535,6 +578,7 @@ fn prepare_staging(
 fn build_staged(
     opts: &BuildOptions,
     tasks: &[TaskData],
+    pool: &[PretrainPart],
     load_seconds: f64,
     threads: usize,
     on_event: &mut (dyn FnMut(&BuildEvent) + Send),
@@ -557,13 +601,14 @@ fn build_staged(
         }
     }
     on_event(&BuildEvent::Planned { total_steps });
-    let pretrain = stage_pretrain(cfg, tasks, &staging, &stages, on_event)?;
+    let pretrain = stage_pretrain(cfg, pool, &staging, &stages, on_event)?;
     let pretrained = ParamDict::load(
         &staging
             .join(layout::pretrained_dir())
             .join(madeit_vit::WEIGHTS_FILE),
     )?;
-    let heads = stage_heads(cfg, tasks, &pretrained, &staging, &stages, on_event)?;
+    let names = crate::zoo::load_name_vectors(&staging.join(layout::names_file()))?;
+    let heads = stage_heads(cfg, tasks, &names, &pretrained, &staging, &stages, on_event)?;
     let mut finetunes = Vec::with_capacity(tasks.len());
     for task in tasks {
         finetunes.push(stage_finetune(
@@ -618,6 +663,7 @@ fn build_staged(
             },
             finetune: ft.run.clone(),
             energy: ft.energy.clone(),
+            task_vector: ft.task_vector,
         });
     }
     let export_seconds = t0.elapsed().as_secs_f64();
@@ -644,6 +690,7 @@ fn build_staged(
             split_format: madeit_data::export::SPLIT_FORMAT.to_owned(),
         },
         seed: cfg.seed,
+        group: cfg.group,
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -674,16 +721,16 @@ fn sample(n: usize, cap: Option<usize>, seed: u64) -> Vec<usize> {
     idx
 }
 
-/// The pretraining set: the pool's parts concatenated, labels offset so that every source
-/// keeps its own classes (`<task>/<class>`).
+/// The pretraining set: the pool's parts concatenated, labelled by class *name*: every
+/// distinct name of the parts is one class (in order of first appearance), so that parts
+/// sharing a name share its class vector.
 fn pretraining_set(
     cfg: &BuildConfig,
-    tasks: &[TaskData],
+    parts: &[PretrainPart],
 ) -> Result<(ImageSet, Vec<PretrainPartSummary>)> {
-    let parts = pretraining_pool(tasks)?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
-    let mut class_names = Vec::new();
+    let mut class_names: Vec<String> = Vec::new();
     let mut summaries = Vec::with_capacity(parts.len());
     let mut dims = None;
     for (k, part) in parts.iter().enumerate() {
@@ -696,7 +743,17 @@ fn pretraining_set(
                 reason: format!("part `{}` has images of another size", part.task),
             });
         }
-        let offset = class_names.len() as u32;
+        let class_of: Vec<u32> = set
+            .class_names
+            .iter()
+            .map(|name| match class_names.iter().position(|n| n == name) {
+                Some(i) => i as u32,
+                None => {
+                    class_names.push(name.clone());
+                    (class_names.len() - 1) as u32
+                }
+            })
+            .collect();
         let idx = sample(
             set.n,
             cfg.pretrain_images_per_source,
@@ -704,17 +761,21 @@ fn pretraining_set(
         );
         let sub = set.subset(&idx)?;
         images.extend_from_slice(&sub.images);
-        labels.extend(sub.labels.iter().map(|&l| l + offset));
-        class_names.extend(set.class_names.iter().map(|c| format!("{}/{c}", part.task)));
+        labels.extend(
+            sub.labels
+                .iter()
+                .map(|&l| class_of.get(l as usize).copied().unwrap_or(0)),
+        );
         summaries.push(PretrainPartSummary {
             task: part.task.to_owned(),
             source: part.source,
             images: sub.n,
+            names: set.class_names.len(),
         });
     }
     let (h, w, c) = dims.ok_or_else(|| ZooError::InvalidData {
         what: "pretraining pool".into(),
-        reason: "no task contributes pretraining images".into(),
+        reason: "no source contributes pretraining images".into(),
     })?;
     let n = labels.len();
     Ok((
@@ -739,7 +800,7 @@ fn progress<'a>(
 
 fn stage_pretrain(
     cfg: &BuildConfig,
-    tasks: &[TaskData],
+    pool: &[PretrainPart],
     staging: &Path,
     stages: &Path,
     on_event: &mut (dyn FnMut(&BuildEvent) + Send),
@@ -748,6 +809,7 @@ fn stage_pretrain(
     let dir = staging.join(layout::pretrained_dir());
     if let Some(r) = read_record::<PretrainRecord>(&record_path)
         && layout::model_files(&dir).iter().all(|p| p.is_file())
+        && staging.join(layout::names_file()).is_file()
     {
         on_event(&BuildEvent::StageReused {
             stage: "pretrain".into(),
@@ -758,7 +820,7 @@ fn stage_pretrain(
         });
         return Ok(r.summary);
     }
-    let (set, parts) = pretraining_set(cfg, tasks)?;
+    let (set, parts) = pretraining_set(cfg, pool)?;
     on_event(&BuildEvent::StageStarted {
         stage: "pretrain".into(),
         total: cfg.pretrain.steps,
@@ -781,9 +843,18 @@ fn stage_pretrain(
         &mut progress("pretrain", on_event),
     )?;
     save_tower(&dir, &cfg.model, &trainee.vit.to_params()?)?;
+    crate::zoo::save_name_vectors(
+        &staging.join(layout::names_file()),
+        &NameVectors {
+            names: set.class_names.clone(),
+            dim: trainee.vit.embedding_dim(),
+            vectors: trainee.classifier.weight()?,
+        },
+    )?;
     let summary = PretrainSummary {
         parts,
         classes: set.num_classes(),
+        names: set.class_names.clone(),
         run: run_summary(&log, &cfg.pretrain),
         seed: cfg.seed,
     };
@@ -805,28 +876,6 @@ fn stage_pretrain(
         ),
     });
     Ok(summary)
-}
-
-/// Indices of at most `per_class` images of each class of `set` (a seeded sample).
-fn per_class_sample(set: &ImageSet, per_class: usize, seed: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..set.n).collect();
-    shuffle(&mut order, &mut ChaCha8Rng::seed_from_u64(seed));
-    let mut taken = vec![0usize; set.num_classes()];
-    let mut out: Vec<usize> = order
-        .into_iter()
-        .filter(|&i| {
-            let c = set.labels.get(i).map_or(0, |&l| l as usize);
-            match taken.get_mut(c) {
-                Some(t) if *t < per_class => {
-                    *t += 1;
-                    true
-                }
-                _ => false,
-            }
-        })
-        .collect();
-    out.sort_unstable();
-    out
 }
 
 const STREAM_VAL: u64 = 300;
@@ -852,6 +901,7 @@ fn accuracy_on(
 fn stage_heads(
     cfg: &BuildConfig,
     tasks: &[TaskData],
+    names: &NameVectors,
     pretrained: &ParamDict,
     staging: &Path,
     stages: &Path,
@@ -879,23 +929,11 @@ fn stage_heads(
     let mut records = Vec::with_capacity(tasks.len());
     for (i, task) in tasks.iter().enumerate() {
         let name = task.spec.name;
-        let train_set = task.split(Split::Train)?;
-        let idx = per_class_sample(
-            &train_set,
-            cfg.head_images_per_class,
-            derive_seed(cfg.seed, STREAM_HEAD + u64::from(task.spec.id)),
-        );
-        let emb = embed_images(&model, &train_set, Some(&idx), cfg.eval_batch_size)?;
-        let labels: Vec<u32> = idx
-            .iter()
-            .map(|&j| train_set.labels.get(j).copied().unwrap_or(0))
-            .collect();
-        let head = prototype_head(
+        let (head, seen) = name_head(
             name,
-            &emb,
-            model.embedding_dim(),
-            &labels,
             task.class_names(),
+            names,
+            derive_seed(cfg.seed, STREAM_NAMES),
         )?;
         let path = staging.join(layout::head_file(name));
         if let Some(parent) = path.parent() {
@@ -906,8 +944,9 @@ fn stage_heads(
         records.push(HeadRecord {
             task: name.to_owned(),
             head: HeadSummary {
-                kind: "prototype".into(),
-                images: idx.len(),
+                kind: "names".into(),
+                classes: task.class_names().len(),
+                names_seen: seen,
             },
             pretrained: pretrained_acc,
         });
@@ -960,6 +999,11 @@ pub fn finetune_tower(
     let ft = cfg.finetune_config(train_set.n);
     let device = Device::flex().autodiff();
     let vit = TrainableVit::from_params(&cfg.model, start, &device)?;
+    let vit = match cfg.finetune_scope {
+        FinetuneScope::All => vit,
+        FinetuneScope::LinearWeights => vit.with_only_linear_weights_trainable(),
+        FinetuneScope::AttentionWeights => vit.with_only_attention_weights_trainable(),
+    };
     if head.dim() != vit.embedding_dim() {
         return Err(ZooError::InvalidData {
             what: stage.into(),
@@ -975,7 +1019,7 @@ pub fn finetune_tower(
         head.weight().to_vec(),
         head.num_classes(),
         head.dim(),
-        LOGIT_SCALE,
+        cfg.finetune_logit_scale,
         false,
         &device,
     )?;
@@ -1033,12 +1077,14 @@ fn stage_finetune(
     let model = ClipVisionModel::from_params(&cfg.model, &params)?;
     let finetuned = accuracy_on(&model, &head, task, cfg)?;
     let energy = task_vector_energy(pretrained, &params, &cfg.model, cfg.energy_fraction)?;
+    let task_vector = TaskVectorNorm::of(pretrained, &params)?;
     let record = FinetuneRecord {
         task: name.to_owned(),
         seed,
         run: run_summary(&log, &ft),
         finetuned,
         energy,
+        task_vector,
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json_atomic(&record_path, &record)?;
@@ -1046,10 +1092,11 @@ fn stage_finetune(
         stage,
         seconds: record.seconds,
         detail: format!(
-            "loss {:.3} -> {:.3}, test accuracy {:.1} %",
+            "loss {:.3} -> {:.3}, test accuracy {:.1} %, |tau|/|theta0| {:.2} %",
             log.first_loss,
             log.last_loss,
-            100.0 * finetuned.test
+            100.0 * finetuned.test,
+            100.0 * task_vector.ratio
         ),
     });
     Ok(record)

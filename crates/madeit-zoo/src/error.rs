@@ -40,6 +40,18 @@ pub enum ZooError {
         /// The format this version reads.
         expected: &'static str,
     },
+    /// The zoo folder was made by an earlier version of the recipe.
+    #[error(
+        "{path}: this zoo was built by an earlier recipe (format `{found}`, this version reads `{expected}`): rebuild it with `madeit zoo build --force`"
+    )]
+    OutdatedZoo {
+        /// The manifest.
+        path: PathBuf,
+        /// The format found.
+        found: String,
+        /// The format this version reads.
+        expected: &'static str,
+    },
     /// No task of that name in the zoo.
     #[error("no task `{name}` in the zoo (tasks: {})", available.join(", "))]
     UnknownTask {

@@ -173,3 +173,82 @@ pub fn evaluate(
     let correct = pred.iter().zip(&set.labels).filter(|(p, l)| p == l).count();
     Ok(correct as f64 / set.n as f64)
 }
+
+/// The class vectors of the pretraining objective, one per class *name*: the source of the
+/// zoo's name-based heads (see [`name_head`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameVectors {
+    /// The names, in the pretraining classifier's order.
+    pub names: Vec<String>,
+    /// Width of the vectors.
+    pub dim: usize,
+    /// `[names, dim]` row-major; rows as trained (not normalised).
+    pub vectors: Vec<f32>,
+}
+
+impl NameVectors {
+    /// The trained vector of `name`, if pretraining had that class name.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        let i = self.names.iter().position(|n| n == name)?;
+        self.vectors.get(i * self.dim..(i + 1) * self.dim)
+    }
+}
+
+/// The 64-bit FNV-1a hash of `name`.
+fn fnv1a(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The fixed vector of a class name that pretraining never saw: `dim` standard normal
+/// draws (Box–Muller on a ChaCha8 stream seeded with `seed xor FNV-1a(name)`), normalised.
+/// Every task whose classes carry that name gets the same vector.
+#[must_use]
+pub fn unseen_name_vector(name: &str, dim: usize, seed: u64) -> Vec<f32> {
+    use rand_chacha::ChaCha8Rng;
+    use rand_chacha::rand_core::{Rng, SeedableRng};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv1a(name));
+    let v: Vec<f64> = (0..dim)
+        .map(|_| {
+            let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    v.iter().map(|x| (x / n) as f32).collect()
+}
+
+/// The name-based head of a task: row `c` is the pretraining vector of the class name
+/// `class_names[c]` when pretraining had that name, else [`unseen_name_vector`]`(name,
+/// dim, seed)`; rows are normalised by [`TaskHead::new`]. Nothing is fitted to the task.
+/// Returns the head and how many of its names pretraining saw.
+///
+/// # Errors
+/// [`ZooError::Vit`] from [`TaskHead::new`] (empty class list, ...).
+pub fn name_head(
+    task: &str,
+    class_names: &[String],
+    names: &NameVectors,
+    seed: u64,
+) -> Result<(TaskHead, usize)> {
+    let dim = names.dim;
+    let mut weight = Vec::with_capacity(class_names.len() * dim);
+    let mut seen = 0;
+    for name in class_names {
+        match names.get(name) {
+            Some(v) => {
+                weight.extend_from_slice(v);
+                seen += 1;
+            }
+            None => weight.extend(unseen_name_vector(name, dim, seed)),
+        }
+    }
+    let t = madeit_params::Tensor::new(vec![class_names.len(), dim], weight)?;
+    Ok((TaskHead::new(task, &t, class_names.to_vec())?, seen))
+}

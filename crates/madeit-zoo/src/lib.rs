@@ -7,8 +7,9 @@
 //!   and from the HF state dict;
 //! * [`train`]: the deterministic Adam training loop on cosine logits with a warm-up +
 //!   cosine schedule;
-//! * [`head`]: prototype heads (the analogue of CLIP's zero-shot text heads), embedding and
-//!   accuracy;
+//! * [`head`]: name-based heads (the analogue of CLIP's zero-shot text heads: one vector
+//!   per class name, from the pretraining objective), embedding and accuracy;
+//! * [`interference`]: the interference matrix of the fine-tunes and simple merges;
 //! * [`energy`]: the spectral energy of task vectors per module kind;
 //! * [`build`]: the staged, resumable, atomic build ([`build_zoo`]);
 //! * [`sequential`]: sequential fine-tuning of one tower through a task order
@@ -22,6 +23,7 @@ pub mod build;
 pub mod energy;
 pub mod error;
 pub mod head;
+pub mod interference;
 pub mod manifest;
 pub mod model;
 pub mod sequential;
@@ -29,13 +31,16 @@ pub mod train;
 pub mod zoo;
 
 pub use build::{
-    BuildConfig, BuildEvent, BuildOptions, BuildOutcome, build_zoo, build_zoo_from_tasks,
-    finetune_tower, staging_dir,
+    BuildConfig, BuildEvent, BuildOptions, BuildOutcome, FinetuneScope, build_zoo,
+    build_zoo_from_tasks, default_pretrain_sources, finetune_tower, staging_dir,
 };
 pub use energy::{EnergyReport, ModuleEnergy, task_vector_energy, top_energy};
 pub use error::{Result, ZooError};
-pub use head::{embed_images, evaluate, predict, prototype_head};
-pub use manifest::{MANIFEST_FILE, Manifest, TaskEntry, ZOO_FORMAT};
+pub use head::{
+    NameVectors, embed_images, evaluate, name_head, predict, prototype_head, unseen_name_vector,
+};
+pub use interference::{Interference, interference_matrix, merged_accuracies, merged_params};
+pub use manifest::{MANIFEST_FILE, Manifest, TaskEntry, TaskVectorNorm, ZOO_FORMAT};
 pub use model::TrainableVit;
 pub use sequential::{SequentialOutcome, SequentialRun, SequentialTask, sequential_finetune};
 pub use train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, train};

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use madeit_data::{Construction, Resize, SourceId};
+use madeit_data::{Construction, Resize, SourceId, TaskGroup};
+use madeit_params::ParamDict;
 use madeit_vit::ClipVisionConfig;
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,11 @@ use crate::energy::EnergyReport;
 use crate::error::{Result, ZooError};
 
 /// Value of [`Manifest::format`] written by this version.
-pub const ZOO_FORMAT: &str = "madeit-zoo-v1";
+pub const ZOO_FORMAT: &str = "madeit-zoo-v2";
+
+/// Formats of earlier versions: a zoo folder of one of these is recognised and must be
+/// rebuilt (`madeit zoo build --force`).
+pub const OLD_ZOO_FORMATS: [&str; 1] = ["madeit-zoo-v1"];
 
 /// File name of the manifest inside the zoo folder.
 pub const MANIFEST_FILE: &str = "zoo.json";
@@ -69,10 +74,59 @@ pub struct RunSummary {
 /// How a task's head was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadSummary {
-    /// The kind of head (`prototype`).
+    /// The kind of head (`names`: one pretraining vector per class name).
     pub kind: String,
-    /// Training images whose embeddings were averaged.
-    pub images: usize,
+    /// Classes of the task.
+    pub classes: usize,
+    /// How many of the class names pretraining saw (the others have fixed seeded vectors).
+    pub names_seen: usize,
+}
+
+/// The size of a task vector `tau = theta_t - theta_0` against the pretrained weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TaskVectorNorm {
+    /// `||tau||` over every parameter (Frobenius norm of the flattened state dict).
+    pub norm: f64,
+    /// `||theta_0||`.
+    pub pretrained_norm: f64,
+    /// `||tau|| / ||theta_0||`.
+    pub ratio: f64,
+}
+
+impl TaskVectorNorm {
+    /// The norms of `finetuned - pretrained`.
+    ///
+    /// # Errors
+    /// [`ZooError::InvalidData`] when the two dicts do not have the same tensors.
+    pub fn of(pretrained: &ParamDict, finetuned: &ParamDict) -> Result<Self> {
+        let (mut tau, mut base) = (0.0f64, 0.0f64);
+        for (name, p) in pretrained.iter() {
+            let f = finetuned.get(name).map_err(|_| ZooError::InvalidData {
+                what: "task vector".into(),
+                reason: format!("the fine-tuned tower has no tensor `{name}`"),
+            })?;
+            if f.data().len() != p.data().len() {
+                return Err(ZooError::InvalidData {
+                    what: "task vector".into(),
+                    reason: format!("tensor `{name}` has another size"),
+                });
+            }
+            for (&a, &b) in p.data().iter().zip(f.data()) {
+                base += f64::from(a) * f64::from(a);
+                tau += (f64::from(b) - f64::from(a)).powi(2);
+            }
+        }
+        let (norm, pretrained_norm) = (tau.sqrt(), base.sqrt());
+        Ok(Self {
+            norm,
+            pretrained_norm,
+            ratio: if pretrained_norm > 0.0 {
+                norm / pretrained_norm
+            } else {
+                0.0
+            },
+        })
+    }
 }
 
 /// One task of the zoo.
@@ -106,6 +160,8 @@ pub struct TaskEntry {
     pub finetune: RunSummary,
     /// Spectral energy of the task vector.
     pub energy: EnergyReport,
+    /// Size of the task vector.
+    pub task_vector: TaskVectorNorm,
 }
 
 /// One source of the pretraining pool.
@@ -117,6 +173,9 @@ pub struct PretrainPartSummary {
     pub source: SourceId,
     /// Images used.
     pub images: usize,
+    /// Class names the part contributes (its task's names, or other names of the same
+    /// images, such as the emoji's subcategories).
+    pub names: usize,
 }
 
 /// The pretraining run.
@@ -124,8 +183,11 @@ pub struct PretrainPartSummary {
 pub struct PretrainSummary {
     /// The data.
     pub parts: Vec<PretrainPartSummary>,
-    /// Classes of the pretraining classifier (the union of the parts' classes).
+    /// Classes of the pretraining classifier (the distinct class names of the parts).
     pub classes: usize,
+    /// Those names, in the classifier's order (`heads/names.safetensors` holds their
+    /// vectors).
+    pub names: Vec<String>,
     /// The run.
     pub run: RunSummary,
     /// Seed of the initial weights, classifier and batch order.
@@ -168,6 +230,8 @@ pub struct Manifest {
     pub versions: Versions,
     /// The build's seed.
     pub seed: u64,
+    /// The task group.
+    pub group: TaskGroup,
     /// Seconds since the Unix epoch when the build finished.
     pub created_unix: u64,
     /// Worker threads used for training.
@@ -206,6 +270,13 @@ impl Manifest {
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| ZooError::json(path, e))?;
         let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+        if OLD_ZOO_FORMATS.contains(&format) {
+            return Err(ZooError::OutdatedZoo {
+                path: path.to_path_buf(),
+                found: format.to_owned(),
+                expected: ZOO_FORMAT,
+            });
+        }
         if format != ZOO_FORMAT {
             return Err(ZooError::Format {
                 path: path.to_path_buf(),

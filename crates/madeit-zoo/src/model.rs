@@ -287,6 +287,55 @@ impl TrainableVit {
         })
     }
 
+    /// The same tower with only the linear weights of the encoder layers trainable (the
+    /// fused q/k/v, out_proj, fc1 and fc2 matrices); the patch, class and position
+    /// embeddings, every layer norm and every bias are frozen.
+    #[must_use]
+    pub fn with_only_linear_weights_trainable(self) -> Self {
+        self.with_trainable_linear_weights(true)
+    }
+
+    /// The same tower with only the attention weights of the encoder layers trainable (the
+    /// fused q/k/v and out_proj matrices); everything else is frozen.
+    #[must_use]
+    pub fn with_only_attention_weights_trainable(self) -> Self {
+        self.with_trainable_linear_weights(false)
+    }
+
+    fn with_trainable_linear_weights(mut self, mlp: bool) -> Self {
+        fn freeze<const D: usize>(p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            p.set_require_grad(false)
+        }
+        fn freeze_norm(n: NormParams) -> NormParams {
+            NormParams {
+                gamma: freeze(n.gamma),
+                beta: freeze(n.beta),
+            }
+        }
+        self.patch_w = freeze(self.patch_w);
+        self.class_emb = freeze(self.class_emb);
+        self.pos_emb = freeze(self.pos_emb);
+        self.pre_ln = freeze_norm(self.pre_ln);
+        self.post_ln = freeze_norm(self.post_ln);
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|l| LayerParams {
+                ln1: freeze_norm(l.ln1),
+                qkv_w: l.qkv_w,
+                qkv_b: freeze(l.qkv_b),
+                out_w: l.out_w,
+                out_b: freeze(l.out_b),
+                ln2: freeze_norm(l.ln2),
+                fc1_w: if mlp { l.fc1_w } else { freeze(l.fc1_w) },
+                fc1_b: freeze(l.fc1_b),
+                fc2_w: if mlp { l.fc2_w } else { freeze(l.fc2_w) },
+                fc2_b: freeze(l.fc2_b),
+            })
+            .collect();
+        self
+    }
+
     /// The weights as a bare HF `CLIPVisionModel` state dict (`[out, in]` layout, F32), in
     /// the order of [`expected_tensors`].
     ///

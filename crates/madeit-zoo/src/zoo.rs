@@ -15,6 +15,7 @@ use madeit_params::{ParamDict, TaskVector};
 use madeit_vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, TaskHead, WEIGHTS_FILE};
 
 use crate::error::{Result, ZooError};
+use crate::head::NameVectors;
 use crate::manifest::{MANIFEST_FILE, Manifest, TaskEntry};
 
 /// Default zoo folder, relative to the current directory.
@@ -57,6 +58,12 @@ pub mod layout {
         PathBuf::from("heads").join(format!("{task}.safetensors"))
     }
 
+    /// `heads/names.safetensors`: the pretraining vector of every class name.
+    #[must_use]
+    pub fn names_file() -> PathBuf {
+        PathBuf::from("heads").join("names.safetensors")
+    }
+
     /// `data/`.
     #[must_use]
     pub fn data_dir() -> PathBuf {
@@ -79,7 +86,7 @@ pub mod layout {
 /// Every file a zoo with `manifest` must hold, relative to the zoo folder.
 #[must_use]
 pub fn expected_files(manifest: &Manifest) -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from(MANIFEST_FILE)];
+    let mut out = vec![PathBuf::from(MANIFEST_FILE), layout::names_file()];
     out.extend(layout::model_files(&layout::pretrained_dir()));
     for t in &manifest.tasks {
         out.extend(layout::model_files(&layout::finetuned_dir(&t.name)));
@@ -274,6 +281,15 @@ impl Zoo {
         Ok(madeit_data::read_split(&path)?.set)
     }
 
+    /// The pretraining vector of every class name (`heads/names.safetensors`), the source
+    /// of the name-based heads.
+    ///
+    /// # Errors
+    /// As [`TaskHead::load`].
+    pub fn name_vectors(&self) -> Result<NameVectors> {
+        load_name_vectors(&self.dir.join(layout::names_file()))
+    }
+
     /// The path of `task`'s head file.
     ///
     /// # Errors
@@ -282,6 +298,27 @@ impl Zoo {
         self.task(task)?;
         Ok(self.dir.join(layout::head_file(task)))
     }
+}
+
+/// Writes the name vectors as a head file over the vocabulary (`head.weight [names, dim]`,
+/// unit rows; the class names are the names).
+pub(crate) fn save_name_vectors(path: &Path, names: &NameVectors) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ZooError::io(parent, e))?;
+    }
+    let t = madeit_params::Tensor::new(vec![names.names.len(), names.dim], names.vectors.clone())?;
+    TaskHead::new("names", &t, names.names.clone())?.save(path)?;
+    Ok(())
+}
+
+/// Reads the file of [`save_name_vectors`].
+pub(crate) fn load_name_vectors(path: &Path) -> Result<NameVectors> {
+    let head = TaskHead::load(path)?;
+    Ok(NameVectors {
+        names: head.class_names().to_vec(),
+        dim: head.dim(),
+        vectors: head.weight().to_vec(),
+    })
 }
 
 /// `dir/config.json` and `dir/model.safetensors` for a tower.

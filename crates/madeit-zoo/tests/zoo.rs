@@ -235,3 +235,125 @@ fn manifest_serde_round_trip_and_format_check() {
     std::fs::write(&other, b"{not json").expect("write");
     assert!(matches!(Manifest::load(&other), Err(ZooError::Json { .. })));
 }
+
+#[test]
+fn heads_are_one_vector_per_class_name_shared_by_tasks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = options(tmp.path());
+    build(&opts, &mut Vec::new()).expect("build");
+    let zoo = Zoo::open(&opts.zoo_dir).expect("open");
+    let names = zoo.name_vectors().expect("names");
+    // The pool is the upright synthetic MNIST: its ten class names.
+    assert_eq!(names.names, zoo.tasks()[0].class_names);
+    assert_eq!(zoo.manifest().pretraining.names, names.names);
+    let (a, b) = (
+        zoo.head("mnist").expect("head"),
+        zoo.head("rotated_mnist").expect("head"),
+    );
+    // Same class names, same rows: the rotated twin shares the upright task's head.
+    assert_eq!(a.weight(), b.weight());
+    for (c, row) in a.weight().chunks_exact(a.dim()).enumerate() {
+        let v = names.get(&a.class_names()[c]).expect("seen name");
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for (x, y) in row.iter().zip(v) {
+            assert!((x - y / n).abs() < 1e-6);
+        }
+    }
+    for t in zoo.tasks() {
+        assert_eq!(t.head.kind, "names");
+        assert_eq!((t.head.classes, t.head.names_seen), (10, 10));
+    }
+    // A name pretraining never saw gets a fixed seeded unit vector, the same every time.
+    let unseen = madeit_zoo::unseen_name_vector("Flags", names.dim, 7);
+    assert_eq!(
+        unseen,
+        madeit_zoo::unseen_name_vector("Flags", names.dim, 7)
+    );
+    assert_ne!(
+        unseen,
+        madeit_zoo::unseen_name_vector("Objects", names.dim, 7)
+    );
+    let norm: f32 = unseen.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    let mixed = vec![names.names[3].clone(), "Flags".to_owned()];
+    let (head, seen) = madeit_zoo::name_head("mixed", &mixed, &names, 7).expect("head");
+    assert_eq!(seen, 1);
+    for (x, y) in head.weight()[names.dim..].iter().zip(&unseen) {
+        assert!((x - y).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn task_vector_norms_and_the_interference_matrix() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = options(tmp.path());
+    build(&opts, &mut Vec::new()).expect("build");
+    let zoo = Zoo::open(&opts.zoo_dir).expect("open");
+    let pretrained = zoo.pretrained().expect("pretrained");
+    for t in zoo.tasks() {
+        let tau = zoo.task_vector(&t.name).expect("tau").l2_norm();
+        let recorded = t.task_vector;
+        assert!(recorded.ratio > 0.0);
+        assert!((recorded.norm - tau).abs() <= 1e-4 * recorded.norm.max(1.0));
+        let again =
+            madeit_zoo::TaskVectorNorm::of(&pretrained, &zoo.finetuned(&t.name).expect("ft"))
+                .expect("norm");
+        assert_eq!(again, recorded);
+        assert!((again.ratio - again.norm / again.pretrained_norm).abs() < 1e-12);
+    }
+    let mut columns = Vec::new();
+    let m = madeit_zoo::interference_matrix(&zoo, None, &mut |j| columns.push(j)).expect("matrix");
+    assert_eq!(columns, [0, 1]);
+    assert_eq!(m.tasks, ["mnist", "rotated_mnist"]);
+    for (i, t) in zoo.tasks().iter().enumerate() {
+        // Whole test splits: the diagonal is the recorded gain, the base the recorded
+        // pretrained accuracy.
+        assert_eq!(m.pretrained[i], t.accuracy.pretrained.test);
+        let gain = t.accuracy.finetuned.test - t.accuracy.pretrained.test;
+        assert!((m.matrix[i][i] - gain).abs() < 1e-12);
+        assert_eq!(m.images[i], t.splits.test);
+    }
+    let off = (m.matrix[0][1] + m.matrix[1][0]) / 2.0;
+    assert!((m.mean_off_diagonal() - off).abs() < 1e-12);
+    // A merge with weights (1, 0) is the first fine-tune; (0, 0) the pretrained tower.
+    let sets = madeit_zoo::interference::test_sets(&zoo, Some(7)).expect("sets");
+    assert!(sets.iter().all(|s| s.n == 7));
+    let first = madeit_zoo::merged_accuracies(&zoo, &[1.0, 0.0], &sets).expect("merge");
+    let direct = madeit_zoo::interference::accuracies(
+        &zoo,
+        &zoo.finetuned_model("mnist").expect("model"),
+        &sets,
+    )
+    .expect("acc");
+    assert_eq!(first, direct);
+    assert!(madeit_zoo::merged_params(&zoo, &[1.0]).is_err());
+}
+
+#[test]
+fn an_old_zoo_is_recognised_and_must_be_rebuilt() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = options(tmp.path());
+    build(&opts, &mut Vec::new()).expect("build");
+    let path = opts.zoo_dir.join("zoo.json");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    value["format"] = "madeit-zoo-v1".into();
+    std::fs::write(&path, value.to_string()).expect("write");
+    let err = Zoo::open(&opts.zoo_dir).expect_err("old zoo");
+    assert!(matches!(err, ZooError::OutdatedZoo { .. }), "{err:?}");
+    assert!(err.to_string().contains("madeit zoo build --force"));
+    // A build without `force` refuses it; with `force` it is replaced.
+    assert!(matches!(
+        build(&opts, &mut Vec::new()),
+        Err(ZooError::OutdatedZoo { .. })
+    ));
+    let forced = BuildOptions {
+        force: true,
+        ..opts.clone()
+    };
+    assert!(matches!(
+        build(&forced, &mut Vec::new()).expect("force"),
+        BuildOutcome::Built(_)
+    ));
+    Zoo::open(&opts.zoo_dir).expect("v2 now");
+}

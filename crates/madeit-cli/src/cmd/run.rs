@@ -285,6 +285,7 @@ fn ensure_zoo(dir: &Path) -> anyhow::Result<()> {
             threads: None,
             force: false,
             no_fetch: false,
+            group: None,
         }),
     })
     .with_context(|| format!("building the zoo at {}", dir.display()))

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use madeit::data::{FetchEvent, default_cache_dir, fetch_sources};
+use madeit::data::TaskGroup;
+use madeit::data::{Clients, FetchEvent, default_cache_dir, fetch_sources_with};
 use madeit::vit::TargetKind;
+use madeit::zoo::interference::{merged_accuracies, test_sets};
 use madeit::zoo::{
     BuildConfig, BuildEvent, BuildOptions, BuildOutcome, Manifest, Zoo, build_zoo, default_zoo_dir,
+    interference_matrix,
 };
 
 /// Arguments of `madeit zoo`.
@@ -53,6 +56,17 @@ pub struct BuildArgs {
     /// Do not run the package clients: use only what is already in the cache.
     #[arg(long)]
     pub no_fetch: bool,
+    /// The task group: the default 8 tasks, or the long group of 14 (overrides the
+    /// configuration file's).
+    #[arg(long, value_parser = parse_group)]
+    pub group: Option<TaskGroup>,
+}
+
+fn parse_group(s: &str) -> Result<TaskGroup, String> {
+    s.parse::<usize>()
+        .ok()
+        .and_then(TaskGroup::from_len)
+        .ok_or_else(|| format!("expected 8 or 14, got `{s}`"))
 }
 
 /// Arguments of `madeit zoo info`.
@@ -68,6 +82,15 @@ pub struct InfoArgs {
     /// Also show the build's stage times.
     #[arg(long)]
     pub timings: bool,
+    /// Also compute the interference matrix acc_i(theta_0 + tau_j) - acc_i(theta_0) and the
+    /// accuracy of the average and of the sum (lambda 0.3) of all task vectors (evaluates
+    /// every tower on every task).
+    #[arg(long)]
+    pub interference: bool,
+    /// Test images per task for --interference (an evenly spaced subset, as `madeit run`),
+    /// or `all`.
+    #[arg(long, default_value = "2000")]
+    pub test_images: String,
     /// Print the manifest as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -101,6 +124,16 @@ fn bar_style() -> ProgressStyle {
     .progress_chars("=> ")
 }
 
+/// Prints a line above the bars, or to stderr when they are hidden (stderr is not a
+/// terminal), so that logs keep the stage lines.
+fn say(multi: &MultiProgress, line: String) {
+    if multi.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        let _ = multi.println(line);
+    }
+}
+
 fn run_build(args: &BuildArgs) -> anyhow::Result<()> {
     let zoo_dir = args.zoo.clone().unwrap_or_else(default_zoo_dir);
     let cache_dir = args.cache.clone().unwrap_or_else(default_cache_dir);
@@ -111,24 +144,42 @@ fn run_build(args: &BuildArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
+    if let Some(group) = args.group {
+        config.group = group;
+    }
     config.check().context("invalid build configuration")?;
 
-    if !args.force
-        && let Ok(zoo) = Zoo::open(&zoo_dir)
-    {
-        println!(
-            "The zoo at {} is complete; nothing to do (use --force to rebuild).",
-            zoo_dir.display()
-        );
-        print_accuracy_table(zoo.manifest());
-        return Ok(());
+    if !args.force {
+        match Zoo::open(&zoo_dir) {
+            Ok(zoo) => {
+                println!(
+                    "The zoo at {} is complete; nothing to do (use --force to rebuild).",
+                    zoo_dir.display()
+                );
+                print_accuracy_table(zoo.manifest());
+                return Ok(());
+            }
+            Err(e @ madeit::zoo::ZooError::OutdatedZoo { .. }) => return Err(e.into()),
+            Err(_) => {}
+        }
     }
 
     if !args.no_fetch {
+        let needed: Vec<madeit::data::SourceId> = {
+            let mut v: Vec<_> = config.group.tasks().iter().map(|t| t.source).collect();
+            v.extend(config.pretrain_sources.iter().copied());
+            let mut seen = Vec::new();
+            v.retain(|s| {
+                let new = !seen.contains(s);
+                seen.push(*s);
+                new
+            });
+            v
+        };
         let spinner = ProgressBar::new_spinner();
         spinner.enable_steady_tick(Duration::from_millis(120));
         spinner.set_message("fetching data");
-        fetch_sources(&cache_dir, &|e| {
+        fetch_sources_with(&cache_dir, &needed, &Clients::discover(), &|e| {
             if let FetchEvent::Finished {
                 source,
                 reused,
@@ -162,10 +213,13 @@ fn run_build(args: &BuildArgs) -> anyhow::Result<()> {
     };
     let outcome = build_zoo(&opts, &mut |e: &BuildEvent| match e {
         BuildEvent::DiscardedStale { dir } => {
-            let _ = multi.println(format!(
-                "discarded {} (made with another configuration)",
-                dir.display()
-            ));
+            say(
+                &multi,
+                format!(
+                    "discarded {} (made with another configuration)",
+                    dir.display()
+                ),
+            );
         }
         BuildEvent::Planned { total_steps } => {
             overall.set_length(*total_steps as u64);
@@ -197,12 +251,13 @@ fn run_build(args: &BuildArgs) -> anyhow::Result<()> {
                 bar.finish_and_clear();
                 multi.remove(&bar);
             }
-            let _ = multi.println(format!("{stage:>28}: {seconds:7.1} s  {detail}"));
+            say(&multi, format!("{stage:>28}: {seconds:7.1} s  {detail}"));
         }
         BuildEvent::StageReused { stage, detail } => {
-            let _ = multi.println(format!(
-                "{stage:>28}: reused from an interrupted build  {detail}"
-            ));
+            say(
+                &multi,
+                format!("{stage:>28}: reused from an interrupted build  {detail}"),
+            );
         }
         _ => {}
     });
@@ -262,8 +317,9 @@ fn run_info(args: &InfoArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| format!("{} {}", p.task, p.images))
         .collect();
+    println!("group: {} tasks", m.group.len());
     println!(
-        "pretraining: {} classes, images: {}; {} steps x {}",
+        "pretraining: {} class names, images: {}; {} steps x {}",
         m.pretraining.classes,
         parts.join(", "),
         m.pretraining.run.steps,
@@ -279,25 +335,102 @@ fn run_info(args: &InfoArgs) -> anyhow::Result<()> {
         println!();
         print_timings(m);
     }
+    if args.interference {
+        println!();
+        print_interference(&zoo, &args.test_images)?;
+    }
+    Ok(())
+}
+
+fn print_interference(zoo: &Zoo, test_images: &str) -> anyhow::Result<()> {
+    let cap = if test_images.eq_ignore_ascii_case("all") {
+        None
+    } else {
+        Some(
+            test_images
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| {
+                    format!(
+                        "--test-images: expected a positive number or `all`, got `{test_images}`"
+                    )
+                })?,
+        )
+    };
+    let n = zoo.tasks().len();
+    let bar = ProgressBar::new(n as u64 + 2);
+    bar.set_style(bar_style());
+    bar.set_prefix("interference");
+    let m = interference_matrix(zoo, cap, &mut |_| bar.inc(1))
+        .context("computing the interference matrix")?;
+    let sets = test_sets(zoo, cap)?;
+    let avg = merged_accuracies(zoo, &vec![1.0 / n as f64; n], &sets)?;
+    bar.inc(1);
+    let ta = merged_accuracies(zoo, &vec![0.3; n], &sets)?;
+    bar.finish_and_clear();
+    let cap_text = cap.map_or("whole test splits".to_owned(), |c| {
+        format!("at most {c} test images per task")
+    });
+    println!(
+        "interference matrix, points: row i = task evaluated, column j = task vector added,\n\
+         acc_i(theta_0 + tau_j) - acc_i(theta_0) ({cap_text})"
+    );
+    let short: Vec<String> = (1..=n).map(|j| format!("{j:>6}")).collect();
+    println!(
+        "{:>3}  {:<28} {:>7} {}",
+        "id",
+        "task",
+        "theta_0",
+        short.join("")
+    );
+    for (i, t) in zoo.tasks().iter().enumerate() {
+        let row: Vec<String> = m.matrix[i]
+            .iter()
+            .map(|v| format!("{:>+6.1}", 100.0 * v))
+            .collect();
+        println!(
+            "{:>3}  {:<28} {:>6.1}% {}",
+            t.id,
+            t.name,
+            100.0 * m.pretrained[i],
+            row.join("")
+        );
+    }
+    println!(
+        "mean off-diagonal {:+.2} points, mean diagonal (own gain) {:+.2} points",
+        100.0 * m.mean_off_diagonal(),
+        100.0 * m.mean_diagonal()
+    );
+    let mean = |v: &[f64]| 100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!();
+    println!(
+        "merges of all {n} task vectors (mean test accuracy): theta_0 {:.1}%, average (1/{n}) {:.1}%, sum x 0.3 {:.1}%",
+        mean(&m.pretrained),
+        mean(&avg),
+        mean(&ta)
+    );
     Ok(())
 }
 
 fn print_accuracy_table(m: &Manifest) {
     println!(
-        "{:>3}  {:<28} {:>7} {:>7} {:>11} {:>11} {:>7}",
-        "id", "task", "classes", "train", "pretrained", "fine-tuned", "gain"
+        "{:>3}  {:<28} {:>7} {:>7} {:>6} {:>11} {:>11} {:>7} {:>10}",
+        "id", "task", "classes", "train", "seen", "pretrained", "fine-tuned", "gain", "|tau|/|t0|"
     );
     for t in &m.tasks {
         let (p, f) = (t.accuracy.pretrained.test, t.accuracy.finetuned.test);
         println!(
-            "{:>3}  {:<28} {:>7} {:>7} {:>10.1}% {:>10.1}% {:>+7.1}",
+            "{:>3}  {:<28} {:>7} {:>7} {:>6} {:>10.1}% {:>10.1}% {:>+7.1} {:>9.2}%",
             t.id,
             t.name,
             t.class_names.len(),
             t.splits.train,
+            format!("{}/{}", t.head.names_seen, t.head.classes),
             100.0 * p,
             100.0 * f,
-            100.0 * (f - p)
+            100.0 * (f - p),
+            100.0 * t.task_vector.ratio
         );
     }
     let (p, f) = (m.mean_pretrained_test(), m.mean_finetuned_test());
@@ -312,7 +445,8 @@ fn print_accuracy_table(m: &Manifest) {
         100.0 * (f - p)
     );
     println!(
-        "(test accuracy with each task's fixed head: pretrained tower vs the task's fine-tuned tower)"
+        "(test accuracy with each task's fixed name-based head: pretrained tower vs the task's \
+         fine-tuned tower; `seen`: class names pretraining had)"
     );
 }
 

@@ -256,16 +256,18 @@ pub fn tiny_zoo(dir: &Path) {
             "splits": {"pretrain": 0, "train": 0, "val": 12, "seed": 12, "test": 12},
             "split_seed": 0,
             "finetune_seed": 0,
-            "head": {"kind": "random", "images": 0},
+            "head": {"kind": "random", "classes": classes, "names_seen": 0},
             "accuracy": {"pretrained": acc, "finetuned": acc},
             "finetune": run,
             "energy": {"fraction": 0.5, "modules": []},
+            "task_vector": {"norm": 1.0, "pretrained_norm": 10.0, "ratio": 0.1},
         }));
     }
     let manifest = serde_json::json!({
         "format": madeit::zoo::ZOO_FORMAT,
         "versions": {"madeit": "test", "split_format": "test"},
         "seed": 0,
+        "group": madeit::data::TaskGroup::default(),
         "created_unix": 0,
         "threads": 1,
         "model": config,
@@ -273,12 +275,20 @@ pub fn tiny_zoo(dir: &Path) {
         "pretraining": {
             "parts": [],
             "classes": 0,
+            "names": [],
             "run": {"steps": 1, "batch_size": 1, "first_loss": 1.0, "last_loss": 1.0, "seconds": 0.0},
             "seed": 0
         },
         "tasks": tasks,
         "timings": {"load": 0.0, "pretrain": 0.0, "heads": 0.0, "finetune": [], "export": 0.0, "total": 0.0},
     });
+    // The class-name vectors of the pretraining (only checked for presence here).
+    std::fs::copy(
+        dir.join("heads")
+            .join(format!("{}.safetensors", ZOO_TASKS[0].0)),
+        dir.join("heads").join("names.safetensors"),
+    )
+    .expect("names file");
     std::fs::write(
         dir.join(madeit::zoo::MANIFEST_FILE),
         serde_json::to_string_pretty(&manifest).expect("json"),

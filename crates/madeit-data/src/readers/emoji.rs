@@ -39,6 +39,19 @@ pub const EMOJI_SKIPPED_CATEGORY: &str = "Component";
 /// Folder of the 64 × 64 images inside the package.
 pub const EMOJI_IMAGE_DIR: &str = "img/google/64";
 
+/// Folder of the 64 × 64 images inside the Twitter package.
+pub const TWEMOJI_IMAGE_DIR: &str = "img/twitter/64";
+
+/// Whose artwork: the `emoji-datasource-<vendor>` packages share `emoji.json` and differ in
+/// their images and in the `has_img_<vendor>` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmojiVendor {
+    /// Noto emoji (`emoji-datasource-google`, `has_img_google`).
+    Google,
+    /// Twemoji (`emoji-datasource-twitter`, `has_img_twitter`).
+    Twitter,
+}
+
 /// One base emoji of `emoji.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmojiEntry {
@@ -67,6 +80,8 @@ struct RawEntry {
     #[serde(default)]
     has_img_google: bool,
     #[serde(default)]
+    has_img_twitter: bool,
+    #[serde(default)]
     skin_variations: Option<std::collections::BTreeMap<String, RawVariant>>,
 }
 
@@ -75,6 +90,8 @@ struct RawVariant {
     image: String,
     #[serde(default)]
     has_img_google: bool,
+    #[serde(default)]
+    has_img_twitter: bool,
 }
 
 fn check_file_name(name: &str, file: &str) -> Result<()> {
@@ -94,16 +111,35 @@ fn check_file_name(name: &str, file: &str) -> Result<()> {
 /// [`DataError::Malformed`] if the JSON does not have the expected fields or an image name
 /// is not a plain file name.
 pub fn parse_emoji_index(json: &[u8], file: &str) -> Result<Vec<EmojiEntry>> {
+    parse_emoji_index_of(json, file, EmojiVendor::Google)
+}
+
+/// As [`parse_emoji_index`], for the images of `vendor`.
+///
+/// # Errors
+/// As [`parse_emoji_index`].
+pub fn parse_emoji_index_of(
+    json: &[u8],
+    file: &str,
+    vendor: EmojiVendor,
+) -> Result<Vec<EmojiEntry>> {
+    let has = |google: bool, twitter: bool| match vendor {
+        EmojiVendor::Google => google,
+        EmojiVendor::Twitter => twitter,
+    };
     let raw: Vec<RawEntry> = serde_json::from_slice(json).map_err(|e| DataError::Malformed {
         file: file.to_owned(),
         detail: e.to_string(),
     })?;
     let mut out = Vec::new();
-    for e in raw.into_iter().filter(|e| e.has_img_google) {
+    for e in raw
+        .into_iter()
+        .filter(|e| has(e.has_img_google, e.has_img_twitter))
+    {
         check_file_name(&e.image, file)?;
         let mut skin_variants = Vec::new();
         for v in e.skin_variations.into_iter().flat_map(|m| m.into_values()) {
-            if v.has_img_google {
+            if has(v.has_img_google, v.has_img_twitter) {
                 check_file_name(&v.image, file)?;
                 skin_variants.push(v.image);
             }
@@ -226,9 +262,22 @@ pub struct EmojiImages {
 pub fn read_emoji(
     json: &[u8],
     json_file: &str,
+    load_png: impl FnMut(&str) -> Result<Vec<u8>>,
+) -> Result<EmojiImages> {
+    read_emoji_of(json, json_file, EmojiVendor::Google, load_png)
+}
+
+/// As [`read_emoji`], for the images of `vendor`.
+///
+/// # Errors
+/// As [`read_emoji`].
+pub fn read_emoji_of(
+    json: &[u8],
+    json_file: &str,
+    vendor: EmojiVendor,
     mut load_png: impl FnMut(&str) -> Result<Vec<u8>>,
 ) -> Result<EmojiImages> {
-    let entries = parse_emoji_index(json, json_file)?;
+    let entries = parse_emoji_index_of(json, json_file, vendor)?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     let mut subcategory = Vec::new();
@@ -294,8 +343,20 @@ pub fn read_emoji(
 
 /// Reads `emoji.json` and the images under `image_dir` from disk; see [`read_emoji`].
 pub fn read_emoji_dir(emoji_json: &Path, image_dir: &Path) -> Result<EmojiImages> {
+    read_emoji_dir_of(emoji_json, image_dir, EmojiVendor::Google)
+}
+
+/// As [`read_emoji_dir`], for the images of `vendor`.
+///
+/// # Errors
+/// As [`read_emoji`]; [`DataError::Io`] naming a file that cannot be read.
+pub fn read_emoji_dir_of(
+    emoji_json: &Path,
+    image_dir: &Path,
+    vendor: EmojiVendor,
+) -> Result<EmojiImages> {
     let json = std::fs::read(emoji_json).map_err(|e| DataError::io(emoji_json, e))?;
-    read_emoji(&json, &emoji_json.display().to_string(), |name| {
+    read_emoji_of(&json, &emoji_json.display().to_string(), vendor, |name| {
         let p = image_dir.join(name);
         std::fs::read(&p).map_err(|e| DataError::io(p, e))
     })

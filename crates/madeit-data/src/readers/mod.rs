@@ -5,10 +5,12 @@
 
 pub mod animal;
 pub mod emoji;
+pub mod fonts;
 pub mod idx;
 pub mod mnist_json;
 pub mod optdigits;
 pub mod pickle;
+pub mod tuxpaint;
 
 use std::io::Read;
 

@@ -83,6 +83,7 @@ pub fn synthetic_tasks() -> Vec<TaskData> {
         source: SourceId::Mnist,
         images: blocks(10, 30, 28, 1, 7),
         official_test: None,
+        pretrain_labels: None,
     };
     ["mnist", "rotated_mnist"]
         .iter()
