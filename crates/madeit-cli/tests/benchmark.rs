@@ -71,7 +71,10 @@ fn assert_nothing_written(out: &Path) {
     if parent.exists() {
         for e in std::fs::read_dir(parent).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(!name.contains("madeit-partial"), "staging folder {name} left");
+            assert!(
+                !name.contains("madeit-partial"),
+                "staging folder {name} left"
+            );
         }
     }
 }
@@ -97,7 +100,10 @@ fn the_fixture_benchmark_matches_the_fusionbench_way_reference() {
         &"-q",
     ]);
     let err = assert_success(&o);
-    assert!(err.contains("head of alpha: made from the pretrained CLIP's text tower"), "{err}");
+    assert!(
+        err.contains("head of alpha: made from the pretrained CLIP's text tower"),
+        "{err}"
+    );
     assert!(err.contains("head of beta: copied from its file"), "{err}");
     let results = ExperimentResults::load_json(&out.join("results.json")).unwrap();
     assert_eq!(results.benchmark.tasks, want.tasks);
@@ -112,7 +118,7 @@ fn the_fixture_benchmark_matches_the_fusionbench_way_reference() {
     for i in 0..n {
         for j in 0..n {
             assert_eq!(
-                stream.matrix.get(i, j),
+                stream.matrix.get(i, j).unwrap(),
                 want.matrix[i][j],
                 "entry ({i}, {j}) of the task-arithmetic matrix"
             );
@@ -131,7 +137,8 @@ fn every_method_runs_on_the_benchmark_and_a_run_resumes_with_its_heads() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let bench = fixture().join("benchmark.toml");
-    let methods = "swa,task_arithmetic,ties,magmax,opcm,made_it,c_lw_adamerging,c_lora_wemoe,mingle";
+    let methods =
+        "swa,task_arithmetic,ties,magmax,opcm,made_it,c_lw_adamerging,c_lora_wemoe,mingle";
     let args = |extra: &'static str| -> Vec<Box<dyn AsRef<std::ffi::OsStr>>> {
         let mut v: Vec<Box<dyn AsRef<std::ffi::OsStr>>> = vec![
             Box::new("run"),
@@ -166,12 +173,21 @@ fn every_method_runs_on_the_benchmark_and_a_run_resumes_with_its_heads() {
         assert!((0.0..=1.0).contains(&acc), "{}: {acc}", s.label);
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    for row in ["MINGLE", "C. LW AdaMerging", "C. LoRA-WEMoE", "MADE-IT", "OPCM"] {
+    for row in [
+        "MINGLE",
+        "C. LW AdaMerging",
+        "C. LoRA-WEMoE",
+        "MADE-IT",
+        "OPCM",
+    ] {
         assert!(md.contains(row), "{row} missing from results.md");
     }
     // Resuming the complete run reuses the heads of the run folder and gives the same numbers.
     let err = assert_success(&run_with("--resume"));
-    assert!(err.contains("head of alpha: reused from the run folder"), "{err}");
+    assert!(
+        err.contains("head of alpha: reused from the run folder"),
+        "{err}"
+    );
     let again = ExperimentResults::load_json(&out.join("results.json")).unwrap();
     for (a, b) in results.streams.iter().zip(&again.streams) {
         assert_eq!(a.matrix, b.matrix, "{}", a.label);
@@ -226,7 +242,11 @@ fn refused(change: impl FnOnce(&Path)) -> String {
 #[test]
 fn an_image_that_does_not_decode_is_named() {
     let err = refused(|d| {
-        std::fs::write(d.join("data/alpha/test/squares/test_010.jpg"), b"not a JPEG at all").unwrap();
+        std::fs::write(
+            d.join("data/alpha/test/squares/test_010.jpg"),
+            b"not a JPEG at all",
+        )
+        .unwrap();
     });
     assert!(err.contains("test_010.jpg"), "{err}");
     assert!(err.contains("cannot decode"), "{err}");
@@ -242,7 +262,10 @@ fn a_truncated_image_in_a_parquet_row_is_named() {
         );
     });
     assert!(err.contains("corrupt_image"), "{err}");
-    assert!(err.contains("test-00000-of-00001.parquet, row 0 (test_0.jpg)"), "{err}");
+    assert!(
+        err.contains("test-00000-of-00001.parquet, row 0 (test_0.jpg)"),
+        "{err}"
+    );
     assert!(err.contains("cannot decode"), "{err}");
 }
 
@@ -298,7 +321,11 @@ fn a_head_with_another_class_count_is_named() {
 #[test]
 fn two_tasks_with_one_name_are_refused() {
     let err = refused(|d| {
-        edit(&d.join("benchmark.toml"), "name = \"gamma\"", "name = \"alpha\"");
+        edit(
+            &d.join("benchmark.toml"),
+            "name = \"gamma\"",
+            "name = \"alpha\"",
+        );
     });
     assert!(err.contains("benchmark.toml"), "{err}");
     assert!(err.contains("two tasks are named `alpha`"), "{err}");
@@ -310,8 +337,8 @@ fn a_finetuned_tower_of_another_shape_is_named() {
     let err = refused(|d| {
         let ft = d.join("models/finetuned/gamma");
         std::fs::remove_dir_all(&ft).unwrap();
-        let mut cfg = ClipVisionConfig::from_file(&d.join("models/finetuned/alpha/config.json"))
-            .unwrap();
+        let mut cfg =
+            ClipVisionConfig::from_file(&d.join("models/finetuned/alpha/config.json")).unwrap();
         cfg.hidden_size = 16;
         cfg.intermediate_size = 32;
         save_tower(&ft, &cfg, &random_tower(&cfg, 3));
@@ -350,7 +377,10 @@ fn ta8_layout(root: &Path) -> (PathBuf, PathBuf) {
     let rev = "0123456789abcdef0123456789abcdef01234567";
     let clip = fixture().join(format!("models/models--madeit--clip-tiny/snapshots/{rev}"));
     let snap = |base: &Path, repo: &str| base.join(repo).join("snapshots").join(rev);
-    copy_dir(&clip, &snap(&models, "models--openai--clip-vit-base-patch32"));
+    copy_dir(
+        &clip,
+        &snap(&models, "models--openai--clip-vit-base-patch32"),
+    );
     let datasets = [
         ("sun397", "tanganke--sun397"),
         ("stanford-cars", "tanganke--stanford_cars"),
@@ -364,7 +394,10 @@ fn ta8_layout(root: &Path) -> (PathBuf, PathBuf) {
     for (task, repo) in datasets {
         copy_dir(
             &fixture().join("models/finetuned/alpha"),
-            &snap(&models, &format!("models--tanganke--clip-vit-base-patch32_{task}")),
+            &snap(
+                &models,
+                &format!("models--tanganke--clip-vit-base-patch32_{task}"),
+            ),
         );
         copy_dir(
             &fixture().join("ta8").join(task),
@@ -414,8 +447,14 @@ fn the_ta8_preset_checks_out_on_a_hugging_face_cache_and_names_missing_folders()
     ]);
     let err = assert_clean_failure(&o);
     assert!(err.contains("task `gtsrb`"), "{err}");
-    assert!(err.contains("tanganke/clip-vit-base-patch32_gtsrb` not found"), "{err}");
-    assert!(err.contains("models--tanganke--clip-vit-base-patch32_gtsrb"), "{err}");
+    assert!(
+        err.contains("tanganke/clip-vit-base-patch32_gtsrb` not found"),
+        "{err}"
+    );
+    assert!(
+        err.contains("models--tanganke--clip-vit-base-patch32_gtsrb"),
+        "{err}"
+    );
 
     // No roots at all, and no Hugging Face cache: the pretrained model is not found.
     let empty = tmp.path().join("empty");
@@ -429,7 +468,10 @@ fn the_ta8_preset_checks_out_on_a_hugging_face_cache_and_names_missing_folders()
         .output()
         .unwrap();
     let err = assert_clean_failure(&o);
-    assert!(err.contains("`pretrained`: `openai/clip-vit-base-patch32` not found"), "{err}");
+    assert!(
+        err.contains("`pretrained`: `openai/clip-vit-base-patch32` not found"),
+        "{err}"
+    );
     assert!(err.contains(".cache/huggingface/hub"), "{err}");
 }
 
@@ -438,7 +480,12 @@ fn presets_are_listed_and_written_for_editing() {
     let o = run(&[&"benchmark", &"presets"]);
     assert_success(&o);
     let list = String::from_utf8_lossy(&o.stdout);
-    assert!(list.contains("ta8     8 tasks: sun397, stanford-cars, resisc45, eurosat, svhn, gtsrb, mnist, dtd"), "{list}");
+    assert!(
+        list.contains(
+            "ta8     8 tasks: sun397, stanford-cars, resisc45, eurosat, svhn, gtsrb, mnist, dtd"
+        ),
+        "{list}"
+    );
     assert!(list.contains("tall20  20 tasks"), "{list}");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mine.toml");

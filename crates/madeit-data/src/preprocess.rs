@@ -95,8 +95,16 @@ pub fn decode_rgb_with(bytes: &[u8], name: &str, alpha: AlphaRule) -> Result<Rgb
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(err("not a JPEG, PNG or WebP image".to_owned()));
+    match reader.format() {
+        None => return Err(err("not a JPEG, PNG or WebP image".to_owned())),
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(err(
+                "the JPEG data is cut short (no end-of-image marker after its last scan; PIL \
+                 refuses it as truncated)"
+                    .to_owned(),
+            ));
+        }
+        Some(_) => {}
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -139,6 +147,22 @@ pub fn decode_rgb_with(bytes: &[u8], name: &str, alpha: AlphaRule) -> Result<Rgb
         height,
         pixels,
     })
+}
+
+/// Whether JPEG data holds an end-of-image marker (`FF D9`) after its last start-of-scan
+/// marker (`FF DA`). The JPEG decoder fills the rest of a file that is cut short with grey
+/// and reports no error, where PIL raises `image file is truncated`; inside the
+/// entropy-coded data a `FF` byte is always followed by `00` or a restart marker, so the two
+/// markers cannot be mistaken for image data (an embedded thumbnail's markers come before
+/// the main scan).
+#[must_use]
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes
+        .get(sos..)
+        .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// One channel of a pixel with alpha `a` composited onto opaque white, exactly as Pillow's

@@ -108,7 +108,9 @@ impl BatchStream {
             let rx = Arc::clone(&work_rx);
             let tx = done_tx.clone();
             let pre = preprocess.clone();
-            threads.push(std::thread::spawn(move || decode_all(&rx, &tx, &pre, alpha)));
+            threads.push(std::thread::spawn(move || {
+                decode_all(&rx, &tx, &pre, alpha)
+            }));
         }
         Self {
             results: done_rx,

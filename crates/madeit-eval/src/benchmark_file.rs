@@ -65,8 +65,8 @@ use madeit_data::dataset::{DEFAULT_IMAGE_COLUMN, DEFAULT_LABEL_COLUMN, Dataset, 
 use madeit_data::preprocess::{AlphaRule, ClipPreprocess, decode_rgb_with};
 use madeit_params::{DType, ParamDict, Tensor};
 use madeit_vit::{
-    CONFIG_FILE, ClipTextConfig, ClipTextModel, ClipTokenizer, ClipVisionConfig,
-    PROJECTION_WEIGHT, TaskHead, ZeroShotModel, ZeroShotTask, builtin_task_name, logit_scale_of,
+    CONFIG_FILE, ClipTextConfig, ClipTextModel, ClipTokenizer, ClipVisionConfig, PROJECTION_WEIGHT,
+    TaskHead, ZeroShotModel, ZeroShotTask, builtin_task_name, logit_scale_of,
 };
 use rayon::prelude::*;
 
@@ -229,9 +229,9 @@ impl<'a> Keys<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
-            Some(other) => Err(self.err(format!(
-                "`{key}` must be a non-empty string, got {other}"
-            ))),
+            Some(other) => {
+                Err(self.err(format!("`{key}` must be a non-empty string, got {other}")))
+            }
         }
     }
 
@@ -244,9 +244,9 @@ impl<'a> Keys<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(toml::Value::Integer(n)) if *n > 0 => Ok(usize::try_from(*n).ok()),
-            Some(other) => Err(self.err(format!(
-                "`{key}` must be a positive integer, got {other}"
-            ))),
+            Some(other) => {
+                Err(self.err(format!("`{key}` must be a positive integer, got {other}")))
+            }
         }
     }
 
@@ -258,9 +258,7 @@ impl<'a> Keys<'a> {
                 .iter()
                 .map(|v| match v {
                     toml::Value::String(s) => Ok(s.clone()),
-                    other => Err(self.err(format!(
-                        "`{key}` must hold strings, got {other}"
-                    ))),
+                    other => Err(self.err(format!("`{key}` must hold strings, got {other}"))),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(|v| Some(ListSpec::Items(v))),
@@ -444,16 +442,18 @@ impl BenchmarkFile {
     fn parse(table: &toml::Table, path: &Path, dir: &Path) -> Result<Self, String> {
         let mut k = Keys::new(table, "");
         let name = k.string("name")?.unwrap_or_else(|| {
-            path.file_stem()
-                .map_or_else(|| "benchmark".to_owned(), |s| s.to_string_lossy().into_owned())
+            path.file_stem().map_or_else(
+                || "benchmark".to_owned(),
+                |s| s.to_string_lossy().into_owned(),
+            )
         });
         let model = k.string("model")?;
         let subst = |s: String| -> Result<String, String> {
             match &model {
                 Some(m) => Ok(s.replace("{model}", m)),
-                None if s.contains("{model}") => {
-                    Err(format!("`{s}` uses `{{model}}` but the file sets no `model`"))
-                }
+                None if s.contains("{model}") => Err(format!(
+                    "`{s}` uses `{{model}}` but the file sets no `model`"
+                )),
                 None => Ok(s),
             }
         };
@@ -571,7 +571,12 @@ impl BenchmarkFile {
     }
 
     /// Finds the folder of a model or dataset `reference` (see the module docs).
-    fn locate(&self, reference: &str, kind: RepoKind, roots: &[PathBuf]) -> Result<PathBuf, String> {
+    fn locate(
+        &self,
+        reference: &str,
+        kind: RepoKind,
+        roots: &[PathBuf],
+    ) -> Result<PathBuf, String> {
         if is_explicit_path(reference) {
             let p = expand(reference, &self.dir);
             return if p.exists() {
@@ -1277,7 +1282,10 @@ impl ResolvedBenchmark {
         done += 1;
 
         for t in &self.tasks {
-            report(done, format!("{}: fine-tuned {}", t.name, t.finetuned.display()));
+            report(
+                done,
+                format!("{}: fine-tuned {}", t.name, t.finetuned.display()),
+            );
             self.check_finetuned(t, &pretrained)
                 .map_err(|e| self.fail(format!("task `{}`: {e}", t.name)))?;
             if let ResolvedHead::File { path, head } = &t.head {
@@ -1343,9 +1351,7 @@ impl ResolvedBenchmark {
                     and tokenizer)";
         let fail = |e: madeit_vit::VitError| self.fail(format!("{what}: {e}"));
         let config = ClipTextConfig::from_file(&dir.join(CONFIG_FILE)).map_err(fail)?;
-        let in_dir = |e: madeit_vit::VitError| {
-            self.fail(format!("{what}: {}: {e}", dir.display()))
-        };
+        let in_dir = |e: madeit_vit::VitError| self.fail(format!("{what}: {}: {e}", dir.display()));
         let text = ClipTextModel::from_params(&config, params).map_err(in_dir)?;
         let scale = logit_scale_of(params).map_err(in_dir)?;
         let tokenizer = ClipTokenizer::from_dir(dir).map_err(fail)?;
@@ -1384,8 +1390,14 @@ impl ResolvedBenchmark {
 fn tower_difference(a: &ClipVisionConfig, b: &ClipVisionConfig) -> Option<&'static str> {
     [
         ("hidden_size", a.hidden_size == b.hidden_size),
-        ("intermediate_size", a.intermediate_size == b.intermediate_size),
-        ("num_hidden_layers", a.num_hidden_layers == b.num_hidden_layers),
+        (
+            "intermediate_size",
+            a.intermediate_size == b.intermediate_size,
+        ),
+        (
+            "num_hidden_layers",
+            a.num_hidden_layers == b.num_hidden_layers,
+        ),
         (
             "num_attention_heads",
             a.num_attention_heads == b.num_attention_heads,
@@ -1432,8 +1444,7 @@ pub fn check_images(
 ) -> Result<(), madeit_data::DataError> {
     let mut images = dataset.encoded();
     loop {
-        let chunk: Vec<madeit_data::Result<Encoded>> =
-            images.by_ref().take(CHECK_CHUNK).collect();
+        let chunk: Vec<madeit_data::Result<Encoded>> = images.by_ref().take(CHECK_CHUNK).collect();
         if chunk.is_empty() {
             return Ok(());
         }

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use madeit::eval::benchmark_file::{
-    CheckOptions, DatasetFormat, PRESETS, ResolvedHead, preset,
-};
+use madeit::eval::benchmark_file::{CheckOptions, DatasetFormat, PRESETS, ResolvedHead, preset};
 use madeit::eval::experiment::{ExperimentConfig, MethodEntry};
 use madeit::eval::{BenchmarkFile, CheckedBenchmark, ResolvedBenchmark, Roots};
 use madeit::params::fs::write_atomic;

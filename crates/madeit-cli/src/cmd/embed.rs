@@ -26,12 +26,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use std::collections::BTreeMap;
 
-use madeit::eval::evaluate::{ExpertTower, ProjectionRouter};
-use madeit::experts::store;
-use madeit::merge::{TaskId, made_it_expert_model};
 use madeit::data::preprocess::{
     AlphaRule, ClipPreprocess, PREPROCESSOR_FILE, Resizer, decode_rgb_with,
 };
+use madeit::eval::evaluate::{ExpertTower, ProjectionRouter};
+use madeit::experts::store;
+use madeit::merge::{TaskId, made_it_expert_model};
 use madeit::params::fs::{check_not_input, remove_stale_temp_files};
 use madeit::params::{ParamDict, Tensor};
 use madeit::vit::{
@@ -210,7 +210,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let loaded;
     let pixels = match &args.pixels {
         Some(path) => {
-            loaded = ParamDict::load(path).with_context(|| format!("reading {}", path.display()))?;
+            loaded =
+                ParamDict::load(path).with_context(|| format!("reading {}", path.display()))?;
             loaded
                 .get(PIXELS_KEY)
                 .with_context(|| format!("{} has no `{PIXELS_KEY}` tensor", path.display()))?

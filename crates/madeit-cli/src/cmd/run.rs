@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use madeit::eval::benchmark_file::{CheckOptions, HeadOrigin};
 use madeit::eval::experiment::{
     DEFAULT_SEEDS, ExperimentConfig, MethodEntry, StateOptions, run_experiment, timestamp_slug,
     unix_now,
@@ -24,7 +25,6 @@ use madeit::eval::experiment::{
 use madeit::eval::orders::PUBLISHED_SEEDS;
 use madeit::eval::report::{render_markdown, table_methods, table_per_task};
 use madeit::eval::runner::{EvalMode, RunEvent};
-use madeit::eval::benchmark_file::{CheckOptions, HeadOrigin};
 use madeit::eval::{Benchmark, BenchmarkFile, ExperimentResults, Roots};
 
 use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};
@@ -357,7 +357,11 @@ fn open_benchmark(
         resolved.name(),
         resolved.tasks().len(),
         resolved.file().display(),
-        if args.no_image_check { "" } else { " and image" }
+        if args.no_image_check {
+            ""
+        } else {
+            " and image"
+        }
     );
     let checked = super::benchmark::check_with_bar(
         resolved,
@@ -373,16 +377,14 @@ fn open_benchmark(
     let staged = prepare_output(args, &target)?;
     let heads_dir = staged.path().join("heads");
     let heads = checked.make_heads(&heads_dir, &mut |task, origin| {
-        if !args.quiet {
-            eprintln!(
-                "head of {task}: {}",
-                match origin {
-                    HeadOrigin::Made => "made from the pretrained CLIP's text tower",
-                    HeadOrigin::Cached => "reused from the run folder",
-                    HeadOrigin::Copied => "copied from its file",
-                }
-            );
-        }
+        eprintln!(
+            "head of {task}: {}",
+            match origin {
+                HeadOrigin::Made => "made from the pretrained CLIP's text tower",
+                HeadOrigin::Cached => "reused from the run folder",
+                HeadOrigin::Copied => "copied from its file",
+            }
+        );
     })?;
     Ok((checked.into_benchmark(&heads)?, staged))
 }
