@@ -584,7 +584,8 @@ def write_perf(out, n):
     Dataset.from_generator(gen, features=feats).to_parquet(os.path.join(data, "test-00000-of-00001.parquet"))
     with open(os.path.join(out, "benchmark.toml"), "w") as f:
         f.write(
-            'name = "perf"\npretrained = "./clip"\n\n[[task]]\nname = "perf"\n'
+            'name = "perf"\npretrained = "./clip"\nseed = { split = "test", per_class = 5 }\n\n'
+            '[[task]]\nname = "perf"\n'
             'finetuned = "./finetuned"\ndataset = "./data/perf"\n'
             f'head = {{ classes = {json.dumps(classes)}, templates = ["a photo of a {{}}."] }}\n'
         )

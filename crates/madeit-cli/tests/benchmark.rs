@@ -497,3 +497,41 @@ fn presets_are_listed_and_written_for_editing() {
     assert!(assert_clean_failure(&o).contains("--force"));
     let _ = stderr(&o);
 }
+
+#[test]
+fn embed_reads_image_files_as_the_benchmark_does() {
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let clip = fixture().join(format!("models/models--madeit--clip-tiny/snapshots/{rev}"));
+    let folder = fixture().join("data/alpha/test");
+    let mut images: Vec<PathBuf> = Vec::new();
+    for class in ["circles", "squares", "stripes"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(folder.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        images.extend(files.into_iter().take(2));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (px, out, again) = (
+        tmp.path().join("px.safetensors"),
+        tmp.path().join("out.safetensors"),
+        tmp.path().join("again.safetensors"),
+    );
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"embed", &"--model", &clip, &"--images"];
+    for i in &images {
+        args.push(i);
+    }
+    args.extend([&"--pixels-out" as &dyn AsRef<std::ffi::OsStr>, &px, &"--out", &out]);
+    assert_success(&run(&args));
+    let pixels = madeit::params::ParamDict::load(&px).unwrap();
+    assert_eq!(pixels.get("pixel_values").unwrap().shape(), &[6, 3, 32, 32]);
+    // The written pixels embed to the same vectors.
+    assert_success(&run(&[&"embed", &"--model", &clip, &"--pixels", &px, &"--out", &again]));
+    let a = madeit::params::ParamDict::load(&out).unwrap();
+    let b = madeit::params::ParamDict::load(&again).unwrap();
+    assert_eq!(
+        a.get("image_embeds").unwrap().data(),
+        b.get("image_embeds").unwrap().data()
+    );
+}
