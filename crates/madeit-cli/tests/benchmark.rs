@@ -522,12 +522,25 @@ fn embed_reads_image_files_as_the_benchmark_does() {
     for i in &images {
         args.push(i);
     }
-    args.extend([&"--pixels-out" as &dyn AsRef<std::ffi::OsStr>, &px, &"--out", &out]);
+    args.extend([
+        &"--pixels-out" as &dyn AsRef<std::ffi::OsStr>,
+        &px,
+        &"--out",
+        &out,
+    ]);
     assert_success(&run(&args));
     let pixels = madeit::params::ParamDict::load(&px).unwrap();
     assert_eq!(pixels.get("pixel_values").unwrap().shape(), &[6, 3, 32, 32]);
     // The written pixels embed to the same vectors.
-    assert_success(&run(&[&"embed", &"--model", &clip, &"--pixels", &px, &"--out", &again]));
+    assert_success(&run(&[
+        &"embed",
+        &"--model",
+        &clip,
+        &"--pixels",
+        &px,
+        &"--out",
+        &again,
+    ]));
     let a = madeit::params::ParamDict::load(&out).unwrap();
     let b = madeit::params::ParamDict::load(&again).unwrap();
     assert_eq!(
