@@ -22,6 +22,8 @@ enum Command {
     /// Run the continual-merging benchmark: every method over several task orders; writes
     /// results.json, results.md and SVG plots.
     Run(cmd::run::Args),
+    /// Benchmark files of real checkpoints and datasets: check one, write a preset.
+    Benchmark(cmd::benchmark::Args),
     /// Merge fine-tuned checkpoints one task at a time with a continual merging method.
     Merge(cmd::merge::Args),
     /// Image embeddings of a batch of preprocessed pixels (and, with a head, logits and
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Orders(args) => cmd::orders::run(&args),
         Command::Run(args) => cmd::run::run(&args),
         Command::Zoo(args) => cmd::zoo::run(&args),
+        Command::Benchmark(args) => cmd::benchmark::run(&args),
         Command::Merge(args) => cmd::merge::run(&args),
         Command::Embed(args) => cmd::embed::run(&args),
         Command::Heads(args) => cmd::heads::run(&args),

@@ -277,6 +277,16 @@ impl Dataset {
         })
     }
 
+    /// The `ClassLabel` names of `label_column` recorded in a `datasets` Parquet file's
+    /// `huggingface` metadata, if it records them.
+    ///
+    /// # Errors
+    /// [`DataError::Malformed`] naming the file when it is not Parquet or its metadata is
+    /// not JSON; [`DataError::Io`] for an unreadable file.
+    pub fn parquet_class_names(file: &Path, label_column: &str) -> Result<Option<Vec<String>>> {
+        class_label_names(&open_parquet(file)?, label_column, file)
+    }
+
     /// The class names, in label order.
     #[must_use]
     pub fn classes(&self) -> &[String] {
@@ -406,6 +416,9 @@ fn projection(root: &Type, columns: &[&str]) -> Type {
 fn row_label(row: &Row, file: &Path, index: usize) -> Result<i64> {
     let bad = || malformed(file, format!("row {index}: the label is not an integer"));
     match row.get_column_iter().next().map(|(_, f)| f) {
+        // A boolean label (a binary task stored as `bool`) is 0 or 1, as FusionBench's
+        // dataset wrapper converts it.
+        Some(Field::Bool(v)) => Ok(i64::from(*v)),
         Some(Field::Byte(v)) => Ok(i64::from(*v)),
         Some(Field::Short(v)) => Ok(i64::from(*v)),
         Some(Field::Int(v)) => Ok(i64::from(*v)),

@@ -38,6 +38,10 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Name of the preprocessing configuration file of a Hugging Face model folder.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 
+/// Name of the processor file transformers 5 writes when it saves a whole processor (the
+/// image processor's configuration is its `image_processor` object).
+pub const PROCESSOR_FILE: &str = "processor_config.json";
+
 /// Largest width or height of an image that is decoded (16,384 px).
 pub const MAX_IMAGE_SIDE: u32 = 1 << 14;
 
@@ -91,8 +95,16 @@ pub fn decode_rgb_with(bytes: &[u8], name: &str, alpha: AlphaRule) -> Result<Rgb
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(err("not a JPEG, PNG or WebP image".to_owned()));
+    match reader.format() {
+        None => return Err(err("not a JPEG, PNG or WebP image".to_owned())),
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(err(
+                "the JPEG data is cut short (no end-of-image marker after its last scan; PIL \
+                 refuses it as truncated)"
+                    .to_owned(),
+            ));
+        }
+        Some(_) => {}
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -135,6 +147,22 @@ pub fn decode_rgb_with(bytes: &[u8], name: &str, alpha: AlphaRule) -> Result<Rgb
         height,
         pixels,
     })
+}
+
+/// Whether JPEG data holds an end-of-image marker (`FF D9`) after its last start-of-scan
+/// marker (`FF DA`). The JPEG decoder fills the rest of a file that is cut short with grey
+/// and reports no error, where PIL raises `image file is truncated`; inside the
+/// entropy-coded data a `FF` byte is always followed by `00` or a restart marker, so the two
+/// markers cannot be mistaken for image data (an embedded thumbnail's markers come before
+/// the main scan).
+#[must_use]
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes
+        .get(sos..)
+        .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// One channel of a pixel with alpha `a` composited onto opaque white, exactly as Pillow's
@@ -272,18 +300,33 @@ impl ClipPreprocess {
         }
     }
 
-    /// Reads a model folder's `preprocessor_config.json`, or returns CLIP's defaults for an
-    /// `image_size`-pixel tower when the folder has none.
+    /// Reads a model folder's `preprocessor_config.json` (or, without one, the
+    /// `image_processor` of the `processor_config.json` transformers 5 writes for a whole
+    /// processor), or returns CLIP's defaults for an `image_size`-pixel tower when the
+    /// folder has neither.
     ///
     /// # Errors
     /// As [`ClipPreprocess::from_json_str`], naming the file.
     pub fn for_model(dir: &Path, image_size: usize) -> Result<Self> {
         let path = dir.join(PREPROCESSOR_FILE);
-        if !path.is_file() {
-            return Ok(Self::clip(image_size));
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+            return Self::from_json_str(&text, &path.display().to_string(), image_size);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-        Self::from_json_str(&text, &path.display().to_string(), image_size)
+        let path = dir.join(PROCESSOR_FILE);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+            let name = path.display().to_string();
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| DataError::Malformed {
+                    file: name.clone(),
+                    detail: e.to_string(),
+                })?;
+            if let Some(image) = value.get("image_processor") {
+                return Self::from_json_str(&image.to_string(), &name, image_size);
+            }
+        }
+        Ok(Self::clip(image_size))
     }
 
     /// Parses a `preprocessor_config.json`; missing fields take CLIP's defaults for an

@@ -15,7 +15,7 @@ use fast_image_resize::Resizer;
 
 use crate::dataset::{Dataset, Encoded};
 use crate::error::{DataError, Result};
-use crate::preprocess::{ClipPreprocess, decode_rgb};
+use crate::preprocess::{AlphaRule, ClipPreprocess, decode_rgb_with};
 
 /// A batch of preprocessed images.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,9 +79,23 @@ impl std::fmt::Debug for BatchStream {
 }
 
 impl BatchStream {
-    /// Starts the reader and the workers.
+    /// Starts the reader and the workers; images with transparency are composited onto
+    /// white as transformers' `CLIPImageProcessor` does ([`AlphaRule::White`]).
     #[must_use]
     pub fn new(dataset: &Dataset, preprocess: &ClipPreprocess, options: StreamOptions) -> Self {
+        Self::with_alpha(dataset, preprocess, options, AlphaRule::White)
+    }
+
+    /// As [`new`](Self::new), converting images with transparency to RGB by `alpha`
+    /// ([`AlphaRule::Drop`] is PIL's plain `convert("RGB")`, what FusionBench's dataset
+    /// wrapper applies before the processor).
+    #[must_use]
+    pub fn with_alpha(
+        dataset: &Dataset,
+        preprocess: &ClipPreprocess,
+        options: StreamOptions,
+        alpha: AlphaRule,
+    ) -> Self {
         let (h, w) = preprocess.output_size(0, 0);
         let queue = options.queue.max(1);
         let (work_tx, work_rx) = sync_channel::<(usize, Result<Encoded>)>(queue);
@@ -94,7 +108,9 @@ impl BatchStream {
             let rx = Arc::clone(&work_rx);
             let tx = done_tx.clone();
             let pre = preprocess.clone();
-            threads.push(std::thread::spawn(move || decode_all(&rx, &tx, &pre)));
+            threads.push(std::thread::spawn(move || {
+                decode_all(&rx, &tx, &pre, alpha)
+            }));
         }
         Self {
             results: done_rx,
@@ -195,6 +211,7 @@ fn decode_all(
     rx: &Mutex<Receiver<(usize, Result<Encoded>)>>,
     tx: &SyncSender<Decoded>,
     pre: &ClipPreprocess,
+    alpha: AlphaRule,
 ) {
     let mut resizer = Resizer::new();
     loop {
@@ -203,7 +220,7 @@ fn decode_all(
             return;
         };
         let out = item.and_then(|e| {
-            let img = decode_rgb(&e.bytes, &e.name)?;
+            let img = decode_rgb_with(&e.bytes, &e.name, alpha)?;
             Ok((pre.apply(&img, &e.name, &mut resizer)?, e.label))
         });
         if tx.send((seq, out)).is_err() {

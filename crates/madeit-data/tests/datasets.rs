@@ -154,6 +154,15 @@ fn decoding_converts_like_pil() {
         let err = decode_rgb(bad, "broken.png").unwrap_err();
         assert!(err.to_string().contains("broken.png"), "{err}");
     }
+    // A JPEG cut short is refused (PIL: "image file is truncated"), though the decoder
+    // would fill the missing rows; whole JPEGs (baseline, CMYK) pass the check.
+    for n in ["rocket.jpg", "grace_hopper.jpg", "variant_cmyk.jpg"] {
+        let whole = bytes(n);
+        assert!(madeit_data::preprocess::jpeg_is_complete(&whole), "{n}");
+        let err = decode_rgb(&whole[..whole.len() * 2 / 3], n).unwrap_err();
+        assert!(err.to_string().contains("cut short"), "{err}");
+        assert!(err.to_string().contains(n), "{err}");
+    }
 }
 
 #[test]

@@ -46,6 +46,25 @@ pub enum RunError {
         #[source]
         source: Box<ParamsError>,
     },
+    /// A checkpoint that is not a CLIP vision tower of the benchmark's shape (the wrapped
+    /// error names the tensors: missing, unexpected, mis-shaped, non-finite).
+    #[error("{}: not a vision tower of the benchmark's shape: {source}", .path.display())]
+    Checkpoint {
+        /// The checkpoint file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<madeit_vit::VitError>,
+    },
+    /// A benchmark file that cannot be used: a key, a path that does not resolve, a dataset,
+    /// head or checkpoint that does not fit (the message names the file at fault).
+    #[error("{}: {message}", .file.display())]
+    Benchmark {
+        /// The benchmark file.
+        file: PathBuf,
+        /// What is wrong, naming the task, key and file involved.
+        message: String,
+    },
     /// A test split cannot be used with the model or its head.
     #[error("task `{task}`: {reason}")]
     InvalidTask {

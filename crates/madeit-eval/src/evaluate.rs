@@ -3,9 +3,11 @@
 //!
 //! # Accuracy
 //!
-//! For a test image with bytes `b` (channels first), the network input is
-//! `x = (b / 255 − mean_c) / std_c` with madeit-data's [`NORM_MEAN`] / [`NORM_STD`]
-//! ([`ImageSet::normalized_nchw`]); the image embedding `e` is
+//! For a test image of a pre-packed split (the zoo layout) with bytes `b` (channels first),
+//! the network input is `x = (b / 255 − mean_c) / std_c` with madeit-data's [`NORM_MEAN`] /
+//! [`NORM_STD`] ([`madeit_data::ImageSet::normalized_nchw`]); an image of a dataset on disk
+//! is decoded and preprocessed as transformers' `CLIPImageProcessor` does
+//! ([`crate::images::StreamedImages`]). The image embedding `e` is
 //! [`VisionOutput::embedding`](madeit_vit::VisionOutput::embedding) (the projected
 //! embedding, or the pooled output for a tower without projection); the logits over the
 //! task's own `C` classes are `100 · cos(e, h_c)` ([`TaskHead::logits`]) and the prediction
@@ -33,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::prelude::{Device, Tensor};
-use madeit_data::{ImageSet, NORM_MEAN, NORM_STD};
+use madeit_data::{NORM_MEAN, NORM_STD};
 use madeit_merge::{ExpertModel, ExpertRouting, Fingerprint, MergedModel, TaskId};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
@@ -44,56 +46,45 @@ use rayon::prelude::*;
 
 use crate::benchmark::Benchmark;
 use crate::error::RunError;
+use crate::images::{ImagesRef, TaskImages};
 
 /// Images per forward pass in evaluation, unless configured otherwise.
 pub const DEFAULT_EVAL_BATCH: usize = 128;
 
-fn check_task(config: &ClipVisionConfig, head: &TaskHead, test: &ImageSet) -> Result<(), RunError> {
+fn check_task(
+    config: &ClipVisionConfig,
+    head: &TaskHead,
+    test: ImagesRef<'_>,
+) -> Result<(), RunError> {
     let bad = |reason: String| RunError::InvalidTask {
         task: head.name().to_owned(),
         reason,
     };
-    if test.n == 0 {
+    if test.is_empty() {
         return Err(bad("the test split is empty".into()));
     }
-    if test.class_names.len() != head.num_classes() {
+    if test.num_classes() != head.num_classes() {
         return Err(bad(format!(
             "the test split has {} classes, the head {}",
-            test.class_names.len(),
+            test.num_classes(),
             head.num_classes()
         )));
     }
-    if test.channels != config.num_channels
-        || test.height != config.image_size
-        || test.width != config.image_size
-    {
-        return Err(bad(format!(
-            "test images are {}x{}x{} (channels x height x width), the model takes {}x{}x{}",
-            test.channels,
-            test.height,
-            test.width,
-            config.num_channels,
-            config.image_size,
-            config.image_size
-        )));
+    match test.shape_problem(config) {
+        Some(problem) => Err(bad(problem)),
+        None => Ok(()),
     }
-    if test.channels != NORM_MEAN.len() {
-        return Err(bad(format!(
-            "{} channels, the normalisation has {}",
-            test.channels,
-            NORM_MEAN.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Counts correct predictions of `forward` (pixels → embeddings) on `test`, `batch` images at
-/// a time. Batches run in parallel on the rayon pool (each forward is mostly single-threaded
-/// at these sizes); the count does not depend on the schedule.
+/// a time. Packed batches run in parallel on the rayon pool (each forward is mostly
+/// single-threaded at these sizes); a streamed split is decoded ahead on its worker threads
+/// and its batches run one after the other (each forward uses the pool). The count does
+/// not depend on the schedule.
 pub(crate) fn count_correct(
     model: &ClipVisionModel,
     head: &TaskHead,
-    test: &ImageSet,
+    test: ImagesRef<'_>,
     batch: usize,
     forward: &(dyn Fn(Tensor<4>) -> Result<Tensor<2>, RunError> + Sync),
 ) -> Result<f64, RunError> {
@@ -103,21 +94,39 @@ pub(crate) fn count_correct(
             "the evaluation batch size must be positive",
         ));
     }
-    let indices: Vec<usize> = (0..test.n).collect();
-    let correct = indices
-        .par_chunks(batch)
-        .map(|chunk| -> Result<usize, RunError> {
-            let pixels = test.normalized_nchw(chunk, &NORM_MEAN, &NORM_STD)?;
-            let pixels = model.pixels(pixels, chunk.len())?;
-            let pred = head.predict(forward(pixels)?)?;
-            Ok(pred
-                .iter()
-                .zip(chunk)
-                .filter(|&(p, &i)| test.labels.get(i).is_some_and(|&l| l as usize == *p))
-                .count())
-        })
-        .try_reduce(|| 0, |a, b| Ok(a + b))?;
-    Ok(correct as f64 / test.n as f64)
+    let correct = match test {
+        ImagesRef::Packed(test) => {
+            let indices: Vec<usize> = (0..test.n).collect();
+            indices
+                .par_chunks(batch)
+                .map(|chunk| -> Result<usize, RunError> {
+                    let pixels = test.normalized_nchw(chunk, &NORM_MEAN, &NORM_STD)?;
+                    let pixels = model.pixels(pixels, chunk.len())?;
+                    let pred = head.predict(forward(pixels)?)?;
+                    Ok(pred
+                        .iter()
+                        .zip(chunk)
+                        .filter(|&(p, &i)| test.labels.get(i).is_some_and(|&l| l as usize == *p))
+                        .count())
+                })
+                .try_reduce(|| 0, |a, b| Ok(a + b))?
+        }
+        ImagesRef::Streamed(s) => {
+            let mut correct = 0;
+            for b in s.batches(batch) {
+                let b = b?;
+                let pixels = model.pixels(b.pixels, b.len)?;
+                let pred = head.predict(forward(pixels)?)?;
+                correct += pred
+                    .iter()
+                    .zip(&b.labels)
+                    .filter(|&(p, &l)| l as usize == *p)
+                    .count();
+            }
+            correct
+        }
+    };
+    Ok(correct as f64 / test.len() as f64)
 }
 
 /// Test accuracy of a dense tower (see the module docs), `batch` images per forward.
@@ -125,13 +134,13 @@ pub(crate) fn count_correct(
 /// # Errors
 /// [`RunError::InvalidTask`] when the split does not fit the model or head (image size,
 /// channels, number of classes, empty split); errors of the forward.
-pub fn evaluate_model(
+pub fn evaluate_model<'a>(
     model: &ClipVisionModel,
     head: &TaskHead,
-    test: &ImageSet,
+    test: impl Into<ImagesRef<'a>>,
     batch: usize,
 ) -> Result<f64, RunError> {
-    count_correct(model, head, test, batch, &|px| {
+    count_correct(model, head, test.into(), batch, &|px| {
         Ok(model.forward(px)?.embedding())
     })
 }
@@ -142,11 +151,11 @@ pub fn evaluate_model(
 ///
 /// # Errors
 /// As [`ClipVisionModel::from_params`] and [`evaluate_model`].
-pub fn evaluate_dense(
+pub fn evaluate_dense<'a>(
     config: &ClipVisionConfig,
     params: &ParamDict,
     head: &TaskHead,
-    test: &ImageSet,
+    test: impl Into<ImagesRef<'a>>,
     batch: usize,
 ) -> Result<f64, RunError> {
     let model = ClipVisionModel::from_params(config, params)?;
@@ -469,11 +478,21 @@ impl ExpertTower {
         &self.model
     }
 
+    /// The same experts on a backbone given `projection` when it has none (see
+    /// [`Evaluator::with_projection`]).
+    ///
+    /// # Errors
+    /// As [`ClipVisionModel::with_projection`].
+    pub fn with_projection(mut self, projection: Option<&HostTensor>) -> Result<Self, RunError> {
+        self.model = with_projection(self.model, projection)?;
+        Ok(self)
+    }
+
     fn accuracy(
         &self,
         router: &dyn ExpertRouter,
         head: &TaskHead,
-        test: &ImageSet,
+        test: ImagesRef<'_>,
         batch: usize,
     ) -> Result<f64, RunError> {
         count_correct(&self.model, head, test, batch, &|px| {
@@ -489,15 +508,15 @@ impl ExpertTower {
 /// # Errors
 /// [`RunError::Experts`] for an expert on a tensor that is not a target weight or with
 /// inconsistent factor shapes; as [`evaluate_model`] and the router.
-pub fn evaluate_experts(
+pub fn evaluate_experts<'a>(
     config: &ClipVisionConfig,
     model: &ExpertModel,
     router: &dyn ExpertRouter,
     head: &TaskHead,
-    test: &ImageSet,
+    test: impl Into<ImagesRef<'a>>,
     batch: usize,
 ) -> Result<f64, RunError> {
-    ExpertTower::new(config, model, &Device::flex())?.accuracy(router, head, test, batch)
+    ExpertTower::new(config, model, &Device::flex())?.accuracy(router, head, test.into(), batch)
 }
 
 /// One task of an [`Evaluator`]: its fixed head and test split.
@@ -507,8 +526,8 @@ pub struct EvalTask {
     pub name: String,
     /// The head.
     pub head: TaskHead,
-    /// The test split.
-    pub test: ImageSet,
+    /// The test split (pre-packed, or a dataset streamed through CLIP's preprocessing).
+    pub test: TaskImages,
 }
 
 /// Identifies a model for the result cache: the fingerprint of its dense weights (or of its
@@ -578,6 +597,7 @@ pub struct Evaluator {
     router: Arc<dyn ExpertRouter>,
     cache: Mutex<HashMap<(ModelKey, usize), f64>>,
     device: Device,
+    projection: Option<HostTensor>,
 }
 
 impl Evaluator {
@@ -602,7 +622,7 @@ impl Evaluator {
             return Err(RunError::config("an evaluator needs at least one task"));
         }
         for t in &tasks {
-            check_task(&config, &t.head, &t.test).map_err(|e| match e {
+            check_task(&config, &t.head, t.test.as_ref()).map_err(|e| match e {
                 RunError::InvalidTask { reason, .. } => RunError::InvalidTask {
                     task: t.name.clone(),
                     reason,
@@ -617,7 +637,25 @@ impl Evaluator {
             router: Arc::new(ProjectionRouter::default()),
             cache: Mutex::new(HashMap::new()),
             device: Device::flex(),
+            projection: None,
         })
+    }
+
+    /// Gives every evaluated tower that has no `visual_projection` this one
+    /// (`[projection_dim, hidden_size]`): the pretrained CLIP's, for vision towers saved
+    /// without it, as FusionBench's classifier keeps the pretrained projection. Forgets
+    /// cached results.
+    #[must_use]
+    pub fn with_projection(mut self, projection: Option<HostTensor>) -> Self {
+        self.projection = projection;
+        self.cache = Mutex::new(HashMap::new());
+        self
+    }
+
+    /// The projection given to towers without one ([`with_projection`](Self::with_projection)).
+    #[must_use]
+    pub fn projection(&self) -> Option<&HostTensor> {
+        self.projection.as_ref()
     }
 
     /// Reads the head and test split of every task of `bench`.
@@ -647,6 +685,7 @@ impl Evaluator {
         }
         let tasks = (0..bench.num_tasks())
             .map(|i| {
+                // The test images are streamed when read; here only their list and labels.
                 Ok(EvalTask {
                     name: bench
                         .tasks()
@@ -654,11 +693,12 @@ impl Evaluator {
                         .map(|t| t.name.clone())
                         .unwrap_or_default(),
                     head: bench.load_head(i)?,
-                    test: cap_test(bench.load_test(i)?, max_test)?,
+                    test: cap_test(bench.test_images(i)?, max_test)?,
                 })
             })
             .collect::<Result<Vec<_>, RunError>>()?;
-        Self::new(bench.config().clone(), tasks, batch)
+        Ok(Self::new(bench.config().clone(), tasks, batch)?
+            .with_projection(bench.projection().cloned()))
     }
 
     /// Uses `router` for expert models (and forgets cached results, which may depend on it).
@@ -702,7 +742,7 @@ impl Evaluator {
     /// Number of test images of task `task`.
     #[must_use]
     pub fn test_size(&self, task: usize) -> usize {
-        self.tasks.get(task).map_or(0, |t| t.test.n)
+        self.tasks.get(task).map_or(0, |t| t.test.len())
     }
 
     /// Number of cached results.
@@ -796,12 +836,14 @@ impl ModelSession<'_> {
         let built = match self.built.take() {
             Some(b) => b,
             None => match self.model {
-                MergedModel::Dense(p) => Built::Dense(Box::new(ClipVisionModel::from_params_on(
-                    &ev.config, p, &ev.device,
+                MergedModel::Dense(p) => Built::Dense(Box::new(with_projection(
+                    ClipVisionModel::from_params_on(&ev.config, p, &ev.device)?,
+                    ev.projection.as_ref(),
                 )?)),
-                MergedModel::Experts(m) => {
-                    Built::Experts(Box::new(ExpertTower::new(&ev.config, m, &ev.device)?))
-                }
+                MergedModel::Experts(m) => Built::Experts(Box::new(
+                    ExpertTower::new(&ev.config, m, &ev.device)?
+                        .with_projection(ev.projection.as_ref())?,
+                )),
                 _ => {
                     return Err(RunError::Experts {
                         reason: "this kind of merged model cannot be evaluated".into(),
@@ -811,7 +853,7 @@ impl ModelSession<'_> {
         };
         let result = match &built {
             Built::Dense(m) => evaluate_model(m, &t.head, &t.test, ev.batch),
-            Built::Experts(x) => x.accuracy(ev.router.as_ref(), &t.head, &t.test, ev.batch),
+            Built::Experts(x) => x.accuracy(ev.router.as_ref(), &t.head, t.test.as_ref(), ev.batch),
         };
         self.built = Some(built);
         let accuracy = result?;
@@ -831,13 +873,29 @@ impl ModelSession<'_> {
 #[cfg(test)]
 mod made_it_tests;
 
+/// `model` with `projection` when it has no projection of its own (and `projection` is
+/// set).
+///
+/// # Errors
+/// As [`ClipVisionModel::with_projection`].
+pub fn with_projection(
+    model: ClipVisionModel,
+    projection: Option<&HostTensor>,
+) -> Result<ClipVisionModel, RunError> {
+    match projection {
+        Some(p) if !model.has_projection() => Ok(model.with_projection(p)?),
+        _ => Ok(model),
+    }
+}
+
 /// The evenly spaced subset of at most `max` images of `set` (see
 /// [`Evaluator::from_benchmark_capped`]).
-fn cap_test(set: ImageSet, max: Option<usize>) -> Result<ImageSet, RunError> {
+fn cap_test(set: TaskImages, max: Option<usize>) -> Result<TaskImages, RunError> {
+    let n = set.len();
     match max {
-        Some(m) if set.n > m => {
-            let indices: Vec<usize> = (0..m).map(|k| k * set.n / m).collect();
-            Ok(set.subset(&indices)?)
+        Some(m) if n > m => {
+            let indices: Vec<usize> = (0..m).map(|k| k * n / m).collect();
+            set.subset(&indices)
         }
         _ => Ok(set),
     }

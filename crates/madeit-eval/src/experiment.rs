@@ -3,6 +3,7 @@
 //! ```toml
 //! [experiment]
 //! zoo = "zoo"                    # the benchmark folder (default: $MADEIT_ZOO or ./zoo)
+//! benchmark = "ta8.toml"         # or a benchmark file (or preset) instead of the zoo
 //! seeds = [42, 43, 44]           # one task order per seed (default: DEFAULT_SEEDS)
 //! eval = "full"                  # "full" (whole accuracy matrix) or "final" (ACC/BWT only)
 //! out = "runs/my-experiment"     # output folder (default: runs/<UTC timestamp>)
@@ -158,6 +159,9 @@ impl MethodEntry {
 pub struct ExperimentConfig {
     /// The benchmark folder (a zoo).
     pub zoo: PathBuf,
+    /// A benchmark file or preset name ([`crate::benchmark_file`]) run instead of the zoo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benchmark: Option<PathBuf>,
     /// The methods, in table order.
     pub methods: Vec<MethodEntry>,
     /// One task order per seed ([`task_order`]).
@@ -186,6 +190,7 @@ impl Default for ExperimentConfig {
     fn default() -> Self {
         Self {
             zoo: madeit_zoo::default_zoo_dir(),
+            benchmark: None,
             methods: METHODS
                 .iter()
                 .map(|m| m.name)
@@ -215,6 +220,7 @@ struct ExperimentFile {
 #[serde(deny_unknown_fields)]
 struct RawExperiment {
     zoo: Option<PathBuf>,
+    benchmark: Option<PathBuf>,
     methods: Option<Vec<serde_json::Value>>,
     seeds: Option<Vec<u64>>,
     eval: Option<EvalMode>,
@@ -256,6 +262,7 @@ impl ExperimentConfig {
         };
         let cfg = Self {
             zoo: raw.zoo.unwrap_or(d.zoo),
+            benchmark: raw.benchmark,
             methods,
             seeds: raw.seeds.unwrap_or(d.seeds),
             eval: raw.eval.unwrap_or(d.eval),
@@ -420,6 +427,9 @@ pub struct ExperimentTimings {
 pub struct BenchmarkInfo {
     /// Its folder.
     pub root: Option<PathBuf>,
+    /// The benchmark file it was read from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     /// Task names, in id order.
     pub tasks: Vec<String>,
     /// Test images per task.
@@ -554,6 +564,15 @@ pub fn run_experiment(
     progress: &mut dyn FnMut(&RunEvent),
 ) -> Result<ExperimentResults, RunError> {
     cfg.check()?;
+    if bench.root().is_none()
+        && let Some(m) = cfg.methods.iter().find(|m| m.config.needs_training_data())
+    {
+        return Err(RunError::config(format!(
+            "`{}` fine-tunes on each task's training data, which only the embedded zoo \
+             provides",
+            m.label
+        )));
+    }
     let t0 = Instant::now();
     let validation;
     let bench = match cfg.split {
@@ -610,6 +629,7 @@ pub fn run_experiment(
         config: cfg.clone(),
         benchmark: BenchmarkInfo {
             root: bench.root().map(Path::to_path_buf),
+            file: bench.file().map(Path::to_path_buf),
             tasks: bench.task_names(),
             test_images: (0..n).map(|i| evaluator.test_size(i)).collect(),
             model: bench.config().clone(),

@@ -19,8 +19,9 @@
 //!    orders ([`metrics::summarize_orders`], [`metrics::mean_std`]).
 //!
 //! [`metrics`] and [`orders`] are pure: they need neither a model nor data. The run loop
-//! builds on them: [`benchmark`] (the files of a pretrained tower and its tasks),
-//! [`evaluate`] (test accuracy of dense and expert models, the [`Evaluator`]), [`runner`]
+//! builds on them: [`benchmark`] (the files of a pretrained tower and its tasks; a
+//! [`benchmark_file`] names real checkpoints and datasets, whose test splits [`images`]
+//! streams), [`evaluate`] (test accuracy of dense and expert models, the [`Evaluator`]), [`runner`]
 //! (one method over one task order, resumable), [`experiment`] (methods × orders from a
 //! TOML file) and [`report`] (the Markdown tables); their errors are [`RunError`]s.
 //! [`method`] names what a stream runs (a weight-space method of `madeit-merge` or MINGLE
@@ -32,20 +33,24 @@ pub mod metrics;
 pub mod orders;
 
 pub mod benchmark;
+pub mod benchmark_file;
 pub mod checkpoints;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;
+pub mod images;
 pub mod method;
 pub mod report;
 pub mod runner;
 pub mod sequential;
 pub mod test_time;
 
-pub use benchmark::{Benchmark, BenchmarkTask};
+pub use benchmark::{Benchmark, BenchmarkTask, ImagePipeline, SplitSource};
+pub use benchmark_file::{BenchmarkFile, CheckedBenchmark, ResolvedBenchmark, Roots};
 pub use error::RunError;
 pub use evaluate::{Evaluator, evaluate_dense};
 pub use experiment::{EvalSplit, ExperimentConfig, ExperimentResults, run_experiment};
+pub use images::{ImagesRef, StreamedImages, TaskImages};
 pub use method::{MethodSpec, SeedSetup, TEST_TIME_METHODS, TRAINING_METHODS};
 pub use runner::{EvalMode, RunEvent, StreamResult, StreamSpec, run_stream};
 pub use sequential::{C_FINETUNED, SequentialConfig};

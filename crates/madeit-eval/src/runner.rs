@@ -46,7 +46,7 @@ use burn::prelude::Device;
 use madeit_adapt::{AdaptState, TestTimeMerger};
 use madeit_merge::{ContinualMerger, MergedModel, MergerState, StepReport, TaskId};
 use madeit_params::ParamDict;
-use madeit_vit::ClipVisionModel;
+use madeit_vit::{ClipVisionModel, PROJECTION_WEIGHT};
 use serde::{Deserialize, Serialize};
 
 use crate::benchmark::Benchmark;
@@ -631,6 +631,15 @@ pub fn run_stream(
     } = start;
     let resumed_steps = steps.len();
     let stop = spec.stop_after.unwrap_or(n).min(n);
+    // Test-time methods build towers from the checkpoints themselves: a benchmark of vision
+    // towers saved without a projection gives them the pretrained CLIP's (the same in every
+    // checkpoint, so no step changes it), as the evaluator does for the other methods.
+    let projection = match (&merger, bench.projection()) {
+        (StreamMerger::TestTime(_), Some(p)) => Some(p),
+        _ => None,
+    };
+    let pretrained_tt = projection.map(|p| with_projection_tensor(pretrained.clone(), p));
+    let pretrained_tt: &ParamDict = pretrained_tt.as_ref().unwrap_or(pretrained);
     progress(&RunEvent::StreamStarted {
         label: spec.label.clone(),
         seed: spec.seed,
@@ -657,7 +666,10 @@ pub fn run_stream(
         let task_id = TaskId::new(task.clone());
 
         let t = Instant::now();
-        let finetuned = bench.load_finetuned(task_index, pretrained)?;
+        let mut finetuned = bench.load_finetuned(task_index, pretrained)?;
+        if let Some(p) = projection {
+            finetuned = with_projection_tensor(finetuned, p);
+        }
         let adapt_inputs = match (&merger, spec.method.seed_setup()) {
             (StreamMerger::TestTime(_), Some(setup)) => {
                 let test = &evaluator
@@ -681,7 +693,7 @@ pub fn run_stream(
         let report = match (&mut merger, &adapt_inputs) {
             (StreamMerger::Merge(m), _) => m.absorb(pretrained, &finetuned, &task_id)?,
             (StreamMerger::TestTime(m), Some((head, seed))) => m
-                .absorb(pretrained, &finetuned, &task_id, seed, head)?
+                .absorb(pretrained_tt, &finetuned, &task_id, seed, head)?
                 .to_step_report(),
             (StreamMerger::Sequential(m), _) => {
                 let (train_steps, last_loss) = m.absorb(pretrained, task)?;
@@ -771,7 +783,7 @@ pub fn run_stream(
                     Some(b) => b,
                     None => ClipVisionModel::from_params_on(
                         bench.config(),
-                        pretrained,
+                        pretrained_tt,
                         &Device::flex(),
                     )?,
                 };
@@ -928,6 +940,14 @@ pub fn reference_rows(
         pretrained: pre,
         finetuned: ft,
     })
+}
+
+/// `params` with `visual_projection.weight` set to `projection` unless it has one.
+fn with_projection_tensor(mut params: ParamDict, projection: &madeit_params::Tensor) -> ParamDict {
+    if !params.contains(PROJECTION_WEIGHT) {
+        params.insert(PROJECTION_WEIGHT, projection.clone());
+    }
+    params
 }
 
 /// `||a - b||_2` over every tensor of `a` (accumulated in `f64`; tensors missing from `b`

@@ -4,8 +4,9 @@
 //! # Seed images
 //!
 //! [`seed_images`] takes them from the split named by [`SeedSetup::source`] (the method's `seed_source`):
-//! the task's `seed` split by default ([`Benchmark::load_seed`], disjoint from the test
-//! split), or the test split (the paper's protocol). In both cases the stratified subset of
+//! the task's seed split by default ([`Benchmark::seed_images`]: on the zoo the `seed`
+//! split, disjoint from the test split; in a benchmark file the split it names), or the
+//! test split (the paper's protocol). In both cases the stratified subset of
 //! [`select_seed_indices`] keeps at most [`SeedSetup::per_class`] images per class,
 //! drawn with [`SeedSetup::seed`]; the labels serve only this draw and are never passed to
 //! the method. On the embedded zoo the seed split holds 5 images per class (45 for the
@@ -22,37 +23,47 @@
 //! time, as here).
 
 use madeit_adapt::{GatedModel, SeedImages, SeedSource, select_seed_indices};
-use madeit_data::{ImageSet, NORM_MEAN, NORM_STD};
 use madeit_vit::TaskHead;
 
 use crate::benchmark::Benchmark;
 use crate::error::RunError;
 use crate::evaluate::count_correct;
+use crate::images::{ImagesRef, TaskImages};
 use crate::method::SeedSetup;
 
 /// The seed images of benchmark task `index` for a test-time method's seed setup (see the
 /// module docs), normalised for the tower. `test` is the task's test split (used only with
 /// [`SeedSource::TestSplit`]).
 ///
+/// With [`SeedSource::SeedSplit`] the images come from the task's seed source
+/// ([`Benchmark::seed_images`]); a benchmark file may cap the images per class of a task
+/// ([`crate::benchmark::BenchmarkTask::seed_per_class`]), and the draw keeps at most the
+/// smaller of that cap and the method's `per_class`.
+///
 /// # Errors
-/// As [`Benchmark::load_seed`]; [`RunError::InvalidTask`] for an empty selection;
-/// pixel-conversion errors of the data crate.
+/// As [`Benchmark::seed_images`]; [`RunError::InvalidTask`] for an empty selection;
+/// decoding and pixel-conversion errors of the data crate.
 pub fn seed_images(
     bench: &Benchmark,
     index: usize,
-    test: &ImageSet,
+    test: &TaskImages,
     setup: SeedSetup,
 ) -> Result<SeedImages, RunError> {
     let loaded;
-    let set = match setup.source {
+    let (set, per_class) = match setup.source {
         SeedSource::SeedSplit => {
-            loaded = bench.load_seed(index)?;
-            &loaded
+            loaded = bench.seed_images(index)?;
+            let cap = bench
+                .tasks()
+                .get(index)
+                .and_then(|t| t.seed_per_class)
+                .unwrap_or(usize::MAX);
+            (&loaded, setup.per_class.min(cap))
         }
-        SeedSource::TestSplit => test,
+        SeedSource::TestSplit => (test, setup.per_class),
     };
-    let labels: Vec<usize> = set.labels.iter().map(|&l| l as usize).collect();
-    let indices = select_seed_indices(&labels, setup.per_class, setup.seed);
+    let labels: Vec<usize> = set.labels().iter().map(|&l| l as usize).collect();
+    let indices = select_seed_indices(&labels, per_class, setup.seed);
     if indices.is_empty() {
         return Err(RunError::InvalidTask {
             task: bench
@@ -62,7 +73,7 @@ pub fn seed_images(
             reason: format!("no seed images in the {:?} source", setup.source),
         });
     }
-    let pixels = set.normalized_nchw(&indices, &NORM_MEAN, &NORM_STD)?;
+    let pixels = set.pixels(&indices)?;
     Ok(SeedImages::new(pixels, indices.len()))
 }
 
@@ -72,13 +83,13 @@ pub fn seed_images(
 /// # Errors
 /// [`RunError::InvalidTask`] when the split does not fit the model or head; errors of the
 /// gated forward.
-pub fn evaluate_gated(
+pub fn evaluate_gated<'a>(
     model: &GatedModel,
     head: &TaskHead,
-    test: &ImageSet,
+    test: impl Into<ImagesRef<'a>>,
     batch: usize,
 ) -> Result<f64, RunError> {
-    count_correct(model.model(), head, test, batch, &|px| {
+    count_correct(model.model(), head, test.into(), batch, &|px| {
         Ok(model.forward(px)?.embedding())
     })
 }

@@ -623,7 +623,7 @@ fn test_caps_take_evenly_spaced_images_and_validation_reads_the_val_files() {
         let want: Vec<u32> = (0..cap)
             .map(|k| whole.labels[k * TEST_IMAGES / cap])
             .collect();
-        assert_eq!(capped.tasks()[t].test.labels, want);
+        assert_eq!(capped.tasks()[t].test.labels(), want);
     }
     assert!(Evaluator::from_benchmark_capped(&bench, 16, Some(0)).is_err());
 

@@ -1,8 +1,10 @@
 //! `madeit embed`: image embeddings of a batch of preprocessed pixels.
 //!
 //! Input: a safetensors file with `pixel_values` `[n, channels, image_size, image_size]`
-//! (F32, F16 or BF16), already resized and normalised for the model. Output: a safetensors
-//! file (F32) with
+//! (F32, F16 or BF16), already resized and normalised for the model; or image files
+//! (`--images`: JPEG, PNG, WebP) preprocessed as transformers' `CLIPImageProcessor` does,
+//! with the model folder's `preprocessor_config.json` (CLIP's defaults without one), and
+//! written as `pixel_values` by `--pixels-out`. Output: a safetensors file (F32) with
 //!
 //! - `image_embeds` `[n, e]`: the embedding heads use — `pooled_output · visual_projection^T`
 //!   when the checkpoint has a projection (`e = projection_dim`), else `pooled_output`;
@@ -24,6 +26,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use std::collections::BTreeMap;
 
+use madeit::data::preprocess::{
+    AlphaRule, ClipPreprocess, PREPROCESSOR_FILE, Resizer, decode_rgb_with,
+};
 use madeit::eval::evaluate::{ExpertTower, ProjectionRouter};
 use madeit::experts::store;
 use madeit::merge::{TaskId, made_it_expert_model};
@@ -40,8 +45,21 @@ pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
     /// Safetensors file holding `pixel_values` `[n, c, size, size]`.
-    #[arg(long)]
-    pub pixels: PathBuf,
+    #[arg(long, required_unless_present = "images", conflicts_with = "images")]
+    pub pixels: Option<PathBuf>,
+    /// Image files (JPEG, PNG, WebP) instead of --pixels, preprocessed as transformers'
+    /// CLIPImageProcessor does (the model folder's preprocessor_config.json, or CLIP's
+    /// defaults).
+    #[arg(long, num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// With --images: also write the preprocessed `pixel_values` `[n, 3, h, w]` to this
+    /// safetensors file.
+    #[arg(long, requires = "images")]
+    pub pixels_out: Option<PathBuf>,
+    /// With --images: how transparency becomes RGB: `white` composites onto white as
+    /// CLIPImageProcessor does, `drop` discards it as PIL's convert("RGB") (and FusionBench).
+    #[arg(long, value_enum, default_value = "white", requires = "images")]
+    pub alpha: AlphaArg,
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
@@ -61,6 +79,44 @@ pub struct Args {
 
 /// Key of the input tensor.
 const PIXELS_KEY: &str = "pixel_values";
+
+/// `--alpha`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlphaArg {
+    /// Composite onto white (transformers' CLIPImageProcessor).
+    White,
+    /// Drop the alpha channel (PIL's convert("RGB")).
+    Drop,
+}
+
+/// Decodes and preprocesses `images` for `model_dir`'s tower (`[n, 3, h, w]`).
+fn preprocess_images(
+    model_dir: &Path,
+    config: &ClipVisionConfig,
+    images: &[PathBuf],
+    alpha: AlphaArg,
+) -> anyhow::Result<Tensor> {
+    let pre = ClipPreprocess::for_model(model_dir, config.image_size)?;
+    let rule = match alpha {
+        AlphaArg::White => AlphaRule::White,
+        AlphaArg::Drop => AlphaRule::Drop,
+    };
+    let mut resizer = Resizer::new();
+    let mut data = Vec::new();
+    for path in images {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
+        let img = decode_rgb_with(&bytes, &name, rule)?;
+        data.extend(pre.apply(&img, &name, &mut resizer)?);
+    }
+    let (h, w) = pre.output_size(0, 0);
+    anyhow::ensure!(
+        pre.do_center_crop,
+        "{}: the preprocessing does not center-crop, so the images keep different sizes",
+        model_dir.join(PREPROCESSOR_FILE).display()
+    );
+    Ok(Tensor::new(vec![images.len(), 3, h, w], data)?)
+}
 
 /// Concatenates host tensors along the first axis.
 fn concat(parts: Vec<Tensor>, name: &str) -> anyhow::Result<Tensor> {
@@ -139,17 +195,39 @@ impl Tower {
 /// Computes and writes the embeddings.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let mut inputs: Vec<&Path> = vec![&args.model, &args.pixels];
+    let mut inputs: Vec<&Path> = vec![&args.model];
+    inputs.extend(args.pixels.as_deref());
+    inputs.extend(args.images.iter().map(PathBuf::as_path));
     if let Some(h) = &args.head {
         inputs.push(h);
     }
     check_not_input(&args.out, &inputs)?;
+    if let Some(p) = &args.pixels_out {
+        check_not_input(p, &inputs)?;
+        anyhow::ensure!(p != &args.out, "--pixels-out and --out name the same file");
+    }
     let (model, head) = with_head(Tower::load(&args.model)?, args)?;
-    let inputs = ParamDict::load(&args.pixels)
-        .with_context(|| format!("reading {}", args.pixels.display()))?;
-    let pixels = inputs
-        .get(PIXELS_KEY)
-        .with_context(|| format!("{} has no `{PIXELS_KEY}` tensor", args.pixels.display()))?;
+    let loaded;
+    let pixels = match &args.pixels {
+        Some(path) => {
+            loaded =
+                ParamDict::load(path).with_context(|| format!("reading {}", path.display()))?;
+            loaded
+                .get(PIXELS_KEY)
+                .with_context(|| format!("{} has no `{PIXELS_KEY}` tensor", path.display()))?
+        }
+        None => {
+            let px = preprocess_images(&args.model, model.config(), &args.images, args.alpha)?;
+            let mut dict = ParamDict::new();
+            dict.insert(PIXELS_KEY, px);
+            if let Some(out) = &args.pixels_out {
+                dict.save(out)?;
+                eprintln!("wrote the preprocessed images to {}", out.display());
+            }
+            loaded = dict;
+            loaded.get(PIXELS_KEY)?
+        }
+    };
     let c = model.config();
     let want = [c.num_channels, c.image_size, c.image_size];
     let (n, rest) = match pixels.shape() {

@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod analyze;
+pub mod benchmark;
 pub mod embed;
 pub mod heads;
 pub mod inspect;

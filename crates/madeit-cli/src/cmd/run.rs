@@ -2,15 +2,22 @@
 //! paper-style tables, `results.json` and SVG plots.
 //!
 //! With no arguments it runs on the embedded zoo (building it first, with its data, when
-//! the zoo folder does not exist yet), with every registered method, then MINGLE (which
-//! adapts on each task's seed split), and the default orders (seeds [`DEFAULT_SEEDS`]);
-//! `--full` uses the ten published orders (seeds 42-51).
+//! the zoo folder does not exist yet), with every registered method, then the test-time
+//! methods (which adapt on each task's seed split), and the default orders (seeds
+//! [`DEFAULT_SEEDS`]); `--full` uses the ten published orders (seeds 42-51).
+//!
+//! `--benchmark FILE` runs the same protocol on real checkpoints and datasets named by a
+//! benchmark file (or a preset: `ta8`, `tall14`, `tall20`): every path, checkpoint, head,
+//! dataset and image is checked first (as `madeit benchmark check` does), the heads made
+//! from class names are written into the run folder's `heads/` (and reused by `--resume`),
+//! and the test images are streamed from disk through CLIP's preprocessing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use madeit::eval::benchmark_file::{CheckOptions, HeadOrigin};
 use madeit::eval::experiment::{
     DEFAULT_SEEDS, ExperimentConfig, MethodEntry, StateOptions, run_experiment, timestamp_slug,
     unix_now,
@@ -18,7 +25,7 @@ use madeit::eval::experiment::{
 use madeit::eval::orders::PUBLISHED_SEEDS;
 use madeit::eval::report::{render_markdown, table_methods, table_per_task};
 use madeit::eval::runner::{EvalMode, RunEvent};
-use madeit::eval::{Benchmark, ExperimentResults};
+use madeit::eval::{Benchmark, BenchmarkFile, ExperimentResults, Roots};
 
 use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};
 
@@ -41,8 +48,25 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// Zoo folder (default: the experiment's, else $MADEIT_ZOO or ./zoo). Built first when
     /// it does not exist.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "benchmark")]
     pub zoo: Option<PathBuf>,
+    /// Run on a benchmark file (TOML: a pretrained CLIP, and per task a fine-tuned tower, a
+    /// dataset and a head) or a preset (ta8, tall14, tall20) instead of the zoo; see
+    /// docs/real-benchmarks.md.
+    #[arg(long)]
+    pub benchmark: Option<PathBuf>,
+    /// Where the benchmark's model names are looked up (overrides its `models_root`): a
+    /// Hugging Face cache (`models--owner--name/snapshots/...`) or plain folders.
+    #[arg(long, requires = "benchmark")]
+    pub models_root: Option<PathBuf>,
+    /// Where the benchmark's dataset names are looked up (overrides its `data_root`).
+    #[arg(long, requires = "benchmark")]
+    pub data_root: Option<PathBuf>,
+    /// Do not decode every image before the run (the check of `madeit benchmark check`
+    /// still reads every checkpoint, head and label; an image that does not decode then
+    /// stops the run when it is reached).
+    #[arg(long, requires = "benchmark")]
+    pub no_image_check: bool,
     /// The ten published task orders (seeds 42-51) instead of the default two (42, 43).
     #[arg(long, conflicts_with = "seeds")]
     pub full: bool,
@@ -128,6 +152,10 @@ fn experiment(args: &Args) -> anyhow::Result<ExperimentConfig> {
     };
     if let Some(zoo) = &args.zoo {
         cfg.zoo.clone_from(zoo);
+        cfg.benchmark = None;
+    }
+    if let Some(b) = &args.benchmark {
+        cfg.benchmark = Some(b.clone());
     }
     if args.full {
         cfg.seeds = PUBLISHED_SEEDS.to_vec();
@@ -279,23 +307,97 @@ pub fn write_outputs(results: &ExperimentResults, out: &Path) -> anyhow::Result<
         .collect())
 }
 
+/// Opens the zoo (building it first when needed), refuses an output over it, and prepares
+/// the staging folder.
+fn open_zoo(args: &Args, cfg: &ExperimentConfig) -> anyhow::Result<(Benchmark, OutputDir)> {
+    ensure_zoo(&cfg.zoo)?;
+    let bench = Benchmark::open_zoo(&cfg.zoo)
+        .with_context(|| format!("opening the zoo at {}", cfg.zoo.display()))?;
+    let target = output_dir(cfg, args.resume)?;
+    check_not_input(&target, &[&cfg.zoo])?;
+    Ok((bench, prepare_output(args, &target)?))
+}
+
+/// Everything is written into a staging folder that replaces the output folder once the
+/// run is complete. With saved states, an interrupted run keeps its staging folder, and
+/// `--resume` continues from it.
+fn prepare_output(args: &Args, target: &Path) -> anyhow::Result<OutputDir> {
+    Ok(if args.resume {
+        OutputDir::prepare_resumable(target, OUTPUT_KIND, args.force)?
+    } else {
+        OutputDir::prepare(target, OUTPUT_KIND, args.force)?
+    })
+}
+
+/// Reads and checks a benchmark file (every path, checkpoint, head, label and image) before
+/// anything is written, then prepares the staging folder and writes the heads into it.
+fn open_benchmark(
+    args: &Args,
+    cfg: &ExperimentConfig,
+    file: &Path,
+) -> anyhow::Result<(Benchmark, OutputDir)> {
+    let roots = Roots {
+        models: args.models_root.clone(),
+        data: args.data_root.clone(),
+    };
+    let spec = BenchmarkFile::open(file)?;
+    let resolved = spec.resolve(&roots)?;
+    resolved.check_methods(cfg.methods.iter().map(|m| &m.config))?;
+    if cfg.split == madeit::eval::EvalSplit::Val
+        && let Some(t) = resolved.tasks().iter().find(|t| t.val.is_none())
+    {
+        anyhow::bail!(
+            "{}: task `{}` names no validation split (`val = \"...\"`), which --val needs",
+            resolved.file().display(),
+            t.name
+        );
+    }
+    eprintln!(
+        "benchmark {} ({} tasks) from {}: checking every checkpoint, head{}",
+        resolved.name(),
+        resolved.tasks().len(),
+        resolved.file().display(),
+        if args.no_image_check {
+            ""
+        } else {
+            " and image"
+        }
+    );
+    let checked = super::benchmark::check_with_bar(
+        resolved,
+        CheckOptions {
+            images: !args.no_image_check,
+        },
+        args.quiet,
+    )?;
+    let target = output_dir(cfg, args.resume)?;
+    let inputs = checked.resolved().inputs();
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    check_not_input(&target, &inputs)?;
+    let staged = prepare_output(args, &target)?;
+    let heads_dir = staged.path().join("heads");
+    let heads = checked.make_heads(&heads_dir, &mut |task, origin| {
+        eprintln!(
+            "head of {task}: {}",
+            match origin {
+                HeadOrigin::Made => "made from the pretrained CLIP's text tower",
+                HeadOrigin::Cached => "reused from the run folder",
+                HeadOrigin::Copied => "copied from its file",
+            }
+        );
+    })?;
+    Ok((checked.into_benchmark(&heads)?, staged))
+}
+
 /// Runs the benchmark and prints the tables.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let cfg = experiment(args)?;
-    ensure_zoo(&cfg.zoo)?;
-    let bench = Benchmark::open_zoo(&cfg.zoo)
-        .with_context(|| format!("opening the zoo at {}", cfg.zoo.display()))?;
-    let target = output_dir(&cfg, args.resume)?;
-    check_not_input(&target, &[&cfg.zoo])?;
-    // Everything is written into a staging folder that replaces the output folder once the
-    // run is complete. With saved states, an interrupted run keeps its staging folder, and
-    // `--resume` continues from it.
-    let mut staged = if args.resume {
-        OutputDir::prepare_resumable(&target, OUTPUT_KIND, args.force)?
-    } else {
-        OutputDir::prepare(&target, OUTPUT_KIND, args.force)?
+    let (bench, mut staged) = match &cfg.benchmark {
+        Some(file) => open_benchmark(args, &cfg, file)?,
+        None => open_zoo(args, &cfg)?,
     };
+    let target = staged.target().to_path_buf();
     if cfg.save_state {
         staged.keep_on_drop();
     }
