@@ -46,7 +46,7 @@ pub enum CheckpointError {
     },
     /// An unknown method, an unknown or mistyped key, or a value out of range.
     #[error(transparent)]
-    Config(#[from] MergeError),
+    Config(Box<MergeError>),
     /// The weights of a checkpoint could not be read.
     #[error("reading {what} {}", path.display())]
     Read {
@@ -63,9 +63,9 @@ pub enum CheckpointError {
     ConfigFile {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (boxed: it is large).
         #[source]
-        source: VitError,
+        source: Box<VitError>,
     },
     /// A `config.json` does not describe the weights beside it.
     #[error("{} does not describe the weights of {what} {}", config.display(), path.display())]
@@ -76,9 +76,9 @@ pub enum CheckpointError {
         what: &'static str,
         /// The checkpoint.
         path: PathBuf,
-        /// What differs.
+        /// What differs (boxed: it is large).
         #[source]
-        source: VitError,
+        source: Box<VitError>,
     },
     /// A checkpoint without `config.json` holds a non-finite value.
     #[error("{what} {}", path.display())]
@@ -124,10 +124,16 @@ pub enum CheckpointError {
     Absorb {
         /// The fine-tuned checkpoint.
         path: PathBuf,
-        /// The merger's error.
+        /// The merger's error (boxed: it is large).
         #[source]
-        source: MergeError,
+        source: Box<MergeError>,
     },
+}
+
+impl From<MergeError> for CheckpointError {
+    fn from(e: MergeError) -> Self {
+        Self::Config(Box::new(e))
+    }
 }
 
 /// Refuses the methods that cannot merge checkpoints alone: the test-time methods (they
@@ -240,7 +246,7 @@ impl Checkpoint {
         let config = if path.is_dir() && cfg_file.is_file() {
             let file_err = |source| CheckpointError::ConfigFile {
                 path: cfg_file.clone(),
-                source,
+                source: Box::new(source),
             };
             let text = std::fs::read_to_string(&cfg_file).map_err(|source| {
                 file_err(VitError::Io {
@@ -254,7 +260,7 @@ impl Checkpoint {
                     config: cfg_file.clone(),
                     what,
                     path: path.to_path_buf(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             Some((cfg, text))
@@ -345,7 +351,7 @@ pub fn absorb_checkpoint(
         .absorb(&pretrained.params, &ft.params, task)
         .map_err(|source| CheckpointError::Absorb {
             path: ft.path.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 

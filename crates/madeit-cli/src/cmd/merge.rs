@@ -102,8 +102,8 @@ fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
     let serde_json::Value::Object(options) = serde_json::to_value(table)? else {
         anyhow::bail!("{}: not a table", path.display());
     };
-    Ok(merge_config(&args.method, options)
-        .with_context(|| format!("method configuration {}", path.display()))?)
+    merge_config(&args.method, options)
+        .with_context(|| format!("method configuration {}", path.display()))
 }
 
 /// Merges the checkpoints and writes the result.
