@@ -298,23 +298,54 @@ fn match_checkpoint<'p>(
     } else {
         KeyLayout::Bare
     };
-    let expected = expected_tensors(config);
+    let found = match_weights(
+        params,
+        layout.prefix(),
+        &expected_tensors(config),
+        (
+            PROJECTION_WEIGHT,
+            vec![config.projection_dim, config.hidden_size],
+        ),
+        is_ignored,
+        |report| VitError::Checkpoint { report },
+    )?;
+    Ok((layout, found))
+}
+
+/// The tensors of `params` that a tower expects, by bare name: each name of `expected`
+/// under `prefix`, plus the optional `projection` (stored without the prefix). Names that
+/// `ignored` accepts are skipped; every other unknown name, missing tensor or wrong shape
+/// goes into one report, turned into an error by `report_error`; a non-finite value is a
+/// [`VitError::NonFiniteWeight`] naming the tensor. The vision and text loaders share it.
+pub(crate) fn match_weights<'a>(
+    params: &'a ParamDict,
+    prefix: &str,
+    expected: &[(String, Vec<usize>)],
+    projection: (&str, Vec<usize>),
+    ignored: fn(&str) -> bool,
+    report_error: fn(CheckpointReport) -> VitError,
+) -> Result<BTreeMap<String, &'a madeit_params::Tensor>, VitError> {
+    let (projection_name, projection_shape) = projection;
+    let full_name = |bare: &str| {
+        if bare == projection_name {
+            bare.to_owned()
+        } else {
+            format!("{prefix}{bare}")
+        }
+    };
     let mut wanted: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
-    wanted.insert(
-        PROJECTION_WEIGHT.to_owned(),
-        vec![config.projection_dim, config.hidden_size],
-    );
+    wanted.insert(projection_name.to_owned(), projection_shape);
 
     let mut report = CheckpointReport::default();
     let mut found: BTreeMap<String, &madeit_params::Tensor> = BTreeMap::new();
     for (name, tensor) in params.iter() {
-        let bare = if name == PROJECTION_WEIGHT {
+        let bare = if name == projection_name {
             Some(name)
         } else {
-            name.strip_prefix(layout.prefix())
+            name.strip_prefix(prefix)
         };
         let Some(bare) = bare.filter(|b| wanted.contains_key(*b)) else {
-            if !is_ignored(name) {
+            if !ignored(name) {
                 report.unexpected.push(name.to_owned());
             }
             continue;
@@ -331,28 +362,25 @@ fn match_checkpoint<'p>(
         }
         found.insert(bare.to_owned(), tensor);
     }
-    for (bare, shape) in &expected {
-        let mismatched = report
-            .mismatched
-            .iter()
-            .any(|m| m.name == layout.full_name(bare));
-        if !found.contains_key(bare) && !mismatched {
-            report.missing.push((layout.full_name(bare), shape.clone()));
+    for (bare, shape) in expected {
+        let full = full_name(bare);
+        if !found.contains_key(bare) && !report.mismatched.iter().any(|m| m.name == full) {
+            report.missing.push((full, shape.clone()));
         }
     }
     if !report.is_clean() {
-        return Err(VitError::Checkpoint { report });
+        return Err(report_error(report));
     }
     for (bare, t) in &found {
         if let Some((index, value)) = first_non_finite(t.data()) {
             return Err(VitError::NonFiniteWeight {
-                name: layout.full_name(bare),
+                name: full_name(bare),
                 index,
                 value,
             });
         }
     }
-    Ok((layout, found))
+    Ok(found)
 }
 
 fn check_pixels(config: &ClipVisionConfig, dims: [usize; 4]) -> Result<(), VitError> {

@@ -10,10 +10,10 @@ use burn::tensor::{Bool, Int};
 use madeit_params::ParamDict;
 
 use crate::VitError;
-use crate::error::{CheckpointReport, ShapeMismatch};
-use crate::model::{CONFIG_FILE, bias_act, load_weights};
+use crate::error::CheckpointReport;
+use crate::model::{CONFIG_FILE, bias_act, load_weights, match_weights};
 use crate::text_config::{ClipTextConfig, PoolingRule};
-use crate::util::{first_non_finite, transpose, upload};
+use crate::util::{transpose, upload};
 
 /// The prefix of text-tower tensors in `CLIPModel` and `CLIPTextModelWithProjection`
 /// checkpoints.
@@ -355,56 +355,17 @@ impl ClipTextModel {
                 ),
             });
         }
-        let expected = expected_text_tensors(config);
-        let mut wanted: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
-        wanted.insert(
-            TEXT_PROJECTION_WEIGHT.to_owned(),
-            vec![config.projection_dim, config.hidden_size],
-        );
-        let mut report = CheckpointReport::default();
-        let mut found: BTreeMap<String, &madeit_params::Tensor> = BTreeMap::new();
-        for (name, tensor) in params.iter() {
-            let bare = if name == TEXT_PROJECTION_WEIGHT {
-                Some(name)
-            } else {
-                name.strip_prefix(layout.prefix())
-            };
-            let Some(bare) = bare.filter(|b| wanted.contains_key(*b)) else {
-                if !is_ignored(name) {
-                    report.unexpected.push(name.to_owned());
-                }
-                continue;
-            };
-            if let Some(shape) = wanted.get(bare)
-                && shape.as_slice() != tensor.shape()
-            {
-                report.mismatched.push(ShapeMismatch {
-                    name: name.to_owned(),
-                    expected: shape.clone(),
-                    got: tensor.shape().to_vec(),
-                });
-                continue;
-            }
-            found.insert(bare.to_owned(), tensor);
-        }
-        for (bare, shape) in &expected {
-            let full = layout.full_name(bare);
-            if !found.contains_key(bare) && !report.mismatched.iter().any(|m| m.name == full) {
-                report.missing.push((full, shape.clone()));
-            }
-        }
-        if !report.is_clean() {
-            return Err(VitError::TextCheckpoint { report });
-        }
-        for (bare, t) in &found {
-            if let Some((index, value)) = first_non_finite(t.data()) {
-                return Err(VitError::NonFiniteWeight {
-                    name: layout.full_name(bare),
-                    index,
-                    value,
-                });
-            }
-        }
+        let found = match_weights(
+            params,
+            layout.prefix(),
+            &expected_text_tensors(config),
+            (
+                TEXT_PROJECTION_WEIGHT,
+                vec![config.projection_dim, config.hidden_size],
+            ),
+            is_ignored,
+            |report| VitError::TextCheckpoint { report },
+        )?;
         Builder {
             config,
             found: &found,
