@@ -652,6 +652,21 @@ impl Evaluator {
         self
     }
 
+    /// Runs every evaluated tower on `device` (the CPU by default; see
+    /// [`madeit_vit::DeviceKind`]). Forgets cached results.
+    #[must_use]
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self.cache = Mutex::new(HashMap::new());
+        self
+    }
+
+    /// The device the towers run on ([`with_device`](Self::with_device)).
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The projection given to towers without one ([`with_projection`](Self::with_projection)).
     #[must_use]
     pub fn projection(&self) -> Option<&HostTensor> {

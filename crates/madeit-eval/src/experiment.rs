@@ -12,6 +12,7 @@
 //! split = "test"                 # "test", or "val" to choose hyper-parameters
 //! save_state = false             # save each stream after every step (to resume)
 //! router = "projection"          # expert models: "projection", "projection-cls", "oracle"
+//! device = "cpu"                 # where towers run: "cpu", or "wgpu" (built with `wgpu`)
 //! methods = [
 //!     "swa",                                         # a method with its defaults
 //!     { method = "ties", lambda = 0.5 },             # with overrides
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use madeit_merge::METHODS;
-use madeit_vit::{ClipVisionConfig, TokenAggregation};
+use madeit_vit::{ClipVisionConfig, DeviceKind, TokenAggregation};
 use serde::{Deserialize, Serialize};
 
 use crate::benchmark::Benchmark;
@@ -182,6 +183,16 @@ pub struct ExperimentConfig {
     pub save_state: bool,
     /// How expert models are routed.
     pub router: RouterKind,
+    /// Where the towers run (evaluation, routing, test-time training); merging runs on
+    /// the CPU whatever the device.
+    #[serde(default, skip_serializing_if = "is_cpu")]
+    pub device: DeviceKind,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_cpu(d: &DeviceKind) -> bool {
+    *d == DeviceKind::Cpu
 }
 
 impl Default for ExperimentConfig {
@@ -205,6 +216,7 @@ impl Default for ExperimentConfig {
             split: EvalSplit::Test,
             save_state: false,
             router: RouterKind::Projection,
+            device: DeviceKind::Cpu,
         }
     }
 }
@@ -230,6 +242,7 @@ struct RawExperiment {
     split: Option<EvalSplit>,
     save_state: Option<bool>,
     router: Option<RouterKind>,
+    device: Option<DeviceKind>,
 }
 
 impl ExperimentConfig {
@@ -272,6 +285,7 @@ impl ExperimentConfig {
             split: raw.split.unwrap_or(d.split),
             save_state: raw.save_state.unwrap_or(d.save_state),
             router: raw.router.unwrap_or(d.router),
+            device: raw.device.unwrap_or(d.device),
         };
         cfg.check()?;
         Ok(cfg)
@@ -582,8 +596,10 @@ pub fn run_experiment(
             &validation
         }
     };
+    let device = cfg.device.device()?;
     let evaluator = Evaluator::from_benchmark_capped(bench, cfg.batch_size, cfg.test_images)?
-        .with_router(cfg.router.build());
+        .with_router(cfg.router.build())
+        .with_device(device);
     let pretrained = bench.load_pretrained()?;
     let load_s = t0.elapsed().as_secs_f64();
 

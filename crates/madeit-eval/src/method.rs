@@ -274,7 +274,7 @@ impl MethodSpec {
         self.as_merge().map(MethodConfig::info)
     }
 
-    /// An empty test-time merger for towers of shape `vision`, on the CPU (`None` for a
+    /// An empty test-time merger for towers of shape `vision`, on `device` (`None` for a
     /// weight-space method or C. Fine-Tuned).
     ///
     /// # Errors
@@ -282,8 +282,9 @@ impl MethodSpec {
     pub fn build_test_time(
         &self,
         vision: &ClipVisionConfig,
+        device: &burn::prelude::Device,
     ) -> Result<Option<Box<dyn TestTimeMerger>>, RunError> {
-        let device = burn::prelude::Device::flex();
+        let device = device.clone();
         Ok(match self {
             Self::Mingle(c) => Some(Box::new(Mingle::new(c.clone(), vision.clone(), device)?)),
             Self::AdaMerging(c) => Some(Box::new(LwAdaMerging::new(

@@ -448,13 +448,13 @@ enum StreamMerger {
 }
 
 impl StreamMerger {
-    fn build(spec: &StreamSpec, bench: &Benchmark) -> Result<Self, RunError> {
+    fn build(spec: &StreamSpec, bench: &Benchmark, device: &Device) -> Result<Self, RunError> {
         match &spec.method {
             MethodSpec::Merge(c) => Ok(Self::Merge(c.build()?)),
             MethodSpec::Sequential(c) => {
                 Ok(Self::Sequential(Box::new(SequentialStream::new(c, bench)?)))
             }
-            other => match other.build_test_time(bench.config())? {
+            other => match other.build_test_time(bench.config(), device)? {
                 Some(m) => Ok(Self::TestTime(m)),
                 None => Err(RunError::config(format!(
                     "method `{}` cannot be run",
@@ -488,6 +488,7 @@ fn resume_from(
     spec: &StreamSpec,
     bench: &Benchmark,
     order: &[String],
+    device: &Device,
 ) -> Result<Start, RunError> {
     let (record, state) = load_checkpoint(path)?;
     let mismatch = |what: &str, saved: String, now: String| RunError::Resume {
@@ -557,14 +558,14 @@ fn resume_from(
     let merger = match state {
         SavedState::Merge(s) => StreamMerger::Merge(madeit_merge::resume(&s)?),
         SavedState::Adapt(s) => {
-            let mut merger = StreamMerger::build(spec, bench)?;
+            let mut merger = StreamMerger::build(spec, bench, device)?;
             if let StreamMerger::TestTime(m) = &mut merger {
                 m.restore(&s)?;
             }
             merger
         }
         SavedState::Weights { tasks, params } => {
-            let mut merger = StreamMerger::build(spec, bench)?;
+            let mut merger = StreamMerger::build(spec, bench, device)?;
             if let StreamMerger::Sequential(m) = &mut merger {
                 m.tasks = tasks;
                 m.current = (!params.is_empty()).then_some(params);
@@ -617,9 +618,11 @@ pub fn run_stream(
     let n = order.len();
 
     let start = match (&spec.checkpoint, spec.resume) {
-        (Some(path), true) if path.is_file() => resume_from(path, spec, bench, &order)?,
+        (Some(path), true) if path.is_file() => {
+            resume_from(path, spec, bench, &order, evaluator.device())?
+        }
         _ => Start {
-            merger: StreamMerger::build(spec, bench)?,
+            merger: StreamMerger::build(spec, bench, evaluator.device())?,
             matrix: AccuracyMatrix::new(n)?,
             steps: Vec::new(),
         },
@@ -784,7 +787,7 @@ pub fn run_stream(
                     None => ClipVisionModel::from_params_on(
                         bench.config(),
                         pretrained_tt,
-                        &Device::flex(),
+                        evaluator.device(),
                     )?,
                 };
                 let gated = m.gated_model(&base);

@@ -128,6 +128,7 @@
 //! or returns burn tensors on the model's device, so other burn devices work unchanged.
 
 mod config;
+mod device;
 mod error;
 mod experts;
 mod gates;
@@ -147,6 +148,9 @@ pub use config::{
     Activation, ClipVisionConfig, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_POSITIONS,
     MAX_WIDTH,
 };
+pub use device::DeviceKind;
+#[cfg(feature = "wgpu")]
+pub use device::{wgpu_available, wgpu_device};
 pub use error::{CheckpointReport, ShapeMismatch, VitError};
 pub use experts::{ExpertBank, LowRankFactors, Routing, RoutingScores, TokenAggregation};
 pub use gates::{GateBank, GateSharing, GateTraining, GateValues, LinearGate, ModuleGates};
@@ -158,8 +162,6 @@ pub use model::{
     CONFIG_FILE, ClipVisionModel, ModelSummary, ModuleAdapter, ModuleInputs, NoAdapter,
     VisionOutput, WEIGHTS_FILE,
 };
-#[cfg(feature = "wgpu")]
-pub use model::{wgpu_available, wgpu_device};
 pub use names::{
     KeyLayout, ModuleId, PROJECTION_WEIGHT, TargetKind, VISION_PREFIX, expected_tensors,
 };

@@ -27,36 +27,6 @@ pub(crate) fn load_weights(dir: &Path) -> Result<ParamDict, VitError> {
     Ok(ParamDict::load_checkpoint(dir)?)
 }
 
-/// burn's wgpu device (Vulkan, Metal or DX12, whichever the platform offers), for
-/// [`ClipVisionModel::load_dir_on`] / [`ClipVisionModel::to_device`]. Needs the `wgpu`
-/// feature.
-///
-/// The runtime is initialised on the first call (adapter selection, device and queue),
-/// once per process; later calls return the same device or the same error. A machine
-/// without a usable adapter gets [`VitError::Backend`] naming wgpu's reason, instead of
-/// a panic at the first tensor.
-///
-/// # Errors
-/// [`VitError::Backend`] when wgpu finds no adapter or cannot open a device on it.
-#[cfg(feature = "wgpu")]
-pub fn wgpu_device() -> Result<Device, VitError> {
-    static DEVICE: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
-    DEVICE
-        .get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|message| VitError::Backend {
-            message: format!("no usable wgpu device: {message}"),
-        })
-}
-
-/// Whether [`wgpu_device`] finds a usable adapter on this machine (initialising the
-/// runtime if it was not yet).
-#[cfg(feature = "wgpu")]
-#[must_use]
-pub fn wgpu_available() -> bool {
-    wgpu_device().is_ok()
-}
-
 /// Outputs of a forward pass (the names of transformers' `CLIPVisionModelOutput`).
 #[derive(Debug, Clone)]
 pub struct VisionOutput {
@@ -474,12 +444,7 @@ impl ClipVisionModel {
             source,
         })?;
         let cfg_path = dir.join(CONFIG_FILE);
-        std::fs::write(&cfg_path, self.config.to_json_string()?).map_err(|source| {
-            VitError::Io {
-                path: cfg_path,
-                source,
-            }
-        })?;
+        madeit_params::fs::write_atomic(&cfg_path, self.config.to_json_string()?.as_bytes())?;
         self.to_params()?.save(&dir.join(WEIGHTS_FILE))?;
         Ok(())
     }

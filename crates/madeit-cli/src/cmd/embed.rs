@@ -35,7 +35,8 @@ use madeit::merge::{TaskId, made_it_expert_model};
 use madeit::params::fs::{check_not_input, remove_stale_temp_files};
 use madeit::params::{ParamDict, Tensor};
 use madeit::vit::{
-    CONFIG_FILE, ClipVisionConfig, ClipVisionModel, Device, TaskHead, VisionOutput, to_host,
+    CONFIG_FILE, ClipVisionConfig, ClipVisionModel, Device, DeviceKind, TaskHead, VisionOutput,
+    to_host,
 };
 
 /// Arguments of `madeit embed`.
@@ -75,6 +76,9 @@ pub struct Args {
     /// With `--head`: print one line per image (index, class index, class name, logit).
     #[arg(long, requires = "head")]
     pub print: bool,
+    /// Where the tower runs: `cpu`, or `wgpu` in a build with the `wgpu` feature.
+    #[arg(long, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
 }
 
 /// Key of the input tensor.
@@ -143,7 +147,7 @@ enum Tower {
 }
 
 impl Tower {
-    fn load(dir: &Path) -> anyhow::Result<Self> {
+    fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         if dir.join("experts.safetensors").is_file() {
             anyhow::bail!(
                 "{} holds experts (experts.safetensors) whose router is not stored with them; \
@@ -153,7 +157,7 @@ impl Tower {
         }
         let store_dir = dir.join("experts");
         if !store_dir.is_dir() {
-            let model = ClipVisionModel::load_dir(dir)
+            let model = ClipVisionModel::load_dir_on(dir, device)
                 .with_context(|| format!("loading the model in {}", dir.display()))?;
             return Ok(Self::Plain(Box::new(model)));
         }
@@ -169,7 +173,7 @@ impl Tower {
             names.get(&t).map(|n| TaskId::new(n.clone()))
         })
         .with_context(|| format!("the expert store of {}", dir.display()))?;
-        let tower = ExpertTower::new(&config, &experts, &Device::flex())?;
+        let tower = ExpertTower::new(&config, &experts, device)?;
         Ok(Self::Routed(Box::new(tower)))
     }
 
@@ -206,7 +210,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         check_not_input(p, &inputs)?;
         anyhow::ensure!(p != &args.out, "--pixels-out and --out name the same file");
     }
-    let (model, head) = with_head(Tower::load(&args.model)?, args)?;
+    let device = args
+        .device
+        .device()
+        .with_context(|| format!("--device {}", args.device))?;
+    let (model, head) = with_head(Tower::load(&args.model, &device)?, args)?;
     let loaded;
     let pixels = match &args.pixels {
         Some(path) => {

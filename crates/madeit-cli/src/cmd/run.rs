@@ -28,6 +28,7 @@ use madeit::eval::runner::{EvalMode, RunEvent};
 use madeit::eval::{Benchmark, BenchmarkFile, ExperimentResults, Roots};
 
 use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};
+use madeit::vit::DeviceKind;
 
 use super::plots;
 
@@ -107,6 +108,11 @@ pub struct Args {
     /// `madeit run` output.
     #[arg(long)]
     pub force: bool,
+    /// Where the towers run (evaluation, routing, test-time training): `cpu`, or `wgpu`
+    /// in a build with the `wgpu` feature. Default: the experiment file's, else `cpu`.
+    /// Merging itself runs on the CPU.
+    #[arg(long)]
+    pub device: Option<DeviceKind>,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -192,7 +198,14 @@ fn experiment(args: &Args) -> anyhow::Result<ExperimentConfig> {
         cfg.split = madeit::eval::EvalSplit::Val;
     }
     cfg.save_state |= args.save_state || args.resume;
+    if let Some(device) = args.device {
+        cfg.device = device;
+    }
     cfg.check()?;
+    // Refuse a device this build or machine lacks before anything is read or written.
+    cfg.device
+        .device()
+        .with_context(|| format!("--device {}", cfg.device))?;
     Ok(cfg)
 }
 
