@@ -14,13 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{ADAPT_STATE_FORMAT, ADAPT_STATE_VERSION, AdaptError, AdaptMetadata, AdaptState};
 
-/// SplitMix64: a well-mixed 64-bit hash, used to derive independent seeds.
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+use madeit_linalg::random::splitmix64 as splitmix;
 
 /// The seed of random stream `stream` of step `step` (1-based) of a merger seeded `seed`.
 pub(crate) fn stream_seed(seed: u64, step: usize, stream: u64) -> u64 {

@@ -174,13 +174,8 @@ pub struct MadeIt {
     non_target: Option<NonTargetMean>,
 }
 
-/// A 64-bit mix (splitmix64 finaliser), for per-module sketch seeds.
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+// A 64-bit mix (one SplitMix64 output), for per-module sketch seeds.
+use madeit_linalg::random::splitmix64 as mix64;
 
 /// `true` if `name` is one of `modules`' weight keys.
 fn is_target(modules: &[TargetModule], name: &str) -> bool {

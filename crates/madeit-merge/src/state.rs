@@ -89,12 +89,8 @@ const SEED_B: u64 = 0x1319_8a2e_0370_7344;
 const MUL_A: u64 = 0x9e37_79b9_7f4a_7c15;
 const MUL_B: u64 = 0xc2b2_ae3d_27d4_eb4f;
 
-/// SplitMix64 finaliser: a bijective avalanche mix of 64 bits.
-fn splitmix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+// SplitMix64 finaliser: a bijective avalanche mix of 64 bits.
+use madeit_linalg::random::mix64 as splitmix;
 
 /// A streaming 128-bit hash: four independent lanes of two 64-bit multiply–rotate states
 /// (so the multiplications pipeline), folded with SplitMix64 at the end.

@@ -31,6 +31,7 @@ use madeit_data::{
     ImageSet, PretrainPart, SourceId, Split, TaskData, TaskGroup, export_task, load_tasks_and_pool,
     pretraining_pool,
 };
+use madeit_linalg::random::{GOLDEN_GAMMA, mix64};
 use madeit_params::ParamDict;
 use madeit_vit::{Activation, ClipVisionConfig, ClipVisionModel, TaskHead};
 use rand_chacha::ChaCha8Rng;
@@ -298,10 +299,7 @@ pub fn default_pretrain_sources() -> Vec<SourceId> {
 /// SplitMix64 of `seed + stream`: independent seeds for the build's random streams.
 #[must_use]
 pub fn derive_seed(seed: u64, stream: u64) -> u64 {
-    let mut z = seed.wrapping_add(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    mix64(seed.wrapping_add(stream.wrapping_mul(GOLDEN_GAMMA)))
 }
 
 const STREAM_INIT: u64 = 1;
