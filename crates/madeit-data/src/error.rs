@@ -326,6 +326,15 @@ impl DataError {
             source,
         }
     }
+
+    /// The error of an atomic write through `madeit_params::fs` (only I/O errors, naming
+    /// the file, can come from there).
+    pub(crate) fn from_params(e: madeit_params::ParamsError) -> Self {
+        match e {
+            madeit_params::ParamsError::Io { path, source } => Self::io(path, source),
+            other => Self::io(PathBuf::new(), std::io::Error::other(other.to_string())),
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

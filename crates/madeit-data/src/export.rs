@@ -126,14 +126,7 @@ pub fn write_split(path: &Path, set: &ImageSet, task: &str, split: &str) -> Resu
         DataError::Safetensors { message, .. } => st_err(path, message),
         other => other,
     })?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
-    }
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    std::fs::write(&tmp, &bytes).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    madeit_params::fs::write_atomic_creating_parent(path, &bytes).map_err(DataError::from_params)
 }
 
 /// Parses split-file bytes; `path` only names the data in errors.

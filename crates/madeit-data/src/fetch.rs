@@ -557,9 +557,7 @@ fn read_lock(path: &Path) -> Result<LockFile> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    madeit_params::fs::write_atomic(path, bytes).map_err(DataError::from_params)
 }
 
 fn write_lock(path: &Path, lock: &LockFile) -> Result<()> {

@@ -33,7 +33,6 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// File name of the manifest inside a store directory.
@@ -159,27 +158,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExpertsError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file in the same directory and a
-/// rename.
+/// Writes `bytes` to `dir/name` atomically ([`madeit_params::fs::write_atomic`]: a synced
+/// temporary file in the same folder, a rename, the folder synced).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let path = dir.join(name);
-    let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, &path)
-    })();
-    if let Err(source) = result {
-        // Best effort: the temporary file is garbage either way.
-        let _ = fs::remove_file(&tmp);
-        return Err(ExpertsError::StoreIo { path, source });
-    }
-    // Make the rename durable where the platform allows syncing a directory.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    madeit_params::fs::write_atomic(&path, bytes).map_err(|e| match e {
+        madeit_params::ParamsError::Io { path, source } => ExpertsError::StoreIo { path, source },
+        other => ExpertsError::StoreIo {
+            path: path.clone(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })?;
     Ok(path)
 }
 
@@ -307,7 +296,9 @@ pub fn save(state: &MadeIt, dir: &Path) -> Result<SavedStore> {
             let stale_tensors = name.starts_with(TENSOR_PREFIX)
                 && name.ends_with(TENSOR_SUFFIX)
                 && name != tensor_file;
-            let stale_tmp = name.starts_with(TMP_PREFIX);
+            // Temporary files of a killed save (and of stores written by earlier versions).
+            let stale_tmp =
+                name.starts_with(TMP_PREFIX) || madeit_params::fs::is_temp_file_name(name);
             if stale_tensors || stale_tmp {
                 let _ = fs::remove_file(entry.path());
             }

@@ -92,6 +92,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ParamsError> {
     write_atomic_with(path, |w| w.write_all(bytes).map_err(io_err(path)))
 }
 
+/// [`write_atomic`] after creating the missing folders of `path`'s parent.
+///
+/// # Errors
+/// [`ParamsError::Io`] naming the folder that cannot be created, or `path`.
+pub fn write_atomic_creating_parent(path: &Path, bytes: &[u8]) -> Result<(), ParamsError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    write_atomic(path, bytes)
+}
+
+/// Whether a file name is one of [`write_atomic_with`]'s temporary files
+/// (`.<name>.<random>.madeit.tmp`), which only a killed process leaves behind.
+#[must_use]
+pub fn is_temp_file_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
 /// Writes a file atomically: `write` fills a temporary file in the same folder
 /// (`.<name>.<random>.tmp`), which is flushed, `fsync`ed and renamed over `path`; the folder
 /// is then `fsync`ed. On any failure the temporary file is removed and a file already at

@@ -166,6 +166,15 @@ impl ZooError {
         }
     }
 
+    /// The error of an atomic write through `madeit_params::fs`: its I/O errors keep their
+    /// form (naming the file).
+    pub(crate) fn from_params(e: madeit_params::ParamsError) -> Self {
+        match e {
+            madeit_params::ParamsError::Io { path, source } => Self::io(path, source),
+            other => Self::Params(other),
+        }
+    }
+
     /// A JSON error naming `path`.
     pub(crate) fn json(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
         Self::Json {

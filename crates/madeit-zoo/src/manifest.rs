@@ -307,14 +307,8 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, text.as_bytes())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` atomically, creating its folder
+/// ([`madeit_params::fs::write_atomic_creating_parent`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| ZooError::io(parent, e))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| ZooError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ZooError::io(path, e))
+    madeit_params::fs::write_atomic_creating_parent(path, bytes).map_err(ZooError::from_params)
 }
