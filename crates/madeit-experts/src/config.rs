@@ -4,13 +4,12 @@ use crate::error::{ExpertsError, Result};
 use serde::{Deserialize, Serialize};
 
 /// How the candidate expert's truncated SVD of `dW = W_t - W0` is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CandidateSvd {
     /// Full thin SVD, truncated to the top `r` triplets (deterministic, exact up to `f32`
-    /// rounding). The default.
-    #[default]
+    /// rounding).
     Exact,
     /// Randomized range finder (Halko, Martinsson, Tropp) through
     /// `madeit_linalg::truncated_svd`: Gaussian sketch of width `r + oversample`,
@@ -25,6 +24,68 @@ pub enum CandidateSvd {
         /// Base seed.
         seed: u64,
     },
+    /// The default: [`CandidateSvd::Randomized`] for modules whose smaller side is at least
+    /// `min_dim` (CLIP's 768 and 3072 x 768 matrices: 3-4x faster, with the accuracy that
+    /// docs/performance.md records on real-shaped, decaying spectra), [`CandidateSvd::Exact`]
+    /// below it (the embedded zoo's towers and small test models, where an exact SVD is
+    /// cheap and a randomized sketch of a flat spectrum would be loose).
+    Auto {
+        /// Smallest `min(d_out, d_in)` that takes the randomized path.
+        min_dim: usize,
+        /// As [`CandidateSvd::Randomized`].
+        oversample: usize,
+        /// As [`CandidateSvd::Randomized`].
+        power_iters: usize,
+        /// As [`CandidateSvd::Randomized`].
+        seed: u64,
+    },
+}
+
+impl Default for CandidateSvd {
+    fn default() -> Self {
+        Self::Auto {
+            min_dim: 512,
+            oversample: 10,
+            power_iters: 2,
+            seed: 0,
+        }
+    }
+}
+
+impl CandidateSvd {
+    /// The decomposition a `d_out x d_in` module gets: `Auto` resolved to `Exact` or
+    /// `Randomized` by the module's shape; the others as they are.
+    #[must_use]
+    pub fn for_shape(self, d_out: usize, d_in: usize) -> Self {
+        match self {
+            Self::Auto {
+                min_dim,
+                oversample,
+                power_iters,
+                seed,
+            } => {
+                if d_out.min(d_in) >= min_dim {
+                    Self::Randomized {
+                        oversample,
+                        power_iters,
+                        seed,
+                    }
+                } else {
+                    Self::Exact
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The base seed of the randomized sketches (0 for `Exact`).
+    #[must_use]
+    pub fn seed(self) -> u64 {
+        match self {
+            Self::Randomized { seed, .. } | Self::Auto { seed, .. } => seed,
+            Self::Exact => 0,
+        }
+    }
 }
 
 /// How a candidate is compared with the existing experts of its module.
@@ -136,7 +197,8 @@ pub struct MadeItConfig {
     /// (the threshold is then `±inf` even when `sigma = 0`). Must not be NaN.
     #[serde(with = "crate::serde_ext")]
     pub kappa: f64,
-    /// How the candidate's truncated SVD is computed. Default [`CandidateSvd::Exact`].
+    /// How the candidate's truncated SVD is computed. Default [`CandidateSvd::Auto`]
+    /// (randomized from 512 up, exact below).
     pub svd: CandidateSvd,
     /// Affinity between candidate and experts. Default [`AffinityMetric::Subspace`].
     pub affinity: AffinityMetric,
@@ -169,7 +231,7 @@ impl Default for MadeItConfig {
         Self {
             rho: 0.1,
             kappa: 1.0,
-            svd: CandidateSvd::Exact,
+            svd: CandidateSvd::default(),
             affinity: AffinityMetric::Subspace,
             history: HistoryScope::Pooled,
             merge: MergeRule::SubspaceMerge,
@@ -211,7 +273,8 @@ impl MadeItConfig {
                 format!("must be in [0, 0.5), got {}", self.tie_tolerance),
             );
         }
-        if let CandidateSvd::Randomized { power_iters, .. } = self.svd
+        if let CandidateSvd::Randomized { power_iters, .. } | CandidateSvd::Auto { power_iters, .. } =
+            self.svd
             && power_iters > 64
         {
             return bad(

@@ -395,10 +395,7 @@ impl MadeIt {
                 let wt = finetuned.get(&m.weight_key)?.as_mat()?;
                 let dw = Mat::from_fn(m.d_out, m.d_in, |r, c| wt[(r, c)] - w0[(r, c)]);
                 let rank = config.rank_for(m.d_out, m.d_in);
-                let base = match config.svd {
-                    crate::config::CandidateSvd::Randomized { seed, .. } => seed,
-                    crate::config::CandidateSvd::Exact => 0,
-                };
+                let base = config.svd.seed();
                 #[allow(clippy::cast_possible_truncation)]
                 let seed = mix64(base ^ mix64(i as u64) ^ mix64(u64::from(task) << 32));
                 lowrank::candidate(m.name(), dw.as_ref(), rank, config.svd, seed, task)

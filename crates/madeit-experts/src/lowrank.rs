@@ -31,8 +31,8 @@ pub fn candidate(
     seed: u64,
     task: u32,
 ) -> Result<Expert> {
-    let method = match method {
-        CandidateSvd::Exact => TruncatedSvd::Exact,
+    let method = match method.for_shape(dw.nrows(), dw.ncols()) {
+        CandidateSvd::Exact | CandidateSvd::Auto { .. } => TruncatedSvd::Exact,
         CandidateSvd::Randomized {
             oversample,
             power_iters,

@@ -559,4 +559,73 @@ fn config_serde_defaults_and_infinities() {
             seed: 9
         }
     );
+    let c: MadeItConfig = serde_json::from_str(r#"{"svd": "exact"}"#).unwrap();
+    assert_eq!(c.svd, CandidateSvd::Exact);
+    let c: MadeItConfig = serde_json::from_str(
+        r#"{"svd": {"auto": {"min_dim": 64, "oversample": 3, "power_iters": 1, "seed": 2}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.svd,
+        CandidateSvd::Auto {
+            min_dim: 64,
+            oversample: 3,
+            power_iters: 1,
+            seed: 2
+        }
+    );
+    let back: MadeItConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    let bad = MadeItConfig {
+        svd: CandidateSvd::Auto {
+            min_dim: 1,
+            oversample: 1,
+            power_iters: 65,
+            seed: 0,
+        },
+        ..MadeItConfig::default()
+    };
+    assert!(bad.check().is_err());
+}
+
+#[test]
+fn the_default_svd_is_randomized_from_512_up_and_exact_below() {
+    let svd = MadeItConfig::default().svd;
+    let randomized = CandidateSvd::Randomized {
+        oversample: 10,
+        power_iters: 2,
+        seed: 0,
+    };
+    // CLIP ViT-B's modules.
+    assert_eq!(svd.for_shape(768, 768), randomized);
+    assert_eq!(svd.for_shape(3072, 768), randomized);
+    assert_eq!(svd.for_shape(768, 3072), randomized);
+    assert_eq!(svd.for_shape(512, 512), randomized);
+    // The zoo's (width 144, MLP 576) and small test models.
+    assert_eq!(svd.for_shape(144, 144), CandidateSvd::Exact);
+    assert_eq!(svd.for_shape(576, 144), CandidateSvd::Exact);
+    assert_eq!(svd.for_shape(511, 4096), CandidateSvd::Exact);
+    // Explicit choices are kept whatever the shape.
+    assert_eq!(CandidateSvd::Exact.for_shape(768, 768), CandidateSvd::Exact);
+    assert_eq!(randomized.for_shape(8, 8), randomized);
+}
+
+#[test]
+fn auto_gives_the_exact_result_below_its_threshold() {
+    let pre = pretrained(1, "", 19);
+    let ft = finetuned(&pre, 8, 3, 0.5);
+    let exact = run(
+        MadeItConfig {
+            svd: CandidateSvd::Exact,
+            ..MadeItConfig::default()
+        },
+        &pre,
+        &[(1, ft.clone())],
+    );
+    let auto = run(MadeItConfig::default(), &pre, &[(1, ft)]);
+    for (a, b) in exact.modules().iter().zip(auto.modules()) {
+        let (ea, eb) = (&a.experts()[0], &b.experts()[0]);
+        assert!(ea.u().to_owned() == eb.u().to_owned(), "{}", a.name());
+        assert_eq!(ea.s(), eb.s(), "{}", a.name());
+    }
 }

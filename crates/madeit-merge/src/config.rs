@@ -262,7 +262,8 @@ pub enum MethodConfig {
     /// `opcm`: [`OpcmConfig`].
     Opcm(OpcmConfig),
     /// `made_it`: [`MadeItConfig`] (its fields at the top level, e.g. `rho = 0.1`,
-    /// `kappa = 1.0`, `svd = "exact"`).
+    /// `kappa = 1.0`, `svd = "exact"`; the default `svd` is
+    /// `{ auto = { min_dim = 512, oversample = 10, power_iters = 2, seed = 0 } }`).
     #[serde(rename = "made_it")]
     MadeIt(MadeItConfig),
 }
