@@ -205,6 +205,11 @@ fn absorb_step_in<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
         // comparison.
         "made_it_exact_svd",
         MethodConfig::from_json_str(r#"{"method": "made_it", "svd": "exact"}"#).expect("valid"),
+    )))
+    .chain(std::iter::once((
+        // The default OPCM decomposes in f32 (the reference's precision).
+        "opcm_f64",
+        MethodConfig::from_json_str(r#"{"method": "opcm", "precision": "f64"}"#).expect("valid"),
     )));
     for (name, cfg) in configs {
         let mut primed = cfg.build().expect("valid defaults");

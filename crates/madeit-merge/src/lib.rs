@@ -33,8 +33,8 @@ mod methods;
 mod state;
 
 pub use config::{
-    Aggregate, METHODS, MagMaxConfig, MethodConfig, MethodInfo, OpcmConfig, SwaConfig,
-    TaskArithmeticConfig, TiesConfig, method_info, resume,
+    Aggregate, METHODS, MagMaxConfig, MethodConfig, MethodInfo, OpcmConfig, SvdPrecision,
+    SwaConfig, TaskArithmeticConfig, TiesConfig, method_info, resume,
 };
 pub use contract::{
     ContinualMerger, ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,

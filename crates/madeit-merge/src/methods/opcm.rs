@@ -3,7 +3,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use indexmap::IndexMap;
-use madeit_linalg::{Svd, SvdWorkspace};
+use madeit_linalg::{Real, Svd, SvdWorkspace};
 use madeit_params::{ParamDict, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use super::{MERGED_PREFIX, check_layout, dense_output, lookup, tensor_like, to_f
 use crate::state::{Ledger, check_state_tensors, exact_f64, export_tensors, import_tensors};
 use crate::{
     ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, OpcmConfig, StepReport,
-    TaskId,
+    SvdPrecision, TaskId,
 };
 
 const METHOD: &str = "opcm";
@@ -45,7 +45,7 @@ struct OpcmExtra {
 ///
 /// - `t = 1`: `θ^(1) = θ_1`, `λ_1 = 1`.
 /// - `t ≥ 2`, per tensor (see [`OpcmConfig`] for which tensors are linear weights):
-///   - linear weight `W` (`m × n`): thin SVD `D = U diag(s) V^T` in `f64`; split rank `k` =
+///   - linear weight `W` (`m × n`): thin SVD `D = U diag(s) V^T`; split rank `k` =
 ///     first index with `cumsum(s)/sum(s) > α` (0 if none); with `C = U^T τ_t V`, zero the
 ///     diagonal of `C` and its block `C[:k,:k]`, `P(τ_t) = U C V^T` (full bases). With thin
 ///     factors only:
@@ -63,7 +63,8 @@ struct OpcmExtra {
 /// reference as here, and so is the diagonal that gets zeroed there; fine-tuned task vectors
 /// are full rank.
 ///
-/// The SVDs and projections run in `f64`, one tensor per thread (faer sequential inside);
+/// The SVDs and projections run in `f32` (the reference's precision; `precision = "f64"`
+/// for double), one tensor per thread (faer sequential inside);
 /// `Δ'` is held in `f32` between the projection pass and the rescale pass, and merged
 /// weights are stored in `f32`.
 #[derive(Debug, Clone)]
@@ -125,7 +126,7 @@ impl Opcm {
     /// `Δ'` of one tensor.
     fn step_tensor(
         &self,
-        ws: &mut SvdWorkspace<f64>,
+        ws: &mut Workspaces,
         name: &str,
         role: Role,
         (p, m, f): (&Tensor, &Tensor, &Tensor),
@@ -163,52 +164,85 @@ impl Opcm {
                         },
                     });
                 };
-                // Row-major `rows × cols` data is the column-major `cols × rows` transpose.
-                // The projection rule commutes with transposition (C -> C^T keeps the
-                // diagonal and the leading k × k block), so work on the transposes.
-                let (a_rows, a_cols) = (cols, rows);
-                let mut d = Mat::<f64>::zeros(a_rows, a_cols);
-                let mut tau = Mat::<f64>::zeros(a_rows, a_cols);
-                for (((dc, tc), (pc, mc)), fc) in d
-                    .col_iter_mut()
-                    .zip(tau.col_iter_mut())
-                    .zip(pd.chunks_exact(a_rows).zip(md.chunks_exact(a_rows)))
-                    .zip(fd.chunks_exact(a_rows))
-                {
-                    for ((((dv, tv), &p), &m), &f) in
-                        dc.iter_mut().zip(tc.iter_mut()).zip(pc).zip(mc).zip(fc)
-                    {
-                        let p = f64::from(p);
-                        *dv = f64::from(m) - p;
-                        *tv = f64::from(f) - p;
+                let alpha = self.config.alpha;
+                let step = match self.config.precision {
+                    SvdPrecision::F32 => {
+                        project_tensor::<f32>(&mut ws.f32, lp, alpha, (rows, cols), (pd, md, fd))
                     }
-                }
-                let (k, r) = project_in_place(ws, d.as_ref(), tau.as_mut(), self.config.alpha)
-                    .map_err(|source| MergeError::Linalg {
-                        tensor: name.to_owned(),
-                        source,
-                    })?;
-                let mut delta = vec![0.0f32; pd.len()];
-                let mut sum_sq = 0.0;
-                for ((dc, pc), out) in d
-                    .col_iter()
-                    .zip(tau.col_iter())
-                    .zip(delta.chunks_exact_mut(a_rows))
-                {
-                    for ((&dv, &pv), o) in dc.iter().zip(pc.iter()).zip(out.iter_mut()) {
-                        let v = lp * dv + pv;
-                        sum_sq += v * v;
-                        *o = to_f32(v);
+                    SvdPrecision::F64 => {
+                        project_tensor::<f64>(&mut ws.f64, lp, alpha, (rows, cols), (pd, md, fd))
                     }
-                }
-                Ok(TensorStep {
-                    delta,
-                    sum_sq,
-                    split: Some((k, r)),
+                };
+                step.map_err(|source| MergeError::Linalg {
+                    tensor: name.to_owned(),
+                    source,
                 })
             }
         }
     }
+}
+
+/// Sequential SVD workspaces of both precisions (one per worker thread).
+struct Workspaces {
+    f32: SvdWorkspace<f32>,
+    f64: SvdWorkspace<f64>,
+}
+
+impl Workspaces {
+    fn new() -> Self {
+        Self {
+            f32: SvdWorkspace::with_parallelism(Par::Seq),
+            f64: SvdWorkspace::with_parallelism(Par::Seq),
+        }
+    }
+}
+
+/// `Δ' = λ_{t−1} D + P(τ_t)` of one `rows × cols` linear weight, computed in `T`; the
+/// squared norm is accumulated in `f64`.
+fn project_tensor<T: Real>(
+    ws: &mut SvdWorkspace<T>,
+    lp: f64,
+    alpha: f64,
+    (rows, cols): (usize, usize),
+    (pd, md, fd): (&[f32], &[f32], &[f32]),
+) -> Result<TensorStep, madeit_linalg::LinalgError> {
+    // Row-major `rows × cols` data is the column-major `cols × rows` transpose. The
+    // projection rule commutes with transposition (C -> C^T keeps the diagonal and the
+    // leading k × k block), so work on the transposes.
+    let (a_rows, a_cols) = (cols, rows);
+    let mut d = Mat::<T>::zeros(a_rows, a_cols);
+    let mut tau = Mat::<T>::zeros(a_rows, a_cols);
+    for (((dc, tc), (pc, mc)), fc) in d
+        .col_iter_mut()
+        .zip(tau.col_iter_mut())
+        .zip(pd.chunks_exact(a_rows).zip(md.chunks_exact(a_rows)))
+        .zip(fd.chunks_exact(a_rows))
+    {
+        for ((((dv, tv), &p), &m), &f) in dc.iter_mut().zip(tc.iter_mut()).zip(pc).zip(mc).zip(fc) {
+            let p = f64::from(p);
+            *dv = T::from_f64(f64::from(m) - p);
+            *tv = T::from_f64(f64::from(f) - p);
+        }
+    }
+    let (k, r) = project_in_place(ws, d.as_ref(), tau.as_mut(), alpha)?;
+    let mut delta = vec![0.0f32; pd.len()];
+    let mut sum_sq = 0.0;
+    for ((dc, pc), out) in d
+        .col_iter()
+        .zip(tau.col_iter())
+        .zip(delta.chunks_exact_mut(a_rows))
+    {
+        for ((&dv, &pv), o) in dc.iter().zip(pc.iter()).zip(out.iter_mut()) {
+            let v = lp * dv.to_f64() + pv.to_f64();
+            sum_sq += v * v;
+            *o = to_f32(v);
+        }
+    }
+    Ok(TensorStep {
+        delta,
+        sum_sq,
+        split: Some((k, r)),
+    })
 }
 
 /// Replaces `τ` by OPCM's projection `P(τ)` with respect to the merged task vector `d`
@@ -219,48 +253,50 @@ impl Opcm {
 ///
 /// # Errors
 /// Those of the SVD.
-pub(crate) fn project_in_place(
-    ws: &mut SvdWorkspace<f64>,
-    d: MatRef<'_, f64>,
-    mut tau: MatMut<'_, f64>,
+pub(crate) fn project_in_place<T: Real>(
+    ws: &mut SvdWorkspace<T>,
+    d: MatRef<'_, T>,
+    mut tau: MatMut<'_, T>,
     alpha: f64,
 ) -> Result<(usize, usize), madeit_linalg::LinalgError> {
     let (m, n) = d.shape();
     let r = m.min(n);
     let par = Par::Seq;
-    let is_zero = d.col_iter().all(|c| c.iter().all(|&x| x == 0.0));
+    let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
+    let is_zero = d.col_iter().all(|c| c.iter().all(|&x| x == zero));
     let Svd { u, s, v } = if is_zero {
         Svd {
-            u: Mat::from_fn(m, r, |i, j| if i == j { 1.0 } else { 0.0 }),
-            s: vec![0.0; r],
-            v: Mat::from_fn(n, r, |i, j| if i == j { 1.0 } else { 0.0 }),
+            u: Mat::from_fn(m, r, |i, j| if i == j { one } else { zero }),
+            s: vec![zero; r],
+            v: Mat::from_fn(n, r, |i, j| if i == j { one } else { zero }),
         }
     } else {
         ws.thin_svd(d)?
     };
-    let k = split_rank(&s, alpha);
+    let s64: Vec<f64> = s.iter().map(|x| x.to_f64()).collect();
+    let k = split_rank(&s64, alpha);
     // X = U^T τ (r × n) and V^T (r × n), both column-major.
-    let mut x = Mat::<f64>::zeros(r, n);
+    let mut x = Mat::<T>::zeros(r, n);
     matmul(
         x.as_mut(),
         Accum::Replace,
         u.transpose(),
         tau.as_ref(),
-        1.0,
+        one,
         par,
     );
     let vt = v.transpose().to_owned();
     // Y = E V^T (r × n) where E keeps G = U^T τ V on [:k, :k] and on the diagonal:
     // rows < k: G_kk V_k^T with G_kk = X_k V_k; rows i ≥ k: g_i v_i^T, g_i = X_i · v_i.
-    let mut y = Mat::<f64>::zeros(r, n);
+    let mut y = Mat::<T>::zeros(r, n);
     if k > 0 {
-        let mut g = Mat::<f64>::zeros(k, k);
+        let mut g = Mat::<T>::zeros(k, k);
         matmul(
             g.as_mut(),
             Accum::Replace,
             x.as_ref().subrows(0, k),
             v.as_ref().subcols(0, k),
-            1.0,
+            one,
             par,
         );
         matmul(
@@ -268,12 +304,12 @@ pub(crate) fn project_in_place(
             Accum::Replace,
             g.as_ref(),
             vt.as_ref().subrows(0, k),
-            1.0,
+            one,
             par,
         );
     }
     if k < r {
-        let mut gd = vec![0.0f64; r - k];
+        let mut gd = vec![zero; r - k];
         for (xc, vc) in x.col_iter().zip(vt.col_iter()) {
             let (xs, vs) = (xc.subrows(k, r - k), vc.subrows(k, r - k));
             for ((g, &a), &b) in gd.iter_mut().zip(xs.iter()).zip(vs.iter()) {
@@ -288,12 +324,12 @@ pub(crate) fn project_in_place(
         }
     }
     // τ ← τ − U Y
-    matmul(tau.as_mut(), Accum::Add, u.as_ref(), y.as_ref(), -1.0, par);
+    matmul(tau.as_mut(), Accum::Add, u.as_ref(), y.as_ref(), -one, par);
     Ok((k, r))
 }
 
 /// OPCM's projection of a task-vector block `τ` against a merged task vector `d` (both
-/// `m × n`, `f64`), as used for every linear weight at steps `t ≥ 2`:
+/// `m × n`, `f32` or `f64`), as used for every linear weight at steps `t ≥ 2`:
 /// `P(τ) = U C V^T` with `C = U^T τ V` (full bases) whose diagonal and leading `k × k` block
 /// are zeroed, `d = U diag(s) V^T`, `k` the first index with `cumsum(s)/sum(s) > alpha`
 /// (0 if none). Returns `(P(τ), k)`.
@@ -301,11 +337,11 @@ pub(crate) fn project_in_place(
 /// # Errors
 /// [`MergeError::Linalg`] (tensor `"tau"`) if the shapes differ, or (tensor `"d"`) if the
 /// SVD fails or `d` is empty or not finite.
-pub fn opcm_projection(
-    d: MatRef<'_, f64>,
-    tau: MatRef<'_, f64>,
+pub fn opcm_projection<T: Real>(
+    d: MatRef<'_, T>,
+    tau: MatRef<'_, T>,
     alpha: f64,
-) -> Result<(Mat<f64>, usize), MergeError> {
+) -> Result<(Mat<T>, usize), MergeError> {
     if d.shape() != tau.shape() {
         return Err(MergeError::Linalg {
             tensor: "tau".to_owned(),
@@ -410,15 +446,12 @@ impl ContinualMerger for Opcm {
         let mut steps: Vec<(usize, TensorStep)> = order
             .par_iter()
             .with_max_len(1)
-            .map_init(
-                || SvdWorkspace::<f64>::with_parallelism(Par::Seq),
-                |ws, &(i, name, role, _)| {
-                    let p = lookup(METHOD, pretrained, name)?;
-                    let m = lookup(METHOD, &self.merged, name)?;
-                    let f = lookup(METHOD, finetuned, name)?;
-                    self.step_tensor(ws, name, role, (p, m, f)).map(|s| (i, s))
-                },
-            )
+            .map_init(Workspaces::new, |ws, &(i, name, role, _)| {
+                let p = lookup(METHOD, pretrained, name)?;
+                let m = lookup(METHOD, &self.merged, name)?;
+                let f = lookup(METHOD, finetuned, name)?;
+                self.step_tensor(ws, name, role, (p, m, f)).map(|s| (i, s))
+            })
             .collect::<Result<_, MergeError>>()?;
         steps.sort_by_key(|s| s.0);
 
