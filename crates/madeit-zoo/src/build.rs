@@ -104,8 +104,8 @@ impl Default for BuildConfig {
             pretrain_sources: default_pretrain_sources(),
             pretrain_relabel: false,
             model: ClipVisionConfig {
-                hidden_size: 96,
-                intermediate_size: 384,
+                hidden_size: 144,
+                intermediate_size: 576,
                 num_hidden_layers: 4,
                 num_attention_heads: 4,
                 image_size: madeit_data::IMAGE_SIZE,
@@ -113,7 +113,7 @@ impl Default for BuildConfig {
                 num_channels: madeit_data::CHANNELS,
                 layer_norm_eps: 1e-5,
                 hidden_act: Activation::QuickGelu,
-                projection_dim: 96,
+                projection_dim: 144,
             },
             pretrain: TrainConfig {
                 steps: 2000,

@@ -12,11 +12,11 @@ use crate::energy::EnergyReport;
 use crate::error::{Result, ZooError};
 
 /// Value of [`Manifest::format`] written by this version.
-pub const ZOO_FORMAT: &str = "madeit-zoo-v2";
+pub const ZOO_FORMAT: &str = "madeit-zoo-v3";
 
 /// Formats of earlier versions: a zoo folder of one of these is recognised and must be
 /// rebuilt (`madeit zoo build --force`).
-pub const OLD_ZOO_FORMATS: [&str; 1] = ["madeit-zoo-v1"];
+pub const OLD_ZOO_FORMATS: [&str; 2] = ["madeit-zoo-v1", "madeit-zoo-v2"];
 
 /// File name of the manifest inside the zoo folder.
 pub const MANIFEST_FILE: &str = "zoo.json";
