@@ -91,10 +91,13 @@ impl<T: Real> Svd<T> {
     #[must_use]
     pub fn truncated(mut self, rank: usize) -> Self {
         if rank < self.s.len() {
-            let (m, n) = (self.u.nrows(), self.v.nrows());
-            self.u.truncate(m, rank);
-            self.v.truncate(n, rank);
+            // Copies, rather than `Mat::truncate`, which keeps the whole allocation: a
+            // top-77 triplet set of a 3072 x 768 SVD would otherwise hold all 768 columns
+            // for as long as the factors live (MADE-IT keeps them as experts).
+            self.u = self.u.subcols(0, rank).to_owned();
+            self.v = self.v.subcols(0, rank).to_owned();
             self.s.truncate(rank);
+            self.s.shrink_to_fit();
         }
         self
     }
@@ -565,7 +568,8 @@ impl<T: Real> SvdWorkspace<T> {
         self.qz = qz;
         self.small = w;
         res.map_err(|_| LinalgError::NoConvergence { rows: k, cols: n })?;
-        v.truncate(n, rank);
+        // A copy: `Mat::truncate` would keep all `k` columns allocated.
+        let v = v.subcols(0, rank).to_owned();
         s.truncate(rank);
         let mut out = Svd { u, s, v };
         out.canonicalize_signs();
