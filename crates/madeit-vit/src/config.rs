@@ -297,11 +297,7 @@ impl ClipVisionConfig {
     /// [`VitError::Io`] when the file cannot be read, otherwise as
     /// [`ClipVisionConfig::from_json_str`], naming the file.
     pub fn from_file(path: &Path) -> Result<Self, VitError> {
-        let text = std::fs::read_to_string(path).map_err(|source| VitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, Some(path))
+        Self::parse(&read_config_file(path)?, Some(path))
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Self, VitError> {
@@ -309,11 +305,7 @@ impl ClipVisionConfig {
             path: path.map(Path::to_path_buf),
             message,
         };
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        let serde_json::Value::Object(map) = &value else {
-            return Err(err("expected a JSON object".into()));
-        };
+        let map = json_object(text).map_err(err)?;
         let cfg = match map.get("vision_config") {
             Some(vision) => {
                 let mut vision = vision.clone();
@@ -325,7 +317,7 @@ impl ClipVisionConfig {
                 serde_path_to_error::deserialize::<_, Self>(vision)
                     .map_err(|e| err(format!("in `vision_config.{}`: {}", e.path(), e.inner())))?
             }
-            None => serde_path_to_error::deserialize::<_, Self>(value)
+            None => serde_path_to_error::deserialize::<_, Self>(serde_json::Value::Object(map))
                 .map_err(|e| err(format!("`{}`: {}", e.path(), e.inner())))?,
         };
         cfg.validate()?;
@@ -348,5 +340,24 @@ impl ClipVisionConfig {
             path: None,
             message: e.to_string(),
         })
+    }
+}
+
+/// Reads a `config.json` file as text, naming the file when it cannot be read.
+pub(crate) fn read_config_file(path: &Path) -> Result<String, VitError> {
+    std::fs::read_to_string(path).map_err(|source| VitError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses `text` as a JSON object; the error message otherwise (malformed JSON, or JSON
+/// that is not an object).
+pub(crate) fn json_object(
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(text).map_err(|e: serde_json::Error| e.to_string())? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err("expected a JSON object".into()),
     }
 }
