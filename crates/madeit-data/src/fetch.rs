@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
+use crate::readers::files_under;
 use crate::readers::fonts::FONT_PACKAGES;
 use crate::source::{COMPLETE_MARKER, SourceId, load_source_dir, source_dir};
 
@@ -1076,9 +1077,7 @@ fn unpack_one(
             let archive_arg = archive.to_string_lossy().into_owned();
             let tmp_arg = tmp.to_string_lossy().into_owned();
             run_tool(dpkg, &["-x", &archive_arg, &tmp_arg], root)?;
-            let mut files = Vec::new();
-            walk_files(&tmp, &tmp, &mut files)?;
-            for (member, path) in files {
+            for (member, path) in files_under(&tmp, &|_| true)? {
                 if let Some((rule, rel)) = destination(&member, spec.rules) {
                     let mut f = std::fs::File::open(&path).map_err(|e| DataError::io(&path, e))?;
                     out.write(root, rule, &rel, &mut f)?;
@@ -1128,31 +1127,6 @@ fn check_found(archive: &str, spec: &PackageSpec, out: &Unpacked) -> Result<()> 
     Ok(())
 }
 
-/// Lists regular files under `dir` as (path relative to `root` with `/`, full path).
-fn walk_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| DataError::io(dir, e))?;
-        let path = entry.path();
-        let ty = entry.file_type().map_err(|e| DataError::io(&path, e))?;
-        if ty.is_dir() {
-            walk_files(root, &path, out)?;
-        } else if ty.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .map(|r| {
-                    r.components()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                })
-                .unwrap_or_default();
-            out.push((rel, path));
-        }
-    }
-    Ok(())
-}
-
 /// SHA-256 of a file, as lower-case hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -1176,16 +1150,11 @@ fn digest_rules(root: &Path, spec: &PackageSpec) -> Result<BTreeMap<String, Stri
             }
             Rule::Tree { to, exts, .. } => {
                 let dir = root.join(to);
-                let mut files = Vec::new();
-                walk_files(&dir, &dir, &mut files)?;
-                let mut names: Vec<(String, PathBuf)> = files
-                    .into_iter()
-                    .filter(|(rel, _)| {
-                        let lower = rel.to_ascii_lowercase();
-                        exts.iter()
-                            .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
-                    })
-                    .collect();
+                let mut names = files_under(&dir, &|rel| {
+                    let lower = rel.to_ascii_lowercase();
+                    exts.iter()
+                        .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
+                })?;
                 names.sort();
                 let mut hasher = Sha256::new();
                 for (rel, path) in &names {
