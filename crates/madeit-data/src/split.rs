@@ -232,8 +232,10 @@ impl Splits {
     }
 }
 
-/// A uniform integer in `0..n` (`n > 0`) by rejection sampling (no modulo bias).
-fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
+/// A uniform integer in `0..n` (`n > 0`) by rejection sampling (no modulo bias). Shared with
+/// the zoo's training batches, so both draw the same values from the same generator.
+#[must_use]
+pub fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
     let zone = u64::MAX - (u64::MAX % n);
     loop {
         let x = rng.next_u64();
@@ -244,7 +246,7 @@ fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
 }
 
 /// Fisher–Yates shuffle: for `i` from the end down to 1, swap `v[i]` with `v[below(i+1)]`.
-fn shuffle(v: &mut [usize], rng: &mut ChaCha8Rng) {
+pub fn shuffle(v: &mut [usize], rng: &mut ChaCha8Rng) {
     for i in (1..v.len()).rev() {
         let j = below(rng, i as u64 + 1) as usize;
         v.swap(i, j);
