@@ -25,18 +25,7 @@ fn dense(m: &LwAdaMerging, theta0: &ParamDict) -> ParamDict {
 }
 
 fn max_diff(a: &ParamDict, b: &ParamDict) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .map(|(name, t)| {
-            let u = b.get(name).unwrap();
-            assert_eq!(t.shape(), u.shape(), "{name}");
-            t.data()
-                .iter()
-                .zip(u.data())
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max)
-        })
-        .fold(0.0f32, f32::max)
+    a.max_abs_diff(b).expect("same names, shapes and dtypes")
 }
 
 /// `theta0 + c_k tau[k]` with one coefficient per tensor (`coeff(name)`).

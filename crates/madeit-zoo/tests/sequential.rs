@@ -38,17 +38,7 @@ fn micro_zoo(dir: &Path) -> (Zoo, Vec<TaskData>) {
 
 /// Largest `|a - b|` over every tensor (the two must have the same names and shapes).
 fn max_abs_diff(a: &ParamDict, b: &ParamDict) -> f32 {
-    a.check_compatible(b).expect("same tensors");
-    a.iter()
-        .map(|(name, t)| {
-            let u = b.get(name).expect("tensor");
-            t.data()
-                .iter()
-                .zip(u.data())
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max)
-        })
-        .fold(0.0f32, f32::max)
+    a.max_abs_diff(b).expect("same tensors")
 }
 
 /// What the callbacks saw: `(index, task, step, steps, lr)` per step, `(index, task,
