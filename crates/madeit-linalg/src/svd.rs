@@ -361,14 +361,20 @@ impl<T: Real> SvdWorkspace<T> {
     /// # Errors
     /// As [`orthonormalize`].
     pub fn orthonormalize(&mut self, a: MatRef<'_, T>) -> Result<Mat<T>, LinalgError> {
+        self.checked_qr(a).map(|(q, _)| q)
+    }
+
+    /// Householder QR of a checked `a` with this workspace's parallelism: the thin `Q` with
+    /// `diag(R) >= 0` signs and the factored work matrix (`R` in its upper triangle, before
+    /// the sign fix).
+    fn checked_qr(&mut self, a: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>), LinalgError> {
         check_matrix(a, "a")?;
         let (m, n) = a.shape();
-        let k = m.min(n);
         let mut work = a.to_owned();
-        let mut q = Mat::zeros(m, k);
+        let mut q = Mat::zeros(m, m.min(n));
         let par = self.par;
         self.qr_into(work.as_mut(), q.as_mut(), true, par);
-        Ok(q)
+        Ok((q, work))
     }
 
     /// Grows the work stack to hold `req`.
@@ -579,13 +585,9 @@ impl<T: Real> SvdWorkspace<T> {
     /// # Errors
     /// [`LinalgError::EmptyMatrix`] or [`LinalgError::NonFinite`] (argument `"a"`).
     pub fn thin_qr(&mut self, a: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>), LinalgError> {
-        check_matrix(a, "a")?;
+        let (q, work) = self.checked_qr(a)?;
         let (m, n) = a.shape();
         let k = m.min(n);
-        let mut work = a.to_owned();
-        let mut q = Mat::zeros(m, k);
-        let par = self.par;
-        self.qr_into(work.as_mut(), q.as_mut(), true, par);
         let zero = T::from_f64(0.0);
         let r = Mat::from_fn(k, n, |i, j| {
             let x = if j >= i { work[(i, j)] } else { zero };
