@@ -6,7 +6,10 @@ mod common;
 
 // A fresh evaluator per run: nothing is carried over in memory.
 use common::run_fresh as run;
-use common::{CLASSES, TEST_IMAGES, assert_reported_saved_resumed, experiment_in, temp_zoo};
+use common::{
+    CLASSES, TEST_IMAGES, assert_reported_saved_resumed, assert_same_matrix_bits, experiment_in,
+    temp_zoo,
+};
 
 use madeit_adapt::{AdaptError, MingleConfig, SeedSource, TargetSet};
 use madeit_eval::evaluate::Evaluator;
@@ -107,19 +110,7 @@ fn a_resumed_mingle_stream_is_bit_identical_to_an_uninterrupted_one() {
         let rest = run(&bench, &spec).expect("resumed");
         assert_eq!(rest.resumed_steps, stop);
         assert!(rest.is_complete());
-        for (a, b) in rest
-            .matrix
-            .rows()
-            .iter()
-            .flatten()
-            .zip(whole.matrix.rows().iter().flatten())
-        {
-            assert_eq!(
-                a.map(f64::to_bits),
-                b.map(f64::to_bits),
-                "stopped after {stop}"
-            );
-        }
+        assert_same_matrix_bits(&rest, &whole, &format!("stopped after {stop}"));
         assert_eq!(rest.metrics, whole.metrics);
         let reports: Vec<_> = rest
             .steps

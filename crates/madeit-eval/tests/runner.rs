@@ -6,8 +6,8 @@ mod common;
 
 use common::run_with as run;
 use common::{
-    TASKS, TEST_IMAGES, assert_reported_saved_resumed, experiment_in, normal, perturbed, temp_zoo,
-    tiny_zoo,
+    TASKS, TEST_IMAGES, assert_reported_saved_resumed, assert_same_matrix_bits, experiment_in,
+    normal, perturbed, temp_zoo, tiny_zoo,
 };
 
 use madeit_data::{NORM_MEAN, NORM_STD, write_split};
@@ -233,15 +233,7 @@ fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
             assert_eq!(rest.resumed_steps, stop);
             assert!(rest.is_complete());
             assert_eq!(rest.matrix, whole.matrix, "{name} stopped after {stop}");
-            for (a, b) in rest
-                .matrix
-                .rows()
-                .iter()
-                .flatten()
-                .zip(whole.matrix.rows().iter().flatten())
-            {
-                assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits));
-            }
+            assert_same_matrix_bits(&rest, &whole, &format!("{name} stopped after {stop}"));
             assert_eq!(rest.metrics, whole.metrics);
             let reports: Vec<_> = rest.steps.iter().map(|s| &s.report).collect();
             let expected: Vec<_> = whole.steps.iter().map(|s| &s.report).collect();

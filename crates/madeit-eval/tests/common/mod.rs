@@ -183,3 +183,17 @@ pub fn experiment_in(dir: &Path, toml: &str) -> (ExperimentConfig, StateOptions)
     };
     (cfg, state)
 }
+
+/// Asserts that the accuracy matrices of two results are equal to the bit.
+#[track_caller]
+pub fn assert_same_matrix_bits(got: &StreamResult, want: &StreamResult, what: &str) {
+    let cells = |r: &StreamResult| -> Vec<Option<u64>> {
+        r.matrix
+            .rows()
+            .iter()
+            .flatten()
+            .map(|a| a.map(f64::to_bits))
+            .collect()
+    };
+    assert_eq!(cells(got), cells(want), "{what}");
+}
