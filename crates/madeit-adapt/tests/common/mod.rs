@@ -4,7 +4,7 @@
 
 use faer::Mat;
 use madeit_adapt::{AdaptReport, MingleConfig, SeedImages, TestTimeMerger};
-use madeit_merge::TaskId;
+use madeit_merge::{ExpertModel, MergedModel, TaskId};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead};
 use rand::SeedableRng;
@@ -117,4 +117,20 @@ pub fn fixture(n_tasks: usize, seeds: usize) -> Fixture {
 pub fn absorb(m: &mut impl TestTimeMerger, f: &Fixture, t: usize) -> AdaptReport {
     let (id, ft, seed, head) = &f.tasks[t];
     m.absorb(&f.theta0, ft, id, seed, head).unwrap()
+}
+
+/// `m` after absorbing the first `n` tasks of the fixture.
+pub fn absorbed<M: TestTimeMerger>(mut m: M, f: &Fixture, n: usize) -> M {
+    for t in 0..n {
+        absorb(&mut m, f, t);
+    }
+    m
+}
+
+/// The merged model of `m`, which must be an expert model.
+pub fn expert_model(m: &impl TestTimeMerger, f: &Fixture) -> ExpertModel {
+    match m.merged_model(&f.theta0).unwrap() {
+        MergedModel::Experts(model) => model,
+        _ => panic!("expected an expert model"),
+    }
 }
