@@ -99,12 +99,7 @@ fn without_adaptation_accumulate_is_continual_task_arithmetic() {
     let seed = &f.tasks[0].2;
     let a = gated.embed(seed.pixels().to_vec(), seed.len()).unwrap();
     let b = merged.embed(seed.pixels().to_vec(), seed.len()).unwrap();
-    let d = a
-        .data()
-        .iter()
-        .zip(b.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let d = a.max_abs_diff(&b).unwrap();
     assert!(d <= 1e-5, "gated vs dense forward max|diff| {d}");
 }
 

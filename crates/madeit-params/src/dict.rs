@@ -261,9 +261,10 @@ impl ParamDict {
         self.check_compatible(other)?;
         let mut worst = 0.0f32;
         for (name, a) in &self.tensors {
-            for (x, y) in a.data().iter().zip(other.get(name)?.data()) {
-                worst = worst.max((x - y).abs());
-            }
+            let d = a
+                .max_abs_diff(other.get(name)?)
+                .map_err(|e| e.in_tensor(name))?;
+            worst = worst.max(d);
         }
         Ok(worst)
     }

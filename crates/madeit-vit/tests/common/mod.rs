@@ -46,11 +46,7 @@ pub fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
 
 pub fn max_abs_diff(a: &HostTensor, b: &HostTensor) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.data()
-        .iter()
-        .zip(b.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.max_abs_diff(b).unwrap()
 }
 
 /// Rows `start..start + len` along the first axis of a host tensor.
