@@ -7,8 +7,8 @@ mod common;
 // A fresh evaluator per run: nothing is carried over in memory.
 use common::run_fresh as run;
 use common::{
-    CLASSES, TEST_IMAGES, assert_reported_saved_resumed, assert_same_matrix_bits, experiment_in,
-    temp_zoo,
+    CLASSES, assert_full_triangle, assert_reported_saved_resumed, assert_same_matrix_bits,
+    experiment_in, temp_zoo,
 };
 
 use madeit_adapt::{AdaptError, MingleConfig, SeedSource, TargetSet};
@@ -49,17 +49,7 @@ fn a_mingle_stream_evaluates_every_seen_task_and_reports_its_steps() {
     let r = run_stream(&bench, &ev, &pre, &spec, &mut |e| events.push(e.clone())).expect("run");
     assert_eq!(r.label, "mingle");
     assert_eq!(r.order, ["gamma", "alpha", "beta"]);
-    assert!(r.is_complete());
-    for i in 0..3 {
-        for j in 0..3 {
-            let v = r.matrix.get(i, j).expect("in range");
-            assert_eq!(v.is_some(), i <= j, "entry ({i}, {j})");
-            if let Some(v) = v {
-                let k = v * TEST_IMAGES as f64;
-                assert!((k - k.round()).abs() < 1e-9, "{v}");
-            }
-        }
-    }
+    assert_full_triangle(&r, "mingle");
     for (j, s) in r.steps.iter().enumerate() {
         assert_eq!(s.report.method, "mingle");
         assert_eq!(s.report.step, j + 1);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::run_fresh as run;
-use common::{TEST_IMAGES, temp_zoo, tiny_zoo};
+use common::{assert_full_triangle, temp_zoo, tiny_zoo};
 
 use madeit_adapt::{AdaMergingConfig, WemoeConfig};
 use madeit_eval::report::table_methods;
@@ -60,17 +60,7 @@ fn test_time_streams_evaluate_every_seen_task_and_resume_bit_identically() {
         let mut spec = StreamSpec::new(method.clone(), order.clone());
         spec.checkpoint = Some(whole_ckpt);
         let whole = run(&bench, &spec).expect("stream");
-        assert!(whole.is_complete(), "{name}");
-        for i in 0..3 {
-            for j in 0..3 {
-                let v = whole.matrix.get(i, j).expect("in range");
-                assert_eq!(v.is_some(), i <= j, "{name} entry ({i}, {j})");
-                if let Some(v) = v {
-                    let n = v * TEST_IMAGES as f64;
-                    assert!((n - n.round()).abs() < 1e-9, "{name}: {v}");
-                }
-            }
-        }
+        assert_full_triangle(&whole, name);
         for (j, s) in whole.steps.iter().enumerate() {
             assert_eq!(s.report.method, name);
             assert_eq!(s.report.step, j + 1);

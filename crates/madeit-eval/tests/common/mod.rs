@@ -197,3 +197,25 @@ pub fn assert_same_matrix_bits(got: &StreamResult, want: &StreamResult, what: &s
     };
     assert_eq!(cells(got), cells(want), "{what}");
 }
+
+/// Asserts that the full-mode stream `r` over the three tasks is complete, with exactly
+/// the lower triangle `i <= j` of its matrix filled with accuracies in [0, 1] that are
+/// fractions of the [`TEST_IMAGES`] test images.
+#[track_caller]
+pub fn assert_full_triangle(r: &StreamResult, what: &str) {
+    assert!(r.is_complete(), "{what}");
+    for i in 0..3 {
+        for j in 0..3 {
+            let v = r.matrix.get(i, j).expect("in range");
+            assert_eq!(v.is_some(), i <= j, "{what}: entry ({i}, {j})");
+            if let Some(v) = v {
+                assert!((0.0..=1.0).contains(&v), "{what}: {v}");
+                let k = v * TEST_IMAGES as f64;
+                assert!(
+                    (k - k.round()).abs() < 1e-9,
+                    "{what}: {v} is not k/{TEST_IMAGES}"
+                );
+            }
+        }
+    }
+}
