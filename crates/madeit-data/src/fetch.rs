@@ -1227,32 +1227,22 @@ mod tests {
 
     #[test]
     fn destinations_follow_the_rules() {
-        let rules = [
-            Rule::File {
-                from: "package/emoji.json",
-                to: "emoji.json",
-            },
-            Rule::Dir {
-                from: "package/img/google/64",
-                ext: ".png",
-                to: "img/google/64",
-                count: 2,
-            },
-        ];
+        // The emoji package's first two rules: `emoji.json` and the 64-pixel images.
+        let rules = &package_spec(SourceId::Emoji).rules[..2];
         assert_eq!(
-            destination("./package/emoji.json", &rules),
+            destination("./package/emoji.json", rules),
             Some((0, "emoji.json".to_owned()))
         );
         assert_eq!(
-            destination("package/img/google/64/1f600.png", &rules),
+            destination("package/img/google/64/1f600.png", rules),
             Some((1, "img/google/64/1f600.png".to_owned()))
         );
-        assert_eq!(destination("package/img/google/64/sub/x.png", &rules), None);
+        assert_eq!(destination("package/img/google/64/sub/x.png", rules), None);
         assert_eq!(
-            destination("package/img/google/64/.hidden.png", &rules),
+            destination("package/img/google/64/.hidden.png", rules),
             None
         );
-        assert_eq!(destination("package/img/apple/64/1f600.png", &rules), None);
-        assert_eq!(destination("package/emoji_pretty.json", &rules), None);
+        assert_eq!(destination("package/img/apple/64/1f600.png", rules), None);
+        assert_eq!(destination("package/emoji_pretty.json", rules), None);
     }
 }
