@@ -203,23 +203,21 @@ impl ClipVisionConfig {
                 });
             }
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(VitError::InvalidConfig {
-                field: "num_attention_heads",
-                reason: format!(
-                    "({}) must divide hidden_size ({})",
-                    self.num_attention_heads, self.hidden_size
-                ),
-            });
-        }
-        if !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(VitError::InvalidConfig {
-                field: "patch_size",
-                reason: format!(
-                    "({}) must divide image_size ({})",
-                    self.patch_size, self.image_size
-                ),
-            });
+        for (field, divisor, of, total) in [
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                "hidden_size",
+                self.hidden_size,
+            ),
+            ("patch_size", self.patch_size, "image_size", self.image_size),
+        ] {
+            if !total.is_multiple_of(divisor) {
+                return Err(VitError::InvalidConfig {
+                    field,
+                    reason: format!("({divisor}) must divide {of} ({total})"),
+                });
+            }
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(VitError::InvalidConfig {
