@@ -850,57 +850,56 @@ fn download(
     progress: &dyn Fn(&FetchEvent),
 ) -> Result<()> {
     let source = spec.source;
-    match spec.client {
+    let announce = |tool: &Tool, args: &[&str]| {
+        progress(&FetchEvent::Downloading {
+            source,
+            command: command_line(tool, args),
+        });
+    };
+    let (tool, args) = match spec.client {
         Client::Apt => {
             let apt = require(&clients.apt_get, "apt-get", APT_HINT)?;
             require(&clients.dpkg_deb, "dpkg-deb", DPKG_HINT)?;
-            let mut args = vec!["download"];
-            args.extend_from_slice(spec.client_args);
-            args.extend_from_slice(names);
-            progress(&FetchEvent::Downloading {
-                source,
-                command: command_line(apt, &args),
-            });
+            let args = client_command(&["download"], spec, names);
+            announce(apt, &args);
             if run_tool(apt, &args, packages).is_err() {
                 // The package lists may be missing or stale: refresh them once.
-                progress(&FetchEvent::Downloading {
-                    source,
-                    command: command_line(apt, &["update"]),
-                });
+                announce(apt, &["update"]);
                 run_tool(apt, &["update"], packages)?;
                 run_tool(apt, &args, packages)?;
             }
+            return Ok(());
         }
-        Client::Npm => {
-            let npm = require(&clients.npm, "npm", NPM_HINT)?;
-            let mut args = vec!["pack"];
-            args.extend_from_slice(spec.client_args);
-            args.push(spec.requirement);
-            progress(&FetchEvent::Downloading {
-                source,
-                command: command_line(npm, &args),
-            });
-            run_tool(npm, &args, packages)?;
-        }
-        Client::Pip => {
-            let pip = require(&clients.pip, "pip", PIP_HINT)?;
-            let mut args = vec![
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-d",
-                ".",
-            ];
-            args.extend_from_slice(spec.client_args);
-            args.push(spec.requirement);
-            progress(&FetchEvent::Downloading {
-                source,
-                command: command_line(pip, &args),
-            });
-            run_tool(pip, &args, packages)?;
-        }
-    }
-    Ok(())
+        Client::Npm => (
+            require(&clients.npm, "npm", NPM_HINT)?,
+            client_command(&["pack"], spec, &[spec.requirement]),
+        ),
+        Client::Pip => (
+            require(&clients.pip, "pip", PIP_HINT)?,
+            client_command(
+                &[
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "-d",
+                    ".",
+                ],
+                spec,
+                &[spec.requirement],
+            ),
+        ),
+    };
+    announce(tool, &args);
+    run_tool(tool, &args, packages)
+}
+
+/// A client's own arguments `own`, then the package's `client_args`, then `what` (the
+/// package names or the requirement).
+fn client_command<'a>(own: &[&'a str], spec: &PackageSpec, what: &[&'a str]) -> Vec<&'a str> {
+    let mut args = own.to_vec();
+    args.extend_from_slice(spec.client_args);
+    args.extend_from_slice(what);
+    args
 }
 
 /// Normalises an archive member path: `/` separators, no leading `./` or `/`.
