@@ -505,32 +505,19 @@ impl<T: Real> SvdWorkspace<T> {
         z.resize_with(n, k, |_, _| zero);
         qz.resize_with(n, k, |_, _| zero);
 
+        let at = a.transpose();
         // Y = A Ω, Q = orth(Y).
         matmul(y.as_mut(), Accum::Replace, a, omega.as_ref(), one, par);
         self.qr_into(y.as_mut(), q.as_mut(), false, panel_par);
         // Power iterations: Q <- orth(A orth(A^T Q)).
         for _ in 0..power_iters {
-            matmul(
-                z.as_mut(),
-                Accum::Replace,
-                a.transpose(),
-                q.as_ref(),
-                one,
-                par,
-            );
+            matmul(z.as_mut(), Accum::Replace, at, q.as_ref(), one, par);
             self.qr_into(z.as_mut(), qz.as_mut(), false, panel_par);
             matmul(y.as_mut(), Accum::Replace, a, qz.as_ref(), one, par);
             self.qr_into(y.as_mut(), q.as_mut(), false, panel_par);
         }
         // B^T = A^T Q (n x k). Its SVD B^T = V_b diag(s) W^T gives A ≈ Q B = (Q W) diag(s) V_b^T.
-        matmul(
-            z.as_mut(),
-            Accum::Replace,
-            a.transpose(),
-            q.as_ref(),
-            one,
-            par,
-        );
+        matmul(z.as_mut(), Accum::Replace, at, q.as_ref(), one, par);
 
         let mut v = Mat::zeros(n, k);
         let mut s = vec![zero; k];
