@@ -114,7 +114,13 @@ fn class_and_template_files_are_checked_naming_file_and_line() {
     // (class file, template file, the error expected, the line it names)
     let class_list = |e: &VitError| matches!(e, VitError::ClassList { .. });
     let template_list = |e: &VitError| matches!(e, VitError::TemplateList { .. });
-    let cases: [(&str, &str, &dyn Fn(&VitError) -> bool, Option<usize>); 6] = [
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a dyn Fn(&VitError) -> bool,
+        Option<usize>,
+    );
+    let cases: [Case; 6] = [
         ("cat\n\ndog\n", "a {}", &class_list, Some(2)),
         ("cat\n   \n", "a {}", &class_list, Some(2)),
         ("cat\ndog\ncat\n", "a {}", &class_list, Some(3)),
