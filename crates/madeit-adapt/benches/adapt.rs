@@ -40,7 +40,7 @@ use madeit_adapt::{
 use madeit_merge::TaskId;
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
-    Activation, ClipVisionConfig, ClipVisionModel, GateValues, LowRankFactors, ModuleId, TaskHead,
+    ClipVisionConfig, ClipVisionModel, GateValues, LowRankFactors, ModuleId, TaskHead,
     expected_tensors,
 };
 use rand::{RngExt, SeedableRng};
@@ -119,17 +119,13 @@ fn images(cfg: &ClipVisionConfig, count: usize, seed: u64) -> SeedImages {
 }
 
 fn zoo_shape() -> ClipVisionConfig {
+    // The tiny tower's heads, images, patches and activation.
     ClipVisionConfig {
         hidden_size: 96,
         intermediate_size: 384,
         num_hidden_layers: 4,
-        num_attention_heads: 4,
-        image_size: 32,
-        patch_size: 8,
-        num_channels: 3,
-        layer_norm_eps: 1e-5,
-        hidden_act: Activation::QuickGelu,
         projection_dim: 96,
+        ..ClipVisionConfig::tiny()
     }
 }
 

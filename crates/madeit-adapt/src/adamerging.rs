@@ -17,6 +17,7 @@ use madeit_vit::{
 use serde::{Deserialize, Serialize};
 
 use crate::admit::{Admitted, admit_task, check_seed_images};
+use crate::config::bad_adam_moments;
 use crate::entropy::{ENTROPY_EPSILON, entropy_loss};
 use crate::persist::{StateReader, StateWriter, check_backbone, check_stream, stream_seed};
 use crate::{
@@ -99,20 +100,10 @@ impl AdaMergingConfig {
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return bad("lr", self.lr.to_string(), "must be finite and >= 0");
         }
-        for (name, v) in [
-            ("adam_beta1", self.adam_beta1),
-            ("adam_beta2", self.adam_beta2),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(name, v.to_string(), "must lie in [0, 1)");
-            }
-        }
-        if !(self.adam_epsilon > 0.0 && self.adam_epsilon.is_finite()) {
-            return bad(
-                "adam_epsilon",
-                self.adam_epsilon.to_string(),
-                "must be finite and > 0",
-            );
+        if let Some((name, v, reason)) =
+            bad_adam_moments(self.adam_beta1, self.adam_beta2, self.adam_epsilon)
+        {
+            return bad(name, v.to_string(), reason);
         }
         for (name, v) in [
             ("batch_size", self.batch_size),

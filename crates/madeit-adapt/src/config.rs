@@ -326,20 +326,10 @@ impl MingleConfig {
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return bad("lr", self.lr.to_string(), "must be finite and >= 0");
         }
-        for (name, v) in [
-            ("adam_beta1", self.adam_beta1),
-            ("adam_beta2", self.adam_beta2),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(name, v.to_string(), "must lie in [0, 1)");
-            }
-        }
-        if !(self.adam_epsilon > 0.0 && self.adam_epsilon.is_finite()) {
-            return bad(
-                "adam_epsilon",
-                self.adam_epsilon.to_string(),
-                "must be finite and > 0",
-            );
+        if let Some((name, v, reason)) =
+            bad_adam_moments(self.adam_beta1, self.adam_beta2, self.adam_epsilon)
+        {
+            return bad(name, v.to_string(), reason);
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad(
@@ -376,4 +366,22 @@ impl MingleConfig {
         }
         Ok(())
     }
+}
+
+/// The first bad Adam moment setting of an adapted method, as (parameter, value, what it
+/// must be): `adam_beta1` and `adam_beta2` lie in [0, 1), `adam_epsilon` is finite and > 0.
+pub(crate) fn bad_adam_moments(
+    beta1: f64,
+    beta2: f64,
+    epsilon: f64,
+) -> Option<(&'static str, f64, &'static str)> {
+    for (name, v) in [("adam_beta1", beta1), ("adam_beta2", beta2)] {
+        if !(0.0..1.0).contains(&v) {
+            return Some((name, v, "must lie in [0, 1)"));
+        }
+    }
+    if !(epsilon > 0.0 && epsilon.is_finite()) {
+        return Some(("adam_epsilon", epsilon, "must be finite and > 0"));
+    }
+    None
 }

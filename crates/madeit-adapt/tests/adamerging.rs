@@ -25,18 +25,7 @@ fn dense(m: &LwAdaMerging, theta0: &ParamDict) -> ParamDict {
 }
 
 fn max_diff(a: &ParamDict, b: &ParamDict) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .map(|(name, t)| {
-            let u = b.get(name).unwrap();
-            assert_eq!(t.shape(), u.shape(), "{name}");
-            t.data()
-                .iter()
-                .zip(u.data())
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max)
-        })
-        .fold(0.0f32, f32::max)
+    a.max_abs_diff(b).expect("same names, shapes and dtypes")
 }
 
 /// `theta0 + c_k tau[k]` with one coefficient per tensor (`coeff(name)`).
@@ -110,12 +99,7 @@ fn without_adaptation_accumulate_is_continual_task_arithmetic() {
     let seed = &f.tasks[0].2;
     let a = gated.embed(seed.pixels().to_vec(), seed.len()).unwrap();
     let b = merged.embed(seed.pixels().to_vec(), seed.len()).unwrap();
-    let d = a
-        .data()
-        .iter()
-        .zip(b.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let d = a.max_abs_diff(&b).unwrap();
     assert!(d <= 1e-5, "gated vs dense forward max|diff| {d}");
 }
 

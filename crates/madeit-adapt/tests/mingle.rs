@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, fixture, quick_config, random_params};
+use common::{Fixture, absorb, absorbed, fixture, quick_config, random_params};
 use madeit_adapt::{
     AdaptError, AdaptState, GateProjection, GateTrainer, GradientProjector, Mingle, MingleConfig,
     SeedBatches, SeedImages, SeedTask, TargetSet, TestTimeMerger, seed_pass, teacher_logits,
@@ -195,9 +195,7 @@ fn gradients_reach_only_the_new_gates_and_hard_projection_is_orthogonal() {
 #[test]
 fn the_recording_pass_matches_the_gated_model() {
     let f = fixture(2, 10);
-    let mut m = merger(&f, quick_config());
-    absorb(&mut m, &f, 0);
-    absorb(&mut m, &f, 1);
+    let m = absorbed(merger(&f, quick_config()), &f, 2);
     let backbone = ClipVisionModel::from_params(&f.cfg, &f.theta0).unwrap();
     let gated = m.gated_model(&backbone).unwrap();
     let (_, ft, seed, head) = &f.tasks[1];
@@ -447,45 +445,20 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
 #[test]
 fn configuration_is_checked_and_parsed() {
     let cfg = ClipVisionConfig::tiny();
-    let bad = [
-        MingleConfig {
-            rank: 0,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            subspace_k: 0,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            beta: 1.0,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            gamma: -1.0,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            lr: f64::NAN,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            temperature: 0.0,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            max_rank_fraction: 1.5,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            batch_size: 0,
-            ..MingleConfig::default()
-        },
-        MingleConfig {
-            targets: TargetSet::Custom(Vec::new()),
-            ..MingleConfig::default()
-        },
+    let bad: [fn(&mut MingleConfig); 9] = [
+        |c| c.rank = 0,
+        |c| c.subspace_k = 0,
+        |c| c.beta = 1.0,
+        |c| c.gamma = -1.0,
+        |c| c.lr = f64::NAN,
+        |c| c.temperature = 0.0,
+        |c| c.max_rank_fraction = 1.5,
+        |c| c.batch_size = 0,
+        |c| c.targets = TargetSet::Custom(Vec::new()),
     ];
-    for c in bad {
+    for edit in bad {
+        let mut c = MingleConfig::default();
+        edit(&mut c);
         assert!(
             matches!(
                 Mingle::new(c.clone(), cfg.clone(), Device::flex()),

@@ -5,9 +5,9 @@
 mod common;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, fixture, random_head};
+use common::{Fixture, absorb, absorbed, expert_model, fixture, random_head};
 use madeit_adapt::{AdaptError, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig};
-use madeit_merge::{MergedModel, TaskId};
+use madeit_merge::TaskId;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
     LinearGate, ModuleId, TargetKind,
@@ -72,12 +72,8 @@ fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
 #[test]
 fn attention_is_continual_task_arithmetic_and_mlp_biases_stay_pretrained() {
     let f = fixture(2, 10);
-    let mut m = merger(&f, quick());
-    absorb(&mut m, &f, 0);
-    absorb(&mut m, &f, 1);
-    let MergedModel::Experts(model) = m.merged_model(&f.theta0).unwrap() else {
-        panic!("expected an expert model");
-    };
+    let m = absorbed(merger(&f, quick()), &f, 2);
+    let model = expert_model(&m, &f);
     for name in f.theta0.keys() {
         let p0 = f.theta0.get(name).unwrap().data();
         let got = model.backbone.get(name).unwrap().data();
@@ -103,12 +99,8 @@ fn attention_is_continual_task_arithmetic_and_mlp_biases_stay_pretrained() {
 #[test]
 fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
     let f = fixture(2, 10);
-    let mut m = merger(&f, quick());
-    absorb(&mut m, &f, 0);
-    absorb(&mut m, &f, 1);
-    let MergedModel::Experts(merged) = m.merged_model(&f.theta0).unwrap() else {
-        panic!("expected an expert model");
-    };
+    let m = absorbed(merger(&f, quick()), &f, 2);
+    let merged = expert_model(&m, &f);
     let device = Device::flex();
     let backbone = ClipVisionModel::from_params_on(&f.cfg, &merged.backbone, &device).unwrap();
     let modules: Vec<ModuleId> = (0..f.cfg.num_hidden_layers)

@@ -13,7 +13,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_clean_failure, assert_success, random_tower, run, save_tower, stderr};
+use common::{
+    assert_clean_failure, assert_contains_all, assert_success, random_tower, run, save_tower,
+    stderr,
+};
 use madeit::eval::ExperimentResults;
 use madeit::vit::ClipVisionConfig;
 
@@ -239,6 +242,16 @@ fn refused(change: impl FnOnce(&Path)) -> String {
     err
 }
 
+/// [`refused`] with one edit of the copy's `benchmark.toml` (`from` becomes `to`); asserts
+/// that the error names every one of `wanted`.
+fn refused_edit(from: &str, to: &str, wanted: &[&str]) {
+    let err = refused(|d| edit(&d.join("benchmark.toml"), from, to));
+    assert_contains_all(&err, wanted);
+}
+
+/// The `dataset` line of task `beta` in the fixture's `benchmark.toml`.
+const BETA_DATASET: &str = "dataset = \"madeit/beta\"";
+
 #[test]
 fn an_image_that_does_not_decode_is_named() {
     let err = refused(|d| {
@@ -248,38 +261,26 @@ fn an_image_that_does_not_decode_is_named() {
         )
         .unwrap();
     });
-    assert!(err.contains("test_010.jpg"), "{err}");
-    assert!(err.contains("cannot decode"), "{err}");
+    assert_contains_all(&err, &["test_010.jpg", "cannot decode"]);
 }
 
 #[test]
 fn a_truncated_image_in_a_parquet_row_is_named() {
-    let err = refused(|d| {
-        edit(
-            &d.join("benchmark.toml"),
-            "dataset = \"madeit/beta\"",
-            "dataset = \"./bad/corrupt_image\"",
-        );
-    });
-    assert!(err.contains("corrupt_image"), "{err}");
-    assert!(
-        err.contains("test-00000-of-00001.parquet, row 0 (test_0.jpg)"),
-        "{err}"
+    let row = "test-00000-of-00001.parquet, row 0 (test_0.jpg)";
+    refused_edit(
+        BETA_DATASET,
+        "dataset = \"./bad/corrupt_image\"",
+        &["corrupt_image", row, "cannot decode"],
     );
-    assert!(err.contains("cannot decode"), "{err}");
 }
 
 #[test]
 fn a_label_outside_the_class_list_is_named() {
-    let err = refused(|d| {
-        edit(
-            &d.join("benchmark.toml"),
-            "dataset = \"madeit/beta\"",
-            "dataset = \"./bad/label_out_of_range\"",
-        );
-    });
-    assert!(err.contains("label_out_of_range"), "{err}");
-    assert!(err.contains("label 7"), "{err}");
+    refused_edit(
+        BETA_DATASET,
+        "dataset = \"./bad/label_out_of_range\"",
+        &["label_out_of_range", "label 7"],
+    );
 }
 
 #[test]
@@ -287,48 +288,34 @@ fn a_class_folder_with_no_images_is_named() {
     let err = refused(|d| {
         std::fs::create_dir_all(d.join("data/alpha/test/triangles")).unwrap();
     });
-    assert!(err.contains("triangles"), "{err}");
-    assert!(err.contains("holds no image"), "{err}");
+    assert_contains_all(&err, &["triangles", "holds no image"]);
 }
 
 #[test]
 fn a_parquet_file_without_the_label_column_is_named() {
-    let err = refused(|d| {
-        edit(
-            &d.join("benchmark.toml"),
-            "dataset = { path = \"gamma\", format = \"parquet\" }",
-            "dataset = { path = \"./bad/no_label_column\", format = \"parquet\" }",
-        );
-    });
-    assert!(err.contains("no_label_column"), "{err}");
-    assert!(err.contains("no column `label`"), "{err}");
+    refused_edit(
+        "dataset = { path = \"gamma\", format = \"parquet\" }",
+        "dataset = { path = \"./bad/no_label_column\", format = \"parquet\" }",
+        &["no_label_column", "no column `label`"],
+    );
 }
 
 #[test]
 fn a_head_with_another_class_count_is_named() {
-    let err = refused(|d| {
-        edit(
-            &d.join("benchmark.toml"),
-            "head = { classes = [\"circles\", \"squares\", \"stripes\"]",
-            "head = { classes = [\"circles\", \"squares\", \"stripes\", \"dots\"]",
-        );
-    });
-    assert!(err.contains("task `alpha`"), "{err}");
-    assert!(err.contains("the head has 4 classes"), "{err}");
-    assert!(err.contains("has 3"), "{err}");
+    refused_edit(
+        "head = { classes = [\"circles\", \"squares\", \"stripes\"]",
+        "head = { classes = [\"circles\", \"squares\", \"stripes\", \"dots\"]",
+        &["task `alpha`", "the head has 4 classes", "has 3"],
+    );
 }
 
 #[test]
 fn two_tasks_with_one_name_are_refused() {
-    let err = refused(|d| {
-        edit(
-            &d.join("benchmark.toml"),
-            "name = \"gamma\"",
-            "name = \"alpha\"",
-        );
-    });
-    assert!(err.contains("benchmark.toml"), "{err}");
-    assert!(err.contains("two tasks are named `alpha`"), "{err}");
+    refused_edit(
+        "name = \"gamma\"",
+        "name = \"alpha\"",
+        &["benchmark.toml", "two tasks are named `alpha`"],
+    );
 }
 
 #[test]
@@ -343,8 +330,7 @@ fn a_finetuned_tower_of_another_shape_is_named() {
         cfg.intermediate_size = 32;
         save_tower(&ft, &cfg, &random_tower(&cfg, 3));
     });
-    assert!(err.contains("finetuned/gamma"), "{err}");
-    assert!(err.contains("hidden_size"), "{err}");
+    assert_contains_all(&err, &["finetuned/gamma", "hidden_size"]);
     // Same shapes, another activation: the configuration is named.
     let err = refused(|d| {
         edit(
@@ -353,8 +339,7 @@ fn a_finetuned_tower_of_another_shape_is_named() {
             "\"gelu\"",
         );
     });
-    assert!(err.contains("finetuned/beta/config.json"), "{err}");
-    assert!(err.contains("hidden_act"), "{err}");
+    assert_contains_all(&err, &["finetuned/beta/config.json", "hidden_act"]);
 }
 
 #[test]
@@ -362,9 +347,12 @@ fn missing_folders_are_listed_with_where_they_were_looked_for() {
     let err = refused(|d| {
         std::fs::remove_dir_all(d.join("data/datasets--madeit--beta")).unwrap();
     });
-    assert!(err.contains("task `beta`"), "{err}");
-    assert!(err.contains("`madeit/beta` not found"), "{err}");
-    assert!(err.contains("datasets--madeit--beta"), "{err}");
+    let wanted = [
+        "task `beta`",
+        "`madeit/beta` not found",
+        "datasets--madeit--beta",
+    ];
+    assert_contains_all(&err, &wanted);
 }
 
 /// The models and datasets of the TA8 preset, laid out as the Hugging Face cache: the
@@ -416,16 +404,14 @@ fn ta8_layout(root: &Path) -> (PathBuf, PathBuf) {
 fn the_ta8_preset_checks_out_on_a_hugging_face_cache_and_names_missing_folders() {
     let tmp = tempfile::tempdir().unwrap();
     let (models, data) = ta8_layout(tmp.path());
-    let o = run(&[
-        &"benchmark",
-        &"check",
-        &"ta8",
-        &"--models-root",
-        &models,
-        &"--data-root",
-        &data,
-        &"-q",
-    ]);
+    let check_ta8 = |extra: &[&str]| {
+        let mut c = common::madeit();
+        c.args(["benchmark", "check", "ta8", "--models-root"])
+            .arg(&models);
+        c.arg("--data-root").arg(&data).args(extra);
+        c.output().unwrap()
+    };
+    let o = check_ta8(&["-q"]);
     let err = assert_success(&o);
     assert!(err.contains("ok: <preset ta8>"), "{err}");
     let table = String::from_utf8_lossy(&o.stdout);
@@ -436,25 +422,13 @@ fn the_ta8_preset_checks_out_on_a_hugging_face_cache_and_names_missing_folders()
 
     // A missing checkpoint folder: named, with where it was looked for.
     std::fs::remove_dir_all(models.join("models--tanganke--clip-vit-base-patch32_gtsrb")).unwrap();
-    let o = run(&[
-        &"benchmark",
-        &"check",
-        &"ta8",
-        &"--models-root",
-        &models,
-        &"--data-root",
-        &data,
-    ]);
-    let err = assert_clean_failure(&o);
-    assert!(err.contains("task `gtsrb`"), "{err}");
-    assert!(
-        err.contains("tanganke/clip-vit-base-patch32_gtsrb` not found"),
-        "{err}"
-    );
-    assert!(
-        err.contains("models--tanganke--clip-vit-base-patch32_gtsrb"),
-        "{err}"
-    );
+    let err = assert_clean_failure(&check_ta8(&[]));
+    let wanted = [
+        "task `gtsrb`",
+        "tanganke/clip-vit-base-patch32_gtsrb` not found",
+        "models--tanganke--clip-vit-base-patch32_gtsrb",
+    ];
+    assert_contains_all(&err, &wanted);
 
     // No roots at all, and no Hugging Face cache: the pretrained model is not found.
     let empty = tmp.path().join("empty");

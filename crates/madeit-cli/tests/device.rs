@@ -7,18 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_clean_failure, assert_success, madeit, tiny_zoo};
+use common::{assert_clean_failure, assert_success, embed, madeit, results_digest, temp_zoo};
 
 fn matrices(run: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(run.join("results.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let streams: Vec<serde_json::Value> = v["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| serde_json::json!([s["label"], s["seed"], s["matrix"]]))
-        .collect();
-    serde_json::json!({"streams": streams, "references": v["references"]})
+    results_digest(run, &["label", "seed", "matrix"])
 }
 
 fn run_on(zoo: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
@@ -42,9 +34,7 @@ fn run_on(zoo: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn device_cpu_is_the_default_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let zoo = tmp.path().join("zoo");
-    tiny_zoo(&zoo);
+    let (tmp, zoo) = temp_zoo();
     let default = tmp.path().join("default");
     let cpu = tmp.path().join("cpu");
     assert_success(&run_on(&zoo, &default, &[]));
@@ -69,9 +59,7 @@ fn an_unknown_device_is_refused_by_the_parser() {
 #[cfg(not(feature = "wgpu"))]
 #[test]
 fn wgpu_without_the_feature_is_refused_before_any_work() {
-    let tmp = tempfile::tempdir().unwrap();
-    let zoo = tmp.path().join("zoo");
-    tiny_zoo(&zoo);
+    let (tmp, zoo) = temp_zoo();
     let before = common::tree(&zoo);
     let out = tmp.path().join("out");
     let err = assert_clean_failure(&run_on(&zoo, &out, &["--device", "wgpu"]));
@@ -100,15 +88,12 @@ fn wgpu_without_the_feature_is_refused_before_any_work() {
     // embed refuses it too, and writes nothing.
     let pixels = tmp.path().join("px.safetensors");
     let emb = tmp.path().join("emb.safetensors");
-    let o = madeit()
-        .args(["embed", "--device", "wgpu", "--model"])
-        .arg(zoo.join("pretrained"))
-        .arg("--pixels")
-        .arg(&pixels)
-        .arg("--out")
-        .arg(&emb)
-        .output()
-        .unwrap();
+    let o = embed(
+        &zoo.join("pretrained"),
+        &pixels,
+        &emb,
+        &["--device", "wgpu"],
+    );
     let err = assert_clean_failure(&o);
     assert!(err.contains("`wgpu` cargo feature"), "{err}");
     assert!(!emb.exists());

@@ -84,15 +84,7 @@ fn a_merge_stopped_at_any_point_leaves_the_old_result_or_the_new_one() {
     for (old_method, new_method) in [("swa", "made_it"), ("made_it", "task_arithmetic")] {
         let f = fixture(old_method, new_method);
         for point in MERGE_POINTS {
-            let o = madeit()
-                .args(f.towers.merge_args(new_method, &f.out))
-                .env("MADEIT_CRASH_AT", point)
-                .output()
-                .unwrap();
-            assert!(
-                !o.status.success(),
-                "{point}: the crash point was not reached"
-            );
+            let o = crash_at(f.towers.merge_args(new_method, &f.out), point);
             assert!(stderr(&o).contains(point), "{point}: {}", stderr(&o));
             let is_new = old_or_new(&f.out, &f.old, &f.new);
             assert_eq!(
@@ -157,15 +149,7 @@ fn a_merge_killed_at_random_moments_leaves_the_old_result_or_the_new_one() {
 /// What must agree between two runs: the accuracy matrices, the metrics and the references
 /// (results.json also records dates and timings, which differ).
 fn outcome(run: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(run.join("results.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let streams: Vec<serde_json::Value> = v["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| serde_json::json!([s["label"], s["seed"], s["matrix"], s["metrics"]]))
-        .collect();
-    serde_json::json!({"streams": streams, "references": v["references"]})
+    results_digest(run, &["label", "seed", "matrix", "metrics"])
 }
 
 /// The tensors of the saved states of a run, bit patterns by file and tensor (the files'
@@ -208,9 +192,7 @@ fn run_args(zoo: &Path, out: &Path) -> Vec<std::ffi::OsString> {
 
 #[test]
 fn a_killed_run_resumes_to_the_uninterrupted_result_bit_for_bit() {
-    let tmp = tempfile::tempdir().unwrap();
-    let zoo = tmp.path().join("zoo");
-    tiny_zoo(&zoo);
+    let (tmp, zoo) = temp_zoo();
     let reference = tmp.path().join("reference");
     let t0 = Instant::now();
     assert_success(&madeit().args(run_args(&zoo, &reference)).output().unwrap());
@@ -262,15 +244,7 @@ fn a_killed_run_resumes_to_the_uninterrupted_result_bit_for_bit() {
         "run-before-commit",
         "dir-before-swap",
     ] {
-        let o = madeit()
-            .args(run_args(&zoo, &out))
-            .env("MADEIT_CRASH_AT", point)
-            .output()
-            .unwrap();
-        assert!(
-            !o.status.success(),
-            "{point}: the crash point was not reached"
-        );
+        crash_at(run_args(&zoo, &out), point);
         check(point);
     }
     let mut killed = 0;

@@ -41,6 +41,35 @@ fn fails(args: &[&str]) -> String {
     stderr
 }
 
+/// `madeit heads --model <model> <source...> --out <out>` (`source`: `--task`, `--classes`...).
+fn heads<'a>(model: &'a Path, source: &[&'a str], out: &'a Path) -> Vec<&'a str> {
+    let mut a = vec!["heads", "--model", s(model)];
+    a.extend_from_slice(source);
+    a.extend(["--out", s(out)]);
+    a
+}
+
+/// `madeit embed --model <model> --pixels <pixels> --head <head> --out <out>`.
+fn embed_head<'a>(
+    model: &'a Path,
+    pixels: &'a Path,
+    head: &'a Path,
+    out: &'a Path,
+) -> Vec<&'a str> {
+    let (m, p, h, o) = (s(model), s(pixels), s(head), s(out));
+    vec![
+        "embed", "--model", m, "--pixels", p, "--head", h, "--out", o,
+    ]
+}
+
+/// Asserts that `err` contains every one of `wanted`.
+#[track_caller]
+fn assert_contains_all(err: &str, wanted: &[&str]) {
+    for w in wanted {
+        assert!(err.contains(w), "`{w}` missing from: {err}");
+    }
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -65,16 +94,7 @@ fn heads_and_embed_match_the_reference() {
     let dir = clip_dir();
     let tmp = tempfile::tempdir().unwrap();
     let eurosat = tmp.path().join("heads").join("eurosat.safetensors");
-    ok(&[
-        "heads",
-        "--model",
-        s(&dir),
-        "--task",
-        "EuroSAT",
-        "--out",
-        s(&eurosat),
-        "--quiet",
-    ]);
+    ok(&heads(&dir, &["--task", "EuroSAT", "--quiet"], &eurosat));
     let head = TaskHead::load(&eurosat).unwrap();
     assert_eq!(head.name(), "eurosat");
     assert_eq!(head.num_classes(), 10);
@@ -90,20 +110,13 @@ fn heads_and_embed_match_the_reference() {
     std::fs::write(&classes, lists.classes.join("\n")).unwrap();
     std::fs::write(&templates, lists.templates.join("\n") + "\n").unwrap();
     let custom = tmp.path().join("custom.safetensors");
-    ok(&[
-        "heads",
-        "--model",
-        s(&dir),
-        "--classes",
-        s(&classes),
-        "--templates",
-        s(&templates),
-        "--out",
-        s(&custom),
-        "--batch-size",
-        "3",
-        "--quiet",
-    ]);
+    let lists_args = ["--classes", s(&classes), "--templates", s(&templates)];
+    let batch = ["--batch-size", "3", "--quiet"];
+    ok(&heads(
+        &dir,
+        &[&lists_args[..], &batch[..]].concat(),
+        &custom,
+    ));
     let head = TaskHead::load(&custom).unwrap();
     assert_eq!(head.name(), "custom");
     assert_eq!(head.class_names(), lists.classes);
@@ -113,18 +126,9 @@ fn heads_and_embed_match_the_reference() {
     // embed --head: CLIP's logits and predictions.
     let emb = tmp.path().join("emb.safetensors");
     let pixels = dir.join("io.safetensors");
-    let printed = ok(&[
-        "embed",
-        "--model",
-        s(&dir),
-        "--pixels",
-        s(&pixels),
-        "--head",
-        s(&eurosat),
-        "--out",
-        s(&emb),
-        "--print",
-    ]);
+    let mut args = embed_head(&dir, &pixels, &eurosat, &emb);
+    args.push("--print");
+    let printed = ok(&args);
     let out = ParamDict::load(&emb).unwrap();
     let logits = out.get("logits").unwrap();
     assert_eq!(logits.shape(), [3, 10]);
@@ -157,17 +161,7 @@ fn heads_and_embed_match_the_reference() {
     params.save(&bare.join("model.safetensors")).unwrap();
     std::fs::copy(dir.join("config.json"), bare.join("config.json")).unwrap();
     let emb2 = tmp.path().join("emb2.safetensors");
-    ok(&[
-        "embed",
-        "--model",
-        s(&bare),
-        "--pixels",
-        s(&pixels),
-        "--head",
-        s(&eurosat),
-        "--out",
-        s(&emb2),
-    ]);
+    ok(&embed_head(&bare, &pixels, &eurosat, &emb2));
     let logits2 = ParamDict::load(&emb2).unwrap();
     let d = max_abs_diff(logits2.get("logits").unwrap().data(), want.data());
     assert!(d <= TOL, "vision-only logits max|diff| = {d}");
@@ -180,17 +174,7 @@ fn heads_and_embed_match_the_reference() {
     )
     .unwrap();
     h.save(&plain).unwrap();
-    let err = fails(&[
-        "embed",
-        "--model",
-        s(&bare),
-        "--pixels",
-        s(&pixels),
-        "--head",
-        s(&plain),
-        "--out",
-        s(&emb2),
-    ]);
+    let err = fails(&embed_head(&bare, &pixels, &plain, &emb2));
     assert!(err.contains("visual_projection"), "{err}");
 }
 
@@ -198,16 +182,7 @@ fn heads_and_embed_match_the_reference() {
 fn a_task_group_writes_one_head_per_task() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ta8");
-    ok(&[
-        "heads",
-        "--model",
-        s(&clip_dir()),
-        "--task",
-        "ta8",
-        "--out",
-        s(&out),
-        "--quiet",
-    ]);
+    ok(&heads(&clip_dir(), &["--task", "ta8", "--quiet"], &out));
     for task in madeit::vit::TA8 {
         let head = TaskHead::load(&out.join(format!("{task}.safetensors"))).unwrap();
         assert_eq!(head.name(), task);
@@ -228,86 +203,27 @@ fn bad_input_is_named_and_never_panics() {
 
     std::fs::write(&classes, "cat\ndog\ncat\n").unwrap();
     std::fs::write(&templates, "a photo of a {}.\n").unwrap();
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&dir),
-        "--classes",
-        s(&classes),
-        "--templates",
-        s(&templates),
-        "--out",
-        s(&out),
-    ]);
-    assert!(
-        err.contains("duplicate") && err.contains(s(&classes)) && err.contains("line 3"),
-        "{err}"
-    );
+    let lists = ["--classes", s(&classes), "--templates", s(&templates)];
+    let err = fails(&heads(&dir, &lists, &out));
+    assert_contains_all(&err, &["duplicate", s(&classes), "line 3"]);
 
     std::fs::write(&classes, "cat\n\ndog\n").unwrap();
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&dir),
-        "--classes",
-        s(&classes),
-        "--templates",
-        s(&templates),
-        "--out",
-        s(&out),
-    ]);
-    assert!(
-        err.contains("empty class name") && err.contains("line 2"),
-        "{err}"
-    );
+    let err = fails(&heads(&dir, &lists, &out));
+    assert_contains_all(&err, &["empty class name", "line 2"]);
 
     std::fs::write(&classes, "cat\ndog\n").unwrap();
     std::fs::write(&templates, "a photo of a {}.\na photo\n").unwrap();
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&dir),
-        "--classes",
-        s(&classes),
-        "--templates",
-        s(&templates),
-        "--out",
-        s(&out),
-    ]);
-    assert!(
-        err.contains("{}") && err.contains(s(&templates)) && err.contains("line 2"),
-        "{err}"
-    );
+    let err = fails(&heads(&dir, &lists, &out));
+    assert_contains_all(&err, &["{}", s(&templates), "line 2"]);
 
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&dir),
-        "--task",
-        "imagenet",
-        "--out",
-        s(&out),
-    ]);
-    assert!(
-        err.contains("no built-in task") && err.contains("sun397"),
-        "{err}"
-    );
+    let err = fails(&heads(&dir, &["--task", "imagenet"], &out));
+    assert_contains_all(&err, &["no built-in task", "sun397"]);
 
     // A vision-only checkpoint.
     let vision = dir.join("../clip_tiny");
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&vision),
-        "--task",
-        "mnist",
-        "--out",
-        s(&out),
-    ]);
-    assert!(
-        err.contains("has no text tower") && err.contains("clip_tiny"),
-        "{err}"
-    );
+    let mnist = ["--task", "mnist"];
+    let err = fails(&heads(&vision, &mnist, &out));
+    assert_contains_all(&err, &["has no text tower", "clip_tiny"]);
 
     // No logit_scale.
     let copy = tmp.path().join("clip");
@@ -318,19 +234,8 @@ fn bad_input_is_named_and_never_panics() {
     let mut params = ParamDict::load(&dir.join("model.safetensors")).unwrap();
     params.remove("logit_scale").unwrap();
     params.save(&copy.join("model.safetensors")).unwrap();
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&copy),
-        "--task",
-        "mnist",
-        "--out",
-        s(&out),
-    ]);
-    assert!(
-        err.contains("logit_scale") && err.contains("model.safetensors"),
-        "{err}"
-    );
+    let err = fails(&heads(&copy, &mnist, &out));
+    assert_contains_all(&err, &["logit_scale", "model.safetensors"]);
 
     // A tokenizer that does not parse.
     std::fs::copy(
@@ -339,30 +244,11 @@ fn bad_input_is_named_and_never_panics() {
     )
     .unwrap();
     std::fs::write(copy.join("tokenizer.json"), "{not json").unwrap();
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&copy),
-        "--task",
-        "mnist",
-        "--out",
-        s(&out),
-    ]);
-    assert!(
-        err.contains("tokenizer") && err.contains("tokenizer.json"),
-        "{err}"
-    );
+    let err = fails(&heads(&copy, &mnist, &out));
+    assert_contains_all(&err, &["tokenizer", "tokenizer.json"]);
 
     // Writing over an input is refused.
-    let err = fails(&[
-        "heads",
-        "--model",
-        s(&dir),
-        "--task",
-        "mnist",
-        "--out",
-        s(&dir.join("model.safetensors")),
-    ]);
+    let err = fails(&heads(&dir, &mnist, &dir.join("model.safetensors")));
     assert!(err.contains("is (or holds) the input"), "{err}");
     assert!(!out.exists());
 }

@@ -17,11 +17,17 @@ fn tiny() -> ClipVisionConfig {
     ClipVisionConfig::tiny()
 }
 
+/// A temporary folder holding a pretrained tiny tower and `n` fine-tuned ones.
+fn towers(n: usize) -> (tempfile::TempDir, Towers) {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Towers::new(tmp.path(), &tiny(), n);
+    (tmp, t)
+}
+
 /// Defect 1: `--out` equal to an input destroyed it, with exit code 0.
 #[test]
 fn out_equal_to_an_input_is_refused_and_the_input_is_untouched() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 2);
+    let (tmp, t) = towers(2);
     let before = tree(tmp.path());
     for out in [&t.pretrained, &t.finetuned[0], &t.finetuned[1]] {
         let err = assert_clean_failure(&t.merge("swa", out));
@@ -44,8 +50,7 @@ fn out_equal_to_an_input_is_refused_and_the_input_is_untouched() {
 /// result were mixed in.
 #[test]
 fn a_new_merge_replaces_an_earlier_result_as_a_whole() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 2);
+    let (tmp, t) = towers(2);
     let out = tmp.path().join("merged");
     assert_success(&t.merge("made_it", &out));
     assert!(out.join("experts").is_dir() && out.join("tasks.json").is_file());
@@ -82,8 +87,7 @@ fn a_new_merge_replaces_an_earlier_result_as_a_whole() {
 /// Refuse to write into a folder that is not an earlier `madeit merge` output.
 #[test]
 fn a_foreign_folder_is_replaced_only_with_force() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 1);
+    let (tmp, t) = towers(1);
     let mine = tmp.path().join("mine");
     fs::create_dir(&mine).unwrap();
     fs::write(mine.join("notes.txt"), "keep me").unwrap();
@@ -100,8 +104,7 @@ fn a_foreign_folder_is_replaced_only_with_force() {
 /// Defect 4: config.json was not validated by `merge`.
 #[test]
 fn config_files_are_validated_before_any_work() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 2);
+    let (tmp, t) = towers(2);
     let out = tmp.path().join("out");
     let cfg = t.pretrained.join(CONFIG_FILE);
     let good = fs::read_to_string(&cfg).unwrap();
@@ -136,31 +139,14 @@ fn config_files_are_validated_before_any_work() {
 /// Defect 5: `embed --batch-size 18014398509481984` panicked on an overflow.
 #[test]
 fn a_huge_batch_size_does_not_overflow() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 0);
+    let (tmp, t) = towers(0);
     let c = tiny();
     let n = 3;
-    let px = values(5, n * 3 * c.image_size * c.image_size, 1.0);
-    let mut d = ParamDict::new();
-    d.insert(
-        "pixel_values",
-        Tensor::new(vec![n, 3, c.image_size, c.image_size], px).unwrap(),
-    );
     let pixels = tmp.path().join("px.safetensors");
-    d.save(&pixels).unwrap();
+    write_pixels(&pixels, &c, n, 5);
     let out = tmp.path().join("emb.safetensors");
-    let o = run(&[
-        &"embed",
-        &"--model",
-        &t.pretrained,
-        &"--pixels",
-        &pixels,
-        &"--out",
-        &out,
-        &"--batch-size",
-        &"18014398509481984",
-    ]);
-    assert_success(&o);
+    let huge = ["--batch-size", "18014398509481984"];
+    assert_success(&embed(&t.pretrained, &pixels, &out, &huge));
     let emb = ParamDict::load(&out).unwrap();
     assert_eq!(
         emb.get("image_embeds").unwrap().shape(),
@@ -168,40 +154,26 @@ fn a_huge_batch_size_does_not_overflow() {
     );
     // The same embeddings in batches of one.
     let out1 = tmp.path().join("emb1.safetensors");
-    assert_success(&run(&[
-        &"embed",
-        &"--model",
+    assert_success(&embed(
         &t.pretrained,
-        &"--pixels",
         &pixels,
-        &"--out",
         &out1,
-        &"--batch-size",
-        &"1",
-    ]));
+        &["--batch-size", "1"],
+    ));
     let a = emb.get("image_embeds").unwrap().data().to_vec();
     let b = ParamDict::load(&out1).unwrap();
     for (x, y) in a.iter().zip(b.get("image_embeds").unwrap().data()) {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }
     // Writing over the input is refused.
-    let err = assert_clean_failure(&run(&[
-        &"embed",
-        &"--model",
-        &t.pretrained,
-        &"--pixels",
-        &pixels,
-        &"--out",
-        &pixels,
-    ]));
+    let err = assert_clean_failure(&embed(&t.pretrained, &pixels, &pixels, &[]));
     assert!(err.contains("refusing to write"), "{err}");
 }
 
 /// Defect 6: a hostile config.json exhausted memory or printed an 80 MB error.
 #[test]
 fn hostile_sizes_in_config_json_fail_fast_with_a_short_message() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 1);
+    let (tmp, t) = towers(1);
     let cfg = t.pretrained.join(CONFIG_FILE);
     let good: serde_json::Value = serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
     for (field, value) in [
@@ -267,23 +239,12 @@ fn made_it_is_identical_with_one_and_two_threads() {
 /// one, `--out` errors blaming the source, PyTorch files without a hint.
 #[test]
 fn messages_name_the_right_file_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 2);
+    let (tmp, t) = towers(2);
     let out = tmp.path().join("out");
 
     // A missing file: the OS message once.
-    let o = run(&[
-        &"merge",
-        &"--method",
-        &"swa",
-        &"--pretrained",
-        &tmp.path().join("nowhere.safetensors"),
-        &"--finetuned",
-        &t.finetuned[0],
-        &"--out",
-        &out,
-    ]);
-    let err = assert_clean_failure(&o);
+    let nowhere = tmp.path().join("nowhere.safetensors");
+    let err = assert_clean_failure(&merge_one("swa", &nowhere, &t.finetuned[0], &out));
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
 
     // A NaN in the pretrained weights names the pretrained model.
@@ -313,43 +274,21 @@ fn messages_name_the_right_file_once() {
     fs::create_dir(&bin).unwrap();
     fs::copy(t.pretrained.join(CONFIG_FILE), bin.join(CONFIG_FILE)).unwrap();
     fs::write(bin.join("pytorch_model.bin"), b"PK\x03\x04zip").unwrap();
-    let o = run(&[
-        &"merge",
-        &"--method",
-        &"swa",
-        &"--pretrained",
-        &t.pretrained,
-        &"--finetuned",
-        &bin,
-        &"--out",
-        &out,
-    ]);
-    let err = assert_clean_failure(&o);
+    let err = assert_clean_failure(&merge_one("swa", &t.pretrained, &bin, &out));
     assert!(
         err.contains("pytorch_model.bin") && err.contains("convert"),
         "{err}"
     );
     let renamed = tmp.path().join("pickle.safetensors");
     fs::write(&renamed, b"\x80\x04\x95\x00\x00\x00\x00\x00").unwrap();
-    let err = assert_clean_failure(&run(&[
-        &"merge",
-        &"--method",
-        &"swa",
-        &"--pretrained",
-        &t.pretrained,
-        &"--finetuned",
-        &renamed,
-        &"--out",
-        &out,
-    ]));
+    let err = assert_clean_failure(&merge_one("swa", &t.pretrained, &renamed, &out));
     assert!(err.contains("pickle"), "{err}");
 }
 
 /// A sharded checkpoint (as Hugging Face writes large models) merges like a single file.
 #[test]
 fn sharded_checkpoints_merge_like_single_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 2);
+    let (tmp, t) = towers(2);
     let single = tmp.path().join("single");
     assert_success(&t.merge("opcm", &single));
 
@@ -391,34 +330,14 @@ fn sharded_checkpoints_merge_like_single_files() {
 /// `experts/` and return the pretrained embeddings).
 #[test]
 fn embed_on_an_expert_store_does_not_silently_ignore_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Towers::new(tmp.path(), &tiny(), 2);
+    let (tmp, t) = towers(2);
     let out = tmp.path().join("made_it");
     assert_success(&t.merge("made_it", &out));
-    let c = tiny();
-    let mut d = ParamDict::new();
-    d.insert(
-        "pixel_values",
-        Tensor::new(
-            vec![2, 3, c.image_size, c.image_size],
-            values(9, 2 * 3 * c.image_size * c.image_size, 1.0),
-        )
-        .unwrap(),
-    );
     let pixels = tmp.path().join("px.safetensors");
-    d.save(&pixels).unwrap();
+    write_pixels(&pixels, &tiny(), 2, 9);
     let emb = |model: &Path, name: &str| {
         let f = tmp.path().join(name);
-        let o = run(&[
-            &"embed",
-            &"--model",
-            &model,
-            &"--pixels",
-            &pixels,
-            &"--out",
-            &f,
-        ]);
-        (o, f)
+        (embed(model, &pixels, &f, &[]), f)
     };
     let (o, routed) = emb(&out, "routed.safetensors");
     let err = assert_success(&o);

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
+use crate::readers::files_under;
 use crate::readers::fonts::FONT_PACKAGES;
 use crate::source::{COMPLETE_MARKER, SourceId, load_source_dir, source_dir};
 
@@ -849,57 +850,56 @@ fn download(
     progress: &dyn Fn(&FetchEvent),
 ) -> Result<()> {
     let source = spec.source;
-    match spec.client {
+    let announce = |tool: &Tool, args: &[&str]| {
+        progress(&FetchEvent::Downloading {
+            source,
+            command: command_line(tool, args),
+        });
+    };
+    let (tool, args) = match spec.client {
         Client::Apt => {
             let apt = require(&clients.apt_get, "apt-get", APT_HINT)?;
             require(&clients.dpkg_deb, "dpkg-deb", DPKG_HINT)?;
-            let mut args = vec!["download"];
-            args.extend_from_slice(spec.client_args);
-            args.extend_from_slice(names);
-            progress(&FetchEvent::Downloading {
-                source,
-                command: command_line(apt, &args),
-            });
+            let args = client_command(&["download"], spec, names);
+            announce(apt, &args);
             if run_tool(apt, &args, packages).is_err() {
                 // The package lists may be missing or stale: refresh them once.
-                progress(&FetchEvent::Downloading {
-                    source,
-                    command: command_line(apt, &["update"]),
-                });
+                announce(apt, &["update"]);
                 run_tool(apt, &["update"], packages)?;
                 run_tool(apt, &args, packages)?;
             }
+            return Ok(());
         }
-        Client::Npm => {
-            let npm = require(&clients.npm, "npm", NPM_HINT)?;
-            let mut args = vec!["pack"];
-            args.extend_from_slice(spec.client_args);
-            args.push(spec.requirement);
-            progress(&FetchEvent::Downloading {
-                source,
-                command: command_line(npm, &args),
-            });
-            run_tool(npm, &args, packages)?;
-        }
-        Client::Pip => {
-            let pip = require(&clients.pip, "pip", PIP_HINT)?;
-            let mut args = vec![
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-d",
-                ".",
-            ];
-            args.extend_from_slice(spec.client_args);
-            args.push(spec.requirement);
-            progress(&FetchEvent::Downloading {
-                source,
-                command: command_line(pip, &args),
-            });
-            run_tool(pip, &args, packages)?;
-        }
-    }
-    Ok(())
+        Client::Npm => (
+            require(&clients.npm, "npm", NPM_HINT)?,
+            client_command(&["pack"], spec, &[spec.requirement]),
+        ),
+        Client::Pip => (
+            require(&clients.pip, "pip", PIP_HINT)?,
+            client_command(
+                &[
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "-d",
+                    ".",
+                ],
+                spec,
+                &[spec.requirement],
+            ),
+        ),
+    };
+    announce(tool, &args);
+    run_tool(tool, &args, packages)
+}
+
+/// A client's own arguments `own`, then the package's `client_args`, then `what` (the
+/// package names or the requirement).
+fn client_command<'a>(own: &[&'a str], spec: &PackageSpec, what: &[&'a str]) -> Vec<&'a str> {
+    let mut args = own.to_vec();
+    args.extend_from_slice(spec.client_args);
+    args.extend_from_slice(what);
+    args
 }
 
 /// Normalises an archive member path: `/` separators, no leading `./` or `/`.
@@ -1076,9 +1076,7 @@ fn unpack_one(
             let archive_arg = archive.to_string_lossy().into_owned();
             let tmp_arg = tmp.to_string_lossy().into_owned();
             run_tool(dpkg, &["-x", &archive_arg, &tmp_arg], root)?;
-            let mut files = Vec::new();
-            walk_files(&tmp, &tmp, &mut files)?;
-            for (member, path) in files {
+            for (member, path) in files_under(&tmp, &|_| true)? {
                 if let Some((rule, rel)) = destination(&member, spec.rules) {
                     let mut f = std::fs::File::open(&path).map_err(|e| DataError::io(&path, e))?;
                     out.write(root, rule, &rel, &mut f)?;
@@ -1128,31 +1126,6 @@ fn check_found(archive: &str, spec: &PackageSpec, out: &Unpacked) -> Result<()> 
     Ok(())
 }
 
-/// Lists regular files under `dir` as (path relative to `root` with `/`, full path).
-fn walk_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| DataError::io(dir, e))?;
-        let path = entry.path();
-        let ty = entry.file_type().map_err(|e| DataError::io(&path, e))?;
-        if ty.is_dir() {
-            walk_files(root, &path, out)?;
-        } else if ty.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .map(|r| {
-                    r.components()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                })
-                .unwrap_or_default();
-            out.push((rel, path));
-        }
-    }
-    Ok(())
-}
-
 /// SHA-256 of a file, as lower-case hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -1176,16 +1149,11 @@ fn digest_rules(root: &Path, spec: &PackageSpec) -> Result<BTreeMap<String, Stri
             }
             Rule::Tree { to, exts, .. } => {
                 let dir = root.join(to);
-                let mut files = Vec::new();
-                walk_files(&dir, &dir, &mut files)?;
-                let mut names: Vec<(String, PathBuf)> = files
-                    .into_iter()
-                    .filter(|(rel, _)| {
-                        let lower = rel.to_ascii_lowercase();
-                        exts.iter()
-                            .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
-                    })
-                    .collect();
+                let mut names = files_under(&dir, &|rel| {
+                    let lower = rel.to_ascii_lowercase();
+                    exts.iter()
+                        .any(|e| lower.ends_with(&e.to_ascii_lowercase()))
+                })?;
                 names.sort();
                 let mut hasher = Sha256::new();
                 for (rel, path) in &names {
@@ -1258,32 +1226,22 @@ mod tests {
 
     #[test]
     fn destinations_follow_the_rules() {
-        let rules = [
-            Rule::File {
-                from: "package/emoji.json",
-                to: "emoji.json",
-            },
-            Rule::Dir {
-                from: "package/img/google/64",
-                ext: ".png",
-                to: "img/google/64",
-                count: 2,
-            },
-        ];
+        // The emoji package's first two rules: `emoji.json` and the 64-pixel images.
+        let rules = &package_spec(SourceId::Emoji).rules[..2];
         assert_eq!(
-            destination("./package/emoji.json", &rules),
+            destination("./package/emoji.json", rules),
             Some((0, "emoji.json".to_owned()))
         );
         assert_eq!(
-            destination("package/img/google/64/1f600.png", &rules),
+            destination("package/img/google/64/1f600.png", rules),
             Some((1, "img/google/64/1f600.png".to_owned()))
         );
-        assert_eq!(destination("package/img/google/64/sub/x.png", &rules), None);
+        assert_eq!(destination("package/img/google/64/sub/x.png", rules), None);
         assert_eq!(
-            destination("package/img/google/64/.hidden.png", &rules),
+            destination("package/img/google/64/.hidden.png", rules),
             None
         );
-        assert_eq!(destination("package/img/apple/64/1f600.png", &rules), None);
-        assert_eq!(destination("package/emoji_pretty.json", &rules), None);
+        assert_eq!(destination("package/img/apple/64/1f600.png", rules), None);
+        assert_eq!(destination("package/emoji_pretty.json", rules), None);
     }
 }

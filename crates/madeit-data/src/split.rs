@@ -122,43 +122,18 @@ impl SplitPlan {
 /// nothing. The two emoji sources and the fonts hold out 20 % / 10 % and reserve 30 % of
 /// each class for pretraining; the clip-art stamps reserve 20 %.
 pub fn split_plan(source: SourceId) -> SplitPlan {
-    match source {
-        SourceId::FashionMnist => SplitPlan {
-            test_fraction: 0.0,
-            val_fraction: 1.0 / 12.0,
-            pretrain_fraction: 1.0 / 3.0,
-            seed_per_class: 5,
-        },
-        SourceId::Mnist | SourceId::AnimalMnist => SplitPlan {
-            test_fraction: 0.2,
-            val_fraction: 0.1,
-            pretrain_fraction: 0.2,
-            seed_per_class: 5,
-        },
-        SourceId::Optdigits => SplitPlan {
-            test_fraction: 0.2,
-            val_fraction: 0.1,
-            pretrain_fraction: 0.0,
-            seed_per_class: 5,
-        },
-        SourceId::Emoji | SourceId::Twemoji => SplitPlan {
-            test_fraction: 0.2,
-            val_fraction: 0.1,
-            pretrain_fraction: 0.3,
-            seed_per_class: 5,
-        },
-        SourceId::Fonts => SplitPlan {
-            test_fraction: 0.2,
-            val_fraction: 0.1,
-            pretrain_fraction: 0.3,
-            seed_per_class: 5,
-        },
-        SourceId::Tuxpaint => SplitPlan {
-            test_fraction: 0.2,
-            val_fraction: 0.1,
-            pretrain_fraction: 0.2,
-            seed_per_class: 5,
-        },
+    // (test, validation, pretraining) fractions; every source keeps 5 seed images a class.
+    let (test_fraction, val_fraction, pretrain_fraction) = match source {
+        SourceId::FashionMnist => (0.0, 1.0 / 12.0, 1.0 / 3.0),
+        SourceId::Mnist | SourceId::AnimalMnist | SourceId::Tuxpaint => (0.2, 0.1, 0.2),
+        SourceId::Optdigits => (0.2, 0.1, 0.0),
+        SourceId::Emoji | SourceId::Twemoji | SourceId::Fonts => (0.2, 0.1, 0.3),
+    };
+    SplitPlan {
+        test_fraction,
+        val_fraction,
+        pretrain_fraction,
+        seed_per_class: 5,
     }
 }
 
@@ -232,8 +207,10 @@ impl Splits {
     }
 }
 
-/// A uniform integer in `0..n` (`n > 0`) by rejection sampling (no modulo bias).
-fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
+/// A uniform integer in `0..n` (`n > 0`) by rejection sampling (no modulo bias). Shared with
+/// the zoo's training batches, so both draw the same values from the same generator.
+#[must_use]
+pub fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
     let zone = u64::MAX - (u64::MAX % n);
     loop {
         let x = rng.next_u64();
@@ -244,7 +221,7 @@ fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
 }
 
 /// Fisher–Yates shuffle: for `i` from the end down to 1, swap `v[i]` with `v[below(i+1)]`.
-fn shuffle(v: &mut [usize], rng: &mut ChaCha8Rng) {
+pub fn shuffle(v: &mut [usize], rng: &mut ChaCha8Rng) {
     for i in (1..v.len()).rev() {
         let j = below(rng, i as u64 + 1) as usize;
         v.swap(i, j);

@@ -181,20 +181,34 @@ fn resample(set: &ImageSet, wy: &AxisWeights, wx: &AxisWeights) -> ImageSet {
 /// [`DataError::InvalidResize`] if the target is larger than the images or empty.
 pub fn resize_area(set: &ImageSet, out_h: usize, out_w: usize) -> Result<ImageSet> {
     let (h, w) = (set.height, set.width);
-    if out_h == 0 || out_w == 0 || out_h > h || out_w > w {
-        return Err(DataError::InvalidResize {
-            method: "area-resize",
-            from_height: h,
-            from_width: w,
-            to_height: out_h,
-            to_width: out_w,
-        });
-    }
+    let fits = out_h > 0 && out_w > 0 && out_h <= h && out_w <= w;
+    check_resize(set, out_h, out_w, "area-resize", fits)?;
     Ok(resample(
         set,
         &area_weights(h, out_h),
         &area_weights(w, out_w),
     ))
+}
+
+/// [`DataError::InvalidResize`] of `method` from `set`'s size to `out_h × out_w`, unless the
+/// target `fits`.
+fn check_resize(
+    set: &ImageSet,
+    out_h: usize,
+    out_w: usize,
+    method: &'static str,
+    fits: bool,
+) -> Result<()> {
+    if fits {
+        return Ok(());
+    }
+    Err(DataError::InvalidResize {
+        method,
+        from_height: set.height,
+        from_width: set.width,
+        to_height: out_h,
+        to_width: out_w,
+    })
 }
 
 /// Resizes every image to `out_h × out_w` by bilinear interpolation (see
@@ -204,15 +218,7 @@ pub fn resize_area(set: &ImageSet, out_h: usize, out_w: usize) -> Result<ImageSe
 /// [`DataError::InvalidResize`] if the target is empty.
 pub fn resize_bilinear(set: &ImageSet, out_h: usize, out_w: usize) -> Result<ImageSet> {
     let (h, w) = (set.height, set.width);
-    if out_h == 0 || out_w == 0 {
-        return Err(DataError::InvalidResize {
-            method: "bilinear-resize",
-            from_height: h,
-            from_width: w,
-            to_height: out_h,
-            to_width: out_w,
-        });
-    }
+    check_resize(set, out_h, out_w, "bilinear-resize", out_h > 0 && out_w > 0)?;
     Ok(resample(
         set,
         &bilinear_weights(h, out_h),

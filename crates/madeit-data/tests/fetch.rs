@@ -385,17 +385,7 @@ fn debian_packages_are_unpacked_with_dpkg_deb() {
     let deb = cache
         .path()
         .join("packages/dataset-fashion-mnist_0.0-1_all.deb");
-    let status = std::process::Command::new(&dpkg)
-        .args(["--build", "--root-owner-group"])
-        .arg(&root)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    dpkg_build(&dpkg, &root, &deb);
     let clients = Clients {
         dpkg_deb: Some(Tool {
             program: dpkg,
@@ -418,6 +408,21 @@ fn debian_packages_are_unpacked_with_dpkg_deb() {
     );
 }
 
+/// Runs `dpkg-deb --build` of the package tree `root` into `deb`, asserting success.
+fn dpkg_build(dpkg: &Path, root: &Path, deb: &Path) {
+    let status = std::process::Command::new(dpkg)
+        .args(["--build", "--root-owner-group"])
+        .arg(root)
+        .arg(deb)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
 /// A `.deb` named `<name>_1_all.deb` in `out` holding `files` (path below the root, bytes).
 #[cfg(unix)]
 fn build_deb(dpkg: &Path, name: &str, files: &[(&str, Vec<u8>)], out: &Path) -> PathBuf {
@@ -437,17 +442,7 @@ fn build_deb(dpkg: &Path, name: &str, files: &[(&str, Vec<u8>)], out: &Path) -> 
         std::fs::write(p, bytes).unwrap();
     }
     let deb = out.join(format!("{name}_1_all.deb"));
-    let status = std::process::Command::new(dpkg)
-        .args(["--build", "--root-owner-group"])
-        .arg(&root)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    dpkg_build(dpkg, &root, &deb);
     deb
 }
 

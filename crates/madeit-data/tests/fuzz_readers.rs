@@ -6,26 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::alloc::System;
 use std::io::Write;
 
-use cap::Cap;
 use madeit_data::readers::{emoji, gunzip, idx, mnist_json, optdigits, pickle};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 
-#[global_allocator]
-static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
+#[path = "../../madeit-params/tests/support/bounded_alloc.rs"]
+mod bounded_alloc;
 
-/// Memory a read of a few kilobytes may take.
-const BOUND: usize = 64 << 20;
-
-fn bounded<T>(f: impl FnOnce() -> T) -> T {
-    let _ = ALLOC.set_limit(ALLOC.allocated().saturating_add(BOUND));
-    let out = f();
-    let _ = ALLOC.set_limit(usize::MAX);
-    out
-}
+use bounded_alloc::{bounded, runner};
 
 /// Every reader on the same bytes.
 fn read_all(bytes: &[u8]) {
@@ -48,11 +37,7 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_readers_never_panic_nor_over_allocate() {
-    let mut runner = TestRunner::new(Config {
-        cases: 512,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(512);
     runner
         .run(&proptest::collection::vec(any::<u8>(), 0..2048), |bytes| {
             bounded(|| read_all(&bytes));

@@ -4,15 +4,18 @@
 
 mod common;
 
-use common::{CLASSES, TEST_IMAGES, tiny_zoo};
+// A fresh evaluator per run: nothing is carried over in memory.
+use common::run_fresh as run;
+use common::{
+    CLASSES, assert_full_triangle, assert_reported_saved_resumed, assert_same_matrix_bits,
+    experiment_in, temp_zoo,
+};
 
 use madeit_adapt::{AdaptError, MingleConfig, SeedSource, TargetSet};
-use madeit_eval::benchmark::Benchmark;
 use madeit_eval::evaluate::Evaluator;
-use madeit_eval::experiment::{ExperimentConfig, StateOptions, run_experiment};
-use madeit_eval::report::{render_markdown, table_methods};
-use madeit_eval::runner::{RunEvent, StreamResult, StreamSpec, run_stream};
-use madeit_eval::{ExperimentResults, MethodSpec, RunError};
+use madeit_eval::experiment::{ExperimentConfig, run_experiment};
+use madeit_eval::runner::{RunEvent, StreamSpec, run_stream};
+use madeit_eval::{MethodSpec, RunError};
 use madeit_merge::{Fingerprint, MethodConfig, StepReport};
 use madeit_params::ParamDict;
 
@@ -27,13 +30,6 @@ fn quick_mingle() -> MingleConfig {
     }
 }
 
-fn run(bench: &Benchmark, spec: &StreamSpec) -> Result<StreamResult, RunError> {
-    // A fresh evaluator per call: nothing is carried over in memory.
-    let ev = Evaluator::from_benchmark(bench, 7)?;
-    let pre = bench.load_pretrained()?;
-    run_stream(bench, &ev, &pre, spec, &mut |_| {})
-}
-
 /// A step report without its wall-clock measurements (`seconds_*`), which differ between
 /// runs.
 fn without_timings(r: &StepReport) -> StepReport {
@@ -44,8 +40,7 @@ fn without_timings(r: &StepReport) -> StepReport {
 
 #[test]
 fn a_mingle_stream_evaluates_every_seen_task_and_reports_its_steps() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let mut spec = StreamSpec::new(quick_mingle(), vec![2, 0, 1]);
     spec.seed = Some(5);
     let ev = Evaluator::from_benchmark(&bench, 7).expect("evaluator");
@@ -54,17 +49,7 @@ fn a_mingle_stream_evaluates_every_seen_task_and_reports_its_steps() {
     let r = run_stream(&bench, &ev, &pre, &spec, &mut |e| events.push(e.clone())).expect("run");
     assert_eq!(r.label, "mingle");
     assert_eq!(r.order, ["gamma", "alpha", "beta"]);
-    assert!(r.is_complete());
-    for i in 0..3 {
-        for j in 0..3 {
-            let v = r.matrix.get(i, j).expect("in range");
-            assert_eq!(v.is_some(), i <= j, "entry ({i}, {j})");
-            if let Some(v) = v {
-                let k = v * TEST_IMAGES as f64;
-                assert!((k - k.round()).abs() < 1e-9, "{v}");
-            }
-        }
-    }
+    assert_full_triangle(&r, "mingle");
     for (j, s) in r.steps.iter().enumerate() {
         assert_eq!(s.report.method, "mingle");
         assert_eq!(s.report.step, j + 1);
@@ -95,8 +80,7 @@ fn a_mingle_stream_evaluates_every_seen_task_and_reports_its_steps() {
 
 #[test]
 fn a_resumed_mingle_stream_is_bit_identical_to_an_uninterrupted_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (dir, bench) = temp_zoo();
     let order = vec![1, 2, 0];
     let whole_ckpt = dir.path().join("whole.safetensors");
     let mut whole_spec = StreamSpec::new(quick_mingle(), order.clone());
@@ -116,19 +100,7 @@ fn a_resumed_mingle_stream_is_bit_identical_to_an_uninterrupted_one() {
         let rest = run(&bench, &spec).expect("resumed");
         assert_eq!(rest.resumed_steps, stop);
         assert!(rest.is_complete());
-        for (a, b) in rest
-            .matrix
-            .rows()
-            .iter()
-            .flatten()
-            .zip(whole.matrix.rows().iter().flatten())
-        {
-            assert_eq!(
-                a.map(f64::to_bits),
-                b.map(f64::to_bits),
-                "stopped after {stop}"
-            );
-        }
+        assert_same_matrix_bits(&rest, &whole, &format!("stopped after {stop}"));
         assert_eq!(rest.metrics, whole.metrics);
         let reports: Vec<_> = rest
             .steps
@@ -161,8 +133,7 @@ fn a_resumed_mingle_stream_is_bit_identical_to_an_uninterrupted_one() {
 
 #[test]
 fn a_missing_seed_split_names_the_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (dir, bench) = temp_zoo();
     let seed = dir
         .path()
         .join("data")
@@ -269,45 +240,16 @@ fn mingle_configurations_parse_check_and_round_trip() {
 
 #[test]
 fn an_experiment_with_mingle_runs_resumes_and_round_trips() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
-    let cfg = ExperimentConfig::from_toml_str(
+    let (dir, bench) = temp_zoo();
+    let (cfg, state) = experiment_in(
+        dir.path(),
         "[experiment]\nseeds = [42]\nbatch_size = 7\nmethods = [\"swa\", { method = \"mingle\", steps = 2, batch_size = 4, seed_per_class = 2 }]",
-    )
-    .expect("config");
-    let state = StateOptions {
-        dir: Some(dir.path().join("state")),
-        resume: false,
-    };
+    );
     let r = run_experiment(&cfg, &bench, &state, &mut |_| {}).expect("experiment");
     assert_eq!(r.streams.len(), 2);
     assert_eq!(r.summaries[1].method, "mingle");
     assert!(r.summaries[1].absorb_seconds.mean > 0.0);
-    let md = render_markdown(&r);
-    assert!(md.contains("| MINGLE |") && md.contains("| SWA |"), "{md}");
-    // Header, two reference rows, the two methods, and the "not run" C. Fine-Tuned row.
-    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2 + 1);
-    let json = dir.path().join("results.json");
-    r.save_json(&json).expect("save");
-    assert_eq!(ExperimentResults::load_json(&json).expect("load"), r);
-    assert!(
-        dir.path()
-            .join("state")
-            .join("mingle-seed42.safetensors")
-            .is_file()
-    );
-    let resumed = run_experiment(
-        &cfg,
-        &bench,
-        &StateOptions {
-            resume: true,
-            ..state
-        },
-        &mut |_| {},
-    )
-    .expect("resumed");
-    for (a, b) in resumed.streams.iter().zip(&r.streams) {
-        assert_eq!(a.matrix, b.matrix);
-        assert_eq!(a.resumed_steps, 3);
-    }
+    // The report's rows, the round trip, and resuming the whole experiment.
+    let rows = ["| MINGLE |", "| SWA |"];
+    assert_reported_saved_resumed(&cfg, &bench, state, &r, &rows, "mingle-seed42.safetensors");
 }

@@ -4,17 +4,19 @@
 
 mod common;
 
-use common::{TASKS, TEST_IMAGES, normal, perturbed, tiny_zoo};
+use common::run_with as run;
+use common::{
+    TASKS, TEST_IMAGES, assert_full_triangle, assert_reported_saved_resumed,
+    assert_same_matrix_bits, experiment_in, normal, perturbed, temp_zoo, tiny_zoo,
+};
 
 use madeit_data::{NORM_MEAN, NORM_STD, write_split};
-use madeit_eval::benchmark::Benchmark;
+use madeit_eval::RunError;
 use madeit_eval::evaluate::{
     Evaluator, OracleRouter, ProjectionRouter, evaluate_dense, evaluate_experts,
 };
-use madeit_eval::experiment::{ExperimentConfig, StateOptions, run_experiment};
-use madeit_eval::report::{render_markdown, table_methods};
+use madeit_eval::experiment::{ExperimentConfig, run_experiment};
 use madeit_eval::runner::{EvalMode, RunEvent, StreamSpec, reference_rows, run_stream};
-use madeit_eval::{ExperimentResults, RunError};
 use madeit_merge::{
     ExpertModel, Fingerprint, LowRankExpert, MergeError, MergedModel, MethodConfig, TaskId,
 };
@@ -27,19 +29,9 @@ fn method(name: &str) -> MethodConfig {
     MethodConfig::default_for(name).expect("method")
 }
 
-fn run(
-    bench: &Benchmark,
-    ev: &Evaluator,
-    spec: &StreamSpec,
-) -> Result<madeit_eval::StreamResult, RunError> {
-    let pre = bench.load_pretrained()?;
-    run_stream(bench, ev, &pre, spec, &mut |_| {})
-}
-
 #[test]
 fn full_mode_fills_the_lower_triangle_and_metrics_match_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let ev = Evaluator::from_benchmark(&bench, 7).expect("evaluator");
     for name in ["swa", "task_arithmetic", "ties", "magmax", "opcm"] {
         let mut spec = StreamSpec::new(method(name), vec![2, 0, 1]);
@@ -50,20 +42,8 @@ fn full_mode_fills_the_lower_triangle_and_metrics_match_it() {
             run_stream(&bench, &ev, &pre, &spec, &mut |e| events.push(e.clone())).expect("stream");
         assert_eq!(r.order, ["gamma", "alpha", "beta"]);
         assert_eq!(r.order_ids, [3, 1, 2]);
-        assert!(r.is_complete());
         assert_eq!(r.steps.len(), 3);
-        for i in 0..3 {
-            for j in 0..3 {
-                let v = r.matrix.get(i, j).expect("in range");
-                assert_eq!(v.is_some(), i <= j, "{name}: entry ({i}, {j})");
-                if let Some(v) = v {
-                    assert!((0.0..=1.0).contains(&v));
-                    // Accuracies are fractions of the 24 test images.
-                    let k = v * TEST_IMAGES as f64;
-                    assert!((k - k.round()).abs() < 1e-9, "{v} is not k/24");
-                }
-            }
-        }
+        assert_full_triangle(&r, name);
         let last: Vec<f64> = (0..3)
             .map(|i| r.matrix.require(i, 2).expect("last"))
             .collect();
@@ -101,8 +81,7 @@ fn full_mode_fills_the_lower_triangle_and_metrics_match_it() {
 
 #[test]
 fn swa_after_one_step_is_the_finetuned_model() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let ev = Evaluator::from_benchmark(&bench, 128).expect("evaluator");
     let pre = bench.load_pretrained().expect("pretrained");
     let refs = reference_rows(&bench, &ev, &pre, &mut |_| {}).expect("references");
@@ -126,8 +105,7 @@ fn swa_after_one_step_is_the_finetuned_model() {
 
 #[test]
 fn evaluate_dense_matches_a_host_side_cosine_classifier() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let pre = bench.load_pretrained().expect("pretrained");
     let model = ClipVisionModel::from_params(bench.config(), &pre).expect("model");
     for i in 0..3 {
@@ -167,8 +145,7 @@ fn evaluate_dense_matches_a_host_side_cosine_classifier() {
 
 #[test]
 fn final_mode_computes_only_what_acc_and_bwt_need() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let order = vec![1, 0, 2];
     let full = run(
         &bench,
@@ -205,8 +182,7 @@ fn final_mode_computes_only_what_acc_and_bwt_need() {
 
 #[test]
 fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (dir, bench) = temp_zoo();
     for name in ["opcm", "ties", "magmax", "swa"] {
         let order = vec![2, 1, 0];
         let whole_ckpt = dir.path().join(format!("{name}-whole.safetensors"));
@@ -245,15 +221,7 @@ fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
             assert_eq!(rest.resumed_steps, stop);
             assert!(rest.is_complete());
             assert_eq!(rest.matrix, whole.matrix, "{name} stopped after {stop}");
-            for (a, b) in rest
-                .matrix
-                .rows()
-                .iter()
-                .flatten()
-                .zip(whole.matrix.rows().iter().flatten())
-            {
-                assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits));
-            }
+            assert_same_matrix_bits(&rest, &whole, &format!("{name} stopped after {stop}"));
             assert_eq!(rest.metrics, whole.metrics);
             let reports: Vec<_> = rest.steps.iter().map(|s| &s.report).collect();
             let expected: Vec<_> = whole.steps.iter().map(|s| &s.report).collect();
@@ -287,8 +255,7 @@ fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
 
 #[test]
 fn resuming_another_stream_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (dir, bench) = temp_zoo();
     let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
     let ckpt = dir.path().join("state.safetensors");
     let mut spec = StreamSpec::new(method("task_arithmetic"), vec![0, 1, 2]);
@@ -329,8 +296,7 @@ fn resuming_another_stream_is_refused() {
 
 #[test]
 fn a_checkpoint_that_does_not_match_the_pretrained_model_names_the_tensor() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (dir, bench) = temp_zoo();
     let pre = bench.load_pretrained().expect("pre");
     let bad_name = "encoder.layers.1.mlp.fc1.weight";
     let mut bad = pre.clone();
@@ -361,8 +327,7 @@ fn a_checkpoint_that_does_not_match_the_pretrained_model_names_the_tensor() {
 
 #[test]
 fn bad_orders_are_rejected() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
     for order in [vec![], vec![0, 0, 1], vec![0, 3]] {
         let err = run(&bench, &ev, &StreamSpec::new(method("swa"), order)).expect_err("order");
@@ -440,16 +405,11 @@ fn bad_experiment_configs_are_typed_errors() {
 
 #[test]
 fn an_experiment_runs_end_to_end_and_round_trips() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
-    let cfg = ExperimentConfig::from_toml_str(
+    let (dir, bench) = temp_zoo();
+    let (cfg, state) = experiment_in(
+        dir.path(),
         "[experiment]\nseeds = [42, 43]\nmethods = [\"swa\", \"opcm\"]",
-    )
-    .expect("config");
-    let state = StateOptions {
-        dir: Some(dir.path().join("state")),
-        resume: false,
-    };
+    );
     let mut started = 0;
     let r = run_experiment(&cfg, &bench, &state, &mut |e| {
         started += usize::from(matches!(e, RunEvent::StreamStarted { .. }));
@@ -475,41 +435,14 @@ fn an_experiment_runs_end_to_end_and_round_trips() {
         r.streams[0].order_ids,
         madeit_eval::orders::task_order(3, 42)
     );
-    let md = render_markdown(&r);
-    assert!(md.contains("| Pre-Trained |") && md.contains("| OPCM |") && md.contains("| SWA |"));
-    // Header, two reference rows, the two methods, and the "not run" C. Fine-Tuned row.
-    assert_eq!(table_methods(&r).lines().count(), 2 + 2 + 2 + 1);
-    let json = dir.path().join("results.json");
-    r.save_json(&json).expect("save");
-    assert_eq!(ExperimentResults::load_json(&json).expect("load"), r);
-    assert!(
-        dir.path()
-            .join("state")
-            .join("opcm-seed43.safetensors")
-            .is_file()
-    );
-
-    // Resuming the whole experiment reuses every saved stream.
-    let resumed = run_experiment(
-        &cfg,
-        &bench,
-        &StateOptions {
-            resume: true,
-            ..state
-        },
-        &mut |_| {},
-    )
-    .expect("resumed");
-    for (a, b) in resumed.streams.iter().zip(&r.streams) {
-        assert_eq!(a.matrix, b.matrix);
-        assert_eq!(a.resumed_steps, 3);
-    }
+    // The report's rows, the round trip, and resuming the whole experiment.
+    let rows = ["| Pre-Trained |", "| OPCM |", "| SWA |"];
+    assert_reported_saved_resumed(&cfg, &bench, state, &r, &rows, "opcm-seed43.safetensors");
 }
 
 #[test]
 fn expert_models_are_evaluated_with_per_sample_routing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let cfg = bench.config().clone();
     let pre = bench.load_pretrained().expect("pre");
     let key = "encoder.layers.0.mlp.fc1.weight";
@@ -585,8 +518,7 @@ fn expert_models_are_evaluated_with_per_sample_routing() {
 
 #[test]
 fn the_evaluator_caches_by_model_fingerprint() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
     let pre = bench.load_pretrained().expect("pre");
     let m = MergedModel::Dense(pre.clone());

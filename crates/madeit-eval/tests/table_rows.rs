@@ -4,13 +4,12 @@
 
 mod common;
 
-use common::{TEST_IMAGES, tiny_zoo};
+use common::run_fresh as run;
+use common::{assert_full_triangle, temp_zoo, tiny_zoo};
 
 use madeit_adapt::{AdaMergingConfig, WemoeConfig};
-use madeit_eval::benchmark::Benchmark;
-use madeit_eval::evaluate::Evaluator;
 use madeit_eval::report::table_methods;
-use madeit_eval::runner::{StreamResult, StreamSpec, run_stream};
+use madeit_eval::runner::{StreamResult, StreamSpec};
 use madeit_eval::{
     C_FINETUNED, MethodSpec, RunError, SequentialConfig, TEST_TIME_METHODS, TRAINING_METHODS,
 };
@@ -37,12 +36,6 @@ fn quick_wemoe() -> WemoeConfig {
     }
 }
 
-fn run(bench: &Benchmark, spec: &StreamSpec) -> Result<StreamResult, RunError> {
-    let ev = Evaluator::from_benchmark(bench, 7)?;
-    let pre = bench.load_pretrained()?;
-    run_stream(bench, &ev, &pre, spec, &mut |_| {})
-}
-
 fn bits(r: &StreamResult) -> Vec<Option<u64>> {
     r.matrix
         .rows()
@@ -54,8 +47,7 @@ fn bits(r: &StreamResult) -> Vec<Option<u64>> {
 
 #[test]
 fn test_time_streams_evaluate_every_seen_task_and_resume_bit_identically() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (dir, bench) = temp_zoo();
     let order = vec![2, 0, 1];
     let methods: Vec<MethodSpec> = vec![
         quick_adamerging(false).into(),
@@ -68,17 +60,7 @@ fn test_time_streams_evaluate_every_seen_task_and_resume_bit_identically() {
         let mut spec = StreamSpec::new(method.clone(), order.clone());
         spec.checkpoint = Some(whole_ckpt);
         let whole = run(&bench, &spec).expect("stream");
-        assert!(whole.is_complete(), "{name}");
-        for i in 0..3 {
-            for j in 0..3 {
-                let v = whole.matrix.get(i, j).expect("in range");
-                assert_eq!(v.is_some(), i <= j, "{name} entry ({i}, {j})");
-                if let Some(v) = v {
-                    let n = v * TEST_IMAGES as f64;
-                    assert!((n - n.round()).abs() < 1e-9, "{name}: {v}");
-                }
-            }
-        }
+        assert_full_triangle(&whole, name);
         for (j, s) in whole.steps.iter().enumerate() {
             assert_eq!(s.report.method, name);
             assert_eq!(s.report.step, j + 1);
@@ -106,8 +88,7 @@ fn test_time_streams_evaluate_every_seen_task_and_resume_bit_identically() {
 
 #[test]
 fn the_adamerging_modes_differ_and_the_table_says_which_ran() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let order = vec![0, 1, 2];
     let reset = run(
         &bench,
@@ -201,8 +182,7 @@ fn c_finetuned_needs_a_zoo_and_its_training_data() {
 
 #[test]
 fn the_methods_table_lists_c_finetuned_even_when_it_did_not_run() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bench = tiny_zoo(dir.path());
+    let (_dir, bench) = temp_zoo();
     let cfg = madeit_eval::ExperimentConfig::from_toml_str(
         "[experiment]\nseeds = [42]\nbatch_size = 7\nmethods = [{ method = \"c_lw_adamerging\", steps = 2, batch_size = 4, seed_per_class = 2 }]",
     )

@@ -291,12 +291,7 @@ fn rho_one_single_task_reproduces_the_fine_tuned_targets() {
         } else {
             pre.get(name).unwrap()
         };
-        let err = t
-            .data()
-            .iter()
-            .zip(want.data())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let err = t.max_abs_diff(want).unwrap();
         assert!(err < 1e-5, "{name}: {err}");
     }
 }

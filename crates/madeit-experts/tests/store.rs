@@ -45,13 +45,16 @@ fn write_manifest(dir: &Path, v: &serde_json::Value) {
     .unwrap();
 }
 
+/// A tensor of the store's file: name, dtype, shape and bytes.
+type Item = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// Rewrites the tensor file through `edit` and fixes the manifest's size and checksum,
 /// so that only the content check can catch the change.
-fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut Vec<Item>)) {
     let path = tensor_file(dir);
     let bytes = fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut items: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+    let mut items: Vec<Item> = st
         .tensors()
         .into_iter()
         .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
@@ -247,23 +250,25 @@ fn corrupt_or_missing_files_give_typed_errors() {
     ));
 
     let name = m.modules()[4].name().to_owned();
+    // The load error of a fresh store whose tensor file `edit` rewrote (checksum fixed up).
+    let load_after = |edit: &dyn Fn(&mut Vec<Item>)| {
+        let dir = fresh();
+        rewrite_tensors(dir.path(), edit);
+        store::load(dir.path()).unwrap_err()
+    };
 
     // A missing tensor (checksum fixed up).
-    let dir = fresh();
     let key = tensor_key(&name, 1, Factor::V);
-    rewrite_tensors(dir.path(), |items| items.retain(|(k, ..)| *k != key));
-    let err = store::load(dir.path()).unwrap_err();
+    let err = load_after(&|items| items.retain(|(k, ..)| *k != key));
     assert!(
         matches!(&err, ExpertsError::StoreMissingTensor { tensor, .. } if *tensor == key),
         "{err}"
     );
 
     // An extra tensor.
-    let dir = fresh();
-    rewrite_tensors(dir.path(), |items| {
+    let err = load_after(&|items| {
         items.push(("stray".to_owned(), Dtype::F32, vec![1], vec![0, 0, 0, 0]));
     });
-    let err = store::load(dir.path()).unwrap_err();
     assert!(
         matches!(&err, ExpertsError::StoreUnexpectedTensor { tensor, .. } if tensor == "stray"),
         "{err}"
@@ -271,46 +276,38 @@ fn corrupt_or_missing_files_give_typed_errors() {
 
     // Wrong shape, wrong dtype, NaN, non-orthonormal basis.
     let key = tensor_key(&name, 0, Factor::U);
-    let dir = fresh();
-    rewrite_tensors(dir.path(), |items| {
+    let err = load_after(&|items| {
         let it = items.iter_mut().find(|(k, ..)| *k == key).unwrap();
         let (r, c) = (it.2[0], it.2[1]);
         it.2 = vec![c, r];
     });
-    let err = store::load(dir.path()).unwrap_err();
     assert!(
         matches!(&err, ExpertsError::StoreTensor { tensor, message, .. } if *tensor == key && message.contains("shape")),
         "{err}"
     );
 
-    let dir = fresh();
-    rewrite_tensors(dir.path(), |items| {
+    let err = load_after(&|items| {
         let it = items.iter_mut().find(|(k, ..)| *k == key).unwrap();
         it.1 = Dtype::I32;
     });
-    let err = store::load(dir.path()).unwrap_err();
     assert!(
         matches!(&err, ExpertsError::StoreTensor { tensor, message, .. } if *tensor == key && message.contains("dtype")),
         "{err}"
     );
 
-    let dir = fresh();
-    rewrite_tensors(dir.path(), |items| {
+    let err = load_after(&|items| {
         let it = items.iter_mut().find(|(k, ..)| *k == key).unwrap();
         it.3[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
     });
-    let err = store::load(dir.path()).unwrap_err();
     assert!(
         matches!(&err, ExpertsError::StoreTensor { tensor, message, .. } if *tensor == key && message.contains("non-finite")),
         "{err}"
     );
 
-    let dir = fresh();
-    rewrite_tensors(dir.path(), |items| {
+    let err = load_after(&|items| {
         let it = items.iter_mut().find(|(k, ..)| *k == key).unwrap();
         it.3[0..4].copy_from_slice(&3.0f32.to_le_bytes());
     });
-    let err = store::load(dir.path()).unwrap_err();
     assert!(
         matches!(&err, ExpertsError::StoreTensor { tensor, message, .. } if tensor.starts_with(&name) && message.contains("orthonormal")),
         "{err}"

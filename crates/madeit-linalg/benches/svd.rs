@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use madeit_linalg::faer::Par;
+use madeit_linalg::faer::{Mat, Par};
 use madeit_linalg::{SvdWorkspace, TruncatedSvd, random, thin_svd, truncated_svd};
 
 const SHAPES: [(usize, usize); 5] = [
@@ -30,65 +30,42 @@ fn label(m: usize, n: usize) -> String {
     format!("{m}x{n}")
 }
 
+/// Benchmarks, in group `name`, `make(rank)` (built once per shape) on a seeded Gaussian
+/// matrix of every shape, measuring `measure_s` seconds each.
+fn over_shapes<R, O>(c: &mut Criterion, name: &str, measure_s: u64, make: impl Fn(usize) -> R)
+where
+    R: FnMut(&Mat<f32>) -> O,
+{
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(measure_s));
+    for (m, n) in SHAPES {
+        let a = random::gaussian::<f32>(m, n, 1);
+        let mut run = make(rank_of(m, n));
+        group.bench_with_input(BenchmarkId::from_parameter(label(m, n)), &a, |b, a| {
+            b.iter(|| run(a));
+        });
+    }
+    group.finish();
+}
+
 fn bench_svd(c: &mut Criterion) {
-    let mut group = c.benchmark_group("thin_svd");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
-    for (m, n) in SHAPES {
-        let a = random::gaussian::<f32>(m, n, 1);
-        group.bench_with_input(BenchmarkId::from_parameter(label(m, n)), &a, |b, a| {
-            b.iter(|| thin_svd(a.as_ref()));
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("truncated_exact");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
-    for (m, n) in SHAPES {
-        let a = random::gaussian::<f32>(m, n, 1);
-        let rank = rank_of(m, n);
-        group.bench_with_input(BenchmarkId::from_parameter(label(m, n)), &a, |b, a| {
-            b.iter(|| truncated_svd(a.as_ref(), rank, TruncatedSvd::Exact));
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("truncated_randomized");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    for (m, n) in SHAPES {
-        let a = random::gaussian::<f32>(m, n, 1);
-        let rank = rank_of(m, n);
+    over_shapes(c, "thin_svd", 3, |_| |a: &Mat<f32>| thin_svd(a.as_ref()));
+    over_shapes(c, "truncated_exact", 3, |rank| {
+        move |a: &Mat<f32>| truncated_svd(a.as_ref(), rank, TruncatedSvd::Exact)
+    });
+    over_shapes(c, "truncated_randomized", 2, |rank| {
         let mut ws = SvdWorkspace::new();
-        group.bench_with_input(BenchmarkId::from_parameter(label(m, n)), &a, |b, a| {
-            b.iter(|| ws.truncated_svd(a.as_ref(), rank, TruncatedSvd::randomized(7)));
-        });
-    }
-    group.finish();
-
+        move |a: &Mat<f32>| ws.truncated_svd(a.as_ref(), rank, TruncatedSvd::randomized(7))
+    });
     // The same with all work on the calling thread (`Par::Seq`), which wins when the
     // machine is busy with other work.
-    let mut group = c.benchmark_group("truncated_randomized_seq");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    for (m, n) in SHAPES {
-        let a = random::gaussian::<f32>(m, n, 1);
-        let rank = rank_of(m, n);
+    over_shapes(c, "truncated_randomized_seq", 2, |rank| {
         let mut ws = SvdWorkspace::with_parallelism(Par::Seq);
-        group.bench_with_input(BenchmarkId::from_parameter(label(m, n)), &a, |b, a| {
-            b.iter(|| ws.truncated_svd(a.as_ref(), rank, TruncatedSvd::randomized(7)));
-        });
-    }
-    group.finish();
+        move |a: &Mat<f32>| ws.truncated_svd(a.as_ref(), rank, TruncatedSvd::randomized(7))
+    });
 }
 
 criterion_group!(benches, bench_svd);

@@ -364,14 +364,20 @@ impl<T: Real> SvdWorkspace<T> {
     /// # Errors
     /// As [`orthonormalize`].
     pub fn orthonormalize(&mut self, a: MatRef<'_, T>) -> Result<Mat<T>, LinalgError> {
+        self.checked_qr(a).map(|(q, _)| q)
+    }
+
+    /// Householder QR of a checked `a` with this workspace's parallelism: the thin `Q` with
+    /// `diag(R) >= 0` signs and the factored work matrix (`R` in its upper triangle, before
+    /// the sign fix).
+    fn checked_qr(&mut self, a: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>), LinalgError> {
         check_matrix(a, "a")?;
         let (m, n) = a.shape();
-        let k = m.min(n);
         let mut work = a.to_owned();
-        let mut q = Mat::zeros(m, k);
+        let mut q = Mat::zeros(m, m.min(n));
         let par = self.par;
         self.qr_into(work.as_mut(), q.as_mut(), true, par);
-        Ok(q)
+        Ok((q, work))
     }
 
     /// Grows the work stack to hold `req`.
@@ -502,32 +508,19 @@ impl<T: Real> SvdWorkspace<T> {
         z.resize_with(n, k, |_, _| zero);
         qz.resize_with(n, k, |_, _| zero);
 
+        let at = a.transpose();
         // Y = A Ω, Q = orth(Y).
         matmul(y.as_mut(), Accum::Replace, a, omega.as_ref(), one, par);
         self.qr_into(y.as_mut(), q.as_mut(), false, panel_par);
         // Power iterations: Q <- orth(A orth(A^T Q)).
         for _ in 0..power_iters {
-            matmul(
-                z.as_mut(),
-                Accum::Replace,
-                a.transpose(),
-                q.as_ref(),
-                one,
-                par,
-            );
+            matmul(z.as_mut(), Accum::Replace, at, q.as_ref(), one, par);
             self.qr_into(z.as_mut(), qz.as_mut(), false, panel_par);
             matmul(y.as_mut(), Accum::Replace, a, qz.as_ref(), one, par);
             self.qr_into(y.as_mut(), q.as_mut(), false, panel_par);
         }
         // B^T = A^T Q (n x k). Its SVD B^T = V_b diag(s) W^T gives A ≈ Q B = (Q W) diag(s) V_b^T.
-        matmul(
-            z.as_mut(),
-            Accum::Replace,
-            a.transpose(),
-            q.as_ref(),
-            one,
-            par,
-        );
+        matmul(z.as_mut(), Accum::Replace, at, q.as_ref(), one, par);
 
         let mut v = Mat::zeros(n, k);
         let mut s = vec![zero; k];
@@ -583,13 +576,9 @@ impl<T: Real> SvdWorkspace<T> {
     /// # Errors
     /// [`LinalgError::EmptyMatrix`] or [`LinalgError::NonFinite`] (argument `"a"`).
     pub fn thin_qr(&mut self, a: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>), LinalgError> {
-        check_matrix(a, "a")?;
+        let (q, work) = self.checked_qr(a)?;
         let (m, n) = a.shape();
         let k = m.min(n);
-        let mut work = a.to_owned();
-        let mut q = Mat::zeros(m, k);
-        let par = self.par;
-        self.qr_into(work.as_mut(), q.as_mut(), true, par);
         let zero = T::from_f64(0.0);
         let r = Mat::from_fn(k, n, |i, j| {
             let x = if j >= i { work[(i, j)] } else { zero };

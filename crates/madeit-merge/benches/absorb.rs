@@ -35,37 +35,7 @@ const F: usize = 3072;
 
 /// Names and shapes of a CLIP ViT-B/32 vision tower (transformers layout, no prefix).
 fn vit_b32_layout() -> Vec<(String, Vec<usize>)> {
-    let mut l = vec![
-        ("embeddings.class_embedding".to_owned(), vec![D]),
-        (
-            "embeddings.patch_embedding.weight".to_owned(),
-            vec![D, 3, 32, 32],
-        ),
-        (
-            "embeddings.position_embedding.weight".to_owned(),
-            vec![50, D],
-        ),
-        ("pre_layrnorm.weight".to_owned(), vec![D]),
-        ("pre_layrnorm.bias".to_owned(), vec![D]),
-    ];
-    for i in 0..12 {
-        let p = format!("encoder.layers.{i}");
-        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            l.push((format!("{p}.self_attn.{proj}.weight"), vec![D, D]));
-            l.push((format!("{p}.self_attn.{proj}.bias"), vec![D]));
-        }
-        l.push((format!("{p}.layer_norm1.weight"), vec![D]));
-        l.push((format!("{p}.layer_norm1.bias"), vec![D]));
-        l.push((format!("{p}.mlp.fc1.weight"), vec![F, D]));
-        l.push((format!("{p}.mlp.fc1.bias"), vec![F]));
-        l.push((format!("{p}.mlp.fc2.weight"), vec![D, F]));
-        l.push((format!("{p}.mlp.fc2.bias"), vec![D]));
-        l.push((format!("{p}.layer_norm2.weight"), vec![D]));
-        l.push((format!("{p}.layer_norm2.bias"), vec![D]));
-    }
-    l.push(("post_layernorm.weight".to_owned(), vec![D]));
-    l.push(("post_layernorm.bias".to_owned(), vec![D]));
-    l
+    madeit_vit::expected_tensors(&madeit_vit::ClipVisionConfig::vit_b_32())
 }
 
 fn noise(n: usize, scale: f64, seed: u64) -> Vec<f32> {

@@ -6,7 +6,9 @@ use madeit_params::{DType, ParamDict, ParamsError, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{MergeError, MethodConfig, TaskId};
+use indexmap::IndexMap;
+
+use crate::{MergeError, MethodConfig, StepReport, TaskId};
 
 /// Identifies the metadata of a saved merger state.
 pub const STATE_FORMAT: &str = "madeit-merge-state";
@@ -466,6 +468,57 @@ impl Ledger {
     pub(crate) fn commit(&mut self, admitted: Admitted) {
         self.pretrained = Some(admitted.pretrained);
         self.tasks.push(admitted.record);
+    }
+
+    /// Records an admitted task and returns the report of its step (the number of tasks
+    /// absorbed, this one included) for `method`.
+    pub(crate) fn commit_step(
+        &mut self,
+        admitted: Admitted,
+        method: &str,
+        merged_delta_norm: f64,
+        metrics: IndexMap<String, f64>,
+    ) -> StepReport {
+        let task = admitted.record.task.clone();
+        let task_vector_norm = admitted.record.task_vector_norm;
+        self.commit(admitted);
+        StepReport {
+            method: method.to_owned(),
+            step: self.tasks.len(),
+            task,
+            task_vector_norm,
+            merged_delta_norm,
+            metrics,
+        }
+    }
+
+    /// The state of a method that keeps one set of tensors, saved under `prefix`, and no
+    /// other data.
+    pub(crate) fn dict_state(
+        &self,
+        config: MethodConfig,
+        prefix: &str,
+        params: &ParamDict,
+    ) -> MergerState {
+        let mut tensors = ParamDict::new();
+        export_tensors(&mut tensors, prefix, params);
+        MergerState {
+            metadata: self.metadata(config, serde_json::Value::Null),
+            tensors,
+        }
+    }
+
+    /// The ledger and the tensors of a state written by [`Ledger::dict_state`], after
+    /// checking that it belongs to `config` and holds only tensors under `prefix`.
+    pub(crate) fn restore_dict(
+        method: &'static str,
+        config: &MethodConfig,
+        state: &MergerState,
+        prefix: &str,
+    ) -> Result<(Self, ParamDict), MergeError> {
+        let ledger = Self::from_state(method, config, state)?;
+        check_state_tensors(method, state, prefix)?;
+        Ok((ledger, import_tensors(state, prefix)))
     }
 
     /// Checks that a merged model can be built: at least one task, and `pretrained` is the

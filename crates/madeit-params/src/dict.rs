@@ -252,6 +252,23 @@ impl ParamDict {
         Ok(acc)
     }
 
+    /// Largest element-wise difference `max |a_k − b_k|` over every tensor, in `f32` (0 for
+    /// empty dictionaries; NaN differences are passed over, as by `f32::max`).
+    ///
+    /// # Errors
+    /// As [`ParamDict::check_compatible`].
+    pub fn max_abs_diff(&self, other: &Self) -> Result<f32, ParamsError> {
+        self.check_compatible(other)?;
+        let mut worst = 0.0f32;
+        for (name, a) in &self.tensors {
+            let d = a
+                .max_abs_diff(other.get(name)?)
+                .map_err(|e| e.in_tensor(name))?;
+            worst = worst.max(d);
+        }
+        Ok(worst)
+    }
+
     /// A dictionary of zeros with the same names, shapes and dtypes.
     #[must_use]
     pub fn zeros_like(&self) -> Self {

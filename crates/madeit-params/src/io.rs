@@ -246,24 +246,31 @@ fn encode_block(block: &[f32], dtype: DType, out: &mut Vec<u8>) -> Result<(), us
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        DType::F16 => {
-            for (i, &x) in block.iter().enumerate() {
-                let y = half::f16::from_f32(x);
-                if x.is_finite() && !y.is_finite() {
-                    return Err(i);
-                }
-                out.extend_from_slice(&y.to_le_bytes());
-            }
+        DType::F16 => encode_half(block, out, |x| {
+            let y = half::f16::from_f32(x);
+            (y.is_finite(), y.to_le_bytes())
+        })?,
+        DType::BF16 => encode_half(block, out, |x| {
+            let y = half::bf16::from_f32(x);
+            (y.is_finite(), y.to_le_bytes())
+        })?,
+    }
+    Ok(())
+}
+
+/// Appends the 2-byte encodings of `block` (`convert` gives whether the rounded value is
+/// finite, and its little-endian bytes); on overflow of a finite value returns its index.
+fn encode_half(
+    block: &[f32],
+    out: &mut Vec<u8>,
+    convert: impl Fn(f32) -> (bool, [u8; 2]),
+) -> Result<(), usize> {
+    for (i, &x) in block.iter().enumerate() {
+        let (finite, bytes) = convert(x);
+        if x.is_finite() && !finite {
+            return Err(i);
         }
-        DType::BF16 => {
-            for (i, &x) in block.iter().enumerate() {
-                let y = half::bf16::from_f32(x);
-                if x.is_finite() && !y.is_finite() {
-                    return Err(i);
-                }
-                out.extend_from_slice(&y.to_le_bytes());
-            }
-        }
+        out.extend_from_slice(&bytes);
     }
     Ok(())
 }

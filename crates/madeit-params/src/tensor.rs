@@ -368,6 +368,21 @@ impl Tensor {
         self.check_compatible(other)?;
         Ok(dot_f64(&self.data, &other.data))
     }
+
+    /// Largest element-wise difference `max |a_k − b_k|`, in `f32` (0 for empty tensors;
+    /// NaN differences are passed over, as by `f32::max`).
+    ///
+    /// # Errors
+    /// As [`Tensor::check_compatible`].
+    pub fn max_abs_diff(&self, other: &Self) -> Result<f32, ParamsError> {
+        self.check_compatible(other)?;
+        Ok(self
+            .data
+            .iter()
+            .zip(&other.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max))
+    }
 }
 
 #[cfg(test)]

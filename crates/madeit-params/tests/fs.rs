@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use madeit_params::fs::{MARKER_FILE, OutputDir, check_not_input, write_atomic};
 use madeit_params::{INDEX_FILE, ParamDict, ParamsError, Tensor, WEIGHTS_FILE};
@@ -131,11 +131,30 @@ fn resuming_a_complete_output_starts_from_a_copy_of_it() {
     assert!(target.join("state/s").is_file(), "the original stays");
 }
 
+/// A valid file whose header length (640 = 0x280) starts like a pickle's magic is read as
+/// safetensors.
+fn assert_a_pickle_like_header_length_reads() {
+    let header = r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut bytes = 640u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.resize(8 + 640, b' ');
+    bytes.extend_from_slice(&1.5f32.to_le_bytes());
+    assert_eq!(&bytes[..2], &[0x80, 0x02]);
+    let (d, _) = ParamDict::from_safetensors_bytes(&bytes).unwrap();
+    assert_eq!(d.get("x").unwrap().data(), &[1.5]);
+}
+
+/// Creates the folder `parent/name` and returns its path.
+fn new_dir(parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join(name);
+    fs::create_dir(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn foreign_folders_are_refused_unless_forced() {
     let tmp = tempfile::tempdir().unwrap();
-    let mine = tmp.path().join("photos");
-    fs::create_dir(&mine).unwrap();
+    let mine = new_dir(tmp.path(), "photos");
     fs::write(mine.join("holiday.jpg"), "precious").unwrap();
     let err = OutputDir::prepare(&mine, "merge", false).unwrap_err();
     assert!(matches!(err, ParamsError::OutputRefused { .. }), "{err}");
@@ -157,18 +176,8 @@ fn foreign_folders_are_refused_unless_forced() {
     assert!(OutputDir::prepare(&file, "merge", false).is_err());
 
     // Empty folders are fine, and --force replaces anything as a whole.
-    // A valid file whose header length (640 = 0x280) starts like a pickle's magic.
-    let header = r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
-    let mut bytes = 640u64.to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.resize(8 + 640, b' ');
-    bytes.extend_from_slice(&1.5f32.to_le_bytes());
-    assert_eq!(&bytes[..2], &[0x80, 0x02]);
-    let (d, _) = ParamDict::from_safetensors_bytes(&bytes).unwrap();
-    assert_eq!(d.get("x").unwrap().data(), &[1.5]);
-
-    let empty = tmp.path().join("empty");
-    fs::create_dir(&empty).unwrap();
+    assert_a_pickle_like_header_length_reads();
+    let empty = new_dir(tmp.path(), "empty");
     OutputDir::prepare(&empty, "merge", false).unwrap();
     let forced = OutputDir::prepare(&mine, "merge", true).unwrap();
     fs::write(forced.path().join("model"), "m").unwrap();
@@ -211,8 +220,7 @@ fn an_old_folder_swapped_out_by_a_killed_commit_is_put_back() {
 #[test]
 fn outputs_that_are_inputs_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("pretrained");
-    fs::create_dir(&input).unwrap();
+    let input = new_dir(tmp.path(), "pretrained");
     fs::write(input.join(WEIGHTS_FILE), "w").unwrap();
     let other = tmp.path().join("other");
     let is_input = |out: &Path| {
@@ -254,12 +262,10 @@ fn atomic_writes_replace_whole_files() {
 fn sharded_checkpoints_load_like_single_files() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = dict(1.0);
-    let single = tmp.path().join("single");
-    fs::create_dir(&single).unwrap();
+    let single = new_dir(tmp.path(), "single");
     whole.save(&single.join(WEIGHTS_FILE)).unwrap();
 
-    let sharded = tmp.path().join("sharded");
-    fs::create_dir(&sharded).unwrap();
+    let sharded = new_dir(tmp.path(), "sharded");
     let mut a = ParamDict::new();
     let mut b = ParamDict::new();
     for (i, (name, t)) in whole.iter().enumerate() {
@@ -308,8 +314,7 @@ fn sharded_checkpoints_load_like_single_files() {
 #[test]
 fn other_weight_formats_are_recognised_with_a_hint() {
     let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("bin");
-    fs::create_dir(&bin).unwrap();
+    let bin = new_dir(tmp.path(), "bin");
     // The first bytes of a `torch.save` zip and of a bare pickle.
     fs::write(bin.join("pytorch_model.bin"), b"PK\x03\x04rest of a zip").unwrap();
     let err = ParamDict::load_checkpoint(&bin).unwrap_err();
@@ -327,18 +332,8 @@ fn other_weight_formats_are_recognised_with_a_hint() {
     let msg = ParamDict::load(&renamed).unwrap_err().to_string();
     assert!(msg.contains("zip"), "{msg}");
 
-    // A valid file whose header length (640 = 0x280) starts like a pickle's magic.
-    let header = r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
-    let mut bytes = 640u64.to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.resize(8 + 640, b' ');
-    bytes.extend_from_slice(&1.5f32.to_le_bytes());
-    assert_eq!(&bytes[..2], &[0x80, 0x02]);
-    let (d, _) = ParamDict::from_safetensors_bytes(&bytes).unwrap();
-    assert_eq!(d.get("x").unwrap().data(), &[1.5]);
-
-    let empty = tmp.path().join("empty");
-    fs::create_dir(&empty).unwrap();
+    assert_a_pickle_like_header_length_reads();
+    let empty = new_dir(tmp.path(), "empty");
     let msg = ParamDict::load_checkpoint(&empty).unwrap_err().to_string();
     assert!(msg.contains(INDEX_FILE), "{msg}");
 }

@@ -6,26 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::alloc::System;
-
-use cap::Cap;
 use madeit_params::{ParamDict, SaveOptions, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 
-#[global_allocator]
-static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
+#[path = "support/bounded_alloc.rs"]
+mod bounded_alloc;
 
-/// Memory a read of a few kilobytes may take (64 MiB, far above what it needs).
-const BOUND: usize = 64 << 20;
-
-/// Runs `f` with allocations limited to [`BOUND`] above what is allocated now.
-fn bounded<T>(f: impl FnOnce() -> T) -> T {
-    let _ = ALLOC.set_limit(ALLOC.allocated().saturating_add(BOUND));
-    let out = f();
-    let _ = ALLOC.set_limit(usize::MAX);
-    out
-}
+use bounded_alloc::{bounded, runner};
 
 fn valid_file() -> Vec<u8> {
     let mut d = ParamDict::new();
@@ -49,11 +36,7 @@ fn claiming(dtype: &str, shape: &[u64], offsets: (u64, u64), data: usize) -> Vec
 
 #[test]
 fn the_safetensors_reader_never_panics_nor_over_allocates() {
-    let mut runner = TestRunner::new(Config {
-        cases: 512,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(512);
     // Random bytes.
     runner
         .run(&proptest::collection::vec(any::<u8>(), 0..2048), |bytes| {

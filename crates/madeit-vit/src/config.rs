@@ -203,23 +203,21 @@ impl ClipVisionConfig {
                 });
             }
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(VitError::InvalidConfig {
-                field: "num_attention_heads",
-                reason: format!(
-                    "({}) must divide hidden_size ({})",
-                    self.num_attention_heads, self.hidden_size
-                ),
-            });
-        }
-        if !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(VitError::InvalidConfig {
-                field: "patch_size",
-                reason: format!(
-                    "({}) must divide image_size ({})",
-                    self.patch_size, self.image_size
-                ),
-            });
+        for (field, divisor, of, total) in [
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                "hidden_size",
+                self.hidden_size,
+            ),
+            ("patch_size", self.patch_size, "image_size", self.image_size),
+        ] {
+            if !total.is_multiple_of(divisor) {
+                return Err(VitError::InvalidConfig {
+                    field,
+                    reason: format!("({divisor}) must divide {of} ({total})"),
+                });
+            }
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(VitError::InvalidConfig {
@@ -297,11 +295,7 @@ impl ClipVisionConfig {
     /// [`VitError::Io`] when the file cannot be read, otherwise as
     /// [`ClipVisionConfig::from_json_str`], naming the file.
     pub fn from_file(path: &Path) -> Result<Self, VitError> {
-        let text = std::fs::read_to_string(path).map_err(|source| VitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, Some(path))
+        Self::parse(&read_config_file(path)?, Some(path))
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Self, VitError> {
@@ -309,11 +303,7 @@ impl ClipVisionConfig {
             path: path.map(Path::to_path_buf),
             message,
         };
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        let serde_json::Value::Object(map) = &value else {
-            return Err(err("expected a JSON object".into()));
-        };
+        let map = json_object(text).map_err(err)?;
         let cfg = match map.get("vision_config") {
             Some(vision) => {
                 let mut vision = vision.clone();
@@ -325,7 +315,7 @@ impl ClipVisionConfig {
                 serde_path_to_error::deserialize::<_, Self>(vision)
                     .map_err(|e| err(format!("in `vision_config.{}`: {}", e.path(), e.inner())))?
             }
-            None => serde_path_to_error::deserialize::<_, Self>(value)
+            None => serde_path_to_error::deserialize::<_, Self>(serde_json::Value::Object(map))
                 .map_err(|e| err(format!("`{}`: {}", e.path(), e.inner())))?,
         };
         cfg.validate()?;
@@ -348,5 +338,24 @@ impl ClipVisionConfig {
             path: None,
             message: e.to_string(),
         })
+    }
+}
+
+/// Reads a `config.json` file as text, naming the file when it cannot be read.
+pub(crate) fn read_config_file(path: &Path) -> Result<String, VitError> {
+    std::fs::read_to_string(path).map_err(|source| VitError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses `text` as a JSON object; the error message otherwise (malformed JSON, or JSON
+/// that is not an object).
+pub(crate) fn json_object(
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(text).map_err(|e: serde_json::Error| e.to_string())? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err("expected a JSON object".into()),
     }
 }

@@ -203,22 +203,14 @@ impl TaskHead {
             reason,
         };
         let name = meta.get(TASK_KEY).cloned().unwrap_or(stem);
-        let class_names = match meta.get(CLASS_NAMES_KEY) {
-            Some(text) => serde_json::from_str::<Vec<String>>(text).map_err(|e| {
-                err(format!(
-                    "`{CLASS_NAMES_KEY}` metadata is not a JSON string list: {e}"
-                ))
-            })?,
-            None => Vec::new(),
+        // A JSON string list in the metadata (empty when the key is absent).
+        let string_list = |key: &str| match meta.get(key) {
+            Some(text) => serde_json::from_str::<Vec<String>>(text)
+                .map_err(|e| err(format!("`{key}` metadata is not a JSON string list: {e}"))),
+            None => Ok(Vec::new()),
         };
-        let templates = match meta.get(TEMPLATES_KEY) {
-            Some(text) => serde_json::from_str::<Vec<String>>(text).map_err(|e| {
-                err(format!(
-                    "`{TEMPLATES_KEY}` metadata is not a JSON string list: {e}"
-                ))
-            })?,
-            None => Vec::new(),
-        };
+        let class_names = string_list(CLASS_NAMES_KEY)?;
+        let templates = string_list(TEMPLATES_KEY)?;
         let weight = dict
             .get(HEAD_WEIGHT_KEY)
             .map_err(|_| err(format!("no `{HEAD_WEIGHT_KEY}` tensor")))?;

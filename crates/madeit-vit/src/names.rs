@@ -196,6 +196,33 @@ pub(crate) fn is_ignored(bare_or_full: &str) -> bool {
         || n == "logit_scale"
 }
 
+/// Appends the tensors of `layers` transformer encoder layers of width `d` and MLP width `i`
+/// (the vision and text towers share them) as `(bare name, shape)`, in the order
+/// transformers writes them.
+pub(crate) fn push_encoder_layers(
+    out: &mut Vec<(String, Vec<usize>)>,
+    layers: usize,
+    d: usize,
+    i: usize,
+) {
+    for l in 0..layers {
+        let pre = format!("encoder.layers.{l}.");
+        for kind in [TargetKind::K, TargetKind::V, TargetKind::Q, TargetKind::Out] {
+            out.push((format!("{pre}{}.weight", kind.hf_module()), vec![d, d]));
+            out.push((format!("{pre}{}.bias", kind.hf_module()), vec![d]));
+        }
+        for (module, weight, bias) in [
+            ("layer_norm1", vec![d], vec![d]),
+            ("mlp.fc1", vec![i, d], vec![i]),
+            ("mlp.fc2", vec![d, i], vec![d]),
+            ("layer_norm2", vec![d], vec![d]),
+        ] {
+            out.push((format!("{pre}{module}.weight"), weight));
+            out.push((format!("{pre}{module}.bias"), bias));
+        }
+    }
+}
+
 /// Every tensor of the tower (without `visual_projection`) as `(bare name, shape)`, in the
 /// order transformers writes them.
 #[must_use]
@@ -217,21 +244,7 @@ pub fn expected_tensors(config: &ClipVisionConfig) -> Vec<(String, Vec<usize>)> 
         ("pre_layrnorm.weight".to_owned(), vec![d]),
         ("pre_layrnorm.bias".to_owned(), vec![d]),
     ];
-    for l in 0..config.num_hidden_layers {
-        let pre = format!("encoder.layers.{l}.");
-        for kind in [TargetKind::K, TargetKind::V, TargetKind::Q, TargetKind::Out] {
-            out.push((format!("{pre}{}.weight", kind.hf_module()), vec![d, d]));
-            out.push((format!("{pre}{}.bias", kind.hf_module()), vec![d]));
-        }
-        out.push((format!("{pre}layer_norm1.weight"), vec![d]));
-        out.push((format!("{pre}layer_norm1.bias"), vec![d]));
-        out.push((format!("{pre}mlp.fc1.weight"), vec![i, d]));
-        out.push((format!("{pre}mlp.fc1.bias"), vec![i]));
-        out.push((format!("{pre}mlp.fc2.weight"), vec![d, i]));
-        out.push((format!("{pre}mlp.fc2.bias"), vec![d]));
-        out.push((format!("{pre}layer_norm2.weight"), vec![d]));
-        out.push((format!("{pre}layer_norm2.bias"), vec![d]));
-    }
+    push_encoder_layers(&mut out, config.num_hidden_layers, d, i);
     out.push(("post_layernorm.weight".to_owned(), vec![d]));
     out.push(("post_layernorm.bias".to_owned(), vec![d]));
     out

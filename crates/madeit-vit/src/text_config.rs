@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{json_object, read_config_file};
 use crate::{Activation, VitError};
 
 /// Upper bounds on the sizes of a text configuration, checked before anything is allocated.
@@ -292,11 +293,7 @@ impl ClipTextConfig {
     /// [`VitError::Io`] when the file cannot be read, otherwise as
     /// [`ClipTextConfig::from_json_str`], naming the file.
     pub fn from_file(path: &Path) -> Result<Self, VitError> {
-        let text = std::fs::read_to_string(path).map_err(|source| VitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, Some(path))
+        Self::parse(&read_config_file(path)?, Some(path))
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Self, VitError> {
@@ -304,11 +301,7 @@ impl ClipTextConfig {
             path: path.map(Path::to_path_buf),
             message,
         };
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        let serde_json::Value::Object(map) = &value else {
-            return Err(err("expected a JSON object".into()));
-        };
+        let map = json_object(text).map_err(err)?;
         let cfg = match map.get("text_config") {
             Some(serde_json::Value::Object(t)) => {
                 let mut t = t.clone();
@@ -331,7 +324,8 @@ impl ClipTextConfig {
                         ),
                     });
                 }
-                serde_json::from_value::<Self>(value).map_err(|e| err(e.to_string()))?
+                serde_json::from_value::<Self>(serde_json::Value::Object(map))
+                    .map_err(|e| err(e.to_string()))?
             }
         };
         cfg.validate()?;

@@ -76,21 +76,7 @@ pub fn expected_text_tensors(config: &ClipTextConfig) -> Vec<(String, Vec<usize>
             vec![config.max_position_embeddings, d],
         ),
     ];
-    for l in 0..config.num_hidden_layers {
-        let pre = format!("encoder.layers.{l}.");
-        for m in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            out.push((format!("{pre}self_attn.{m}.weight"), vec![d, d]));
-            out.push((format!("{pre}self_attn.{m}.bias"), vec![d]));
-        }
-        out.push((format!("{pre}layer_norm1.weight"), vec![d]));
-        out.push((format!("{pre}layer_norm1.bias"), vec![d]));
-        out.push((format!("{pre}mlp.fc1.weight"), vec![i, d]));
-        out.push((format!("{pre}mlp.fc1.bias"), vec![i]));
-        out.push((format!("{pre}mlp.fc2.weight"), vec![d, i]));
-        out.push((format!("{pre}mlp.fc2.bias"), vec![d]));
-        out.push((format!("{pre}layer_norm2.weight"), vec![d]));
-        out.push((format!("{pre}layer_norm2.bias"), vec![d]));
-    }
+    crate::names::push_encoder_layers(&mut out, config.num_hidden_layers, d, i);
     out.push(("final_layer_norm.weight".to_owned(), vec![d]));
     out.push(("final_layer_norm.bias".to_owned(), vec![d]));
     out

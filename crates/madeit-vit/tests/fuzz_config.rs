@@ -7,26 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::alloc::System;
-
-use cap::Cap;
 use madeit_params::{ParamDict, Tensor};
 use madeit_vit::{ClipVisionConfig, ClipVisionModel, expected_tensors};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 
-#[global_allocator]
-static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
+#[path = "../../madeit-params/tests/support/bounded_alloc.rs"]
+mod bounded_alloc;
 
-/// Memory a config check against tiny weights may take.
-const BOUND: usize = 64 << 20;
-
-fn bounded<T>(f: impl FnOnce() -> T) -> T {
-    let _ = ALLOC.set_limit(ALLOC.allocated().saturating_add(BOUND));
-    let out = f();
-    let _ = ALLOC.set_limit(usize::MAX);
-    out
-}
+use bounded_alloc::{bounded, runner};
 
 const FIELDS: [&str; 10] = [
     "hidden_size",
@@ -66,11 +54,7 @@ fn tiny_weights() -> ParamDict {
 #[test]
 fn the_config_reader_never_panics_nor_over_allocates() {
     let weights = tiny_weights();
-    let mut runner = TestRunner::new(Config {
-        cases: 1024,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(1024);
     let strategy = (
         proptest::collection::vec((0..FIELDS.len(), value()), 0..12),
         any::<bool>(),

@@ -112,49 +112,21 @@ fn class_and_template_files_are_checked_naming_file_and_line() {
     assert_eq!(t.prompts(1), ["a photo of a dog.", "dog !"]);
 
     // (class file, template file, the error expected, the line it names)
-    type Case = (
-        &'static str,
-        &'static str,
-        fn(&VitError) -> bool,
+    let class_list = |e: &VitError| matches!(e, VitError::ClassList { .. });
+    let template_list = |e: &VitError| matches!(e, VitError::TemplateList { .. });
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a dyn Fn(&VitError) -> bool,
         Option<usize>,
     );
     let cases: [Case; 6] = [
-        (
-            "cat\n\ndog\n",
-            "a {}",
-            |e| matches!(e, VitError::ClassList { .. }),
-            Some(2),
-        ),
-        (
-            "cat\n   \n",
-            "a {}",
-            |e| matches!(e, VitError::ClassList { .. }),
-            Some(2),
-        ),
-        (
-            "cat\ndog\ncat\n",
-            "a {}",
-            |e| matches!(e, VitError::ClassList { .. }),
-            Some(3),
-        ),
-        (
-            "",
-            "a {}",
-            |e| matches!(e, VitError::ClassList { .. }),
-            None,
-        ),
-        (
-            "cat\n",
-            "a {}\na photo\n",
-            |e| matches!(e, VitError::TemplateList { .. }),
-            Some(2),
-        ),
-        (
-            "cat\n",
-            "",
-            |e| matches!(e, VitError::TemplateList { .. }),
-            None,
-        ),
+        ("cat\n\ndog\n", "a {}", &class_list, Some(2)),
+        ("cat\n   \n", "a {}", &class_list, Some(2)),
+        ("cat\ndog\ncat\n", "a {}", &class_list, Some(3)),
+        ("", "a {}", &class_list, None),
+        ("cat\n", "a {}\na photo\n", &template_list, Some(2)),
+        ("cat\n", "", &template_list, None),
     ];
     for (i, (classes, templates, kind, line)) in cases.into_iter().enumerate() {
         let c = write(d, &format!("c{i}.txt"), classes);

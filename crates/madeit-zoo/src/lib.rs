@@ -44,4 +44,6 @@ pub use manifest::{MANIFEST_FILE, Manifest, TaskEntry, TaskVectorNorm, ZOO_FORMA
 pub use model::TrainableVit;
 pub use sequential::{SequentialOutcome, SequentialRun, SequentialTask, sequential_finetune};
 pub use train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, train};
-pub use zoo::{DEFAULT_ZOO_DIR, ZOO_DIR_ENV, Zoo, default_zoo_dir, expected_files};
+pub use zoo::{
+    DEFAULT_ZOO_DIR, ZOO_DIR_ENV, Zoo, default_zoo_dir, expected_files, save_head, save_tower,
+};

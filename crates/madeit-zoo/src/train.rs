@@ -25,6 +25,7 @@ use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use madeit_data::ImageSet;
+pub(crate) use madeit_data::split::{below, shuffle};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -223,25 +224,6 @@ pub struct TrainLog {
     pub images_seen: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
-}
-
-/// A uniform integer in `0..n` (`n > 0`) by rejection sampling (no modulo bias).
-fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
-    let zone = u64::MAX - (u64::MAX % n);
-    loop {
-        let x = rng.next_u64();
-        if x < zone {
-            return x % n;
-        }
-    }
-}
-
-/// Fisher–Yates shuffle of `v` with [`below`].
-pub(crate) fn shuffle(v: &mut [usize], rng: &mut ChaCha8Rng) {
-    for i in (1..v.len()).rev() {
-        let j = below(rng, i as u64 + 1) as usize;
-        v.swap(i, j);
-    }
 }
 
 /// Endless batches of indices `0..n`: each pass is a fresh shuffle; a batch that crosses the

@@ -321,10 +321,28 @@ pub(crate) fn load_name_vectors(path: &Path) -> Result<NameVectors> {
     })
 }
 
-/// `dir/config.json` and `dir/model.safetensors` for a tower.
-pub(crate) fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) -> Result<()> {
+/// Writes a tower as `dir/config.json` and `dir/model.safetensors` (the Hugging Face
+/// layout), creating `dir`.
+///
+/// # Errors
+/// [`ZooError`] naming the file that cannot be written.
+pub fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ZooError::io(dir, e))?;
     crate::manifest::write_atomic(&dir.join(CONFIG_FILE), config.to_json_string()?.as_bytes())?;
     params.save(&dir.join(WEIGHTS_FILE))?;
     Ok(())
+}
+
+/// Writes `head` into the zoo folder `zoo_dir` at [`layout::head_file`] of its name
+/// (`heads/<task>.safetensors`), creating `heads/`; returns the file's path.
+///
+/// # Errors
+/// [`ZooError`] naming the folder or file that cannot be written.
+pub fn save_head(zoo_dir: &Path, head: &TaskHead) -> Result<PathBuf> {
+    let path = zoo_dir.join(layout::head_file(head.name()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ZooError::io(parent, e))?;
+    }
+    head.save(&path)?;
+    Ok(path)
 }

@@ -38,17 +38,7 @@ fn micro_zoo(dir: &Path) -> (Zoo, Vec<TaskData>) {
 
 /// Largest `|a - b|` over every tensor (the two must have the same names and shapes).
 fn max_abs_diff(a: &ParamDict, b: &ParamDict) -> f32 {
-    a.check_compatible(b).expect("same tensors");
-    a.iter()
-        .map(|(name, t)| {
-            let u = b.get(name).expect("tensor");
-            t.data()
-                .iter()
-                .zip(u.data())
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max)
-        })
-        .fold(0.0f32, f32::max)
+    a.max_abs_diff(b).expect("same tensors")
 }
 
 /// What the callbacks saw: `(index, task, step, steps, lr)` per step, `(index, task,
@@ -57,6 +47,26 @@ fn max_abs_diff(a: &ParamDict, b: &ParamDict) -> f32 {
 struct Seen {
     steps: Vec<(usize, String, StepInfo)>,
     tasks: Vec<(usize, String, ParamDict)>,
+}
+
+/// The build's recipe function on `task`'s training data and seed, from `start`, without
+/// progress (it must succeed).
+fn recipe(
+    config: &BuildConfig,
+    start: &ParamDict,
+    task: &SequentialTask,
+    stage: &str,
+) -> (ParamDict, madeit_zoo::TrainLog) {
+    finetune_tower(
+        config,
+        start,
+        &task.head,
+        &task.train,
+        task.seed,
+        stage,
+        &mut |_| {},
+    )
+    .expect("finetune_tower")
 }
 
 fn run(
@@ -111,16 +121,7 @@ fn one_task_order_reproduces_the_zoo_finetune_exactly() {
         "the tower did not move"
     );
     // And the build's recipe function called directly on the same data and seed.
-    let (direct, log) = finetune_tower(
-        &config,
-        &pretrained,
-        &tasks[0].head,
-        &tasks[0].train,
-        tasks[0].seed,
-        "direct",
-        &mut |_| {},
-    )
-    .expect("finetune_tower");
+    let (direct, log) = recipe(&config, &pretrained, &tasks[0], "direct");
     assert!(max_abs_diff(&out.params, &direct) == 0.0);
     assert_eq!(out.runs.len(), 1);
     assert_eq!(out.runs[0].log.losses, log.losses);
@@ -160,16 +161,7 @@ fn two_task_order_chains_the_recipe_from_the_previous_weights() {
     let w1 = &seen.tasks[0].2;
     assert!(max_abs_diff(w1, &zoo.finetuned("mnist").expect("ft")) == 0.0);
     // Step 2 is the recipe on task 2 started from step 1's weights ...
-    let (from_w1, _) = finetune_tower(
-        &config,
-        w1,
-        &tasks[1].head,
-        &tasks[1].train,
-        tasks[1].seed,
-        "from step 1",
-        &mut |_| {},
-    )
-    .expect("finetune_tower");
+    let (from_w1, _) = recipe(&config, w1, &tasks[1], "from step 1");
     assert!(max_abs_diff(&out.params, &from_w1) == 0.0);
     assert!(max_abs_diff(&seen.tasks[1].2, &out.params) == 0.0);
     // ... and not the zoo's fine-tune of task 2 from the pretrained tower.

@@ -177,6 +177,11 @@ fn incomplete_zoo_is_detected_and_not_overwritten() {
         Err(ZooError::Incomplete { .. })
     ));
     // With `force` the zoo is rebuilt whole.
+    assert_force_rebuilds(&opts);
+}
+
+/// With `force` the zoo of `opts` is rebuilt whole, and opens.
+fn assert_force_rebuilds(opts: &BuildOptions) {
     let forced = BuildOptions {
         force: true,
         ..opts.clone()
@@ -185,7 +190,7 @@ fn incomplete_zoo_is_detected_and_not_overwritten() {
         build(&forced, &mut Vec::new()).expect("force"),
         BuildOutcome::Built(_)
     ));
-    Zoo::open(&opts.zoo_dir).expect("complete again");
+    Zoo::open(&opts.zoo_dir).expect("the rebuilt zoo opens");
 }
 
 #[test]
@@ -347,13 +352,5 @@ fn an_old_zoo_is_recognised_and_must_be_rebuilt() {
         build(&opts, &mut Vec::new()),
         Err(ZooError::OutdatedZoo { .. })
     ));
-    let forced = BuildOptions {
-        force: true,
-        ..opts.clone()
-    };
-    assert!(matches!(
-        build(&forced, &mut Vec::new()).expect("force"),
-        BuildOutcome::Built(_)
-    ));
-    Zoo::open(&opts.zoo_dir).expect("v2 now");
+    assert_force_rebuilds(&opts);
 }

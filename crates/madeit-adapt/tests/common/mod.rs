@@ -4,56 +4,20 @@
 
 use faer::Mat;
 use madeit_adapt::{AdaptReport, MingleConfig, SeedImages, TestTimeMerger};
-use madeit_merge::TaskId;
+use madeit_merge::{ExpertModel, MergedModel, TaskId};
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead, expected_tensors};
-use rand::{RngExt, SeedableRng};
+use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-pub fn randn(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
-    // Box-Muller; adequate for test data.
-    (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random::<f32>().max(1e-7);
-            let u2: f32 = rng.random::<f32>();
-            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect()
-}
+#[path = "../../../madeit-vit/tests/common/random.rs"]
+mod random;
+pub use random::{randn, random_params};
 
 pub fn randn_mat(rows: usize, cols: usize, seed: u64) -> Mat<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let v = randn(&mut rng, rows * cols, 1.0);
     Mat::from_fn(rows, cols, |i, j| f64::from(v[i * cols + j]))
-}
-
-/// A random bare-layout vision tower for `cfg`, with a projection.
-pub fn random_params(cfg: &ClipVisionConfig, seed: u64) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut dict = ParamDict::new();
-    let mut shapes = expected_tensors(cfg);
-    shapes.push((
-        "visual_projection.weight".into(),
-        vec![cfg.projection_dim, cfg.hidden_size],
-    ));
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data = if name.contains("norm") && name.ends_with("weight") {
-            randn(&mut rng, n, 0.2)
-                .into_iter()
-                .map(|x| 1.0 + x)
-                .collect()
-        } else if name.ends_with("bias") || name.contains("norm") {
-            randn(&mut rng, n, 0.1)
-        } else if shape.len() >= 2 {
-            let fan_in: usize = shape[1..].iter().product();
-            randn(&mut rng, n, 1.0 / (fan_in as f32).sqrt())
-        } else {
-            randn(&mut rng, n, 0.5)
-        };
-        dict.insert(name, HostTensor::new(shape, data).unwrap());
-    }
-    dict
 }
 
 /// A "fine-tuned" copy of `base`: every target weight gets a rank-`rank` update of relative
@@ -153,4 +117,20 @@ pub fn fixture(n_tasks: usize, seeds: usize) -> Fixture {
 pub fn absorb(m: &mut impl TestTimeMerger, f: &Fixture, t: usize) -> AdaptReport {
     let (id, ft, seed, head) = &f.tasks[t];
     m.absorb(&f.theta0, ft, id, seed, head).unwrap()
+}
+
+/// `m` after absorbing the first `n` tasks of the fixture.
+pub fn absorbed<M: TestTimeMerger>(mut m: M, f: &Fixture, n: usize) -> M {
+    for t in 0..n {
+        absorb(&mut m, f, t);
+    }
+    m
+}
+
+/// The merged model of `m`, which must be an expert model.
+pub fn expert_model(m: &impl TestTimeMerger, f: &Fixture) -> ExpertModel {
+    match m.merged_model(&f.theta0).unwrap() {
+        MergedModel::Experts(model) => model,
+        _ => panic!("expected an expert model"),
+    }
 }

@@ -19,6 +19,8 @@ use madeit::eval::orders::task_order;
 use madeit::experts::{AffinityMetric, MadeItConfig};
 use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
 use madeit::params::fs::write_atomic;
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -312,6 +314,18 @@ fn affinity_density(
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
+    present_with_legend(chart, &root, &err)?;
+    drop(root);
+    write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
+/// Draws the series legend of `chart` and renders `root` (the chart's drawing area).
+fn present_with_legend<'a, 'b: 'a>(
+    mut chart: ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    root: &DrawingArea<SVGBackend<'b>, Shift>,
+    err: &dyn Fn(&dyn std::fmt::Display) -> anyhow::Error,
+) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -319,9 +333,6 @@ fn affinity_density(
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
-    drop(chart);
-    drop(root);
-    write_atomic(path, svg.as_bytes())?;
     Ok(())
 }
 
@@ -387,14 +398,7 @@ fn experts_kept(
         .map_err(|e| err(&e))?
         .label("one per task")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    drop(chart);
+    present_with_legend(chart, &root, &err)?;
     drop(root);
     write_atomic(path, svg.as_bytes())?;
     Ok(())

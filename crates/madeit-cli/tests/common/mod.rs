@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use madeit::params::{ParamDict, Tensor};
-use madeit::vit::{CONFIG_FILE, ClipVisionConfig, PROJECTION_WEIGHT, WEIGHTS_FILE};
+use madeit::vit::{ClipVisionConfig, PROJECTION_WEIGHT};
 
 /// The `madeit` binary under test.
 pub fn madeit() -> Command {
@@ -97,13 +97,7 @@ pub fn finetuned(base: &ParamDict, seed: u64) -> ParamDict {
 
 /// Writes `config.json` and `model.safetensors` into `dir`.
 pub fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(
-        dir.join(CONFIG_FILE),
-        config.to_json_string().expect("json"),
-    )
-    .expect("write");
-    params.save(&dir.join(WEIGHTS_FILE)).expect("save");
+    madeit::zoo::save_tower(dir, config, params).expect("save tower");
 }
 
 /// A pretrained tower and `n` fine-tuned ones under `root`: `root/pretrained`,
@@ -196,6 +190,14 @@ pub fn entries(dir: &Path) -> Vec<String> {
 /// The tasks of [`tiny_zoo`], with their class counts.
 pub const ZOO_TASKS: [(&str, usize); 3] = [("alpha", 4), ("beta", 3), ("gamma", 5)];
 
+/// A temporary folder with a [`tiny_zoo`] in its `zoo` subfolder.
+pub fn temp_zoo() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zoo = tmp.path().join("zoo");
+    tiny_zoo(&zoo);
+    (tmp, zoo)
+}
+
 /// Writes a tiny zoo (random towers, heads and splits of random images, and a manifest)
 /// into `dir`, in the layout `madeit zoo build` writes.
 pub fn tiny_zoo(dir: &Path) {
@@ -218,9 +220,7 @@ pub fn tiny_zoo(dir: &Path) {
         .expect("head");
         let names: Vec<String> = (0..classes).map(|c| format!("{name}-{c}")).collect();
         let head = TaskHead::new(name, &w, names.clone()).expect("head");
-        std::fs::create_dir_all(dir.join("heads")).expect("mkdir");
-        head.save(&dir.join("heads").join(format!("{name}.safetensors")))
-            .expect("save head");
+        madeit::zoo::save_head(dir, &head).expect("save head");
         let (s, c) = (config.image_size, config.num_channels);
         for (i, split) in [Split::Val, Split::Seed, Split::Test]
             .into_iter()
@@ -310,4 +310,69 @@ pub fn assert_same_tree(
         .filter(|k| got.get(*k) != want.get(*k))
         .collect();
     assert!(differ.is_empty(), "{what}: these files differ: {differ:?}");
+}
+
+/// Asserts that `text` contains every one of `wanted` (naming the first one missing).
+#[track_caller]
+pub fn assert_contains_all(text: &str, wanted: &[&str]) {
+    for w in wanted {
+        assert!(text.contains(w), "`{w}` missing from: {text}");
+    }
+}
+
+/// Runs `madeit` with `args` and `MADEIT_CRASH_AT=point`, and asserts that it stopped there
+/// (a failed exit).
+#[track_caller]
+pub fn crash_at(args: Vec<std::ffi::OsString>, point: &str) -> Output {
+    let o = madeit()
+        .args(args)
+        .env("MADEIT_CRASH_AT", point)
+        .output()
+        .expect("the madeit binary runs");
+    assert!(
+        !o.status.success(),
+        "{point}: the crash point was not reached"
+    );
+    o
+}
+
+/// The `keys` of every stream of a run's `results.json` (one array a stream) and its
+/// references: what must agree between two runs (the file also records dates and timings).
+pub fn results_digest(run: &Path, keys: &[&str]) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("results.json")).expect("results.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let streams: Vec<serde_json::Value> = v["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|s| keys.iter().map(|k| s[*k].clone()).collect())
+        .collect();
+    serde_json::json!({"streams": streams, "references": v["references"]})
+}
+
+/// Runs `madeit embed --model <model> --pixels <pixels> --out <out>` with `extra` after.
+pub fn embed(model: &Path, pixels: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut c = madeit();
+    c.arg("embed").arg("--model").arg(model).arg("--pixels");
+    c.arg(pixels).arg("--out").arg(out).args(extra);
+    c.output().expect("the madeit binary runs")
+}
+
+/// Runs `madeit merge --method <method>` of one fine-tuned model onto `pretrained`.
+pub fn merge_one(method: &str, pretrained: &Path, finetuned: &Path, out: &Path) -> Output {
+    let mut c = madeit();
+    c.args(["merge", "--method", method, "--pretrained"])
+        .arg(pretrained);
+    c.arg("--finetuned").arg(finetuned).arg("--out").arg(out);
+    c.output().expect("the madeit binary runs")
+}
+
+/// Writes `n` random images of `config`'s size (3 channels, values in [-1, 1), from `seed`)
+/// as `pixel_values` into `path`.
+pub fn write_pixels(path: &Path, config: &ClipVisionConfig, n: usize, seed: u64) {
+    let s = config.image_size;
+    let mut d = ParamDict::new();
+    let px = Tensor::new(vec![n, 3, s, s], values(seed, n * 3 * s * s, 1.0)).expect("pixels");
+    d.insert("pixel_values", px);
+    d.save(path).expect("save pixels");
 }

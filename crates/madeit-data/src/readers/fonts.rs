@@ -184,25 +184,11 @@ pub fn read_fonts<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> R
 /// # Errors
 /// [`DataError::Io`] naming the folder that cannot be listed.
 pub fn font_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| DataError::io(dir, e))?;
-            let path = entry.path();
-            let ty = entry.file_type().map_err(|e| DataError::io(&path, e))?;
-            if ty.is_dir() {
-                walk(&path, out)?;
-            } else if ty.is_file() {
-                let name = entry.file_name().to_string_lossy().to_ascii_lowercase();
-                if name.ends_with(".ttf") || name.ends_with(".otf") {
-                    out.push(path);
-                }
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out)?;
+    let fonts = super::files_under(dir, &|rel| {
+        let name = rel.to_ascii_lowercase();
+        name.ends_with(".ttf") || name.ends_with(".otf")
+    })?;
+    let mut out: Vec<PathBuf> = fonts.into_iter().map(|(_, path)| path).collect();
     out.sort();
     Ok(out)
 }

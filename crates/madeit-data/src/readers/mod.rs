@@ -13,8 +13,53 @@ pub mod pickle;
 pub mod tuxpaint;
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
+
+/// Every regular file below `dir` (recursively, in listing order) whose path relative to
+/// `dir` passes `keep`, as (that relative path with `/`, full path).
+///
+/// # Errors
+/// [`DataError::Io`] naming a folder that cannot be listed.
+pub(crate) fn files_under(
+    dir: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, PathBuf)>> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        keep: &dyn Fn(&str) -> bool,
+        out: &mut Vec<(String, PathBuf)>,
+    ) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| DataError::io(dir, e))?;
+            let path = entry.path();
+            let ty = entry.file_type().map_err(|e| DataError::io(&path, e))?;
+            if ty.is_dir() {
+                walk(root, &path, keep, out)?;
+            } else if ty.is_file() {
+                let rel = path
+                    .strip_prefix(root)
+                    .map(|r| {
+                        r.components()
+                            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    })
+                    .unwrap_or_default();
+                if keep(&rel) {
+                    out.push((rel, path));
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, keep, &mut out)?;
+    Ok(out)
+}
 
 /// Largest decompressed size [`gunzip`] accepts (1 GiB; the largest packaged file, the
 /// Fashion-MNIST training images, is 47 MB).

@@ -102,37 +102,7 @@ pub fn read_tuxpaint<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -
 /// # Errors
 /// [`DataError::Io`] naming a folder that cannot be listed.
 pub fn stamp_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-        let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| DataError::io(dir, e))?;
-            let path = entry.path();
-            let ty = entry.file_type().map_err(|e| DataError::io(&path, e))?;
-            if ty.is_dir() {
-                walk(root, &path, out)?;
-            } else if ty.is_file()
-                && entry
-                    .file_name()
-                    .to_string_lossy()
-                    .to_ascii_lowercase()
-                    .ends_with(".png")
-            {
-                let rel = path
-                    .strip_prefix(root)
-                    .map(|r| {
-                        r.components()
-                            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                            .collect::<Vec<_>>()
-                            .join("/")
-                    })
-                    .unwrap_or_default();
-                out.push((rel, path));
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    let mut out = super::files_under(dir, &|rel| rel.to_ascii_lowercase().ends_with(".png"))?;
     out.sort();
     Ok(out)
 }

@@ -226,12 +226,7 @@ fn the_oracle_path_of_a_single_task_stream_is_the_dense_model() {
         madeit_vit::to_host(&want).unwrap(),
     );
     assert_eq!(got.shape(), want.shape());
-    let worst = got
-        .data()
-        .iter()
-        .zip(want.data())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = got.max_abs_diff(&want).unwrap();
     assert!(
         worst < 1e-3,
         "routed and dense embeddings differ by {worst}"

@@ -7,11 +7,14 @@ use std::path::Path;
 
 use madeit_data::{ImageSet, write_split};
 use madeit_eval::benchmark::Benchmark;
+use madeit_eval::evaluate::Evaluator;
+use madeit_eval::experiment::{ExperimentConfig, StateOptions, run_experiment};
+use madeit_eval::report::{render_markdown, table_methods};
+use madeit_eval::runner::{StreamSpec, run_stream};
+use madeit_eval::{ExperimentResults, RunError, StreamResult};
 use madeit_params::{ParamDict, Tensor};
 use madeit_vit::TaskHead;
-use madeit_vit::{
-    CONFIG_FILE, ClipVisionConfig, PROJECTION_WEIGHT, WEIGHTS_FILE, expected_tensors,
-};
+use madeit_vit::{ClipVisionConfig, PROJECTION_WEIGHT, expected_tensors};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -53,13 +56,7 @@ pub fn perturbed(base: &ParamDict, seed: u64, std: f32) -> ParamDict {
 }
 
 pub fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(
-        dir.join(CONFIG_FILE),
-        config.to_json_string().expect("json"),
-    )
-    .expect("write");
-    params.save(&dir.join(WEIGHTS_FILE)).expect("save");
+    madeit_zoo::save_tower(dir, config, params).expect("save tower");
 }
 
 /// The tasks of [`tiny_zoo`].
@@ -98,9 +95,7 @@ pub fn tiny_zoo(dir: &Path) -> Benchmark {
         .expect("head");
         let names: Vec<String> = (0..classes).map(|c| format!("{name}-{c}")).collect();
         let head = TaskHead::new(name, &w, names.clone()).expect("head");
-        std::fs::create_dir_all(dir.join("heads")).expect("mkdir");
-        head.save(&dir.join("heads").join(format!("{name}.safetensors")))
-            .expect("save head");
+        madeit_zoo::save_head(dir, &head).expect("save head");
         for (split, n) in [("test", TEST_IMAGES), ("seed", SEED_IMAGES)] {
             let set = random_split(&mut rng, &config, n, classes, &names);
             write_split(
@@ -115,4 +110,112 @@ pub fn tiny_zoo(dir: &Path) -> Benchmark {
         }
     }
     Benchmark::from_layout(dir, &TASKS).expect("benchmark")
+}
+
+/// A temporary folder holding a [`tiny_zoo`], and its benchmark.
+pub fn temp_zoo() -> (tempfile::TempDir, Benchmark) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = tiny_zoo(dir.path());
+    (dir, bench)
+}
+
+/// Runs the stream `spec` with the evaluator `ev`, without progress.
+pub fn run_with(
+    bench: &Benchmark,
+    ev: &Evaluator,
+    spec: &StreamSpec,
+) -> Result<StreamResult, RunError> {
+    let pre = bench.load_pretrained()?;
+    run_stream(bench, ev, &pre, spec, &mut |_| {})
+}
+
+/// Runs the stream `spec` with a fresh evaluator (batch size 7): nothing is carried over in
+/// memory between calls.
+pub fn run_fresh(bench: &Benchmark, spec: &StreamSpec) -> Result<StreamResult, RunError> {
+    run_with(bench, &Evaluator::from_benchmark(bench, 7)?, spec)
+}
+
+/// Asserts, for the results `r` of the two-method experiment `cfg` saving into `state.dir`:
+/// the markdown report has every row of `rows`, and the methods table its header, two
+/// reference rows, the two methods and the "not run" C. Fine-Tuned row; `r` round-trips
+/// through `results.json` next to the state folder; the state file `state_file` was saved;
+/// and resuming the experiment reuses every saved stream (same matrices, all three steps
+/// resumed).
+pub fn assert_reported_saved_resumed(
+    cfg: &ExperimentConfig,
+    bench: &Benchmark,
+    state: StateOptions,
+    r: &ExperimentResults,
+    rows: &[&str],
+    state_file: &str,
+) {
+    let md = render_markdown(r);
+    for row in rows {
+        assert!(md.contains(row), "{row} missing from: {md}");
+    }
+    assert_eq!(table_methods(r).lines().count(), 2 + 2 + 2 + 1);
+    let state_dir = state.dir.clone().expect("a state folder");
+    let json = state_dir
+        .parent()
+        .expect("a parent folder")
+        .join("results.json");
+    r.save_json(&json).expect("save");
+    assert_eq!(&ExperimentResults::load_json(&json).expect("load"), r);
+    assert!(state_dir.join(state_file).is_file(), "{state_file}");
+    let resume = StateOptions {
+        resume: true,
+        ..state
+    };
+    let resumed = run_experiment(cfg, bench, &resume, &mut |_| {}).expect("resumed");
+    for (a, b) in resumed.streams.iter().zip(&r.streams) {
+        assert_eq!(a.matrix, b.matrix);
+        assert_eq!(a.resumed_steps, 3);
+    }
+}
+
+/// The experiment of the TOML text `toml`, and state options that save into `dir/state`
+/// (not resuming).
+pub fn experiment_in(dir: &Path, toml: &str) -> (ExperimentConfig, StateOptions) {
+    let cfg = ExperimentConfig::from_toml_str(toml).expect("config");
+    let state = StateOptions {
+        dir: Some(dir.join("state")),
+        resume: false,
+    };
+    (cfg, state)
+}
+
+/// Asserts that the accuracy matrices of two results are equal to the bit.
+#[track_caller]
+pub fn assert_same_matrix_bits(got: &StreamResult, want: &StreamResult, what: &str) {
+    let cells = |r: &StreamResult| -> Vec<Option<u64>> {
+        r.matrix
+            .rows()
+            .iter()
+            .flatten()
+            .map(|a| a.map(f64::to_bits))
+            .collect()
+    };
+    assert_eq!(cells(got), cells(want), "{what}");
+}
+
+/// Asserts that the full-mode stream `r` over the three tasks is complete, with exactly
+/// the lower triangle `i <= j` of its matrix filled with accuracies in [0, 1] that are
+/// fractions of the [`TEST_IMAGES`] test images.
+#[track_caller]
+pub fn assert_full_triangle(r: &StreamResult, what: &str) {
+    assert!(r.is_complete(), "{what}");
+    for i in 0..3 {
+        for j in 0..3 {
+            let v = r.matrix.get(i, j).expect("in range");
+            assert_eq!(v.is_some(), i <= j, "{what}: entry ({i}, {j})");
+            if let Some(v) = v {
+                assert!((0.0..=1.0).contains(&v), "{what}: {v}");
+                let k = v * TEST_IMAGES as f64;
+                assert!(
+                    (k - k.round()).abs() < 1e-9,
+                    "{what}: {v} is not k/{TEST_IMAGES}"
+                );
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@ use indexmap::IndexMap;
 use madeit_params::ParamDict;
 
 use super::{check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
-use crate::state::{Ledger, check_state_tensors, export_tensors, import_tensors};
+use crate::state::Ledger;
 use crate::{
     ContinualMerger, MagMaxConfig, MergeError, MergedModel, MergerState, MethodConfig, StepReport,
     TaskId,
@@ -82,19 +82,15 @@ impl ContinualMerger for MagMax {
             let sq = data.iter().map(|&x| f64::from(x).powi(2)).sum();
             Ok((tensor_like(METHOD, name, p, data)?, sq))
         })?;
-        let norm = admitted.record.task_vector_norm;
         self.tau_max = tau_max;
-        self.ledger.commit(admitted);
         let mut metrics = IndexMap::new();
         metrics.insert("tau_max_norm".to_owned(), sq.sqrt());
-        Ok(StepReport {
-            method: METHOD.to_owned(),
-            step,
-            task: task.clone(),
-            task_vector_norm: norm,
-            merged_delta_norm: self.config.scaling_factor.abs() * sq.sqrt(),
+        Ok(self.ledger.commit_step(
+            admitted,
+            METHOD,
+            self.config.scaling_factor.abs() * sq.sqrt(),
             metrics,
-        })
+        ))
     }
 
     fn num_tasks(&self) -> usize {
@@ -125,18 +121,14 @@ impl ContinualMerger for MagMax {
     }
 
     fn state(&self) -> MergerState {
-        let mut tensors = ParamDict::new();
-        export_tensors(&mut tensors, TAU_MAX_PREFIX, &self.tau_max);
-        MergerState {
-            metadata: self.ledger.metadata(self.config(), serde_json::Value::Null),
-            tensors,
-        }
+        self.ledger
+            .dict_state(self.config(), TAU_MAX_PREFIX, &self.tau_max)
     }
 
     fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
-        let ledger = Ledger::from_state(METHOD, &self.config(), state)?;
-        check_state_tensors(METHOD, state, TAU_MAX_PREFIX)?;
-        self.tau_max = import_tensors(state, TAU_MAX_PREFIX);
+        let (ledger, tau_max) =
+            Ledger::restore_dict(METHOD, &self.config(), state, TAU_MAX_PREFIX)?;
+        self.tau_max = tau_max;
         self.ledger = ledger;
         Ok(())
     }

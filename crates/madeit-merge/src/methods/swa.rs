@@ -4,7 +4,7 @@ use indexmap::IndexMap;
 use madeit_params::ParamDict;
 
 use super::{MERGED_PREFIX, check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
-use crate::state::{Ledger, check_state_tensors, export_tensors, import_tensors};
+use crate::state::Ledger;
 use crate::{
     ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport, SwaConfig,
     TaskId,
@@ -85,17 +85,10 @@ impl ContinualMerger for Swa {
                 .sum();
             Ok((tensor_like(METHOD, name, p, data)?, sq))
         })?;
-        let norm = admitted.record.task_vector_norm;
         self.merged = merged;
-        self.ledger.commit(admitted);
-        Ok(StepReport {
-            method: METHOD.to_owned(),
-            step,
-            task: task.clone(),
-            task_vector_norm: norm,
-            merged_delta_norm: delta_sq.sqrt(),
-            metrics: IndexMap::new(),
-        })
+        Ok(self
+            .ledger
+            .commit_step(admitted, METHOD, delta_sq.sqrt(), IndexMap::new()))
     }
 
     fn num_tasks(&self) -> usize {
@@ -112,18 +105,13 @@ impl ContinualMerger for Swa {
     }
 
     fn state(&self) -> MergerState {
-        let mut tensors = ParamDict::new();
-        export_tensors(&mut tensors, MERGED_PREFIX, &self.merged);
-        MergerState {
-            metadata: self.ledger.metadata(self.config(), serde_json::Value::Null),
-            tensors,
-        }
+        self.ledger
+            .dict_state(self.config(), MERGED_PREFIX, &self.merged)
     }
 
     fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
-        let ledger = Ledger::from_state(METHOD, &self.config(), state)?;
-        check_state_tensors(METHOD, state, MERGED_PREFIX)?;
-        self.merged = import_tensors(state, MERGED_PREFIX);
+        let (ledger, merged) = Ledger::restore_dict(METHOD, &self.config(), state, MERGED_PREFIX)?;
+        self.merged = merged;
         self.ledger = ledger;
         Ok(())
     }

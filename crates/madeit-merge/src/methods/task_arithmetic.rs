@@ -6,7 +6,7 @@ use madeit_params::ParamDict;
 use rayon::prelude::*;
 
 use super::{MERGED_PREFIX, check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
-use crate::state::{Ledger, check_state_tensors, export_tensors, import_tensors};
+use crate::state::Ledger;
 use crate::{
     Aggregate, ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport,
     TaskArithmeticConfig, TaskId, TiesConfig,
@@ -428,17 +428,10 @@ impl ContinualMerger for TaskArithmeticFamily {
             }
             out
         };
-        let norm = admitted.record.task_vector_norm;
         self.merged = merged;
-        self.ledger.commit(admitted);
-        Ok(StepReport {
-            method: method.to_owned(),
-            step,
-            task: task.clone(),
-            task_vector_norm: norm,
-            merged_delta_norm: delta_sq.sqrt(),
-            metrics,
-        })
+        Ok(self
+            .ledger
+            .commit_step(admitted, method, delta_sq.sqrt(), metrics))
     }
 
     fn num_tasks(&self) -> usize {
@@ -455,18 +448,14 @@ impl ContinualMerger for TaskArithmeticFamily {
     }
 
     fn state(&self) -> MergerState {
-        let mut tensors = ParamDict::new();
-        export_tensors(&mut tensors, MERGED_PREFIX, &self.merged);
-        MergerState {
-            metadata: self.ledger.metadata(self.config(), serde_json::Value::Null),
-            tensors,
-        }
+        self.ledger
+            .dict_state(self.config(), MERGED_PREFIX, &self.merged)
     }
 
     fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
-        let ledger = Ledger::from_state(self.method, &self.config, state)?;
-        check_state_tensors(self.method, state, MERGED_PREFIX)?;
-        self.merged = import_tensors(state, MERGED_PREFIX);
+        let (ledger, merged) =
+            Ledger::restore_dict(self.method, &self.config, state, MERGED_PREFIX)?;
+        self.merged = merged;
         self.ledger = ledger;
         Ok(())
     }

@@ -4,56 +4,21 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_vit::{ClipVisionConfig, LowRankFactors, expected_tensors, to_host};
-use rand::{RngExt, SeedableRng};
+use madeit_params::Tensor as HostTensor;
+use madeit_vit::{ClipVisionConfig, LowRankFactors, to_host};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+// Shared with the adapt crate's tests (included there by path).
+mod random;
+#[allow(unused_imports)]
+pub use random::{randn, random_params};
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("fixtures")
         .join(name)
-}
-
-pub fn randn(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
-    // Box-Muller; adequate for test data.
-    (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random::<f32>().max(1e-7);
-            let u2: f32 = rng.random::<f32>();
-            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect()
-}
-
-/// A random bare-layout vision tower for `cfg`, with a projection.
-pub fn random_params(cfg: &ClipVisionConfig, seed: u64) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut dict = ParamDict::new();
-    let mut shapes = expected_tensors(cfg);
-    shapes.push((
-        "visual_projection.weight".into(),
-        vec![cfg.projection_dim, cfg.hidden_size],
-    ));
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data = if name.contains("norm") && name.ends_with("weight") {
-            randn(&mut rng, n, 0.2)
-                .into_iter()
-                .map(|x| 1.0 + x)
-                .collect()
-        } else if name.ends_with("bias") || name.contains("norm") {
-            randn(&mut rng, n, 0.1)
-        } else if shape.len() >= 2 {
-            let fan_in: usize = shape[1..].iter().product();
-            randn(&mut rng, n, 1.0 / (fan_in as f32).sqrt())
-        } else {
-            randn(&mut rng, n, 0.5)
-        };
-        dict.insert(name, HostTensor::new(shape, data).unwrap());
-    }
-    dict
 }
 
 /// Random factors `[d_out x r] diag(s) [d_in x r]^T` with a spectrum that makes the update
@@ -81,11 +46,7 @@ pub fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
 
 pub fn max_abs_diff(a: &HostTensor, b: &HostTensor) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.data()
-        .iter()
-        .zip(b.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.max_abs_diff(b).unwrap()
 }
 
 /// Rows `start..start + len` along the first axis of a host tensor.

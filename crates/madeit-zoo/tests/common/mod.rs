@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use madeit_data::{ImageSet, SourceData, SourceId, TaskData, prepare_task, task_by_name};
-use madeit_vit::{Activation, ClipVisionConfig};
+use madeit_vit::ClipVisionConfig;
 
 /// A deterministic pseudo-random byte stream (xorshift64*).
 pub struct Bytes(u64);
@@ -62,17 +62,12 @@ pub fn blocks(
 
 /// The tower of the tests: width 32, 2 layers, 32-pixel images, 8-pixel patches.
 pub fn micro_config() -> ClipVisionConfig {
+    // The tiny tower's layers, heads, images, patches and activation.
     ClipVisionConfig {
         hidden_size: 32,
         intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        image_size: 32,
-        patch_size: 8,
-        num_channels: 3,
-        layer_norm_eps: 1e-5,
-        hidden_act: Activation::QuickGelu,
         projection_dim: 32,
+        ..ClipVisionConfig::tiny()
     }
 }
 
