@@ -127,6 +127,7 @@ pub fn wgpu_available() -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
