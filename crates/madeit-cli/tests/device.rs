@@ -7,7 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_clean_failure, assert_success, embed, madeit, results_digest, temp_zoo};
+#[cfg(not(feature = "wgpu"))]
+use common::{assert_clean_failure, embed};
+use common::{assert_success, madeit, results_digest, temp_zoo};
 
 fn matrices(run: &Path) -> serde_json::Value {
     results_digest(run, &["label", "seed", "matrix"])
