@@ -313,6 +313,18 @@ struct Step {
 }
 
 impl Step {
+    /// One progress line on stderr; `what` names the timed work.
+    fn log(&self, what: &str) {
+        eprintln!(
+            "{} step {:>2}: {what} {:.2} s, state {}, peak RSS {}",
+            self.method,
+            self.step,
+            self.absorb_s,
+            human(Some(self.state_bytes)),
+            human(self.peak_rss_bytes)
+        );
+    }
+
     fn to_json(&self) -> serde_json::Value {
         json!({
             "method": self.method,
@@ -368,13 +380,7 @@ fn run_registry(method: &str, pre: &ParamDict, tasks: usize, dir: &Path) -> Res<
             state_bytes,
             metrics: serde_json::to_value(&report.metrics)?,
         };
-        eprintln!(
-            "{method} step {:>2}: absorb {:.2} s, state {}, peak RSS {}",
-            step.step,
-            absorb_s,
-            human(Some(state_bytes)),
-            human(peak_rss_bytes)
-        );
+        step.log("absorb");
         steps.push(step);
     }
     Ok(steps)
@@ -458,13 +464,7 @@ fn run_mingle_experts(
                 "max_k_eff": k_eff_max,
             }),
         };
-        eprintln!(
-            "mingle_experts step {:>2}: experts {:.2} s, state {}, peak RSS {}",
-            step.step,
-            absorb_s,
-            human(Some(state_bytes)),
-            human(peak_rss_bytes)
-        );
+        step.log("experts");
         steps.push(step);
     }
     Ok(steps)
