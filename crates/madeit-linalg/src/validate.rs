@@ -28,6 +28,17 @@ pub fn check_matrix<T: Real>(a: MatRef<'_, T>, argument: &'static str) -> Result
 /// [`LinalgError::NonFinite`] naming `argument` and the position of the first NaN or
 /// infinite entry in column-major order.
 pub fn check_finite<T: Real>(a: MatRef<'_, T>, argument: &'static str) -> Result<(), LinalgError> {
+    // A row-major matrix is scanned row by row in memory order; only a matrix that holds a
+    // non-finite value goes on to the column-major scan, which names the first one.
+    if a.col_stride() == 1
+        && a.row_stride() != 1
+        && a.row_iter().all(|row| {
+            row.try_as_row_major()
+                .is_some_and(|r| column_is_finite(r.as_slice()))
+        })
+    {
+        return Ok(());
+    }
     for (col, column) in a.col_iter().enumerate() {
         if let Some(slice) = column.try_as_col_major().map(|c| c.as_slice())
             && column_is_finite(slice)

@@ -176,3 +176,19 @@ fn a_workspace_survives_an_error() {
     let svd = ws.thin_svd(good.as_ref()).expect("valid input");
     assert_eq!(svd.rank(), 6);
 }
+
+#[test]
+fn a_row_major_view_reports_the_first_non_finite_in_column_major_order() {
+    // In memory (row by row) the infinity at (0, 3) of the view comes first; in
+    // column-major order the NaN at (2, 1) does.
+    let mut a = random::gaussian::<f64>(5, 4, 9);
+    a[(1, 2)] = f64::NAN;
+    a[(3, 0)] = f64::INFINITY;
+    let view = a.transpose(); // 4 x 5, row-major
+    match thin_svd(view) {
+        Err(LinalgError::NonFinite { row: 2, col: 1, .. }) => {}
+        other => panic!("expected the NaN at (2, 1), got {other:?}"),
+    }
+    let finite = random::gaussian::<f64>(5, 4, 9);
+    assert!(thin_svd(finite.transpose()).is_ok());
+}

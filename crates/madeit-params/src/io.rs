@@ -352,34 +352,28 @@ fn decode<R: Read + Seek>(
                 dtype: info.dtype.to_string(),
             })?;
         let (s, e) = info.data_offsets;
-        raw.clear();
-        raw.resize(e - s, 0);
         let start = data_start + s as u64;
         // Files list tensors in data order, so seeking (which drops the read buffer) is rare.
         if pos != start {
             r.seek(SeekFrom::Start(start)).map_err(io_err)?;
         }
-        r.read_exact(&mut raw).map_err(io_err)?;
         pos = data_start + e as u64;
-        let values: Vec<f32> = match dtype {
-            DType::F32 => {
-                let (chunks, _) = raw.as_chunks::<4>();
-                chunks.iter().map(|c| f32::from_le_bytes(*c)).collect()
+        let values: Vec<f32> = if dtype == DType::F32 && (e - s) % 4 == 0 {
+            // Straight into the tensor's buffer: one copy instead of two.
+            let mut values = vec![0.0f32; (e - s) / 4];
+            r.read_exact(bytemuck::cast_slice_mut(&mut values))
+                .map_err(io_err)?;
+            if cfg!(target_endian = "big") {
+                for x in &mut values {
+                    *x = f32::from_bits(u32::from_le(x.to_bits()));
+                }
             }
-            DType::F16 => {
-                let (chunks, _) = raw.as_chunks::<2>();
-                chunks
-                    .iter()
-                    .map(|c| half::f16::from_le_bytes(*c).to_f32())
-                    .collect()
-            }
-            DType::BF16 => {
-                let (chunks, _) = raw.as_chunks::<2>();
-                chunks
-                    .iter()
-                    .map(|c| half::bf16::from_le_bytes(*c).to_f32())
-                    .collect()
-            }
+            values
+        } else {
+            raw.clear();
+            raw.resize(e - s, 0);
+            r.read_exact(&mut raw).map_err(io_err)?;
+            decode_values(dtype, &raw)
         };
         let t = Tensor::new(info.shape.clone(), values)
             .map_err(|e| e.in_tensor(name))?
@@ -391,6 +385,31 @@ fn decode<R: Read + Seek>(
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     Ok((dict, metadata))
+}
+
+/// Little-endian tensor bytes of `dtype` as `f32` values (a trailing partial element is
+/// dropped; the shape check that follows reports the count).
+fn decode_values(dtype: DType, raw: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => {
+            let (chunks, _) = raw.as_chunks::<4>();
+            chunks.iter().map(|c| f32::from_le_bytes(*c)).collect()
+        }
+        DType::F16 => {
+            let (chunks, _) = raw.as_chunks::<2>();
+            chunks
+                .iter()
+                .map(|c| half::f16::from_le_bytes(*c).to_f32())
+                .collect()
+        }
+        DType::BF16 => {
+            let (chunks, _) = raw.as_chunks::<2>();
+            chunks
+                .iter()
+                .map(|c| half::bf16::from_le_bytes(*c).to_f32())
+                .collect()
+        }
+    }
 }
 
 /// How to turn a PyTorch pickle checkpoint into one madeit reads.

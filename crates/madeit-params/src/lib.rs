@@ -46,4 +46,4 @@ pub use dtype::DType;
 pub use error::ParamsError;
 pub use io::{INDEX_FILE, Metadata, SaveOptions, WEIGHTS_FILE};
 pub use task_vector::TaskVector;
-pub use tensor::Tensor;
+pub use tensor::{Tensor, all_finite};

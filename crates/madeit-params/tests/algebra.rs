@@ -332,3 +332,21 @@ fn map_and_zip_map_keep_order_and_name_errors() -> TestResult {
     assert_eq!(a.zeros_like().l2_norm(), 0.0);
     Ok(())
 }
+
+proptest! {
+    /// The blocked, vectorised finiteness check agrees with the element-by-element one,
+    /// wherever the non-finite values sit (block boundaries included).
+    #[test]
+    fn all_finite_agrees_with_the_elementwise_check(
+        len in 0usize..5000,
+        bad in proptest::collection::vec((0usize..5000, 0u8..3), 0..3),
+    ) {
+        let mut xs: Vec<f32> = (0..len).map(|i| (i as f32).sin()).collect();
+        for (at, kind) in bad {
+            if let Some(x) = xs.get_mut(at) {
+                *x = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][usize::from(kind)];
+            }
+        }
+        prop_assert_eq!(madeit_params::all_finite(&xs), xs.iter().all(|x| x.is_finite()));
+    }
+}
