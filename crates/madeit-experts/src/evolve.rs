@@ -5,10 +5,11 @@ use crate::error::{ExpertsError, Result};
 use crate::expert::{Expert, ModuleExperts};
 use crate::lowrank;
 use crate::targets::{TargetModule, target_modules};
-use faer::Mat;
+use faer::MatRef;
 use madeit_params::{ParamDict, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 /// What happened to one module at one step.
@@ -182,7 +183,25 @@ fn is_target(modules: &[TargetModule], name: &str) -> bool {
     modules.iter().any(|m| m.weight_key == name)
 }
 
+thread_local! {
+    /// The `dW` buffer of this thread's candidates, kept from one module (and one step) to
+    /// the next: at most one `d_out x d_in` matrix per worker thread, instead of a fresh
+    /// allocation (and fresh zeroed pages) per module.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer (on a fresh one if it is already in use).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
 fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    if madeit_params::all_finite(t.data()) {
+        return Ok(());
+    }
     match t.data().iter().position(|x| !x.is_finite()) {
         Some(index) => Err(ExpertsError::NonFinite {
             name: name.to_owned(),
@@ -391,14 +410,27 @@ impl MadeIt {
             .par_iter()
             .enumerate()
             .map(|(i, m)| -> Result<Expert> {
-                let w0 = pretrained.get(&m.weight_key)?.as_mat()?;
-                let wt = finetuned.get(&m.weight_key)?.as_mat()?;
-                let dw = Mat::from_fn(m.d_out, m.d_in, |r, c| wt[(r, c)] - w0[(r, c)]);
+                let w0 = pretrained.get(&m.weight_key)?;
+                let wt = finetuned.get(&m.weight_key)?;
+                // `dW = W_t - W_0` in the tensors' own row-major order: one contiguous pass
+                // (a column-major copy would read both weights with a stride of `d_in`).
+                if w0.shape() != [m.d_out, m.d_in] || wt.shape() != w0.shape() {
+                    return Err(ExpertsError::ShapeMismatch {
+                        name: m.weight_key.clone(),
+                        expected: vec![m.d_out, m.d_in],
+                        got: wt.shape().to_vec(),
+                    });
+                }
                 let rank = config.rank_for(m.d_out, m.d_in);
                 let base = config.svd.seed();
                 #[allow(clippy::cast_possible_truncation)]
                 let seed = mix64(base ^ mix64(i as u64) ^ mix64(u64::from(task) << 32));
-                lowrank::candidate(m.name(), dw.as_ref(), rank, config.svd, seed, task)
+                with_scratch(|diff| {
+                    diff.clear();
+                    diff.extend(wt.data().iter().zip(w0.data()).map(|(a, b)| a - b));
+                    let dw = MatRef::from_row_major_slice(diff, m.d_out, m.d_in);
+                    lowrank::candidate(m.name(), dw, rank, config.svd, seed, task)
+                })
             })
             .collect::<Result<_>>()?;
 

@@ -281,3 +281,41 @@ proptest! {
         prop_assert_eq!(fpa(Mat::<f32>::zeros(tokens, d).as_ref(), v.as_ref()).unwrap(), 0.0);
     }
 }
+
+/// The absorb step hands the candidate SVD `dW` as a row-major view of the weights'
+/// difference; the factors must be the very same bits as from a column-major copy, on both
+/// decomposition paths (the zoo's results depend on it).
+#[test]
+fn candidate_does_not_depend_on_the_memory_layout_of_dw() {
+    use madeit_experts::CandidateSvd;
+    use madeit_experts::math::candidate;
+    for (d_out, d_in, r) in [(48, 32, 5), (32, 96, 4), (600, 520, 20)] {
+        let dense = gaussian::<f32>(d_out, d_in, 7);
+        let row_major: Vec<f32> = (0..d_out)
+            .flat_map(|i| (0..d_in).map(move |j| (i, j)))
+            .map(|(i, j)| dense[(i, j)])
+            .collect();
+        let view = faer::MatRef::from_row_major_slice(&row_major, d_out, d_in);
+        for svd in [
+            CandidateSvd::Exact,
+            CandidateSvd::Randomized {
+                oversample: 10,
+                power_iters: 2,
+                seed: 0,
+            },
+        ] {
+            let a = candidate("m", dense.as_ref(), r, svd, 3, 1).unwrap();
+            let b = candidate("m", view, r, svd, 3, 1).unwrap();
+            let bits = |e: &Expert| -> Vec<u32> {
+                let mut out: Vec<u32> = e.s().iter().map(|x| x.to_bits()).collect();
+                for m in [e.u(), e.v()] {
+                    for j in 0..m.ncols() {
+                        out.extend(m.col(j).iter().map(|x| x.to_bits()));
+                    }
+                }
+                out
+            };
+            assert_eq!(bits(&a), bits(&b), "{d_out}x{d_in} rank {r} with {svd:?}");
+        }
+    }
+}
