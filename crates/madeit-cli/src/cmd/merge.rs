@@ -1,8 +1,9 @@
 //! `madeit merge`: merge fine-tuned checkpoints into one model, one task at a time.
 //!
 //! The checkpoints are absorbed in the order given on the command line by a continual
-//! merger of the chosen method; only the pretrained model, the checkpoint being absorbed
-//! and the merger's state are in memory at once. A dense result is written in the layout
+//! merger of the chosen method; only the pretrained model, the checkpoint being absorbed,
+//! the next one (read on a second thread while the current one is absorbed) and the
+//! merger's state are in memory at once. A dense result is written in the layout
 //! of the pretrained checkpoint (`config.json` copied unchanged, `model.safetensors` with
 //! the same tensor names and dtypes). A result with experts is written as the backbone
 //! (`config.json`, `model.safetensors`) plus `experts.safetensors`
@@ -35,11 +36,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context;
 use madeit::eval::checkpoints::{
-    Checkpoint, absorb_checkpoint, merge_config, refuse_non_merge, task_name,
+    Checkpoint, CheckpointError, absorb_checkpoint, merge_config, refuse_non_merge, task_name,
 };
 use madeit::experts::store;
 use madeit::merge::{ContinualMerger, MadeItMerger, MergedModel, MethodConfig, TaskId};
@@ -106,6 +108,27 @@ fn method_config(args: &Args) -> anyhow::Result<MethodConfig> {
         .with_context(|| format!("method configuration {}", path.display()))
 }
 
+/// Reads `paths` in order on a thread of `scope`, one checkpoint ahead of the consumer: the
+/// channel has no buffer, so at most one read checkpoint waits while the consumer works.
+/// The thread stops after the first error (sent like a checkpoint) or when the receiver is
+/// dropped.
+fn prefetch<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    paths: &'scope [PathBuf],
+) -> mpsc::Receiver<Result<Checkpoint, CheckpointError>> {
+    let (tx, rx) = mpsc::sync_channel(0);
+    scope.spawn(move || {
+        for path in paths {
+            let read = Checkpoint::read(path, "the fine-tuned model");
+            let failed = read.is_err();
+            if tx.send(read).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Merges the checkpoints and writes the result.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let cfg = method_config(args)?;
@@ -119,8 +142,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     check_not_input(&args.out, &inputs)?;
     let out = OutputDir::prepare(&args.out, OUTPUT_KIND, args.force)?;
 
-    let pre = Checkpoint::read(&args.pretrained, "the pretrained model")?;
-    let pretrained = &pre.params;
     // MADE-IT is built as its concrete type, so that its expert store can be written.
     let mut made_it = match &cfg {
         MethodConfig::MadeIt(c) => Some(MadeItMerger::new(c.clone())?),
@@ -135,31 +156,41 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         (None, Some(b)) => b.as_mut(),
         (None, None) => anyhow::bail!("no merger was built for `{}`", cfg.name()),
     };
-    let mut names: Vec<String> = Vec::new();
-    for path in &args.finetuned {
-        let mut name = task_name(path);
-        if names.contains(&name) {
-            name = format!("{name}#{}", names.len() + 1);
+    let (pre, names) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        // The next checkpoint is read while the current one is absorbed.
+        let next = prefetch(scope, &args.finetuned);
+        let pre = Checkpoint::read(&args.pretrained, "the pretrained model")?;
+        let mut names: Vec<String> = Vec::new();
+        for path in &args.finetuned {
+            let mut name = task_name(path);
+            if names.contains(&name) {
+                name = format!("{name}#{}", names.len() + 1);
+            }
+            let t = Instant::now();
+            let ft = next
+                .recv()
+                .with_context(|| format!("reading {}: the reader stopped", path.display()))??;
+            let report = absorb_checkpoint(merger, &pre, &ft, &TaskId::new(name.clone()))?;
+            drop(ft);
+            let extra: Vec<String> = report
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.4}"))
+                .collect();
+            eprintln!(
+                "step {}: {name}  |tau|={:.4}  |merged-theta0|={:.4}  {}  ({:.2} s)",
+                report.step,
+                report.task_vector_norm,
+                report.merged_delta_norm,
+                extra.join(" "),
+                t.elapsed().as_secs_f64()
+            );
+            names.push(name);
+            crash_point("merge-after-step");
         }
-        let t = Instant::now();
-        let ft = Checkpoint::read(path, "the fine-tuned model")?;
-        let report = absorb_checkpoint(merger, &pre, &ft, &TaskId::new(name.clone()))?;
-        let extra: Vec<String> = report
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k}={v:.4}"))
-            .collect();
-        eprintln!(
-            "step {}: {name}  |tau|={:.4}  |merged-theta0|={:.4}  {}  ({:.2} s)",
-            report.step,
-            report.task_vector_norm,
-            report.merged_delta_norm,
-            extra.join(" "),
-            t.elapsed().as_secs_f64()
-        );
-        names.push(name);
-        crash_point("merge-after-step");
-    }
+        Ok((pre, names))
+    })?;
+    let pretrained = &pre.params;
     let merged = merger.merged_model(pretrained)?;
     let dir = out.path();
     if let Some((_, text)) = &pre.config {
