@@ -3,11 +3,13 @@
 `forward` bench loads, for the comparison in docs/performance.md ("## Forward").
 
   clip_reference.py --vit-b-32 DIR          # once: write the random ViT-B/32 model
-  bench_forward_torch.py DIR [--batch 32] [--threads 2] [--iters 10]
+  bench_forward_torch.py DIR [--batch 32] [--threads 2] [--iters 10] [--profile]
 
 Runs `CLIPVisionModelWithProjection` in float32 under `torch.no_grad()` with
 `torch.set_num_threads(THREADS)`, after two warm-up batches, and reports the median time of
-one batch and images per second.
+one batch and images per second. With `--profile`, also runs three batches under
+`torch.profiler` and prints the operators by self CPU time (the per-operation breakdown that
+docs/performance.md compares with `perf report` of the madeit forward).
 
 Setup
 -----
@@ -31,6 +33,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -56,6 +59,13 @@ def main() -> int:
         f"{args.batch / med:.2f} images/s (min {min(times) * 1000:.1f} ms, "
         f"max {max(times) * 1000:.1f} ms over {len(times)} runs)"
     )
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                model(pixel_values=pixels)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 
 

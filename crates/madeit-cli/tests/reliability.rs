@@ -352,3 +352,31 @@ fn embed_on_an_expert_store_does_not_silently_ignore_it() {
         "the routed embeddings equal the pretrained ones"
     );
 }
+
+/// The next checkpoint is read while the current one is absorbed: a broken checkpoint in
+/// the middle of the list still fails after the steps before it, names that file once and
+/// leaves no output; a broken pretrained model fails while a checkpoint is being read
+/// ahead, and the process still exits cleanly.
+#[test]
+fn read_ahead_keeps_errors_in_order_and_exits_cleanly() {
+    let (tmp, t) = towers(3);
+    let out = tmp.path().join("out");
+    let w = t.finetuned[1].join(WEIGHTS_FILE);
+    let good = fs::read(&w).unwrap();
+    fs::write(&w, &good[..good.len() / 2]).unwrap();
+    let err = assert_clean_failure(&t.merge("made_it", &out));
+    assert!(err.contains("step 1:"), "the first step runs first: {err}");
+    assert!(!err.contains("step 2:"), "{err}");
+    assert_eq!(err.matches(&*w.display().to_string()).count(), 1, "{err}");
+    assert!(!out.exists(), "nothing is written on failure");
+    fs::write(&w, &good).unwrap();
+
+    let p = t.pretrained.join(WEIGHTS_FILE);
+    let good = fs::read(&p).unwrap();
+    fs::write(&p, b"not a safetensors file").unwrap();
+    let err = assert_clean_failure(&t.merge("made_it", &out));
+    assert!(err.contains("pretrained"), "{err}");
+    assert!(!err.contains("step 1:"), "{err}");
+    fs::write(&p, &good).unwrap();
+    assert_success(&t.merge("made_it", &out));
+}
