@@ -46,9 +46,9 @@ use crate::evaluate::{
     DEFAULT_EVAL_BATCH, Evaluator, ExpertRouter, OracleRouter, ProjectionRouter,
 };
 use crate::method::MethodSpec;
-use crate::registry;
 use crate::metrics::{MeanStd, OrderSummary, summarize_orders};
 use crate::orders::{PUBLISHED_SEEDS, task_order};
+use crate::registry;
 use crate::runner::{
     EvalMode, References, RunEvent, StreamResult, StreamSpec, reference_rows, run_stream,
 };

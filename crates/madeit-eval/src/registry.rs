@@ -12,7 +12,9 @@
 
 use std::sync::LazyLock;
 
-use madeit_adapt::{AdaMergingConfig, LORA_WEMOE, LW_ADAMERGING, MINGLE, MingleConfig, WemoeConfig};
+use madeit_adapt::{
+    AdaMergingConfig, LORA_WEMOE, LW_ADAMERGING, MINGLE, MingleConfig, WemoeConfig,
+};
 use madeit_merge::{MergeError, MergeMethod, MethodInfo};
 use serde::de::DeserializeOwned;
 

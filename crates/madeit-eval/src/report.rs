@@ -19,7 +19,11 @@ use crate::metrics::MeanStd;
 /// returned as given.
 #[must_use]
 pub fn display_name(method: &str) -> &str {
-    let name = if method == "madeit" { "made_it" } else { method };
+    let name = if method == "madeit" {
+        "made_it"
+    } else {
+        method
+    };
     crate::registry::find(name).map_or(method, |m| m.info.label)
 }
 

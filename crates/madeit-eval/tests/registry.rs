@@ -99,7 +99,8 @@ fn unknown_methods_list_every_registered_name() {
         assert_eq!(available, registry::names().join(", "));
     }
     // The other malformed tables keep their messages.
-    let err = MethodSpec::from_json_value(serde_json::json!({ "lambda": 0.3 })).expect_err("no method");
+    let err =
+        MethodSpec::from_json_value(serde_json::json!({ "lambda": 0.3 })).expect_err("no method");
     assert!(err.to_string().contains("missing key `method`"), "{err}");
     let err = MethodSpec::from_json_value(serde_json::json!(3)).expect_err("not a table");
     assert!(err.to_string().contains("table/object"), "{err}");

@@ -380,7 +380,6 @@ fn bad_experiment_configs_are_typed_errors() {
         .collect();
     assert_eq!(default_names, registry_defaults);
 
-
     let merge_error = |text: &str| match parse(text) {
         Err(RunError::Merge(e)) => Some(*e),
         _ => None,

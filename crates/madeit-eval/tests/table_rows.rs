@@ -8,9 +8,9 @@ use common::run_fresh as run;
 use common::{assert_full_triangle, temp_zoo, tiny_zoo};
 
 use madeit_adapt::{AdaMergingConfig, WemoeConfig};
+use madeit_eval::registry::{self, MethodKind};
 use madeit_eval::report::table_methods;
 use madeit_eval::runner::{StreamResult, StreamSpec};
-use madeit_eval::registry::{self, MethodKind};
 use madeit_eval::{C_FINETUNED, MethodSpec, RunError, SequentialConfig};
 use madeit_merge::MethodConfig;
 
@@ -167,7 +167,10 @@ fn the_new_methods_parse_check_and_round_trip() {
     let test_time = registry::names_of(MethodKind::TestTime);
     assert!(test_time.contains(&"c_lw_adamerging"));
     assert!(test_time.contains(&"c_lora_wemoe"));
-    assert_eq!(registry::names_of(MethodKind::NeedsTrainingData), [C_FINETUNED]);
+    assert_eq!(
+        registry::names_of(MethodKind::NeedsTrainingData),
+        [C_FINETUNED]
+    );
 }
 
 #[test]
