@@ -24,9 +24,9 @@
 //!
 //! Every key is optional; unknown keys (in `[experiment]`, at the top level or in a method
 //! table) are errors, as are unknown methods. A method is a [`MethodSpec`]: any method of
-//! the [`registry`](crate::registry) with any field of its configuration. Without `methods`,
+//! the [`registry`] with any field of its configuration. Without `methods`,
 //! every method the registry marks as run by default
-//! ([`registry::default_methods`](crate::registry::default_methods): the data-free ones
+//! ([`registry::default_methods`]: the data-free ones
 //! except opt-in `c_iso_c`, then the test-time ones) runs with its defaults, in registry
 //! order.
 //!

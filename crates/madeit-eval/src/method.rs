@@ -1,7 +1,7 @@
 //! What a stream runs: a weight-space method of the `madeit-merge` registry, a test-time
 //! method of `madeit-adapt` (MINGLE, C. LW AdaMerging, C. LoRA-WEMoE) or the sequential
 //! fine-tuning reference (C. Fine-Tuned). Names, kinds and defaults come from the
-//! [`registry`](crate::registry).
+//! [`registry`].
 //!
 //! All are written as one table tagged by `method`. A registry method keeps the form of
 //! [`MethodConfig`] (`{ method = "ties", lambda = 0.5 }`); the others are `method = NAME`
@@ -182,7 +182,7 @@ impl MethodSpec {
     }
 
     /// The reference defaults of method `name` (any name of the
-    /// [`registry`](crate::registry)).
+    /// [`registry`]).
     ///
     /// # Errors
     /// [`madeit_merge::MergeError::UnknownMethod`] listing every registered name, wrapped in

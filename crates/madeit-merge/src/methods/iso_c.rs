@@ -90,7 +90,11 @@ impl MergeMethodConfig for IsoCConfig {
     }
 }
 
-/// Continual Iso-C (see the [module docs](self) and [`IsoCConfig`]).
+/// Continual Iso-C: Iso-C (Marczak et al., *No Task Left Behind: Isotropic Model Merging
+/// with Common and Task-Specific Subspaces*, ICML 2025, arXiv 2502.04959) of the task
+/// vectors absorbed so far. With `M = Σ_t τ_t = U diag(σ) V^T` per weight matrix, the
+/// merged update is `α · mean(σ) · U V^T` (see [`IsoCConfig`] for what counts as a matrix
+/// and for `α`).
 ///
 /// The state is the running sum `S^(t) = Σ_{i≤t} τ_i` of the task vectors (one `f32`
 /// tensor per parameter, each step adding `θ_t − θ_0` in `f64` and rounding once) plus the
