@@ -74,11 +74,18 @@ pub fn table_methods(r: &ExperimentResults) -> String {
             bwt
         );
     }
-    if !r.summaries.iter().any(|m| m.method == "c_finetuned") {
-        let _ = writeln!(
-            s,
-            "| C. Fine-Tuned [needs training data] | not run | not run |"
-        );
+    // The reference rows that need training data (C. Fine-Tuned) are opt-in; say so.
+    for m in crate::registry::methods() {
+        if m.kind == crate::registry::MethodKind::NeedsTrainingData
+            && !r.summaries.iter().any(|sm| sm.method == m.name())
+        {
+            let _ = writeln!(
+                s,
+                "| {} [{}] | not run | not run |",
+                m.info.label,
+                m.kind.describe()
+            );
+        }
     }
     s
 }
