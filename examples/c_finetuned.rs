@@ -10,8 +10,6 @@
 
 mod common;
 
-use madeit::eval::MethodSpec;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    common::run_method(MethodSpec::default_for("c_finetuned")?, 2)
+    common::run_registered("c_finetuned", 2)
 }

@@ -9,8 +9,6 @@
 
 mod common;
 
-use madeit::eval::MethodSpec;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    common::run_method(MethodSpec::default_for("c_lora_wemoe")?, 3)
+    common::run_registered("c_lora_wemoe", 3)
 }

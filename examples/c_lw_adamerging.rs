@@ -12,6 +12,7 @@ use madeit::adapt::AdaMergingConfig;
 use madeit::eval::MethodSpec;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::describe("c_lw_adamerging")?;
     for accumulate in [false, true] {
         println!("accumulate = {accumulate}");
         let config = AdaMergingConfig {

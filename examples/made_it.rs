@@ -16,6 +16,7 @@ mod common;
 use madeit::merge::{MergedModel, MethodConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::describe("made_it")?;
     let config = MethodConfig::default_for("made_it")?;
     println!("config: {}", serde_json::to_string(&config)?);
     let mut merger = config.build()?;

@@ -11,8 +11,6 @@
 
 mod common;
 
-use madeit::eval::MethodSpec;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    common::run_method(MethodSpec::default_for("mingle")?, 3)
+    common::run_registered("mingle", 3)
 }

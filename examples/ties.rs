@@ -9,11 +9,6 @@
 
 mod common;
 
-use madeit::merge::MethodConfig;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = MethodConfig::default_for("ties")?;
-    println!("config: {}", serde_json::to_string(&config)?);
-    let mut merger = config.build()?;
-    common::run_example(merger.as_mut())
+    common::run_registered("ties", 3)
 }

@@ -1,20 +1,33 @@
-//! What every method example shares: open the embedded zoo, feed a short task stream to a
-//! continual merger one fine-tuned checkpoint at a time, and print the accuracy on every task
-//! seen so far after each step, with ACC and BWT at the end.
+//! What every method example shares: look the method up in the registry, open the embedded
+//! zoo, feed a short task stream to a continual merger one fine-tuned checkpoint at a time,
+//! and print the accuracy on every task seen so far after each step, with ACC and BWT at the
+//! end.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use madeit::eval::registry::{self, MethodDescriptor, MethodKind};
 
 use madeit::eval::metrics::AccuracyMatrix;
 use madeit::eval::orders::task_order;
 use madeit::eval::{Benchmark, Evaluator};
 use madeit::merge::{ContinualMerger, MergedModel, TaskId};
 
-/// The zoo folder: the first command-line argument, else `$MADEIT_ZOO`, else `zoo`.
+/// The position of the zoo folder among the command-line arguments (1: the first).
+static ZOO_ARG: AtomicUsize = AtomicUsize::new(1);
+
+/// Takes the zoo folder from argument `index` (1-based) instead of the first.
+pub fn zoo_arg(index: usize) {
+    ZOO_ARG.store(index, Ordering::Relaxed);
+}
+
+/// The zoo folder: the first command-line argument (see [`zoo_arg`]), else `$MADEIT_ZOO`,
+/// else `zoo`.
 pub fn zoo_dir() -> PathBuf {
     std::env::args()
-        .nth(1)
+        .nth(ZOO_ARG.load(Ordering::Relaxed))
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("MADEIT_ZOO").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("zoo"))
@@ -100,6 +113,41 @@ pub fn run_example(merger: &mut dyn ContinualMerger) -> Result<(), Box<dyn std::
     let order = short_order(&bench, 3);
     run_stream_with(&bench, &order, merger, &evaluator)?;
     Ok(())
+}
+
+/// The registry entry of `name` (the error lists every registered name), after printing its
+/// label, summary, paper and reference.
+pub fn describe(name: &str) -> Result<&'static MethodDescriptor, Box<dyn std::error::Error>> {
+    let m = registry::method(name)?;
+    println!(
+        "{} (`{}`, {}): {}",
+        m.info.label,
+        m.name(),
+        m.kind.describe(),
+        m.info.summary
+    );
+    println!("paper: {}\nreference: {}", m.info.paper, m.info.reference);
+    Ok(m)
+}
+
+/// Runs the registered method `name` with its reference defaults on the first `len` tasks of
+/// the seed-42 order: a data-free method with [`run_stream_with`] (evaluated after every
+/// step), any other through the run loop ([`run_method`]).
+pub fn run_registered(name: &str, len: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let m = describe(name)?;
+    let spec = m.default_config();
+    println!("config: {}", serde_json::to_string(&spec)?);
+    match (m.kind, spec.as_merge()) {
+        (MethodKind::DataFree, Some(config)) => {
+            let mut merger = config.build()?;
+            let bench = open_zoo()?;
+            let evaluator = Evaluator::from_benchmark(&bench, 250)?;
+            let order = short_order(&bench, len);
+            run_stream_with(&bench, &order, merger.as_mut(), &evaluator)?;
+            Ok(())
+        }
+        _ => run_method(spec, len),
+    }
 }
 
 /// Runs `method` through the run loop (`madeit_eval::run_stream`, which loads the seed

@@ -23,6 +23,7 @@ NON_DEFAULT = {
     "magmax": {"scaling_factor": 0.8},
     "opcm": {"alpha": 0.7},
     "made_it": {"rho": 0.25, "kappa": 0.5},
+    "c_iso_c": {"alpha": 1.4},
 }
 
 
@@ -55,11 +56,14 @@ def assert_same_dict(got, want):
 def test_methods_come_from_the_registry():
     ms = madeit.methods()
     names = [m["name"] for m in ms]
-    assert names == ["swa", "task_arithmetic", "ties", "magmax", "opcm", "made_it"]
+    assert names == ["swa", "task_arithmetic", "ties", "magmax", "opcm", "made_it", "c_iso_c"]
     by = {m["name"]: m for m in ms}
     assert by["task_arithmetic"]["defaults"] == {"lambda": 0.3}
     assert by["opcm"]["defaults"]["alpha"] == 0.5
     assert by["made_it"]["kind"] == "experts" and by["swa"]["kind"] == "dense"
+    assert by["c_iso_c"]["defaults"] == {"alpha": 1.0, "exclude": []}
+    assert by["c_iso_c"]["label"] == "C. Iso-C" and not by["c_iso_c"]["default_run"]
+    assert all(m["default_run"] for m in ms if m["name"] != "c_iso_c")
     assert by["made_it"]["defaults"]["rho"] == madeit.Merger("made_it").config["rho"]
     for m in ms:
         assert m["paper"] and m["title"] and m["summary"]

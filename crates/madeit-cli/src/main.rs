@@ -26,6 +26,9 @@ enum Command {
     Benchmark(cmd::benchmark::Args),
     /// Merge fine-tuned checkpoints one task at a time with a continual merging method.
     Merge(cmd::merge::Args),
+    /// List the registered methods: name, table label, what each needs, whether the default
+    /// run includes it (`--json`: also paper, reference and default configuration).
+    Methods(cmd::methods::Args),
     /// Image embeddings of a batch of preprocessed pixels (and, with a head, logits and
     /// predictions).
     Embed(cmd::embed::Args),
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Zoo(args) => cmd::zoo::run(&args),
         Command::Benchmark(args) => cmd::benchmark::run(&args),
         Command::Merge(args) => cmd::merge::run(&args),
+        Command::Methods(args) => cmd::methods::run(&args),
         Command::Embed(args) => cmd::embed::run(&args),
         Command::Heads(args) => cmd::heads::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),

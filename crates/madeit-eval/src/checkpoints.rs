@@ -16,7 +16,7 @@ use madeit_merge::{ContinualMerger, MergeError, MethodConfig, StepReport, TaskId
 use madeit_params::{ParamDict, ParamsError};
 use madeit_vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, VitError, WEIGHTS_FILE};
 
-use crate::{TEST_TIME_METHODS, TRAINING_METHODS};
+use crate::registry::{self, MethodKind};
 
 /// What can go wrong while configuring a checkpoint merge or reading, checking and absorbing
 /// a checkpoint. Each variant names the method, file or checkpoint involved.
@@ -142,17 +142,15 @@ impl From<MergeError> for CheckpointError {
 /// # Errors
 /// [`CheckpointError::TestTimeMethod`] or [`CheckpointError::TrainingMethod`].
 pub fn refuse_non_merge(method: &str) -> Result<(), CheckpointError> {
-    if TEST_TIME_METHODS.contains(&method) {
-        return Err(CheckpointError::TestTimeMethod {
+    match registry::find(method).map(|d| d.kind) {
+        Some(MethodKind::TestTime) => Err(CheckpointError::TestTimeMethod {
             method: method.to_owned(),
-        });
-    }
-    if TRAINING_METHODS.contains(&method) {
-        return Err(CheckpointError::TrainingMethod {
+        }),
+        Some(MethodKind::NeedsTrainingData) => Err(CheckpointError::TrainingMethod {
             method: method.to_owned(),
-        });
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The configuration of a checkpoint merge with method `method` and hyper-parameters

@@ -23,10 +23,12 @@
 //! ```
 //!
 //! Every key is optional; unknown keys (in `[experiment]`, at the top level or in a method
-//! table) are errors, as are unknown methods. A method is a [`MethodSpec`]: a registry
-//! method or MINGLE with any field of [`madeit_adapt::MingleConfig`]. Without `methods`,
-//! every registered method ([`madeit_merge::METHODS`]) runs with its defaults, then MINGLE
-//! with the reference defaults ([`TEST_TIME_METHODS`]).
+//! table) are errors, as are unknown methods. A method is a [`MethodSpec`]: any method of
+//! the [`registry`] with any field of its configuration. Without `methods`,
+//! every method the registry marks as run by default
+//! ([`registry::default_methods`]: the data-free ones
+//! except opt-in `c_iso_c`, then the test-time ones) runs with its defaults, in registry
+//! order.
 //!
 //! [`run_experiment`] computes the reference rows once, then runs every (method, seed) stream
 //! ([`run_stream`]) and summarises ACC and BWT over the orders (mean ± sample std).
@@ -35,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use madeit_merge::METHODS;
 use madeit_vit::{ClipVisionConfig, DeviceKind, TokenAggregation};
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +45,10 @@ use crate::error::{RunError, write_atomic};
 use crate::evaluate::{
     DEFAULT_EVAL_BATCH, Evaluator, ExpertRouter, OracleRouter, ProjectionRouter,
 };
-use crate::method::{MethodSpec, TEST_TIME_METHODS};
+use crate::method::MethodSpec;
 use crate::metrics::{MeanStd, OrderSummary, summarize_orders};
 use crate::orders::{PUBLISHED_SEEDS, task_order};
+use crate::registry;
 use crate::runner::{
     EvalMode, References, RunEvent, StreamResult, StreamSpec, reference_rows, run_stream,
 };
@@ -196,17 +198,18 @@ fn is_cpu(d: &DeviceKind) -> bool {
 }
 
 impl Default for ExperimentConfig {
-    /// Every registered method with its defaults, then MINGLE with its reference defaults,
+    /// Every method the registry runs by default, with its defaults, in registry order;
     /// [`DEFAULT_SEEDS`], the full matrix, the default zoo folder.
     fn default() -> Self {
         Self {
             zoo: madeit_zoo::default_zoo_dir(),
             benchmark: None,
-            methods: METHODS
-                .iter()
-                .map(|m| m.name)
-                .chain(TEST_TIME_METHODS)
-                .filter_map(|name| MethodEntry::defaults(name).ok())
+            methods: registry::default_methods()
+                .into_iter()
+                .map(|m| MethodEntry {
+                    label: m.name().to_owned(),
+                    config: m.default_config(),
+                })
                 .collect(),
             seeds: DEFAULT_SEEDS.to_vec(),
             eval: EvalMode::Full,

@@ -24,8 +24,9 @@
 //! streams), [`evaluate`] (test accuracy of dense and expert models, the [`Evaluator`]), [`runner`]
 //! (one method over one task order, resumable), [`experiment`] (methods × orders from a
 //! TOML file) and [`report`] (the Markdown tables); their errors are [`RunError`]s.
-//! [`method`] names what a stream runs (a weight-space method of `madeit-merge` or MINGLE
-//! of `madeit-adapt`); [`test_time`] loads seed images and evaluates gated models for
+//! [`registry`] lists every method (name, labels, paper, reference, kind, defaults) and
+//! [`method`] names what a stream runs (a weight-space method of `madeit-merge`, a test-time
+//! method of `madeit-adapt` or C. Fine-Tuned); [`test_time`] loads seed images and evaluates gated models for
 //! MINGLE. [`checkpoints`] is the path of merging fine-tuned checkpoints outside a benchmark
 //! (`madeit merge`, the Python package).
 
@@ -40,6 +41,7 @@ pub mod evaluate;
 pub mod experiment;
 pub mod images;
 pub mod method;
+pub mod registry;
 pub mod report;
 pub mod runner;
 pub mod sequential;
@@ -51,7 +53,8 @@ pub use error::RunError;
 pub use evaluate::{Evaluator, evaluate_dense};
 pub use experiment::{EvalSplit, ExperimentConfig, ExperimentResults, run_experiment};
 pub use images::{ImagesRef, StreamedImages, TaskImages};
-pub use method::{MethodSpec, SeedSetup, TEST_TIME_METHODS, TRAINING_METHODS};
+pub use method::{MethodSpec, SeedSetup};
+pub use registry::{MethodDescriptor, MethodKind};
 pub use runner::{EvalMode, RunEvent, StreamResult, StreamSpec, run_stream};
 pub use sequential::{C_FINETUNED, SequentialConfig};
 

@@ -1,6 +1,7 @@
 //! What a stream runs: a weight-space method of the `madeit-merge` registry, a test-time
 //! method of `madeit-adapt` (MINGLE, C. LW AdaMerging, C. LoRA-WEMoE) or the sequential
-//! fine-tuning reference (C. Fine-Tuned).
+//! fine-tuning reference (C. Fine-Tuned). Names, kinds and defaults come from the
+//! [`registry`].
 //!
 //! All are written as one table tagged by `method`. A registry method keeps the form of
 //! [`MethodConfig`] (`{ method = "ties", lambda = 0.5 }`); the others are `method = NAME`
@@ -28,10 +29,10 @@ use madeit_adapt::{
 };
 use madeit_merge::{MethodConfig, MethodInfo};
 use madeit_vit::ClipVisionConfig;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::RunError;
+use crate::registry::{self, MethodDescriptor, MethodKind};
 use crate::sequential::{C_FINETUNED, SequentialConfig};
 
 /// One method of a stream or experiment: a registry method, a test-time method or the
@@ -84,13 +85,6 @@ impl From<SequentialConfig> for MethodSpec {
     }
 }
 
-/// Registry names of the test-time methods [`MethodSpec`] knows besides
-/// [`madeit_merge::METHODS`], in the order the default experiment runs them.
-pub const TEST_TIME_METHODS: [&str; 3] = [LW_ADAMERGING, LORA_WEMOE, MINGLE];
-
-/// Names of the methods that need the benchmark's training data (not run by default).
-pub const TRAINING_METHODS: [&str; 1] = [C_FINETUNED];
-
 /// Where a test-time method's unlabelled seed images come from and how many are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeedSetup {
@@ -115,16 +109,29 @@ impl MethodSpec {
         }
     }
 
+    /// The method's registry entry (`None` only for a method missing from the registry,
+    /// which the registry's tests rule out).
+    #[must_use]
+    pub fn descriptor(&self) -> Option<&'static MethodDescriptor> {
+        registry::find(self.name())
+    }
+
+    /// What the method needs besides the checkpoints, from its registry entry.
+    #[must_use]
+    pub fn kind(&self) -> MethodKind {
+        self.descriptor().map_or(MethodKind::DataFree, |d| d.kind)
+    }
+
     /// Whether the method adapts at test time (is fed seed images and heads).
     #[must_use]
     pub fn is_test_time(&self) -> bool {
-        matches!(self, Self::Mingle(_) | Self::AdaMerging(_) | Self::Wemoe(_))
+        self.kind() == MethodKind::TestTime
     }
 
     /// Whether the method needs the benchmark's training data (C. Fine-Tuned).
     #[must_use]
     pub fn needs_training_data(&self) -> bool {
-        matches!(self, Self::Sequential(_))
+        self.kind() == MethodKind::NeedsTrainingData
     }
 
     /// The seed-image setup of a test-time method (`None` otherwise).
@@ -174,19 +181,14 @@ impl MethodSpec {
         v.map_err(|e| RunError::config(e.to_string()))
     }
 
-    /// The reference defaults of method `name` (a registry name, a test-time method or
-    /// `c_finetuned`).
+    /// The reference defaults of method `name` (any name of the
+    /// [`registry`]).
     ///
     /// # Errors
-    /// [`madeit_merge::MergeError::UnknownMethod`] wrapped in [`RunError::Merge`].
+    /// [`madeit_merge::MergeError::UnknownMethod`] listing every registered name, wrapped in
+    /// [`RunError::Merge`].
     pub fn default_for(name: &str) -> Result<Self, RunError> {
-        Ok(match name {
-            MINGLE => Self::Mingle(MingleConfig::default()),
-            LW_ADAMERGING => Self::AdaMerging(AdaMergingConfig::default()),
-            LORA_WEMOE => Self::Wemoe(WemoeConfig::default()),
-            C_FINETUNED => Self::Sequential(SequentialConfig::default()),
-            _ => Self::Merge(MethodConfig::default_for(name)?),
-        })
+        Ok(registry::method(name)?.default_config())
     }
 
     /// Parses a table with a `method` key (see the module docs).
@@ -197,28 +199,15 @@ impl MethodSpec {
     /// [`MethodConfig::from_json_value`], wrapped in [`RunError::Merge`]. Values are not
     /// range-checked: see [`check`](Self::check).
     pub fn from_json_value(value: serde_json::Value) -> Result<Self, RunError> {
-        fn parse<T: DeserializeOwned>(
-            method: &'static str,
-            map: &serde_json::Map<String, serde_json::Value>,
-        ) -> Result<T, RunError> {
-            let mut map = map.clone();
-            map.remove("method");
-            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
-                RunError::from(madeit_adapt::AdaptError::InvalidConfig {
-                    method,
-                    message: e.to_string(),
-                })
-            })
+        if let serde_json::Value::Object(map) = &value
+            && let Some(name) = map.get("method").and_then(serde_json::Value::as_str)
+        {
+            let descriptor = registry::method(name)?;
+            let mut fields = map.clone();
+            fields.remove("method");
+            return descriptor.parse(fields);
         }
-        if let serde_json::Value::Object(map) = &value {
-            match map.get("method").and_then(serde_json::Value::as_str) {
-                Some(MINGLE) => return Ok(Self::Mingle(parse(MINGLE, map)?)),
-                Some(LW_ADAMERGING) => return Ok(Self::AdaMerging(parse(LW_ADAMERGING, map)?)),
-                Some(LORA_WEMOE) => return Ok(Self::Wemoe(parse(LORA_WEMOE, map)?)),
-                Some(C_FINETUNED) => return Ok(Self::Sequential(parse(C_FINETUNED, map)?)),
-                _ => {}
-            }
-        }
+        // Not a table, or no string `method`: the registry's parser names the problem.
         Ok(Self::Merge(MethodConfig::from_json_value(value)?))
     }
 

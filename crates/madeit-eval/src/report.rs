@@ -14,23 +14,17 @@ use std::fmt::Write as _;
 use crate::experiment::ExperimentResults;
 use crate::metrics::MeanStd;
 
-/// The display name of a registered method (`ties` → `TIES-Merging`); unknown names are
+/// The display name of a registered method, its registry label (`ties` → `TIES-Merging`);
+/// `madeit`, an earlier name of `made_it`, is shown as `made_it` is. Unknown names are
 /// returned as given.
 #[must_use]
 pub fn display_name(method: &str) -> &str {
-    match method {
-        "swa" => "SWA",
-        "task_arithmetic" => "Task Arithmetic",
-        "ties" => "TIES-Merging",
-        "magmax" => "MagMax",
-        "opcm" => "OPCM",
-        "made_it" | "madeit" => "MADE-IT",
-        "mingle" => "MINGLE",
-        "c_lw_adamerging" => "C. LW AdaMerging",
-        "c_lora_wemoe" => "C. LoRA-WEMoE",
-        "c_finetuned" => "C. Fine-Tuned",
-        other => other,
-    }
+    let name = if method == "madeit" {
+        "made_it"
+    } else {
+        method
+    };
+    crate::registry::find(name).map_or(method, |m| m.info.label)
 }
 
 fn row_name(label: &str, method: &str, note: Option<&str>) -> String {
@@ -80,11 +74,18 @@ pub fn table_methods(r: &ExperimentResults) -> String {
             bwt
         );
     }
-    if !r.summaries.iter().any(|m| m.method == "c_finetuned") {
-        let _ = writeln!(
-            s,
-            "| C. Fine-Tuned [needs training data] | not run | not run |"
-        );
+    // The reference rows that need training data (C. Fine-Tuned) are opt-in; say so.
+    for m in crate::registry::methods() {
+        if m.kind == crate::registry::MethodKind::NeedsTrainingData
+            && !r.summaries.iter().any(|sm| sm.method == m.name())
+        {
+            let _ = writeln!(
+                s,
+                "| {} [{}] | not run | not run |",
+                m.info.label,
+                m.kind.describe()
+            );
+        }
     }
     s
 }

@@ -16,8 +16,8 @@
 //!
 //! Cost: one full fine-tune per task (`BuildConfig::finetune_steps(n_train)` steps of batch
 //! 64: 500 steps on most zoo tasks, about 80 s each on 2 cores), so about 13 minutes per
-//! order on the zoo. `madeit run` leaves it out unless asked for
-//! ([`crate::TRAINING_METHODS`]).
+//! order on the zoo. `madeit run` leaves it out unless asked for (its
+//! [`registry`](crate::registry) entry is not run by default).
 
 use std::path::PathBuf;
 

@@ -357,10 +357,28 @@ fn bad_experiment_configs_are_typed_errors() {
     );
     let d = parse("[experiment]").expect("defaults");
     assert_eq!(d, ExperimentConfig::default());
+    // The default run: the data-free methods of the registry except the opt-in ones, then
+    // the test-time methods, in this order (the methods and order of the published runs).
+    let default_names: Vec<&str> = d.methods.iter().map(|m| m.label.as_str()).collect();
     assert_eq!(
-        d.methods.len(),
-        madeit_merge::METHODS.len() + madeit_eval::method::TEST_TIME_METHODS.len()
+        default_names,
+        [
+            "swa",
+            "task_arithmetic",
+            "ties",
+            "magmax",
+            "opcm",
+            "made_it",
+            "c_lw_adamerging",
+            "c_lora_wemoe",
+            "mingle"
+        ]
     );
+    let registry_defaults: Vec<&str> = madeit_eval::registry::default_methods()
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    assert_eq!(default_names, registry_defaults);
 
     let merge_error = |text: &str| match parse(text) {
         Err(RunError::Merge(e)) => Some(*e),

@@ -8,11 +8,10 @@ use common::run_fresh as run;
 use common::{assert_full_triangle, temp_zoo, tiny_zoo};
 
 use madeit_adapt::{AdaMergingConfig, WemoeConfig};
+use madeit_eval::registry::{self, MethodKind};
 use madeit_eval::report::table_methods;
 use madeit_eval::runner::{StreamResult, StreamSpec};
-use madeit_eval::{
-    C_FINETUNED, MethodSpec, RunError, SequentialConfig, TEST_TIME_METHODS, TRAINING_METHODS,
-};
+use madeit_eval::{C_FINETUNED, MethodSpec, RunError, SequentialConfig};
 use madeit_merge::MethodConfig;
 
 fn quick_adamerging(accumulate: bool) -> AdaMergingConfig {
@@ -165,9 +164,13 @@ fn the_new_methods_parse_check_and_round_trip() {
         cache_dir: None,
     });
     assert!(bad.check().is_err());
-    assert!(TEST_TIME_METHODS.contains(&"c_lw_adamerging"));
-    assert!(TEST_TIME_METHODS.contains(&"c_lora_wemoe"));
-    assert_eq!(TRAINING_METHODS, [C_FINETUNED]);
+    let test_time = registry::names_of(MethodKind::TestTime);
+    assert!(test_time.contains(&"c_lw_adamerging"));
+    assert!(test_time.contains(&"c_lora_wemoe"));
+    assert_eq!(
+        registry::names_of(MethodKind::NeedsTrainingData),
+        [C_FINETUNED]
+    );
 }
 
 #[test]

@@ -17,6 +17,10 @@ directly from the math:
 - MagMax-Ind: tau_max = where(|tau_t| >= |tau_max|, tau_t, tau_max); theta0 + 0.5 tau_max
 - OPCM: full-matrix SVD of the merged task vector (numpy, float64), C = U^T tau V with its
   diagonal and C[:k,:k] zeroed, rescale to the mean task-vector norm, class_embedding quirk.
+- Continual Iso-C (after the `iso_c` merge of the Iso-C authors' code, as packaged in
+  FusionBench `method/isotropic_merging/iso_utils.py`, applied to the first t task vectors):
+  every 2-D tensor whose name holds no excluded substring gets S = sum tau_i = U diag(s) Vh
+  (thin SVD, float64) -> alpha * mean(s) * U Vh; every other tensor alpha * mean(tau_i).
 
 Conventions shared with the Rust code: models are stored in float32; each step computes in
 float64 from the stored float32 values and rounds once; decisions (TIES trim and signs,
@@ -230,6 +234,23 @@ def opcm(pre, tasks, alpha=0.5, quirk=True):
     return out
 
 
+def iso_c(pre, tasks, alpha=1.0, exclude=()):
+    out, total = [], {k: np.zeros(v.shape) for k, v in pre.items()}
+    for t, ft in enumerate(tasks, start=1):
+        for k in pre:
+            total[k] = total[k] + (f64(ft[k]) - f64(pre[k]))
+        merged = {}
+        for k in pre:
+            if total[k].ndim == 2 and not any(p in k for p in exclude):
+                u, s, vh = np.linalg.svd(total[k], full_matrices=False)
+                delta = np.mean(s) * (u @ vh)
+            else:
+                delta = total[k] / t
+            merged[k] = (f64(pre[k]) + alpha * delta).astype(np.float32)
+        out.append(merged)
+    return out
+
+
 def write_safetensors(path, tensors):
     """Minimal safetensors writer: 8-byte little-endian header size, JSON header, data."""
     header, blobs, offset = {}, [], 0
@@ -268,6 +289,8 @@ def main():
         "magmax": magmax(pre, tasks),
         "opcm": opcm(pre, tasks),
         "opcm_no_quirk": opcm(pre, tasks, quirk=False),
+        "iso_c": iso_c(pre, tasks),
+        "iso_c_excluded": iso_c(pre, tasks, alpha=0.8, exclude=("position_embedding",)),
     }
     for method, steps in expected.items():
         flat = {}

@@ -12,20 +12,32 @@
 //!
 //! Unknown methods and unknown keys are errors. [`MethodConfig::check`] validates the
 //! values once; [`MethodConfig::build`] checks and constructs the merger.
+//!
+//! # The registry
+//!
+//! Every data-free method is one line of the `registry!` invocation below: a
+//! [`MethodConfig`] variant holding the method's configuration type, which implements
+//! [`MergeMethodConfig`] (its [`MethodInfo`], range checks and constructor). The macro
+//! derives the enum, its dispatch (`info`, `check`, `build`, serde) and [`REGISTRY`];
+//! [`METHODS`], [`MethodConfig::default_for`] and the parsers read [`REGISTRY`]. See
+//! `docs/adding-a-method.md`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use madeit_experts::{ExpertsError, MadeItConfig};
 
-use crate::methods::{MadeItMerger, MagMax, Opcm, Swa, TaskArithmeticFamily};
+use crate::methods::{IsoCConfig, MadeItMerger, MagMax, Opcm, Swa, TaskArithmeticFamily};
 use crate::{ContinualMerger, MergeError, MergerState};
 
-/// One entry of the method registry.
+/// The descriptive part of a registry entry: what the method is called, where it comes
+/// from, whether the default experiment runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodInfo {
     /// Registry name, the value of the `method` key.
     pub name: &'static str,
+    /// Short name, the row label of the results tables (`TIES-Merging`).
+    pub label: &'static str,
     /// Human-readable name.
     pub title: &'static str,
     /// One-line description of the update rule.
@@ -34,62 +46,213 @@ pub struct MethodInfo {
     pub paper: &'static str,
     /// The reference implementation whose semantics (and defaults) this crate follows.
     pub reference: &'static str,
+    /// Whether the default experiment (`madeit run` without `--methods` or a `methods` list)
+    /// runs the method.
+    pub default_run: bool,
 }
 
-/// Every registered method, in the order of the papers' tables.
-pub const METHODS: &[MethodInfo] = &[
-    MethodInfo {
-        name: "swa",
-        title: "Stochastic weight averaging (continual)",
-        summary: "θ^(t) = ((t−1) θ^(t−1) + θ_t) / t, the running mean of the fine-tuned models",
-        paper: "https://arxiv.org/abs/1803.05407",
-        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/weight_average.py",
-    },
-    MethodInfo {
-        name: "task_arithmetic",
-        title: "Continual task arithmetic",
-        summary: "θ^(t) = θ^(t−1) + λ τ_t",
-        paper: "https://arxiv.org/abs/2212.04089",
-        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/task_arithmetic.py",
-    },
-    MethodInfo {
-        name: "ties",
-        title: "Continual TIES-merging",
-        summary: "θ^(t) = θ^(t−1) + λ · TIES(θ^(t−1) − θ_0, τ_t): global top-k trim, sign election, disjoint sum",
-        paper: "https://arxiv.org/abs/2306.01708",
-        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/ties_merging.py",
-    },
-    MethodInfo {
-        name: "magmax",
-        title: "MagMax-Ind",
-        summary: "τ_max = elementwise larger-magnitude of (τ_max, τ_t); θ^(t) = θ_0 + 0.5 τ_max",
-        paper: "https://arxiv.org/abs/2407.06322",
-        reference: "https://github.com/zihuanqiu/MINGLE/blob/main/fusion_bench/method/mingle/magmax.py",
-    },
-    MethodInfo {
-        name: "opcm",
-        title: "OPCM (orthogonal projection-based continual merging)",
-        summary: "project τ_t off the singular directions of the merged task vector, add, rescale to the mean task-vector norm",
-        paper: "https://arxiv.org/abs/2501.09522",
-        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/opcm.py",
-    },
-    MethodInfo {
-        name: "made_it",
-        title: "MADE-IT (manifold-aware dynamic expert evolution and implicit routing)",
-        summary: "per target module, the top-r SVD of τ_t joins the most similar low-rank expert if its subspace affinity exceeds μ + κσ of the affinity history, else becomes a new expert; inputs are routed along task-consistent expert paths by feature projection alignment",
-        paper: "MADE-IT: Manifold-Aware Dynamic Expert Evolution and Implicit rouTing (no public link; the method as reconstructed in madeit-experts)",
-        reference: "https://github.com/madeit-rs/madeit/tree/main/crates/madeit-experts",
-    },
-];
+/// What the configuration type of a data-free method provides to the registry: its
+/// [`MethodInfo`], the range checks of its values and the constructor of its merger.
+///
+/// `Default` gives the reference implementation's values; serde gives the TOML/JSON form
+/// (every field optional, unknown keys rejected). The [`MethodConfig`] variant holding the
+/// type is declared by the method's line in the registry of this module.
+pub trait MergeMethodConfig:
+    Clone + Default + Serialize + DeserializeOwned + Into<MethodConfig> + 'static
+{
+    /// The method's registry entry.
+    const INFO: MethodInfo;
+
+    /// Validates every value once.
+    ///
+    /// # Errors
+    /// [`MergeError::InvalidParameter`] naming the parameter and its valid range.
+    fn check(&self) -> Result<(), MergeError>;
+
+    /// Checks the configuration and builds an empty merger.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError>;
+}
+
+/// One data-free method of the registry: its [`MethodInfo`], its default configuration and
+/// the parser of its TOML/JSON form.
+#[derive(Debug, Clone, Copy)]
+pub struct MergeMethod {
+    /// Name, titles, paper, reference, default-run flag.
+    pub info: MethodInfo,
+    default_config: fn() -> MethodConfig,
+    parse: fn(
+        &'static str,
+        serde_json::Map<String, serde_json::Value>,
+    ) -> Result<MethodConfig, MergeError>,
+}
+
+impl MergeMethod {
+    /// The entry of the method configured by `C`.
+    #[must_use]
+    pub const fn of<C: MergeMethodConfig>() -> Self {
+        Self {
+            info: C::INFO,
+            default_config: default_config_of::<C>,
+            parse: parse_config_of::<C>,
+        }
+    }
+
+    /// The reference defaults.
+    #[must_use]
+    pub fn default_config(&self) -> MethodConfig {
+        (self.default_config)()
+    }
+
+    /// Parses the method's parameters (the table without its `method` key). Values are not
+    /// range-checked: see [`MethodConfig::check`].
+    ///
+    /// # Errors
+    /// [`MergeError::InvalidConfig`] naming the offending key.
+    pub fn parse(
+        &self,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<MethodConfig, MergeError> {
+        (self.parse)(self.info.name, fields)
+    }
+}
+
+fn default_config_of<C: MergeMethodConfig>() -> MethodConfig {
+    C::default().into()
+}
+
+fn parse_config_of<C: MergeMethodConfig>(
+    name: &'static str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> Result<MethodConfig, MergeError> {
+    parse_fields::<C>(name, fields).map(Into::into)
+}
+
+/// Declares the registry: the [`MethodConfig`] enum (one variant per method), its dispatch
+/// and [`REGISTRY`], from one line per method.
+macro_rules! registry {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty), )+) => {
+        /// The configuration of one merging method, tagged by its registry name
+        /// (`method = "..."`). Each variant is one line of the registry in `config.rs`.
+        #[derive(Debug, Clone, PartialEq)]
+        #[non_exhaustive]
+        pub enum MethodConfig {
+            $( $(#[$doc])* $variant($ty), )+
+        }
+
+        /// Every registered data-free method, in the order of the papers' tables (and of the
+        /// default experiment).
+        pub const REGISTRY: &[MergeMethod] = &[ $( MergeMethod::of::<$ty>(), )+ ];
+
+        $(
+            impl From<$ty> for MethodConfig {
+                fn from(c: $ty) -> Self {
+                    Self::$variant(c)
+                }
+            }
+        )+
+
+        impl MethodConfig {
+            /// The registry entry of the method.
+            #[must_use]
+            pub fn info(&self) -> &'static MethodInfo {
+                match self {
+                    $( Self::$variant(_) => &<$ty as MergeMethodConfig>::INFO, )+
+                }
+            }
+
+            /// Validates every value once.
+            ///
+            /// # Errors
+            /// [`MergeError::InvalidParameter`] naming the parameter and its valid range.
+            pub fn check(&self) -> Result<(), MergeError> {
+                match self {
+                    $( Self::$variant(c) => <$ty as MergeMethodConfig>::check(c), )+
+                }
+            }
+
+            /// Checks the configuration and builds an empty merger.
+            ///
+            /// # Errors
+            /// As [`check`](Self::check).
+            pub fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+                match self {
+                    $( Self::$variant(c) => <$ty as MergeMethodConfig>::build(c), )+
+                }
+            }
+        }
+
+        impl Serialize for MethodConfig {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let method = self.name();
+                match self {
+                    $( Self::$variant(config) => Tagged { method, config }.serialize(s), )+
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    /// `swa`: [`SwaConfig`].
+    Swa(SwaConfig),
+    /// `task_arithmetic`: [`TaskArithmeticConfig`].
+    TaskArithmetic(TaskArithmeticConfig),
+    /// `ties`: [`TiesConfig`].
+    Ties(TiesConfig),
+    /// `magmax`: [`MagMaxConfig`].
+    MagMax(MagMaxConfig),
+    /// `opcm`: [`OpcmConfig`].
+    Opcm(OpcmConfig),
+    /// `made_it`: [`MadeItConfig`] (its fields at the top level, e.g. `rho = 0.1`,
+    /// `kappa = 1.0`, `svd = "exact"`; the default `svd` is
+    /// `{ auto = { min_dim = 512, oversample = 10, power_iters = 2, seed = 0 } }`).
+    MadeIt(MadeItConfig),
+    /// `c_iso_c`: [`IsoCConfig`].
+    IsoC(IsoCConfig),
+}
+
+/// The serde form of a configuration: `method = NAME` and the configuration's fields.
+#[derive(Serialize)]
+struct Tagged<'a, T: Serialize> {
+    method: &'static str,
+    #[serde(flatten)]
+    config: &'a T,
+}
+
+const REGISTRY_LEN: usize = REGISTRY.len();
+
+const METHOD_INFOS: [MethodInfo; REGISTRY_LEN] = {
+    let mut out = [REGISTRY[0].info; REGISTRY_LEN];
+    let mut i = 0;
+    while i < REGISTRY_LEN {
+        out[i] = REGISTRY[i].info;
+        i += 1;
+    }
+    out
+};
+
+/// The [`MethodInfo`] of every entry of [`REGISTRY`], in its order.
+pub const METHODS: &[MethodInfo] = &METHOD_INFOS;
 
 /// The registry entry of `name`.
 ///
 /// # Errors
 /// [`MergeError::UnknownMethod`] listing the registered names.
 pub fn method_info(name: &str) -> Result<&'static MethodInfo, MergeError> {
-    METHODS
+    merge_method(name).map(|m| &m.info)
+}
+
+/// The data-free method registered as `name`.
+///
+/// # Errors
+/// [`MergeError::UnknownMethod`] listing the registered names.
+pub fn merge_method(name: &str) -> Result<&'static MergeMethod, MergeError> {
+    REGISTRY
         .iter()
-        .find(|m| m.name == name)
+        .find(|m| m.info.name == name)
         .ok_or_else(|| unknown_method(name))
 }
 
@@ -262,52 +425,11 @@ fn default_embedding_patterns() -> Vec<String> {
     vec!["embedding".to_owned()]
 }
 
-/// The configuration of one merging method, tagged by its registry name (`method = "..."`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum MethodConfig {
-    /// `swa`: [`SwaConfig`].
-    Swa(SwaConfig),
-    /// `task_arithmetic`: [`TaskArithmeticConfig`].
-    TaskArithmetic(TaskArithmeticConfig),
-    /// `ties`: [`TiesConfig`].
-    Ties(TiesConfig),
-    /// `magmax`: [`MagMaxConfig`].
-    #[serde(rename = "magmax")]
-    MagMax(MagMaxConfig),
-    /// `opcm`: [`OpcmConfig`].
-    Opcm(OpcmConfig),
-    /// `made_it`: [`MadeItConfig`] (its fields at the top level, e.g. `rho = 0.1`,
-    /// `kappa = 1.0`, `svd = "exact"`; the default `svd` is
-    /// `{ auto = { min_dim = 512, oversample = 10, power_iters = 2, seed = 0 } }`).
-    #[serde(rename = "made_it")]
-    MadeIt(MadeItConfig),
-}
-
 impl MethodConfig {
     /// The registry name of the method.
     #[must_use]
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Swa(_) => "swa",
-            Self::TaskArithmetic(_) => "task_arithmetic",
-            Self::Ties(_) => "ties",
-            Self::MagMax(_) => "magmax",
-            Self::Opcm(_) => "opcm",
-            Self::MadeIt(_) => "made_it",
-        }
-    }
-
-    /// The registry entry of the method.
-    #[must_use]
-    pub fn info(&self) -> &'static MethodInfo {
-        let name = self.name();
-        // Every variant has an entry; the fallback is never taken.
-        METHODS
-            .iter()
-            .find(|m| m.name == name)
-            .unwrap_or(&METHODS[0])
+        self.info().name
     }
 
     /// The reference defaults of method `name`.
@@ -315,15 +437,7 @@ impl MethodConfig {
     /// # Errors
     /// [`MergeError::UnknownMethod`].
     pub fn default_for(name: &str) -> Result<Self, MergeError> {
-        Ok(match method_info(name)?.name {
-            "swa" => Self::Swa(SwaConfig::default()),
-            "task_arithmetic" => Self::TaskArithmetic(TaskArithmeticConfig::default()),
-            "ties" => Self::Ties(TiesConfig::default()),
-            "magmax" => Self::MagMax(MagMaxConfig::default()),
-            "opcm" => Self::Opcm(OpcmConfig::default()),
-            "made_it" => Self::MadeIt(MadeItConfig::default()),
-            other => return Err(unknown_method(other)),
-        })
+        merge_method(name).map(MergeMethod::default_config)
     }
 
     /// Parses a configuration from a JSON value (an object with a `method` key).
@@ -353,16 +467,7 @@ impl MethodConfig {
                 });
             }
         };
-        let name = method_info(&method)?.name;
-        Ok(match name {
-            "swa" => Self::Swa(parse_fields(name, map)?),
-            "task_arithmetic" => Self::TaskArithmetic(parse_fields(name, map)?),
-            "ties" => Self::Ties(parse_fields(name, map)?),
-            "magmax" => Self::MagMax(parse_fields(name, map)?),
-            "opcm" => Self::Opcm(parse_fields(name, map)?),
-            "made_it" => Self::MadeIt(parse_fields(name, map)?),
-            other => return Err(unknown_method(other)),
-        })
+        merge_method(&method)?.parse(map)
     }
 
     /// Parses a configuration from JSON text.
@@ -393,77 +498,169 @@ impl MethodConfig {
         })?;
         Self::from_json_value(value)
     }
+}
 
-    /// Validates every value once.
-    ///
-    /// # Errors
-    /// [`MergeError::InvalidParameter`] naming the parameter and its valid range.
-    pub fn check(&self) -> Result<(), MergeError> {
-        let name = self.name();
-        let finite = |parameter: &'static str, v: f64| {
-            if v.is_finite() {
-                Ok(())
-            } else {
-                Err(MergeError::InvalidParameter {
-                    method: name,
-                    parameter,
-                    value: v.to_string(),
-                    reason: "must be finite",
-                })
-            }
-        };
-        match self {
-            Self::Swa(_) => Ok(()),
-            Self::TaskArithmetic(c) => finite("lambda", c.lambda),
-            Self::Ties(c) => {
-                finite("lambda", c.lambda)?;
-                if !(c.keep_fraction > 0.0 && c.keep_fraction <= 1.0) {
-                    return Err(MergeError::InvalidParameter {
-                        method: name,
-                        parameter: "keep_fraction",
-                        value: c.keep_fraction.to_string(),
-                        reason: "must lie in (0, 1] (a fraction, not a percentage)",
-                    });
-                }
-                Ok(())
-            }
-            Self::MagMax(c) => finite("scaling_factor", c.scaling_factor),
-            Self::Opcm(c) => {
-                if !(0.0..=1.0).contains(&c.alpha) {
-                    return Err(MergeError::InvalidParameter {
-                        method: name,
-                        parameter: "alpha",
-                        value: c.alpha.to_string(),
-                        reason: "must lie in [0, 1]",
-                    });
-                }
-                if c.embedding_patterns.iter().any(String::is_empty) {
-                    return Err(MergeError::InvalidParameter {
-                        method: name,
-                        parameter: "embedding_patterns",
-                        value: format!("{:?}", c.embedding_patterns),
-                        reason: "patterns must be non-empty substrings",
-                    });
-                }
-                Ok(())
-            }
-            Self::MadeIt(c) => c.check().map_err(|e| made_it_parameter(c, &e)),
-        }
+/// [`MergeError::InvalidParameter`] unless `v` is finite.
+pub(crate) fn check_finite(
+    method: &'static str,
+    parameter: &'static str,
+    v: f64,
+) -> Result<(), MergeError> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(MergeError::InvalidParameter {
+            method,
+            parameter,
+            value: v.to_string(),
+            reason: "must be finite",
+        })
+    }
+}
+
+impl MergeMethodConfig for SwaConfig {
+    const INFO: MethodInfo = MethodInfo {
+        name: "swa",
+        label: "SWA",
+        title: "Stochastic weight averaging (continual)",
+        summary: "θ^(t) = ((t−1) θ^(t−1) + θ_t) / t, the running mean of the fine-tuned models",
+        paper: "https://arxiv.org/abs/1803.05407",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/weight_average.py",
+        default_run: true,
+    };
+
+    fn check(&self) -> Result<(), MergeError> {
+        Ok(())
     }
 
-    /// Checks the configuration and builds an empty merger.
-    ///
-    /// # Errors
-    /// As [`check`](Self::check).
-    pub fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
-        Ok(match self {
-            Self::Swa(c) => Box::new(Swa::new(*c)?),
-            Self::TaskArithmetic(c) => Box::new(TaskArithmeticFamily::task_arithmetic(*c)?),
-            Self::Ties(c) => Box::new(TaskArithmeticFamily::ties(*c)?),
-            Self::MagMax(c) => Box::new(MagMax::new(*c)?),
-            Self::Opcm(c) => Box::new(Opcm::new(c.clone())?),
-            Self::MadeIt(c) => Box::new(MadeItMerger::new(c.clone())?),
-        })
+    fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+        Ok(Box::new(Swa::new(*self)?))
+    }
+}
+
+impl MergeMethodConfig for TaskArithmeticConfig {
+    const INFO: MethodInfo = MethodInfo {
+        name: "task_arithmetic",
+        label: "Task Arithmetic",
+        title: "Continual task arithmetic",
+        summary: "θ^(t) = θ^(t−1) + λ τ_t",
+        paper: "https://arxiv.org/abs/2212.04089",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/task_arithmetic.py",
+        default_run: true,
+    };
+
+    fn check(&self) -> Result<(), MergeError> {
+        check_finite(Self::INFO.name, "lambda", self.lambda)
+    }
+
+    fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+        Ok(Box::new(TaskArithmeticFamily::task_arithmetic(*self)?))
+    }
+}
+
+impl MergeMethodConfig for TiesConfig {
+    const INFO: MethodInfo = MethodInfo {
+        name: "ties",
+        label: "TIES-Merging",
+        title: "Continual TIES-merging",
+        summary: "θ^(t) = θ^(t−1) + λ · TIES(θ^(t−1) − θ_0, τ_t): global top-k trim, sign election, disjoint sum",
+        paper: "https://arxiv.org/abs/2306.01708",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/ties_merging.py",
+        default_run: true,
+    };
+
+    fn check(&self) -> Result<(), MergeError> {
+        check_finite(Self::INFO.name, "lambda", self.lambda)?;
+        if !(self.keep_fraction > 0.0 && self.keep_fraction <= 1.0) {
+            return Err(MergeError::InvalidParameter {
+                method: Self::INFO.name,
+                parameter: "keep_fraction",
+                value: self.keep_fraction.to_string(),
+                reason: "must lie in (0, 1] (a fraction, not a percentage)",
+            });
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+        Ok(Box::new(TaskArithmeticFamily::ties(*self)?))
+    }
+}
+
+impl MergeMethodConfig for MagMaxConfig {
+    const INFO: MethodInfo = MethodInfo {
+        name: "magmax",
+        label: "MagMax",
+        title: "MagMax-Ind",
+        summary: "τ_max = elementwise larger-magnitude of (τ_max, τ_t); θ^(t) = θ_0 + 0.5 τ_max",
+        paper: "https://arxiv.org/abs/2407.06322",
+        reference: "https://github.com/zihuanqiu/MINGLE/blob/main/fusion_bench/method/mingle/magmax.py",
+        default_run: true,
+    };
+
+    fn check(&self) -> Result<(), MergeError> {
+        check_finite(Self::INFO.name, "scaling_factor", self.scaling_factor)
+    }
+
+    fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+        Ok(Box::new(MagMax::new(*self)?))
+    }
+}
+
+impl MergeMethodConfig for OpcmConfig {
+    const INFO: MethodInfo = MethodInfo {
+        name: "opcm",
+        label: "OPCM",
+        title: "OPCM (orthogonal projection-based continual merging)",
+        summary: "project τ_t off the singular directions of the merged task vector, add, rescale to the mean task-vector norm",
+        paper: "https://arxiv.org/abs/2501.09522",
+        reference: "https://github.com/tanganke/fusion_bench/blob/main/fusion_bench/method/opcm/opcm.py",
+        default_run: true,
+    };
+
+    fn check(&self) -> Result<(), MergeError> {
+        let name = Self::INFO.name;
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(MergeError::InvalidParameter {
+                method: name,
+                parameter: "alpha",
+                value: self.alpha.to_string(),
+                reason: "must lie in [0, 1]",
+            });
+        }
+        if self.embedding_patterns.iter().any(String::is_empty) {
+            return Err(MergeError::InvalidParameter {
+                method: name,
+                parameter: "embedding_patterns",
+                value: format!("{:?}", self.embedding_patterns),
+                reason: "patterns must be non-empty substrings",
+            });
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+        Ok(Box::new(Opcm::new(self.clone())?))
+    }
+}
+
+impl MergeMethodConfig for MadeItConfig {
+    const INFO: MethodInfo = MethodInfo {
+        name: "made_it",
+        label: "MADE-IT",
+        title: "MADE-IT (manifold-aware dynamic expert evolution and implicit routing)",
+        summary: "per target module, the top-r SVD of τ_t joins the most similar low-rank expert if its subspace affinity exceeds μ + κσ of the affinity history, else becomes a new expert; inputs are routed along task-consistent expert paths by feature projection alignment",
+        paper: "MADE-IT: Manifold-Aware Dynamic Expert Evolution and Implicit rouTing (no public link; the method as reconstructed in madeit-experts)",
+        reference: "https://github.com/madeit-rs/madeit/tree/main/crates/madeit-experts",
+        default_run: true,
+    };
+
+    fn check(&self) -> Result<(), MergeError> {
+        MadeItConfig::check(self).map_err(|e| made_it_parameter(self, &e))
+    }
+
+    fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
+        Ok(Box::new(MadeItMerger::new(self.clone())?))
     }
 }
 

@@ -17,9 +17,10 @@
 //! | [`MagMax`] | `magmax` | `θ^(t) = θ_0 + 0.5 maxabs(τ_1, …, τ_t)` |
 //! | [`Opcm`] | `opcm` | project `τ_t` off the singular directions of `θ^(t−1) − θ_0`, rescale |
 //! | [`MadeItMerger`] | `made_it` | evolve low-rank experts per target module (create or consolidate by subspace affinity); route per input along task-consistent paths |
+//! | [`IsoC`] | `c_iso_c` | `θ^(t) = θ_0 + α iso(Σ τ_i)`: per 2-D weight, the sum's singular values replaced by their mean (opt-in) |
 //!
 //! Every method follows the semantics and defaults of its reference implementation (listed
-//! in [`METHODS`]); every parameter tensor takes part. Methods are built from a
+//! in [`REGISTRY`], one line per method: see `docs/adding-a-method.md`); every parameter tensor takes part. Methods are built from a
 //! [`MethodConfig`] (TOML or JSON, `method = "<name>"`, unknown keys rejected, values checked
 //! once by [`MethodConfig::check`]).
 //!
@@ -33,8 +34,9 @@ mod methods;
 mod state;
 
 pub use config::{
-    Aggregate, METHODS, MagMaxConfig, MethodConfig, MethodInfo, OpcmConfig, SvdPrecision,
-    SwaConfig, TaskArithmeticConfig, TiesConfig, method_info, resume,
+    Aggregate, METHODS, MagMaxConfig, MergeMethod, MergeMethodConfig, MethodConfig, MethodInfo,
+    OpcmConfig, REGISTRY, SvdPrecision, SwaConfig, TaskArithmeticConfig, TiesConfig, merge_method,
+    method_info, resume,
 };
 pub use contract::{
     ContinualMerger, ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,
@@ -43,8 +45,8 @@ pub use error::MergeError;
 /// MADE-IT's hyper-parameters (the configuration of `method = "made_it"`).
 pub use madeit_experts::MadeItConfig;
 pub use methods::{
-    Consensus, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily,
-    made_it_expert_model, opcm_projection, split_rank,
+    Consensus, IsoC, IsoCConfig, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily,
+    iso_c_matrix, made_it_expert_model, opcm_projection, split_rank,
 };
 pub use state::{
     Fingerprint, MergerState, STATE_FORMAT, STATE_VERSION, StateMetadata, TaskRecord, exact_f64,

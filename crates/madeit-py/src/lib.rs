@@ -21,10 +21,11 @@ use madeit::eval::checkpoints::{
 };
 use madeit::eval::metrics::AccuracyMatrix;
 use madeit::eval::orders::task_order;
+use madeit::eval::registry::{self, MethodKind};
 use madeit::experts::store;
 use madeit::merge::{
-    ContinualMerger, METHODS, MadeItMerger, MergeError, MergedModel, MergerState, MethodConfig,
-    StepReport, TaskId,
+    ContinualMerger, MadeItMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport,
+    TaskId,
 };
 use madeit::params::{DType, ParamDict, Tensor};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -500,13 +501,18 @@ impl MergerCore {
     }
 }
 
-/// Every data-free merging method (those `madeit merge` runs): a list of dicts with `name`,
-/// `title`, `summary`, `paper`, `reference`, `kind` and `defaults` (every hyper-parameter
-/// with its default value).
+/// Every data-free merging method of the registry (those `madeit merge` runs), in registry
+/// order: a list of dicts with `name`, `label` (the results tables' row name), `title`,
+/// `summary`, `paper`, `reference`, `kind`, `default_run` (whether `madeit run` runs it by
+/// default) and `defaults` (every hyper-parameter with its default value).
 #[pyfunction]
 fn methods<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
     let mut all = Vec::new();
-    for info in METHODS {
+    for descriptor in registry::methods() {
+        if descriptor.kind != MethodKind::DataFree {
+            continue;
+        }
+        let info = &descriptor.info;
         let cfg = MethodConfig::default_for(info.name).map_err(|e| py_err(&e))?;
         let mut defaults =
             serde_json::to_value(&cfg).map_err(|e| MadeitError::new_err(e.to_string()))?;
@@ -520,11 +526,13 @@ fn methods<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         };
         all.push(serde_json::json!({
             "name": info.name,
+            "label": info.label,
             "title": info.title,
             "summary": info.summary,
             "paper": info.paper,
             "reference": info.reference,
             "kind": kind,
+            "default_run": info.default_run,
             "defaults": defaults,
         }));
     }

@@ -52,11 +52,8 @@ use madeit::vit::{CONFIG_FILE, WEIGHTS_FILE};
 /// Arguments of `madeit merge`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Merging method (swa, task_arithmetic, ties, magmax, opcm, made_it). `made_it` writes
-    /// the backbone plus its expert store (`experts/`, with `tasks.json` naming the task ids).
-    /// MINGLE, c_lw_adamerging and c_lora_wemoe need seed images and heads, c_finetuned
-    /// training data: run them with `madeit run --methods NAME`.
-    #[arg(long)]
+    /// Merging method (the data-free methods of the registry; see `madeit methods`).
+    #[arg(long, help = method_help())]
     pub method: String,
     /// The pretrained checkpoint: a folder with config.json and model.safetensors (or a
     /// sharded model.safetensors.index.json), or a .safetensors file.
@@ -77,6 +74,19 @@ pub struct Args {
     /// output (it is still never one of the inputs).
     #[arg(long)]
     pub force: bool,
+}
+
+/// The help of `--method`, from the registry.
+fn method_help() -> String {
+    use madeit::eval::registry::MethodKind;
+    format!(
+        "Merging method ({}). `made_it` writes the backbone plus its expert store (`experts/`, \
+         with `tasks.json` naming the task ids). {} need seed images and heads, {} training \
+         data: run them with `madeit run --methods NAME`",
+        super::methods::names_of(&[MethodKind::DataFree]),
+        super::methods::names_of(&[MethodKind::TestTime]),
+        super::methods::names_of(&[MethodKind::NeedsTrainingData]),
+    )
 }
 
 /// The kind recorded in the marker of a `madeit merge` output folder.

@@ -6,6 +6,7 @@ pub mod embed;
 pub mod heads;
 pub mod inspect;
 pub mod merge;
+pub mod methods;
 pub mod orders;
 pub mod plots;
 pub mod run;

@@ -76,10 +76,8 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only these methods: labels of the experiment's methods or method names
-    /// (comma-separated): the registry's, the test-time `mingle`, `c_lw_adamerging`,
-    /// `c_lora_wemoe`, and `c_finetuned` (sequential fine-tuning on the zoo's training
-    /// data, not run by default: about 13 min per order on 2 cores).
-    #[arg(long, value_delimiter = ',')]
+    /// (comma-separated; see `madeit methods`).
+    #[arg(long, value_delimiter = ',', help = methods_help())]
     pub methods: Vec<String>,
     /// These seeds (comma-separated) instead of the experiment's.
     #[arg(long, value_delimiter = ',')]
@@ -116,6 +114,20 @@ pub struct Args {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// The help of `--methods`, from the registry.
+fn methods_help() -> String {
+    use madeit::eval::registry::MethodKind;
+    format!(
+        "Only these methods: labels of the experiment's methods or method names \
+         (comma-separated): the data-free {}, the test-time {}, and {} (needs the zoo's \
+         training data: about 13 min per order on 2 cores). Not run by default: {}",
+        super::methods::names_of(&[MethodKind::DataFree]),
+        super::methods::names_of(&[MethodKind::TestTime]),
+        super::methods::names_of(&[MethodKind::NeedsTrainingData]),
+        super::methods::opt_in_names(),
+    )
 }
 
 /// The kind recorded in the marker of a `madeit run` output folder.

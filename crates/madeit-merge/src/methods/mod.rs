@@ -1,12 +1,14 @@
 //! The continual merging methods (weight-space ones and MADE-IT's experts) and the helpers
 //! they share.
 
+mod iso_c;
 mod made_it;
 mod magmax;
 mod opcm;
 mod swa;
 mod task_arithmetic;
 
+pub use iso_c::{IsoC, IsoCConfig, iso_c_matrix};
 pub use made_it::{MadeItMerger, expert_model as made_it_expert_model};
 pub use magmax::MagMax;
 pub use opcm::{Opcm, opcm_projection, split_rank};
