@@ -15,7 +15,7 @@ use madeit_linalg::{LinalgError, Svd, SvdWorkspace};
 use madeit_params::ParamDict;
 use serde::{Deserialize, Serialize};
 
-use super::{check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
+use super::{fold_task_vector, lookup, offset_pretrained, par_build, tensor_like, to_f32};
 use crate::config::{MergeMethodConfig, MethodInfo, check_finite};
 use crate::state::Ledger;
 use crate::{
@@ -226,30 +226,15 @@ impl ContinualMerger for IsoC {
     ) -> Result<StepReport, MergeError> {
         let admitted = self.ledger.admit(pretrained, finetuned, task)?;
         let step = self.ledger.tasks.len() + 1;
-        let first = step == 1;
-        if !first {
-            check_layout(METHOD, pretrained, &self.sum)?;
-        }
-        let names: Vec<&str> = pretrained.keys().collect();
-        let (sum, sum_sq) = par_build(&names, |name| {
-            let p = lookup(METHOD, pretrained, name)?;
-            let f = lookup(METHOD, finetuned, name)?;
-            let tau = f
-                .data()
-                .iter()
-                .zip(p.data())
-                .map(|(&a, &b)| f64::from(a) - f64::from(b));
-            let data: Vec<f32> = if first {
-                tau.map(to_f32).collect()
-            } else {
-                let prev = lookup(METHOD, &self.sum, name)?;
-                tau.zip(prev.data())
-                    .map(|(x, &s)| to_f32(f64::from(s) + x))
-                    .collect()
-            };
-            let sq = data.iter().map(|&x| f64::from(x).powi(2)).sum();
-            Ok((tensor_like(METHOD, name, p, data)?, sq))
-        })?;
+        let running = (step > 1).then_some(&self.sum);
+        let (sum, sum_sq) = fold_task_vector(
+            METHOD,
+            pretrained,
+            finetuned,
+            running,
+            |f, p| to_f32(f64::from(f) - f64::from(p)),
+            |f, p, s| to_f32(f64::from(s) + (f64::from(f) - f64::from(p))),
+        )?;
         let (update, update_sq) = self.isotropic_update(pretrained, &sum, step)?;
         self.sum = sum;
         self.update = update;
@@ -270,20 +255,7 @@ impl ContinualMerger for IsoC {
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
-        check_layout(METHOD, pretrained, &self.update)?;
-        let names: Vec<&str> = pretrained.keys().collect();
-        let (merged, _) = par_build(&names, |name| {
-            let p = lookup(METHOD, pretrained, name)?;
-            let d = lookup(METHOD, &self.update, name)?;
-            let data = p
-                .data()
-                .iter()
-                .zip(d.data())
-                .map(|(&a, &x)| to_f32(f64::from(a) + f64::from(x)))
-                .collect();
-            Ok((tensor_like(METHOD, name, p, data)?, 0.0))
-        })?;
-        dense_output(METHOD, pretrained, &merged).map(MergedModel::Dense)
+        offset_pretrained(METHOD, pretrained, &self.update, 1.0).map(MergedModel::Dense)
     }
 
     fn state(&self) -> MergerState {

@@ -3,7 +3,7 @@
 use indexmap::IndexMap;
 use madeit_params::ParamDict;
 
-use super::{check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
+use super::{fold_task_vector, offset_pretrained};
 use crate::state::Ledger;
 use crate::{
     ContinualMerger, MagMaxConfig, MergeError, MergedModel, MergerState, MethodConfig, StepReport,
@@ -61,27 +61,18 @@ impl ContinualMerger for MagMax {
         task: &TaskId,
     ) -> Result<StepReport, MergeError> {
         let admitted = self.ledger.admit(pretrained, finetuned, task)?;
-        let step = self.ledger.tasks.len() + 1;
-        let first = step == 1;
-        if !first {
-            check_layout(METHOD, pretrained, &self.tau_max)?;
-        }
-        let names: Vec<&str> = pretrained.keys().collect();
-        let (tau_max, sq) = par_build(&names, |name| {
-            let p = lookup(METHOD, pretrained, name)?;
-            let f = lookup(METHOD, finetuned, name)?;
-            let tau = f.data().iter().zip(p.data()).map(|(&a, &b)| a - b);
-            let data: Vec<f32> = if first {
-                tau.collect()
-            } else {
-                let prev = lookup(METHOD, &self.tau_max, name)?;
-                tau.zip(prev.data())
-                    .map(|(x, &y)| if x.abs() >= y.abs() { x } else { y })
-                    .collect()
-            };
-            let sq = data.iter().map(|&x| f64::from(x).powi(2)).sum();
-            Ok((tensor_like(METHOD, name, p, data)?, sq))
-        })?;
+        let running = (!self.ledger.tasks.is_empty()).then_some(&self.tau_max);
+        let (tau_max, sq) = fold_task_vector(
+            METHOD,
+            pretrained,
+            finetuned,
+            running,
+            |f, p| f - p,
+            |f, p, y| {
+                let x = f - p;
+                if x.abs() >= y.abs() { x } else { y }
+            },
+        )?;
         self.tau_max = tau_max;
         let mut metrics = IndexMap::new();
         metrics.insert("tau_max_norm".to_owned(), sq.sqrt());
@@ -103,21 +94,13 @@ impl ContinualMerger for MagMax {
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
-        check_layout(METHOD, pretrained, &self.tau_max)?;
-        let s = self.config.scaling_factor;
-        let names: Vec<&str> = pretrained.keys().collect();
-        let (merged, _) = par_build(&names, |name| {
-            let p = lookup(METHOD, pretrained, name)?;
-            let tm = lookup(METHOD, &self.tau_max, name)?;
-            let data = p
-                .data()
-                .iter()
-                .zip(tm.data())
-                .map(|(&a, &x)| to_f32(f64::from(a) + s * f64::from(x)))
-                .collect();
-            Ok((tensor_like(METHOD, name, p, data)?, 0.0))
-        })?;
-        dense_output(METHOD, pretrained, &merged).map(MergedModel::Dense)
+        offset_pretrained(
+            METHOD,
+            pretrained,
+            &self.tau_max,
+            self.config.scaling_factor,
+        )
+        .map(MergedModel::Dense)
     }
 
     fn state(&self) -> MergerState {

@@ -91,6 +91,70 @@ where
     Ok((parts.into_iter().map(|(n, t, _)| (n, t)).collect(), total))
 }
 
+/// Folds task `t`'s vector into a running per-tensor dictionary, in parallel over tensors:
+/// element by element, `first(f, p)` at the first step (no `running` dictionary) and
+/// `next(f, p, r)` after it, with `f`, `p` and `r` the fine-tuned, pretrained and running
+/// values. Returns the new dictionary (each tensor with its pretrained dtype) and the sum of
+/// its squared values.
+///
+/// # Errors
+/// [`MergeError::StateTensor`] when a dictionary lacks a tensor or `running` does not have
+/// the pretrained layout.
+pub(crate) fn fold_task_vector(
+    method: &'static str,
+    pretrained: &ParamDict,
+    finetuned: &ParamDict,
+    running: Option<&ParamDict>,
+    first: impl Fn(f32, f32) -> f32 + Sync,
+    next: impl Fn(f32, f32, f32) -> f32 + Sync,
+) -> Result<(ParamDict, f64), MergeError> {
+    if let Some(r) = running {
+        check_layout(method, pretrained, r)?;
+    }
+    let names: Vec<&str> = pretrained.keys().collect();
+    par_build(&names, |name| {
+        let p = lookup(method, pretrained, name)?;
+        let f = lookup(method, finetuned, name)?;
+        let pairs = f.data().iter().zip(p.data());
+        let data: Vec<f32> = match running {
+            None => pairs.map(|(&f, &p)| first(f, p)).collect(),
+            Some(r) => pairs
+                .zip(lookup(method, r, name)?.data())
+                .map(|((&f, &p), &r)| next(f, p, r))
+                .collect(),
+        };
+        let sq = data.iter().map(|&x| f64::from(x).powi(2)).sum();
+        Ok((tensor_like(method, name, p, data)?, sq))
+    })
+}
+
+/// The dense merged model `θ_0 + scale · Δ`, element by element in `f64` and rounded once,
+/// in `pretrained`'s order and dtypes, for methods that keep an update `Δ` on top of `θ_0`.
+///
+/// # Errors
+/// [`MergeError::StateTensor`] when `delta` does not have the pretrained layout.
+pub(crate) fn offset_pretrained(
+    method: &'static str,
+    pretrained: &ParamDict,
+    delta: &ParamDict,
+    scale: f64,
+) -> Result<ParamDict, MergeError> {
+    check_layout(method, pretrained, delta)?;
+    let names: Vec<&str> = pretrained.keys().collect();
+    let (merged, _) = par_build(&names, |name| {
+        let p = lookup(method, pretrained, name)?;
+        let d = lookup(method, delta, name)?;
+        let data = p
+            .data()
+            .iter()
+            .zip(d.data())
+            .map(|(&a, &x)| to_f32(f64::from(a) + scale * f64::from(x)))
+            .collect();
+        Ok((tensor_like(method, name, p, data)?, 0.0))
+    })?;
+    dense_output(method, pretrained, &merged)
+}
+
 /// The merged weights in `pretrained`'s order, each with its pretrained dtype.
 pub(crate) fn dense_output(
     method: &'static str,
