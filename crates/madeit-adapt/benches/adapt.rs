@@ -37,8 +37,8 @@ use madeit_adapt::{
     LwAdaMerging, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TestTimeMerger,
     WemoeConfig, build_expert, extend_basis, seed_pass, teacher_logits, top_directions,
 };
-use madeit_merge::TaskId;
 use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_stream::TaskId;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, GateValues, LowRankFactors, ModuleId, TaskHead,
     expected_tensors,

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use indexmap::IndexMap;
-use madeit_merge::{Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_params::{DType, ParamDict, Tensor as HostTensor};
+use madeit_stream::{Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_vit::functional::{TowerTensors, forward};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,

@@ -1,8 +1,8 @@
 //! Input checks shared by the test-time mergers: a new task's weights against the stream,
 //! and its seed images against the tower.
 
-use madeit_merge::{Fingerprint, TaskId, TaskRecord};
 use madeit_params::{ParamDict, ParamsError};
+use madeit_stream::{Fingerprint, TaskId, TaskRecord};
 use madeit_vit::ClipVisionConfig;
 use rayon::prelude::*;
 

@@ -1,12 +1,12 @@
-//! The test-time continual-merging contract: like `madeit_merge::ContinualMerger`, but every
+//! The test-time continual-merging contract: like `madeit_stream::ContinualMerger`, but every
 //! step also receives unlabeled samples of the current task and its head.
 
 use std::fmt;
 
 use burn::prelude::*;
 use indexmap::IndexMap;
-use madeit_merge::{MergedModel, StepReport, TaskId};
 use madeit_params::ParamDict;
+use madeit_stream::{MergedModel, StepReport, TaskId};
 use madeit_vit::{ClipVisionModel, ExpertBank, GateBank, TaskHead, VisionOutput};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,7 @@ pub struct AdaptReport {
 }
 
 impl AdaptReport {
-    /// The report as a `madeit-merge` [`StepReport`] (same fields; the loss trace, the KL
+    /// The report as a stream [`StepReport`] (same fields; the loss trace, the KL
     /// values and the seed-sample count go into `metrics` as `loss_first`, `loss_last`,
     /// `kl_before`, `kl_after`, `seed_samples`).
     #[must_use]

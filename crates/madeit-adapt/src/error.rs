@@ -1,8 +1,8 @@
 //! The error type of this crate.
 
 use madeit_linalg::LinalgError;
-use madeit_merge::{Fingerprint, TaskId};
 use madeit_params::ParamsError;
+use madeit_stream::{Fingerprint, TaskId};
 use madeit_vit::{ModuleId, VitError};
 
 /// Everything that can go wrong while configuring a test-time merger, absorbing a task,

@@ -8,8 +8,8 @@ use burn::prelude::Device;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use indexmap::IndexMap;
-use madeit_merge::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_stream::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
     LowRankFactors, ModuleId, TaskHead, VISION_PREFIX,

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use madeit_merge::{Fingerprint, LowRankExpert, TaskId, TaskRecord};
 use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_stream::{Fingerprint, LowRankExpert, TaskId, TaskRecord};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, LinearGate, LowRankFactors, ModuleId, VitError,
 };

@@ -1,7 +1,7 @@
 //! Saved state of a test-time merger: named `f32` tensors plus JSON metadata.
 
-use madeit_merge::{Fingerprint, TaskRecord};
 use madeit_params::ParamDict;
+use madeit_stream::{Fingerprint, TaskRecord};
 use madeit_vit::{ClipVisionConfig, ModuleId};
 use serde::{Deserialize, Serialize};
 

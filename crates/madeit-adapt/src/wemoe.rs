@@ -7,8 +7,8 @@ use std::time::Instant;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
-use madeit_merge::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_stream::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
     LowRankFactors, ModuleId, TargetKind, TaskHead, VISION_PREFIX,

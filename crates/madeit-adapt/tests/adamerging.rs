@@ -9,8 +9,9 @@ use common::{Fixture, absorb, fixture};
 use madeit_adapt::{
     AdaMergingConfig, AdaptError, LwAdaMerging, SeedImages, TestTimeMerger, entropy_loss,
 };
-use madeit_merge::{MergedModel, MethodConfig, TaskArithmeticConfig};
+use madeit_merge::{MethodConfig, TaskArithmeticConfig};
 use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_stream::MergedModel;
 use madeit_vit::ClipVisionModel;
 
 fn merger(f: &Fixture, config: AdaMergingConfig) -> LwAdaMerging {

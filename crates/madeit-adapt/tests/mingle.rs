@@ -12,8 +12,8 @@ use madeit_adapt::{
     AdaptError, AdaptState, GateProjection, GateTrainer, GradientProjector, Mingle, MingleConfig,
     SeedBatches, SeedImages, SeedTask, TargetSet, TestTimeMerger, seed_pass, teacher_logits,
 };
-use madeit_merge::{MergedModel, TaskId};
 use madeit_params::ParamDict;
+use madeit_stream::{MergedModel, TaskId};
 use madeit_vit::{ClipVisionConfig, ClipVisionModel, GateValues, ModuleId, TargetKind};
 
 fn merger(f: &Fixture, config: MingleConfig) -> Mingle {

@@ -7,7 +7,7 @@ mod common;
 use burn::prelude::*;
 use common::{Fixture, absorb, absorbed, expert_model, fixture, random_head};
 use madeit_adapt::{AdaptError, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig};
-use madeit_merge::TaskId;
+use madeit_stream::TaskId;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
     LinearGate, ModuleId, TargetKind,

@@ -163,21 +163,7 @@ pub enum NonTargetRule {
     RunningMean,
 }
 
-/// How the token rows of a module's input `X` (tokens x d_in) are aggregated by the
-/// feature projection alignment `FPA(X, e)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum TokenAggregation {
-    /// `FPA = ||X V_e||_F / ||X||_F` over all tokens (the paper's formula).
-    Frobenius,
-    /// Only the first token (CLIP's class token, row 0): `||x_0 V_e|| / ||x_0||`. The
-    /// default: chosen on the embedded zoo's validation splits, where it routed far better
-    /// than [`TokenAggregation::Frobenius`] (ACC 68.4 % against 55.6 % at `rho = 0.1`,
-    /// `kappa = 1`; `docs/made-it.md`).
-    #[default]
-    ClsOnly,
-}
+pub use madeit_stream::TokenAggregation;
 
 /// Hyper-parameters of MADE-IT (serde; missing fields take the defaults below).
 ///

@@ -38,12 +38,14 @@ pub use config::{
     OpcmConfig, REGISTRY, SvdPrecision, SwaConfig, TaskArithmeticConfig, TiesConfig, merge_method,
     method_info, resume,
 };
-pub use contract::{
-    ContinualMerger, ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,
-};
+pub use contract::ContinualMerger;
 pub use error::MergeError;
 /// MADE-IT's hyper-parameters (the configuration of `method = "made_it"`).
 pub use madeit_experts::MadeItConfig;
+/// The stream contract, re-exported: the types every continual method speaks in.
+pub use madeit_stream::{
+    ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,
+};
 pub use methods::{
     Consensus, IsoC, IsoCConfig, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily,
     iso_c_matrix, made_it_expert_model, opcm_projection, split_rank,

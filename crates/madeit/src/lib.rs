@@ -30,6 +30,7 @@ pub use madeit_grassmann as grassmann;
 pub use madeit_linalg as linalg;
 pub use madeit_merge as merge;
 pub use madeit_params as params;
+pub use madeit_stream as stream;
 pub use madeit_vit as vit;
 pub use madeit_zoo as zoo;
 

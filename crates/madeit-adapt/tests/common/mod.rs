@@ -4,8 +4,8 @@
 
 use faer::Mat;
 use madeit_adapt::{AdaptReport, MingleConfig, SeedImages, TestTimeMerger};
-use madeit_merge::{ExpertModel, MergedModel, TaskId};
 use madeit_params::{ParamDict, Tensor as HostTensor};
+use madeit_stream::{ExpertModel, MergedModel, TaskId};
 use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

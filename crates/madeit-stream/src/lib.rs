@@ -1,0 +1,24 @@
+//! The stream contract shared by every continual method, below every method crate.
+//!
+//! A stream feeds a method one task at a time. This crate holds what every method and every
+//! run loop agree on, whatever the method:
+//! - [`TaskId`], the name of a task, and [`TaskRecord`], what a saved stream keeps of each
+//!   absorbed task (its checkpoint's [`Fingerprint`] and `‖τ‖`, exactly);
+//! - [`Fingerprint`]: how a stream recognises its pretrained model and each task's
+//!   checkpoint (and [`scan_pair`], the one pass over a task's two models that hashes both
+//!   and measures `‖τ‖²`);
+//! - [`StepReport`], what one step reports;
+//! - [`MergedModel`], what a method returns: dense weights, or an [`ExpertModel`] (a
+//!   backbone with [`LowRankExpert`]s routed by [`ExpertRouting`]).
+//!
+//! The methods' traits build on these types: `madeit_merge::ContinualMerger` (data-free
+//! methods) and `madeit_adapt::TestTimeMerger` (methods that also see seed images and heads).
+
+mod fingerprint;
+mod task;
+
+pub use fingerprint::{Fingerprint, exact_f64, scan_pair, tensor_hash};
+pub use task::{
+    ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId, TaskRecord,
+    TokenAggregation,
+};
