@@ -40,6 +40,7 @@ pub mod error;
 pub mod evaluate;
 pub mod experiment;
 pub mod images;
+mod machine;
 pub mod method;
 pub mod registry;
 pub mod report;
