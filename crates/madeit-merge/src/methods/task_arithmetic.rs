@@ -434,13 +434,7 @@ impl ContinualMerger for TaskArithmeticFamily {
             .commit_step(admitted, method, delta_sq.sqrt(), metrics))
     }
 
-    fn num_tasks(&self) -> usize {
-        self.ledger.tasks.len()
-    }
-
-    fn tasks(&self) -> Vec<TaskId> {
-        self.ledger.task_ids()
-    }
+    ledger_accessors!();
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(self.method, pretrained)?;
