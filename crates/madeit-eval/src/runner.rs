@@ -57,6 +57,12 @@ use crate::metrics::{AccuracyMatrix, RunMetrics};
 use crate::sequential::{C_FINETUNED, SequentialStream};
 use crate::test_time::{evaluate_gated, seed_images};
 
+mod checkpoint;
+mod references;
+pub use checkpoint::{CHECKPOINT_FORMAT, CHECKPOINT_VERSION};
+use checkpoint::{CheckpointRecord, SavedState, load_checkpoint, save_checkpoint};
+pub use references::{References, reference_rows};
+
 /// Which accuracies are computed after each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -293,131 +299,6 @@ pub enum RunEvent {
         /// ACC and BWT when complete.
         metrics: Option<RunMetrics>,
     },
-}
-
-/// Identifies a saved stream checkpoint.
-pub const CHECKPOINT_FORMAT: &str = "madeit-stream-checkpoint";
-/// Version of the checkpoint layout.
-pub const CHECKPOINT_VERSION: u32 = 1;
-/// Metadata key of the stream's JSON record in a checkpoint file.
-const RUN_KEY: &str = "madeit.stream";
-/// Metadata key of the merger's state metadata in a checkpoint file.
-const MERGER_KEY: &str = "madeit.merger";
-/// Metadata key of a test-time merger's state metadata in a checkpoint file.
-const ADAPT_KEY: &str = "madeit.adapt";
-/// Metadata key of the task list of a C. Fine-Tuned checkpoint (its tensors are the tower).
-const WEIGHTS_KEY: &str = "madeit.weights";
-
-/// The JSON record of a checkpoint (the merger's tensors and metadata sit beside it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckpointRecord {
-    format: String,
-    version: u32,
-    label: String,
-    method: MethodSpec,
-    seed: Option<u64>,
-    order: Vec<String>,
-    order_ids: Vec<usize>,
-    eval: EvalMode,
-    matrix: AccuracyMatrix,
-    steps: Vec<StepRecord>,
-}
-
-/// The saved state of a stream's merger.
-enum SavedState {
-    Merge(MergerState),
-    Adapt(AdaptState),
-    /// C. Fine-Tuned: the tower after the listed tasks.
-    Weights {
-        tasks: Vec<String>,
-        params: ParamDict,
-    },
-}
-
-fn save_checkpoint(
-    path: &Path,
-    record: &CheckpointRecord,
-    state: &SavedState,
-) -> Result<(), RunError> {
-    let mut meta = BTreeMap::new();
-    meta.insert(
-        RUN_KEY.to_owned(),
-        serde_json::to_string(record).map_err(|e| RunError::json(path, e))?,
-    );
-    let tensors = match state {
-        SavedState::Merge(s) => {
-            meta.insert(MERGER_KEY.to_owned(), s.metadata_json()?);
-            &s.tensors
-        }
-        SavedState::Adapt(s) => {
-            meta.insert(ADAPT_KEY.to_owned(), s.metadata_json()?);
-            &s.tensors
-        }
-        SavedState::Weights { tasks, params } => {
-            meta.insert(
-                WEIGHTS_KEY.to_owned(),
-                serde_json::to_string(tasks).map_err(|e| RunError::json(path, e))?,
-            );
-            params
-        }
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| RunError::io(parent, e))?;
-    }
-    // ParamDict::save_with_metadata writes a temporary file and renames it over `path`.
-    tensors
-        .save_with_metadata(path, &meta)
-        .map_err(|source| RunError::Weights {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })
-}
-
-fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, SavedState), RunError> {
-    let bad = |reason: String| RunError::Resume {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let (tensors, meta) =
-        ParamDict::load_with_metadata(path).map_err(|source| RunError::Weights {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
-    let meta = meta.ok_or_else(|| bad("the file has no metadata".into()))?;
-    let run = meta
-        .get(RUN_KEY)
-        .ok_or_else(|| bad(format!("no `{RUN_KEY}` metadata")))?;
-    let record: CheckpointRecord =
-        serde_json::from_str(run).map_err(|e| bad(format!("stream record: {e}")))?;
-    if record.format != CHECKPOINT_FORMAT || record.version != CHECKPOINT_VERSION {
-        return Err(bad(format!(
-            "format `{}` version {}, expected `{CHECKPOINT_FORMAT}` version {CHECKPOINT_VERSION}",
-            record.format, record.version
-        )));
-    }
-    let state = if record.method.needs_training_data() {
-        let tasks = meta
-            .get(WEIGHTS_KEY)
-            .ok_or_else(|| bad(format!("no `{WEIGHTS_KEY}` metadata")))?;
-        let tasks: Vec<String> =
-            serde_json::from_str(tasks).map_err(|e| bad(format!("task list: {e}")))?;
-        SavedState::Weights {
-            tasks,
-            params: tensors,
-        }
-    } else if record.method.is_test_time() {
-        let adapt = meta
-            .get(ADAPT_KEY)
-            .ok_or_else(|| bad(format!("no `{ADAPT_KEY}` metadata")))?;
-        SavedState::Adapt(AdaptState::from_parts(adapt, tensors)?)
-    } else {
-        let merger = meta
-            .get(MERGER_KEY)
-            .ok_or_else(|| bad(format!("no `{MERGER_KEY}` metadata")))?;
-        SavedState::Merge(MergerState::from_parts(merger, tensors)?)
-    };
-    Ok((record, state))
 }
 
 fn check_order(order: &[usize], n_tasks: usize) -> Result<(), RunError> {
@@ -865,83 +746,6 @@ pub fn run_stream(
         metrics,
         steps,
         resumed_steps,
-    })
-}
-
-/// The order-independent reference rows: the pretrained tower's accuracy on every task
-/// (heads only) and every fine-tuned tower's accuracy on its own task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct References {
-    /// Task names, in benchmark order.
-    pub tasks: Vec<String>,
-    /// Pretrained accuracy per task.
-    pub pretrained: Vec<f64>,
-    /// Fine-tuned (individual) accuracy per task.
-    pub finetuned: Vec<f64>,
-}
-
-impl References {
-    /// Mean pretrained accuracy over the tasks.
-    #[must_use]
-    pub fn pretrained_mean(&self) -> f64 {
-        mean(&self.pretrained)
-    }
-
-    /// Mean fine-tuned accuracy over the tasks.
-    #[must_use]
-    pub fn finetuned_mean(&self) -> f64 {
-        mean(&self.finetuned)
-    }
-}
-
-fn mean(x: &[f64]) -> f64 {
-    if x.is_empty() {
-        0.0
-    } else {
-        x.iter().sum::<f64>() / x.len() as f64
-    }
-}
-
-/// Computes the [`References`] of `bench` (loading one fine-tuned checkpoint at a time).
-///
-/// # Errors
-/// As [`Benchmark::load_finetuned`] and [`Evaluator::session`]'s evaluations.
-pub fn reference_rows(
-    bench: &Benchmark,
-    evaluator: &Evaluator,
-    pretrained: &ParamDict,
-    progress: &mut dyn FnMut(&RunEvent),
-) -> Result<References, RunError> {
-    let names = bench.task_names();
-    let base = MergedModel::Dense(pretrained.clone());
-    let mut session = evaluator.session(&base);
-    let mut pre = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let a = session.accuracy(i)?.accuracy;
-        progress(&RunEvent::ReferenceEvaluated {
-            kind: "pretrained",
-            task: name.clone(),
-            accuracy: a,
-        });
-        pre.push(a);
-    }
-    drop(session);
-    drop(base);
-    let mut ft = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let model = MergedModel::Dense(bench.load_finetuned(i, pretrained)?);
-        let a = evaluator.session(&model).accuracy(i)?.accuracy;
-        progress(&RunEvent::ReferenceEvaluated {
-            kind: "finetuned",
-            task: name.clone(),
-            accuracy: a,
-        });
-        ft.push(a);
-    }
-    Ok(References {
-        tasks: names,
-        pretrained: pre,
-        finetuned: ft,
     })
 }
 
