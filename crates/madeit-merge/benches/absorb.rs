@@ -160,27 +160,27 @@ fn absorb_step_in<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(20));
-    let configs = [
-        "swa",
-        "task_arithmetic",
-        "ties",
-        "magmax",
-        "opcm",
-        "made_it",
-    ]
-    .into_iter()
-    .map(|name| (name, MethodConfig::default_for(name).expect("registered")))
-    .chain(std::iter::once((
-        // The default (`svd = auto`) is randomized at this shape; the exact path for
-        // comparison.
-        "made_it_exact_svd",
-        MethodConfig::from_json_str(r#"{"method": "made_it", "svd": "exact"}"#).expect("valid"),
-    )))
-    .chain(std::iter::once((
-        // The default OPCM decomposes in f32 (the reference's precision).
-        "opcm_f64",
-        MethodConfig::from_json_str(r#"{"method": "opcm", "precision": "f64"}"#).expect("valid"),
-    )));
+    // Every registered data-free method with its defaults, then two variants.
+    let configs = madeit_merge::METHODS
+        .iter()
+        .map(|info| {
+            (
+                info.name,
+                MethodConfig::default_for(info.name).expect("registered"),
+            )
+        })
+        .chain(std::iter::once((
+            // The default (`svd = auto`) is randomized at this shape; the exact path for
+            // comparison.
+            "made_it_exact_svd",
+            MethodConfig::from_json_str(r#"{"method": "made_it", "svd": "exact"}"#).expect("valid"),
+        )))
+        .chain(std::iter::once((
+            // The default OPCM decomposes in f32 (the reference's precision).
+            "opcm_f64",
+            MethodConfig::from_json_str(r#"{"method": "opcm", "precision": "f64"}"#)
+                .expect("valid"),
+        )));
     for (name, cfg) in configs {
         let mut primed = cfg.build().expect("valid defaults");
         for (t, ft) in tasks.iter().take(2).enumerate() {
