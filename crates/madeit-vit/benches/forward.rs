@@ -154,6 +154,21 @@ fn bench_forward(c: &mut Criterion) {
     group.bench_function("scoring_pass_only", |b| {
         b.iter(|| black_box(route(pixels.clone(), TokenAggregation::AllTokens)));
     });
+    // One path for the whole batch (expert 0 in every module), as when a batch holds one
+    // task's images and MADE-IT's path-consistent router sends them all to that task's
+    // experts: one batched low-rank update per module.
+    let mut one_path = Routing::new(BATCH);
+    for m in fixed_routing.modules().collect::<Vec<_>>() {
+        one_path.set_all(m, 0);
+    }
+    group.bench_function("routed_pass_one_path", |b| {
+        b.iter(|| {
+            let out = model
+                .forward_routed(pixels.clone(), &bank, &one_path)
+                .expect("routed");
+            black_box(out.image_embeds.map(|t| t.into_data()))
+        });
+    });
     group.bench_function("routed_pass_only", |b| {
         b.iter(|| {
             let out = model
