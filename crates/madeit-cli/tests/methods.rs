@@ -2,25 +2,31 @@
 //! registry.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use std::process::{Command, Output};
+mod common;
 
+use common::{assert_clean_failure, assert_success, madeit};
 use madeit::eval::registry::{self, MethodKind};
 
-fn madeit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_madeit"))
-        .args(args)
-        .output()
-        .unwrap()
+fn ok(args: &[&str]) -> String {
+    let out = madeit().args(args).output().unwrap();
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ok(args: &[&str]) -> String {
-    let out = madeit(args);
-    assert!(
-        out.status.success(),
-        "madeit {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `madeit merge --method METHOD` on placeholder paths: refused before any file is read.
+fn merge_refused(method: &str) -> String {
+    let args = [
+        "merge",
+        "--method",
+        method,
+        "--pretrained",
+        "p",
+        "--finetuned",
+        "f",
+        "--out",
+        "o",
+    ];
+    assert_clean_failure(&madeit().args(args).output().unwrap())
 }
 
 #[test]
@@ -57,35 +63,10 @@ fn help_texts_and_errors_name_the_registered_methods() {
         );
     }
     // `madeit merge` refuses an unknown method, listing the data-free ones it can run.
-    let out = madeit(&[
-        "merge",
-        "--method",
-        "dare",
-        "--pretrained",
-        "p",
-        "--finetuned",
-        "f",
-        "--out",
-        "o",
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stderr = merge_refused("dare");
     let data_free = registry::names_of(MethodKind::DataFree).join(", ");
     assert!(stderr.contains(&data_free), "{stderr}");
     // A test-time method is refused with a pointer to `madeit run`.
-    let out = madeit(&[
-        "merge",
-        "--method",
-        "mingle",
-        "--pretrained",
-        "p",
-        "--finetuned",
-        "f",
-        "--out",
-        "o",
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = merge_refused("mingle");
     assert!(stderr.contains("madeit run"), "{stderr}");
 }

@@ -4,9 +4,11 @@
 
 mod common;
 
-use common::{assert_bit_identical, layout, random_dict, round_trip, run, single, stream};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use common::{
+    assert_bit_identical, layout, mat_max_abs_diff, mm, random_dict, round_trip, run, single,
+    stream,
+};
+use faer::Mat;
 use madeit_linalg::thin_svd;
 use madeit_merge::{
     ContinualMerger, IsoCConfig, MergeError, MethodConfig, TaskId, iso_c_matrix, resume,
@@ -168,22 +170,6 @@ fn excluded_and_non_matrix_tensors_are_averaged() {
     }
 }
 
-fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
-    let mut out = Mat::zeros(a.nrows(), b.ncols());
-    matmul(out.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
-    out
-}
-
-fn max_abs_diff(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
-    let mut worst = 0.0f64;
-    for j in 0..a.ncols() {
-        for i in 0..a.nrows() {
-            worst = worst.max((a[(i, j)] - b[(i, j)]).abs());
-        }
-    }
-    worst
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -211,12 +197,12 @@ proptest! {
         let pv = mm(s.v.as_ref(), s.v.transpose());
         let left = mm(pu.as_ref(), upd.as_ref());
         let right = mm(upd.as_ref(), pv.as_ref());
-        prop_assert!(max_abs_diff(left.as_ref(), upd.as_ref()) <= 1e-9 * mean.max(1.0));
-        prop_assert!(max_abs_diff(right.as_ref(), upd.as_ref()) <= 1e-9 * mean.max(1.0));
+        prop_assert!(mat_max_abs_diff(left.as_ref(), upd.as_ref()) <= 1e-9 * mean.max(1.0));
+        prop_assert!(mat_max_abs_diff(right.as_ref(), upd.as_ref()) <= 1e-9 * mean.max(1.0));
         // And the sum lies in the update's spaces too (same rank, same spaces).
         let pu2 = mm(su.u.as_ref(), su.u.transpose());
         let back = mm(pu2.as_ref(), sum.as_ref());
-        prop_assert!(max_abs_diff(back.as_ref(), sum.as_ref()) <= 1e-9 * s.s[0].max(1.0));
+        prop_assert!(mat_max_abs_diff(back.as_ref(), sum.as_ref()) <= 1e-9 * s.s[0].max(1.0));
     }
 
     /// Through the merger: the merged model is `θ_0 + α · iso(Σ τ)` on matrices (to `f32`

@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::{layout, random_dict, run};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use common::{layout, mat_max_abs_diff, mm, random_dict, run};
+use faer::Mat;
 use madeit_linalg::thin_svd;
 use madeit_merge::{
     Fingerprint, MethodConfig, TaskArithmeticConfig, TiesConfig, opcm_projection, split_rank,
@@ -15,22 +14,6 @@ use proptest::prelude::*;
 
 fn mat(m: usize, n: usize, seed: u64) -> Mat<f64> {
     madeit_linalg::random::gaussian::<f64>(m, n, seed)
-}
-
-fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
-    let mut out = Mat::zeros(a.nrows(), b.ncols());
-    matmul(out.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
-    out
-}
-
-fn max_abs_diff(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
-    let mut worst = 0.0f64;
-    for j in 0..a.ncols() {
-        for i in 0..a.nrows() {
-            worst = worst.max((a[(i, j)] - b[(i, j)]).abs());
-        }
-    }
-    worst
 }
 
 fn stream(n: usize, seed: u64) -> (ParamDict, Vec<ParamDict>) {
@@ -82,7 +65,7 @@ proptest! {
             }
         }
         let (pp, _) = opcm_projection(d.as_ref(), p.as_ref(), alpha).unwrap();
-        prop_assert!(max_abs_diff(pp.as_ref(), p.as_ref()) < 1e-10);
+        prop_assert!(mat_max_abs_diff(pp.as_ref(), p.as_ref()) < 1e-10);
     }
 
     /// The split rank is the first index whose cumulative singular-value mass exceeds α.

@@ -167,3 +167,28 @@ pub fn assert_same_model(a: &MergedModel, b: &MergedModel) {
         _ => panic!("the models are of different kinds"),
     }
 }
+
+/// `A B` in `f64`.
+pub fn mm(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> faer::Mat<f64> {
+    let mut out = faer::Mat::zeros(a.nrows(), b.ncols());
+    faer::linalg::matmul::matmul(
+        out.as_mut(),
+        faer::Accum::Replace,
+        a,
+        b,
+        1.0,
+        faer::Par::Seq,
+    );
+    out
+}
+
+/// `max |A_ij - B_ij|` of two matrices of one shape.
+pub fn mat_max_abs_diff(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> f64 {
+    let mut worst = 0.0f64;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            worst = worst.max((a[(i, j)] - b[(i, j)]).abs());
+        }
+    }
+    worst
+}
