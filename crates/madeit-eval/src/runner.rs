@@ -1,6 +1,6 @@
 //! The continual evaluation run loop: one merging method, one task order.
 //!
-//! [`run_stream`] feeds a [`ContinualMerger`] the fine-tuned models of a task order one at a
+//! [`run_stream`] feeds a continual method the fine-tuned models of a task order one at a
 //! time and evaluates the merged model after every step:
 //!
 //! ```text
@@ -25,18 +25,19 @@
 //! The loop owns loading, saving and progress reporting (a callback receiving
 //! [`RunEvent`]s); the merger does no I/O.
 //!
-//! # Test-time methods (MINGLE)
+//! # One loop for every kind of method
 //!
-//! A [`MethodSpec::Mingle`] stream runs a [`madeit_adapt::Mingle`] merger instead. Each step
-//! also loads the task's head ([`Benchmark::load_head`]) and its unlabelled seed images
-//! ([`seed_images`]: the task's seed split by default), and `absorb` adapts the new gates
-//! on them, so [`StepTiming::absorb_s`] includes the test-time adaptation. The merged model
-//! is the gated model ([`madeit_adapt::TestTimeMerger::gated_model`], timed as
-//! [`StepTiming::merge_s`]); it is evaluated on the test split of every task the evaluation
-//! mode asks for with [`evaluate_gated`], one task per batch, without the task label (the
-//! gates decide how much each expert contributes). Gated models are not cached by the
-//! evaluator. Checkpoints hold the merger's [`AdaptState`] (tensors and metadata) in place
-//! of a [`MergerState`], and resume bit-identically in the same way.
+//! The loop drives one contract, `StreamMethod` (`runner/stream_method.rs`), and never
+//! asks which kind of method it runs. A weight-space merger of `madeit-merge` is evaluated
+//! through the evaluator's session (and its cache). A test-time method (MINGLE, C. LW
+//! AdaMerging, C. LoRA-WEMoE) also loads, at each step, the task's head
+//! ([`Benchmark::load_head`]) and its unlabelled seed images ([`seed_images`]: the task's
+//! seed split by default), so [`StepTiming::absorb_s`] includes the test-time adaptation;
+//! its model is the gated model ([`madeit_adapt::TestTimeMerger::gated_model`], timed as
+//! [`StepTiming::merge_s`]), evaluated with [`evaluate_gated`], one task per batch, without
+//! the task label, and not cached. C. Fine-Tuned fine-tunes the current tower on the task's
+//! training data. Checkpoints hold the method's own state ([`MergerState`], [`AdaptState`]
+//! or the current tower) and resume bit-identically in the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,9 +60,11 @@ use crate::test_time::{evaluate_gated, seed_images};
 
 mod checkpoint;
 mod references;
+mod stream_method;
 pub use checkpoint::{CHECKPOINT_FORMAT, CHECKPOINT_VERSION};
 use checkpoint::{CheckpointRecord, SavedState, load_checkpoint, save_checkpoint};
 pub use references::{References, reference_rows};
+use stream_method::{StepEvaluation, StepInput, StreamMethod};
 
 /// Which accuracies are computed after each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -321,45 +324,9 @@ fn check_order(order: &[usize], n_tasks: usize) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The merger of a stream: weight-space, test-time, or sequential fine-tuning.
-enum StreamMerger {
-    Merge(Box<dyn ContinualMerger>),
-    TestTime(Box<dyn TestTimeMerger>),
-    Sequential(Box<SequentialStream>),
-}
-
-impl StreamMerger {
-    fn build(spec: &StreamSpec, bench: &Benchmark, device: &Device) -> Result<Self, RunError> {
-        match &spec.method {
-            MethodSpec::Merge(c) => Ok(Self::Merge(c.build()?)),
-            MethodSpec::Sequential(c) => {
-                Ok(Self::Sequential(Box::new(SequentialStream::new(c, bench)?)))
-            }
-            other => match other.build_test_time(bench.config(), device)? {
-                Some(m) => Ok(Self::TestTime(m)),
-                None => Err(RunError::config(format!(
-                    "method `{}` cannot be run",
-                    other.name()
-                ))),
-            },
-        }
-    }
-
-    fn state(&self) -> Result<SavedState, RunError> {
-        Ok(match self {
-            Self::Merge(m) => SavedState::Merge(m.state()),
-            Self::TestTime(m) => SavedState::Adapt(m.state()?),
-            Self::Sequential(s) => SavedState::Weights {
-                tasks: s.tasks.clone(),
-                params: s.current.clone().unwrap_or_default(),
-            },
-        })
-    }
-}
-
 /// The state a stream continues from.
 struct Start {
-    merger: StreamMerger,
+    method: Box<dyn StreamMethod>,
     matrix: AccuracyMatrix,
     steps: Vec<StepRecord>,
 }
@@ -376,14 +343,8 @@ fn resume_from(
         path: path.to_path_buf(),
         reason: format!("the checkpoint has {what} {saved}, this stream {now}"),
     };
-    let state_matches = match (&state, &spec.method) {
-        (SavedState::Merge(s), MethodSpec::Merge(c)) => &s.metadata.config == c,
-        (SavedState::Adapt(s), m) if m.is_test_time() => {
-            s.metadata.method == m.name() && m.config_json().is_ok_and(|c| c == s.metadata.config)
-        }
-        (SavedState::Weights { .. }, MethodSpec::Sequential(_)) => true,
-        _ => false,
-    };
+    let mut method = stream_method::build(&spec.method, bench, device)?;
+    let state_matches = method.accepts(&state);
     if record.method != spec.method || !state_matches {
         return Err(mismatch(
             "method configuration",
@@ -406,21 +367,7 @@ fn resume_from(
         ));
     }
     let done = record.steps.len();
-    let tasks: Vec<String> = match &state {
-        SavedState::Merge(s) => s
-            .metadata
-            .tasks
-            .iter()
-            .map(|t| t.task.as_str().to_owned())
-            .collect(),
-        SavedState::Adapt(s) => s
-            .metadata
-            .tasks
-            .iter()
-            .map(|t| t.task.as_str().to_owned())
-            .collect(),
-        SavedState::Weights { tasks, .. } => tasks.clone(),
-    };
+    let tasks = state.tasks();
     if done > order.len()
         || tasks.len() != done
         || order
@@ -436,50 +383,21 @@ fn resume_from(
             ),
         });
     }
-    let merger = match state {
-        SavedState::Merge(s) => StreamMerger::Merge(madeit_merge::resume(&s)?),
-        SavedState::Adapt(s) => {
-            let mut merger = StreamMerger::build(spec, bench, device)?;
-            if let StreamMerger::TestTime(m) = &mut merger {
-                m.restore(&s)?;
-            }
-            merger
-        }
-        SavedState::Weights { tasks, params } => {
-            let mut merger = StreamMerger::build(spec, bench, device)?;
-            if let StreamMerger::Sequential(m) = &mut merger {
-                m.tasks = tasks;
-                m.current = (!params.is_empty()).then_some(params);
-            }
-            merger
-        }
-    };
+    method.restore(state)?;
     Ok(Start {
-        merger,
+        method,
         matrix: record.matrix,
         steps: record.steps,
     })
 }
 
-/// Runs one stream (see the module docs): absorbs the tasks of `spec.order` one at a time
-/// into a merger built from `spec.method`, evaluates after every step, and returns the
-/// accuracy matrix, ACC, BWT and per-step timings. `pretrained` must be
-/// [`Benchmark::load_pretrained`]'s weights; it is shared by every stream of an experiment.
-///
-/// # Errors
-/// [`RunError::InvalidOrder`]; [`RunError::Merge`] or [`RunError::Adapt`] for an invalid
-/// configuration or a failed step; [`RunError::CheckpointMismatch`] naming the task, file
-/// and tensor when a fine-tuned checkpoint does not match `pretrained`; [`RunError::Resume`]
-/// for a checkpoint of another stream; evaluation, file and protocol errors (a test-time
-/// method also reads each task's head and seed split).
-#[allow(clippy::too_many_lines)]
-pub fn run_stream(
+/// Checks a stream and its benchmark, and builds its method (or restores it from the
+/// stream's checkpoint): the task names in order and the state to continue from.
+fn open_stream(
     bench: &Benchmark,
     evaluator: &Evaluator,
-    pretrained: &ParamDict,
     spec: &StreamSpec,
-    progress: &mut dyn FnMut(&RunEvent),
-) -> Result<StreamResult, RunError> {
+) -> Result<(Vec<String>, Start), RunError> {
     check_order(&spec.order, bench.num_tasks())?;
     if evaluator.num_tasks() != bench.num_tasks() {
         return Err(RunError::config(format!(
@@ -495,7 +413,6 @@ pub fn run_stream(
         .iter()
         .map(|&i| names.get(i).cloned().unwrap_or_default())
         .collect();
-    let order_ids: Vec<usize> = spec.order.iter().map(|i| i + 1).collect();
     let n = order.len();
 
     let start = match (&spec.checkpoint, spec.resume) {
@@ -503,27 +420,42 @@ pub fn run_stream(
             resume_from(path, spec, bench, &order, evaluator.device())?
         }
         _ => Start {
-            merger: StreamMerger::build(spec, bench, evaluator.device())?,
+            method: stream_method::build(&spec.method, bench, evaluator.device())?,
             matrix: AccuracyMatrix::new(n)?,
             steps: Vec::new(),
         },
     };
+    Ok((order, start))
+}
+
+/// Runs one stream (see the module docs): absorbs the tasks of `spec.order` one at a time
+/// into a merger built from `spec.method`, evaluates after every step, and returns the
+/// accuracy matrix, ACC, BWT and per-step timings. `pretrained` must be
+/// [`Benchmark::load_pretrained`]'s weights; it is shared by every stream of an experiment.
+///
+/// # Errors
+/// [`RunError::InvalidOrder`]; [`RunError::Merge`] or [`RunError::Adapt`] for an invalid
+/// configuration or a failed step; [`RunError::CheckpointMismatch`] naming the task, file
+/// and tensor when a fine-tuned checkpoint does not match `pretrained`; [`RunError::Resume`]
+/// for a checkpoint of another stream; evaluation, file and protocol errors (a test-time
+/// method also reads each task's head and seed split).
+pub fn run_stream(
+    bench: &Benchmark,
+    evaluator: &Evaluator,
+    pretrained: &ParamDict,
+    spec: &StreamSpec,
+    progress: &mut dyn FnMut(&RunEvent),
+) -> Result<StreamResult, RunError> {
+    let (order, start) = open_stream(bench, evaluator, spec)?;
+    let order_ids: Vec<usize> = spec.order.iter().map(|i| i + 1).collect();
+    let n = order.len();
     let Start {
-        mut merger,
+        mut method,
         mut matrix,
         mut steps,
     } = start;
     let resumed_steps = steps.len();
     let stop = spec.stop_after.unwrap_or(n).min(n);
-    // Test-time methods build towers from the checkpoints themselves: a benchmark of vision
-    // towers saved without a projection gives them the pretrained CLIP's (the same in every
-    // checkpoint, so no step changes it), as the evaluator does for the other methods.
-    let projection = match (&merger, bench.projection()) {
-        (StreamMerger::TestTime(_), Some(p)) => Some(p),
-        _ => None,
-    };
-    let pretrained_tt = projection.map(|p| with_projection_tensor(pretrained.clone(), p));
-    let pretrained_tt: &ParamDict = pretrained_tt.as_ref().unwrap_or(pretrained);
     progress(&RunEvent::StreamStarted {
         label: spec.label.clone(),
         seed: spec.seed,
@@ -533,9 +465,6 @@ pub fn run_stream(
             .map(|j| spec.eval.tasks_after_step(j, n).len())
             .sum(),
     });
-    // The pretrained tower of gated models, built at the first step of a test-time stream.
-    let mut backbone: Option<ClipVisionModel> = None;
-
     for j in resumed_steps..stop {
         let step = j + 1;
         let (Some(&task_index), Some(task)) = (spec.order.get(j), order.get(j)) else {
@@ -549,60 +478,15 @@ pub fn run_stream(
         let mut timing = StepTiming::default();
         let task_id = TaskId::new(task.clone());
 
-        let t = Instant::now();
-        let mut finetuned = bench.load_finetuned(task_index, pretrained)?;
-        if let Some(p) = projection {
-            finetuned = with_projection_tensor(finetuned, p);
-        }
-        let adapt_inputs = match (&merger, spec.method.seed_setup()) {
-            (StreamMerger::TestTime(_), Some(setup)) => {
-                let test = &evaluator
-                    .tasks()
-                    .get(task_index)
-                    .ok_or_else(|| RunError::UnknownTask {
-                        name: format!("#{task_index}"),
-                        available: names.clone(),
-                    })?
-                    .test;
-                Some((
-                    bench.load_head(task_index)?,
-                    seed_images(bench, task_index, test, setup)?,
-                ))
-            }
-            _ => None,
+        let input = StepInput {
+            bench,
+            evaluator,
+            pretrained,
+            step,
+            task_index,
+            task: &task_id,
         };
-        timing.load_s = t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let report = match (&mut merger, &adapt_inputs) {
-            (StreamMerger::Merge(m), _) => m.absorb(pretrained, &finetuned, &task_id)?,
-            (StreamMerger::TestTime(m), Some((head, seed))) => m
-                .absorb(pretrained_tt, &finetuned, &task_id, seed, head)?
-                .to_step_report(),
-            (StreamMerger::Sequential(m), _) => {
-                let (train_steps, last_loss) = m.absorb(pretrained, task)?;
-                let current = m.current.as_ref().unwrap_or(pretrained);
-                let mut metrics = indexmap::IndexMap::new();
-                metrics.insert("train_steps".to_owned(), train_steps as f64);
-                metrics.insert("last_loss".to_owned(), last_loss);
-                StepReport {
-                    method: C_FINETUNED.to_owned(),
-                    step,
-                    task: task_id.clone(),
-                    task_vector_norm: distance(&finetuned, pretrained),
-                    merged_delta_norm: distance(current, pretrained),
-                    metrics,
-                }
-            }
-            (StreamMerger::TestTime(_), None) => {
-                return Err(RunError::config(
-                    "a test-time stream needs a test-time method configuration",
-                ));
-            }
-        };
-        drop(finetuned);
-        drop(adapt_inputs);
-        timing.absorb_s = t.elapsed().as_secs_f64();
+        let report = stream_method::load_and_absorb(method.as_mut(), &input, &mut timing)?;
         progress(&RunEvent::Absorbed {
             label: spec.label.clone(),
             step,
@@ -625,69 +509,15 @@ pub fn run_stream(
                 });
                 Ok(())
             };
-        match &merger {
-            StreamMerger::Merge(m) => {
-                let t = Instant::now();
-                let merged: MergedModel = m.merged_model(pretrained)?;
-                timing.merge_s = t.elapsed().as_secs_f64();
-
-                let t = Instant::now();
-                let mut session = evaluator.session(&merged);
-                for &i in &positions {
-                    let Some(&bench_index) = spec.order.get(i) else {
-                        continue;
-                    };
-                    let e = session.accuracy(bench_index)?;
-                    record_accuracy(i, e.accuracy, e.cached)?;
-                }
-                drop(session);
-                drop(merged);
-                timing.eval_s = t.elapsed().as_secs_f64();
-            }
-            StreamMerger::Sequential(m) => {
-                let t = Instant::now();
-                let merged =
-                    MergedModel::Dense(m.current.clone().unwrap_or_else(|| pretrained.clone()));
-                timing.merge_s = t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let mut session = evaluator.session(&merged);
-                for &i in &positions {
-                    let Some(&bench_index) = spec.order.get(i) else {
-                        continue;
-                    };
-                    let e = session.accuracy(bench_index)?;
-                    record_accuracy(i, e.accuracy, e.cached)?;
-                }
-                drop(session);
-                timing.eval_s = t.elapsed().as_secs_f64();
-            }
-            StreamMerger::TestTime(m) => {
-                let t = Instant::now();
-                let base = match backbone.take() {
-                    Some(b) => b,
-                    None => ClipVisionModel::from_params_on(
-                        bench.config(),
-                        pretrained_tt,
-                        evaluator.device(),
-                    )?,
-                };
-                let gated = m.gated_model(&base);
-                backbone = Some(base);
-                let gated = gated?;
-                timing.merge_s = t.elapsed().as_secs_f64();
-
-                let t = Instant::now();
-                for &i in &positions {
-                    let Some(et) = spec.order.get(i).and_then(|&b| evaluator.tasks().get(b)) else {
-                        continue;
-                    };
-                    let a = evaluate_gated(&gated, &et.head, &et.test, evaluator.batch_size())?;
-                    record_accuracy(i, a, false)?;
-                }
-                drop(gated);
-                timing.eval_s = t.elapsed().as_secs_f64();
-            }
-        }
+        method.evaluate(
+            &input,
+            &mut StepEvaluation {
+                positions: &positions,
+                bench_index: &spec.order,
+                record: &mut record_accuracy,
+                timing: &mut timing,
+            },
+        )?;
 
         steps.push(StepRecord {
             step,
@@ -699,19 +529,8 @@ pub fn run_stream(
         });
         if let Some(path) = &spec.checkpoint {
             let t = Instant::now();
-            let record = CheckpointRecord {
-                format: CHECKPOINT_FORMAT.to_owned(),
-                version: CHECKPOINT_VERSION,
-                label: spec.label.clone(),
-                method: spec.method.clone(),
-                seed: spec.seed,
-                order: order.clone(),
-                order_ids: order_ids.clone(),
-                eval: spec.eval,
-                matrix: matrix.clone(),
-                steps: steps.clone(),
-            };
-            save_checkpoint(path, &record, &merger.state()?)?;
+            let record = CheckpointRecord::new(spec, &order, &order_ids, &matrix, &steps);
+            save_checkpoint(path, &record, &method.state()?)?;
             madeit_params::fs::crash_point("run-after-state");
             if let Some(last) = steps.last_mut() {
                 last.timing.save_s = t.elapsed().as_secs_f64();
@@ -747,29 +566,4 @@ pub fn run_stream(
         steps,
         resumed_steps,
     })
-}
-
-/// `params` with `visual_projection.weight` set to `projection` unless it has one.
-fn with_projection_tensor(mut params: ParamDict, projection: &madeit_params::Tensor) -> ParamDict {
-    if !params.contains(PROJECTION_WEIGHT) {
-        params.insert(PROJECTION_WEIGHT, projection.clone());
-    }
-    params
-}
-
-/// `||a - b||_2` over every tensor of `a` (accumulated in `f64`; tensors missing from `b`
-/// count as zero).
-fn distance(a: &ParamDict, b: &ParamDict) -> f64 {
-    a.iter()
-        .map(|(name, t)| match b.get(name) {
-            Ok(u) => t
-                .data()
-                .iter()
-                .zip(u.data())
-                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
-                .sum::<f64>(),
-            Err(_) => t.data().iter().map(|x| f64::from(*x).powi(2)).sum(),
-        })
-        .sum::<f64>()
-        .sqrt()
 }

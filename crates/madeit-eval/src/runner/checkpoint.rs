@@ -32,6 +32,30 @@ pub(super) struct CheckpointRecord {
     pub(super) steps: Vec<StepRecord>,
 }
 
+impl CheckpointRecord {
+    /// The record of `spec` after `steps`.
+    pub(super) fn new(
+        spec: &StreamSpec,
+        order: &[String],
+        order_ids: &[usize],
+        matrix: &AccuracyMatrix,
+        steps: &[StepRecord],
+    ) -> Self {
+        Self {
+            format: CHECKPOINT_FORMAT.to_owned(),
+            version: CHECKPOINT_VERSION,
+            label: spec.label.clone(),
+            method: spec.method.clone(),
+            seed: spec.seed,
+            order: order.to_vec(),
+            order_ids: order_ids.to_vec(),
+            eval: spec.eval,
+            matrix: matrix.clone(),
+            steps: steps.to_vec(),
+        }
+    }
+}
+
 /// The saved state of a stream's merger.
 pub(super) enum SavedState {
     Merge(MergerState),
@@ -41,6 +65,20 @@ pub(super) enum SavedState {
         tasks: Vec<String>,
         params: ParamDict,
     },
+}
+
+impl SavedState {
+    /// The tasks absorbed, in order.
+    pub(super) fn tasks(&self) -> Vec<String> {
+        let ids = |tasks: &[madeit_merge::TaskRecord]| {
+            tasks.iter().map(|t| t.task.as_str().to_owned()).collect()
+        };
+        match self {
+            Self::Merge(s) => ids(&s.metadata.tasks),
+            Self::Adapt(s) => ids(&s.metadata.tasks),
+            Self::Weights { tasks, .. } => tasks.clone(),
+        }
+    }
 }
 
 pub(super) fn save_checkpoint(

@@ -1,0 +1,437 @@
+//! The one contract the run loop drives: [`StreamMethod`].
+//!
+//! Every kind of method of the registry sits behind it, so [`super::run_stream`] treats them
+//! alike: a weight-space merger of `madeit-merge` ([`WeightSpace`]), a test-time merger of
+//! `madeit-adapt` ([`TestTime`]: it also gets each task's head and seed images, and is
+//! evaluated through its gated forward) and the sequential fine-tuning reference
+//! ([`Sequential`]: it also gets the task's training data). [`MethodSpec::stream_method`]
+//! builds the right one from a configuration; a new kind of method is one more
+//! implementation here, not a new branch in the loop.
+
+use madeit_adapt::SeedImages;
+use madeit_vit::TaskHead;
+
+use super::*;
+
+/// What the run loop knows at one step, shared by every method.
+pub(super) struct StepInput<'a> {
+    pub(super) bench: &'a Benchmark,
+    pub(super) evaluator: &'a Evaluator,
+    /// `θ_0`, the same at every step.
+    pub(super) pretrained: &'a ParamDict,
+    /// 1-based step.
+    pub(super) step: usize,
+    /// The task absorbed at this step: its index into the benchmark and its id.
+    pub(super) task_index: usize,
+    pub(super) task: &'a TaskId,
+}
+
+/// What a method needs besides the fine-tuned checkpoint, loaded before
+/// [`StreamMethod::absorb`] (and timed with the checkpoint as [`StepTiming::load_s`]).
+#[derive(Default)]
+pub(super) struct StepExtras {
+    /// The task's fixed head (test-time methods).
+    pub(super) head: Option<TaskHead>,
+    /// The task's unlabelled seed images (test-time methods).
+    pub(super) seed: Option<SeedImages>,
+}
+
+/// Records the accuracy of the task at a position of the order (`cached` when the
+/// evaluator's cache served it).
+pub(super) type RecordAccuracy<'r> = dyn FnMut(usize, f64, bool) -> Result<(), RunError> + 'r;
+
+/// What the run loop asks of [`StreamMethod::evaluate`] after a step.
+pub(super) struct StepEvaluation<'e> {
+    /// Positions in the order of the tasks to evaluate.
+    pub(super) positions: &'e [usize],
+    /// The benchmark index of every position of the order.
+    pub(super) bench_index: &'e [usize],
+    /// Receives each accuracy.
+    pub(super) record: &'e mut RecordAccuracy<'e>,
+    /// The step's timings: the method sets [`StepTiming::merge_s`] and
+    /// [`StepTiming::eval_s`].
+    pub(super) timing: &'e mut StepTiming,
+}
+
+impl StepEvaluation<'_> {
+    /// The benchmark tasks to evaluate: `(position, benchmark index)`.
+    fn tasks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.positions
+            .iter()
+            .filter_map(|&i| self.bench_index.get(i).map(|&b| (i, b)))
+    }
+
+    /// Times building the model (`merge_s`) and evaluating a dense or expert model through
+    /// the evaluator's session and its cache (`eval_s`).
+    fn merged(
+        &mut self,
+        input: &StepInput<'_>,
+        build: impl FnOnce() -> Result<MergedModel, RunError>,
+    ) -> Result<(), RunError> {
+        let t = Instant::now();
+        let merged = build()?;
+        self.timing.merge_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut session = input.evaluator.session(&merged);
+        let tasks: Vec<(usize, usize)> = self.tasks().collect();
+        for (i, b) in tasks {
+            let e = session.accuracy(b)?;
+            (self.record)(i, e.accuracy, e.cached)?;
+        }
+        drop(session);
+        drop(merged);
+        self.timing.eval_s = t.elapsed().as_secs_f64();
+        Ok(())
+    }
+}
+
+/// One continual method as the run loop drives it.
+pub(super) trait StreamMethod {
+    /// Loads what [`absorb`](Self::absorb) needs besides the checkpoint (nothing by
+    /// default).
+    ///
+    /// # Errors
+    /// Loading errors of the benchmark.
+    fn load_extras(&self, _input: &StepInput<'_>) -> Result<StepExtras, RunError> {
+        Ok(StepExtras::default())
+    }
+
+    /// Absorbs the task of `input`, whose fine-tuned checkpoint is `finetuned`.
+    ///
+    /// # Errors
+    /// The method's errors, wrapped.
+    fn absorb(
+        &mut self,
+        input: &StepInput<'_>,
+        finetuned: ParamDict,
+        extras: StepExtras,
+    ) -> Result<StepReport, RunError>;
+
+    /// Builds the model after the tasks absorbed so far and evaluates it as `eval` asks.
+    ///
+    /// # Errors
+    /// Merging and evaluation errors.
+    fn evaluate(
+        &mut self,
+        input: &StepInput<'_>,
+        eval: &mut StepEvaluation<'_>,
+    ) -> Result<(), RunError>;
+
+    /// The state to save in a stream checkpoint.
+    ///
+    /// # Errors
+    /// State serialisation errors.
+    fn state(&self) -> Result<SavedState, RunError>;
+
+    /// Whether `state` is a saved state of this method with this configuration.
+    fn accepts(&self, state: &SavedState) -> bool;
+
+    /// Continues from a saved state ([`accepts`](Self::accepts) must hold).
+    ///
+    /// # Errors
+    /// [`RunError::Resume`]-like errors of the method for a state it cannot continue from.
+    fn restore(&mut self, state: SavedState) -> Result<(), RunError>;
+}
+
+/// Loads the step's checkpoint and extras ([`StepTiming::load_s`]) and absorbs them
+/// ([`StepTiming::absorb_s`]); the checkpoint is checked against `θ_0` as it is read.
+///
+/// # Errors
+/// [`RunError::CheckpointMismatch`] and loading errors; the method's errors.
+pub(super) fn load_and_absorb(
+    method: &mut dyn StreamMethod,
+    input: &StepInput<'_>,
+    timing: &mut StepTiming,
+) -> Result<StepReport, RunError> {
+    let t = Instant::now();
+    let finetuned = input
+        .bench
+        .load_finetuned(input.task_index, input.pretrained)?;
+    let extras = method.load_extras(input)?;
+    timing.load_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let report = method.absorb(input, finetuned, extras)?;
+    timing.absorb_s = t.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A weight-space continual merger of the `madeit-merge` registry.
+pub(super) struct WeightSpace {
+    pub(super) merger: Box<dyn ContinualMerger>,
+}
+
+impl StreamMethod for WeightSpace {
+    fn absorb(
+        &mut self,
+        input: &StepInput<'_>,
+        finetuned: ParamDict,
+        _extras: StepExtras,
+    ) -> Result<StepReport, RunError> {
+        Ok(self
+            .merger
+            .absorb(input.pretrained, &finetuned, input.task)?)
+    }
+
+    fn evaluate(
+        &mut self,
+        input: &StepInput<'_>,
+        eval: &mut StepEvaluation<'_>,
+    ) -> Result<(), RunError> {
+        eval.merged(input, || Ok(self.merger.merged_model(input.pretrained)?))
+    }
+
+    fn state(&self) -> Result<SavedState, RunError> {
+        Ok(SavedState::Merge(self.merger.state()))
+    }
+
+    fn accepts(&self, state: &SavedState) -> bool {
+        matches!(state, SavedState::Merge(s) if s.metadata.config == self.merger.config())
+    }
+
+    fn restore(&mut self, state: SavedState) -> Result<(), RunError> {
+        if let SavedState::Merge(s) = state {
+            self.merger = madeit_merge::resume(&s)?;
+        }
+        Ok(())
+    }
+}
+
+/// A test-time continual merger of `madeit-adapt` (MINGLE, C. LW AdaMerging, C.
+/// LoRA-WEMoE).
+pub(super) struct TestTime {
+    pub(super) merger: Box<dyn TestTimeMerger>,
+    pub(super) spec: MethodSpec,
+    /// `θ_0` with the benchmark's projection, when the checkpoints have none: test-time
+    /// methods build towers from the checkpoints themselves, and a benchmark of vision
+    /// towers saved without a projection gives them the pretrained CLIP's (the same in every
+    /// checkpoint, so no step changes it), as the evaluator does for the other methods.
+    /// Built at the first step.
+    pub(super) projected: Option<ParamDict>,
+    /// The pretrained tower of the gated models, built at the first evaluation.
+    pub(super) backbone: Option<ClipVisionModel>,
+}
+
+impl TestTime {
+    /// Builds [`TestTime::projected`] at the first step, where the benchmark has a
+    /// projection.
+    fn project(&mut self, input: &StepInput<'_>) {
+        if let (None, Some(p)) = (&self.projected, input.bench.projection()) {
+            self.projected = Some(with_projection_tensor(input.pretrained.clone(), p));
+        }
+    }
+}
+
+impl StreamMethod for TestTime {
+    fn load_extras(&self, input: &StepInput<'_>) -> Result<StepExtras, RunError> {
+        let Some(setup) = self.spec.seed_setup() else {
+            return Err(RunError::config(
+                "a test-time stream needs a test-time method configuration",
+            ));
+        };
+        let index = input.task_index;
+        let test = &input
+            .evaluator
+            .tasks()
+            .get(index)
+            .ok_or_else(|| RunError::UnknownTask {
+                name: format!("#{index}"),
+                available: input.bench.task_names(),
+            })?
+            .test;
+        Ok(StepExtras {
+            head: Some(input.bench.load_head(index)?),
+            seed: Some(seed_images(input.bench, index, test, setup)?),
+        })
+    }
+
+    fn absorb(
+        &mut self,
+        input: &StepInput<'_>,
+        mut finetuned: ParamDict,
+        extras: StepExtras,
+    ) -> Result<StepReport, RunError> {
+        if let Some(p) = input.bench.projection() {
+            finetuned = with_projection_tensor(finetuned, p);
+        }
+        let (Some(head), Some(seed)) = (extras.head, extras.seed) else {
+            return Err(RunError::config(
+                "a test-time stream needs a test-time method configuration",
+            ));
+        };
+        self.project(input);
+        let pretrained = self.projected.as_ref().unwrap_or(input.pretrained);
+        Ok(self
+            .merger
+            .absorb(pretrained, &finetuned, input.task, &seed, &head)?
+            .to_step_report())
+    }
+
+    fn evaluate(
+        &mut self,
+        input: &StepInput<'_>,
+        eval: &mut StepEvaluation<'_>,
+    ) -> Result<(), RunError> {
+        let t = Instant::now();
+        let base = match self.backbone.take() {
+            Some(b) => b,
+            None => {
+                self.project(input);
+                let pretrained = self.projected.as_ref().unwrap_or(input.pretrained);
+                ClipVisionModel::from_params_on(
+                    input.bench.config(),
+                    pretrained,
+                    input.evaluator.device(),
+                )?
+            }
+        };
+        let gated = self.merger.gated_model(&base);
+        self.backbone = Some(base);
+        let gated = gated?;
+        eval.timing.merge_s = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let tasks: Vec<(usize, usize)> = eval.tasks().collect();
+        for (i, b) in tasks {
+            let Some(et) = input.evaluator.tasks().get(b) else {
+                continue;
+            };
+            let a = evaluate_gated(&gated, &et.head, &et.test, input.evaluator.batch_size())?;
+            (eval.record)(i, a, false)?;
+        }
+        drop(gated);
+        eval.timing.eval_s = t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn state(&self) -> Result<SavedState, RunError> {
+        Ok(SavedState::Adapt(self.merger.state()?))
+    }
+
+    fn accepts(&self, state: &SavedState) -> bool {
+        matches!(state, SavedState::Adapt(s)
+            if s.metadata.method == self.spec.name()
+                && self.spec.config_json().is_ok_and(|c| c == s.metadata.config))
+    }
+
+    fn restore(&mut self, state: SavedState) -> Result<(), RunError> {
+        if let SavedState::Adapt(s) = state {
+            self.merger.restore(&s)?;
+        }
+        Ok(())
+    }
+}
+
+/// C. Fine-Tuned: sequential fine-tuning through the order (needs training data).
+pub(super) struct Sequential {
+    pub(super) stream: SequentialStream,
+}
+
+impl StreamMethod for Sequential {
+    fn absorb(
+        &mut self,
+        input: &StepInput<'_>,
+        finetuned: ParamDict,
+        _extras: StepExtras,
+    ) -> Result<StepReport, RunError> {
+        let m = &mut self.stream;
+        let (train_steps, last_loss) = m.absorb(input.pretrained, input.task.as_str())?;
+        let current = m.current.as_ref().unwrap_or(input.pretrained);
+        let mut metrics = indexmap::IndexMap::new();
+        metrics.insert("train_steps".to_owned(), train_steps as f64);
+        metrics.insert("last_loss".to_owned(), last_loss);
+        Ok(StepReport {
+            method: C_FINETUNED.to_owned(),
+            step: input.step,
+            task: input.task.clone(),
+            task_vector_norm: distance(&finetuned, input.pretrained),
+            merged_delta_norm: distance(current, input.pretrained),
+            metrics,
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        input: &StepInput<'_>,
+        eval: &mut StepEvaluation<'_>,
+    ) -> Result<(), RunError> {
+        let current = self.stream.current.as_ref().unwrap_or(input.pretrained);
+        eval.merged(input, || Ok(MergedModel::Dense(current.clone())))
+    }
+
+    fn state(&self) -> Result<SavedState, RunError> {
+        Ok(SavedState::Weights {
+            tasks: self.stream.tasks.clone(),
+            params: self.stream.current.clone().unwrap_or_default(),
+        })
+    }
+
+    fn accepts(&self, state: &SavedState) -> bool {
+        matches!(state, SavedState::Weights { .. })
+    }
+
+    fn restore(&mut self, state: SavedState) -> Result<(), RunError> {
+        if let SavedState::Weights { tasks, params } = state {
+            self.stream.tasks = tasks;
+            self.stream.current = (!params.is_empty()).then_some(params);
+        }
+        Ok(())
+    }
+}
+
+/// `params` with `visual_projection.weight` set to `projection` unless it has one.
+fn with_projection_tensor(mut params: ParamDict, projection: &madeit_params::Tensor) -> ParamDict {
+    if !params.contains(PROJECTION_WEIGHT) {
+        params.insert(PROJECTION_WEIGHT, projection.clone());
+    }
+    params
+}
+
+/// `||a - b||_2` over every tensor of `a` (accumulated in `f64`; tensors missing from `b`
+/// count as zero).
+fn distance(a: &ParamDict, b: &ParamDict) -> f64 {
+    a.iter()
+        .map(|(name, t)| match b.get(name) {
+            Ok(u) => t
+                .data()
+                .iter()
+                .zip(u.data())
+                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+                .sum::<f64>(),
+            Err(_) => t.data().iter().map(|x| f64::from(*x).powi(2)).sum(),
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The [`StreamMethod`] of a configuration, empty (no task absorbed), for `bench`'s towers
+/// on `device`.
+///
+/// # Errors
+/// As the method's constructor, wrapped; [`RunError::InvalidConfig`] for a method that
+/// cannot be run.
+pub(super) fn build(
+    spec: &MethodSpec,
+    bench: &Benchmark,
+    device: &Device,
+) -> Result<Box<dyn StreamMethod>, RunError> {
+    if let MethodSpec::Merge(c) = spec {
+        return Ok(Box::new(WeightSpace { merger: c.build()? }));
+    }
+    if let MethodSpec::Sequential(c) = spec {
+        return Ok(Box::new(Sequential {
+            stream: SequentialStream::new(c, bench)?,
+        }));
+    }
+    match spec.build_test_time(bench.config(), device)? {
+        Some(merger) => Ok(Box::new(TestTime {
+            merger,
+            spec: spec.clone(),
+            projected: None,
+            backbone: None,
+        })),
+        None => Err(RunError::config(format!(
+            "method `{}` cannot be run",
+            spec.name()
+        ))),
+    }
+}
