@@ -9,7 +9,7 @@
 
 mod common;
 
-use madeit::experts::FeatureBatch;
+use madeit::merge::made_it::FeatureBatch;
 use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
 use madeit::vit::{ClipVisionModel, ModuleId};
 

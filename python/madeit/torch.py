@@ -1,5 +1,5 @@
 """MADE-IT at inference in PyTorch: a transformers ``CLIPVisionModel`` with a MADE-IT expert
-store, routing each sample as madeit's router does (``madeit_experts::routing``).
+store, routing each sample as madeit's router does (``madeit_merge::made_it::routing``).
 
 The model holds the merged backbone (``model.safetensors`` of a ``madeit merge --method
 made_it`` output, or ``Merger.merged()["backbone"]``); the store is the ``experts/`` folder

@@ -346,7 +346,7 @@ fn model_key(model: &MergedModel) -> Option<ModelKey> {
             let rule: f32 = match m.routing {
                 ExpertRouting::PerModule => 0.0,
                 ExpertRouting::MadeItPaths {
-                    tokens: madeit_experts::TokenAggregation::ClsOnly,
+                    tokens: madeit_merge::made_it::TokenAggregation::ClsOnly,
                 } => 2.0,
                 ExpertRouting::MadeItPaths { .. } => 1.0,
                 _ => 3.0,

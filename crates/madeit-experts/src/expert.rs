@@ -283,7 +283,9 @@ impl ModuleExperts {
             .collect()
     }
 
-    pub(crate) fn experts_mut(&mut self) -> &mut Vec<Expert> {
+    /// The experts, to add or consolidate one (MADE-IT's evolution); callers keep every
+    /// expert's rank and task set consistent with the module.
+    pub fn experts_mut(&mut self) -> &mut Vec<Expert> {
         &mut self.experts
     }
 }

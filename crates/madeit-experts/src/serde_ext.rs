@@ -11,7 +11,7 @@ use serde::ser::Serializer;
 use std::fmt;
 
 /// Serialises an `f64`, writing non-finite values as strings.
-pub(crate) fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
     if x.is_finite() {
         s.serialize_f64(*x)
     } else if x.is_nan() {
@@ -57,6 +57,6 @@ impl Visitor<'_> for F64Visitor {
 }
 
 /// Deserialises an `f64` written by [`serialize`] (or a plain number).
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     d.deserialize_any(F64Visitor)
 }

@@ -25,7 +25,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use madeit_experts::{ExpertsError, MadeItConfig};
+use madeit_experts::ExpertsError;
+
+use crate::made_it::MadeItConfig;
 
 use crate::methods::{IsoCConfig, MadeItMerger, MagMax, Opcm, Swa, TaskArithmeticFamily};
 use crate::{ContinualMerger, MergeError, MergerState};
@@ -650,8 +652,8 @@ impl MergeMethodConfig for MadeItConfig {
         label: "MADE-IT",
         title: "MADE-IT (manifold-aware dynamic expert evolution and implicit routing)",
         summary: "per target module, the top-r SVD of τ_t joins the most similar low-rank expert if its subspace affinity exceeds μ + κσ of the affinity history, else becomes a new expert; inputs are routed along task-consistent expert paths by feature projection alignment",
-        paper: "MADE-IT: Manifold-Aware Dynamic Expert Evolution and Implicit rouTing (no public link; the method as reconstructed in madeit-experts)",
-        reference: "https://github.com/madeit-rs/madeit/tree/main/crates/madeit-experts",
+        paper: "MADE-IT: Manifold-Aware Dynamic Expert Evolution and Implicit rouTing (no public link; the method as reconstructed in madeit-merge's `made_it` module)",
+        reference: "https://github.com/madeit-rs/madeit/tree/main/crates/madeit-merge/src/made_it",
         default_run: true,
     };
 

@@ -30,6 +30,7 @@
 mod config;
 mod contract;
 mod error;
+pub mod made_it;
 mod methods;
 mod state;
 
@@ -41,7 +42,7 @@ pub use config::{
 pub use contract::ContinualMerger;
 pub use error::MergeError;
 /// MADE-IT's hyper-parameters (the configuration of `method = "made_it"`).
-pub use madeit_experts::MadeItConfig;
+pub use made_it::MadeItConfig;
 /// The stream contract, re-exported: the types every continual method speaks in.
 pub use madeit_stream::{
     ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_same_model, round_trip, single, stream};
-use madeit_experts::{MadeIt, NonTargetRule, TokenAggregation};
+use madeit_merge::made_it::{MadeIt, NonTargetRule, TokenAggregation};
 use madeit_merge::{
     ContinualMerger, ExpertModel, ExpertRouting, MadeItConfig, MadeItMerger, MergeError,
     MergedModel, MethodConfig, TaskId, resume,

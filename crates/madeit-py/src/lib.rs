@@ -22,7 +22,7 @@ use madeit::eval::checkpoints::{
 use madeit::eval::metrics::AccuracyMatrix;
 use madeit::eval::orders::task_order;
 use madeit::eval::registry::{self, MethodKind};
-use madeit::experts::store;
+use madeit::merge::made_it::store;
 use madeit::merge::{
     ContinualMerger, MadeItMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport,
     TaskId,

@@ -94,7 +94,7 @@ pub enum ExpertRouting {
     /// MADE-IT's path-consistent implicit routing: feature-projection scores
     /// `‖X V_e‖_F / ‖X‖_F` of a backbone pass (experts stored as `up = U diag(s)`,
     /// `down = V^T` with orthonormal `V`), an anchor module, then task-set propagation
-    /// outward from it (`madeit_experts::routing`).
+    /// outward from it (`madeit_merge::made_it::routing`).
     MadeItPaths {
         /// Which tokens of a module input enter the score.
         tokens: TokenAggregation,

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use madeit::eval::Benchmark;
 use madeit::eval::orders::task_order;
-use madeit::experts::{AffinityMetric, MadeItConfig};
+use madeit::merge::made_it::{AffinityMetric, MadeItConfig};
 use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
 use madeit::params::fs::write_atomic;
 use plotters::coord::Shift;

@@ -30,7 +30,7 @@ use madeit::data::preprocess::{
     AlphaRule, ClipPreprocess, PREPROCESSOR_FILE, Resizer, decode_rgb_with,
 };
 use madeit::eval::evaluate::{ExpertTower, ProjectionRouter};
-use madeit::experts::store;
+use madeit::merge::made_it::store;
 use madeit::merge::{TaskId, made_it_expert_model};
 use madeit::params::fs::{check_not_input, remove_stale_temp_files};
 use madeit::params::{ParamDict, Tensor};

@@ -16,7 +16,7 @@
 //! file with the factors `U`, `s`, `V` of every expert), `tasks.json` (the task name of each
 //! task id of the store, in merge order) and the backbone `model.safetensors`. The
 //! pretrained model plus the store is the merged model: loading it with
-//! `madeit::experts::store::load` gives back the full MADE-IT state (experts, routing,
+//! `madeit::merge::made_it::store::load` gives back the full MADE-IT state (experts, routing,
 //! non-target mean), ready to route inputs or to absorb more tasks. The backbone is
 //! `theta0` (or `theta0` plus the non-target running mean when `non_target =
 //! "running_mean"`).
@@ -43,7 +43,7 @@ use anyhow::Context;
 use madeit::eval::checkpoints::{
     Checkpoint, CheckpointError, absorb_checkpoint, merge_config, refuse_non_merge, task_name,
 };
-use madeit::experts::store;
+use madeit::merge::made_it::store;
 use madeit::merge::{ContinualMerger, MadeItMerger, MergedModel, MethodConfig, TaskId};
 use madeit::params::ParamDict;
 use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};

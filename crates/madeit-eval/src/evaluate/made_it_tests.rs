@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 use super::*;
-use madeit_experts::{FeatureBatch, MadeIt, MadeItConfig};
+use madeit_merge::made_it::{FeatureBatch, MadeIt, MadeItConfig};
 use madeit_merge::{ContinualMerger, MadeItMerger, MergedModel};
 use madeit_vit::{PROJECTION_WEIGHT, expected_tensors};
 use rand::SeedableRng;
@@ -88,14 +88,14 @@ fn module_id(state: &MadeIt, index: usize) -> ModuleId {
 #[test]
 fn the_router_takes_the_path_made_it_takes_on_the_captured_inputs() {
     for tokens in [
-        madeit_experts::TokenAggregation::Frobenius,
-        madeit_experts::TokenAggregation::ClsOnly,
+        madeit_merge::made_it::TokenAggregation::Frobenius,
+        madeit_merge::made_it::TokenAggregation::ClsOnly,
     ] {
         router_matches_made_it(tokens);
     }
 }
 
-fn router_matches_made_it(tokens: madeit_experts::TokenAggregation) {
+fn router_matches_made_it(tokens: madeit_merge::made_it::TokenAggregation) {
     let config = ClipVisionConfig::tiny();
     // A low threshold, so that modules differ in their number of experts and paths have
     // bifurcations.
@@ -123,7 +123,7 @@ fn router_matches_made_it(tokens: madeit_experts::TokenAggregation) {
     let router = model_router(&ProjectionRouter::default(), model.routing)
         .expect("the default router defers to MADE-IT's rule");
     let want = match tokens {
-        madeit_experts::TokenAggregation::ClsOnly => "made_it-paths-cls",
+        madeit_merge::made_it::TokenAggregation::ClsOnly => "made_it-paths-cls",
         _ => "made_it-paths",
     };
     assert_eq!(router.name(), want);
@@ -248,7 +248,7 @@ fn made_it_models_are_keyed_by_their_routing_rule() {
                 tokens: TokenAggregation::ClassToken
             },
             ExpertRouting::MadeItPaths {
-                tokens: madeit_experts::TokenAggregation::Frobenius
+                tokens: madeit_merge::made_it::TokenAggregation::Frobenius
             }
         )
         .is_none()

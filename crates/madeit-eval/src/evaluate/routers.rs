@@ -92,11 +92,11 @@ impl ExpertRouter for ProjectionRouter {
 /// MADE-IT's implicit routing: the feature-projection alignment of every expert of every
 /// module from one backbone pass ([`ClipVisionModel::forward_scored`], the scores of
 /// [`ProjectionRouter`]), then, per sample, the path-consistent propagation of
-/// [`madeit_experts::routing`]: the anchor module (most experts, the deepest on ties) takes
+/// [`madeit_merge::made_it::routing`]: the anchor module (most experts, the deepest on ties) takes
 /// its best-scoring expert and the active task set `S` of that expert; the other modules
 /// are visited outward from the anchor (the deeper first at equal distance) and take the
 /// only expert sharing a task with `S`, or at a bifurcation the best-scoring such expert,
-/// with `S <- S ∩ tasks(pick)` ([`madeit_experts::route_from_scores`], the code
+/// with `S <- S ∩ tasks(pick)` ([`madeit_merge::made_it::route_from_scores`], the code
 /// `MadeIt::route` runs).
 ///
 /// The score is `‖X V_e‖_F / ‖X‖_F` with `V_e = down_e^T`; MADE-IT stores experts as
@@ -117,7 +117,9 @@ impl MadeItRouter {
         match rule {
             ExpertRouting::MadeItPaths { tokens } => Some(Self {
                 tokens: match tokens {
-                    madeit_experts::TokenAggregation::ClsOnly => TokenAggregation::ClassToken,
+                    madeit_merge::made_it::TokenAggregation::ClsOnly => {
+                        TokenAggregation::ClassToken
+                    }
                     _ => TokenAggregation::AllTokens,
                 },
             }),
@@ -177,7 +179,7 @@ impl ExpertRouter for MadeItRouter {
                         .collect::<Result<Vec<f64>, RunError>>()
                 })
                 .collect::<Result<Vec<_>, RunError>>()?;
-            let path = madeit_experts::route_from_scores(&sets, &sample)
+            let path = madeit_merge::made_it::route_from_scores(&sets, &sample)
                 .map_err(|e| fail(format!("MADE-IT routing of sample {i}: {e}")))?;
             for (c, &e) in choices.iter_mut().zip(&path.experts) {
                 c.push(Some(e));

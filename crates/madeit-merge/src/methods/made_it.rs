@@ -4,14 +4,12 @@ use std::collections::BTreeSet;
 
 use faer::Mat;
 use indexmap::IndexMap;
-use madeit_experts::store::{Factor, tensor_key};
-use madeit_experts::{
-    AbsorbReport, Expert, ExpertsError, MadeIt, MadeItConfig, ModuleExperts, NonTargetMean,
-    TargetModule,
-};
+use madeit_experts::{Expert, ExpertsError, ModuleExperts, TargetModule};
 use madeit_params::{ParamDict, ParamsError, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::made_it::store::{Factor, tensor_key};
+use crate::made_it::{AbsorbReport, MadeIt, MadeItConfig, NonTargetMean};
 use crate::state::{Ledger, export_tensors};
 use crate::{
     ContinualMerger, ExpertModel, ExpertRouting, LowRankExpert, MergeError, MergedModel,
@@ -62,7 +60,7 @@ struct MadeItExtra {
 }
 
 /// MADE-IT ("Manifold-Aware Dynamic Expert Evolution and Implicit rouTing") behind the
-/// [`ContinualMerger`] contract, on top of [`madeit_experts::MadeIt`].
+/// [`ContinualMerger`] contract, on top of [`crate::made_it::MadeIt`].
 ///
 /// - **Tasks.** The `i`-th absorbed task (0-based) gets the `u32` id `i` inside
 ///   [`MadeIt`]; the mapping from [`TaskId`] names is kept in the state.
@@ -75,7 +73,7 @@ struct MadeItExtra {
 ///   2 on, `threshold` (the adaptive threshold of the first module).
 /// - **Merged model.** [`MergedModel::Experts`]: the backbone is `θ_0`, with
 ///   `θ_0 + mean_t τ_t` on the non-target parameters under
-///   [`madeit_experts::NonTargetRule::RunningMean`] (the rule of [`MadeIt::materialize`]);
+///   [`crate::made_it::NonTargetRule::RunningMean`] (the rule of [`MadeIt::materialize`]);
 ///   every target weight carries its experts as `up = U diag(s)` (`[out, r]`) and
 ///   `down = V^T` (`[r, in]`), `V` orthonormal, so that `‖X down^T‖_F / ‖X‖_F` is the
 ///   feature-projection alignment; the routing is [`ExpertRouting::MadeItPaths`].

@@ -29,11 +29,11 @@
 //!    code still returns [`ExpertsError::RoutingInvariant`] rather than panicking if it
 //!    ever did.
 
-use crate::config::TokenAggregation;
-use crate::error::{ExpertsError, Result};
-use crate::evolve::{MadeIt, argmax_first};
-use crate::lowrank::fpa;
+use super::config::TokenAggregation;
+use super::evolve::{MadeIt, argmax_first};
 use faer::MatRef;
+use madeit_experts::math::fpa;
+use madeit_experts::{ExpertsError, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;

@@ -1,11 +1,11 @@
 //! MADE-IT's manifold-aware expert evolution: the [`MadeIt`] state and [`MadeIt::absorb`].
 
-use crate::config::{HistoryScope, MadeItConfig, NonTargetRule};
-use crate::error::{ExpertsError, Result};
-use crate::expert::{Expert, ModuleExperts};
-use crate::lowrank;
-use crate::targets::{TargetModule, target_modules};
+use super::config::{HistoryScope, MadeItConfig, NonTargetRule};
 use faer::MatRef;
+use madeit_experts::math as lowrank;
+use madeit_experts::{Expert, ModuleExperts};
+use madeit_experts::{ExpertsError, Result};
+use madeit_experts::{TargetModule, target_modules};
 use madeit_params::{ParamDict, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,7 @@ pub struct ThresholdStats {
     /// Their population standard deviation `sigma`.
     pub std: f64,
     /// `tau = mu + kappa * sigma` (`±inf` for an infinite `kappa`).
-    #[serde(with = "crate::serde_ext")]
+    #[serde(with = "madeit_experts::serde_ext")]
     pub threshold: f64,
 }
 
@@ -160,8 +160,8 @@ impl NonTargetMean {
 
 /// The MADE-IT state: per target module an evolving set of low-rank experts, the
 /// affinity history and the absorbed task ids. Feed it one task at a time with
-/// [`MadeIt::absorb`]; route inputs with [`MadeIt::route`](crate::MadeIt::route); save and
-/// resume it with [`crate::store`].
+/// [`MadeIt::absorb`]; route inputs with [`MadeIt::route`](super::MadeIt::route); save and
+/// resume it with [`super::store`].
 ///
 /// Invariant (checked by [`MadeIt::from_parts`], kept by `absorb`): in every module the
 /// experts' task sets partition the set of absorbed tasks — each task is served by
@@ -733,7 +733,7 @@ impl MadeIt {
     pub fn materialize(
         &self,
         pretrained: &ParamDict,
-        path: &crate::routing::RoutePath,
+        path: &super::routing::RoutePath,
     ) -> Result<ParamDict> {
         if self.modules.is_empty() {
             return Err(ExpertsError::NoExperts);
@@ -784,7 +784,7 @@ impl MadeIt {
     }
 
     /// The path that takes, in every module, the expert serving `task` (oracle routing).
-    pub fn task_path(&self, task: u32) -> Result<crate::routing::RoutePath> {
+    pub fn task_path(&self, task: u32) -> Result<super::routing::RoutePath> {
         if self.modules.is_empty() {
             return Err(ExpertsError::NoExperts);
         }
@@ -809,7 +809,7 @@ impl MadeIt {
                 })
             })
             .unwrap_or_default();
-        Ok(crate::routing::RoutePath {
+        Ok(super::routing::RoutePath {
             experts,
             tasks,
             anchor: None,

@@ -1,15 +1,17 @@
 //! Implicit routing: FPA, anchor, propagation, bifurcations, invariances, batch API.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+// The low-rank fixtures shared with `madeit-experts`'s own tests.
+#[path = "../../madeit-experts/tests/common/mod.rs"]
 mod common;
 
 use common::*;
 use faer::{Mat, MatRef};
-use madeit_experts::{
+use madeit_linalg::random::{gaussian, orthonormal};
+use madeit_merge::made_it::{
     AbsorbReport, Action, Expert, ExpertsError, FeatureBatch, MadeIt, MadeItConfig, ModuleExperts,
     ModuleKind, ModuleReport, TargetModule, TokenAggregation,
 };
-use madeit_linalg::random::{gaussian, orthonormal};
 use madeit_params::{ParamDict, Tensor};
 use std::collections::BTreeSet;
 
@@ -451,14 +453,14 @@ fn routing_from_precomputed_scores_equals_feature_routing() {
             .map(|i| gaussian::<f32>(3, 8, 1000 * seed + i))
             .collect();
         let want = m.route(&refs(&x)).unwrap();
-        let got = madeit_experts::route_from_scores(&sets, &all_scores(&m, &x)).unwrap();
+        let got = madeit_merge::made_it::route_from_scores(&sets, &all_scores(&m, &x)).unwrap();
         assert_eq!(got, want, "seed {seed}");
     }
     let (_, m) = absorbed(1.0);
     let sets = task_sets(&m);
     for task in 100..104 {
         let x = task_features(&m, task, u64::from(task) + 7);
-        let got = madeit_experts::route_from_scores(&sets, &all_scores(&m, &x)).unwrap();
+        let got = madeit_merge::made_it::route_from_scores(&sets, &all_scores(&m, &x)).unwrap();
         assert_eq!(got, m.route(&refs(&x)).unwrap());
     }
 }
@@ -470,23 +472,23 @@ fn routing_from_scores_rejects_malformed_inputs() {
         vec![BTreeSet::from([1, 2])],
     ];
     let ok = vec![vec![0.2, 0.9], vec![0.5]];
-    let path = madeit_experts::route_from_scores(&sets, &ok).unwrap();
+    let path = madeit_merge::made_it::route_from_scores(&sets, &ok).unwrap();
     assert_eq!(path.experts, vec![1, 0]);
     assert_eq!(path.tasks, BTreeSet::from([2]));
     assert!(matches!(
-        madeit_experts::route_from_scores(&sets, &ok[..1]),
+        madeit_merge::made_it::route_from_scores(&sets, &ok[..1]),
         Err(ExpertsError::Features { .. })
     ));
     assert!(matches!(
-        madeit_experts::route_from_scores(&sets, &[vec![0.2], vec![0.5]]),
+        madeit_merge::made_it::route_from_scores(&sets, &[vec![0.2], vec![0.5]]),
         Err(ExpertsError::Features { .. })
     ));
     assert!(matches!(
-        madeit_experts::route_from_scores(&sets, &[vec![f64::NAN, 0.1], vec![0.5]]),
+        madeit_merge::made_it::route_from_scores(&sets, &[vec![f64::NAN, 0.1], vec![0.5]]),
         Err(ExpertsError::NonFinite { .. })
     ));
     assert!(matches!(
-        madeit_experts::route_from_scores(&[], &[]),
+        madeit_merge::made_it::route_from_scores(&[], &[]),
         Err(ExpertsError::NoExperts)
     ));
     // Task sets that do not partition one set: no consistent expert.
@@ -495,7 +497,7 @@ fn routing_from_scores_rejects_malformed_inputs() {
         vec![BTreeSet::from([3])],
     ];
     assert!(matches!(
-        madeit_experts::route_from_scores(&broken, &ok),
+        madeit_merge::made_it::route_from_scores(&broken, &ok),
         Err(ExpertsError::RoutingInvariant { .. })
     ));
 }

@@ -1,10 +1,12 @@
 //! Expert evolution: thresholds, consolidation limits, errors, non-target handling.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+// The low-rank fixtures shared with `madeit-experts`'s own tests.
+#[path = "../../madeit-experts/tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use madeit_experts::{
+use madeit_merge::made_it::{
     Action, AffinityMetric, CandidateSvd, ExpertsError, HistoryScope, MadeIt, MadeItConfig,
     MergeRule, NonTargetRule, ThresholdStats, target_modules,
 };

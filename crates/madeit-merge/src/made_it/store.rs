@@ -22,12 +22,12 @@
 //!
 //! This module is the only I/O of the crate; the algorithm works on in-memory values.
 
-use crate::config::MadeItConfig;
-use crate::error::{ExpertsError, Result};
-use crate::evolve::{AbsorbReport, MadeIt, NonTargetMean};
-use crate::expert::{Expert, ModuleExperts};
-use crate::targets::{ModuleKind, TargetModule, parse_target_key};
+use super::config::MadeItConfig;
+use super::evolve::{AbsorbReport, MadeIt, NonTargetMean};
 use faer::Mat;
+use madeit_experts::{Expert, ModuleExperts};
+use madeit_experts::{ExpertsError, Result};
+use madeit_experts::{ModuleKind, TargetModule, parse_target_key};
 use madeit_params::{ParamDict, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};

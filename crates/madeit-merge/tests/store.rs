@@ -1,11 +1,13 @@
 //! Store round trips, atomic replacement and corruption handling.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+// The low-rank fixtures shared with `madeit-experts`'s own tests.
+#[path = "../../madeit-experts/tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use madeit_experts::store::{self, Factor, MANIFEST_FILE, checksum, tensor_key};
-use madeit_experts::{ExpertsError, HistoryScope, MadeIt, MadeItConfig, NonTargetRule};
+use madeit_merge::made_it::store::{self, Factor, MANIFEST_FILE, checksum, tensor_key};
+use madeit_merge::made_it::{ExpertsError, HistoryScope, MadeIt, MadeItConfig, NonTargetRule};
 use madeit_params::ParamDict;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -92,7 +94,7 @@ fn save_load_round_trip_is_bit_identical() {
         assert_eq!(back, m);
         for (a, b) in back.modules().iter().zip(m.modules()) {
             for (x, y) in a.experts().iter().zip(b.experts()) {
-                let bits = |e: &madeit_experts::Expert| -> Vec<u32> {
+                let bits = |e: &madeit_merge::made_it::Expert| -> Vec<u32> {
                     let mut v: Vec<u32> = e.s().iter().map(|x| x.to_bits()).collect();
                     for j in 0..e.rank() {
                         v.extend(e.u().col(j).iter().map(|x| x.to_bits()));
