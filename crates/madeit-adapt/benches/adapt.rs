@@ -82,7 +82,7 @@ fn finetune(cfg: &ClipVisionConfig, base: &ParamDict, seed: u64) -> ParamDict {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = base.clone();
     for m in ModuleId::all(cfg.num_hidden_layers) {
-        let (d_out, d_in) = m.dims(cfg);
+        let (d_out, d_in) = cfg.module_dims(m.kind);
         let delta = low_rank(&mut rng, d_out, d_in, 8);
         let w = out.get_mut(&m.weight_name()).unwrap();
         let norm = w.l2_norm() as f32;
@@ -251,7 +251,7 @@ fn vit_b32(c: &mut Criterion) {
             w0[(i, j)] + 1e-3 * delta[i * d_in + j] + 1e-4 * (rng.random::<f32>() - 0.5)
         });
         let prev = vec![random_factors(d_out, d_in, 64, 12)];
-        let module = ModuleId::new(0, madeit_vit::TargetKind::Fc1);
+        let module = ModuleId::new(0, madeit_vit::ModuleKind::Fc1);
         g.bench_function(format!("vit_b32/expert_{name}"), |b| {
             b.iter(|| {
                 black_box(
@@ -283,7 +283,7 @@ fn vit_b32(c: &mut Criterion) {
     let mut experts = BTreeMap::new();
     let mut subspaces = BTreeMap::new();
     for (i, &m) in modules.iter().enumerate() {
-        let (d_out, d_in) = m.dims(&cfg);
+        let (d_out, d_in) = cfg.module_dims(m.kind);
         let seed = 100 + 2 * i as u64;
         experts.insert(
             m,

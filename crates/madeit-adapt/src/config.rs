@@ -2,7 +2,7 @@
 //! adapt the method to small models.
 
 use madeit_linalg::TruncatedSvd;
-use madeit_vit::{ClipVisionConfig, ModuleId, TargetKind};
+use madeit_vit::{ClipVisionConfig, ModuleId, ModuleKind};
 use serde::{Deserialize, Serialize};
 
 use crate::AdaptError;
@@ -23,19 +23,19 @@ pub enum TargetSet {
     /// v_proj, fc1`). `out_proj` and `fc2` stay pretrained.
     Lightweight,
     /// An explicit list of module kinds (applied to every layer).
-    Custom(Vec<TargetKind>),
+    Custom(Vec<ModuleKind>),
 }
 
 impl TargetSet {
     /// The module kinds of this set, in forward order, without duplicates.
     #[must_use]
-    pub fn kinds(&self) -> Vec<TargetKind> {
-        let wanted: Vec<TargetKind> = match self {
-            Self::All => TargetKind::ALL.to_vec(),
-            Self::Lightweight => vec![TargetKind::Q, TargetKind::K, TargetKind::V, TargetKind::Fc1],
+    pub fn kinds(&self) -> Vec<ModuleKind> {
+        let wanted: Vec<ModuleKind> = match self {
+            Self::All => ModuleKind::ALL.to_vec(),
+            Self::Lightweight => vec![ModuleKind::Q, ModuleKind::K, ModuleKind::V, ModuleKind::Fc1],
             Self::Custom(kinds) => kinds.clone(),
         };
-        TargetKind::ALL
+        ModuleKind::ALL
             .into_iter()
             .filter(|k| wanted.contains(k))
             .collect()

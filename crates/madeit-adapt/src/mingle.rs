@@ -263,7 +263,7 @@ impl Mingle {
             .map(|(i, &m)| {
                 let (name, w0) = target_weight(pretrained, m)?;
                 let (_, wt) = target_weight(finetuned, m)?;
-                let (d_out, d_in) = m.dims(&self.vision);
+                let (d_out, d_in) = self.vision.module_dims(m.kind);
                 let shape_err = |t: &HostTensor| AdaptError::TargetWeight {
                     name: name.clone(),
                     reason: format!("shape {:?}, expected [{d_out}, {d_in}]", t.shape()),
@@ -654,7 +654,7 @@ impl TestTimeMerger for Mingle {
         let mut gates = GateValues::new();
         let mut subspaces = BTreeMap::new();
         for &m in &self.modules {
-            let (d_out, d_in) = m.dims(&self.vision);
+            let (d_out, d_in) = self.vision.module_dims(m.kind);
             let list = r.experts(m, t, d_out, d_in)?;
             if t == 0 {
                 continue;

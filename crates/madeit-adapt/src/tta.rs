@@ -8,7 +8,7 @@ use burn::prelude::*;
 use faer::Mat;
 use madeit_vit::{
     ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues, LowRankFactors, ModuleAdapter,
-    ModuleId, TargetKind, TaskHead, VitError, distillation_loss, to_host,
+    ModuleId, ModuleKind, TaskHead, VitError, distillation_loss, to_host,
 };
 
 use crate::{AdaptError, GradientProjector, MingleConfig, SeedImages};
@@ -174,7 +174,7 @@ impl<'a> GateTrainer<'a> {
                     reason: "a gradient projector on a module without experts".into(),
                 });
             }
-            let (_, d_in) = m.dims(model.config());
+            let (_, d_in) = model.config().module_dims(m.kind);
             if p.dim() != d_in {
                 return Err(AdaptError::Module {
                     module: *m,
@@ -335,10 +335,10 @@ pub(crate) enum InputSlot {
 impl InputSlot {
     pub(crate) fn of(m: ModuleId) -> Self {
         match m.kind {
-            TargetKind::Q | TargetKind::K | TargetKind::V => Self::Attn(m.layer),
-            TargetKind::Out => Self::Out(m.layer),
-            TargetKind::Fc1 => Self::Fc1(m.layer),
-            TargetKind::Fc2 => Self::Fc2(m.layer),
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V => Self::Attn(m.layer),
+            ModuleKind::Out => Self::Out(m.layer),
+            ModuleKind::Fc1 => Self::Fc1(m.layer),
+            ModuleKind::Fc2 => Self::Fc2(m.layer),
         }
     }
 }

@@ -11,7 +11,7 @@ use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
-    LowRankFactors, ModuleId, TargetKind, TaskHead, VISION_PREFIX,
+    LowRankFactors, ModuleId, ModuleKind, TaskHead, VISION_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -186,7 +186,7 @@ impl WemoeConfig {
 fn attention_names(config: &ClipVisionConfig) -> Vec<String> {
     (0..config.num_hidden_layers)
         .flat_map(|l| {
-            [TargetKind::Q, TargetKind::K, TargetKind::V, TargetKind::Out]
+            [ModuleKind::Q, ModuleKind::K, ModuleKind::V, ModuleKind::Out]
                 .into_iter()
                 .flat_map(move |k| {
                     let m = ModuleId::new(l, k);
@@ -215,8 +215,8 @@ fn mlp_modules(config: &ClipVisionConfig) -> Vec<ModuleId> {
     (0..config.num_hidden_layers)
         .flat_map(|l| {
             [
-                ModuleId::new(l, TargetKind::Fc1),
-                ModuleId::new(l, TargetKind::Fc2),
+                ModuleId::new(l, ModuleKind::Fc1),
+                ModuleId::new(l, ModuleKind::Fc2),
             ]
         })
         .collect()
@@ -383,7 +383,7 @@ impl LoraWemoe {
         for &m in &self.modules {
             let (_, w0) = lookup(pretrained, &m.weight_name())?;
             let (_, wt) = lookup(finetuned, &m.weight_name())?;
-            let (d_out, d_in) = m.dims(&self.vision);
+            let (d_out, d_in) = self.vision.module_dims(m.kind);
             if w0.shape() != [d_out, d_in] || wt.shape() != [d_out, d_in] {
                 return Err(AdaptError::TargetWeight {
                     name: m.weight_name(),
@@ -407,7 +407,7 @@ impl LoraWemoe {
             .modules
             .iter()
             .copied()
-            .filter(|m| m.kind == TargetKind::Fc1)
+            .filter(|m| m.kind == ModuleKind::Fc1)
             .collect();
         routers.push_random(
             &self.vision,
@@ -674,10 +674,10 @@ impl TestTimeMerger for LoraWemoe {
             if t == 0 {
                 continue;
             }
-            let (d_out, d_in) = m.dims(&self.vision);
+            let (d_out, d_in) = self.vision.module_dims(m.kind);
             let list = r.experts(m, t, d_out, d_in)?;
             experts.insert(m, list);
-            if m.kind != TargetKind::Fc1 {
+            if m.kind != ModuleKind::Fc1 {
                 continue;
             }
             for gate in r.gates(&format!("router.{m}"), t, d_in)? {

@@ -11,10 +11,10 @@ use madeit_adapt::{
     experts_svd, extend_basis, mean_kl, project_out_block, select_seed_indices, top_directions,
 };
 use madeit_linalg::{TruncatedSvd, orthonormalize, thin_svd};
-use madeit_vit::{ClipVisionConfig, LowRankFactors, ModuleId, TargetKind};
+use madeit_vit::{ClipVisionConfig, LowRankFactors, ModuleId, ModuleKind};
 use proptest::prelude::*;
 
-const M: ModuleId = ModuleId::new(0, TargetKind::Q);
+const M: ModuleId = ModuleId::new(0, ModuleKind::Q);
 
 fn orthonormal(d: usize, k: usize, seed: u64) -> Mat<f32> {
     if k == 0 {

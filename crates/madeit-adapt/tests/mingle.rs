@@ -14,7 +14,7 @@ use madeit_adapt::{
 };
 use madeit_params::ParamDict;
 use madeit_stream::{MergedModel, TaskId};
-use madeit_vit::{ClipVisionConfig, ClipVisionModel, GateValues, ModuleId, TargetKind};
+use madeit_vit::{ClipVisionConfig, ClipVisionModel, GateValues, ModuleId, ModuleKind};
 
 fn merger(f: &Fixture, config: MingleConfig) -> Mingle {
     Mingle::new(config, f.cfg.clone(), Device::flex()).unwrap()
@@ -38,7 +38,7 @@ fn two_tasks_grow_experts_gates_and_subspaces() {
     assert!(r2.metrics["lambda_mean"] > 0.0 && r2.metrics["lambda_mean"] <= 1.0);
     assert!(r2.metrics["mean_projected_fraction"] < 1.0);
     for &module in m.modules() {
-        let (d_out, d_in) = module.dims(&f.cfg);
+        let (d_out, d_in) = f.cfg.module_dims(module.kind);
         let experts = m.experts(module);
         assert_eq!(experts.len(), 2);
         // Rank 64 capped at half the smaller side of the module.
@@ -55,8 +55,8 @@ fn two_tasks_grow_experts_gates_and_subspaces() {
         }
     }
     // q, k and v read the same input: same subspace.
-    let q = m.subspace(ModuleId::new(1, TargetKind::Q)).unwrap();
-    let v = m.subspace(ModuleId::new(1, TargetKind::V)).unwrap();
+    let q = m.subspace(ModuleId::new(1, ModuleKind::Q)).unwrap();
+    let v = m.subspace(ModuleId::new(1, ModuleKind::V)).unwrap();
     assert_eq!(q, v);
     assert_eq!(m.tasks(), vec![TaskId::new("task0"), TaskId::new("task1")]);
 
@@ -65,12 +65,12 @@ fn two_tasks_grow_experts_gates_and_subspaces() {
         panic!("MINGLE keeps experts")
     };
     assert_eq!(em.experts.len(), n_mod);
-    let name = ModuleId::new(0, TargetKind::Fc1).weight_name();
+    let name = ModuleId::new(0, ModuleKind::Fc1).weight_name();
     let list = &em.experts[&name];
     assert_eq!(list.len(), 2);
     assert_eq!(list[1].tasks, vec![TaskId::new("task1")]);
     // up . down = U diag(s) V^T of the stored factors.
-    let f1 = &m.experts(ModuleId::new(0, TargetKind::Fc1))[1];
+    let f1 = &m.experts(ModuleId::new(0, ModuleKind::Fc1))[1];
     let dense = f1.to_dense().unwrap();
     let (up, down) = (list[1].up.as_mat().unwrap(), list[1].down.as_mat().unwrap());
     let prod = up * down;
@@ -519,7 +519,7 @@ fn variants_change_targets_and_projection() {
         light
             .modules()
             .iter()
-            .all(|m| !matches!(m.kind, TargetKind::Out | TargetKind::Fc2))
+            .all(|m| !matches!(m.kind, ModuleKind::Out | ModuleKind::Fc2))
     );
 
     let mut hard = merger(
@@ -549,7 +549,7 @@ fn variants_change_targets_and_projection() {
     let r = absorb(&mut relaxed, &f, 1);
     assert!(r.metrics["lambda_min"] < 1.0 && r.metrics["lambda_min"] > 0.0);
     // The three variants train different gates from the same start.
-    let g = |m: &Mingle| m.gate_values().gates(ModuleId::new(0, TargetKind::Q))[1].clone();
+    let g = |m: &Mingle| m.gate_values().gates(ModuleId::new(0, ModuleKind::Q))[1].clone();
     assert_ne!(g(&hard), g(&none));
     assert_ne!(g(&relaxed), g(&none));
     let _: &GateValues = relaxed.gate_values();

@@ -10,7 +10,7 @@ use madeit_adapt::{AdaptError, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfi
 use madeit_stream::TaskId;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
-    LinearGate, ModuleId, TargetKind,
+    LinearGate, ModuleId, ModuleKind,
 };
 
 fn quick() -> WemoeConfig {
@@ -50,8 +50,8 @@ fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
         assert_eq!(report.step, t + 1);
         assert_eq!(report.losses.len(), 4);
         for layer in 0..f.cfg.num_hidden_layers {
-            let fc1 = ModuleId::new(layer, TargetKind::Fc1);
-            let fc2 = ModuleId::new(layer, TargetKind::Fc2);
+            let fc1 = ModuleId::new(layer, ModuleKind::Fc1);
+            let fc2 = ModuleId::new(layer, ModuleKind::Fc2);
             assert_eq!(
                 m.routers().gates(fc1).len(),
                 t + 1,
@@ -64,7 +64,7 @@ fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
             let want = if t == 0 { 32 } else { 16 };
             assert_eq!(m.experts(fc1)[t].rank(), want);
             // Attention modules get no experts.
-            assert!(m.experts(ModuleId::new(layer, TargetKind::Q)).is_empty());
+            assert!(m.experts(ModuleId::new(layer, ModuleKind::Q)).is_empty());
         }
     }
 }
@@ -106,8 +106,8 @@ fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
     let modules: Vec<ModuleId> = (0..f.cfg.num_hidden_layers)
         .flat_map(|l| {
             [
-                ModuleId::new(l, TargetKind::Fc1),
-                ModuleId::new(l, TargetKind::Fc2),
+                ModuleId::new(l, ModuleKind::Fc1),
+                ModuleId::new(l, ModuleKind::Fc2),
             ]
         })
         .collect();
@@ -121,7 +121,7 @@ fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
     for e in 0..2 {
         let mut values = GateValues::new();
         for l in 0..f.cfg.num_hidden_layers {
-            let fc1 = ModuleId::new(l, TargetKind::Fc1);
+            let fc1 = ModuleId::new(l, ModuleKind::Fc1);
             for k in 0..2 {
                 values.push(
                     fc1,
@@ -162,8 +162,8 @@ fn the_shared_router_rejects_gates_on_fc2_and_mismatched_counts() {
     let mut m = merger(&f, quick());
     absorb(&mut m, &f, 0);
     let device = Device::flex();
-    let fc1 = ModuleId::new(0, TargetKind::Fc1);
-    let fc2 = ModuleId::new(0, TargetKind::Fc2);
+    let fc1 = ModuleId::new(0, ModuleKind::Fc1);
+    let fc2 = ModuleId::new(0, ModuleKind::Fc2);
     let bank = ExpertBank::new(
         &f.cfg,
         [

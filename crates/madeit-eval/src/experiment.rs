@@ -93,7 +93,7 @@ impl RouterKind {
         match self {
             Self::Projection => Arc::new(ProjectionRouter::default()),
             Self::ProjectionCls => Arc::new(ProjectionRouter {
-                tokens: TokenAggregation::ClassToken,
+                tokens: TokenAggregation::ClsOnly,
             }),
             Self::Oracle => Arc::new(OracleRouter),
         }

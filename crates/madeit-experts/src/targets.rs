@@ -8,74 +8,11 @@
 use crate::error::{ExpertsError, Result};
 use madeit_params::ParamDict;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
-/// Which linear map of an encoder layer a module is.
-///
-/// The derived order is the **in-layer order** used everywhere in this crate (routing tie
-/// breaks included): the forward order of the layer, `q, k, v, out_proj, fc1, fc2`
-/// (`q`, `k` and `v` are computed in parallel; they are ordered as HF declares them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModuleKind {
-    /// `self_attn.q_proj`
-    Q,
-    /// `self_attn.k_proj`
-    K,
-    /// `self_attn.v_proj`
-    V,
-    /// `self_attn.out_proj`
-    Out,
-    /// `mlp.fc1`
-    Fc1,
-    /// `mlp.fc2`
-    Fc2,
-}
-
-impl ModuleKind {
-    /// All kinds in in-layer order.
-    pub const ALL: [ModuleKind; 6] = [
-        ModuleKind::Q,
-        ModuleKind::K,
-        ModuleKind::V,
-        ModuleKind::Out,
-        ModuleKind::Fc1,
-        ModuleKind::Fc2,
-    ];
-
-    /// The key suffix after `encoder.layers.N.`, e.g. `self_attn.q_proj.weight`.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            ModuleKind::Q => "self_attn.q_proj.weight",
-            ModuleKind::K => "self_attn.k_proj.weight",
-            ModuleKind::V => "self_attn.v_proj.weight",
-            ModuleKind::Out => "self_attn.out_proj.weight",
-            ModuleKind::Fc1 => "mlp.fc1.weight",
-            ModuleKind::Fc2 => "mlp.fc2.weight",
-        }
-    }
-
-    /// `true` for the attention projections.
-    pub fn is_attention(self) -> bool {
-        matches!(
-            self,
-            ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::Out
-        )
-    }
-}
-
-impl fmt::Display for ModuleKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ModuleKind::Q => "q_proj",
-            ModuleKind::K => "k_proj",
-            ModuleKind::V => "v_proj",
-            ModuleKind::Out => "out_proj",
-            ModuleKind::Fc1 => "fc1",
-            ModuleKind::Fc2 => "fc2",
-        })
-    }
-}
+/// Which linear map of an encoder layer a module is: the one vocabulary of
+/// `madeit-params` (its derived order, the forward order `q, k, v, out_proj, fc1, fc2`, is
+/// the in-layer order used everywhere in this crate, routing tie breaks included).
+pub use madeit_params::modules::ModuleKind;
 
 /// One target module: the weight's key, its layer and kind, and its shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,17 +47,9 @@ impl TargetModule {
 /// Parses a key as a target-module weight key: `(layer, kind)` or `None`.
 ///
 /// Accepts `encoder.layers.N.<suffix>` and `vision_model.encoder.layers.N.<suffix>` with
-/// `<suffix>` one of [`ModuleKind::suffix`] and `N` a decimal integer.
+/// `<suffix>` one of [`ModuleKind::weight_suffix`] and `N` a decimal integer.
 pub fn parse_target_key(key: &str) -> Option<(usize, ModuleKind)> {
-    let rest = key.strip_prefix("vision_model.").unwrap_or(key);
-    let rest = rest.strip_prefix("encoder.layers.")?;
-    let (num, suffix) = rest.split_once('.')?;
-    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let layer: usize = num.parse().ok()?;
-    let kind = ModuleKind::ALL.into_iter().find(|k| k.suffix() == suffix)?;
-    Some((layer, kind))
+    madeit_params::modules::ModuleId::parse_weight(key).map(|id| (id.layer, id.kind))
 }
 
 /// The target modules of a parameter dictionary, sorted in forward order

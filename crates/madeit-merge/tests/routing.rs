@@ -217,7 +217,7 @@ fn batch_routing_equals_per_sample_routing() {
 
 fn module(layer: usize, kind: ModuleKind, d: usize) -> TargetModule {
     TargetModule {
-        weight_key: format!("encoder.layers.{layer}.{}", kind.suffix()),
+        weight_key: format!("encoder.layers.{layer}.{}", kind.weight_suffix()),
         layer,
         kind,
         d_out: d,

@@ -12,6 +12,8 @@
 //! - safetensors I/O: [`ParamDict::load`], [`ParamDict::save`] (atomic), [`ParamDict::save_as`]
 //!   and the `__metadata__` map ([`ParamDict::load_with_metadata`], [`SaveOptions`]);
 //!   Hugging Face checkpoint folders, single-file or sharded ([`ParamDict::load_checkpoint`]).
+//! - [`modules`]: the names of the target linear modules of a CLIP vision tower
+//!   ([`modules::ModuleKind`], [`modules::ModuleId`]), shared by every crate above.
 //! - [`fs`]: files and folders that land as a unit (atomic writes, output folders swapped
 //!   in whole, refusal to write over an input).
 //!
@@ -38,6 +40,7 @@ mod dtype;
 mod error;
 pub mod fs;
 mod io;
+pub mod modules;
 mod task_vector;
 mod tensor;
 

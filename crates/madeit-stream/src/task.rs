@@ -169,17 +169,6 @@ pub struct TaskRecord {
     pub task_vector_norm: f64,
 }
 
-/// How the token rows of a module's input `X` (tokens x d_in) are aggregated by the
-/// feature projection alignment `FPA(X, e)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenAggregation {
-    /// `FPA = ||X V_e||_F / ||X||_F` over all tokens (the paper's formula).
-    Frobenius,
-    /// Only the first token (CLIP's class token, row 0): `||x_0 V_e|| / ||x_0||`. The
-    /// default: chosen on the embedded zoo's validation splits, where it routed far better
-    /// than [`TokenAggregation::Frobenius`] (ACC 68.4 % against 55.6 % at `rho = 0.1`,
-    /// `kappa = 1`; `docs/made-it.md`).
-    #[default]
-    ClsOnly,
-}
+/// How a routing score aggregates the tokens of a module's input: `madeit-params`'s one
+/// definition, shared with the vision tower's scored forward.
+pub use madeit_params::modules::TokenAggregation;

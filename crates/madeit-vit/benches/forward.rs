@@ -58,7 +58,7 @@ fn experts(cfg: &ClipVisionConfig) -> Vec<(ModuleId, Vec<LowRankFactors>)> {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     ModuleId::all(cfg.num_hidden_layers)
         .map(|m| {
-            let (o, n) = m.dims(cfg);
+            let (o, n) = cfg.module_dims(m.kind);
             let list = (0..EXPERTS)
                 .map(|_| {
                     let u = uniform(&mut rng, o * RANK, (3.0 / o as f32).sqrt());
@@ -120,7 +120,7 @@ fn bench_forward(c: &mut Criterion) {
         }
         routing
     };
-    let fixed_routing = route(pixels.clone(), TokenAggregation::AllTokens);
+    let fixed_routing = route(pixels.clone(), TokenAggregation::Frobenius);
 
     let mut group = c.benchmark_group("vit_b32_forward_batch32");
     group.sample_size(10);
@@ -135,7 +135,7 @@ fn bench_forward(c: &mut Criterion) {
     });
     group.bench_function("routed_with_scoring_pass", |b| {
         b.iter(|| {
-            let routing = route(pixels.clone(), TokenAggregation::AllTokens);
+            let routing = route(pixels.clone(), TokenAggregation::Frobenius);
             let out = model
                 .forward_routed(pixels.clone(), &bank, &routing)
                 .expect("routed");
@@ -144,7 +144,7 @@ fn bench_forward(c: &mut Criterion) {
     });
     group.bench_function("routed_with_cls_scoring_pass", |b| {
         b.iter(|| {
-            let routing = route(pixels.clone(), TokenAggregation::ClassToken);
+            let routing = route(pixels.clone(), TokenAggregation::ClsOnly);
             let out = model
                 .forward_routed(pixels.clone(), &bank, &routing)
                 .expect("routed");
@@ -152,7 +152,7 @@ fn bench_forward(c: &mut Criterion) {
         });
     });
     group.bench_function("scoring_pass_only", |b| {
-        b.iter(|| black_box(route(pixels.clone(), TokenAggregation::AllTokens)));
+        b.iter(|| black_box(route(pixels.clone(), TokenAggregation::Frobenius)));
     });
     // One path for the whole batch (expert 0 in every module), as when a batch holds one
     // task's images and MADE-IT's path-consistent router sends them all to that task's

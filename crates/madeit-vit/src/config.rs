@@ -266,6 +266,12 @@ impl ClipVisionConfig {
         g * g
     }
 
+    /// `(d_out, d_in)` of the weight of a target module of this tower.
+    #[must_use]
+    pub const fn module_dims(&self, kind: crate::ModuleKind) -> (usize, usize) {
+        kind.dims(self.hidden_size, self.intermediate_size)
+    }
+
     /// Sequence length: patches plus the class token.
     #[must_use]
     pub fn num_positions(&self) -> usize {

@@ -267,7 +267,7 @@ impl ExpertBank {
             if list.is_empty() {
                 continue;
             }
-            let (d_out, d_in) = id.dims(config);
+            let (d_out, d_in) = config.module_dims(id.kind);
             for (e, f) in list.iter().enumerate() {
                 if f.d_out != d_out || f.d_in != d_in {
                     return Err(VitError::ExpertShape {
@@ -490,15 +490,9 @@ impl ModuleAdapter for Routed<'_> {
     }
 }
 
-/// How token features are aggregated into one routing score per sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TokenAggregation {
-    /// All tokens: `||X V||_F / ||X||_F` over the sample's `[tokens, d_in]` input.
-    #[default]
-    AllTokens,
-    /// The class token only: `||x_cls V|| / ||x_cls||`.
-    ClassToken,
-}
+/// How token features are aggregated into one routing score per sample (the one
+/// definition of `madeit-params`).
+pub use madeit_params::modules::TokenAggregation;
 
 /// Per-sample projection scores of target-module inputs on expert input subspaces
 /// ([`ClipVisionModel::forward_scored`]).
@@ -566,8 +560,8 @@ impl ModuleAdapter for Scorer<'_> {
         }
         let [b, n, d_in] = x.dims();
         let (x, n) = match self.tokens {
-            TokenAggregation::AllTokens => (x.clone(), n),
-            TokenAggregation::ClassToken => (x.clone().narrow(1, 0, 1), 1),
+            TokenAggregation::Frobenius => (x.clone(), n),
+            TokenAggregation::ClsOnly => (x.clone().narrow(1, 0, 1), 1),
         };
         let total = me.v.dims()[1];
         let num = x
@@ -662,7 +656,7 @@ impl ClipVisionModel {
                     num_layers: cfg.num_hidden_layers,
                 });
             }
-            let (d_out, d_in) = id.dims(cfg);
+            let (d_out, d_in) = cfg.module_dims(id.kind);
             if me.d_out != d_out || me.v.dims()[0] != d_in {
                 return Err(VitError::ExpertShape {
                     module: *id,

@@ -27,7 +27,7 @@ use crate::error::{CheckpointReport, ShapeMismatch};
 use crate::model::act;
 use crate::names::{PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
 use crate::util::{first_non_finite, upload};
-use crate::{ClipVisionConfig, ModuleId, TargetKind, VisionOutput, VitError};
+use crate::{ClipVisionConfig, ModuleId, ModuleKind, VisionOutput, VitError};
 
 /// Every weight of a vision tower as caller-owned burn tensors, keyed by bare HF name.
 ///
@@ -280,7 +280,7 @@ pub fn forward(
         let pre = format!("encoder.layers.{l}.");
         let h = norm(weights, &format!("{pre}layer_norm1"), x.clone(), eps)?;
         let mut parts = Vec::with_capacity(3);
-        for kind in [TargetKind::Q, TargetKind::K, TargetKind::V] {
+        for kind in [ModuleKind::Q, ModuleKind::K, ModuleKind::V] {
             let id = ModuleId::new(l, kind);
             let w = weights.linear_t(&id.weight_name(), d, d)?;
             let bias = weights.vec(&id.bias_name())?;
@@ -295,7 +295,7 @@ pub fn forward(
         let a = attention(q, k, v, None, None, attn_opts)
             .swap_dims(1, 2)
             .reshape([b, n, d]);
-        let out = ModuleId::new(l, TargetKind::Out);
+        let out = ModuleId::new(l, ModuleKind::Out);
         let o = linear(
             a,
             weights.linear_t(&out.weight_name(), d, d)?,
@@ -304,8 +304,8 @@ pub fn forward(
         x = x + o;
 
         let h = norm(weights, &format!("{pre}layer_norm2"), x.clone(), eps)?;
-        let fc1 = ModuleId::new(l, TargetKind::Fc1);
-        let fc2 = ModuleId::new(l, TargetKind::Fc2);
+        let fc1 = ModuleId::new(l, ModuleKind::Fc1);
+        let fc2 = ModuleId::new(l, ModuleKind::Fc2);
         let f = linear(
             h,
             weights.linear_t(&fc1.weight_name(), inter, d)?,

@@ -84,7 +84,7 @@ impl GateValues {
                     num_layers: config.num_hidden_layers,
                 });
             }
-            let (_, d_in) = m.dims(config);
+            let (_, d_in) = config.module_dims(m.kind);
             let weight = (0..d_in).map(|_| normal.sample(&mut rng)).collect();
             self.push(m, LinearGate { weight, bias: 0.0 });
         }
@@ -243,8 +243,8 @@ impl GateBank {
     /// same layer for fc2 under [`GateSharing::SharedMlp`].
     #[must_use]
     pub fn gate_source(&self, module: ModuleId) -> ModuleId {
-        if self.sharing == GateSharing::SharedMlp && module.kind == crate::TargetKind::Fc2 {
-            ModuleId::new(module.layer, crate::TargetKind::Fc1)
+        if self.sharing == GateSharing::SharedMlp && module.kind == crate::ModuleKind::Fc2 {
+            ModuleId::new(module.layer, crate::ModuleKind::Fc1)
         } else {
             module
         }
@@ -427,7 +427,7 @@ impl ModuleAdapter for Gated<'_> {
             let Some(mg) = self.gates.get(module) else {
                 return Ok(None);
             };
-            if me.is_none() && !(shared && module.kind == crate::TargetKind::Fc1) {
+            if me.is_none() && !(shared && module.kind == crate::ModuleKind::Fc1) {
                 return Ok(None);
             }
             let e = mg.weights.len();
@@ -437,7 +437,7 @@ impl ModuleAdapter for Gated<'_> {
             let w = Tensor::stack::<2>(mg.weights.iter().map(Param::val).collect(), 0); // [E, d_in]
             let bias = Tensor::cat(mg.biases.iter().map(Param::val).collect(), 0).reshape([1, e]);
             let gbar = xbar.matmul(w.transpose()) + bias; // [1, E]
-            if shared && module.kind == crate::TargetKind::Fc1 {
+            if shared && module.kind == crate::ModuleKind::Fc1 {
                 self.mlp_gbar = Some((module.layer, gbar.clone()));
             }
             gbar

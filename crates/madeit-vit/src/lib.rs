@@ -163,7 +163,7 @@ pub use model::{
     VisionOutput, WEIGHTS_FILE,
 };
 pub use names::{
-    KeyLayout, ModuleId, PROJECTION_WEIGHT, TargetKind, VISION_PREFIX, expected_tensors,
+    KeyLayout, ModuleId, ModuleKind, PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors,
 };
 pub use text_config::{ClipTextConfig, PoolingRule, limits as text_limits};
 pub use text_model::{

@@ -13,7 +13,7 @@ use madeit_params::{DType, ParamDict};
 use crate::error::{CheckpointReport, ShapeMismatch};
 use crate::names::{KeyLayout, PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
 use crate::util::{download, first_non_finite, transpose, upload};
-use crate::{Activation, ClipVisionConfig, ModuleId, TargetKind, VitError};
+use crate::{Activation, ClipVisionConfig, ModuleId, ModuleKind, VitError};
 
 /// Name of the weights file inside a model directory.
 pub use madeit_params::WEIGHTS_FILE;
@@ -494,7 +494,7 @@ impl ClipVisionModel {
             norm(&mut put, &format!("{pre}layer_norm2"), &layer.ln2)?;
             let qkv_t = transpose(&download(&layer.qkv_w)?, d, 3 * d); // [3d, d]
             let qkv_b = download(&layer.qkv_b)?;
-            for (j, kind) in [TargetKind::Q, TargetKind::K, TargetKind::V]
+            for (j, kind) in [ModuleKind::Q, ModuleKind::K, ModuleKind::V]
                 .into_iter()
                 .enumerate()
             {
@@ -505,12 +505,12 @@ impl ClipVisionModel {
                 put(id.bias_name(), vec![d], b.to_vec());
             }
             let lin = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>),
-                       kind: TargetKind,
+                       kind: ModuleKind,
                        w: &Tensor<2>,
                        b: &Tensor<1>|
              -> Result<(), VitError> {
                 let id = ModuleId::new(l, kind);
-                let (d_out, d_in) = kind.dims(c);
+                let (d_out, d_in) = c.module_dims(kind);
                 put(
                     id.weight_name(),
                     vec![d_out, d_in],
@@ -519,9 +519,9 @@ impl ClipVisionModel {
                 put(id.bias_name(), vec![d_out], download(b)?);
                 Ok(())
             };
-            lin(&mut put, TargetKind::Out, &layer.out_w, &layer.out_b)?;
-            lin(&mut put, TargetKind::Fc1, &layer.fc1_w, &layer.fc1_b)?;
-            lin(&mut put, TargetKind::Fc2, &layer.fc2_w, &layer.fc2_b)?;
+            lin(&mut put, ModuleKind::Out, &layer.out_w, &layer.out_b)?;
+            lin(&mut put, ModuleKind::Fc1, &layer.fc1_w, &layer.fc1_b)?;
+            lin(&mut put, ModuleKind::Fc2, &layer.fc2_w, &layer.fc2_b)?;
         }
         let mut names: Vec<String> = expected_tensors(c).into_iter().map(|(n, _)| n).collect();
         if let Some(p) = &self.proj {
@@ -804,7 +804,7 @@ impl ClipVisionModel {
             let h = layer.ln1.forward(x.clone(), eps);
             let qkv = linear(h.clone(), layer.qkv_w.clone(), Some(layer.qkv_b.clone()));
             let mut parts = Vec::with_capacity(3);
-            for (j, kind) in [TargetKind::Q, TargetKind::K, TargetKind::V]
+            for (j, kind) in [ModuleKind::Q, ModuleKind::K, ModuleKind::V]
                 .into_iter()
                 .enumerate()
             {
@@ -822,7 +822,7 @@ impl ClipVisionModel {
             let a = attention(q, k, v, None, None, attn_opts)
                 .swap_dims(1, 2)
                 .reshape([b, n, d]);
-            let id = ModuleId::new(l, TargetKind::Out);
+            let id = ModuleId::new(l, ModuleKind::Out);
             let mut o = linear(a.clone(), layer.out_w.clone(), Some(layer.out_b.clone()));
             if let Some(delta) = adapter.adapt(id, &a)? {
                 check_delta(id, &delta, [b, n, d])?;
@@ -832,14 +832,14 @@ impl ClipVisionModel {
 
             // MLP block.
             let h = layer.ln2.forward(x.clone(), eps);
-            let id = ModuleId::new(l, TargetKind::Fc1);
+            let id = ModuleId::new(l, ModuleKind::Fc1);
             let mut f = linear(h.clone(), layer.fc1_w.clone(), None);
             if let Some(delta) = adapter.adapt(id, &h)? {
                 check_delta(id, &delta, [b, n, c.intermediate_size])?;
                 f = f + delta;
             }
             let f = bias_act(c.hidden_act, f, &layer.fc1_b, &layer.fc1_b_host)?;
-            let id = ModuleId::new(l, TargetKind::Fc2);
+            let id = ModuleId::new(l, ModuleKind::Fc2);
             let mut o = linear(f.clone(), layer.fc2_w.clone(), Some(layer.fc2_b.clone()));
             if let Some(delta) = adapter.adapt(id, &f)? {
                 check_delta(id, &delta, [b, n, d])?;
@@ -966,16 +966,16 @@ impl Builder<'_> {
             // [3d, d] and transpose once.
             let mut stacked = Vec::with_capacity(3 * d * d);
             let mut bias = Vec::with_capacity(3 * d);
-            for kind in [TargetKind::Q, TargetKind::K, TargetKind::V] {
+            for kind in [ModuleKind::Q, ModuleKind::K, ModuleKind::V] {
                 let id = ModuleId::new(l, kind);
                 stacked.extend_from_slice(self.data(&id.weight_name())?);
                 bias.extend_from_slice(self.data(&id.bias_name())?);
             }
             let qkv_w = upload(transpose(&stacked, 3 * d, d), [d, 3 * d], self.device);
             let qkv_b = upload(bias, [3 * d], self.device);
-            let out = ModuleId::new(l, TargetKind::Out);
-            let fc1 = ModuleId::new(l, TargetKind::Fc1);
-            let fc2 = ModuleId::new(l, TargetKind::Fc2);
+            let out = ModuleId::new(l, ModuleKind::Out);
+            let fc1 = ModuleId::new(l, ModuleKind::Fc1);
+            let fc2 = ModuleId::new(l, ModuleKind::Fc2);
             let fc1_b_host = self.data(&fc1.bias_name())?.to_vec();
             layers.push(Layer {
                 ln1: self.norm(&format!("{pre}layer_norm1"))?,

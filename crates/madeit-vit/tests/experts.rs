@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use common::{host, max_abs_diff, random_factors, random_params, random_pixels, rows};
 use madeit_params::ParamDict;
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, Routing, TargetKind,
+    ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, ModuleKind, Routing,
     TokenAggregation, VitError,
 };
 
@@ -24,13 +24,13 @@ fn setup() -> (ClipVisionConfig, ParamDict, ClipVisionModel) {
 /// One module of every kind, spread over both layers.
 fn some_modules() -> Vec<ModuleId> {
     vec![
-        ModuleId::new(0, TargetKind::Q),
-        ModuleId::new(1, TargetKind::K),
-        ModuleId::new(0, TargetKind::V),
-        ModuleId::new(1, TargetKind::Out),
-        ModuleId::new(0, TargetKind::Fc1),
-        ModuleId::new(1, TargetKind::Fc2),
-        ModuleId::new(0, TargetKind::Fc2),
+        ModuleId::new(0, ModuleKind::Q),
+        ModuleId::new(1, ModuleKind::K),
+        ModuleId::new(0, ModuleKind::V),
+        ModuleId::new(1, ModuleKind::Out),
+        ModuleId::new(0, ModuleKind::Fc1),
+        ModuleId::new(1, ModuleKind::Fc2),
+        ModuleId::new(0, ModuleKind::Fc2),
     ]
 }
 
@@ -52,7 +52,7 @@ fn experts(cfg: &ClipVisionConfig, modules: &[ModuleId]) -> Vec<(ModuleId, Vec<L
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let (o, n) = m.dims(cfg);
+            let (o, n) = cfg.module_dims(m.kind);
             let seed = 100 + 10 * i as u64;
             (
                 *m,
@@ -186,7 +186,7 @@ fn per_sample_routing_equals_running_each_sample_with_its_merge() {
 #[test]
 fn routing_errors_are_typed() {
     let (cfg, _, model) = setup();
-    let m = ModuleId::new(0, TargetKind::Q);
+    let m = ModuleId::new(0, ModuleKind::Q);
     let bank = ExpertBank::new(&cfg, experts(&cfg, &[m]), model.device()).unwrap();
     let px = || model.pixels(random_pixels(&cfg, 2, 4), 2).unwrap();
     let mut routing = Routing::new(2);
@@ -216,7 +216,7 @@ fn routing_errors_are_typed() {
             ..
         })
     ));
-    let far = ModuleId::new(5, TargetKind::Q);
+    let far = ModuleId::new(5, ModuleKind::Q);
     assert!(matches!(
         ExpertBank::new(
             &cfg,
@@ -236,23 +236,23 @@ fn recorded_inputs_are_the_module_inputs() {
     assert_eq!(inputs.len(), 6 * cfg.num_hidden_layers);
     let n = cfg.num_positions();
     for (m, x) in inputs.iter() {
-        let (_, d_in) = m.dims(&cfg);
+        let (_, d_in) = cfg.module_dims(m.kind);
         assert_eq!(x.dims(), [batch, n, d_in], "{m}");
     }
     // q, k and v share their input.
-    let q = host(inputs.get(ModuleId::new(1, TargetKind::Q)).unwrap());
-    let v = host(inputs.get(ModuleId::new(1, TargetKind::V)).unwrap());
+    let q = host(inputs.get(ModuleId::new(1, ModuleKind::Q)).unwrap());
+    let v = host(inputs.get(ModuleId::new(1, ModuleKind::V)).unwrap());
     assert_eq!(q, v);
     // The recording forward is the plain forward.
     let plain = model.forward(px.clone()).unwrap();
     assert_eq!(host(&plain.last_hidden_state), host(&out.last_hidden_state));
     // A subset.
-    let only: BTreeSet<_> = [ModuleId::new(0, TargetKind::Fc2)].into();
+    let only: BTreeSet<_> = [ModuleId::new(0, ModuleKind::Fc2)].into();
     let (_, inputs) = model.forward_with_inputs(px, Some(&only)).unwrap();
     assert_eq!(inputs.len(), 1);
     // fc2's input is the activation of fc1's output: nonnegative-ish quick-GELU values are
     // bounded below by min_x x sigmoid(1.702 x) > -0.23.
-    let fc2 = inputs.to_host(ModuleId::new(0, TargetKind::Fc2)).unwrap();
+    let fc2 = inputs.to_host(ModuleId::new(0, ModuleKind::Fc2)).unwrap();
     assert!(fc2.data().iter().all(|x| *x > -0.23));
 }
 
@@ -280,7 +280,7 @@ fn projection_scores_match_a_host_computation() {
     let batch = 3;
     let px = model.pixels(random_pixels(&cfg, batch, 6), batch).unwrap();
     let (_, inputs) = model.forward_with_inputs(px.clone(), None).unwrap();
-    for tokens in [TokenAggregation::AllTokens, TokenAggregation::ClassToken] {
+    for tokens in [TokenAggregation::Frobenius, TokenAggregation::ClsOnly] {
         let (_, scores) = model
             .forward_scored(px.clone(), &bank, None, tokens)
             .unwrap();
@@ -289,7 +289,7 @@ fn projection_scores_match_a_host_computation() {
             let x = inputs.to_host(*m).unwrap();
             let [_, n, d] = x.shape() else { unreachable!() };
             let (n, d) = (*n, *d);
-            let used = if tokens == TokenAggregation::ClassToken {
+            let used = if tokens == TokenAggregation::ClsOnly {
                 1
             } else {
                 n
@@ -322,7 +322,7 @@ fn projection_scores_match_a_host_computation() {
     // Restricting the scored modules.
     let only: BTreeSet<_> = [modules[2]].into();
     let (_, scores) = model
-        .forward_scored(px, &bank, Some(&only), TokenAggregation::AllTokens)
+        .forward_scored(px, &bank, Some(&only), TokenAggregation::Frobenius)
         .unwrap();
     assert_eq!(scores.modules().collect::<Vec<_>>(), vec![modules[2]]);
     assert_eq!(scores.num_experts(modules[2]), 2);
@@ -386,7 +386,7 @@ mod props {
             let cfg = ClipVisionConfig::tiny();
             let dict = random_params(&cfg, 21);
             let model = ClipVisionModel::from_params(&cfg, &dict).unwrap();
-            let m = ModuleId::new(1, TargetKind::Fc1);
+            let m = ModuleId::new(1, ModuleKind::Fc1);
             let bank = ExpertBank::new(&cfg, experts(&cfg, &[m]), model.device()).unwrap();
             let px = random_pixels(&cfg, 3, seed);
             let per = px.len() / 3;

@@ -9,7 +9,7 @@ use common::{host, max_abs_diff, random_factors, random_params, random_pixels};
 use madeit_params::ParamDict;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues, LinearGate,
-    LowRankFactors, ModuleId, TargetKind, TaskHead, VitError, distillation_loss,
+    LowRankFactors, ModuleId, ModuleKind, TaskHead, VitError, distillation_loss,
 };
 
 fn setup() -> (ClipVisionConfig, ParamDict, ClipVisionModel) {
@@ -20,7 +20,7 @@ fn setup() -> (ClipVisionConfig, ParamDict, ClipVisionModel) {
 }
 
 fn two_experts(cfg: &ClipVisionConfig, m: ModuleId, seed: u64) -> Vec<LowRankFactors> {
-    let (o, n) = m.dims(cfg);
+    let (o, n) = cfg.module_dims(m.kind);
     vec![
         random_factors(o, n, 4, seed),
         random_factors(o, n, 2, seed + 1),
@@ -47,9 +47,9 @@ fn gated_forward_is_the_gate_weighted_dense_merge() {
     // expected gate values can be computed from the plain forward's recorded inputs.
     let (cfg, dict, model) = setup();
     let modules = [
-        ModuleId::new(0, TargetKind::Q),
-        ModuleId::new(0, TargetKind::K),
-        ModuleId::new(0, TargetKind::V),
+        ModuleId::new(0, ModuleKind::Q),
+        ModuleId::new(0, ModuleKind::K),
+        ModuleId::new(0, ModuleKind::V),
     ];
     let experts: Vec<_> = modules
         .iter()
@@ -139,8 +139,8 @@ fn loss(
 fn gradients_reach_only_the_trainable_gates_and_match_finite_differences() {
     let (cfg, _, model) = setup();
     let modules = [
-        ModuleId::new(0, TargetKind::Q),
-        ModuleId::new(1, TargetKind::Fc1),
+        ModuleId::new(0, ModuleKind::Q),
+        ModuleId::new(1, ModuleKind::Fc1),
     ];
     let experts: Vec<_> = modules
         .iter()
@@ -224,7 +224,7 @@ fn gradients_reach_only_the_trainable_gates_and_match_finite_differences() {
 #[test]
 fn replacing_a_gate_gradient_changes_the_step() {
     let (cfg, _, model) = setup();
-    let m = ModuleId::new(0, TargetKind::Fc2);
+    let m = ModuleId::new(0, ModuleKind::Fc2);
     let bank = ExpertBank::new(&cfg, vec![(m, two_experts(&cfg, m, 3))], model.device()).unwrap();
     let ad = model.device().clone().autodiff();
     let values = gates_for(&cfg, &[m], 4);
@@ -262,7 +262,7 @@ fn replacing_a_gate_gradient_changes_the_step() {
 #[test]
 fn gates_and_experts_must_agree() {
     let (cfg, _, model) = setup();
-    let m = ModuleId::new(1, TargetKind::Out);
+    let m = ModuleId::new(1, ModuleKind::Out);
     let bank = ExpertBank::new(&cfg, vec![(m, two_experts(&cfg, m, 1))], model.device()).unwrap();
     let px = || model.pixels(random_pixels(&cfg, 1, 2), 1).unwrap();
     // One gate for two experts.
@@ -276,7 +276,7 @@ fn gates_and_experts_must_agree() {
     // Gates on a module without experts.
     let mut extra = gates_for(&cfg, &[m], 2);
     extra
-        .push_random(&cfg, [ModuleId::new(0, TargetKind::Q)], 0.01, 3)
+        .push_random(&cfg, [ModuleId::new(0, ModuleKind::Q)], 0.01, 3)
         .unwrap();
     let gates = GateBank::new(&extra, GateTraining::Frozen, model.device()).unwrap();
     assert!(matches!(
@@ -334,8 +334,8 @@ fn gates_and_experts_must_agree() {
 fn gate_values_round_trip_and_init_is_seeded() {
     let cfg = ClipVisionConfig::tiny();
     let modules = [
-        ModuleId::new(0, TargetKind::Q),
-        ModuleId::new(1, TargetKind::Fc2),
+        ModuleId::new(0, ModuleKind::Q),
+        ModuleId::new(1, ModuleKind::Fc2),
     ];
     let mut a = GateValues::new();
     a.push_random(&cfg, modules, 0.01, 42).unwrap();

@@ -15,7 +15,7 @@
 //! [`madeit_linalg::thin_svd`] in `f64`.
 
 use madeit_params::ParamDict;
-use madeit_vit::{ClipVisionConfig, ModuleId, TargetKind};
+use madeit_vit::{ClipVisionConfig, ModuleId, ModuleKind};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ fn spectrum(m: faer::MatRef<'_, f64>) -> Result<Vec<f64>> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModuleEnergy {
     /// The module kind (q, k, v, out, fc1, fc2).
-    pub kind: TargetKind,
+    pub kind: ModuleKind,
     /// `E_f` of each layer's task vector, layer 0 first.
     pub per_layer: Vec<f64>,
     /// Mean of `per_layer`.
@@ -67,7 +67,7 @@ pub struct EnergyReport {
 impl EnergyReport {
     /// The entry of `kind`, if present.
     #[must_use]
-    pub fn get(&self, kind: TargetKind) -> Option<&ModuleEnergy> {
+    pub fn get(&self, kind: ModuleKind) -> Option<&ModuleEnergy> {
         self.modules.iter().find(|m| m.kind == kind)
     }
 }
@@ -109,8 +109,8 @@ pub fn task_vector_energy(
     } else {
         ""
     };
-    let mut modules = Vec::with_capacity(TargetKind::ALL.len());
-    for kind in TargetKind::ALL {
+    let mut modules = Vec::with_capacity(ModuleKind::ALL.len());
+    for kind in ModuleKind::ALL {
         let mut per_layer = Vec::with_capacity(config.num_hidden_layers);
         for layer in 0..config.num_hidden_layers {
             let name = format!("{prefix}{}", ModuleId::new(layer, kind).weight_name());
@@ -137,7 +137,7 @@ pub fn task_vector_energy(
             let t = &b - &a;
             per_layer.push(top_energy(&spectrum(t.as_ref())?, fraction));
         }
-        let (rows, cols) = kind.dims(config);
+        let (rows, cols) = config.module_dims(kind);
         let baseline = top_energy(&spectrum(gaussian(rows, cols, 0x5eed).as_ref())?, fraction);
         let mean = per_layer.iter().sum::<f64>() / per_layer.len().max(1) as f64;
         modules.push(ModuleEnergy {

@@ -23,7 +23,7 @@ use burn::tensor::activation;
 use burn::tensor::module::{attention, layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use madeit_params::ParamDict;
-use madeit_vit::{Activation, ClipVisionConfig, TargetKind, expected_tensors};
+use madeit_vit::{Activation, ClipVisionConfig, ModuleKind, expected_tensors};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -250,12 +250,12 @@ impl TrainableVit {
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
-            let name = |kind: TargetKind, what: &str| {
+            let name = |kind: ModuleKind, what: &str| {
                 format!("encoder.layers.{l}.{}.{what}", kind.hf_module())
             };
             let mut stacked = Vec::with_capacity(3 * d * d);
             let mut bias = Vec::with_capacity(3 * d);
-            for kind in [TargetKind::Q, TargetKind::K, TargetKind::V] {
+            for kind in [ModuleKind::Q, ModuleKind::K, ModuleKind::V] {
                 stacked.extend_from_slice(get(&name(kind, "weight"))?);
                 bias.extend_from_slice(get(&name(kind, "bias"))?);
             }
@@ -263,13 +263,13 @@ impl TrainableVit {
                 ln1: norm(&format!("encoder.layers.{l}.layer_norm1"))?,
                 qkv_w: param(transpose(&stacked, 3 * d, d), [d, 3 * d], device),
                 qkv_b: param(bias, [3 * d], device),
-                out_w: lin_t(&name(TargetKind::Out, "weight"), d, d)?,
-                out_b: vec1(&name(TargetKind::Out, "bias"))?,
+                out_w: lin_t(&name(ModuleKind::Out, "weight"), d, d)?,
+                out_b: vec1(&name(ModuleKind::Out, "bias"))?,
                 ln2: norm(&format!("encoder.layers.{l}.layer_norm2"))?,
-                fc1_w: lin_t(&name(TargetKind::Fc1, "weight"), i, d)?,
-                fc1_b: vec1(&name(TargetKind::Fc1, "bias"))?,
-                fc2_w: lin_t(&name(TargetKind::Fc2, "weight"), d, i)?,
-                fc2_b: vec1(&name(TargetKind::Fc2, "bias"))?,
+                fc1_w: lin_t(&name(ModuleKind::Fc1, "weight"), i, d)?,
+                fc1_b: vec1(&name(ModuleKind::Fc1, "bias"))?,
+                fc2_w: lin_t(&name(ModuleKind::Fc2, "weight"), d, i)?,
+                fc2_b: vec1(&name(ModuleKind::Fc2, "bias"))?,
             });
         }
         Ok(Self {
@@ -370,7 +370,7 @@ impl TrainableVit {
         put_norm(&mut host, "pre_layrnorm", &self.pre_ln)?;
         put_norm(&mut host, "post_layernorm", &self.post_ln)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let name = |kind: TargetKind, what: &str| {
+            let name = |kind: ModuleKind, what: &str| {
                 format!("encoder.layers.{l}.{}.{what}", kind.hf_module())
             };
             put_norm(
@@ -386,7 +386,7 @@ impl TrainableVit {
             // [d, 3d] -> [3d, d] = rows W_q, W_k, W_v.
             let qkv = transpose(&download(&layer.qkv_w.val())?, d, 3 * d);
             let qkv_b = download(&layer.qkv_b.val())?;
-            for (j, kind) in [TargetKind::Q, TargetKind::K, TargetKind::V]
+            for (j, kind) in [ModuleKind::Q, ModuleKind::K, ModuleKind::V]
                 .into_iter()
                 .enumerate()
             {
@@ -402,20 +402,20 @@ impl TrainableVit {
                 );
             }
             host.insert(
-                name(TargetKind::Out, "weight"),
+                name(ModuleKind::Out, "weight"),
                 transpose(&download(&layer.out_w.val())?, d, d),
             );
-            host.insert(name(TargetKind::Out, "bias"), download(&layer.out_b.val())?);
+            host.insert(name(ModuleKind::Out, "bias"), download(&layer.out_b.val())?);
             host.insert(
-                name(TargetKind::Fc1, "weight"),
+                name(ModuleKind::Fc1, "weight"),
                 transpose(&download(&layer.fc1_w.val())?, d, i),
             );
-            host.insert(name(TargetKind::Fc1, "bias"), download(&layer.fc1_b.val())?);
+            host.insert(name(ModuleKind::Fc1, "bias"), download(&layer.fc1_b.val())?);
             host.insert(
-                name(TargetKind::Fc2, "weight"),
+                name(ModuleKind::Fc2, "weight"),
                 transpose(&download(&layer.fc2_w.val())?, i, d),
             );
-            host.insert(name(TargetKind::Fc2, "bias"), download(&layer.fc2_b.val())?);
+            host.insert(name(ModuleKind::Fc2, "bias"), download(&layer.fc2_b.val())?);
         }
         let mut dict = ParamDict::new();
         for (name, shape) in expected_tensors(c) {

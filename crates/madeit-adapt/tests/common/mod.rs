@@ -32,7 +32,7 @@ pub fn finetune(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = base.clone();
     for m in ModuleId::all(cfg.num_hidden_layers) {
-        let (d_out, d_in) = m.dims(cfg);
+        let (d_out, d_in) = cfg.module_dims(m.kind);
         let a = randn(&mut rng, d_out * rank, 1.0);
         let b = randn(&mut rng, rank * d_in, 1.0);
         let w = out.get_mut(&m.weight_name()).unwrap();

@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use madeit::data::TaskGroup;
 use madeit::data::{Clients, FetchEvent, default_cache_dir, fetch_sources_with};
-use madeit::vit::TargetKind;
+use madeit::vit::ModuleKind;
 use madeit::zoo::interference::{merged_accuracies, test_sets};
 use madeit::zoo::{
     BuildConfig, BuildEvent, BuildOptions, BuildOutcome, Manifest, Zoo, build_zoo, default_zoo_dir,
@@ -450,14 +450,14 @@ fn print_accuracy_table(m: &Manifest) {
     );
 }
 
-fn kind_name(k: TargetKind) -> &'static str {
+fn kind_name(k: ModuleKind) -> &'static str {
     match k {
-        TargetKind::Q => "q",
-        TargetKind::K => "k",
-        TargetKind::V => "v",
-        TargetKind::Out => "out",
-        TargetKind::Fc1 => "fc1",
-        TargetKind::Fc2 => "fc2",
+        ModuleKind::Q => "q",
+        ModuleKind::K => "k",
+        ModuleKind::V => "v",
+        ModuleKind::Out => "out",
+        ModuleKind::Fc1 => "fc1",
+        ModuleKind::Fc2 => "fc2",
     }
 }
 

@@ -245,7 +245,7 @@ fn made_it_models_are_keyed_by_their_routing_rule() {
     assert!(
         model_router(
             &ProjectionRouter {
-                tokens: TokenAggregation::ClassToken
+                tokens: TokenAggregation::ClsOnly
             },
             ExpertRouting::MadeItPaths {
                 tokens: madeit_merge::made_it::TokenAggregation::Frobenius

@@ -46,22 +46,30 @@ pub trait ExpertRouter: Send + Sync + std::fmt::Debug {
 /// pass and `V_e` expert `e`'s input factor, `e* = argmax_e ‖X_i V_e‖_F / ‖X_i‖_F`
 /// ([`ClipVisionModel::forward_scored`]; the first expert wins ties). The score is the
 /// feature-projection alignment when `V_e` has orthonormal columns.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ProjectionRouter {
-    /// Which tokens enter the score.
+    /// Which tokens enter the score (default: all of them, [`TokenAggregation::Frobenius`]).
     pub tokens: TokenAggregation,
+}
+
+impl Default for ProjectionRouter {
+    fn default() -> Self {
+        Self {
+            tokens: TokenAggregation::Frobenius,
+        }
+    }
 }
 
 impl ExpertRouter for ProjectionRouter {
     fn name(&self) -> String {
         match self.tokens {
-            TokenAggregation::ClassToken => "projection-cls".into(),
+            TokenAggregation::ClsOnly => "projection-cls".into(),
             _ => "projection".into(),
         }
     }
 
     fn defers_to_model(&self) -> bool {
-        self.tokens == TokenAggregation::AllTokens
+        self.tokens == TokenAggregation::Frobenius
     }
 
     fn route(&self, r: &RouteRequest<'_>) -> Result<Routing, RunError> {
@@ -104,10 +112,18 @@ impl ExpertRouter for ProjectionRouter {
 /// are taken in forward order (layer, then q, k, v, out_proj, fc1, fc2) and task names
 /// are only compared with each other. Scores come from the tower in `f32`; `MadeIt::route`
 /// accumulates norms in `f64`, so the two can differ on near-ties of the order of `1e-6`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct MadeItRouter {
-    /// Which tokens enter the score.
+    /// Which tokens enter the score (default: all of them, [`TokenAggregation::Frobenius`]).
     pub tokens: TokenAggregation,
+}
+
+impl Default for MadeItRouter {
+    fn default() -> Self {
+        Self {
+            tokens: TokenAggregation::Frobenius,
+        }
+    }
 }
 
 impl MadeItRouter {
@@ -115,14 +131,7 @@ impl MadeItRouter {
     #[must_use]
     pub fn for_rule(rule: ExpertRouting) -> Option<Self> {
         match rule {
-            ExpertRouting::MadeItPaths { tokens } => Some(Self {
-                tokens: match tokens {
-                    madeit_merge::made_it::TokenAggregation::ClsOnly => {
-                        TokenAggregation::ClassToken
-                    }
-                    _ => TokenAggregation::AllTokens,
-                },
-            }),
+            ExpertRouting::MadeItPaths { tokens } => Some(Self { tokens }),
             _ => None,
         }
     }
@@ -131,7 +140,7 @@ impl MadeItRouter {
 impl ExpertRouter for MadeItRouter {
     fn name(&self) -> String {
         match self.tokens {
-            TokenAggregation::ClassToken => "made_it-paths-cls".into(),
+            TokenAggregation::ClsOnly => "made_it-paths-cls".into(),
             _ => "made_it-paths".into(),
         }
     }
