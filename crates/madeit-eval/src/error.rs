@@ -196,10 +196,7 @@ impl RunError {
 /// # Errors
 /// [`RunError::Io`] naming the file.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), RunError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| RunError::io(parent, e))?;
-    }
-    madeit_params::fs::write_atomic(path, bytes).map_err(|e| match e {
+    madeit_params::fs::write_atomic_creating_parent(path, bytes).map_err(|e| match e {
         ParamsError::Io { path, source } => RunError::Io { path, source },
         other => RunError::Params(Box::new(other)),
     })

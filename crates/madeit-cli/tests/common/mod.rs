@@ -50,16 +50,14 @@ pub fn assert_success(o: &Output) -> String {
     err
 }
 
-/// Deterministic values in `[-scale, scale)` (SplitMix64).
+/// Deterministic values in `[-scale, scale)` (SplitMix64, the workspace's one mixer).
 pub fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    use madeit::linalg::random::{GOLDEN_GAMMA, mix64};
+    let mut state = seed.wrapping_mul(GOLDEN_GAMMA) ^ 0xD1B5_4A32_D192_ED03;
     (0..n)
         .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
+            state = state.wrapping_add(GOLDEN_GAMMA);
+            let z = mix64(state);
             let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
             (2.0 * unit - 1.0) * scale
         })
