@@ -26,14 +26,31 @@ pub(super) struct StepInput<'a> {
     pub(super) task: &'a TaskId,
 }
 
-/// What a method needs besides the fine-tuned checkpoint, loaded before
-/// [`StreamMethod::absorb`] (and timed with the checkpoint as [`StepTiming::load_s`]).
-#[derive(Default)]
-pub(super) struct StepExtras {
+/// What a method is given at a step, loaded before [`StreamMethod::absorb`] (timed as
+/// [`StepTiming::load_s`]): the fine-tuned checkpoint and what the method needs besides.
+pub(super) struct StepData {
+    /// The task's fine-tuned checkpoint, checked against `θ_0`.
+    pub(super) finetuned: ParamDict,
     /// The task's fixed head (test-time methods).
     pub(super) head: Option<TaskHead>,
     /// The task's unlabelled seed images (test-time methods).
     pub(super) seed: Option<SeedImages>,
+}
+
+impl StepData {
+    /// The step's checkpoint alone.
+    ///
+    /// # Errors
+    /// [`RunError::CheckpointMismatch`] and loading errors.
+    fn checkpoint(input: &StepInput<'_>) -> Result<Self, RunError> {
+        Ok(Self {
+            finetuned: input
+                .bench
+                .load_finetuned(input.task_index, input.pretrained)?,
+            head: None,
+            seed: None,
+        })
+    }
 }
 
 /// Records the accuracy of the task at a position of the order (`cached` when the
@@ -87,25 +104,19 @@ impl StepEvaluation<'_> {
 
 /// One continual method as the run loop drives it.
 pub(super) trait StreamMethod {
-    /// Loads what [`absorb`](Self::absorb) needs besides the checkpoint (nothing by
-    /// default).
+    /// Loads what [`absorb`](Self::absorb) is given (by default the checkpoint alone).
     ///
     /// # Errors
-    /// Loading errors of the benchmark.
-    fn load_extras(&self, _input: &StepInput<'_>) -> Result<StepExtras, RunError> {
-        Ok(StepExtras::default())
+    /// [`RunError::CheckpointMismatch`]; loading errors of the benchmark.
+    fn load(&self, input: &StepInput<'_>) -> Result<StepData, RunError> {
+        StepData::checkpoint(input)
     }
 
-    /// Absorbs the task of `input`, whose fine-tuned checkpoint is `finetuned`.
+    /// Absorbs the task of `input`.
     ///
     /// # Errors
     /// The method's errors, wrapped.
-    fn absorb(
-        &mut self,
-        input: &StepInput<'_>,
-        finetuned: ParamDict,
-        extras: StepExtras,
-    ) -> Result<StepReport, RunError>;
+    fn absorb(&mut self, input: &StepInput<'_>, data: StepData) -> Result<StepReport, RunError>;
 
     /// Builds the model after the tasks absorbed so far and evaluates it as `eval` asks.
     ///
@@ -144,13 +155,10 @@ pub(super) fn load_and_absorb(
     timing: &mut StepTiming,
 ) -> Result<StepReport, RunError> {
     let t = Instant::now();
-    let finetuned = input
-        .bench
-        .load_finetuned(input.task_index, input.pretrained)?;
-    let extras = method.load_extras(input)?;
+    let data = method.load(input)?;
     timing.load_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let report = method.absorb(input, finetuned, extras)?;
+    let report = method.absorb(input, data)?;
     timing.absorb_s = t.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -161,15 +169,10 @@ pub(super) struct WeightSpace {
 }
 
 impl StreamMethod for WeightSpace {
-    fn absorb(
-        &mut self,
-        input: &StepInput<'_>,
-        finetuned: ParamDict,
-        _extras: StepExtras,
-    ) -> Result<StepReport, RunError> {
+    fn absorb(&mut self, input: &StepInput<'_>, data: StepData) -> Result<StepReport, RunError> {
         Ok(self
             .merger
-            .absorb(input.pretrained, &finetuned, input.task)?)
+            .absorb(input.pretrained, &data.finetuned, input.task)?)
     }
 
     fn evaluate(
@@ -222,7 +225,7 @@ impl TestTime {
 }
 
 impl StreamMethod for TestTime {
-    fn load_extras(&self, input: &StepInput<'_>) -> Result<StepExtras, RunError> {
+    fn load(&self, input: &StepInput<'_>) -> Result<StepData, RunError> {
         let Some(setup) = self.spec.seed_setup() else {
             return Err(RunError::config(
                 "a test-time stream needs a test-time method configuration",
@@ -238,22 +241,18 @@ impl StreamMethod for TestTime {
                 available: input.bench.task_names(),
             })?
             .test;
-        Ok(StepExtras {
-            head: Some(input.bench.load_head(index)?),
-            seed: Some(seed_images(input.bench, index, test, setup)?),
-        })
+        let mut data = StepData::checkpoint(input)?;
+        data.head = Some(input.bench.load_head(index)?);
+        data.seed = Some(seed_images(input.bench, index, test, setup)?);
+        Ok(data)
     }
 
-    fn absorb(
-        &mut self,
-        input: &StepInput<'_>,
-        mut finetuned: ParamDict,
-        extras: StepExtras,
-    ) -> Result<StepReport, RunError> {
+    fn absorb(&mut self, input: &StepInput<'_>, data: StepData) -> Result<StepReport, RunError> {
+        let mut finetuned = data.finetuned;
         if let Some(p) = input.bench.projection() {
             finetuned = with_projection_tensor(finetuned, p);
         }
-        let (Some(head), Some(seed)) = (extras.head, extras.seed) else {
+        let (Some(head), Some(seed)) = (data.head, data.seed) else {
             return Err(RunError::config(
                 "a test-time stream needs a test-time method configuration",
             ));
@@ -327,12 +326,8 @@ pub(super) struct Sequential {
 }
 
 impl StreamMethod for Sequential {
-    fn absorb(
-        &mut self,
-        input: &StepInput<'_>,
-        finetuned: ParamDict,
-        _extras: StepExtras,
-    ) -> Result<StepReport, RunError> {
+    fn absorb(&mut self, input: &StepInput<'_>, data: StepData) -> Result<StepReport, RunError> {
+        let finetuned = data.finetuned;
         let m = &mut self.stream;
         let (train_steps, last_loss) = m.absorb(input.pretrained, input.task.as_str())?;
         let current = m.current.as_ref().unwrap_or(input.pretrained);
