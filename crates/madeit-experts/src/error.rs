@@ -98,7 +98,7 @@ pub enum ExpertsError {
         /// What is wrong.
         reason: String,
     },
-    /// The state assembled by [`crate::MadeIt::from_parts`] breaks an invariant.
+    /// The state assembled by `madeit_merge::made_it::MadeIt::from_parts` breaks an invariant.
     #[error("inconsistent MADE-IT state: {reason}")]
     InconsistentState {
         /// Which invariant.
@@ -118,7 +118,7 @@ pub enum ExpertsError {
     },
     /// Routing found no expert compatible with the propagated task set. Cannot happen
     /// for a state that satisfies the task-partition invariant (checked by
-    /// [`crate::MadeIt::from_parts`] and kept by `absorb`).
+    /// `madeit_merge::made_it::MadeIt::from_parts` and kept by `absorb`).
     #[error("routing found no expert of module `{module}` consistent with the task set")]
     RoutingInvariant {
         /// The module where propagation failed.
