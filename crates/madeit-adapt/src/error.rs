@@ -62,6 +62,9 @@ pub enum AdaptError {
         /// What is wrong.
         reason: String,
     },
+    /// The pretrained model has no tensors or no elements.
+    #[error("pretrained model has no parameters")]
+    EmptyModel,
     /// The pretrained model passed now is not the one the stream started with.
     #[error(
         "pretrained model differs from the one this stream started with (fingerprint {got}, expected {expected})"
@@ -161,4 +164,32 @@ pub enum AdaptError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl From<madeit_stream::AdmitError> for AdaptError {
+    /// A task the stream's admission refused, as this crate's variant of the same name.
+    fn from(e: madeit_stream::AdmitError) -> Self {
+        use madeit_stream::AdmitError as A;
+        match e {
+            A::DuplicateTaskName { task } => Self::DuplicateTaskName { task },
+            A::EmptyModel => Self::EmptyModel,
+            A::Incompatible { task, source } => Self::Incompatible { task, source },
+            A::NonFinite { task, source } => Self::NonFinite {
+                task,
+                which: "fine-tuned",
+                source,
+            },
+            A::NonFinitePretrained { task, source } => Self::NonFinite {
+                task,
+                which: "pretrained",
+                source,
+            },
+            A::PretrainedChanged { expected, got } => Self::PretrainedChanged { expected, got },
+            A::DuplicateTask { task, previous } => Self::DuplicateTask { task, previous },
+            other => Self::InvalidState {
+                method: "stream",
+                reason: other.to_string(),
+            },
+        }
+    }
 }

@@ -164,3 +164,23 @@ pub enum MergeError {
 fn method_suffix(method: Option<&str>) -> String {
     method.map_or_else(String::new, |m| format!(" for method `{m}`"))
 }
+
+impl From<madeit_stream::AdmitError> for MergeError {
+    /// A task the stream's admission refused, as this crate's variant of the same name.
+    fn from(e: madeit_stream::AdmitError) -> Self {
+        use madeit_stream::AdmitError as A;
+        match e {
+            A::DuplicateTaskName { task } => Self::DuplicateTaskName { task },
+            A::EmptyModel => Self::EmptyModel,
+            A::Incompatible { task, source } => Self::Incompatible { task, source },
+            A::NonFinite { task, source } => Self::NonFinite { task, source },
+            A::NonFinitePretrained { source, .. } => Self::NonFinitePretrained { source },
+            A::PretrainedChanged { expected, got } => Self::PretrainedChanged { expected, got },
+            A::DuplicateTask { task, previous } => Self::DuplicateTask { task, previous },
+            other => Self::InvalidState {
+                method: "stream",
+                reason: other.to_string(),
+            },
+        }
+    }
+}

@@ -1,13 +1,13 @@
 //! Saved merger state, fingerprints of models and the bookkeeping shared by every method.
 
 use madeit_params::{DType, ParamDict, ParamsError};
-use rayon::prelude::*;
+
 use serde::{Deserialize, Serialize};
 
 use indexmap::IndexMap;
 
 use crate::{MergeError, MethodConfig, StepReport, TaskId};
-use madeit_stream::scan_pair;
+use madeit_stream::Admitted;
 pub use madeit_stream::{Fingerprint, TaskRecord, exact_f64};
 
 /// Identifies the metadata of a saved merger state.
@@ -101,89 +101,22 @@ pub(crate) struct Ledger {
     pub(crate) tasks: Vec<TaskRecord>,
 }
 
-/// A task that passed every check, not yet committed.
-#[derive(Debug, Clone)]
-pub(crate) struct Admitted {
-    pub(crate) pretrained: Fingerprint,
-    pub(crate) record: TaskRecord,
-}
-
 impl Ledger {
-    /// Checks a new task against the pretrained model and the tasks seen so far, and
-    /// computes its fingerprint and task-vector norm. Mutates nothing.
+    /// Checks a new task against the pretrained model and the tasks seen so far
+    /// ([`madeit_stream::admit`]). Mutates nothing.
     pub(crate) fn admit(
         &self,
         pretrained: &ParamDict,
         finetuned: &ParamDict,
         task: &TaskId,
     ) -> Result<Admitted, MergeError> {
-        if self.tasks.iter().any(|r| &r.task == task) {
-            return Err(MergeError::DuplicateTaskName { task: task.clone() });
-        }
-        if pretrained.is_empty() || pretrained.numel() == 0 {
-            return Err(MergeError::EmptyModel);
-        }
-        pretrained
-            .check_compatible(finetuned)
-            .map_err(|source| MergeError::Incompatible {
-                task: task.clone(),
-                source,
-            })?;
-        let names: Vec<&str> = pretrained.keys().collect();
-        let scanned: Vec<(&str, u128, u128, f64, bool, bool)> = names
-            .par_iter()
-            .map(|&name| {
-                let p = pretrained.get(name)?;
-                let f = finetuned.get(name)?;
-                let (hp, hf, sq, p_ok, f_ok) = scan_pair(name, p, f);
-                Ok((name, hp, hf, sq, p_ok, f_ok))
-            })
-            .collect::<Result<_, ParamsError>>()
-            .map_err(|source| MergeError::Incompatible {
-                task: task.clone(),
-                source,
-            })?;
-        if scanned.iter().any(|s| !s.5) {
-            // Let the sequential check name the first offending tensor and index.
-            finetuned
-                .check_finite()
-                .map_err(|source| MergeError::NonFinite {
-                    task: task.clone(),
-                    source,
-                })?;
-        }
-        if self.pretrained.is_none() && scanned.iter().any(|s| !s.4) {
-            pretrained
-                .check_finite()
-                .map_err(|source| MergeError::NonFinitePretrained { source })?;
-        }
-        let mut sorted: Vec<&(&str, u128, u128, f64, bool, bool)> = scanned.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let fp_pre = Fingerprint::combine(sorted.iter().map(|s| s.1));
-        let fp_task = Fingerprint::combine(sorted.iter().map(|s| s.2));
-        let norm = scanned.iter().map(|s| s.3).sum::<f64>().sqrt();
-        if let Some(expected) = self.pretrained
-            && expected != fp_pre
-        {
-            return Err(MergeError::PretrainedChanged {
-                expected,
-                got: fp_pre,
-            });
-        }
-        if let Some(prev) = self.tasks.iter().find(|r| r.fingerprint == fp_task) {
-            return Err(MergeError::DuplicateTask {
-                task: task.clone(),
-                previous: prev.task.clone(),
-            });
-        }
-        Ok(Admitted {
-            pretrained: fp_pre,
-            record: TaskRecord {
-                task: task.clone(),
-                fingerprint: fp_task,
-                task_vector_norm: norm,
-            },
-        })
+        Ok(madeit_stream::admit(
+            &self.tasks,
+            self.pretrained,
+            pretrained,
+            finetuned,
+            task,
+        )?)
     }
 
     /// Records an admitted task.

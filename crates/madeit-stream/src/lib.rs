@@ -7,6 +7,8 @@
 //! - [`Fingerprint`]: how a stream recognises its pretrained model and each task's
 //!   checkpoint (and [`scan_pair`], the one pass over a task's two models that hashes both
 //!   and measures `‖τ‖²`);
+//! - [`admit`], the checks every method makes before it touches a new task's checkpoint
+//!   ([`Admitted`], [`AdmitError`]);
 //! - [`StepReport`], what one step reports;
 //! - [`MergedModel`], what a method returns: dense weights, or an [`ExpertModel`] (a
 //!   backbone with [`LowRankExpert`]s routed by [`ExpertRouting`]).
@@ -14,9 +16,11 @@
 //! The methods' traits build on these types: `madeit_merge::ContinualMerger` (data-free
 //! methods) and `madeit_adapt::TestTimeMerger` (methods that also see seed images and heads).
 
+mod admit;
 mod fingerprint;
 mod task;
 
+pub use admit::{AdmitError, Admitted, admit};
 pub use fingerprint::{Fingerprint, exact_f64, scan_pair, tensor_hash};
 pub use task::{
     ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId, TaskRecord,
