@@ -172,9 +172,8 @@ pub trait TestTimeMerger: fmt::Debug {
     /// normalised for the tower) and its head.
     ///
     /// # Errors
-    /// Input validation errors ([`AdaptError::Incompatible`], [`AdaptError::NonFinite`],
-    /// [`AdaptError::PretrainedChanged`], [`AdaptError::DuplicateTask`],
-    /// [`AdaptError::DuplicateTaskName`], [`AdaptError::SeedData`], [`AdaptError::Head`]) and
+    /// Input validation errors ([`AdaptError::Admission`] for a task the stream refuses,
+    /// [`AdaptError::SeedData`], [`AdaptError::Head`]) and
     /// method errors ([`AdaptError::Linalg`], [`AdaptError::NonFiniteLoss`], ...).
     fn absorb(
         &mut self,
@@ -196,7 +195,8 @@ pub trait TestTimeMerger: fmt::Debug {
     /// of [`gated_model`](Self::gated_model).
     ///
     /// # Errors
-    /// [`AdaptError::EmptyStream`] before the first task, [`AdaptError::PretrainedChanged`]
+    /// [`AdaptError::EmptyStream`] before the first task, [`AdaptError::Admission`]
+    /// (`PretrainedChanged`)
     /// if `pretrained` is not the stream's model.
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError>;
 

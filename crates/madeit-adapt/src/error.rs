@@ -2,7 +2,7 @@
 
 use madeit_linalg::LinalgError;
 use madeit_params::ParamsError;
-use madeit_stream::{Fingerprint, TaskId};
+use madeit_stream::TaskId;
 use madeit_vit::{ModuleId, VitError};
 
 /// Everything that can go wrong while configuring a test-time merger, absorbing a task,
@@ -13,6 +13,11 @@ use madeit_vit::{ModuleId, VitError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdaptError {
+    /// The stream refused the task: a repeated name or checkpoint, a model that does not
+    /// match the pretrained one or is not finite, an empty pretrained model, or a pretrained
+    /// model other than the stream's (the wrapped error names the task and the tensor).
+    #[error(transparent)]
+    Admission(#[from] madeit_stream::AdmitError),
     /// A configuration value outside its valid range.
     #[error("invalid value {value} for `{parameter}` of method `{method}`: {reason}")]
     InvalidParameter {
@@ -33,27 +38,6 @@ pub enum AdaptError {
         /// The parser's message, naming the key.
         message: String,
     },
-    /// The fine-tuned model of a task does not have the pretrained model's tensor names,
-    /// shapes and dtypes (the wrapped error names the tensor).
-    #[error("fine-tuned model of task `{task}` does not match the pretrained model: {source}")]
-    Incompatible {
-        /// The task being absorbed.
-        task: TaskId,
-        /// What differs, naming the tensor.
-        #[source]
-        source: ParamsError,
-    },
-    /// A model holds a NaN or an infinity (the wrapped error names the tensor and index).
-    #[error("{which} model of task `{task}` is not finite: {source}")]
-    NonFinite {
-        /// The task being absorbed.
-        task: TaskId,
-        /// `"fine-tuned"` or `"pretrained"`.
-        which: &'static str,
-        /// The first non-finite value, naming the tensor.
-        #[source]
-        source: ParamsError,
-    },
     /// A target module's weight is missing from a model or is not `[d_out, d_in]`.
     #[error("target weight `{name}`: {reason}")]
     TargetWeight {
@@ -61,33 +45,6 @@ pub enum AdaptError {
         name: String,
         /// What is wrong.
         reason: String,
-    },
-    /// The pretrained model has no tensors or no elements.
-    #[error("pretrained model has no parameters")]
-    EmptyModel,
-    /// The pretrained model passed now is not the one the stream started with.
-    #[error(
-        "pretrained model differs from the one this stream started with (fingerprint {got}, expected {expected})"
-    )]
-    PretrainedChanged {
-        /// Fingerprint recorded at the first absorbed task.
-        expected: Fingerprint,
-        /// Fingerprint of the pretrained model passed now.
-        got: Fingerprint,
-    },
-    /// The fine-tuned model is bit-for-bit one that was already absorbed.
-    #[error("task `{task}` is an exact duplicate of already absorbed task `{previous}`")]
-    DuplicateTask {
-        /// The task being absorbed.
-        task: TaskId,
-        /// The earlier task with the same fingerprint.
-        previous: TaskId,
-    },
-    /// A task with the same name was already absorbed.
-    #[error("a task named `{task}` was already absorbed")]
-    DuplicateTaskName {
-        /// The task name.
-        task: TaskId,
     },
     /// The merged model was requested before any task was absorbed.
     #[error("method `{method}` has absorbed no task yet: there is no merged model")]
@@ -164,32 +121,4 @@ pub enum AdaptError {
         /// What is wrong.
         reason: String,
     },
-}
-
-impl From<madeit_stream::AdmitError> for AdaptError {
-    /// A task the stream's admission refused, as this crate's variant of the same name.
-    fn from(e: madeit_stream::AdmitError) -> Self {
-        use madeit_stream::AdmitError as A;
-        match e {
-            A::DuplicateTaskName { task } => Self::DuplicateTaskName { task },
-            A::EmptyModel => Self::EmptyModel,
-            A::Incompatible { task, source } => Self::Incompatible { task, source },
-            A::NonFinite { task, source } => Self::NonFinite {
-                task,
-                which: "fine-tuned",
-                source,
-            },
-            A::NonFinitePretrained { task, source } => Self::NonFinite {
-                task,
-                which: "pretrained",
-                source,
-            },
-            A::PretrainedChanged { expected, got } => Self::PretrainedChanged { expected, got },
-            A::DuplicateTask { task, previous } => Self::DuplicateTask { task, previous },
-            other => Self::InvalidState {
-                method: "stream",
-                reason: other.to_string(),
-            },
-        }
-    }
 }

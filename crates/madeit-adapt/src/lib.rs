@@ -77,6 +77,8 @@ pub use contract::{AdaptReport, GatedModel, TestTimeMerger};
 pub use entropy::{ENTROPY_EPSILON, entropy_loss};
 pub use error::AdaptError;
 pub use expert::{ExpertStats, build_expert, effective_rank, experts_svd, project_out_block};
+/// Why the stream refused a task ([`AdaptError::Admission`]).
+pub use madeit_stream::AdmitError;
 pub use mingle::Mingle;
 pub use projection::{GradientProjector, NORM_GUARD};
 pub use seed::{SeedBatches, SeedImages, select_seed_indices};

@@ -33,7 +33,9 @@ pub(crate) fn check_stream(
     };
     let got = Fingerprint::of_params(pretrained);
     if got != expected {
-        return Err(AdaptError::PretrainedChanged { expected, got });
+        return Err(AdaptError::Admission(
+            madeit_stream::AdmitError::PretrainedChanged { expected, got },
+        ));
     }
     Ok(got)
 }

@@ -210,12 +210,24 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
     let err = m
         .absorb(&f.theta0, &wrong_shape, id, seed, head)
         .unwrap_err();
-    assert!(matches!(err, AdaptError::Incompatible { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AdaptError::Admission(madeit_adapt::AdmitError::Incompatible { .. })
+        ),
+        "{err}"
+    );
 
     let mut nan = ft.clone();
     nan.get_mut("pre_layrnorm.weight").unwrap().data_mut()[0] = f32::NAN;
     let err = m.absorb(&f.theta0, &nan, id, seed, head).unwrap_err();
-    assert!(matches!(err, AdaptError::NonFinite { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AdaptError::Admission(madeit_adapt::AdmitError::NonFinite { .. })
+        ),
+        "{err}"
+    );
 
     let empty = SeedImages::new(Vec::new(), 0);
     let err = m.absorb(&f.theta0, ft, id, &empty, head).unwrap_err();

@@ -366,18 +366,42 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
     let (id1, ft1, seed1, head1) = &f.tasks[1];
 
     let e = m.absorb(&f.theta0, ft1, id0, seed1, head1).unwrap_err();
-    assert!(matches!(e, AdaptError::DuplicateTaskName { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            AdaptError::Admission(madeit_adapt::AdmitError::DuplicateTaskName { .. })
+        ),
+        "{e}"
+    );
     let e = m.absorb(&f.theta0, ft0, id1, seed0, head0).unwrap_err();
-    assert!(matches!(e, AdaptError::DuplicateTask { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            AdaptError::Admission(madeit_adapt::AdmitError::DuplicateTask { .. })
+        ),
+        "{e}"
+    );
     let other0 = random_params(&f.cfg, 77);
     let e = m.absorb(&other0, ft1, id1, seed1, head1).unwrap_err();
-    assert!(matches!(e, AdaptError::PretrainedChanged { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            AdaptError::Admission(madeit_adapt::AdmitError::PretrainedChanged { .. })
+        ),
+        "{e}"
+    );
     let mut nan = ft1.clone();
     nan.get_mut("encoder.layers.0.mlp.fc1.weight")
         .unwrap()
         .data_mut()[3] = f32::NAN;
     let e = m.absorb(&f.theta0, &nan, id1, seed1, head1).unwrap_err();
-    assert!(matches!(e, AdaptError::NonFinite { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            AdaptError::Admission(madeit_adapt::AdmitError::NonFinite { .. })
+        ),
+        "{e}"
+    );
     assert!(
         e.to_string().contains("encoder.layers.0.mlp.fc1.weight"),
         "{e}"
@@ -385,7 +409,13 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
     let mut short = ft1.clone();
     short.remove("encoder.layers.1.mlp.fc2.bias");
     let e = m.absorb(&f.theta0, &short, id1, seed1, head1).unwrap_err();
-    assert!(matches!(e, AdaptError::Incompatible { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            AdaptError::Admission(madeit_adapt::AdmitError::Incompatible { .. })
+        ),
+        "{e}"
+    );
     let e = m
         .absorb(&f.theta0, ft1, id1, &SeedImages::new(Vec::new(), 0), head1)
         .unwrap_err();

@@ -255,12 +255,16 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         .data_mut()[3] = f32::NAN;
     assert!(matches!(
         m.absorb(&f.theta0, &bad, &TaskId::new("x"), seed, head),
-        Err(AdaptError::NonFinite { .. })
+        Err(AdaptError::Admission(
+            madeit_adapt::AdmitError::NonFinite { .. }
+        ))
     ));
     // The same task name twice.
     assert!(matches!(
         m.absorb(&f.theta0, theta, &f.tasks[0].0, seed, head),
-        Err(AdaptError::DuplicateTaskName { .. })
+        Err(AdaptError::Admission(
+            madeit_adapt::AdmitError::DuplicateTaskName { .. }
+        ))
     ));
     // No seed images.
     assert!(matches!(

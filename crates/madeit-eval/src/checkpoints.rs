@@ -388,7 +388,7 @@ mod tests {
     fn merge_config_takes_keywords_and_defaults() -> Result<(), CheckpointError> {
         let cfg = merge_config("opcm", opts(&[("alpha", serde_json::json!(0.25))]))?;
         let MethodConfig::Opcm(c) = &cfg else {
-            return Err(MergeError::EmptyModel.into());
+            return Err(MergeError::Admission(madeit_merge::AdmitError::EmptyModel).into());
         };
         assert_eq!(c.alpha, 0.25);
         assert_eq!(

@@ -50,10 +50,9 @@ pub trait ContinualMerger: Send + Sync + fmt::Debug {
     /// `finetuned` must have exactly its tensor names, shapes and dtypes.
     ///
     /// # Errors
-    /// [`MergeError::Incompatible`], [`MergeError::NonFinite`],
-    /// [`MergeError::NonFinitePretrained`], [`MergeError::EmptyModel`],
-    /// [`MergeError::PretrainedChanged`], [`MergeError::DuplicateTask`],
-    /// [`MergeError::DuplicateTaskName`], and method-specific errors
+    /// [`MergeError::Admission`] for a task the stream refuses ([`crate::AdmitError`]: a
+    /// repeated name or checkpoint, a model that does not match the pretrained one or is not
+    /// finite, an empty or changed pretrained model), and method-specific errors
     /// ([`MergeError::Linalg`], [`MergeError::Degenerate`]).
     fn absorb(
         &mut self,
@@ -71,7 +70,8 @@ pub trait ContinualMerger: Send + Sync + fmt::Debug {
     /// The merged model after the tasks absorbed so far.
     ///
     /// # Errors
-    /// [`MergeError::EmptyStream`] before the first task, [`MergeError::PretrainedChanged`]
+    /// [`MergeError::EmptyStream`] before the first task, [`MergeError::Admission`]
+    /// (`PretrainedChanged`)
     /// if `pretrained` is not the model the stream was built on.
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError>;
 

@@ -3,7 +3,7 @@
 use madeit_linalg::LinalgError;
 use madeit_params::ParamsError;
 
-use crate::{Fingerprint, TaskId};
+use crate::TaskId;
 
 /// Everything that can go wrong while configuring a merger, absorbing a task, building the
 /// merged model or saving and resuming a stream.
@@ -14,60 +14,11 @@ use crate::{Fingerprint, TaskId};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MergeError {
-    /// The fine-tuned model of a task does not have the same tensor names, shapes and dtypes
-    /// as the pretrained model (the wrapped error names the tensor).
-    #[error("fine-tuned model of task `{task}` does not match the pretrained model: {source}")]
-    Incompatible {
-        /// The task being absorbed.
-        task: TaskId,
-        /// What differs, naming the tensor.
-        #[source]
-        source: ParamsError,
-    },
-    /// The fine-tuned model of a task holds a NaN or an infinity (the wrapped error names the
-    /// tensor and the flat index).
-    #[error("fine-tuned model of task `{task}` is not finite: {source}")]
-    NonFinite {
-        /// The task being absorbed.
-        task: TaskId,
-        /// The first non-finite value, naming the tensor.
-        #[source]
-        source: ParamsError,
-    },
-    /// The pretrained model holds a NaN or an infinity.
-    #[error("pretrained model is not finite: {source}")]
-    NonFinitePretrained {
-        /// The first non-finite value, naming the tensor.
-        #[source]
-        source: ParamsError,
-    },
-    /// The pretrained model has no tensors or no elements.
-    #[error("pretrained model has no parameters")]
-    EmptyModel,
-    /// The pretrained model passed now is not the one the stream started with.
-    #[error(
-        "pretrained model differs from the one this stream started with (fingerprint {got}, expected {expected})"
-    )]
-    PretrainedChanged {
-        /// Fingerprint recorded at the first absorbed task.
-        expected: Fingerprint,
-        /// Fingerprint of the pretrained model passed now.
-        got: Fingerprint,
-    },
-    /// The fine-tuned model is bit-for-bit one that was already absorbed.
-    #[error("task `{task}` is an exact duplicate of already absorbed task `{previous}`")]
-    DuplicateTask {
-        /// The task being absorbed.
-        task: TaskId,
-        /// The earlier task with the same fingerprint.
-        previous: TaskId,
-    },
-    /// A task with the same name was already absorbed.
-    #[error("a task named `{task}` was already absorbed")]
-    DuplicateTaskName {
-        /// The task name.
-        task: TaskId,
-    },
+    /// The stream refused the task: a repeated name or checkpoint, a model that does not
+    /// match the pretrained one or is not finite, an empty pretrained model, or a pretrained
+    /// model other than the stream's (the wrapped error names the task and the tensor).
+    #[error(transparent)]
+    Admission(#[from] madeit_stream::AdmitError),
     /// The merged model was requested before any task was absorbed.
     #[error("method `{method}` has absorbed no task yet: there is no merged model")]
     EmptyStream {
@@ -163,24 +114,4 @@ pub enum MergeError {
 
 fn method_suffix(method: Option<&str>) -> String {
     method.map_or_else(String::new, |m| format!(" for method `{m}`"))
-}
-
-impl From<madeit_stream::AdmitError> for MergeError {
-    /// A task the stream's admission refused, as this crate's variant of the same name.
-    fn from(e: madeit_stream::AdmitError) -> Self {
-        use madeit_stream::AdmitError as A;
-        match e {
-            A::DuplicateTaskName { task } => Self::DuplicateTaskName { task },
-            A::EmptyModel => Self::EmptyModel,
-            A::Incompatible { task, source } => Self::Incompatible { task, source },
-            A::NonFinite { task, source } => Self::NonFinite { task, source },
-            A::NonFinitePretrained { source, .. } => Self::NonFinitePretrained { source },
-            A::PretrainedChanged { expected, got } => Self::PretrainedChanged { expected, got },
-            A::DuplicateTask { task, previous } => Self::DuplicateTask { task, previous },
-            other => Self::InvalidState {
-                method: "stream",
-                reason: other.to_string(),
-            },
-        }
-    }
 }

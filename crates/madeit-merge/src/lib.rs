@@ -45,7 +45,7 @@ pub use error::MergeError;
 pub use made_it::MadeItConfig;
 /// The stream contract, re-exported: the types every continual method speaks in.
 pub use madeit_stream::{
-    ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,
+    AdmitError, ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId,
 };
 pub use methods::{
     Consensus, IsoC, IsoCConfig, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily,

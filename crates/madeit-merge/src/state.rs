@@ -188,7 +188,9 @@ impl Ledger {
         };
         let got = Fingerprint::of_params(pretrained);
         if got != expected {
-            return Err(MergeError::PretrainedChanged { expected, got });
+            return Err(MergeError::Admission(
+                madeit_stream::AdmitError::PretrainedChanged { expected, got },
+            ));
         }
         Ok(())
     }

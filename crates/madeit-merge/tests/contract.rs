@@ -388,21 +388,28 @@ fn duplicate_tasks_are_rejected() {
         m.absorb(&pre, &tasks[0], &id("a")).unwrap();
         m.absorb(&pre, &tasks[1], &id("b")).unwrap();
         match m.absorb(&pre, &tasks[0], &id("c")) {
-            Err(MergeError::DuplicateTask { task, previous }) => {
+            Err(MergeError::Admission(madeit_merge::AdmitError::DuplicateTask {
+                task,
+                previous,
+            })) => {
                 assert_eq!((task.as_str(), previous.as_str()), ("c", "a"));
             }
             other => panic!("{}: expected DuplicateTask, got {other:?}", cfg.name()),
         }
         assert!(matches!(
             m.absorb(&pre, &tasks[0].scale(1.1), &id("b")),
-            Err(MergeError::DuplicateTaskName { .. })
+            Err(MergeError::Admission(
+                madeit_merge::AdmitError::DuplicateTaskName { .. }
+            ))
         ));
         assert_eq!(m.num_tasks(), 2);
         // The duplicate check survives a save and restore.
         let mut r = resume(&round_trip(&m.state())).unwrap();
         assert!(matches!(
             r.absorb(&pre, &tasks[1], &id("d")),
-            Err(MergeError::DuplicateTask { .. })
+            Err(MergeError::Admission(
+                madeit_merge::AdmitError::DuplicateTask { .. }
+            ))
         ));
     }
 }
@@ -420,7 +427,7 @@ fn non_finite_models_are_rejected_and_named() {
             .data_mut()[3] = f32::NAN;
         let err = m.absorb(&pre, &bad, &id("b")).unwrap_err();
         match &err {
-            MergeError::NonFinite { task, source } => {
+            MergeError::Admission(madeit_merge::AdmitError::NonFinite { task, source }) => {
                 assert_eq!(task.as_str(), "b");
                 assert_eq!(
                     source.tensor_name(),
@@ -436,7 +443,9 @@ fn non_finite_models_are_rejected_and_named() {
             .data_mut()[3] = f32::INFINITY;
         assert!(matches!(
             m.absorb(&pre, &bad, &id("b")),
-            Err(MergeError::NonFinite { .. })
+            Err(MergeError::Admission(
+                madeit_merge::AdmitError::NonFinite { .. }
+            ))
         ));
     }
     let mut bad_pre = pre.clone();
@@ -444,7 +453,10 @@ fn non_finite_models_are_rejected_and_named() {
     let mut m = MethodConfig::default_for("opcm").unwrap().build().unwrap();
     let err = m.absorb(&bad_pre, &tasks[0], &id("a")).unwrap_err();
     assert!(
-        matches!(err, MergeError::NonFinitePretrained { .. }),
+        matches!(
+            err,
+            MergeError::Admission(madeit_merge::AdmitError::NonFinitePretrained { .. })
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("pre_layrnorm.weight"));
@@ -459,7 +471,7 @@ fn incompatible_models_are_rejected_and_named() {
     missing.remove("encoder.layers.0.mlp.fc2.weight");
     let err = m.absorb(&pre, &missing, &id("a")).unwrap_err();
     assert!(
-        matches!(&err, MergeError::Incompatible { source: ParamsError::MissingKey { name }, .. } if name == "encoder.layers.0.mlp.fc2.weight"),
+        matches!(&err, MergeError::Admission(madeit_merge::AdmitError::Incompatible { source: ParamsError::MissingKey { name }, .. }) if name == "encoder.layers.0.mlp.fc2.weight"),
         "{err:?}"
     );
 
@@ -477,7 +489,7 @@ fn incompatible_models_are_rejected_and_named() {
     );
     let err = m.absorb(&pre, &reshaped, &id("a")).unwrap_err();
     assert!(
-        matches!(&err, MergeError::Incompatible { source: ParamsError::ShapeMismatch { name, .. }, .. } if name == "encoder.layers.0.mlp.fc1.weight"),
+        matches!(&err, MergeError::Admission(madeit_merge::AdmitError::Incompatible { source: ParamsError::ShapeMismatch { name, .. }, .. }) if name == "encoder.layers.0.mlp.fc1.weight"),
         "{err:?}"
     );
 
@@ -489,13 +501,13 @@ fn incompatible_models_are_rejected_and_named() {
     half.insert("post_layernorm.bias", t);
     let err = m.absorb(&pre, &half, &id("a")).unwrap_err();
     assert!(
-        matches!(&err, MergeError::Incompatible { source: ParamsError::DTypeMismatch { name, .. }, .. } if name == "post_layernorm.bias"),
+        matches!(&err, MergeError::Admission(madeit_merge::AdmitError::Incompatible { source: ParamsError::DTypeMismatch { name, .. }, .. }) if name == "post_layernorm.bias"),
         "{err:?}"
     );
     assert_eq!(m.num_tasks(), 0);
     assert!(matches!(
         m.absorb(&ParamDict::new(), &ParamDict::new(), &id("a")),
-        Err(MergeError::EmptyModel)
+        Err(MergeError::Admission(madeit_merge::AdmitError::EmptyModel))
     ));
 }
 
@@ -523,11 +535,15 @@ fn a_different_pretrained_model_is_rejected() {
     other.get_mut("pre_layrnorm.weight").unwrap().data_mut()[1] += 1e-3;
     assert!(matches!(
         m.absorb(&other, &tasks[1], &id("b")),
-        Err(MergeError::PretrainedChanged { .. })
+        Err(MergeError::Admission(
+            madeit_merge::AdmitError::PretrainedChanged { .. }
+        ))
     ));
     assert!(matches!(
         m.merged(&other),
-        Err(MergeError::PretrainedChanged { .. })
+        Err(MergeError::Admission(
+            madeit_merge::AdmitError::PretrainedChanged { .. }
+        ))
     ));
     // Key order does not matter.
     let reordered: ParamDict = {

@@ -277,19 +277,25 @@ fn bad_input_is_an_error_and_changes_nothing() {
     wrong.insert("b", Tensor::new(vec![1], vec![0.0]).unwrap());
     assert!(matches!(
         m.absorb(&pre, &wrong, &TaskId::new("b")),
-        Err(MergeError::Incompatible { .. })
+        Err(MergeError::Admission(
+            madeit_merge::AdmitError::Incompatible { .. }
+        ))
     ));
     // A missing tensor.
     let missing = single("w", vec![2, 2], vec![0.0; 4]);
     assert!(matches!(
         m.absorb(&pre, &missing, &TaskId::new("b")),
-        Err(MergeError::Incompatible { .. })
+        Err(MergeError::Admission(
+            madeit_merge::AdmitError::Incompatible { .. }
+        ))
     ));
     // NaN.
     let nan = model(2, 2, &[f32::NAN, 0.0, 0.0, 1.0], &[2.0]);
     assert!(matches!(
         m.absorb(&pre, &nan, &TaskId::new("b")),
-        Err(MergeError::NonFinite { .. })
+        Err(MergeError::Admission(
+            madeit_merge::AdmitError::NonFinite { .. }
+        ))
     ));
     assert_eq!(m.num_tasks(), 1);
     assert_bit_identical(&m.merged(&pre).unwrap(), &before);

@@ -274,7 +274,13 @@ fn failed_steps_change_nothing() {
         .unwrap()
         .data_mut()[5] = f32::NAN;
     let err = m.absorb(&pre, &nan, &id("b")).unwrap_err();
-    assert!(matches!(err, MergeError::NonFinite { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            MergeError::Admission(madeit_merge::AdmitError::NonFinite { .. })
+        ),
+        "{err:?}"
+    );
     assert_eq!(m.state(), before);
 
     let mut reshaped = tasks[1].clone();

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 
 use crate::{Fingerprint, TaskId, TaskRecord, scan_pair};
 
-/// Why a task was not admitted. Each method crate turns it into its own error type.
+/// Why a task was not admitted (or why a stream's pretrained model is not the one it started
+/// with). The method crates wrap it (`MergeError::Admission`, `AdaptError::Admission`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdmitError {
@@ -27,8 +28,9 @@ pub enum AdmitError {
     /// The pretrained model has no tensors or no elements.
     #[error("pretrained model has no parameters")]
     EmptyModel,
-    /// The fine-tuned model does not match the pretrained model's names, shapes or dtypes.
-    #[error("task `{task}`: {source}")]
+    /// The fine-tuned model does not match the pretrained model's names, shapes or dtypes
+    /// (the wrapped error names the tensor).
+    #[error("fine-tuned model of task `{task}` does not match the pretrained model: {source}")]
     Incompatible {
         /// The task being absorbed.
         task: TaskId,
