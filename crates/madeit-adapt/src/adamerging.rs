@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{DType, ParamDict, Tensor as HostTensor};
-use madeit_stream::{Fingerprint, MergedModel, TaskId, TaskRecord};
+use madeit_stream::{Ledger, MergedModel, TaskId};
 use madeit_vit::functional::{TowerTensors, forward};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
@@ -16,7 +16,7 @@ use madeit_vit::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admit::{Admitted, admit_task, check_seed_images};
+use crate::admit::{Admitted, check_seed_images};
 use crate::config::bad_adam_moments;
 use crate::entropy::{ENTROPY_EPSILON, entropy_loss};
 use crate::persist::{StateReader, StateWriter, check_backbone, check_stream, stream_seed};
@@ -229,8 +229,7 @@ pub struct LwAdaMerging {
     config: AdaMergingConfig,
     vision: ClipVisionConfig,
     device: Device,
-    pretrained: Option<Fingerprint>,
-    tasks: Vec<TaskRecord>,
+    ledger: Ledger,
     coefficients: Vec<Vec<f32>>,
     merged: ParamDict,
 }
@@ -253,8 +252,7 @@ impl LwAdaMerging {
             config,
             vision,
             device,
-            pretrained: None,
-            tasks: Vec::new(),
+            ledger: Ledger::default(),
             coefficients: Vec::new(),
             merged: ParamDict::new(),
         })
@@ -287,15 +285,6 @@ impl LwAdaMerging {
             .into_iter()
             .map(|(_, b)| b)
             .collect()
-    }
-
-    fn admit(
-        &self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<Admitted, AdaptError> {
-        admit_task(&self.tasks, self.pretrained, pretrained, finetuned, task)
     }
 
     fn check_seed(&self, task: &TaskId, seed: &SeedImages) -> Result<(), AdaptError> {
@@ -332,8 +321,8 @@ impl LwAdaMerging {
     ) -> Result<(ParamDict, Vec<f32>, AdaptReport), AdaptError> {
         let task = &admitted.record.task;
         let cfg = &self.config;
-        let step = self.tasks.len() + 1;
-        let base_dict = if cfg.accumulate && !self.tasks.is_empty() {
+        let step = self.ledger.tasks.len() + 1;
+        let base_dict = if cfg.accumulate && !self.ledger.tasks.is_empty() {
             &self.merged
         } else {
             pretrained
@@ -522,7 +511,7 @@ impl LwAdaMerging {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<(), AdaptError> {
-        check_stream(LW_ADAMERGING, self.pretrained, pretrained).map(|_| ())
+        check_stream(LW_ADAMERGING, self.ledger.pretrained, pretrained).map(|_| ())
     }
 }
 
@@ -548,23 +537,22 @@ impl TestTimeMerger for LwAdaMerging {
         seed: &SeedImages,
         head: &TaskHead,
     ) -> Result<AdaptReport, AdaptError> {
-        let admitted = self.admit(pretrained, finetuned, task)?;
+        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
         self.check_seed(task, seed)?;
         let (merged, coeffs, report) =
             self.run_task(&admitted, pretrained, finetuned, seed, head)?;
         self.merged = merged;
         self.coefficients.push(coeffs);
-        self.pretrained = Some(admitted.pretrained);
-        self.tasks.push(admitted.record);
+        self.ledger.commit(admitted);
         Ok(report)
     }
 
     fn num_tasks(&self) -> usize {
-        self.tasks.len()
+        self.ledger.len()
     }
 
     fn tasks(&self) -> Vec<TaskId> {
-        self.tasks.iter().map(|r| r.task.clone()).collect()
+        self.ledger.task_ids()
     }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {
@@ -587,7 +575,12 @@ impl TestTimeMerger for LwAdaMerging {
     }
 
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        check_backbone(LW_ADAMERGING, self.tasks.len(), backbone, &self.vision)?;
+        check_backbone(
+            LW_ADAMERGING,
+            self.ledger.tasks.len(),
+            backbone,
+            &self.vision,
+        )?;
         let device = backbone.device();
         let model = ClipVisionModel::from_params_on(&self.vision, &self.merged, device)?;
         let bank = ExpertBank::new(&self.vision, std::iter::empty(), device)?;
@@ -611,8 +604,8 @@ impl TestTimeMerger for LwAdaMerging {
             &self.config,
             &self.vision,
             &[],
-            self.pretrained,
-            &self.tasks,
+            self.ledger.pretrained,
+            &self.ledger.tasks,
         )
     }
 
@@ -647,8 +640,8 @@ impl TestTimeMerger for LwAdaMerging {
         r.finish()?;
         self.merged = merged;
         self.coefficients = coefficients;
-        self.pretrained = meta.pretrained;
-        self.tasks = meta.tasks.clone();
+        self.ledger.pretrained = meta.pretrained;
+        self.ledger.tasks = meta.tasks.clone();
         Ok(())
     }
 }

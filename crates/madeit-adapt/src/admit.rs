@@ -1,29 +1,12 @@
-//! Input checks shared by the test-time mergers: a new task's weights against the stream,
-//! and its seed images against the tower.
+//! Input checks shared by the test-time mergers: a new task's seed images against the tower
+//! (its weights are checked by the stream's one admission, `madeit_stream::Ledger`).
 
-use madeit_params::ParamDict;
-use madeit_stream::{Fingerprint, TaskId, TaskRecord};
+use madeit_stream::TaskId;
 use madeit_vit::ClipVisionConfig;
 
 use crate::{AdaptError, SeedImages};
 
 pub(crate) use madeit_stream::Admitted;
-
-/// Checks a new task against the stream so far (`tasks`, and the pretrained fingerprint
-/// `expected` once a task was absorbed) with the stream's one admission
-/// ([`madeit_stream::admit`]): no repeated name or checkpoint, compatible and finite
-/// weights, the same pretrained model; computes `||tau||`.
-pub(crate) fn admit_task(
-    tasks: &[TaskRecord],
-    expected: Option<Fingerprint>,
-    pretrained: &ParamDict,
-    finetuned: &ParamDict,
-    task: &TaskId,
-) -> Result<Admitted, AdaptError> {
-    Ok(madeit_stream::admit(
-        tasks, expected, pretrained, finetuned, task,
-    )?)
-}
 
 /// Checks that `seed` holds finite images of the tower's shape.
 pub(crate) fn check_seed_images(

@@ -9,14 +9,14 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
+use madeit_stream::{ExpertModel, Fingerprint, Ledger, MergedModel, TaskId};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
     LowRankFactors, ModuleId, TaskHead, VISION_PREFIX,
 };
 use rayon::prelude::*;
 
-use crate::admit::{Admitted, admit_task, check_seed_images};
+use crate::admit::{Admitted, check_seed_images};
 use crate::config::MINGLE;
 use crate::expert::{ExpertStats, build_expert};
 use crate::persist::{
@@ -147,8 +147,7 @@ pub struct Mingle {
     vision: ClipVisionConfig,
     device: Device,
     modules: Vec<ModuleId>,
-    pretrained: Option<Fingerprint>,
-    tasks: Vec<TaskRecord>,
+    ledger: Ledger,
     experts: BTreeMap<ModuleId, Vec<LowRankFactors>>,
     gates: GateValues,
     subspaces: BTreeMap<ModuleId, Mat<f32>>,
@@ -176,8 +175,7 @@ impl Mingle {
             vision,
             device,
             modules,
-            pretrained: None,
-            tasks: Vec::new(),
+            ledger: Ledger::default(),
             experts: BTreeMap::new(),
             gates: GateValues::new(),
             subspaces: BTreeMap::new(),
@@ -219,15 +217,6 @@ impl Mingle {
     #[must_use]
     pub fn subspace(&self, module: ModuleId) -> Option<MatRef<'_, f32>> {
         self.subspaces.get(&module).map(Mat::as_ref)
-    }
-
-    fn admit(
-        &self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<Admitted, AdaptError> {
-        admit_task(&self.tasks, self.pretrained, pretrained, finetuned, task)
     }
 
     fn check_seed(&self, task: &TaskId, seed: &SeedImages) -> Result<(), AdaptError> {
@@ -301,7 +290,7 @@ impl Mingle {
     ) -> Result<(Committed, AdaptReport), AdaptError> {
         let task = &admitted.record.task;
         let cfg = &self.config;
-        let step = self.tasks.len() + 1;
+        let step = self.ledger.tasks.len() + 1;
         let backbone = self.backbone_for(admitted.pretrained, pretrained)?;
         if head.dim() != backbone.embedding_dim() {
             return Err(AdaptError::Head {
@@ -551,7 +540,7 @@ impl Mingle {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<Fingerprint, AdaptError> {
-        check_stream(MINGLE, self.pretrained, pretrained)
+        check_stream(MINGLE, self.ledger.pretrained, pretrained)
     }
 }
 
@@ -576,24 +565,23 @@ impl TestTimeMerger for Mingle {
         seed: &SeedImages,
         head: &TaskHead,
     ) -> Result<AdaptReport, AdaptError> {
-        let admitted = self.admit(pretrained, finetuned, task)?;
+        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
         self.check_seed(task, seed)?;
         let (committed, report) = self.run_task(&admitted, pretrained, finetuned, seed, head)?;
         self.experts = committed.experts;
         self.gates = committed.gates;
         self.subspaces = committed.subspaces;
         self.backbone = Some((admitted.pretrained, committed.backbone));
-        self.pretrained = Some(admitted.pretrained);
-        self.tasks.push(admitted.record);
+        self.ledger.commit(admitted);
         Ok(report)
     }
 
     fn num_tasks(&self) -> usize {
-        self.tasks.len()
+        self.ledger.len()
     }
 
     fn tasks(&self) -> Vec<TaskId> {
-        self.tasks.iter().map(|r| r.task.clone()).collect()
+        self.ledger.task_ids()
     }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {
@@ -604,7 +592,7 @@ impl TestTimeMerger for Mingle {
             let list = self
                 .experts(m)
                 .iter()
-                .zip(&self.tasks)
+                .zip(&self.ledger.tasks)
                 .map(|(f, rec)| low_rank_expert(f, &rec.task, ScaleOn::Down))
                 .collect::<Result<Vec<_>, _>>()?;
             model.experts.insert(name, list);
@@ -613,7 +601,7 @@ impl TestTimeMerger for Mingle {
     }
 
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        check_backbone(MINGLE, self.tasks.len(), backbone, &self.vision)?;
+        check_backbone(MINGLE, self.ledger.tasks.len(), backbone, &self.vision)?;
         let device = backbone.device();
         let bank = ExpertBank::new(
             &self.vision,
@@ -641,8 +629,8 @@ impl TestTimeMerger for Mingle {
             &self.config,
             &self.vision,
             &self.modules,
-            self.pretrained,
-            &self.tasks,
+            self.ledger.pretrained,
+            &self.ledger.tasks,
         )
     }
 
@@ -687,8 +675,8 @@ impl TestTimeMerger for Mingle {
         self.experts = experts;
         self.gates = gates;
         self.subspaces = subspaces;
-        self.pretrained = meta.pretrained;
-        self.tasks = meta.tasks.clone();
+        self.ledger.pretrained = meta.pretrained;
+        self.ledger.tasks = meta.tasks.clone();
         self.backbone = None;
         Ok(())
     }

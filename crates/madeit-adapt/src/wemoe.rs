@@ -8,14 +8,14 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{ExpertModel, Fingerprint, MergedModel, TaskId, TaskRecord};
+use madeit_stream::{ExpertModel, Ledger, MergedModel, TaskId};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
     LowRankFactors, ModuleId, ModuleKind, TaskHead, VISION_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admit::{admit_task, check_seed_images};
+use crate::admit::check_seed_images;
 use crate::entropy::entropy_loss;
 use crate::expert::build_expert;
 use crate::persist::{
@@ -262,8 +262,7 @@ pub struct LoraWemoe {
     vision: ClipVisionConfig,
     device: Device,
     modules: Vec<ModuleId>,
-    pretrained: Option<Fingerprint>,
-    tasks: Vec<TaskRecord>,
+    ledger: Ledger,
     /// `lambda sum_i tau_i` of every attention parameter (bare names).
     attention: ParamDict,
     experts: BTreeMap<ModuleId, Vec<LowRankFactors>>,
@@ -298,8 +297,7 @@ impl LoraWemoe {
             vision,
             device,
             modules,
-            pretrained: None,
-            tasks: Vec::new(),
+            ledger: Ledger::default(),
             attention: ParamDict::new(),
             experts: BTreeMap::new(),
             routers: GateValues::new(),
@@ -554,7 +552,7 @@ impl LoraWemoe {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<(), AdaptError> {
-        check_stream(LORA_WEMOE, self.pretrained, pretrained).map(|_| ())
+        check_stream(LORA_WEMOE, self.ledger.pretrained, pretrained).map(|_| ())
     }
 }
 
@@ -571,9 +569,9 @@ impl TestTimeMerger for LoraWemoe {
         seed: &SeedImages,
         head: &TaskHead,
     ) -> Result<AdaptReport, AdaptError> {
-        let admitted = admit_task(&self.tasks, self.pretrained, pretrained, finetuned, task)?;
+        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
         check_seed_images(&self.vision, task, seed)?;
-        let step = self.tasks.len() + 1;
+        let step = self.ledger.tasks.len() + 1;
         let (committed, mut report, delta) =
             self.run_task(step, task, pretrained, finetuned, seed, head)?;
         report.task_vector_norm = admitted.record.task_vector_norm;
@@ -581,17 +579,16 @@ impl TestTimeMerger for LoraWemoe {
         self.attention = committed.attention;
         self.experts = committed.experts;
         self.routers = committed.routers;
-        self.pretrained = Some(admitted.pretrained);
-        self.tasks.push(admitted.record);
+        self.ledger.commit(admitted);
         Ok(report)
     }
 
     fn num_tasks(&self) -> usize {
-        self.tasks.len()
+        self.ledger.len()
     }
 
     fn tasks(&self) -> Vec<TaskId> {
-        self.tasks.iter().map(|r| r.task.clone()).collect()
+        self.ledger.task_ids()
     }
 
     /// The backbone with merged attention and the fc1 / fc2 experts (`up = U diag(s)`,
@@ -604,7 +601,7 @@ impl TestTimeMerger for LoraWemoe {
             let list = self
                 .experts(m)
                 .iter()
-                .zip(&self.tasks)
+                .zip(&self.ledger.tasks)
                 .map(|(f, rec)| low_rank_expert(f, &rec.task, ScaleOn::Up))
                 .collect::<Result<Vec<_>, _>>()?;
             model.experts.insert(name, list);
@@ -615,7 +612,7 @@ impl TestTimeMerger for LoraWemoe {
     /// `backbone` must be the pretrained tower; the merged attention parameters are applied
     /// to a copy of it.
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        check_backbone(LORA_WEMOE, self.tasks.len(), backbone, &self.vision)?;
+        check_backbone(LORA_WEMOE, self.ledger.tasks.len(), backbone, &self.vision)?;
         let device = backbone.device();
         let params = self.backbone_params(&backbone.to_params()?, &self.attention)?;
         let model = ClipVisionModel::from_params_on(&self.vision, &params, device)?;
@@ -646,8 +643,8 @@ impl TestTimeMerger for LoraWemoe {
             &self.config,
             &self.vision,
             &self.modules,
-            self.pretrained,
-            &self.tasks,
+            self.ledger.pretrained,
+            &self.ledger.tasks,
         )
     }
 
@@ -688,8 +685,8 @@ impl TestTimeMerger for LoraWemoe {
         self.attention = attention;
         self.experts = experts;
         self.routers = routers;
-        self.pretrained = meta.pretrained;
-        self.tasks = meta.tasks.clone();
+        self.ledger.pretrained = meta.pretrained;
+        self.ledger.tasks = meta.tasks.clone();
         Ok(())
     }
 }

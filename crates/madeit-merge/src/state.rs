@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use indexmap::IndexMap;
 
-use crate::{MergeError, MethodConfig, StepReport, TaskId};
+use crate::{MergeError, MethodConfig, StepReport};
 use madeit_stream::Admitted;
 pub use madeit_stream::{Fingerprint, TaskRecord, exact_f64};
 
@@ -93,38 +93,27 @@ impl MergerState {
     }
 }
 
-/// Validation and bookkeeping shared by every method: the pretrained fingerprint and the
-/// record of absorbed tasks.
+/// The stream's ledger ([`madeit_stream::Ledger`]: the pretrained fingerprint, the record
+/// of absorbed tasks and the one admission of a task), with what the methods of this crate
+/// add: step reports, and saving and restoring it in a [`MergerState`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Ledger {
-    pub(crate) pretrained: Option<Fingerprint>,
-    pub(crate) tasks: Vec<TaskRecord>,
+pub(crate) struct Ledger(madeit_stream::Ledger);
+
+impl std::ops::Deref for Ledger {
+    type Target = madeit_stream::Ledger;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ledger {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Ledger {
-    /// Checks a new task against the pretrained model and the tasks seen so far
-    /// ([`madeit_stream::admit`]). Mutates nothing.
-    pub(crate) fn admit(
-        &self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<Admitted, MergeError> {
-        Ok(madeit_stream::admit(
-            &self.tasks,
-            self.pretrained,
-            pretrained,
-            finetuned,
-            task,
-        )?)
-    }
-
-    /// Records an admitted task.
-    pub(crate) fn commit(&mut self, admitted: Admitted) {
-        self.pretrained = Some(admitted.pretrained);
-        self.tasks.push(admitted.record);
-    }
-
     /// Records an admitted task and returns the report of its step (the number of tasks
     /// absorbed, this one included) for `method`.
     pub(crate) fn commit_step(
@@ -195,11 +184,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// Task names, in order.
-    pub(crate) fn task_ids(&self) -> Vec<TaskId> {
-        self.tasks.iter().map(|r| r.task.clone()).collect()
-    }
-
     /// The metadata of a state with this ledger.
     pub(crate) fn metadata(&self, config: MethodConfig, extra: serde_json::Value) -> StateMetadata {
         StateMetadata {
@@ -257,10 +241,10 @@ impl Ledger {
                 });
             }
         }
-        Ok(Self {
+        Ok(Self(madeit_stream::Ledger {
             pretrained: meta.pretrained,
             tasks: meta.tasks.clone(),
-        })
+        }))
     }
 }
 

@@ -85,6 +85,55 @@ pub struct Admitted {
     pub record: TaskRecord,
 }
 
+/// What a stream has admitted: the pretrained model's fingerprint (from the first task on)
+/// and the record of every absorbed task, in order. Every continual method keeps one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ledger {
+    /// Fingerprint of the pretrained model, once a task was absorbed.
+    pub pretrained: Option<Fingerprint>,
+    /// The absorbed tasks, in order.
+    pub tasks: Vec<TaskRecord>,
+}
+
+impl Ledger {
+    /// Checks a new task against the stream so far ([`admit`]). Mutates nothing.
+    ///
+    /// # Errors
+    /// Every [`AdmitError`].
+    pub fn admit(
+        &self,
+        pretrained: &ParamDict,
+        finetuned: &ParamDict,
+        task: &TaskId,
+    ) -> Result<Admitted, AdmitError> {
+        admit(&self.tasks, self.pretrained, pretrained, finetuned, task)
+    }
+
+    /// Records an admitted task.
+    pub fn commit(&mut self, admitted: Admitted) {
+        self.pretrained = Some(admitted.pretrained);
+        self.tasks.push(admitted.record);
+    }
+
+    /// The number of absorbed tasks.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether no task was absorbed yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The absorbed tasks' ids, in order.
+    #[must_use]
+    pub fn task_ids(&self) -> Vec<TaskId> {
+        self.tasks.iter().map(|r| r.task.clone()).collect()
+    }
+}
+
 /// Checks a new task against a stream kept as its task records (`tasks`) and the
 /// pretrained fingerprint (`expected`, `None` before the first task), as the module docs
 /// say, and computes its fingerprint and `‖τ‖`. Mutates nothing.

@@ -20,7 +20,7 @@ mod admit;
 mod fingerprint;
 mod task;
 
-pub use admit::{AdmitError, Admitted, admit};
+pub use admit::{AdmitError, Admitted, Ledger, admit};
 pub use fingerprint::{Fingerprint, exact_f64, scan_pair, tensor_hash};
 pub use task::{
     ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId, TaskRecord,
