@@ -184,11 +184,19 @@ pub trait TestTimeMerger: fmt::Debug {
         head: &TaskHead,
     ) -> Result<AdaptReport, AdaptError>;
 
+    /// The stream's ledger: the pretrained fingerprint and the record of every absorbed
+    /// task ([`madeit_stream::Ledger`]).
+    fn ledger(&self) -> &madeit_stream::Ledger;
+
     /// Number of tasks absorbed so far.
-    fn num_tasks(&self) -> usize;
+    fn num_tasks(&self) -> usize {
+        self.ledger().len()
+    }
 
     /// The tasks absorbed so far, in order.
-    fn tasks(&self) -> Vec<TaskId>;
+    fn tasks(&self) -> Vec<TaskId> {
+        self.ledger().task_ids()
+    }
 
     /// The merged model as named tensors: the backbone and the low-rank experts per target
     /// weight. Gates, which are not named tensors of the backbone, are part of the state and

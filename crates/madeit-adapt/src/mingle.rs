@@ -576,12 +576,8 @@ impl TestTimeMerger for Mingle {
         Ok(report)
     }
 
-    fn num_tasks(&self) -> usize {
-        self.ledger.len()
-    }
-
-    fn tasks(&self) -> Vec<TaskId> {
-        self.ledger.task_ids()
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {

@@ -583,12 +583,8 @@ impl TestTimeMerger for LoraWemoe {
         Ok(report)
     }
 
-    fn num_tasks(&self) -> usize {
-        self.ledger.len()
-    }
-
-    fn tasks(&self) -> Vec<TaskId> {
-        self.ledger.task_ids()
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// The backbone with merged attention and the fc1 / fc2 experts (`up = U diag(s)`,

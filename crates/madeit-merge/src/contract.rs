@@ -61,11 +61,19 @@ pub trait ContinualMerger: Send + Sync + fmt::Debug {
         task: &TaskId,
     ) -> Result<StepReport, MergeError>;
 
+    /// The stream's ledger: the pretrained fingerprint and the record of every absorbed
+    /// task ([`madeit_stream::Ledger`]).
+    fn ledger(&self) -> &madeit_stream::Ledger;
+
     /// Number of tasks absorbed so far.
-    fn num_tasks(&self) -> usize;
+    fn num_tasks(&self) -> usize {
+        self.ledger().len()
+    }
 
     /// The tasks absorbed so far, in order.
-    fn tasks(&self) -> Vec<TaskId>;
+    fn tasks(&self) -> Vec<TaskId> {
+        self.ledger().task_ids()
+    }
 
     /// The merged model after the tasks absorbed so far.
     ///

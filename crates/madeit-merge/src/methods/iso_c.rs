@@ -245,7 +245,9 @@ impl ContinualMerger for IsoC {
             .commit_step(admitted, METHOD, update_sq.sqrt(), metrics))
     }
 
-    ledger_accessors!();
+    fn ledger(&self) -> &madeit_stream::Ledger {
+        &self.ledger
+    }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;

@@ -84,7 +84,9 @@ impl ContinualMerger for MagMax {
         ))
     }
 
-    ledger_accessors!();
+    fn ledger(&self) -> &madeit_stream::Ledger {
+        &self.ledger
+    }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;

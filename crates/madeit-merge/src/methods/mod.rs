@@ -1,20 +1,6 @@
 //! The continual merging methods (weight-space ones and MADE-IT's experts) and the helpers
 //! they share.
 
-/// `num_tasks` and `tasks` of a [`crate::ContinualMerger`] that keeps its stream in a
-/// `ledger` field: one line in each method's trait impl.
-macro_rules! ledger_accessors {
-    () => {
-        fn num_tasks(&self) -> usize {
-            self.ledger.tasks.len()
-        }
-
-        fn tasks(&self) -> Vec<crate::TaskId> {
-            self.ledger.task_ids()
-        }
-    };
-}
-
 mod iso_c;
 mod made_it;
 mod magmax;

@@ -91,7 +91,9 @@ impl ContinualMerger for Swa {
             .commit_step(admitted, METHOD, delta_sq.sqrt(), IndexMap::new()))
     }
 
-    ledger_accessors!();
+    fn ledger(&self) -> &madeit_stream::Ledger {
+        &self.ledger
+    }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;

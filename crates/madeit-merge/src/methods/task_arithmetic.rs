@@ -434,7 +434,9 @@ impl ContinualMerger for TaskArithmeticFamily {
             .commit_step(admitted, method, delta_sq.sqrt(), metrics))
     }
 
-    ledger_accessors!();
+    fn ledger(&self) -> &madeit_stream::Ledger {
+        &self.ledger
+    }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(self.method, pretrained)?;
