@@ -5,25 +5,28 @@
 //! for every image from a pretrained forward pass (feature-projection alignment, propagated
 //! along the expert dependency graph): no gate, no training, no data at merge time.
 //!
-//! Merges the first three tasks of the seed-42 order of the embedded zoo, prints the
-//! accuracy on every task seen so far after each step, then how many experts each kind of
-//! module kept.
+//! Merges the first three tasks of the seed-42 order of the embedded zoo through the run
+//! loop, printing the accuracy on every task seen so far after each step; then merges them
+//! again with the library alone and prints how many experts each kind of module kept.
 //!
 //! `cargo run --release -p madeit --example made_it -- [ZOO_DIR]`
 
 mod common;
 
-use madeit::merge::{MergedModel, MethodConfig};
+use madeit::merge::{MergedModel, MethodConfig, TaskId};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    common::describe("made_it")?;
-    let config = MethodConfig::default_for("made_it")?;
-    println!("config: {}", serde_json::to_string(&config)?);
-    let mut merger = config.build()?;
-    common::run_example(merger.as_mut())?;
+    common::run_registered("made_it", 3)?;
 
     let bench = common::open_zoo()?;
-    let MergedModel::Experts(model) = merger.merged_model(&bench.load_pretrained()?)? else {
+    let pretrained = bench.load_pretrained()?;
+    let mut merger = MethodConfig::default_for("made_it")?.build()?;
+    let names = bench.task_names();
+    for task in common::short_order(&bench, 3) {
+        let finetuned = bench.load_finetuned(task, &pretrained)?;
+        merger.absorb(&pretrained, &finetuned, &TaskId::new(names[task].clone()))?;
+    }
+    let MergedModel::Experts(model) = merger.merged_model(&pretrained)? else {
         return Err("MADE-IT returns an expert model".into());
     };
     let mut kinds: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();

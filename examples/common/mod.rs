@@ -1,19 +1,16 @@
 //! What every method example shares: look the method up in the registry, open the embedded
-//! zoo, feed a short task stream to a continual merger one fine-tuned checkpoint at a time,
-//! and print the accuracy on every task seen so far after each step, with ACC and BWT at the
-//! end.
+//! zoo, run a short task stream through the run loop (the same loop as `madeit run`, for
+//! every kind of method), and print the accuracy on every task seen so far after each step,
+//! with ACC and BWT at the end.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use madeit::eval::registry::{self, MethodDescriptor, MethodKind};
-
-use madeit::eval::metrics::AccuracyMatrix;
 use madeit::eval::orders::task_order;
+use madeit::eval::registry::{self, MethodDescriptor};
 use madeit::eval::{Benchmark, Evaluator};
-use madeit::merge::{ContinualMerger, MergedModel, TaskId};
 
 /// The position of the zoo folder among the command-line arguments (1: the first).
 static ZOO_ARG: AtomicUsize = AtomicUsize::new(1);
@@ -58,63 +55,6 @@ pub fn short_order(bench: &Benchmark, len: usize) -> Vec<usize> {
     order
 }
 
-/// Feeds `order` to `merger`; after each step evaluates the merged model on every task seen
-/// so far with `evaluate` and prints one line per step, then ACC and BWT.
-pub fn run_stream_with(
-    bench: &Benchmark,
-    order: &[usize],
-    merger: &mut dyn ContinualMerger,
-    evaluator: &Evaluator,
-) -> Result<AccuracyMatrix, Box<dyn std::error::Error>> {
-    let names = bench.task_names();
-    let pretrained = bench.load_pretrained()?;
-    let mut matrix = AccuracyMatrix::new(order.len())?;
-    println!(
-        "method {}: stream {:?}",
-        merger.method(),
-        order.iter().map(|&i| &names[i]).collect::<Vec<_>>()
-    );
-    for (j, &task) in order.iter().enumerate() {
-        let finetuned = bench.load_finetuned(task, &pretrained)?;
-        let report = merger.absorb(&pretrained, &finetuned, &TaskId::new(names[task].clone()))?;
-        let merged: MergedModel = merger.merged_model(&pretrained)?;
-        let seen = &order[..=j];
-        let accs = evaluator.evaluate(&merged, seen)?;
-        for (i, a) in accs.iter().enumerate() {
-            matrix.set(i, j, *a)?;
-        }
-        let line: Vec<String> = seen
-            .iter()
-            .zip(&accs)
-            .map(|(&t, a)| format!("{} {:.1}%", names[t], 100.0 * a))
-            .collect();
-        println!(
-            "step {} (+{}, |tau| {:.2}): {}",
-            j + 1,
-            names[task],
-            report.task_vector_norm,
-            line.join(", ")
-        );
-    }
-    let m = matrix.metrics()?;
-    println!(
-        "ACC {:.1}%  BWT {:.1}%",
-        100.0 * m.acc,
-        100.0 * m.bwt.unwrap_or(0.0)
-    );
-    Ok(matrix)
-}
-
-/// [`run_stream_with`] on the first three tasks of the seed-42 order, evaluating with the
-/// method's own routing.
-pub fn run_example(merger: &mut dyn ContinualMerger) -> Result<(), Box<dyn std::error::Error>> {
-    let bench = open_zoo()?;
-    let evaluator = Evaluator::from_benchmark(&bench, 250)?;
-    let order = short_order(&bench, 3);
-    run_stream_with(&bench, &order, merger, &evaluator)?;
-    Ok(())
-}
-
 /// The registry entry of `name` (the error lists every registered name), after printing its
 /// label, summary, paper and reference.
 pub fn describe(name: &str) -> Result<&'static MethodDescriptor, Box<dyn std::error::Error>> {
@@ -131,28 +71,18 @@ pub fn describe(name: &str) -> Result<&'static MethodDescriptor, Box<dyn std::er
 }
 
 /// Runs the registered method `name` with its reference defaults on the first `len` tasks of
-/// the seed-42 order: a data-free method with [`run_stream_with`] (evaluated after every
-/// step), any other through the run loop ([`run_method`]).
+/// the seed-42 order through the run loop ([`run_method`]), whatever its kind.
 pub fn run_registered(name: &str, len: usize) -> Result<(), Box<dyn std::error::Error>> {
     let m = describe(name)?;
     let spec = m.default_config();
     println!("config: {}", serde_json::to_string(&spec)?);
-    match (m.kind, spec.as_merge()) {
-        (MethodKind::DataFree, Some(config)) => {
-            let mut merger = config.build()?;
-            let bench = open_zoo()?;
-            let evaluator = Evaluator::from_benchmark(&bench, 250)?;
-            let order = short_order(&bench, len);
-            run_stream_with(&bench, &order, merger.as_mut(), &evaluator)?;
-            Ok(())
-        }
-        _ => run_method(spec, len),
-    }
+    run_method(spec, len)
 }
 
-/// Runs `method` through the run loop (`madeit_eval::run_stream`, which loads the seed
-/// images and heads a test-time method needs, or the training data of C. Fine-Tuned) on the
-/// first `len` tasks of the seed-42 order, printing each evaluation, then ACC and BWT.
+/// Runs `method` through the run loop (`madeit_eval::run_stream`, the one loop for every
+/// kind of method: it loads the seed images and heads a test-time method needs, or the
+/// training data of C. Fine-Tuned) on the first `len` tasks of the seed-42 order, printing
+/// each evaluation, then ACC and BWT.
 pub fn run_method(
     method: madeit::eval::MethodSpec,
     len: usize,
