@@ -511,7 +511,7 @@ impl LwAdaMerging {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<(), AdaptError> {
-        check_stream(LW_ADAMERGING, self.ledger.pretrained, pretrained).map(|_| ())
+        check_stream(LW_ADAMERGING, &self.ledger, pretrained).map(|_| ())
     }
 }
 

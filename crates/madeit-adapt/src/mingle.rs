@@ -540,7 +540,7 @@ impl Mingle {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<Fingerprint, AdaptError> {
-        check_stream(MINGLE, self.ledger.pretrained, pretrained)
+        check_stream(MINGLE, &self.ledger, pretrained)
     }
 }
 

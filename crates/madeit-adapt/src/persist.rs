@@ -21,23 +21,16 @@ pub(crate) fn stream_seed(seed: u64, step: usize, stream: u64) -> u64 {
     splitmix(splitmix(seed ^ splitmix(step as u64)) ^ stream)
 }
 
-/// Checks that `pretrained` is the model the stream was started with; returns its
-/// fingerprint.
+/// Checks that a task was absorbed and that `pretrained` is the model the stream was
+/// started with ([`madeit_stream::Ledger::check_pretrained`]); returns its fingerprint.
 pub(crate) fn check_stream(
     method: &'static str,
-    expected: Option<Fingerprint>,
+    ledger: &madeit_stream::Ledger,
     pretrained: &ParamDict,
 ) -> Result<Fingerprint, AdaptError> {
-    let Some(expected) = expected else {
-        return Err(AdaptError::EmptyStream { method });
-    };
-    let got = Fingerprint::of_params(pretrained);
-    if got != expected {
-        return Err(AdaptError::Admission(
-            madeit_stream::AdmitError::PretrainedChanged { expected, got },
-        ));
-    }
-    Ok(got)
+    ledger
+        .check_pretrained(pretrained)?
+        .ok_or(AdaptError::EmptyStream { method })
 }
 
 /// Checks, before a gated model is assembled, that a task has been absorbed and that the

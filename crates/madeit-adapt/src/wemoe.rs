@@ -552,7 +552,7 @@ impl LoraWemoe {
     }
 
     fn check_stream(&self, pretrained: &ParamDict) -> Result<(), AdaptError> {
-        check_stream(LORA_WEMOE, self.ledger.pretrained, pretrained).map(|_| ())
+        check_stream(LORA_WEMOE, &self.ledger, pretrained).map(|_| ())
     }
 }
 

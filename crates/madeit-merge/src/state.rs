@@ -172,16 +172,10 @@ impl Ledger {
         method: &'static str,
         pretrained: &ParamDict,
     ) -> Result<(), MergeError> {
-        let Some(expected) = self.pretrained else {
-            return Err(MergeError::EmptyStream { method });
-        };
-        let got = Fingerprint::of_params(pretrained);
-        if got != expected {
-            return Err(MergeError::Admission(
-                madeit_stream::AdmitError::PretrainedChanged { expected, got },
-            ));
+        match self.check_pretrained(pretrained)? {
+            Some(_) => Ok(()),
+            None => Err(MergeError::EmptyStream { method }),
         }
-        Ok(())
     }
 
     /// The metadata of a state with this ledger.

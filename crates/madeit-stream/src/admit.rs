@@ -127,6 +127,25 @@ impl Ledger {
         self.tasks.is_empty()
     }
 
+    /// The fingerprint of `pretrained` when it is the model the stream started with;
+    /// `Ok(None)` before the first task (there is nothing to compare with yet).
+    ///
+    /// # Errors
+    /// [`AdmitError::PretrainedChanged`] for another model.
+    pub fn check_pretrained(
+        &self,
+        pretrained: &ParamDict,
+    ) -> Result<Option<Fingerprint>, AdmitError> {
+        let Some(expected) = self.pretrained else {
+            return Ok(None);
+        };
+        let got = Fingerprint::of_params(pretrained);
+        if got != expected {
+            return Err(AdmitError::PretrainedChanged { expected, got });
+        }
+        Ok(Some(got))
+    }
+
     /// The absorbed tasks' ids, in order.
     #[must_use]
     pub fn task_ids(&self) -> Vec<TaskId> {

@@ -91,3 +91,25 @@ fn every_refusal_names_what_is_wrong() {
     );
     assert!(ok.is_ok());
 }
+
+#[test]
+fn the_ledger_commits_and_recognises_its_pretrained_model() {
+    let pre = dict(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+    let mut ledger = madeit_stream::Ledger::default();
+    assert!(ledger.is_empty());
+    assert_eq!(ledger.check_pretrained(&pre).unwrap(), None);
+    let a = ledger
+        .admit(&pre, &dict(&[1.0, 2.0, 3.0, 4.0, 6.0]), &TaskId::new("t1"))
+        .unwrap();
+    ledger.commit(a);
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger.task_ids(), vec![TaskId::new("t1")]);
+    assert_eq!(
+        ledger.check_pretrained(&pre).unwrap(),
+        Some(Fingerprint::of_params(&pre))
+    );
+    let e = ledger
+        .check_pretrained(&dict(&[0.0, 2.0, 3.0, 4.0, 5.0]))
+        .unwrap_err();
+    assert!(matches!(e, AdmitError::PretrainedChanged { .. }), "{e}");
+}

@@ -4,12 +4,14 @@
 //! alike: a weight-space merger of `madeit-merge` ([`WeightSpace`]), a test-time merger of
 //! `madeit-adapt` ([`TestTime`]: it also gets each task's head and seed images, and is
 //! evaluated through its gated forward) and the sequential fine-tuning reference
-//! ([`Sequential`]: it also gets the task's training data). [`MethodSpec::stream_method`]
-//! builds the right one from a configuration; a new kind of method is one more
+//! ([`Sequential`]: it also gets the task's training data). [`build`] makes the right one
+//! from a configuration; a new kind of method is one more
 //! implementation here, not a new branch in the loop.
 
 use madeit_adapt::SeedImages;
 use madeit_vit::TaskHead;
+
+use crate::method::SeedSetup;
 
 use super::*;
 
@@ -70,12 +72,13 @@ pub(super) struct StepEvaluation<'e> {
     pub(super) timing: &'e mut StepTiming,
 }
 
-impl StepEvaluation<'_> {
+impl<'e> StepEvaluation<'e> {
     /// The benchmark tasks to evaluate: `(position, benchmark index)`.
-    fn tasks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    fn tasks(&self) -> impl Iterator<Item = (usize, usize)> + 'e {
+        let bench_index = self.bench_index;
         self.positions
             .iter()
-            .filter_map(|&i| self.bench_index.get(i).map(|&b| (i, b)))
+            .filter_map(move |&i| bench_index.get(i).map(|&b| (i, b)))
     }
 
     /// Times building the model (`merge_s`) and evaluating a dense or expert model through
@@ -90,8 +93,7 @@ impl StepEvaluation<'_> {
         self.timing.merge_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut session = input.evaluator.session(&merged);
-        let tasks: Vec<(usize, usize)> = self.tasks().collect();
-        for (i, b) in tasks {
+        for (i, b) in self.tasks() {
             let e = session.accuracy(b)?;
             (self.record)(i, e.accuracy, e.cached)?;
         }
@@ -204,6 +206,8 @@ impl StreamMethod for WeightSpace {
 pub(super) struct TestTime {
     pub(super) merger: Box<dyn TestTimeMerger>,
     pub(super) spec: MethodSpec,
+    /// Where the method's seed images come from ([`MethodSpec::seed_setup`]).
+    pub(super) setup: SeedSetup,
     /// `θ_0` with the benchmark's projection, when the checkpoints have none: test-time
     /// methods build towers from the checkpoints themselves, and a benchmark of vision
     /// towers saved without a projection gives them the pretrained CLIP's (the same in every
@@ -226,11 +230,6 @@ impl TestTime {
 
 impl StreamMethod for TestTime {
     fn load(&self, input: &StepInput<'_>) -> Result<StepData, RunError> {
-        let Some(setup) = self.spec.seed_setup() else {
-            return Err(RunError::config(
-                "a test-time stream needs a test-time method configuration",
-            ));
-        };
         let index = input.task_index;
         let test = &input
             .evaluator
@@ -243,7 +242,7 @@ impl StreamMethod for TestTime {
             .test;
         let mut data = StepData::checkpoint(input)?;
         data.head = Some(input.bench.load_head(index)?);
-        data.seed = Some(seed_images(input.bench, index, test, setup)?);
+        data.seed = Some(seed_images(input.bench, index, test, self.setup)?);
         Ok(data)
     }
 
@@ -254,7 +253,7 @@ impl StreamMethod for TestTime {
         }
         let (Some(head), Some(seed)) = (data.head, data.seed) else {
             return Err(RunError::config(
-                "a test-time stream needs a test-time method configuration",
+                "a test-time step needs the task's head and seed images",
             ));
         };
         self.project(input);
@@ -289,8 +288,7 @@ impl StreamMethod for TestTime {
         eval.timing.merge_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let tasks: Vec<(usize, usize)> = eval.tasks().collect();
-        for (i, b) in tasks {
+        for (i, b) in eval.tasks() {
             let Some(et) = input.evaluator.tasks().get(b) else {
                 continue;
             };
@@ -417,14 +415,18 @@ pub(super) fn build(
             stream: SequentialStream::new(c, bench)?,
         }));
     }
-    match spec.build_test_time(bench.config(), device)? {
-        Some(merger) => Ok(Box::new(TestTime {
+    match (
+        spec.build_test_time(bench.config(), device)?,
+        spec.seed_setup(),
+    ) {
+        (Some(merger), Some(setup)) => Ok(Box::new(TestTime {
             merger,
             spec: spec.clone(),
+            setup,
             projected: None,
             backbone: None,
         })),
-        None => Err(RunError::config(format!(
+        _ => Err(RunError::config(format!(
             "method `{}` cannot be run",
             spec.name()
         ))),
