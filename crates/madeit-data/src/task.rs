@@ -1,7 +1,7 @@
 //! The task registry of the embedded zoo, and loading a task ready for training.
 //!
 //! A task is a source, an optional standard continual-learning construction (a fixed
-//! rotation, as in Rotated MNIST), and the resize that brings it to the common format
+//! rotation, as in Rotated MNIST, or a mirror image), and the resize that brings it to the common format
 //! ([`IMAGE_SIZE`](crate::IMAGE_SIZE) × `IMAGE_SIZE` × [`CHANNELS`](crate::CHANNELS)).
 //! `docs/data.md` tabulates the tasks with their classes and split sizes.
 
@@ -12,7 +12,7 @@ use crate::error::{DataError, Result};
 use crate::image::ImageSet;
 use crate::source::{SourceData, SourceId, load_source};
 use crate::split::{Split, Splits, source_splits};
-use crate::transform::{Resize, rotate90, to_common};
+use crate::transform::{Resize, mirror, rotate90, to_common};
 
 /// How a task's images are derived from its source's images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,6 +27,9 @@ pub enum Construction {
         /// Number of 90° counter-clockwise turns.
         quarter_turns: u8,
     },
+    /// Every image mirrored left to right (a transformed twin in the manner of Rotated
+    /// MNIST: the same classes, every stroke reversed). Exact. Applied before resizing.
+    Mirrored,
 }
 
 /// One task of the zoo.
@@ -61,12 +64,13 @@ impl TaskSpec {
 /// A group of tasks the zoo can be built with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum TaskGroup {
-    /// The default eight tasks: seven real sources and one rotated twin.
+    /// The default eight tasks: six real sources (the fonts give two tasks, capitals and
+    /// lower case) and one mirrored twin (Mirrored MNIST).
     #[default]
     #[serde(rename = "8")]
     Eight,
-    /// The eight tasks and six more (in the spirit of the papers' second group): the font
-    /// digits, the clip-art stamps and four rotated twins.
+    /// The eight tasks and six more (in the spirit of the papers' second group): the
+    /// Twemoji categories, the font digits, the clip-art stamps and three rotated twins.
     #[serde(rename = "14")]
     Fourteen,
 }
@@ -122,9 +126,11 @@ const fn task(
 
 const UPRIGHT: Construction = Construction::Original;
 const TURNED: Construction = Construction::Rotated { quarter_turns: 1 };
+const MIRRORED: Construction = Construction::Mirrored;
 
 /// Every task, in id order: the default group is the first eight ([`zoo_tasks`]), the
-/// long group all fourteen ([`TaskGroup::Fourteen`]).
+/// long group the first fourteen ([`TaskGroup::Fourteen`]); the last two (rotated
+/// optdigits and rotated font letters) are in no group.
 pub fn all_tasks() -> Vec<TaskSpec> {
     use SourceId as S;
     vec![
@@ -184,6 +190,24 @@ pub fn all_tasks() -> Vec<TaskSpec> {
         ),
         task(
             7,
+            "font_lowercase",
+            S::FontLowercase,
+            UPRIGHT,
+            Resize::Pad,
+            None,
+            "the lower-case letters a-j rendered from Debian's font files, named by their letter",
+        ),
+        task(
+            8,
+            "mirrored_mnist",
+            S::Mnist,
+            MIRRORED,
+            Resize::Pad,
+            None,
+            "Mirrored MNIST: the digits mirrored left to right",
+        ),
+        task(
+            9,
             "twemoji_categories",
             S::Twemoji,
             UPRIGHT,
@@ -192,7 +216,7 @@ pub fn all_tasks() -> Vec<TaskSpec> {
             "Twemoji, classified into their nine Unicode categories",
         ),
         task(
-            8,
+            10,
             "rotated_mnist",
             S::Mnist,
             TURNED,
@@ -201,7 +225,7 @@ pub fn all_tasks() -> Vec<TaskSpec> {
             "Rotated MNIST: the digits turned 90 degrees",
         ),
         task(
-            9,
+            11,
             "font_digits",
             S::Fonts,
             UPRIGHT,
@@ -210,7 +234,7 @@ pub fn all_tasks() -> Vec<TaskSpec> {
             "the digits 0-9 rendered from Debian's font files",
         ),
         task(
-            10,
+            12,
             "clipart_stamps",
             S::Tuxpaint,
             UPRIGHT,
@@ -219,7 +243,7 @@ pub fn all_tasks() -> Vec<TaskSpec> {
             "Tux Paint's colour clip-art stamps, classified into seven categories",
         ),
         task(
-            11,
+            13,
             "rotated_fashion_mnist",
             S::FashionMnist,
             TURNED,
@@ -228,7 +252,7 @@ pub fn all_tasks() -> Vec<TaskSpec> {
             "Rotated Fashion-MNIST: the clothing turned 90 degrees",
         ),
         task(
-            12,
+            14,
             "rotated_animal_silhouettes",
             S::AnimalMnist,
             TURNED,
@@ -237,7 +261,7 @@ pub fn all_tasks() -> Vec<TaskSpec> {
             "Rotated animal silhouettes: turned 90 degrees",
         ),
         task(
-            13,
+            15,
             "rotated_optdigits",
             S::Optdigits,
             TURNED,
@@ -246,7 +270,7 @@ pub fn all_tasks() -> Vec<TaskSpec> {
             "Rotated optdigits: turned 90 degrees",
         ),
         task(
-            14,
+            16,
             "rotated_font_letters",
             S::Fonts,
             TURNED,
@@ -321,6 +345,7 @@ pub fn prepare_task(source: &SourceData, spec: &TaskSpec) -> Result<TaskData> {
     let constructed = match spec.construction {
         Construction::Original => None,
         Construction::Rotated { quarter_turns } => Some(rotate90(&source.images, quarter_turns)),
+        Construction::Mirrored => Some(mirror(&source.images)),
     };
     let images = to_common(constructed.as_ref().unwrap_or(&source.images), spec.resize)?;
     let Some([start, end]) = spec.classes else {
@@ -418,9 +443,11 @@ pub struct PretrainPart {
 /// The natural resize of a source's images to the common size.
 pub fn source_resize(source: SourceId) -> Resize {
     match source {
-        SourceId::Mnist | SourceId::FashionMnist | SourceId::AnimalMnist | SourceId::Fonts => {
-            Resize::Pad
-        }
+        SourceId::Mnist
+        | SourceId::FashionMnist
+        | SourceId::AnimalMnist
+        | SourceId::Fonts
+        | SourceId::FontLowercase => Resize::Pad,
         SourceId::Optdigits => Resize::Bilinear,
         SourceId::Emoji | SourceId::Twemoji | SourceId::Tuxpaint => Resize::Area,
     }

@@ -1,4 +1,4 @@
-//! Deterministic image preprocessing: rotation, padding, resizing, channel conversion, and
+//! Deterministic image preprocessing: rotation, mirroring, padding, resizing, channel conversion, and
 //! the common format every task is brought to.
 //!
 //! All functions work on 8-bit [`ImageSet`]s and round once, at the end, with
@@ -59,6 +59,22 @@ pub fn rotate90(set: &ImageSet, quarter_turns: u8) -> ImageSet {
                 };
                 let s = (si * w + sj) * c;
                 let d = (i * ow + j) * c;
+                if let (Some(from), Some(to)) = (src.get(s..s + c), dst.get_mut(d..d + c)) {
+                    to.copy_from_slice(from);
+                }
+            }
+        }
+    })
+}
+
+/// Mirrors every image left to right: `out[i][j] = in[i][w − 1 − j]`.
+pub fn mirror(set: &ImageSet) -> ImageSet {
+    let (h, w, c) = (set.height, set.width, set.channels);
+    set.map_images(h, w, c, |src, dst| {
+        for i in 0..h {
+            for j in 0..w {
+                let s = (i * w + (w - 1 - j)) * c;
+                let d = (i * w + j) * c;
                 if let (Some(from), Some(to)) = (src.get(s..s + c), dst.get_mut(d..d + c)) {
                     to.copy_from_slice(from);
                 }

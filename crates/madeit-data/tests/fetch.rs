@@ -544,6 +544,12 @@ fn a_source_spread_over_several_debian_packages_is_fetched_in_one_command() {
     assert!(dir.join("fonts/opentype/b/Partial.otf").is_file());
     let data = load_source(cache.path(), SourceId::Fonts).unwrap();
     assert_eq!(data.images.n, 20);
+    // The lower-case letters are read from the same fetched folder, named by their letter
+    // (the partial font lacks `j` too, the clone duplicates the full one).
+    assert_eq!(source_dir(cache.path(), SourceId::FontLowercase), dir);
+    let lower = load_source(cache.path(), SourceId::FontLowercase).unwrap();
+    assert_eq!(lower.images.n, 10);
+    assert_eq!(lower.images.class_names, data.images.class_names[10..]);
     // Fetched again: reused, no client runs.
     let again = fetch_package(cache.path(), &spec, &Clients::none(), &|_| {}).unwrap();
     assert!(again.reused);

@@ -9,7 +9,8 @@ use common::encode_png;
 use madeit_data::DataError;
 use madeit_data::readers::emoji::{EMOJI_CATEGORIES, EmojiVendor, read_emoji_of};
 use madeit_data::readers::fonts::{
-    FONT_CANVAS, FONT_CLASSES, FontSkip, read_font_dir, read_fonts, render_font,
+    FONT_CANVAS, FONT_CLASSES, FONT_LOWERCASE, FontSkip, font_lowercase_class_names, read_font_dir,
+    read_fonts, read_fonts_chars, render_font, render_font_chars,
 };
 use madeit_data::readers::tuxpaint::{
     TUXPAINT_CATEGORIES, TUXPAINT_SIZE, letterbox_rgb, read_tuxpaint,
@@ -95,6 +96,51 @@ fn fonts_missing_a_character_and_duplicates_are_skipped() {
         (out.set.height, out.set.width, out.set.channels),
         (28, 28, 1)
     );
+}
+
+#[test]
+fn lower_case_letters_are_rendered_as_their_own_set_and_named_by_their_letter() {
+    let (full, partial, clone) = (
+        fixture("fixture_full.ttf"),
+        fixture("fixture_partial.ttf"),
+        fixture("fixture_clone.ttf"),
+    );
+    let names = font_lowercase_class_names();
+    assert_eq!(names, ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J"]);
+    let out = read_fonts_chars(
+        [
+            ("a/full.ttf", full.as_slice()),
+            ("b/partial.ttf", partial.as_slice()),
+            ("c/clone.ttf", clone.as_slice()),
+        ],
+        &FONT_LOWERCASE,
+        names.clone(),
+    )
+    .unwrap();
+    assert_eq!(out.fonts, vec!["a/full.ttf".to_owned()]);
+    assert_eq!(
+        out.skipped,
+        vec![
+            ("b/partial.ttf".to_owned(), FontSkip::MissingGlyph('j')),
+            ("c/clone.ttf".to_owned(), FontSkip::Duplicate),
+        ]
+    );
+    assert_eq!(out.set.n, 10);
+    assert_eq!(out.set.labels, (0..10).collect::<Vec<u32>>());
+    assert_eq!(out.set.class_names, names);
+    // The lower-case images are the glyphs of `a`-`j`, not those of the capitals.
+    let side = FONT_CANVAS * FONT_CANVAS;
+    let capitals = render_font_chars(&full, "full", &FONT_CLASSES[10..])
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.set.images.len(), 10 * side);
+    for k in 0..10 {
+        assert_ne!(
+            out.set.images[k * side..(k + 1) * side],
+            capitals[k * side..(k + 1) * side],
+            "letter {k}"
+        );
+    }
 }
 
 #[test]

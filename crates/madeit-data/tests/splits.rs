@@ -126,23 +126,31 @@ fn the_groups_draw_on_distinct_sources_with_at_most_one_twin() {
         tasks.as_slice(),
         "the long group extends the default one"
     );
-    assert_eq!(all_tasks(), long);
-    let ids: Vec<u32> = long.iter().map(|t| t.id).collect();
-    assert_eq!(ids, (1..=14).collect::<Vec<_>>());
-    let names: HashSet<&str> = long.iter().map(|t| t.name).collect();
-    assert_eq!(names.len(), long.len());
-    // The default group: at least six real sources and at most one transformed twin.
-    let sources: BTreeSet<SourceId> = tasks.iter().map(|t| t.source).collect();
+    let all = all_tasks();
+    assert_eq!(
+        &all[..14],
+        long.as_slice(),
+        "the registry extends the long group"
+    );
+    let ids: Vec<u32> = all.iter().map(|t| t.id).collect();
+    assert_eq!(ids, (1..=all.len() as u32).collect::<Vec<_>>());
+    let names: HashSet<&str> = all.iter().map(|t| t.name).collect();
+    assert_eq!(names.len(), all.len());
+    // The default group: at least six real sources (counted by package: the capitals and
+    // the lower case of the fonts are one source) and at most one transformed twin.
+    let sources: BTreeSet<SourceId> = tasks.iter().map(|t| t.source.package_source()).collect();
     assert!(sources.len() >= 6, "{sources:?}");
     let twins = tasks
         .iter()
         .filter(|t| t.construction != Construction::Original)
         .count();
     assert!(twins <= 1);
-    // Derived tasks are the named rotated construction.
-    for t in &long {
-        if let Construction::Rotated { .. } = t.construction {
-            assert!(t.name.starts_with("rotated_"), "{}", t.name);
+    // Derived tasks are named after their construction.
+    for t in &all {
+        match t.construction {
+            Construction::Rotated { .. } => assert!(t.name.starts_with("rotated_"), "{}", t.name),
+            Construction::Mirrored => assert!(t.name.starts_with("mirrored_"), "{}", t.name),
+            Construction::Original => {}
         }
     }
     assert_eq!(TaskGroup::from_len(14), Some(TaskGroup::Fourteen));
@@ -255,7 +263,7 @@ fn synthetic_source(source: SourceId, per_class: usize, side: usize) -> SourceDa
 }
 
 #[test]
-fn rotated_tasks_share_their_source_splits() {
+fn rotated_and_mirrored_tasks_share_their_source_splits() {
     let src = synthetic_source(SourceId::Mnist, 30, 28);
     let up = prepare_task(&src, &task_by_name("mnist").unwrap()).unwrap();
     let rot = prepare_task(&src, &task_by_name("rotated_mnist").unwrap()).unwrap();
@@ -269,6 +277,14 @@ fn rotated_tasks_share_their_source_splits() {
     let again = madeit_data::transform::rotate90(&up.images, 1);
     assert_eq!(again.images, rot.images.images);
     assert!(up.images != rot.images);
+    // The mirrored twin likewise: same splits and labels, each padded image mirrored.
+    let mir = prepare_task(&src, &task_by_name("mirrored_mnist").unwrap()).unwrap();
+    assert_eq!(up.splits, mir.splits);
+    assert_eq!(mir.images.labels, up.images.labels);
+    assert_eq!(
+        madeit_data::transform::mirror(&up.images).images,
+        mir.images.images
+    );
     let test = up.split(Split::Test).unwrap();
     assert_eq!(test.n, up.splits.test.len());
     // A source that does not match the task is refused.

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use madeit_data::transform::{pad_center, resize_area, resize_bilinear, rotate90, to_rgb};
+use madeit_data::transform::{mirror, pad_center, resize_area, resize_bilinear, rotate90, to_rgb};
 use madeit_data::{
     CHANNELS, DataError, IMAGE_SIZE, ImageSet, NORM_MEAN, NORM_STD, Resize, to_common,
 };
@@ -38,8 +38,28 @@ fn rotation_matches_numpy_rot90() {
     assert_eq!(rotate90(&s, 3).images, vec![3, 0, 4, 1, 5, 2]);
 }
 
+#[test]
+fn mirroring_reverses_each_row() {
+    // numpy.fliplr([[0,1,2],[3,4,5]]), and per pixel for several channels.
+    let s = set_from(2, 3, 1, vec![vec![0, 1, 2, 3, 4, 5]]);
+    let m = mirror(&s);
+    assert_eq!((m.height, m.width), (2, 3));
+    assert_eq!(m.images, vec![2, 1, 0, 5, 4, 3]);
+    let rgb = set_from(1, 2, 3, vec![vec![1, 2, 3, 4, 5, 6]]);
+    assert_eq!(mirror(&rgb).images, vec![4, 5, 6, 1, 2, 3]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn mirroring_twice_is_the_identity_and_a_half_turn_is_both_flips(s in arb_set()) {
+        prop_assert_eq!(mirror(&mirror(&s)), s.clone());
+        // Mirror then half turn = flip upside down; doing it twice gives back the set.
+        let flipped = rotate90(&mirror(&s), 2);
+        prop_assert_eq!(rotate90(&mirror(&flipped), 2), s.clone());
+        prop_assert_eq!(mirror(&rotate90(&s, 2)), rotate90(&mirror(&s), 2));
+    }
 
     #[test]
     fn four_quarter_turns_are_the_identity(s in arb_set()) {

@@ -12,10 +12,17 @@
 //! `CONFIG.json` is a `BuildConfig` (missing fields take the zoo's build configuration).
 //! A task the zoo was not built with gets its name-based head from the zoo's name vectors.
 //! The data cache is `$MADEIT_CACHE_DIR`, else `.cache/madeit`.
+//!
+//! `PROBE_DIR=DIR` keeps each fine-tuned tower as `DIR/<task>.safetensors` and reuses it on
+//! a later probe with the same configuration (delete the folder after changing it).
+//! `PROBE_GROUPS="a,b,c;d,e"` also prints, for each group of the named tasks, the means of
+//! the pretrained and fine-tuned accuracy and of the interference among them, and the
+//! accuracy of the average and of the 0.3-sum of their task vectors.
 
 use std::path::PathBuf;
 
 use madeit_data::{Split, default_cache_dir, load_tasks, task_by_name};
+use madeit_params::ParamDict;
 use madeit_vit::ClipVisionModel;
 use madeit_zoo::build::derive_seed;
 use madeit_zoo::interference::evenly_spaced;
@@ -86,31 +93,46 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .map(|(h, s)| evaluate(m, h, s, 250))
             .collect()
     };
+    let keep_dir = std::env::var_os("PROBE_DIR").map(PathBuf::from);
     let base_acc = acc_all(&ClipVisionModel::from_params(&cfg.model, &pretrained)?)?;
     let mut tuned = Vec::new();
     let mut columns = Vec::new();
     for (k, d) in data.iter().enumerate() {
         let train = d.split(Split::Train)?;
         let t0 = std::time::Instant::now();
-        let (params, log) = finetune_tower(
-            &cfg,
-            &pretrained,
-            &heads[k],
-            &train,
-            cfg.finetune_seed(d.spec.id),
-            &tasks[k],
-            &mut |_| {},
-        )?;
+        let kept = keep_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.safetensors", tasks[k])));
+        let (params, losses) = match kept.as_ref().filter(|p| p.is_file()) {
+            Some(path) => (ParamDict::load(path)?, None),
+            None => {
+                let (params, log) = finetune_tower(
+                    &cfg,
+                    &pretrained,
+                    &heads[k],
+                    &train,
+                    cfg.finetune_seed(d.spec.id),
+                    &tasks[k],
+                    &mut |_| {},
+                )?;
+                if let Some(path) = &kept {
+                    std::fs::create_dir_all(path.parent().unwrap_or(path))?;
+                    params.save(path)?;
+                }
+                (params, Some((log.first_loss, log.last_loss)))
+            }
+        };
         let norm = TaskVectorNorm::of(&pretrained, &params)?;
         let acc = acc_all(&ClipVisionModel::from_params(&cfg.model, &params)?)?;
+        let (first, last) = losses.unwrap_or((f32::NAN, f32::NAN));
         println!(
             "{:<24} val {:5.1}% (from {:5.1}%)  |tau|/|t0| {:5.2}%  loss {:.3} -> {:.3}  {:.0} s",
             tasks[k],
             100.0 * acc[k],
             100.0 * base_acc[k],
             100.0 * norm.ratio,
-            log.first_loss,
-            log.last_loss,
+            first,
+            last,
             t0.elapsed().as_secs_f64()
         );
         columns.push(acc);
@@ -135,9 +157,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "mean off-diagonal {:+.2}",
         off / (n * (n - 1)).max(1) as f64
     );
-    let merge = |lambda: f64| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let merge = |members: &[usize], lambda: f64| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
         let mut m = pretrained.clone();
-        for t in &tuned {
+        for t in members.iter().filter_map(|&j| tuned.get(j)) {
             for (key, p) in m.iter_mut() {
                 let (f, b) = (t.get(key)?, pretrained.get(key)?);
                 for ((o, &fv), &bv) in p.data_mut().iter_mut().zip(f.data()).zip(b.data()) {
@@ -148,13 +170,45 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(acc_all(&ClipVisionModel::from_params(&cfg.model, &m)?)?)
     };
     let mean = |v: &[f64]| 100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let all: Vec<usize> = (0..n).collect();
     let ft_mean = mean(&(0..n).map(|k| columns[k][k]).collect::<Vec<_>>());
     println!(
         "mean val: pretrained {:.1}%, fine-tuned {:.1}%, average {:.1}%, 0.3-sum {:.1}%",
         mean(&base_acc),
         ft_mean,
-        mean(&merge(1.0 / n as f64)?),
-        mean(&merge(0.3)?)
+        mean(&merge(&all, 1.0 / n as f64)?),
+        mean(&merge(&all, 0.3)?)
     );
+    let groups = std::env::var("PROBE_GROUPS").unwrap_or_default();
+    for group in groups.split(';').filter(|g| !g.trim().is_empty()) {
+        let members = group
+            .split(',')
+            .map(|t| {
+                tasks
+                    .iter()
+                    .position(|x| x == t.trim())
+                    .ok_or_else(|| format!("PROBE_GROUPS names {t}, which was not probed"))
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        let m = members.len();
+        let pick = |v: &[f64]| members.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        let mut off = 0.0;
+        for &i in &members {
+            for &j in &members {
+                if i != j {
+                    off += 100.0 * (columns[j][i] - base_acc[i]);
+                }
+            }
+        }
+        println!(
+            "group [{}]: pretrained {:.1}%, fine-tuned {:.1}%, mean off-diagonal {:+.2}, average {:.1}%, 0.3-sum {:.1}%",
+            group.trim(),
+            mean(&pick(&base_acc)),
+            mean(&members.iter().map(|&k| columns[k][k]).collect::<Vec<_>>()),
+            off / (m * (m - 1)).max(1) as f64,
+            mean(&pick(&merge(&members, 1.0 / m as f64)?)),
+            mean(&pick(&merge(&members, 0.3)?))
+        );
+    }
     Ok(())
 }

@@ -128,10 +128,16 @@ pub fn fetch_sources(
     cache_dir: &Path,
     progress: &dyn Fn(&FetchEvent),
 ) -> Result<Vec<FetchedSource>> {
-    fetch_sources_with(cache_dir, &SourceId::ALL, &Clients::discover(), progress)
+    fetch_sources_with(
+        cache_dir,
+        &SourceId::PACKAGED,
+        &Clients::discover(),
+        progress,
+    )
 }
 
-/// Fetches the given sources with the given clients; see [`fetch_sources`].
+/// Fetches the given sources with the given clients; see [`fetch_sources`]. A source read
+/// from another's package ([`SourceId::package_source`]) fetches that package.
 pub fn fetch_sources_with(
     cache_dir: &Path,
     sources: &[SourceId],

