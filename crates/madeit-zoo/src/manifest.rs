@@ -12,11 +12,11 @@ use crate::energy::EnergyReport;
 use crate::error::{Result, ZooError};
 
 /// Value of [`Manifest::format`] written by this version.
-pub const ZOO_FORMAT: &str = "madeit-zoo-v3";
+pub const ZOO_FORMAT: &str = "madeit-zoo-v4";
 
 /// Formats of earlier versions: a zoo folder of one of these is recognised and must be
 /// rebuilt (`madeit zoo build --force`).
-pub const OLD_ZOO_FORMATS: [&str; 2] = ["madeit-zoo-v1", "madeit-zoo-v2"];
+pub const OLD_ZOO_FORMATS: [&str; 3] = ["madeit-zoo-v1", "madeit-zoo-v2", "madeit-zoo-v3"];
 
 /// File name of the manifest inside the zoo folder.
 pub const MANIFEST_FILE: &str = "zoo.json";
@@ -43,8 +43,9 @@ pub struct TaskAccuracy {
 /// Number of images in each split of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitSizes {
-    /// Reserved for pretraining (counted once per source; a rotated task's pretrain images
-    /// are not used).
+    /// Reserved for pretraining (counted once per source; the pretrain images of a
+    /// rotated or mirrored task, and those of a source outside
+    /// [`BuildConfig::pretrain_sources`] such as the lower-case letters, are not used).
     pub pretrain: usize,
     /// Fine-tuning.
     pub train: usize,

@@ -81,7 +81,7 @@ impl Default for BuildConfig {
             finetune: TrainConfig {
                 steps: 200,
                 batch_size: 64,
-                lr: 5e-4,
+                lr: 3e-4,
                 warmup_steps: 20,
                 weight_decay: 0.01,
                 max_shift: 1,
@@ -238,12 +238,14 @@ pub enum FinetuneScope {
     AttentionWeights,
 }
 
-/// The sources of the default pretraining pool: every source except the two handwritten
-/// digit sources (MNIST, optdigits), whose digits pretraining knows only from printed
-/// (font) digits, as CLIP knows digits from the web rather than from MNIST.
+/// The sources of the default pretraining pool: every packaged source except the two
+/// handwritten digit sources (MNIST, optdigits), whose digits pretraining knows only from
+/// printed (font) digits, as CLIP knows digits from the web rather than from MNIST. The
+/// lower-case letters ([`SourceId::FontLowercase`]) are not a packaged source: pretraining
+/// knows the letter names from the capitals only.
 #[must_use]
 pub fn default_pretrain_sources() -> Vec<SourceId> {
-    SourceId::ALL
+    SourceId::PACKAGED
         .into_iter()
         .filter(|s| !matches!(s, SourceId::Mnist | SourceId::Optdigits))
         .collect()
