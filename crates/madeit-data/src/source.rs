@@ -66,19 +66,6 @@ pub enum SourceId {
 }
 
 impl SourceId {
-    /// Every source, in a fixed order.
-    pub const ALL: [SourceId; 9] = [
-        SourceId::FashionMnist,
-        SourceId::Mnist,
-        SourceId::AnimalMnist,
-        SourceId::Optdigits,
-        SourceId::Emoji,
-        SourceId::Fonts,
-        SourceId::Twemoji,
-        SourceId::Tuxpaint,
-        SourceId::FontLowercase,
-    ];
-
     /// The sources that are fetched as packages, in a fixed order: every source but
     /// [`SourceId::FontLowercase`], which is read from the fonts' package.
     pub const PACKAGED: [SourceId; 8] = [
@@ -91,6 +78,18 @@ impl SourceId {
         SourceId::Twemoji,
         SourceId::Tuxpaint,
     ];
+
+    /// Every source, in a fixed order: the [`SourceId::PACKAGED`] ones, then
+    /// [`SourceId::FontLowercase`].
+    pub const ALL: [SourceId; 9] = {
+        let mut all = [SourceId::FontLowercase; 9];
+        let mut i = 0;
+        while i < SourceId::PACKAGED.len() {
+            all[i] = SourceId::PACKAGED[i];
+            i += 1;
+        }
+        all
+    };
 
     /// The packaged source whose fetched files this source reads: itself, or
     /// [`SourceId::Fonts`] for [`SourceId::FontLowercase`].
