@@ -174,6 +174,21 @@ pub(crate) fn to_f32(a: MatRef<'_, f64>) -> Mat<f32> {
     Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] as f32)
 }
 
+/// A change to the experts of a module (MADE-IT's evolution), checked by
+/// [`ModuleExperts::check_change`] and applied by [`ModuleExperts::apply_change`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExpertChange {
+    /// A new expert, after the others.
+    Push(Expert),
+    /// Expert `index` replaced by `expert` (a consolidation).
+    Replace {
+        /// The expert replaced.
+        index: usize,
+        /// Its replacement, serving its tasks and the new one.
+        expert: Expert,
+    },
+}
+
 /// The experts of one target module.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleExperts {
@@ -198,35 +213,15 @@ impl ModuleExperts {
                 ),
             });
         }
-        let mut seen = BTreeSet::new();
-        for (i, e) in experts.iter().enumerate() {
-            if e.d_out() != module.d_out || e.d_in() != module.d_in || e.rank() != rank {
-                return Err(ExpertsError::InvalidExpert {
-                    module: name,
-                    reason: format!(
-                        "expert {i} is {}x{} of rank {}, the module is {}x{} of rank {rank}",
-                        e.d_out(),
-                        e.d_in(),
-                        e.rank(),
-                        module.d_out,
-                        module.d_in
-                    ),
-                });
-            }
-            for &t in e.tasks() {
-                if !seen.insert(t) {
-                    return Err(ExpertsError::InvalidExpert {
-                        module: name,
-                        reason: format!("task {t} is served by two experts"),
-                    });
-                }
-            }
-        }
-        Ok(Self {
+        let mut out = Self {
             module,
             rank,
-            experts,
-        })
+            experts: Vec::with_capacity(experts.len()),
+        };
+        for e in experts {
+            out.apply_change(ExpertChange::Push(e))?;
+        }
+        Ok(out)
     }
 
     /// The module.
@@ -283,9 +278,78 @@ impl ModuleExperts {
             .collect()
     }
 
-    /// The experts, to add or consolidate one (MADE-IT's evolution); callers keep every
-    /// expert's rank and task set consistent with the module.
-    pub fn experts_mut(&mut self) -> &mut Vec<Expert> {
-        &mut self.experts
+    /// Checks that `change` keeps the module consistent, without applying it.
+    ///
+    /// # Errors
+    /// [`ExpertsError::ExpertIndex`] for a replacement of an expert that does not exist;
+    /// [`ExpertsError::InvalidExpert`] if the expert does not have the module's shape and
+    /// rank, serves a task another expert serves, or (a replacement) drops a task of the
+    /// expert it replaces: a consolidation adds tasks, it never drops one.
+    pub fn check_change(&self, change: &ExpertChange) -> Result<()> {
+        match change {
+            ExpertChange::Push(expert) => self.check_expert(expert, None),
+            ExpertChange::Replace { index, expert } => {
+                let old = self.expert(*index)?;
+                if let Some(t) = old.tasks().iter().find(|t| !expert.tasks().contains(t)) {
+                    return Err(self.invalid(format!(
+                        "the expert replacing expert {index} drops its task {t}"
+                    )));
+                }
+                self.check_expert(expert, Some(*index))
+            }
+        }
+    }
+
+    /// Applies `change` after [`ModuleExperts::check_change`], and returns the index of the
+    /// expert it added or replaced.
+    ///
+    /// # Errors
+    /// As [`ModuleExperts::check_change`]; the module is then unchanged.
+    pub fn apply_change(&mut self, change: ExpertChange) -> Result<usize> {
+        self.check_change(&change)?;
+        match change {
+            ExpertChange::Push(expert) => {
+                self.experts.push(expert);
+                Ok(self.experts.len() - 1)
+            }
+            ExpertChange::Replace { index, expert } => {
+                if let Some(slot) = self.experts.get_mut(index) {
+                    *slot = expert;
+                }
+                Ok(index)
+            }
+        }
+    }
+
+    /// Checks `expert` against the module's shape and rank and against the task sets of
+    /// the other experts (all but `replacing`).
+    fn check_expert(&self, expert: &Expert, replacing: Option<usize>) -> Result<()> {
+        let (m, rank) = (&self.module, self.rank);
+        if expert.d_out() != m.d_out || expert.d_in() != m.d_in || expert.rank() != rank {
+            return Err(self.invalid(format!(
+                "an expert of {}x{} and rank {} does not fit a {}x{} module of rank {rank}",
+                expert.d_out(),
+                expert.d_in(),
+                expert.rank(),
+                m.d_out,
+                m.d_in
+            )));
+        }
+        for (i, other) in self.experts.iter().enumerate() {
+            if Some(i) == replacing {
+                continue;
+            }
+            if let Some(t) = expert.tasks().iter().find(|t| other.tasks().contains(t)) {
+                return Err(self.invalid(format!("task {t} is served by two experts")));
+            }
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, reason: String) -> ExpertsError {
+        ExpertsError::InvalidExpert {
+            module: self.name().to_owned(),
+            reason,
+        }
     }
 }

@@ -30,7 +30,7 @@ mod targets;
 
 pub use config::{AffinityMetric, CandidateSvd, MergeRule};
 pub use error::{ExpertsError, Result};
-pub use expert::{BASIS_TOLERANCE, Expert, ModuleExperts};
+pub use expert::{BASIS_TOLERANCE, Expert, ExpertChange, ModuleExperts};
 pub use targets::{ModuleKind, TargetModule, parse_target_key, target_modules};
 
 /// Low-level numerics exposed for tests, benches and analyses.

@@ -3,7 +3,7 @@
 use super::config::{HistoryScope, MadeItConfig, NonTargetRule};
 use faer::MatRef;
 use madeit_experts::math as lowrank;
-use madeit_experts::{Expert, ModuleExperts};
+use madeit_experts::{Expert, ExpertChange, ModuleExperts};
 use madeit_experts::{ExpertsError, Result};
 use madeit_experts::{TargetModule, target_modules};
 use madeit_params::{ParamDict, Tensor};
@@ -567,30 +567,33 @@ impl MadeIt {
             })
             .collect::<Result<_>>()?;
 
-        // Apply.
+        // Apply: every change is checked before the first one is made, so that an error
+        // leaves the state as it was.
+        let changes: Vec<ExpertChange> = candidates
+            .into_iter()
+            .zip(merged)
+            .zip(&decisions)
+            .map(|((c, new), &(_, merge))| match (merge, new) {
+                (Some(index), Some(expert)) => ExpertChange::Replace { index, expert },
+                _ => ExpertChange::Push(c),
+            })
+            .collect();
+        for (m, change) in self.modules.iter().zip(&changes) {
+            m.check_change(change)?;
+        }
         let mut reports = Vec::with_capacity(self.modules.len());
-        for ((((m, c), new), (best, merge)), (s, st)) in self
+        for (((m, change), (best, _)), (s, st)) in self
             .modules
             .iter_mut()
-            .zip(candidates)
-            .zip(merged)
+            .zip(changes)
             .zip(decisions)
             .zip(scores.into_iter().zip(stats))
         {
-            let action = match (merge, new) {
-                (Some(b), Some(e)) => {
-                    if let Some(slot) = m.experts_mut().get_mut(b) {
-                        *slot = e;
-                    }
-                    Action::Consolidated { expert: b }
-                }
-                _ => {
-                    m.experts_mut().push(c);
-                    Action::Created {
-                        expert: m.len() - 1,
-                    }
-                }
+            let action = match &change {
+                ExpertChange::Replace { index, .. } => Action::Consolidated { expert: *index },
+                ExpertChange::Push(_) => Action::Created { expert: m.len() },
             };
+            m.apply_change(change)?;
             reports.push(ModuleReport {
                 module: m.name().to_owned(),
                 scores: s,
