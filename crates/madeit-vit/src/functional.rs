@@ -19,12 +19,11 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use burn::tensor::module::{attention, layer_norm, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::{layer_norm, linear};
 use madeit_params::ParamDict;
 
+use crate::blocks;
 use crate::error::{CheckpointReport, ShapeMismatch};
-use crate::model::act;
 use crate::names::{PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
 use crate::util::{first_non_finite, upload};
 use crate::{ClipVisionConfig, ModuleId, ModuleKind, VisionOutput, VitError};
@@ -248,34 +247,23 @@ pub fn forward(
         });
     }
     let p = c.patch_size;
-    let g = c.image_size / p;
     let d = c.hidden_size;
     let inter = c.intermediate_size;
-    let heads = c.num_attention_heads;
-    let dh = c.head_dim();
     let n = c.num_positions();
     let eps = c.layer_norm_eps;
     let cpp = ch * p * p;
 
-    // Patch embedding: the stride-p convolution without bias as a matmul on flattened
-    // non-overlapping patches (channel-major within a patch, like the conv weight).
-    let patches = pixels
-        .reshape([b, ch, g, p, g, p])
-        .permute([0, 2, 4, 1, 3, 5])
-        .reshape([b * g * g, cpp]);
-    let patch_w = weights.linear_t("embeddings.patch_embedding.weight", d, cpp)?;
-    let emb = patches.matmul(patch_w).reshape([b, g * g, d]);
-    let cls = weights
-        .vec("embeddings.class_embedding")?
-        .reshape([1, 1, d])
-        .expand([b, 1, d]);
-    let pos = weights
-        .vec("embeddings.position_embedding.weight")?
-        .reshape([1, n, d]);
-    let x = Tensor::cat(vec![cls, emb], 1) + pos;
+    let x = blocks::embed(
+        c,
+        pixels,
+        weights.linear_t("embeddings.patch_embedding.weight", d, cpp)?,
+        weights.vec("embeddings.class_embedding")?,
+        weights
+            .vec("embeddings.position_embedding.weight")?
+            .reshape([n, d]),
+    );
     let mut x = norm(weights, "pre_layrnorm", x, eps)?;
 
-    let attn_opts = AttentionModuleOptions::default();
     for l in 0..c.num_hidden_layers {
         let pre = format!("encoder.layers.{l}.");
         let h = norm(weights, &format!("{pre}layer_norm1"), x.clone(), eps)?;
@@ -284,17 +272,14 @@ pub fn forward(
             let id = ModuleId::new(l, kind);
             let w = weights.linear_t(&id.weight_name(), d, d)?;
             let bias = weights.vec(&id.bias_name())?;
-            let t = linear(h.clone(), w, Some(bias));
-            parts.push(t.reshape([b, n, heads, dh]).swap_dims(1, 2));
+            parts.push(linear(h.clone(), w, Some(bias)));
         }
         let (Some(v), Some(k), Some(q)) = (parts.pop(), parts.pop(), parts.pop()) else {
             return Err(VitError::Backend {
                 message: "internal: q/k/v split produced fewer than three parts".into(),
             });
         };
-        let a = attention(q, k, v, None, None, attn_opts)
-            .swap_dims(1, 2)
-            .reshape([b, n, d]);
+        let a = blocks::self_attention(c, q, k, v);
         let out = ModuleId::new(l, ModuleKind::Out);
         let o = linear(
             a,
@@ -311,7 +296,7 @@ pub fn forward(
             weights.linear_t(&fc1.weight_name(), inter, d)?,
             Some(weights.vec(&fc1.bias_name())?),
         );
-        let f = act(c.hidden_act, f);
+        let f = blocks::act(c.hidden_act, f);
         let o = linear(
             f,
             weights.linear_t(&fc2.weight_name(), d, inter)?,
@@ -320,8 +305,12 @@ pub fn forward(
         x = x + o;
     }
 
-    let cls = x.clone().narrow(1, 0, 1).reshape([b, d]);
-    let pooled = norm(weights, "post_layernorm", cls, eps)?;
+    let pooled = norm(
+        weights,
+        "post_layernorm",
+        blocks::class_token(x.clone()),
+        eps,
+    )?;
     let image_embeds = if weights.has_projection() {
         let proj = weights.linear_t(PROJECTION_WEIGHT, c.projection_dim, d)?;
         Some(pooled.clone().matmul(proj))

@@ -142,6 +142,7 @@ mod tokenizer;
 mod util;
 mod zero_shot;
 
+pub mod blocks;
 pub mod functional;
 
 pub use config::{

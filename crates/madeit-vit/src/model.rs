@@ -5,11 +5,10 @@ use std::fmt;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation;
-use burn::tensor::module::{attention, layer_norm, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::{layer_norm, linear};
 use madeit_params::{DType, ParamDict};
 
+use crate::blocks;
 use crate::error::{CheckpointReport, ShapeMismatch};
 use crate::names::{KeyLayout, PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
 use crate::util::{download, first_non_finite, transpose, upload};
@@ -778,27 +777,20 @@ impl ClipVisionModel {
     ) -> Result<VisionOutput, VitError> {
         let c = &self.config;
         check_pixels(c, pixels.dims())?;
-        let [b, ch, _, _] = pixels.dims();
-        let p = c.patch_size;
-        let g = c.image_size / p;
+        let b = pixels.dims()[0];
         let d = c.hidden_size;
-        let heads = c.num_attention_heads;
-        let dh = c.head_dim();
         let n = c.num_positions();
         let eps = c.layer_norm_eps;
 
-        // Patch embedding: a stride-p convolution without bias is a matmul on flattened
-        // non-overlapping patches (channel-major within a patch, like the conv weight).
-        let patches = pixels
-            .reshape([b, ch, g, p, g, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b * g * g, ch * p * p]);
-        let emb = patches.matmul(self.patch_w.clone()).reshape([b, g * g, d]);
-        let cls = self.class_emb.clone().reshape([1, 1, d]).expand([b, 1, d]);
-        let x = Tensor::cat(vec![cls, emb], 1) + self.pos_emb.clone().unsqueeze::<3>();
+        let x = blocks::embed(
+            c,
+            pixels,
+            self.patch_w.clone(),
+            self.class_emb.clone(),
+            self.pos_emb.clone(),
+        );
         let mut x = self.pre_ln.forward(x, eps);
 
-        let attn_opts = AttentionModuleOptions::default();
         for (l, layer) in self.layers.iter().enumerate() {
             // Self-attention block.
             let h = layer.ln1.forward(x.clone(), eps);
@@ -814,14 +806,12 @@ impl ClipVisionModel {
                     check_delta(id, &delta, [b, n, d])?;
                     t = t + delta;
                 }
-                parts.push(t.reshape([b, n, heads, dh]).swap_dims(1, 2));
+                parts.push(t);
             }
             let (Some(v), Some(k), Some(q)) = (parts.pop(), parts.pop(), parts.pop()) else {
                 unreachable_parts()?
             };
-            let a = attention(q, k, v, None, None, attn_opts)
-                .swap_dims(1, 2)
-                .reshape([b, n, d]);
+            let a = blocks::self_attention(c, q, k, v);
             let id = ModuleId::new(l, ModuleKind::Out);
             let mut o = linear(a.clone(), layer.out_w.clone(), Some(layer.out_b.clone()));
             if let Some(delta) = adapter.adapt(id, &a)? {
@@ -848,8 +838,7 @@ impl ClipVisionModel {
             x = x + o;
         }
 
-        let cls = x.clone().narrow(1, 0, 1).reshape([b, d]);
-        let pooled = self.post_ln.forward(cls, eps);
+        let pooled = self.post_ln.forward(blocks::class_token(x.clone()), eps);
         let image_embeds = self.proj.as_ref().map(|w| pooled.clone().matmul(w.clone()));
         Ok(VisionOutput {
             last_hidden_state: x,
@@ -895,17 +884,7 @@ pub(crate) fn bias_act<const D: usize>(
         x
     };
     let bias = bias.clone().unsqueeze::<D>();
-    Ok(act(kind, x + bias))
-}
-
-/// The MLP activation.
-pub(crate) fn act<const D: usize>(kind: Activation, x: Tensor<D>) -> Tensor<D> {
-    match kind {
-        Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
-        Activation::Gelu => activation::gelu(x),
-        Activation::GeluTanh => activation::gelu_approximate(x),
-        Activation::Relu => activation::relu(x),
-    }
+    Ok(blocks::act(kind, x + bias))
 }
 
 struct Builder<'a> {

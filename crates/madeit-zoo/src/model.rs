@@ -19,11 +19,9 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation;
-use burn::tensor::module::{attention, layer_norm, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::{layer_norm, linear};
 use madeit_params::ParamDict;
-use madeit_vit::{Activation, ClipVisionConfig, ModuleKind, expected_tensors};
+use madeit_vit::{Activation, ClipVisionConfig, ModuleKind, blocks, expected_tensors};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -459,56 +457,30 @@ impl TrainableVit {
                 ),
             });
         }
-        let p = c.patch_size;
-        let g = c.image_size / p;
         let d = c.hidden_size;
-        let heads = c.num_attention_heads;
-        let dh = c.head_dim();
-        let n = c.num_positions();
         let eps = c.layer_norm_eps;
-
-        let patches = pixels
-            .reshape([b, ch, g, p, g, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b * g * g, ch * p * p]);
-        let emb = patches.matmul(self.patch_w.val()).reshape([b, g * g, d]);
-        let cls = self.class_emb.val().reshape([1, 1, d]).expand([b, 1, d]);
-        let x = Tensor::cat(vec![cls, emb], 1) + self.pos_emb.val().unsqueeze::<3>();
+        let x = blocks::embed(
+            c,
+            pixels,
+            self.patch_w.val(),
+            self.class_emb.val(),
+            self.pos_emb.val(),
+        );
         let mut x = self.pre_ln.forward(x, eps);
-        let opts = AttentionModuleOptions::default();
         for layer in &self.layers {
             let hdn = layer.ln1.forward(x.clone(), eps);
             let qkv = linear(hdn, layer.qkv_w.val(), Some(layer.qkv_b.val()));
-            let split = |j: usize| {
-                qkv.clone()
-                    .narrow(2, j * d, d)
-                    .reshape([b, n, heads, dh])
-                    .swap_dims(1, 2)
-            };
-            let a = attention(split(0), split(1), split(2), None, None, opts)
-                .swap_dims(1, 2)
-                .reshape([b, n, d]);
+            let part = |j: usize| qkv.clone().narrow(2, j * d, d);
+            let a = blocks::self_attention(c, part(0), part(1), part(2));
             x = x + linear(a, layer.out_w.val(), Some(layer.out_b.val()));
             let hdn = layer.ln2.forward(x.clone(), eps);
-            let f = act(
+            let f = blocks::act(
                 c.hidden_act,
                 linear(hdn, layer.fc1_w.val(), Some(layer.fc1_b.val())),
             );
             x = x + linear(f, layer.fc2_w.val(), Some(layer.fc2_b.val()));
         }
-        let cls = x.narrow(1, 0, 1).reshape([b, d]);
-        Ok(self.post_ln.forward(cls, eps))
-    }
-}
-
-fn act<const D: usize>(kind: Activation, x: Tensor<D>) -> Tensor<D> {
-    match kind {
-        Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
-        Activation::Gelu => activation::gelu(x),
-        Activation::GeluTanh => activation::gelu_approximate(x),
-        Activation::Relu => activation::relu(x),
-        // `from_params` rejects every other activation, so this arm is never taken.
-        _ => x,
+        Ok(self.post_ln.forward(blocks::class_token(x), eps))
     }
 }
 
