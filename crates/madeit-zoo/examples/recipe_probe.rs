@@ -13,8 +13,9 @@
 //! A task the zoo was not built with gets its name-based head from the zoo's name vectors.
 //! The data cache is `$MADEIT_CACHE_DIR`, else `.cache/madeit`.
 //!
-//! `PROBE_DIR=DIR` keeps each fine-tuned tower as `DIR/<task>.safetensors` and reuses it on
-//! a later probe with the same configuration (delete the folder after changing it).
+//! `PROBE_DIR=DIR` keeps each fine-tuned tower as `DIR/<task>.safetensors`, with the
+//! configuration it was made with in its metadata, and reuses it on a later probe with the
+//! same configuration (a tower made with another one is fine-tuned again and replaced).
 //! `PROBE_GROUPS="a,b,c;d,e"` also prints, for each group of the named tasks, the means of
 //! the pretrained and fine-tuned accuracy and of the interference among them, and the
 //! accuracy of the average and of the 0.3-sum of their task vectors.
@@ -22,11 +23,14 @@
 use std::path::PathBuf;
 
 use madeit_data::{Split, default_cache_dir, load_tasks, task_by_name};
-use madeit_params::ParamDict;
+use madeit_params::{Metadata, ParamDict};
 use madeit_vit::ClipVisionModel;
 use madeit_zoo::build::derive_seed;
 use madeit_zoo::interference::evenly_spaced;
 use madeit_zoo::{BuildConfig, TaskVectorNorm, Zoo, evaluate, finetune_tower, name_head};
+
+/// Metadata key of a kept tower: the configuration it was fine-tuned with.
+const PROBE_KEY: &str = "probe_config";
 
 /// The seed stream of the vectors of unseen names (as in the build).
 const STREAM_NAMES: u64 = 200;
@@ -94,6 +98,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .collect()
     };
     let keep_dir = std::env::var_os("PROBE_DIR").map(PathBuf::from);
+    let recipe = serde_json::to_string(&cfg)?;
     let base_acc = acc_all(&ClipVisionModel::from_params(&cfg.model, &pretrained)?)?;
     let mut tuned = Vec::new();
     let mut columns = Vec::new();
@@ -103,8 +108,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let kept = keep_dir
             .as_ref()
             .map(|dir| dir.join(format!("{}.safetensors", tasks[k])));
-        let (params, losses) = match kept.as_ref().filter(|p| p.is_file()) {
-            Some(path) => (ParamDict::load(path)?, None),
+        // A kept tower is reused only if it was made with this configuration.
+        let reusable = match kept.as_ref().filter(|p| p.is_file()) {
+            Some(path) => match ParamDict::load_with_metadata(path)? {
+                (params, Some(meta)) if meta.get(PROBE_KEY) == Some(&recipe) => Some(params),
+                _ => None,
+            },
+            None => None,
+        };
+        let (params, losses) = match reusable {
+            Some(params) => (params, None),
             None => {
                 let (params, log) = finetune_tower(
                     &cfg,
@@ -117,7 +130,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 )?;
                 if let Some(path) = &kept {
                     std::fs::create_dir_all(path.parent().unwrap_or(path))?;
-                    params.save(path)?;
+                    let meta = Metadata::from([(PROBE_KEY.to_owned(), recipe.clone())]);
+                    params.save_with_metadata(path, &meta)?;
                 }
                 (params, Some((log.first_loss, log.last_loss)))
             }
