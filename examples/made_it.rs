@@ -13,7 +13,7 @@
 
 mod common;
 
-use madeit::merge::{MergedModel, MethodConfig, TaskId};
+use madeit::merge::{MergedModel, MethodConfig, Step, TaskId};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     common::run_registered("made_it", 3)?;
@@ -24,7 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names = bench.task_names();
     for task in common::short_order(&bench, 3) {
         let finetuned = bench.load_finetuned(task, &pretrained)?;
-        merger.absorb(&pretrained, &finetuned, &TaskId::new(names[task].clone()))?;
+        merger.absorb(&Step::new(
+            &pretrained,
+            &finetuned,
+            &TaskId::new(names[task].clone()),
+        ))?;
     }
     let MergedModel::Experts(model) = merger.merged_model(&pretrained)? else {
         return Err("MADE-IT returns an expert model".into());

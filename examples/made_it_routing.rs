@@ -10,7 +10,7 @@
 mod common;
 
 use madeit::merge::made_it::FeatureBatch;
-use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
+use madeit::merge::{ContinualMethod, MadeItMerger, Step, TaskId};
 use madeit::vit::{ClipVisionModel, ModuleId};
 
 const PER_TASK: usize = 500;
@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut merger = MadeItMerger::new(Default::default())?;
     for &t in &order {
         let ft = bench.load_finetuned(t, &pretrained)?;
-        merger.absorb(&pretrained, &ft, &TaskId::new(names[t].clone()))?;
+        merger.absorb(&Step::new(&pretrained, &ft, &TaskId::new(names[t].clone())))?;
     }
     let state = merger.experts();
     println!(

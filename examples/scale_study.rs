@@ -358,12 +358,12 @@ fn run_registry(method: &str, pre: &ParamDict, tasks: usize, dir: &Path) -> Res<
         let task = TaskId::new(format!("task{t:02}"));
         let hwm_reset = reset_peak_rss();
         let start = Instant::now();
-        let report = merger.absorb(pre, &ft, &task)?;
+        let report = merger.absorb(&madeit::merge::Step::new(pre, &ft, &task))?;
         let absorb_s = start.elapsed().as_secs_f64();
         let peak_rss_bytes = proc_status_bytes("VmHWM:");
         drop(ft);
         let rss_after_bytes = proc_status_bytes("VmRSS:");
-        let state = merger.state();
+        let state = merger.state()?;
         let state_bytes = saved_size(
             dir,
             &state.tensors,

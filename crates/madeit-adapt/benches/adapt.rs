@@ -34,8 +34,9 @@ use criterion::{BatchSize, BenchmarkGroup, Criterion, criterion_group, criterion
 use faer::Mat;
 use madeit_adapt::{
     AdaMergingConfig, AdaptReport, GateProjection, GateTrainer, GradientProjector, LoraWemoe,
-    LwAdaMerging, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TestTimeMerger,
-    WemoeConfig, build_expert, extend_basis, seed_pass, teacher_logits, top_directions,
+    LwAdaMerging, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, Step, TestTimeExtras,
+    TestTimeMerger, WemoeConfig, build_expert, extend_basis, seed_pass, teacher_logits,
+    top_directions,
 };
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::TaskId;
@@ -135,8 +136,8 @@ fn zoo_shape() -> ClipVisionConfig {
 struct TwoTasks {
     theta0: ParamDict,
     finetuned: [ParamDict; 2],
-    heads: [TaskHead; 2],
-    seeds: [SeedImages; 2],
+    /// Each task's seed images and head.
+    extras: [TestTimeExtras; 2],
 }
 
 impl TwoTasks {
@@ -152,10 +153,9 @@ impl TwoTasks {
                 finetune(cfg, &theta0, base + 1),
                 finetune(cfg, &theta0, base + 2),
             ],
-            heads: [head(10, dim, base + 3), head(10, dim, base + 4)],
-            seeds: [
-                images(cfg, seed_images, base + 5),
-                images(cfg, seed_images, base + 6),
+            extras: [
+                TestTimeExtras::new(images(cfg, seed_images, base + 5), head(10, dim, base + 3)),
+                TestTimeExtras::new(images(cfg, seed_images, base + 6), head(10, dim, base + 4)),
             ],
             theta0,
         }
@@ -163,14 +163,8 @@ impl TwoTasks {
 
     fn absorb(&self, m: &mut dyn TestTimeMerger, t: usize) -> AdaptReport {
         let id = TaskId::new(["a", "b"][t]);
-        m.absorb(
-            &self.theta0,
-            &self.finetuned[t],
-            &id,
-            &self.seeds[t],
-            &self.heads[t],
-        )
-        .unwrap()
+        let step = Step::new(&self.theta0, &self.finetuned[t], &id);
+        m.absorb(&step.with_extras(&self.extras[t])).unwrap()
     }
 }
 

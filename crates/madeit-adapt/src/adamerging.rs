@@ -12,17 +12,17 @@ use madeit_stream::{Ledger, MergedModel, TaskId};
 use madeit_vit::functional::{TowerTensors, forward};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
-    PROJECTION_WEIGHT, TaskHead, VISION_PREFIX, VitError, expected_tensors,
+    PROJECTION_WEIGHT, VISION_PREFIX, VitError, expected_tensors,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admit::{Admitted, check_seed_images};
+use crate::admit::{Admitted, admit_step};
 use crate::config::bad_adam_moments;
 use crate::entropy::{ENTROPY_EPSILON, entropy_loss};
 use crate::persist::{StateReader, StateWriter, check_backbone, check_stream, stream_seed};
 use crate::{
-    AdaptError, AdaptReport, AdaptState, GatedModel, SeedBatches, SeedImages, SeedSource,
-    TestTimeMerger,
+    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedBatches, SeedImages,
+    SeedSource, TestTimeExtras, TestTimeMerger, TestTimeStep,
 };
 
 /// Registry name of continual layer-wise AdaMerging.
@@ -287,10 +287,6 @@ impl LwAdaMerging {
             .collect()
     }
 
-    fn check_seed(&self, task: &TaskId, seed: &SeedImages) -> Result<(), AdaptError> {
-        check_seed_images(&self.vision, task, seed)
-    }
-
     fn pixels(&self, seed: &SeedImages, batch: &[usize]) -> Result<Tensor<4>, AdaptError> {
         let c = &self.vision;
         if batch.is_empty() || batch.iter().any(|i| *i >= seed.len()) {
@@ -314,11 +310,10 @@ impl LwAdaMerging {
     fn run_task(
         &self,
         admitted: &Admitted,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        seed: &SeedImages,
-        head: &TaskHead,
+        input: &TestTimeStep<'_>,
     ) -> Result<(ParamDict, Vec<f32>, AdaptReport), AdaptError> {
+        let (pretrained, finetuned) = (input.pretrained, input.finetuned);
+        let TestTimeExtras { seed, head } = input.extras;
         let task = &admitted.record.task;
         let cfg = &self.config;
         let step = self.ledger.tasks.len() + 1;
@@ -524,31 +519,16 @@ fn merged_err(name: &str, reason: impl Into<String>) -> AdaptError {
     }
 }
 
-impl TestTimeMerger for LwAdaMerging {
-    fn method(&self) -> &'static str {
-        LW_ADAMERGING
-    }
+impl ContinualMethod for LwAdaMerging {
+    test_time_contract!(LW_ADAMERGING);
 
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-        seed: &SeedImages,
-        head: &TaskHead,
-    ) -> Result<AdaptReport, AdaptError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
-        self.check_seed(task, seed)?;
-        let (merged, coeffs, report) =
-            self.run_task(&admitted, pretrained, finetuned, seed, head)?;
+    fn absorb(&mut self, input: &TestTimeStep<'_>) -> Result<AdaptReport, AdaptError> {
+        let admitted = admit_step(&self.ledger, &self.vision, input)?;
+        let (merged, coeffs, report) = self.run_task(&admitted, input)?;
         self.merged = merged;
         self.coefficients.push(coeffs);
         self.ledger.commit(admitted);
         Ok(report)
-    }
-
-    fn ledger(&self) -> &Ledger {
-        &self.ledger
     }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {
@@ -568,20 +548,6 @@ impl TestTimeMerger for LwAdaMerging {
             out.insert(name, t.clone().with_dtype(p.dtype()));
         }
         Ok(MergedModel::Dense(out))
-    }
-
-    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        check_backbone(
-            LW_ADAMERGING,
-            self.ledger.tasks.len(),
-            backbone,
-            &self.vision,
-        )?;
-        let device = backbone.device();
-        let model = ClipVisionModel::from_params_on(&self.vision, &self.merged, device)?;
-        let bank = ExpertBank::new(&self.vision, std::iter::empty(), device)?;
-        let gates = GateBank::new(&GateValues::new(), GateTraining::Frozen, device)?;
-        GatedModel::new(model, bank, gates)
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
@@ -639,5 +605,21 @@ impl TestTimeMerger for LwAdaMerging {
         self.ledger.pretrained = meta.pretrained;
         self.ledger.tasks = meta.tasks.clone();
         Ok(())
+    }
+}
+
+impl TestTimeMerger for LwAdaMerging {
+    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
+        check_backbone(
+            LW_ADAMERGING,
+            self.ledger.tasks.len(),
+            backbone,
+            &self.vision,
+        )?;
+        let device = backbone.device();
+        let model = ClipVisionModel::from_params_on(&self.vision, &self.merged, device)?;
+        let bank = ExpertBank::new(&self.vision, std::iter::empty(), device)?;
+        let gates = GateBank::new(&GateValues::new(), GateTraining::Frozen, device)?;
+        GatedModel::new(model, bank, gates)
     }
 }

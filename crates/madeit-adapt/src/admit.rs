@@ -1,12 +1,24 @@
 //! Input checks shared by the test-time mergers: a new task's seed images against the tower
 //! (its weights are checked by the stream's one admission, `madeit_stream::Ledger`).
 
-use madeit_stream::TaskId;
+use madeit_stream::{Ledger, TaskId};
 use madeit_vit::ClipVisionConfig;
 
-use crate::{AdaptError, SeedImages};
+use crate::{AdaptError, SeedImages, TestTimeStep};
 
 pub(crate) use madeit_stream::Admitted;
+
+/// The admission of a test-time step: the stream's checks of the two models
+/// ([`Ledger::admit`]), then the seed images against the tower. Mutates nothing.
+pub(crate) fn admit_step(
+    ledger: &Ledger,
+    c: &ClipVisionConfig,
+    input: &TestTimeStep<'_>,
+) -> Result<Admitted, AdaptError> {
+    let admitted = ledger.admit(input)?;
+    check_seed_images(c, input.task, &input.extras.seed)?;
+    Ok(admitted)
+}
 
 /// Checks that `seed` holds finite images of the tower's shape.
 pub(crate) fn check_seed_images(

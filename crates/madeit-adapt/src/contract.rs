@@ -1,16 +1,36 @@
-//! The test-time continual-merging contract: like `madeit_stream::ContinualMerger`, but every
-//! step also receives unlabeled samples of the current task and its head.
-
-use std::fmt;
+//! The test-time continual-merging contract: the stream's one trait,
+//! [`ContinualMethod`], whose every step also carries unlabeled samples of the current task
+//! and its head ([`TestTimeExtras`]), plus the gated forward ([`TestTimeMerger`]).
 
 use burn::prelude::*;
 use indexmap::IndexMap;
-use madeit_params::ParamDict;
-use madeit_stream::{MergedModel, StepReport, TaskId};
+use madeit_stream::{ContinualMethod, StepReport, TaskId};
 use madeit_vit::{ClipVisionModel, ExpertBank, GateBank, TaskHead, VisionOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::{AdaptError, AdaptState, SeedImages, SeedSource};
+
+/// What a test-time method is given at each step besides the two models
+/// ([`Step::extras`](madeit_stream::Step::extras)): unlabeled images of the current task
+/// (never of earlier tasks) and the task's head.
+#[derive(Debug, Clone)]
+pub struct TestTimeExtras {
+    /// The task's unlabeled seed images, normalised for the tower.
+    pub seed: SeedImages,
+    /// The task's fixed classification head.
+    pub head: TaskHead,
+}
+
+/// The step a test-time method is given: the two models, the task, its seed images and head.
+pub type TestTimeStep<'a> = madeit_stream::Step<'a, TestTimeExtras>;
+
+impl TestTimeExtras {
+    /// The extras of one step.
+    #[must_use]
+    pub fn new(seed: SeedImages, head: TaskHead) -> Self {
+        Self { seed, head }
+    }
+}
 
 /// What one [`absorb`](TestTimeMerger::absorb) step did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,10 +60,17 @@ pub struct AdaptReport {
     pub metrics: IndexMap<String, f64>,
 }
 
-impl AdaptReport {
+impl From<AdaptReport> for StepReport {
     /// The report as a stream [`StepReport`] (same fields; the loss trace, the KL
     /// values and the seed-sample count go into `metrics` as `loss_first`, `loss_last`,
     /// `kl_before`, `kl_after`, `seed_samples`).
+    fn from(report: AdaptReport) -> Self {
+        report.to_step_report()
+    }
+}
+
+impl AdaptReport {
+    /// The report as a stream [`StepReport`] (see its `From` conversion).
     #[must_use]
     pub fn to_step_report(&self) -> StepReport {
         let mut metrics = IndexMap::new();
@@ -153,61 +180,29 @@ impl GatedModel {
     }
 }
 
-/// A test-time continual merger: fed one fine-tuned model at a time together with a few
-/// unlabeled samples of that task (never of earlier tasks) and the task's head, it keeps a
-/// merged model.
+/// A test-time continual merger: the stream's [`ContinualMethod`] fed one fine-tuned model at
+/// a time together with a few unlabeled samples of that task (never of earlier tasks) and the
+/// task's head ([`TestTimeExtras`]); it keeps a merged model, and runs it through its gated
+/// forward ([`gated_model`](Self::gated_model)).
 ///
-/// Every implementation
-/// - validates its inputs (names, shapes, finiteness, the pretrained model being the same at
-///   every step, no task absorbed twice, usable seed samples and head) and returns a typed
-///   error naming the problem;
-/// - is atomic: a failed [`absorb`](Self::absorb) leaves it unchanged;
-/// - can be saved ([`state`](Self::state)) and resumed ([`restore`](Self::restore));
-/// - does no I/O (the run loop loads models, pixels and heads and saves the state).
-pub trait TestTimeMerger: fmt::Debug {
-    /// The registry name of the method.
-    fn method(&self) -> &'static str;
-
-    /// Absorbs one more task: its fine-tuned weights, its unlabeled seed samples (pixels
-    /// normalised for the tower) and its head.
-    ///
-    /// # Errors
-    /// Input validation errors ([`AdaptError::Admission`] for a task the stream refuses,
-    /// [`AdaptError::SeedData`], [`AdaptError::Head`]) and
-    /// method errors ([`AdaptError::Linalg`], [`AdaptError::NonFiniteLoss`], ...).
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-        seed: &SeedImages,
-        head: &TaskHead,
-    ) -> Result<AdaptReport, AdaptError>;
-
-    /// The stream's ledger: the pretrained fingerprint and the record of every absorbed
-    /// task ([`madeit_stream::Ledger`]).
-    fn ledger(&self) -> &madeit_stream::Ledger;
-
-    /// Number of tasks absorbed so far.
-    fn num_tasks(&self) -> usize {
-        self.ledger().len()
-    }
-
-    /// The tasks absorbed so far, in order.
-    fn tasks(&self) -> Vec<TaskId> {
-        self.ledger().task_ids()
-    }
-
-    /// The merged model as named tensors: the backbone and the low-rank experts per target
-    /// weight. Gates, which are not named tensors of the backbone, are part of the state and
-    /// of [`gated_model`](Self::gated_model).
-    ///
-    /// # Errors
-    /// [`AdaptError::EmptyStream`] before the first task, [`AdaptError::Admission`]
-    /// (`PretrainedChanged`)
-    /// if `pretrained` is not the stream's model.
-    fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError>;
-
+/// The contract of [`ContinualMethod`] holds: inputs validated with typed errors
+/// ([`AdaptError::Admission`] for a task the stream refuses, [`AdaptError::SeedData`],
+/// [`AdaptError::Head`]; method errors such as [`AdaptError::Linalg`] and
+/// [`AdaptError::NonFiniteLoss`]), atomic steps, resumption from
+/// [`state`](ContinualMethod::state) / [`restore`](ContinualMethod::restore)
+/// ([`AdaptError::InvalidState`], [`AdaptError::StateTensor`]), no I/O (the run loop loads
+/// models, pixels and heads and saves the state). Its
+/// [`merged_model`](ContinualMethod::merged_model) gives the named tensors (the backbone and
+/// the low-rank experts per target weight); gates, which are not named tensors of the
+/// backbone, are part of the state and of the gated model.
+pub trait TestTimeMerger:
+    ContinualMethod<
+        Extras = TestTimeExtras,
+        State = AdaptState,
+        Report = AdaptReport,
+        Error = AdaptError,
+    >
+{
     /// The merged model ready to run on `backbone`'s device (`backbone` = the pretrained
     /// tower).
     ///
@@ -215,17 +210,24 @@ pub trait TestTimeMerger: fmt::Debug {
     /// [`AdaptError::EmptyStream`] before the first task; [`AdaptError::Vit`] when the
     /// backbone does not fit.
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError>;
+}
 
-    /// A snapshot of everything needed to continue the stream.
-    ///
-    /// # Errors
-    /// [`AdaptError::InvalidState`] if the configuration cannot be serialised.
-    fn state(&self) -> Result<AdaptState, AdaptError>;
+/// The items every test-time method's [`ContinualMethod`] impl shares: the stream types of
+/// [`TestTimeMerger`] and the ledger kept in a field `ledger`, and, given the method's name
+/// constant, [`method`](ContinualMethod::method).
+macro_rules! test_time_contract {
+    ($method:ident) => {
+        type Extras = $crate::TestTimeExtras;
+        type State = $crate::AdaptState;
+        type Report = $crate::AdaptReport;
+        type Error = $crate::AdaptError;
 
-    /// Replaces the merger's state by a snapshot of a merger of the same method,
-    /// configuration and tower. On error the merger is unchanged.
-    ///
-    /// # Errors
-    /// [`AdaptError::InvalidState`] or [`AdaptError::StateTensor`].
-    fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError>;
+        fn method(&self) -> &'static str {
+            $method
+        }
+
+        fn ledger(&self) -> &madeit_stream::Ledger {
+            &self.ledger
+        }
+    };
 }

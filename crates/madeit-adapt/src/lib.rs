@@ -56,10 +56,11 @@
 //! - The top-`k` directions of the input covariance use a randomized SVD by default
 //!   ([`MingleConfig::subspace_svd`]; `SvdMethod::Exact` is available).
 
+#[macro_use]
+mod contract;
 mod adamerging;
 mod admit;
 mod config;
-mod contract;
 mod entropy;
 mod error;
 mod expert;
@@ -73,12 +74,14 @@ mod tta;
 
 pub use adamerging::{AdaMergingConfig, LW_ADAMERGING, LwAdaMerging};
 pub use config::{GateProjection, MINGLE, MingleConfig, SeedSource, SvdMethod, TargetSet};
-pub use contract::{AdaptReport, GatedModel, TestTimeMerger};
+pub use contract::{AdaptReport, GatedModel, TestTimeExtras, TestTimeMerger, TestTimeStep};
 pub use entropy::{ENTROPY_EPSILON, entropy_loss};
 pub use error::AdaptError;
 pub use expert::{ExpertStats, build_expert, effective_rank, experts_svd, project_out_block};
 /// Why the stream refused a task ([`AdaptError::Admission`]).
 pub use madeit_stream::AdmitError;
+/// The stream's one method trait and its step input, re-exported.
+pub use madeit_stream::{ContinualMethod, Step};
 pub use mingle::Mingle;
 pub use projection::{GradientProjector, NORM_GUARD};
 pub use seed::{SeedBatches, SeedImages, select_seed_indices};

@@ -12,11 +12,11 @@ use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{ExpertModel, Fingerprint, Ledger, MergedModel, TaskId};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
-    LowRankFactors, ModuleId, TaskHead, VISION_PREFIX,
+    LowRankFactors, ModuleId, VISION_PREFIX,
 };
 use rayon::prelude::*;
 
-use crate::admit::{Admitted, check_seed_images};
+use crate::admit::{Admitted, admit_step};
 use crate::config::MINGLE;
 use crate::expert::{ExpertStats, build_expert};
 use crate::persist::{
@@ -25,8 +25,8 @@ use crate::persist::{
 use crate::subspace::{extend_basis, top_directions};
 use crate::tta::{GateTrainer, SeedTask, seed_pass, teacher_logits};
 use crate::{
-    AdaptError, AdaptReport, AdaptState, GateProjection, GatedModel, GradientProjector,
-    MingleConfig, SeedBatches, SeedImages, TestTimeMerger,
+    AdaptError, AdaptReport, AdaptState, ContinualMethod, GateProjection, GatedModel,
+    GradientProjector, MingleConfig, SeedBatches, TestTimeExtras, TestTimeMerger, TestTimeStep,
 };
 
 const STREAM_GATES: u64 = 1;
@@ -219,10 +219,6 @@ impl Mingle {
         self.subspaces.get(&module).map(Mat::as_ref)
     }
 
-    fn check_seed(&self, task: &TaskId, seed: &SeedImages) -> Result<(), AdaptError> {
-        check_seed_images(&self.vision, task, seed)
-    }
-
     /// The pretrained tower on the device (cached between steps).
     fn backbone_for(
         &self,
@@ -283,11 +279,10 @@ impl Mingle {
     fn run_task(
         &self,
         admitted: &Admitted,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        seed: &SeedImages,
-        head: &TaskHead,
+        input: &TestTimeStep<'_>,
     ) -> Result<(Committed, AdaptReport), AdaptError> {
+        let (pretrained, finetuned) = (input.pretrained, input.finetuned);
+        let TestTimeExtras { seed, head } = input.extras;
         let task = &admitted.record.task;
         let cfg = &self.config;
         let step = self.ledger.tasks.len() + 1;
@@ -552,32 +547,18 @@ struct Committed {
     backbone: ClipVisionModel,
 }
 
-impl TestTimeMerger for Mingle {
-    fn method(&self) -> &'static str {
-        MINGLE
-    }
+impl ContinualMethod for Mingle {
+    test_time_contract!(MINGLE);
 
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-        seed: &SeedImages,
-        head: &TaskHead,
-    ) -> Result<AdaptReport, AdaptError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
-        self.check_seed(task, seed)?;
-        let (committed, report) = self.run_task(&admitted, pretrained, finetuned, seed, head)?;
+    fn absorb(&mut self, input: &TestTimeStep<'_>) -> Result<AdaptReport, AdaptError> {
+        let admitted = admit_step(&self.ledger, &self.vision, input)?;
+        let (committed, report) = self.run_task(&admitted, input)?;
         self.experts = committed.experts;
         self.gates = committed.gates;
         self.subspaces = committed.subspaces;
         self.backbone = Some((admitted.pretrained, committed.backbone));
         self.ledger.commit(admitted);
         Ok(report)
-    }
-
-    fn ledger(&self) -> &Ledger {
-        &self.ledger
     }
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {
@@ -594,18 +575,6 @@ impl TestTimeMerger for Mingle {
             model.experts.insert(name, list);
         }
         Ok(MergedModel::Experts(model))
-    }
-
-    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        check_backbone(MINGLE, self.ledger.tasks.len(), backbone, &self.vision)?;
-        let device = backbone.device();
-        let bank = ExpertBank::new(
-            &self.vision,
-            self.experts.iter().map(|(m, e)| (*m, e.clone())),
-            device,
-        )?;
-        let gates = GateBank::new(&self.gates, GateTraining::Frozen, device)?;
-        GatedModel::new(backbone.clone(), bank, gates)
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
@@ -675,5 +644,19 @@ impl TestTimeMerger for Mingle {
         self.ledger.tasks = meta.tasks.clone();
         self.backbone = None;
         Ok(())
+    }
+}
+
+impl TestTimeMerger for Mingle {
+    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
+        check_backbone(MINGLE, self.ledger.tasks.len(), backbone, &self.vision)?;
+        let device = backbone.device();
+        let bank = ExpertBank::new(
+            &self.vision,
+            self.experts.iter().map(|(m, e)| (*m, e.clone())),
+            device,
+        )?;
+        let gates = GateBank::new(&self.gates, GateTraining::Frozen, device)?;
+        GatedModel::new(backbone.clone(), bank, gates)
     }
 }

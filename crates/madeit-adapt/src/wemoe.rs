@@ -8,14 +8,14 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{ExpertModel, Ledger, MergedModel, TaskId};
+use madeit_stream::{ExpertModel, Ledger, MergedModel};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
-    LowRankFactors, ModuleId, ModuleKind, TaskHead, VISION_PREFIX,
+    LowRankFactors, ModuleId, ModuleKind, VISION_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admit::check_seed_images;
+use crate::admit::admit_step;
 use crate::entropy::entropy_loss;
 use crate::expert::build_expert;
 use crate::persist::{
@@ -23,8 +23,8 @@ use crate::persist::{
 };
 use crate::tta::{mean_kl, teacher_logits};
 use crate::{
-    AdaptError, AdaptReport, AdaptState, GatedModel, SeedBatches, SeedImages, SeedSource,
-    SvdMethod, TestTimeMerger,
+    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedBatches, SeedSource,
+    SvdMethod, TestTimeExtras, TestTimeMerger, TestTimeStep,
 };
 
 /// Registry name of C. LoRA-WEMoE.
@@ -345,12 +345,10 @@ impl LoraWemoe {
     fn run_task(
         &self,
         step: usize,
-        task: &TaskId,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        seed: &SeedImages,
-        head: &TaskHead,
+        input: &TestTimeStep<'_>,
     ) -> Result<(Committed, AdaptReport, f64), AdaptError> {
+        let (task, pretrained, finetuned) = (input.task, input.pretrained, input.finetuned);
+        let TestTimeExtras { seed, head } = input.extras;
         let cfg = &self.config;
         // 1. Attention by continual task arithmetic.
         let mut attention = ParamDict::new();
@@ -556,24 +554,13 @@ impl LoraWemoe {
     }
 }
 
-impl TestTimeMerger for LoraWemoe {
-    fn method(&self) -> &'static str {
-        LORA_WEMOE
-    }
+impl ContinualMethod for LoraWemoe {
+    test_time_contract!(LORA_WEMOE);
 
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-        seed: &SeedImages,
-        head: &TaskHead,
-    ) -> Result<AdaptReport, AdaptError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
-        check_seed_images(&self.vision, task, seed)?;
+    fn absorb(&mut self, input: &TestTimeStep<'_>) -> Result<AdaptReport, AdaptError> {
+        let admitted = admit_step(&self.ledger, &self.vision, input)?;
         let step = self.ledger.tasks.len() + 1;
-        let (committed, mut report, delta) =
-            self.run_task(step, task, pretrained, finetuned, seed, head)?;
+        let (committed, mut report, delta) = self.run_task(step, input)?;
         report.task_vector_norm = admitted.record.task_vector_norm;
         report.merged_delta_norm = delta;
         self.attention = committed.attention;
@@ -581,10 +568,6 @@ impl TestTimeMerger for LoraWemoe {
         self.routers = committed.routers;
         self.ledger.commit(admitted);
         Ok(report)
-    }
-
-    fn ledger(&self) -> &Ledger {
-        &self.ledger
     }
 
     /// The backbone with merged attention and the fc1 / fc2 experts (`up = U diag(s)`,
@@ -603,23 +586,6 @@ impl TestTimeMerger for LoraWemoe {
             model.experts.insert(name, list);
         }
         Ok(MergedModel::Experts(model))
-    }
-
-    /// `backbone` must be the pretrained tower; the merged attention parameters are applied
-    /// to a copy of it.
-    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
-        check_backbone(LORA_WEMOE, self.ledger.tasks.len(), backbone, &self.vision)?;
-        let device = backbone.device();
-        let params = self.backbone_params(&backbone.to_params()?, &self.attention)?;
-        let model = ClipVisionModel::from_params_on(&self.vision, &params, device)?;
-        let bank = ExpertBank::new(
-            &self.vision,
-            self.experts.iter().map(|(m, e)| (*m, e.clone())),
-            device,
-        )?;
-        let gates = GateBank::new(&self.routers, GateTraining::Frozen, device)?
-            .with_sharing(GateSharing::SharedMlp);
-        GatedModel::new(model, bank, gates)
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
@@ -684,5 +650,24 @@ impl TestTimeMerger for LoraWemoe {
         self.ledger.pretrained = meta.pretrained;
         self.ledger.tasks = meta.tasks.clone();
         Ok(())
+    }
+}
+
+impl TestTimeMerger for LoraWemoe {
+    /// `backbone` must be the pretrained tower; the merged attention parameters are applied
+    /// to a copy of it.
+    fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
+        check_backbone(LORA_WEMOE, self.ledger.tasks.len(), backbone, &self.vision)?;
+        let device = backbone.device();
+        let params = self.backbone_params(&backbone.to_params()?, &self.attention)?;
+        let model = ClipVisionModel::from_params_on(&self.vision, &params, device)?;
+        let bank = ExpertBank::new(
+            &self.vision,
+            self.experts.iter().map(|(m, e)| (*m, e.clone())),
+            device,
+        )?;
+        let gates = GateBank::new(&self.routers, GateTraining::Frozen, device)?
+            .with_sharing(GateSharing::SharedMlp);
+        GatedModel::new(model, bank, gates)
     }
 }

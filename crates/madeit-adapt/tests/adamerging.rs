@@ -7,7 +7,8 @@ mod common;
 use burn::prelude::*;
 use common::{Fixture, absorb, fixture};
 use madeit_adapt::{
-    AdaMergingConfig, AdaptError, LwAdaMerging, SeedImages, TestTimeMerger, entropy_loss,
+    AdaMergingConfig, AdaptError, ContinualMethod, LwAdaMerging, SeedImages, Step, TestTimeExtras,
+    TestTimeMerger, entropy_loss,
 };
 use madeit_merge::{MethodConfig, TaskArithmeticConfig};
 use madeit_params::{ParamDict, Tensor as HostTensor};
@@ -87,7 +88,7 @@ fn without_adaptation_accumulate_is_continual_task_arithmetic() {
         let r = absorb(&mut m, &f, t);
         assert_eq!(r.metrics["accumulate"], 1.0);
         let (id, ft, _, _) = &f.tasks[t];
-        ta.absorb(&f.theta0, ft, id).unwrap();
+        ta.absorb(&Step::new(&f.theta0, ft, id)).unwrap();
         let reference = ta.merged(&f.theta0).unwrap();
         let got = dense(&m, &f.theta0);
         let d = max_diff(&got, &reference);
@@ -208,7 +209,10 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         HostTensor::new(vec![3], vec![0.0; 3]).unwrap(),
     );
     let err = m
-        .absorb(&f.theta0, &wrong_shape, id, seed, head)
+        .absorb(
+            &Step::new(&f.theta0, &wrong_shape, id)
+                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone())),
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -220,7 +224,12 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
 
     let mut nan = ft.clone();
     nan.get_mut("pre_layrnorm.weight").unwrap().data_mut()[0] = f32::NAN;
-    let err = m.absorb(&f.theta0, &nan, id, seed, head).unwrap_err();
+    let err = m
+        .absorb(
+            &Step::new(&f.theta0, &nan, id)
+                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone())),
+        )
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -230,7 +239,12 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
     );
 
     let empty = SeedImages::new(Vec::new(), 0);
-    let err = m.absorb(&f.theta0, ft, id, &empty, head).unwrap_err();
+    let err = m
+        .absorb(
+            &Step::new(&f.theta0, ft, id)
+                .with_extras(&TestTimeExtras::new(empty.clone(), head.clone())),
+        )
+        .unwrap_err();
     assert!(matches!(err, AdaptError::SeedData { .. }), "{err}");
 
     let err = LwAdaMerging::new(

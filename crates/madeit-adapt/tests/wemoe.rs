@@ -6,7 +6,10 @@ mod common;
 
 use burn::prelude::*;
 use common::{Fixture, absorb, absorbed, expert_model, fixture, random_head};
-use madeit_adapt::{AdaptError, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig};
+use madeit_adapt::{
+    AdaptError, ContinualMethod, LoraWemoe, SeedImages, Step, TestTimeExtras, TestTimeMerger,
+    WemoeConfig,
+};
 use madeit_stream::TaskId;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
@@ -254,14 +257,20 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         .unwrap()
         .data_mut()[3] = f32::NAN;
     assert!(matches!(
-        m.absorb(&f.theta0, &bad, &TaskId::new("x"), seed, head),
+        m.absorb(
+            &Step::new(&f.theta0, &bad, &TaskId::new("x"))
+                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone()))
+        ),
         Err(AdaptError::Admission(
             madeit_adapt::AdmitError::NonFinite { .. }
         ))
     ));
     // The same task name twice.
     assert!(matches!(
-        m.absorb(&f.theta0, theta, &f.tasks[0].0, seed, head),
+        m.absorb(
+            &Step::new(&f.theta0, theta, &f.tasks[0].0)
+                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone()))
+        ),
         Err(AdaptError::Admission(
             madeit_adapt::AdmitError::DuplicateTaskName { .. }
         ))
@@ -269,11 +278,10 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
     // No seed images.
     assert!(matches!(
         m.absorb(
-            &f.theta0,
-            theta,
-            &f.tasks[1].0,
-            &SeedImages::new(Vec::new(), 0),
-            head
+            &Step::new(&f.theta0, theta, &f.tasks[1].0).with_extras(&TestTimeExtras::new(
+                SeedImages::new(Vec::new(), 0),
+                head.clone()
+            ))
         ),
         Err(AdaptError::SeedData { .. })
     ));
@@ -287,7 +295,10 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         9,
     );
     assert!(matches!(
-        m.absorb(&f.theta0, theta, &f.tasks[1].0, seed, &wrong),
+        m.absorb(
+            &Step::new(&f.theta0, theta, &f.tasks[1].0)
+                .with_extras(&TestTimeExtras::new(seed.clone(), wrong.clone()))
+        ),
         Err(AdaptError::Head { .. })
     ));
     assert_eq!(m.state().unwrap(), before);

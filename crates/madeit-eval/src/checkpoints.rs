@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use madeit_merge::{ContinualMerger, MergeError, MethodConfig, StepReport, TaskId};
+use madeit_merge::{ContinualMerger, MergeError, MethodConfig, Step, StepReport, TaskId};
 use madeit_params::{ParamDict, ParamsError};
 use madeit_vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, VitError, WEIGHTS_FILE};
 
@@ -346,7 +346,7 @@ pub fn absorb_checkpoint(
 ) -> Result<StepReport, CheckpointError> {
     pretrained.check_finetuned(ft)?;
     merger
-        .absorb(&pretrained.params, &ft.params, task)
+        .absorb(&Step::new(&pretrained.params, &ft.params, task))
         .map_err(|source| CheckpointError::Absorb {
             path: ft.path.clone(),
             source: Box::new(source),

@@ -23,7 +23,7 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use faer::Mat;
 use madeit_linalg::random::gaussian;
-use madeit_merge::{MethodConfig, TaskId, opcm_projection, resume};
+use madeit_merge::{MethodConfig, Step, TaskId, opcm_projection, resume};
 use madeit_params::{ParamDict, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -185,17 +185,20 @@ fn absorb_step_in<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
         let mut primed = cfg.build().expect("valid defaults");
         for (t, ft) in tasks.iter().take(2).enumerate() {
             primed
-                .absorb(pre, ft, &TaskId::new(format!("t{t}")))
+                .absorb(&Step::new(pre, ft, &TaskId::new(format!("t{t}"))))
                 .expect("absorb");
         }
-        let state = primed.state();
+        let state = primed.state().expect("state");
         drop(primed);
         let third = TaskId::new("t2");
         group.bench_function(name, |b| {
             b.iter_batched(
                 || resume(&state).expect("resume"),
                 |mut m| {
-                    black_box(m.absorb(pre, &tasks[2], &third).expect("absorb"));
+                    black_box(
+                        m.absorb(&Step::new(pre, &tasks[2], &third))
+                            .expect("absorb"),
+                    );
                     m
                 },
                 BatchSize::PerIteration,

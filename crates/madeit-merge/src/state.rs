@@ -143,13 +143,13 @@ impl Ledger {
         config: MethodConfig,
         prefix: &str,
         params: &ParamDict,
-    ) -> MergerState {
+    ) -> Result<MergerState, MergeError> {
         let mut tensors = ParamDict::new();
         export_tensors(&mut tensors, prefix, params);
-        MergerState {
+        Ok(MergerState {
             metadata: self.metadata(config, serde_json::Value::Null),
             tensors,
-        }
+        })
     }
 
     /// The ledger and the tensors of a state written by [`Ledger::dict_state`], after

@@ -9,8 +9,8 @@ use common::{
 };
 use madeit_linalg::random::orthonormal;
 use madeit_merge::{
-    MergeError, MergerState, MethodConfig, OpcmConfig, TaskArithmeticConfig, TaskId, TiesConfig,
-    opcm_projection, resume,
+    MergeError, MergerState, MethodConfig, OpcmConfig, Step, TaskArithmeticConfig, TaskId,
+    TiesConfig, opcm_projection, resume,
 };
 use madeit_params::{DType, ParamDict, ParamsError, Tensor};
 
@@ -63,9 +63,9 @@ fn swa_of_identical_models_is_that_model() {
         *x -= 1.0;
     }
     let mut m = MethodConfig::default_for("swa").unwrap().build().unwrap();
-    m.absorb(&pre, &tasks[0], &id("a")).unwrap();
-    m.absorb(&pre, &second, &id("b")).unwrap();
-    m.absorb(&pre, &third, &id("c")).unwrap();
+    m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
+    m.absorb(&Step::new(&pre, &second, &id("b"))).unwrap();
+    m.absorb(&Step::new(&pre, &third, &id("c"))).unwrap();
     let merged = m.merged(&pre).unwrap();
     for (name, t) in tasks[0].iter() {
         if name == "post_layernorm.bias" {
@@ -169,8 +169,8 @@ fn opcm_leaves_orthogonal_task_vectors_intact() {
             .unwrap()
             .build()
             .unwrap();
-        merger.absorb(&pre, &t1, &id("one")).unwrap();
-        let report = merger.absorb(&pre, &t2, &id("two")).unwrap();
+        merger.absorb(&Step::new(&pre, &t1, &id("one"))).unwrap();
+        let report = merger.absorb(&Step::new(&pre, &t2, &id("two"))).unwrap();
         let merged = merger.merged(&pre).unwrap();
 
         let sum = t1.add(&t2).unwrap();
@@ -317,19 +317,27 @@ fn save_and_restore_mid_stream_is_bit_identical_for_every_method() {
         let mut whole = cfg.build().unwrap();
         let mut reports_whole = Vec::new();
         for (i, ft) in tasks.iter().enumerate() {
-            reports_whole.push(whole.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap());
+            reports_whole.push(
+                whole
+                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+                    .unwrap(),
+            );
         }
         for cut in 0..tasks.len() {
             let mut first = cfg.build().unwrap();
             for (i, ft) in tasks.iter().enumerate().take(cut) {
-                first.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap();
+                first
+                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+                    .unwrap();
             }
-            let state = round_trip(&first.state());
+            let state = round_trip(&first.state().unwrap());
             drop(first);
             let mut resumed = resume(&state).unwrap();
             assert_eq!(resumed.num_tasks(), cut);
             for (i, ft) in tasks.iter().enumerate().skip(cut) {
-                let r = resumed.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap();
+                let r = resumed
+                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+                    .unwrap();
                 assert_eq!(r, reports_whole[i], "{}: report of step {i}", cfg.name());
             }
             assert_eq!(resumed.tasks(), whole.tasks());
@@ -338,8 +346,8 @@ fn save_and_restore_mid_stream_is_bit_identical_for_every_method() {
                 &whole.merged_model(&pre).unwrap(),
             );
             assert_eq!(
-                resumed.state(),
-                whole.state(),
+                resumed.state().unwrap(),
+                whole.state().unwrap(),
                 "{}: states differ",
                 cfg.name()
             );
@@ -357,25 +365,25 @@ fn restore_rejects_a_state_of_another_method_or_configuration() {
     );
     let mut swa = MethodConfig::default_for("swa").unwrap().build().unwrap();
     assert!(matches!(
-        swa.restore(&ta.state()),
+        swa.restore(&ta.state().unwrap()),
         Err(MergeError::InvalidState { method: "swa", .. })
     ));
     let mut other = MethodConfig::TaskArithmetic(TaskArithmeticConfig { lambda: 0.1 })
         .build()
         .unwrap();
     assert!(matches!(
-        other.restore(&ta.state()),
+        other.restore(&ta.state().unwrap()),
         Err(MergeError::InvalidState { .. })
     ));
     assert_eq!(other.num_tasks(), 0);
     // A state whose tensors were tampered with is caught when it is used.
-    let mut state = ta.state();
+    let mut state = ta.state().unwrap();
     state.tensors.remove("merged.post_layernorm.bias");
     let mut broken = resume(&state).unwrap();
     let err = broken.merged(&pre).unwrap_err();
     assert!(err.to_string().contains("post_layernorm.bias"), "{err}");
     let err = broken
-        .absorb(&pre, &tasks[0].scale(1.5), &id("x"))
+        .absorb(&Step::new(&pre, &tasks[0].scale(1.5), &id("x")))
         .unwrap_err();
     assert!(err.to_string().contains("post_layernorm.bias"), "{err}");
 }
@@ -385,9 +393,9 @@ fn duplicate_tasks_are_rejected() {
     let (pre, tasks) = stream(2, 23);
     for cfg in all_configs() {
         let mut m = cfg.build().unwrap();
-        m.absorb(&pre, &tasks[0], &id("a")).unwrap();
-        m.absorb(&pre, &tasks[1], &id("b")).unwrap();
-        match m.absorb(&pre, &tasks[0], &id("c")) {
+        m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
+        m.absorb(&Step::new(&pre, &tasks[1], &id("b"))).unwrap();
+        match m.absorb(&Step::new(&pre, &tasks[0], &id("c"))) {
             Err(MergeError::Admission(madeit_merge::AdmitError::DuplicateTask {
                 task,
                 previous,
@@ -397,16 +405,16 @@ fn duplicate_tasks_are_rejected() {
             other => panic!("{}: expected DuplicateTask, got {other:?}", cfg.name()),
         }
         assert!(matches!(
-            m.absorb(&pre, &tasks[0].scale(1.1), &id("b")),
+            m.absorb(&Step::new(&pre, &tasks[0].scale(1.1), &id("b"))),
             Err(MergeError::Admission(
                 madeit_merge::AdmitError::DuplicateTaskName { .. }
             ))
         ));
         assert_eq!(m.num_tasks(), 2);
         // The duplicate check survives a save and restore.
-        let mut r = resume(&round_trip(&m.state())).unwrap();
+        let mut r = resume(&round_trip(&m.state().unwrap())).unwrap();
         assert!(matches!(
-            r.absorb(&pre, &tasks[1], &id("d")),
+            r.absorb(&Step::new(&pre, &tasks[1], &id("d"))),
             Err(MergeError::Admission(
                 madeit_merge::AdmitError::DuplicateTask { .. }
             ))
@@ -419,13 +427,13 @@ fn non_finite_models_are_rejected_and_named() {
     let (pre, tasks) = stream(2, 24);
     for cfg in all_configs() {
         let mut m = cfg.build().unwrap();
-        m.absorb(&pre, &tasks[0], &id("a")).unwrap();
-        let before = m.state();
+        m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
+        let before = m.state().unwrap();
         let mut bad = tasks[1].clone();
         bad.get_mut("encoder.layers.0.mlp.fc1.weight")
             .unwrap()
             .data_mut()[3] = f32::NAN;
-        let err = m.absorb(&pre, &bad, &id("b")).unwrap_err();
+        let err = m.absorb(&Step::new(&pre, &bad, &id("b"))).unwrap_err();
         match &err {
             MergeError::Admission(madeit_merge::AdmitError::NonFinite { task, source }) => {
                 assert_eq!(task.as_str(), "b");
@@ -437,12 +445,12 @@ fn non_finite_models_are_rejected_and_named() {
             other => panic!("expected NonFinite, got {other:?}"),
         }
         // Atomic: nothing changed.
-        assert_eq!(m.state(), before);
+        assert_eq!(m.state().unwrap(), before);
         bad.get_mut("encoder.layers.0.mlp.fc1.weight")
             .unwrap()
             .data_mut()[3] = f32::INFINITY;
         assert!(matches!(
-            m.absorb(&pre, &bad, &id("b")),
+            m.absorb(&Step::new(&pre, &bad, &id("b"))),
             Err(MergeError::Admission(
                 madeit_merge::AdmitError::NonFinite { .. }
             ))
@@ -451,7 +459,9 @@ fn non_finite_models_are_rejected_and_named() {
     let mut bad_pre = pre.clone();
     bad_pre.get_mut("pre_layrnorm.weight").unwrap().data_mut()[0] = f32::NAN;
     let mut m = MethodConfig::default_for("opcm").unwrap().build().unwrap();
-    let err = m.absorb(&bad_pre, &tasks[0], &id("a")).unwrap_err();
+    let err = m
+        .absorb(&Step::new(&bad_pre, &tasks[0], &id("a")))
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -469,7 +479,7 @@ fn incompatible_models_are_rejected_and_named() {
 
     let mut missing = tasks[0].clone();
     missing.remove("encoder.layers.0.mlp.fc2.weight");
-    let err = m.absorb(&pre, &missing, &id("a")).unwrap_err();
+    let err = m.absorb(&Step::new(&pre, &missing, &id("a"))).unwrap_err();
     assert!(
         matches!(&err, MergeError::Admission(madeit_merge::AdmitError::Incompatible { source: ParamsError::MissingKey { name }, .. }) if name == "encoder.layers.0.mlp.fc2.weight"),
         "{err:?}"
@@ -477,7 +487,7 @@ fn incompatible_models_are_rejected_and_named() {
 
     let mut extra = tasks[0].clone();
     extra.insert("head.weight", Tensor::zeros(vec![2, 2]).unwrap());
-    let err = m.absorb(&pre, &extra, &id("a")).unwrap_err();
+    let err = m.absorb(&Step::new(&pre, &extra, &id("a"))).unwrap_err();
     assert!(err.to_string().contains("head.weight"), "{err}");
 
     let mut reshaped = tasks[0].clone();
@@ -487,7 +497,7 @@ fn incompatible_models_are_rejected_and_named() {
         "encoder.layers.0.mlp.fc1.weight",
         t.reshape(vec![n]).unwrap(),
     );
-    let err = m.absorb(&pre, &reshaped, &id("a")).unwrap_err();
+    let err = m.absorb(&Step::new(&pre, &reshaped, &id("a"))).unwrap_err();
     assert!(
         matches!(&err, MergeError::Admission(madeit_merge::AdmitError::Incompatible { source: ParamsError::ShapeMismatch { name, .. }, .. }) if name == "encoder.layers.0.mlp.fc1.weight"),
         "{err:?}"
@@ -499,14 +509,14 @@ fn incompatible_models_are_rejected_and_named() {
         .unwrap()
         .with_dtype(DType::F16);
     half.insert("post_layernorm.bias", t);
-    let err = m.absorb(&pre, &half, &id("a")).unwrap_err();
+    let err = m.absorb(&Step::new(&pre, &half, &id("a"))).unwrap_err();
     assert!(
         matches!(&err, MergeError::Admission(madeit_merge::AdmitError::Incompatible { source: ParamsError::DTypeMismatch { name, .. }, .. }) if name == "post_layernorm.bias"),
         "{err:?}"
     );
     assert_eq!(m.num_tasks(), 0);
     assert!(matches!(
-        m.absorb(&ParamDict::new(), &ParamDict::new(), &id("a")),
+        m.absorb(&Step::new(&ParamDict::new(), &ParamDict::new(), &id("a"))),
         Err(MergeError::Admission(madeit_merge::AdmitError::EmptyModel))
     ));
 }
@@ -530,11 +540,11 @@ fn a_different_pretrained_model_is_rejected() {
         .unwrap()
         .build()
         .unwrap();
-    m.absorb(&pre, &tasks[0], &id("a")).unwrap();
+    m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
     let mut other = pre.clone();
     other.get_mut("pre_layrnorm.weight").unwrap().data_mut()[1] += 1e-3;
     assert!(matches!(
-        m.absorb(&other, &tasks[1], &id("b")),
+        m.absorb(&Step::new(&other, &tasks[1], &id("b"))),
         Err(MergeError::Admission(
             madeit_merge::AdmitError::PretrainedChanged { .. }
         ))
@@ -574,6 +584,7 @@ fn merged_keeps_the_pretrained_dtypes() {
         // The state is all-f32, so that saving it is exact.
         assert!(
             m.state()
+                .unwrap()
                 .tensors
                 .iter()
                 .all(|(_, t)| t.dtype() == DType::F32)
@@ -645,7 +656,7 @@ fn configurations_parse_with_defaults_and_reject_unknowns() {
 fn corrupt_state_metadata_is_rejected() {
     let (pre, tasks) = stream(1, 28);
     let m = run(&MethodConfig::default_for("opcm").unwrap(), &pre, &tasks);
-    let state = m.state();
+    let state = m.state().unwrap();
     let json = state.metadata_json().unwrap();
     let bad = json.replace("\"opcm\"", "\"nope\"");
     let err = MergerState::from_parts(&bad, state.tensors.clone()).unwrap_err();
@@ -661,7 +672,9 @@ fn step_reports_describe_the_step() {
     let mut m = MethodConfig::default_for("opcm").unwrap().build().unwrap();
     let mut norms = Vec::new();
     for (i, ft) in tasks.iter().enumerate() {
-        let r = m.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap();
+        let r = m
+            .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+            .unwrap();
         let tau = ft.sub(&pre).unwrap();
         assert!((r.task_vector_norm - tau.l2_norm()).abs() < 1e-9 * tau.l2_norm());
         norms.push(r.task_vector_norm);
@@ -688,9 +701,9 @@ fn a_degenerate_opcm_step_is_an_error_and_changes_nothing() {
     let mut t2 = pre.clone();
     t2.get_mut("embeddings.class_embedding").unwrap().data_mut()[1] = 1.0;
     let mut m = MethodConfig::default_for("opcm").unwrap().build().unwrap();
-    m.absorb(&pre, &t1, &id("a")).unwrap();
-    let before = m.state();
-    let err = m.absorb(&pre, &t2, &id("b")).unwrap_err();
+    m.absorb(&Step::new(&pre, &t1, &id("a"))).unwrap();
+    let before = m.state().unwrap();
+    let err = m.absorb(&Step::new(&pre, &t2, &id("b"))).unwrap_err();
     assert!(matches!(err, MergeError::Degenerate { .. }), "{err:?}");
-    assert_eq!(m.state(), before);
+    assert_eq!(m.state().unwrap(), before);
 }

@@ -11,7 +11,7 @@ use common::{
 use faer::Mat;
 use madeit_linalg::thin_svd;
 use madeit_merge::{
-    ContinualMerger, IsoCConfig, MergeError, MethodConfig, TaskId, iso_c_matrix, resume,
+    ContinualMerger, IsoCConfig, MergeError, MethodConfig, Step, TaskId, iso_c_matrix, resume,
 };
 use madeit_params::{ParamDict, Tensor};
 use proptest::prelude::*;
@@ -238,7 +238,7 @@ fn a_restored_stream_merges_bit_identically() {
     let cfg = iso(1.3);
     let full = run(&cfg, &pre, &tasks);
     let partial = run(&cfg, &pre, &tasks[..2]);
-    let state = round_trip(&partial.state());
+    let state = round_trip(&partial.state().unwrap());
     assert_eq!(state.method(), "c_iso_c");
     let mut resumed = resume(&state).unwrap();
     assert_bit_identical(
@@ -247,7 +247,7 @@ fn a_restored_stream_merges_bit_identically() {
     );
     for (i, ft) in tasks.iter().enumerate().skip(2) {
         resumed
-            .absorb(&pre, ft, &TaskId::new(format!("t{}", i + 1)))
+            .absorb(&Step::new(&pre, ft, &TaskId::new(format!("t{}", i + 1))))
             .unwrap();
     }
     assert_bit_identical(&resumed.merged(&pre).unwrap(), &full.merged(&pre).unwrap());
@@ -268,7 +268,8 @@ fn bad_input_is_an_error_and_changes_nothing() {
     let pre = model(2, 2, &[0.0; 4], &[0.0]);
     let good = model(2, 2, &[1.0, 0.0, 0.0, 1.0], &[1.0]);
     let mut m = iso(1.0).build().unwrap();
-    m.absorb(&pre, &good, &TaskId::new("a")).unwrap();
+    m.absorb(&Step::new(&pre, &good, &TaskId::new("a")))
+        .unwrap();
     let before = m.merged(&pre).unwrap();
 
     // Shape mismatch.
@@ -276,7 +277,7 @@ fn bad_input_is_an_error_and_changes_nothing() {
     wrong.insert("w", Tensor::new(vec![4], vec![0.0; 4]).unwrap());
     wrong.insert("b", Tensor::new(vec![1], vec![0.0]).unwrap());
     assert!(matches!(
-        m.absorb(&pre, &wrong, &TaskId::new("b")),
+        m.absorb(&Step::new(&pre, &wrong, &TaskId::new("b"))),
         Err(MergeError::Admission(
             madeit_merge::AdmitError::Incompatible { .. }
         ))
@@ -284,7 +285,7 @@ fn bad_input_is_an_error_and_changes_nothing() {
     // A missing tensor.
     let missing = single("w", vec![2, 2], vec![0.0; 4]);
     assert!(matches!(
-        m.absorb(&pre, &missing, &TaskId::new("b")),
+        m.absorb(&Step::new(&pre, &missing, &TaskId::new("b"))),
         Err(MergeError::Admission(
             madeit_merge::AdmitError::Incompatible { .. }
         ))
@@ -292,7 +293,7 @@ fn bad_input_is_an_error_and_changes_nothing() {
     // NaN.
     let nan = model(2, 2, &[f32::NAN, 0.0, 0.0, 1.0], &[2.0]);
     assert!(matches!(
-        m.absorb(&pre, &nan, &TaskId::new("b")),
+        m.absorb(&Step::new(&pre, &nan, &TaskId::new("b"))),
         Err(MergeError::Admission(
             madeit_merge::AdmitError::NonFinite { .. }
         ))

@@ -7,8 +7,8 @@ mod common;
 use common::{assert_same_model, round_trip, single, stream};
 use madeit_merge::made_it::{MadeIt, NonTargetRule, TokenAggregation};
 use madeit_merge::{
-    ContinualMerger, ExpertModel, ExpertRouting, MadeItConfig, MadeItMerger, MergeError,
-    MergedModel, MethodConfig, TaskId, resume,
+    ContinualMerger, ContinualMethod, ExpertModel, ExpertRouting, MadeItConfig, MadeItMerger,
+    MergeError, MergedModel, MethodConfig, Step, TaskId, resume,
 };
 use madeit_params::{ParamDict, Tensor};
 
@@ -98,7 +98,9 @@ fn the_merged_model_is_the_backbone_with_the_experts_of_every_target_weight() {
     for cfg in configs() {
         let mut m = MadeItMerger::new(cfg.clone()).unwrap();
         for (i, ft) in tasks.iter().enumerate() {
-            let r = m.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap();
+            let r = m
+                .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+                .unwrap();
             assert_eq!(r.step, i + 1);
             assert!(r.merged_delta_norm > 0.0);
             assert_eq!(m.task_id(&id(&format!("t{i}"))), Some(i as u32));
@@ -197,21 +199,29 @@ fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
         let reports: Vec<_> = tasks
             .iter()
             .enumerate()
-            .map(|(i, ft)| whole.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap())
+            .map(|(i, ft)| {
+                whole
+                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+                    .unwrap()
+            })
             .collect();
         for cut in 0..tasks.len() {
             let mut first = config.build().unwrap();
             for (i, ft) in tasks.iter().enumerate().take(cut) {
-                first.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap();
+                first
+                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+                    .unwrap();
             }
-            let state = round_trip(&first.state());
+            let state = round_trip(&first.state().unwrap());
             let mut resumed = resume(&state).unwrap();
-            assert_eq!(resumed.state(), first.state());
+            assert_eq!(resumed.state().unwrap(), first.state().unwrap());
             for (i, ft) in tasks.iter().enumerate().skip(cut) {
-                let r = resumed.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap();
+                let r = resumed
+                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+                    .unwrap();
                 assert_eq!(r, reports[i], "report of step {i} after a cut at {cut}");
             }
-            assert_eq!(resumed.state(), whole.state());
+            assert_eq!(resumed.state().unwrap(), whole.state().unwrap());
             assert_same_model(
                 &resumed.merged_model(&pre).unwrap(),
                 &whole.merged_model(&pre).unwrap(),
@@ -226,9 +236,10 @@ fn a_tampered_state_is_rejected_and_leaves_the_merger_unchanged() {
     let config = MethodConfig::MadeIt(configs().remove(0));
     let mut m = config.build().unwrap();
     for (i, ft) in tasks.iter().enumerate() {
-        m.absorb(&pre, ft, &id(&format!("t{i}"))).unwrap();
+        m.absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
+            .unwrap();
     }
-    let good = m.state();
+    let good = m.state().unwrap();
     let mut target = config.build().unwrap();
 
     let mut missing = good.clone();
@@ -256,7 +267,7 @@ fn a_tampered_state_is_rejected_and_leaves_the_merger_unchanged() {
     ));
     assert_eq!(target.num_tasks(), 0);
     target.restore(&good).unwrap();
-    assert_eq!(target.state(), good);
+    assert_eq!(target.state().unwrap(), good);
 }
 
 #[test]
@@ -266,14 +277,14 @@ fn failed_steps_change_nothing() {
         .unwrap()
         .build()
         .unwrap();
-    m.absorb(&pre, &tasks[0], &id("a")).unwrap();
-    let before = m.state();
+    m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
+    let before = m.state().unwrap();
 
     let mut nan = tasks[1].clone();
     nan.get_mut("encoder.layers.0.mlp.fc2.weight")
         .unwrap()
         .data_mut()[5] = f32::NAN;
-    let err = m.absorb(&pre, &nan, &id("b")).unwrap_err();
+    let err = m.absorb(&Step::new(&pre, &nan, &id("b"))).unwrap_err();
     assert!(
         matches!(
             err,
@@ -281,7 +292,7 @@ fn failed_steps_change_nothing() {
         ),
         "{err:?}"
     );
-    assert_eq!(m.state(), before);
+    assert_eq!(m.state().unwrap(), before);
 
     let mut reshaped = tasks[1].clone();
     let t = reshaped.remove("encoder.layers.0.mlp.fc1.weight").unwrap();
@@ -290,12 +301,12 @@ fn failed_steps_change_nothing() {
         "encoder.layers.0.mlp.fc1.weight",
         t.reshape(vec![n]).unwrap(),
     );
-    let err = m.absorb(&pre, &reshaped, &id("b")).unwrap_err();
+    let err = m.absorb(&Step::new(&pre, &reshaped, &id("b"))).unwrap_err();
     assert!(err.to_string().contains("fc1.weight"), "{err}");
-    assert_eq!(m.state(), before);
+    assert_eq!(m.state().unwrap(), before);
 
     // The failed steps did not consume a task id: the next task is id 1.
-    m.absorb(&pre, &tasks[1], &id("b")).unwrap();
+    m.absorb(&Step::new(&pre, &tasks[1], &id("b"))).unwrap();
     let mm = MadeItMerger::new(MadeItConfig::default()).unwrap();
     assert_eq!(mm.task_id(&id("b")), None);
     let model = experts(m.merged_model(&pre).unwrap());
@@ -319,9 +330,9 @@ fn failed_steps_change_nothing() {
         .unwrap()
         .build()
         .unwrap();
-    let empty = fresh.state();
-    let err = fresh.absorb(&plain, &ft, &id("a")).unwrap_err();
+    let empty = fresh.state().unwrap();
+    let err = fresh.absorb(&Step::new(&plain, &ft, &id("a"))).unwrap_err();
     assert!(matches!(err, MergeError::Experts { .. }), "{err:?}");
-    assert_eq!(fresh.state(), empty);
+    assert_eq!(fresh.state().unwrap(), empty);
     assert_eq!(fresh.num_tasks(), 0);
 }

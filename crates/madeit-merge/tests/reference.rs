@@ -11,7 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use madeit_merge::{MethodConfig, TaskId};
+use madeit_merge::{MethodConfig, Step, TaskId};
 use madeit_params::ParamDict;
 
 fn fixture(name: &str) -> PathBuf {
@@ -35,7 +35,7 @@ fn check(file: &str, config: &str, tolerance: f64) -> f64 {
     for t in 1..=3 {
         let ft = load(&format!("task{t}.safetensors"));
         merger
-            .absorb(&pre, &ft, &TaskId::new(format!("task{t}")))
+            .absorb(&Step::new(&pre, &ft, &TaskId::new(format!("task{t}"))))
             .unwrap();
         let merged = merger.merged(&pre).unwrap();
         for (name, got) in merged.iter() {

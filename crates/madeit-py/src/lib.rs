@@ -452,7 +452,7 @@ impl MergerCore {
     /// atomically). The pretrained model is not saved, only its fingerprint (and its path,
     /// when it was given as one).
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let state = self.inner.get().state();
+        let state = self.inner.get().state().map_err(|e| py_err(&e))?;
         let mut meta = BTreeMap::new();
         meta.insert(
             MERGER_KEY.to_owned(),

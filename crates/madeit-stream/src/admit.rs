@@ -12,7 +12,7 @@
 use madeit_params::{ParamDict, ParamsError};
 use rayon::prelude::*;
 
-use crate::{Fingerprint, TaskId, TaskRecord, scan_pair};
+use crate::{Fingerprint, Step, TaskId, TaskRecord, scan_pair};
 
 /// Why a task was not admitted (or why a stream's pretrained model is not the one it started
 /// with). The method crates wrap it (`MergeError::Admission`, `AdaptError::Admission`).
@@ -100,13 +100,14 @@ impl Ledger {
     ///
     /// # Errors
     /// Every [`AdmitError`].
-    pub fn admit(
-        &self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<Admitted, AdmitError> {
-        admit(&self.tasks, self.pretrained, pretrained, finetuned, task)
+    pub fn admit<X: ?Sized>(&self, step: &Step<'_, X>) -> Result<Admitted, AdmitError> {
+        admit(
+            &self.tasks,
+            self.pretrained,
+            step.pretrained,
+            step.finetuned,
+            step.task,
+        )
     }
 
     /// Records an admitted task.

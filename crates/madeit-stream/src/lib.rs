@@ -13,15 +13,21 @@
 //! - [`MergedModel`], what a method returns: dense weights, or an [`ExpertModel`] (a
 //!   backbone with [`LowRankExpert`]s routed by [`ExpertRouting`]).
 //!
-//! The methods' traits build on these types: `madeit_merge::ContinualMerger` (data-free
-//! methods) and `madeit_adapt::TestTimeMerger` (methods that also see seed images and heads).
+//! - [`ContinualMethod`], the one trait of every continual method, and [`Step`], what it is
+//!   given at each step (the two models, the task, and the extras its kind needs).
+//!
+//! The method crates name the trait with their types fixed: `madeit_merge::ContinualMerger`
+//! (data-free methods, `Extras = ()`) and `madeit_adapt::TestTimeMerger` (methods that also
+//! see seed images and heads).
 
 mod admit;
 mod fingerprint;
+mod method;
 mod task;
 
 pub use admit::{AdmitError, Admitted, Ledger, admit};
 pub use fingerprint::{Fingerprint, exact_f64, scan_pair, tensor_hash};
+pub use method::{ContinualMethod, Step};
 pub use task::{
     ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId, TaskRecord,
     TokenAggregation,

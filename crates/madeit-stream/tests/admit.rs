@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use madeit_params::{ParamDict, Tensor};
-use madeit_stream::{AdmitError, Fingerprint, TaskId, TaskRecord, admit};
+use madeit_stream::{AdmitError, Fingerprint, Step, TaskId, TaskRecord, admit};
 
 fn dict(values: &[f32]) -> ParamDict {
     let mut p = ParamDict::new();
@@ -99,7 +99,11 @@ fn the_ledger_commits_and_recognises_its_pretrained_model() {
     assert!(ledger.is_empty());
     assert_eq!(ledger.check_pretrained(&pre).unwrap(), None);
     let a = ledger
-        .admit(&pre, &dict(&[1.0, 2.0, 3.0, 4.0, 6.0]), &TaskId::new("t1"))
+        .admit(&Step::new(
+            &pre,
+            &dict(&[1.0, 2.0, 3.0, 4.0, 6.0]),
+            &TaskId::new("t1"),
+        ))
         .unwrap();
     ledger.commit(a);
     assert_eq!(ledger.len(), 1);

@@ -12,7 +12,7 @@
 //! let mut merger = MethodConfig::default_for("made_it")?.build()?;
 //! for (task, name) in zoo.task_names().into_iter().enumerate() {
 //!     let finetuned = zoo.load_finetuned(task, &pretrained)?;
-//!     merger.absorb(&pretrained, &finetuned, &TaskId::new(name))?;
+//!     merger.absorb(&Step::new(&pretrained, &finetuned, &TaskId::new(name)))?;
 //! }
 //! let merged = merger.merged_model(&pretrained)?;
 //! let evaluator = Evaluator::from_benchmark(&zoo, 250)?;
@@ -42,8 +42,8 @@ pub mod prelude {
         run_experiment,
     };
     pub use madeit_merge::{
-        ContinualMerger, METHODS, MadeItConfig, MergeError, MergedModel, MethodConfig, StepReport,
-        TaskId,
+        ContinualMerger, ContinualMethod, METHODS, MadeItConfig, MergeError, MergedModel,
+        MethodConfig, Step, StepReport, TaskId,
     };
     pub use madeit_params::{ParamDict, TaskVector};
     pub use madeit_vit::{ClipVisionConfig, ClipVisionModel, DeviceKind, TaskHead};

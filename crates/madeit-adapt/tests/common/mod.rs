@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use faer::Mat;
-use madeit_adapt::{AdaptReport, MingleConfig, SeedImages, TestTimeMerger};
+use madeit_adapt::{AdaptReport, MingleConfig, SeedImages, Step, TestTimeExtras, TestTimeMerger};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{ExpertModel, MergedModel, TaskId};
 use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead};
@@ -116,7 +116,10 @@ pub fn fixture(n_tasks: usize, seeds: usize) -> Fixture {
 /// Absorbs task `t` of the fixture (which must succeed).
 pub fn absorb(m: &mut impl TestTimeMerger, f: &Fixture, t: usize) -> AdaptReport {
     let (id, ft, seed, head) = &f.tasks[t];
-    m.absorb(&f.theta0, ft, id, seed, head).unwrap()
+    m.absorb(
+        &Step::new(&f.theta0, ft, id).with_extras(&TestTimeExtras::new(seed.clone(), head.clone())),
+    )
+    .unwrap()
 }
 
 /// `m` after absorbing the first `n` tasks of the fixture.

@@ -17,7 +17,7 @@ use anyhow::Context;
 use madeit::eval::Benchmark;
 use madeit::eval::orders::task_order;
 use madeit::merge::made_it::{AffinityMetric, MadeItConfig};
-use madeit::merge::{ContinualMerger, MadeItMerger, TaskId};
+use madeit::merge::{ContinualMethod, MadeItMerger, Step, TaskId};
 use madeit::params::fs::write_atomic;
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
@@ -87,8 +87,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for &t in &order {
         let task = TaskId::new(names[t].clone());
         let ft = bench.load_finetuned(t, &pretrained)?;
-        merger.absorb(&pretrained, &ft, &task)?;
-        candidates.absorb(&pretrained, &ft, &task)?;
+        merger.absorb(&Step::new(&pretrained, &ft, &task))?;
+        candidates.absorb(&Step::new(&pretrained, &ft, &task))?;
         ids.push(
             merger
                 .task_id(&task)

@@ -4,7 +4,7 @@
 
 use super::*;
 use madeit_merge::made_it::{FeatureBatch, MadeIt, MadeItConfig};
-use madeit_merge::{ContinualMerger, MadeItMerger, MergedModel};
+use madeit_merge::{ContinualMethod, MadeItMerger, MergedModel, Step};
 use madeit_vit::{PROJECTION_WEIGHT, expected_tensors};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -51,11 +51,11 @@ fn stream(config: &ClipVisionConfig, n: u64, made_it: MadeItConfig) -> (ParamDic
     let pre = random_tower(config, 1);
     let mut m = MadeItMerger::new(made_it).unwrap();
     for t in 0..n {
-        m.absorb(
+        m.absorb(&Step::new(
             &pre,
             &perturbed(&pre, 100 + t, 0.05),
             &TaskId::new(format!("task{t}")),
-        )
+        ))
         .unwrap();
     }
     (pre, m)

@@ -8,8 +8,8 @@
 //! from a configuration; a new kind of method is one more
 //! implementation here, not a new branch in the loop.
 
-use madeit_adapt::SeedImages;
-use madeit_vit::TaskHead;
+use madeit_adapt::TestTimeExtras;
+use madeit_merge::Step;
 
 use crate::method::SeedSetup;
 
@@ -33,10 +33,8 @@ pub(super) struct StepInput<'a> {
 pub(super) struct StepData {
     /// The task's fine-tuned checkpoint, checked against `θ_0`.
     pub(super) finetuned: ParamDict,
-    /// The task's fixed head (test-time methods).
-    pub(super) head: Option<TaskHead>,
-    /// The task's unlabelled seed images (test-time methods).
-    pub(super) seed: Option<SeedImages>,
+    /// The task's unlabelled seed images and fixed head (test-time methods).
+    pub(super) test_time: Option<TestTimeExtras>,
 }
 
 impl StepData {
@@ -49,8 +47,7 @@ impl StepData {
             finetuned: input
                 .bench
                 .load_finetuned(input.task_index, input.pretrained)?,
-            head: None,
-            seed: None,
+            test_time: None,
         })
     }
 }
@@ -172,9 +169,8 @@ pub(super) struct WeightSpace {
 
 impl StreamMethod for WeightSpace {
     fn absorb(&mut self, input: &StepInput<'_>, data: StepData) -> Result<StepReport, RunError> {
-        Ok(self
-            .merger
-            .absorb(input.pretrained, &data.finetuned, input.task)?)
+        let step = Step::new(input.pretrained, &data.finetuned, input.task);
+        Ok(self.merger.absorb(&step)?)
     }
 
     fn evaluate(
@@ -186,7 +182,7 @@ impl StreamMethod for WeightSpace {
     }
 
     fn state(&self) -> Result<SavedState, RunError> {
-        Ok(SavedState::Merge(self.merger.state()))
+        Ok(SavedState::Merge(self.merger.state()?))
     }
 
     fn accepts(&self, state: &SavedState) -> bool {
@@ -241,8 +237,8 @@ impl StreamMethod for TestTime {
             })?
             .test;
         let mut data = StepData::checkpoint(input)?;
-        data.head = Some(input.bench.load_head(index)?);
-        data.seed = Some(seed_images(input.bench, index, test, self.setup)?);
+        let seed = seed_images(input.bench, index, test, self.setup)?;
+        data.test_time = Some(TestTimeExtras::new(seed, input.bench.load_head(index)?));
         Ok(data)
     }
 
@@ -251,17 +247,15 @@ impl StreamMethod for TestTime {
         if let Some(p) = input.bench.projection() {
             finetuned = with_projection_tensor(finetuned, p);
         }
-        let (Some(head), Some(seed)) = (data.head, data.seed) else {
+        let Some(extras) = data.test_time else {
             return Err(RunError::config(
                 "a test-time step needs the task's head and seed images",
             ));
         };
         self.project(input);
         let pretrained = self.projected.as_ref().unwrap_or(input.pretrained);
-        Ok(self
-            .merger
-            .absorb(pretrained, &finetuned, input.task, &seed, &head)?
-            .to_step_report())
+        let step = Step::new(pretrained, &finetuned, input.task).with_extras(&extras);
+        Ok(self.merger.absorb(&step)?.into())
     }
 
     fn evaluate(

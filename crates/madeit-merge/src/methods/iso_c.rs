@@ -19,7 +19,8 @@ use super::{fold_task_vector, lookup, offset_pretrained, par_build, tensor_like,
 use crate::config::{MergeMethodConfig, MethodInfo, check_finite};
 use crate::state::Ledger;
 use crate::{
-    ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport, TaskId,
+    ContinualMerger, ContinualMethod, MergeError, MergedModel, MergerState, MethodConfig, Step,
+    StepReport,
 };
 
 const METHOD: &str = "c_iso_c";
@@ -209,22 +210,12 @@ pub fn iso_c_matrix(a: MatRef<'_, f64>) -> Result<Mat<f64>, LinalgError> {
     Ok(out)
 }
 
-impl ContinualMerger for IsoC {
-    fn method(&self) -> &'static str {
-        METHOD
-    }
+impl ContinualMethod for IsoC {
+    data_free_contract!(METHOD);
 
-    fn config(&self) -> MethodConfig {
-        MethodConfig::IsoC(self.config.clone())
-    }
-
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<StepReport, MergeError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
+    fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
+        let (pretrained, finetuned) = (input.pretrained, input.finetuned);
+        let admitted = self.ledger.admit(input)?;
         let step = self.ledger.tasks.len() + 1;
         let running = (step > 1).then_some(&self.sum);
         let (sum, sum_sq) = fold_task_vector(
@@ -245,16 +236,12 @@ impl ContinualMerger for IsoC {
             .commit_step(admitted, METHOD, update_sq.sqrt(), metrics))
     }
 
-    fn ledger(&self) -> &madeit_stream::Ledger {
-        &self.ledger
-    }
-
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
         offset_pretrained(METHOD, pretrained, &self.update, 1.0).map(MergedModel::Dense)
     }
 
-    fn state(&self) -> MergerState {
+    fn state(&self) -> Result<MergerState, MergeError> {
         self.ledger.dict_state(self.config(), SUM_PREFIX, &self.sum)
     }
 
@@ -271,5 +258,11 @@ impl ContinualMerger for IsoC {
         self.update = update;
         self.ledger = ledger;
         Ok(())
+    }
+}
+
+impl ContinualMerger for IsoC {
+    fn config(&self) -> MethodConfig {
+        MethodConfig::IsoC(self.config.clone())
     }
 }

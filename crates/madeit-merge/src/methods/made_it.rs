@@ -12,8 +12,8 @@ use crate::made_it::store::{Factor, tensor_key};
 use crate::made_it::{AbsorbReport, MadeIt, MadeItConfig, NonTargetMean};
 use crate::state::{Ledger, export_tensors};
 use crate::{
-    ContinualMerger, ExpertModel, ExpertRouting, LowRankExpert, MergeError, MergedModel,
-    MergerState, MethodConfig, StepReport, TaskId,
+    ContinualMerger, ContinualMethod, ExpertModel, ExpertRouting, LowRankExpert, MergeError,
+    MergedModel, MergerState, MethodConfig, Step, StepReport, TaskId,
 };
 
 const METHOD: &str = "made_it";
@@ -146,22 +146,17 @@ impl MadeItMerger {
     }
 }
 
-impl ContinualMerger for MadeItMerger {
-    fn method(&self) -> &'static str {
-        METHOD
-    }
+impl ContinualMethod for MadeItMerger {
+    data_free_contract!(METHOD);
 
-    fn config(&self) -> MethodConfig {
-        MethodConfig::MadeIt(self.config.clone())
-    }
-
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<StepReport, MergeError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
+    fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
+        let Step {
+            pretrained,
+            finetuned,
+            task,
+            ..
+        } = *input;
+        let admitted = self.ledger.admit(input)?;
         let id = u32::try_from(self.ledger.tasks.len()).map_err(|_| MergeError::Degenerate {
             method: METHOD,
             task: task.clone(),
@@ -198,10 +193,6 @@ impl ContinualMerger for MadeItMerger {
         })
     }
 
-    fn ledger(&self) -> &madeit_stream::Ledger {
-        &self.ledger
-    }
-
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
         let backbone = backbone(&self.state, pretrained)?;
@@ -209,7 +200,7 @@ impl ContinualMerger for MadeItMerger {
             .map(MergedModel::Experts)
     }
 
-    fn state(&self) -> MergerState {
+    fn state(&self) -> Result<MergerState, MergeError> {
         let mut tensors = ParamDict::new();
         let mut modules = Vec::with_capacity(self.state.modules().len());
         for m in self.state.modules() {
@@ -247,10 +238,10 @@ impl ContinualMerger for MadeItMerger {
             non_target,
         })
         .unwrap_or(serde_json::Value::Null);
-        MergerState {
+        Ok(MergerState {
             metadata: self.ledger.metadata(self.config(), extra),
             tensors,
-        }
+        })
     }
 
     fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
@@ -358,6 +349,12 @@ impl ContinualMerger for MadeItMerger {
         self.state = made_it;
         self.ledger = ledger;
         Ok(())
+    }
+}
+
+impl ContinualMerger for MadeItMerger {
+    fn config(&self) -> MethodConfig {
+        MethodConfig::MadeIt(self.config.clone())
     }
 }
 

@@ -6,8 +6,8 @@ use madeit_params::ParamDict;
 use super::{fold_task_vector, offset_pretrained};
 use crate::state::Ledger;
 use crate::{
-    ContinualMerger, MagMaxConfig, MergeError, MergedModel, MergerState, MethodConfig, StepReport,
-    TaskId,
+    ContinualMerger, ContinualMethod, MagMaxConfig, MergeError, MergedModel, MergerState,
+    MethodConfig, Step, StepReport,
 };
 
 const METHOD: &str = "magmax";
@@ -45,22 +45,12 @@ impl MagMax {
     }
 }
 
-impl ContinualMerger for MagMax {
-    fn method(&self) -> &'static str {
-        METHOD
-    }
+impl ContinualMethod for MagMax {
+    data_free_contract!(METHOD);
 
-    fn config(&self) -> MethodConfig {
-        MethodConfig::MagMax(self.config)
-    }
-
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<StepReport, MergeError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
+    fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
+        let (pretrained, finetuned) = (input.pretrained, input.finetuned);
+        let admitted = self.ledger.admit(input)?;
         let running = (!self.ledger.tasks.is_empty()).then_some(&self.tau_max);
         let (tau_max, sq) = fold_task_vector(
             METHOD,
@@ -84,10 +74,6 @@ impl ContinualMerger for MagMax {
         ))
     }
 
-    fn ledger(&self) -> &madeit_stream::Ledger {
-        &self.ledger
-    }
-
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
         offset_pretrained(
@@ -99,7 +85,7 @@ impl ContinualMerger for MagMax {
         .map(MergedModel::Dense)
     }
 
-    fn state(&self) -> MergerState {
+    fn state(&self) -> Result<MergerState, MergeError> {
         self.ledger
             .dict_state(self.config(), TAU_MAX_PREFIX, &self.tau_max)
     }
@@ -110,5 +96,11 @@ impl ContinualMerger for MagMax {
         self.tau_max = tau_max;
         self.ledger = ledger;
         Ok(())
+    }
+}
+
+impl ContinualMerger for MagMax {
+    fn config(&self) -> MethodConfig {
+        MethodConfig::MagMax(self.config)
     }
 }

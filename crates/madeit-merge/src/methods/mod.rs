@@ -1,6 +1,31 @@
 //! The continual merging methods (weight-space ones and MADE-IT's experts) and the helpers
 //! they share.
 
+/// The items every data-free method's [`ContinualMethod`](crate::ContinualMethod) impl
+/// shares: the stream types of [`ContinualMerger`](crate::ContinualMerger) (no extras,
+/// [`MergerState`](crate::MergerState), [`StepReport`](crate::StepReport),
+/// [`MergeError`]), the ledger kept in a field `ledger`, and, given the method's name
+/// constant, [`method`](crate::ContinualMethod::method).
+macro_rules! data_free_contract {
+    () => {
+        type Extras = ();
+        type State = crate::MergerState;
+        type Report = crate::StepReport;
+        type Error = crate::MergeError;
+
+        fn ledger(&self) -> &madeit_stream::Ledger {
+            &self.ledger
+        }
+    };
+    ($method:ident) => {
+        data_free_contract!();
+
+        fn method(&self) -> &'static str {
+            $method
+        }
+    };
+}
+
 mod iso_c;
 mod made_it;
 mod magmax;

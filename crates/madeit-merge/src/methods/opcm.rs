@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{MERGED_PREFIX, check_layout, dense_output, lookup, tensor_like, to_f32};
 use crate::state::{Ledger, check_state_tensors, exact_f64, export_tensors, import_tensors};
 use crate::{
-    ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, OpcmConfig, StepReport,
-    SvdPrecision, TaskId,
+    ContinualMerger, ContinualMethod, MergeError, MergedModel, MergerState, MethodConfig,
+    OpcmConfig, Step, StepReport, SvdPrecision,
 };
 
 const METHOD: &str = "opcm";
@@ -376,22 +376,17 @@ pub fn split_rank(s: &[f64], alpha: f64) -> usize {
     0
 }
 
-impl ContinualMerger for Opcm {
-    fn method(&self) -> &'static str {
-        METHOD
-    }
+impl ContinualMethod for Opcm {
+    data_free_contract!(METHOD);
 
-    fn config(&self) -> MethodConfig {
-        MethodConfig::Opcm(self.config.clone())
-    }
-
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<StepReport, MergeError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
+    fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
+        let Step {
+            pretrained,
+            finetuned,
+            task,
+            ..
+        } = *input;
+        let admitted = self.ledger.admit(input)?;
         let step = self.ledger.tasks.len() + 1;
         let norm = admitted.record.task_vector_norm;
         let names: Vec<&str> = pretrained.keys().collect();
@@ -521,26 +516,22 @@ impl ContinualMerger for Opcm {
         })
     }
 
-    fn ledger(&self) -> &madeit_stream::Ledger {
-        &self.ledger
-    }
-
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
         dense_output(METHOD, pretrained, &self.merged).map(MergedModel::Dense)
     }
 
-    fn state(&self) -> MergerState {
+    fn state(&self) -> Result<MergerState, MergeError> {
         let mut tensors = ParamDict::new();
         export_tensors(&mut tensors, MERGED_PREFIX, &self.merged);
         let extra = serde_json::to_value(OpcmExtra {
             lambda: self.lambda,
         })
         .unwrap_or(serde_json::Value::Null);
-        MergerState {
+        Ok(MergerState {
             metadata: self.ledger.metadata(self.config(), extra),
             tensors,
-        }
+        })
     }
 
     fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
@@ -563,5 +554,11 @@ impl ContinualMerger for Opcm {
         self.lambda = extra.lambda;
         self.ledger = ledger;
         Ok(())
+    }
+}
+
+impl ContinualMerger for Opcm {
+    fn config(&self) -> MethodConfig {
+        MethodConfig::Opcm(self.config.clone())
     }
 }

@@ -6,8 +6,8 @@ use madeit_params::ParamDict;
 use super::{MERGED_PREFIX, check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
 use crate::state::Ledger;
 use crate::{
-    ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport, SwaConfig,
-    TaskId,
+    ContinualMerger, ContinualMethod, MergeError, MergedModel, MergerState, MethodConfig, Step,
+    StepReport, SwaConfig,
 };
 
 const METHOD: &str = "swa";
@@ -41,22 +41,12 @@ impl Swa {
     }
 }
 
-impl ContinualMerger for Swa {
-    fn method(&self) -> &'static str {
-        METHOD
-    }
+impl ContinualMethod for Swa {
+    data_free_contract!(METHOD);
 
-    fn config(&self) -> MethodConfig {
-        MethodConfig::Swa(self.config)
-    }
-
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<StepReport, MergeError> {
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
+    fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
+        let (pretrained, finetuned) = (input.pretrained, input.finetuned);
+        let admitted = self.ledger.admit(input)?;
         let step = self.ledger.tasks.len() + 1;
         let names: Vec<&str> = pretrained.keys().collect();
         let first = step == 1;
@@ -91,16 +81,12 @@ impl ContinualMerger for Swa {
             .commit_step(admitted, METHOD, delta_sq.sqrt(), IndexMap::new()))
     }
 
-    fn ledger(&self) -> &madeit_stream::Ledger {
-        &self.ledger
-    }
-
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(METHOD, pretrained)?;
         dense_output(METHOD, pretrained, &self.merged).map(MergedModel::Dense)
     }
 
-    fn state(&self) -> MergerState {
+    fn state(&self) -> Result<MergerState, MergeError> {
         self.ledger
             .dict_state(self.config(), MERGED_PREFIX, &self.merged)
     }
@@ -110,5 +96,11 @@ impl ContinualMerger for Swa {
         self.merged = merged;
         self.ledger = ledger;
         Ok(())
+    }
+}
+
+impl ContinualMerger for Swa {
+    fn config(&self) -> MethodConfig {
+        MethodConfig::Swa(self.config)
     }
 }

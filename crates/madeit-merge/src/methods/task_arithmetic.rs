@@ -8,8 +8,8 @@ use rayon::prelude::*;
 use super::{MERGED_PREFIX, check_layout, dense_output, lookup, par_build, tensor_like, to_f32};
 use crate::state::Ledger;
 use crate::{
-    Aggregate, ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, StepReport,
-    TaskArithmeticConfig, TaskId, TiesConfig,
+    Aggregate, ContinualMerger, ContinualMethod, MergeError, MergedModel, MergerState,
+    MethodConfig, Step, StepReport, TaskArithmeticConfig, TiesConfig,
 };
 
 /// Which entries of each row survive before the consensus.
@@ -246,24 +246,18 @@ fn sign(x: f32) -> i64 {
     }
 }
 
-impl ContinualMerger for TaskArithmeticFamily {
+impl ContinualMethod for TaskArithmeticFamily {
+    data_free_contract!();
+
     fn method(&self) -> &'static str {
         self.method
     }
 
-    fn config(&self) -> MethodConfig {
-        self.config.clone()
-    }
-
     #[allow(clippy::too_many_lines)]
-    fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        finetuned: &ParamDict,
-        task: &TaskId,
-    ) -> Result<StepReport, MergeError> {
+    fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
+        let (pretrained, finetuned) = (input.pretrained, input.finetuned);
         let method = self.method;
-        let admitted = self.ledger.admit(pretrained, finetuned, task)?;
+        let admitted = self.ledger.admit(input)?;
         let step = self.ledger.tasks.len() + 1;
         let names: Vec<&str> = pretrained.keys().collect();
         let lambda = self.lambda;
@@ -434,16 +428,12 @@ impl ContinualMerger for TaskArithmeticFamily {
             .commit_step(admitted, method, delta_sq.sqrt(), metrics))
     }
 
-    fn ledger(&self) -> &madeit_stream::Ledger {
-        &self.ledger
-    }
-
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, MergeError> {
         self.ledger.check_merged(self.method, pretrained)?;
         dense_output(self.method, pretrained, &self.merged).map(MergedModel::Dense)
     }
 
-    fn state(&self) -> MergerState {
+    fn state(&self) -> Result<MergerState, MergeError> {
         self.ledger
             .dict_state(self.config(), MERGED_PREFIX, &self.merged)
     }
@@ -454,5 +444,11 @@ impl ContinualMerger for TaskArithmeticFamily {
         self.merged = merged;
         self.ledger = ledger;
         Ok(())
+    }
+}
+
+impl ContinualMerger for TaskArithmeticFamily {
+    fn config(&self) -> MethodConfig {
+        self.config.clone()
     }
 }

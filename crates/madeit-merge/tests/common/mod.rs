@@ -1,7 +1,7 @@
 //! Shared helpers of the integration tests: tiny CLIP-like models and comparisons.
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
-use madeit_merge::{ContinualMerger, MergedModel, MergerState, MethodConfig, TaskId};
+use madeit_merge::{ContinualMerger, MergedModel, MergerState, MethodConfig, Step, TaskId};
 use madeit_params::{ParamDict, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -98,7 +98,7 @@ pub fn run(
 ) -> Box<dyn ContinualMerger> {
     let mut m = config.build().unwrap();
     for (i, ft) in tasks.iter().enumerate() {
-        m.absorb(pre, ft, &TaskId::new(format!("t{}", i + 1)))
+        m.absorb(&Step::new(pre, ft, &TaskId::new(format!("t{}", i + 1))))
             .unwrap();
     }
     m
