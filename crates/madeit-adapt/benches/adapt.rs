@@ -294,10 +294,10 @@ fn vit_b32(c: &mut Criterion) {
     }
     let mut gates = GateValues::new();
     gates
-        .push_random(&cfg, modules.iter().copied(), 0.01, 31)
+        .push_random(&cfg, modules.iter().copied(), 0.01, 0.0, 31)
         .unwrap();
     gates
-        .push_random(&cfg, modules.iter().copied(), 0.01, 32)
+        .push_random(&cfg, modules.iter().copied(), 0.01, 0.0, 32)
         .unwrap();
     let config = MingleConfig::default();
     let task = SeedTask {

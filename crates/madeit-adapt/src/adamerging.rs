@@ -562,13 +562,7 @@ impl ContinualMethod for LwAdaMerging {
         for (e, c) in self.coefficients.iter().enumerate() {
             w.put(format!("coefficients.{e}"), vec![c.len()], c.clone())?;
         }
-        w.finish(
-            &self.config,
-            &self.vision,
-            &[],
-            self.ledger.pretrained,
-            &self.ledger.tasks,
-        )
+        w.finish(&self.config, &self.vision, &[], &self.ledger)
     }
 
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {

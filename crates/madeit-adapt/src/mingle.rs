@@ -9,10 +9,10 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{ExpertModel, Fingerprint, Ledger, MergedModel, TaskId};
+use madeit_stream::{Fingerprint, Ledger, MergedModel, TaskId};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
-    LowRankFactors, ModuleId, VISION_PREFIX,
+    LowRankFactors, ModuleId,
 };
 use rayon::prelude::*;
 
@@ -20,7 +20,8 @@ use crate::admit::{Admitted, admit_step};
 use crate::config::MINGLE;
 use crate::expert::{ExpertStats, build_expert};
 use crate::persist::{
-    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, low_rank_expert, stream_seed,
+    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, expert_model, stream_seed,
+    vision_tensor,
 };
 use crate::subspace::{extend_basis, top_directions};
 use crate::tta::{GateTrainer, SeedTask, seed_pass, teacher_logits};
@@ -37,17 +38,7 @@ const STREAM_SUBSPACE_SVD: u64 = 5;
 
 /// The weight of `module` in `dict`, under its bare or `vision_model.`-prefixed name.
 fn target_weight(dict: &ParamDict, module: ModuleId) -> Result<(String, &HostTensor), AdaptError> {
-    let bare = module.weight_name();
-    if let Ok(t) = dict.get(&bare) {
-        return Ok((bare, t));
-    }
-    let full = format!("{VISION_PREFIX}{bare}");
-    dict.get(&full)
-        .map(|t| (full.clone(), t))
-        .map_err(|_| AdaptError::TargetWeight {
-            name: bare,
-            reason: "missing (looked for the bare and the `vision_model.` names)".into(),
-        })
+    vision_tensor(dict, &module.weight_name())
 }
 
 /// `||sum_e U_e diag(s_e) V_e^T||_F^2 = tr((B^T B)(A^T A))` with `B = [U_e diag(s_e)]`,
@@ -315,13 +306,9 @@ impl Mingle {
             &self.vision,
             self.modules.iter().copied(),
             cfg.gate_init_std as f32,
+            cfg.gate_init_bias as f32,
             stream_seed(cfg.seed, step, STREAM_GATES),
         )?;
-        for (_, list) in &mut gates.modules {
-            if let Some(g) = list.last_mut() {
-                g.bias = cfg.gate_init_bias as f32;
-            }
-        }
 
         // Teacher logits on every seed sample (the teacher is deterministic, so computing them
         // once equals recomputing them per batch).
@@ -339,18 +326,21 @@ impl Mingle {
         let n = seed.len();
         let pass_batches =
             SeedBatches::new(n, cfg.batch_size, stream_seed(cfg.seed, step, STREAM_PASS)).epoch();
-        let kl_before = if cfg.report_initial_kl {
-            let p = seed_pass(
+        // One pass of the merged model over the seed set, recording the inputs of `record`.
+        let pass_with = |gates: &GateValues, record: &BTreeSet<ModuleId>| {
+            seed_pass(
                 &backbone,
                 &experts,
-                &gates,
+                gates,
                 seed_task,
                 &pass_batches,
                 cfg.temperature,
-                &BTreeSet::new(),
+                record,
             )
-            .map_err(|e| with_task(e, task))?;
-            Some(p.kl)
+            .map_err(|e| with_task(e, task))
+        };
+        let kl_before = if cfg.report_initial_kl {
+            Some(pass_with(&gates, &BTreeSet::new())?.kl)
         } else {
             None
         };
@@ -397,16 +387,7 @@ impl Mingle {
         // 4. Subspace update from the merged model's inputs on the seed set.
         let t0 = Instant::now();
         let record: BTreeSet<ModuleId> = self.modules.iter().copied().collect();
-        let pass = seed_pass(
-            &backbone,
-            &experts,
-            &gates,
-            seed_task,
-            &pass_batches,
-            cfg.temperature,
-            &record,
-        )
-        .map_err(|e| with_task(e, task))?;
+        let pass = pass_with(&gates, &record)?;
         let svd = cfg
             .subspace_svd
             .to_linalg(stream_seed(cfg.seed, step, STREAM_SUBSPACE_SVD));
@@ -563,18 +544,14 @@ impl ContinualMethod for Mingle {
 
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {
         self.check_stream(pretrained)?;
-        let mut model = ExpertModel::new(pretrained.clone());
-        for &m in &self.modules {
-            let (name, _) = target_weight(pretrained, m)?;
-            let list = self
-                .experts(m)
-                .iter()
-                .zip(&self.ledger.tasks)
-                .map(|(f, rec)| low_rank_expert(f, &rec.task, ScaleOn::Down))
-                .collect::<Result<Vec<_>, _>>()?;
-            model.experts.insert(name, list);
-        }
-        Ok(MergedModel::Experts(model))
+        expert_model(
+            pretrained.clone(),
+            pretrained,
+            &self.modules,
+            |m| self.experts(m),
+            &self.ledger.tasks,
+            ScaleOn::Down,
+        )
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
@@ -590,13 +567,7 @@ impl ContinualMethod for Mingle {
                 w.put(format!("subspace.{m}"), vec![d, k], data)?;
             }
         }
-        w.finish(
-            &self.config,
-            &self.vision,
-            &self.modules,
-            self.ledger.pretrained,
-            &self.ledger.tasks,
-        )
+        w.finish(&self.config, &self.vision, &self.modules, &self.ledger)
     }
 
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {

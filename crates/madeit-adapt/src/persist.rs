@@ -5,9 +5,12 @@
 use std::collections::BTreeSet;
 
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{Fingerprint, LowRankExpert, TaskId, TaskRecord};
+use madeit_stream::{
+    ExpertModel, Fingerprint, Ledger, LowRankExpert, MergedModel, TaskId, TaskRecord,
+};
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, LinearGate, LowRankFactors, ModuleId, VitError,
+    ClipVisionConfig, ClipVisionModel, LinearGate, LowRankFactors, ModuleId, VISION_PREFIX,
+    VitError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +56,53 @@ pub(crate) fn check_backbone(
     Ok(())
 }
 
+/// `bare` in `dict` under its bare or `vision_model.`-prefixed name, with the name found.
+///
+/// # Errors
+/// [`AdaptError::TargetWeight`] when neither name is there.
+pub(crate) fn vision_tensor<'a>(
+    dict: &'a ParamDict,
+    bare: &str,
+) -> Result<(String, &'a HostTensor), AdaptError> {
+    if let Ok(t) = dict.get(bare) {
+        return Ok((bare.to_owned(), t));
+    }
+    let full = format!("{VISION_PREFIX}{bare}");
+    dict.get(&full)
+        .map(|t| (full.clone(), t))
+        .map_err(|_| AdaptError::TargetWeight {
+            name: bare.to_owned(),
+            reason: "missing (looked for the bare and the `vision_model.` names)".into(),
+        })
+}
+
+/// The named-tensor model of a method that keeps one expert per task in each module:
+/// `backbone` with, for every module of `modules` (named as its weight is in `pretrained`),
+/// the experts `experts(module)`, serving the stream's `tasks` in order.
+///
+/// # Errors
+/// A module's weight missing from `pretrained`; malformed factors.
+pub(crate) fn expert_model<'a>(
+    backbone: ParamDict,
+    pretrained: &ParamDict,
+    modules: &[ModuleId],
+    experts: impl Fn(ModuleId) -> &'a [LowRankFactors],
+    tasks: &[TaskRecord],
+    scale: ScaleOn,
+) -> Result<MergedModel, AdaptError> {
+    let mut model = ExpertModel::new(backbone);
+    for &m in modules {
+        let (name, _) = vision_tensor(pretrained, &m.weight_name())?;
+        let list = experts(m)
+            .iter()
+            .zip(tasks)
+            .map(|(f, rec)| low_rank_expert(f, &rec.task, scale))
+            .collect::<Result<Vec<_>, _>>()?;
+        model.experts.insert(name, list);
+    }
+    Ok(MergedModel::Experts(model))
+}
+
 /// Which factor of a [`LowRankExpert`] carries the singular values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ScaleOn {
@@ -63,7 +113,7 @@ pub(crate) enum ScaleOn {
 }
 
 /// The factors `U diag(s) V^T` as a [`LowRankExpert`] serving `task`.
-pub(crate) fn low_rank_expert(
+fn low_rank_expert(
     f: &LowRankFactors,
     task: &TaskId,
     scale: ScaleOn,
@@ -183,8 +233,7 @@ impl StateWriter {
         config: &C,
         vision: &ClipVisionConfig,
         modules: &[ModuleId],
-        pretrained: Option<Fingerprint>,
-        tasks: &[TaskRecord],
+        ledger: &Ledger,
     ) -> Result<AdaptState, AdaptError> {
         let config = serde_json::to_value(config).map_err(|e| AdaptError::InvalidState {
             method: self.method,
@@ -198,8 +247,8 @@ impl StateWriter {
                 config,
                 vision: vision.clone(),
                 modules: modules.to_vec(),
-                pretrained,
-                tasks: tasks.to_vec(),
+                pretrained: ledger.pretrained,
+                tasks: ledger.tasks.clone(),
             },
             tensors: self.tensors,
         })

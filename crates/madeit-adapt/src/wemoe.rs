@@ -8,10 +8,10 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{ExpertModel, Ledger, MergedModel};
+use madeit_stream::{Ledger, MergedModel};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
-    LowRankFactors, ModuleId, ModuleKind, VISION_PREFIX,
+    LowRankFactors, ModuleId, ModuleKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,8 @@ use crate::admit::admit_step;
 use crate::entropy::entropy_loss;
 use crate::expert::build_expert;
 use crate::persist::{
-    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, low_rank_expert, stream_seed,
+    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, expert_model, stream_seed,
+    vision_tensor,
 };
 use crate::tta::{mean_kl, teacher_logits};
 use crate::{
@@ -196,20 +197,6 @@ fn attention_names(config: &ClipVisionConfig) -> Vec<String> {
         .collect()
 }
 
-/// `name` in `dict` under its bare or `vision_model.`-prefixed form.
-fn lookup<'a>(dict: &'a ParamDict, bare: &str) -> Result<(String, &'a HostTensor), AdaptError> {
-    if let Ok(t) = dict.get(bare) {
-        return Ok((bare.to_owned(), t));
-    }
-    let full = format!("{VISION_PREFIX}{bare}");
-    dict.get(&full)
-        .map(|t| (full.clone(), t))
-        .map_err(|_| AdaptError::TargetWeight {
-            name: bare.to_owned(),
-            reason: "missing (looked for the bare and the `vision_model.` names)".into(),
-        })
-}
-
 /// The MLP modules that receive experts: fc1 and fc2 of every layer.
 fn mlp_modules(config: &ClipVisionConfig) -> Vec<ModuleId> {
     (0..config.num_hidden_layers)
@@ -330,7 +317,7 @@ impl LoraWemoe {
     ) -> Result<ParamDict, AdaptError> {
         let mut out = pretrained.clone();
         for (bare, delta) in attention.iter() {
-            let (name, p) = lookup(pretrained, bare)?;
+            let (name, p) = vision_tensor(pretrained, bare)?;
             let data: Vec<f32> = p
                 .data()
                 .iter()
@@ -353,8 +340,8 @@ impl LoraWemoe {
         // 1. Attention by continual task arithmetic.
         let mut attention = ParamDict::new();
         for bare in attention_names(&self.vision) {
-            let (_, p0) = lookup(pretrained, &bare)?;
-            let (_, pt) = lookup(finetuned, &bare)?;
+            let (_, p0) = vision_tensor(pretrained, &bare)?;
+            let (_, pt) = vision_tensor(finetuned, &bare)?;
             let prev = self.attention.get(&bare).ok();
             let data: Vec<f32> = p0
                 .data()
@@ -377,8 +364,8 @@ impl LoraWemoe {
             .to_linalg(stream_seed(cfg.seed, step, STREAM_SVD));
         let mut ranks = Vec::new();
         for &m in &self.modules {
-            let (_, w0) = lookup(pretrained, &m.weight_name())?;
-            let (_, wt) = lookup(finetuned, &m.weight_name())?;
+            let (_, w0) = vision_tensor(pretrained, &m.weight_name())?;
+            let (_, wt) = vision_tensor(finetuned, &m.weight_name())?;
             let (d_out, d_in) = self.vision.module_dims(m.kind);
             if w0.shape() != [d_out, d_in] || wt.shape() != [d_out, d_in] {
                 return Err(AdaptError::TargetWeight {
@@ -409,13 +396,9 @@ impl LoraWemoe {
             &self.vision,
             fc1.iter().copied(),
             cfg.router_init_std as f32,
+            cfg.router_init_bias as f32,
             stream_seed(cfg.seed, step, STREAM_ROUTER),
         )?;
-        for (_, list) in &mut routers.modules {
-            if let Some(g) = list.last_mut() {
-                g.bias = cfg.router_init_bias as f32;
-            }
-        }
 
         // 4. Entropy minimisation over every router row.
         let t0 = Instant::now();
@@ -574,18 +557,14 @@ impl ContinualMethod for LoraWemoe {
     /// `down = V^T`); the routers are part of the state and of the gated model only.
     fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, AdaptError> {
         self.check_stream(pretrained)?;
-        let mut model = ExpertModel::new(self.backbone_params(pretrained, &self.attention)?);
-        for &m in &self.modules {
-            let (name, _) = lookup(pretrained, &m.weight_name())?;
-            let list = self
-                .experts(m)
-                .iter()
-                .zip(&self.ledger.tasks)
-                .map(|(f, rec)| low_rank_expert(f, &rec.task, ScaleOn::Up))
-                .collect::<Result<Vec<_>, _>>()?;
-            model.experts.insert(name, list);
-        }
-        Ok(MergedModel::Experts(model))
+        expert_model(
+            self.backbone_params(pretrained, &self.attention)?,
+            pretrained,
+            &self.modules,
+            |m| self.experts(m),
+            &self.ledger.tasks,
+            ScaleOn::Up,
+        )
     }
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
@@ -601,13 +580,7 @@ impl ContinualMethod for LoraWemoe {
             w.put_experts(m, self.experts(m))?;
             w.put_gates(&format!("router.{m}"), self.routers.gates(m))?;
         }
-        w.finish(
-            &self.config,
-            &self.vision,
-            &self.modules,
-            self.ledger.pretrained,
-            &self.ledger.tasks,
-        )
+        w.finish(&self.config, &self.vision, &self.modules, &self.ledger)
     }
 
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {

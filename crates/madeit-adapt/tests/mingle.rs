@@ -140,7 +140,7 @@ fn gradients_reach_only_the_new_gates_and_hard_projection_is_orthogonal() {
         experts.insert(module, list);
     }
     gates
-        .push_random(&f.cfg, m1.modules().iter().copied(), 0.01, 9)
+        .push_random(&f.cfg, m1.modules().iter().copied(), 0.01, 0.0, 9)
         .unwrap();
     let projectors: BTreeMap<ModuleId, GradientProjector> = m1
         .modules()

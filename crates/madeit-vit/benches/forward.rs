@@ -88,7 +88,7 @@ fn bench_forward(c: &mut Criterion) {
     let mut gate_values = GateValues::new();
     for seed in 0..EXPERTS as u64 {
         gate_values
-            .push_random(&cfg, ModuleId::all(cfg.num_hidden_layers), 0.01, seed)
+            .push_random(&cfg, ModuleId::all(cfg.num_hidden_layers), 0.01, 0.0, seed)
             .expect("gates");
     }
     let gates = GateBank::new(&gate_values, GateTraining::Frozen, &device).expect("gate bank");

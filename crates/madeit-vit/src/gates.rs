@@ -59,8 +59,8 @@ impl GateValues {
     }
 
     /// Appends one new gate to each of `modules`, initialised as in MINGLE:
-    /// `w ~ N(0, std^2)` i.i.d., `b = 0`, from a ChaCha8 stream seeded with `seed` (modules
-    /// drawn in the order given).
+    /// `w ~ N(0, std^2)` i.i.d., `b = bias` (MINGLE: 0), from a ChaCha8 stream seeded with
+    /// `seed` (modules drawn in the order given).
     ///
     /// # Errors
     /// [`VitError::UnknownModule`] for a layer beyond `config`; [`VitError::InvalidConfig`]
@@ -70,6 +70,7 @@ impl GateValues {
         config: &ClipVisionConfig,
         modules: impl IntoIterator<Item = ModuleId>,
         std: f32,
+        bias: f32,
         seed: u64,
     ) -> Result<(), VitError> {
         let normal = Normal::new(0.0f32, std).map_err(|e| VitError::InvalidConfig {
@@ -86,7 +87,7 @@ impl GateValues {
             }
             let (_, d_in) = config.module_dims(m.kind);
             let weight = (0..d_in).map(|_| normal.sample(&mut rng)).collect();
-            self.push(m, LinearGate { weight, bias: 0.0 });
+            self.push(m, LinearGate { weight, bias });
         }
         Ok(())
     }

@@ -129,6 +129,7 @@
 
 mod config;
 mod device;
+mod encoder;
 mod error;
 mod experts;
 mod gates;

@@ -5,10 +5,11 @@ use std::fmt;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::module::{layer_norm, linear};
+use burn::tensor::module::linear;
 use madeit_params::{DType, ParamDict};
 
 use crate::blocks;
+use crate::encoder::{Layer, Norm, Uploader};
 use crate::error::{CheckpointReport, ShapeMismatch};
 use crate::names::{KeyLayout, PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
 use crate::util::{download, first_non_finite, transpose, upload};
@@ -144,37 +145,6 @@ impl ModuleAdapter for Recorder<'_> {
         }
         Ok(None)
     }
-}
-
-#[derive(Debug, Clone)]
-struct Norm {
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-}
-
-impl Norm {
-    fn forward<const D: usize>(&self, x: Tensor<D>, eps: f64) -> Tensor<D> {
-        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), eps)
-    }
-}
-
-/// One encoder layer, with weights pre-transposed to `[d_in, d_out]` and q, k, v fused.
-#[derive(Debug, Clone)]
-struct Layer {
-    ln1: Norm,
-    /// `[d, 3d]`: columns `0..d` are `W_q^T`, then `W_k^T`, then `W_v^T`.
-    qkv_w: Tensor<2>,
-    /// `[3d]`: `b_q | b_k | b_v`.
-    qkv_b: Tensor<1>,
-    out_w: Tensor<2>,
-    out_b: Tensor<1>,
-    ln2: Norm,
-    fc1_w: Tensor<2>,
-    fc1_b: Tensor<1>,
-    /// Host copy of `fc1_b`, for the fused bias + activation kernel.
-    fc1_b_host: Vec<f32>,
-    fc2_w: Tensor<2>,
-    fc2_b: Tensor<1>,
 }
 
 /// A CLIP vision tower (transformers' `CLIPVisionModel`, optionally with
@@ -407,8 +377,11 @@ impl ClipVisionModel {
         let dtypes = found.iter().map(|(k, t)| (k.clone(), t.dtype())).collect();
         Builder {
             config,
-            found: &found,
-            device,
+            up: Uploader {
+                found: &found,
+                device,
+                missing: |report| VitError::Checkpoint { report },
+            },
         }
         .build(layout, dtypes)
     }
@@ -664,32 +637,16 @@ impl ClipVisionModel {
     /// Moves every weight to `device`.
     #[must_use]
     pub fn to_device(self, device: &Device) -> Self {
-        let n = |n: Norm| Norm {
-            gamma: n.gamma.to_device(device),
-            beta: n.beta.to_device(device),
-        };
         Self {
             patch_w: self.patch_w.to_device(device),
             class_emb: self.class_emb.to_device(device),
             pos_emb: self.pos_emb.to_device(device),
-            pre_ln: n(self.pre_ln),
-            post_ln: n(self.post_ln),
+            pre_ln: self.pre_ln.into_device(device),
+            post_ln: self.post_ln.into_device(device),
             layers: self
                 .layers
                 .into_iter()
-                .map(|l| Layer {
-                    ln1: n(l.ln1),
-                    qkv_w: l.qkv_w.to_device(device),
-                    qkv_b: l.qkv_b.to_device(device),
-                    out_w: l.out_w.to_device(device),
-                    out_b: l.out_b.to_device(device),
-                    ln2: n(l.ln2),
-                    fc1_w: l.fc1_w.to_device(device),
-                    fc1_b: l.fc1_b.to_device(device),
-                    fc1_b_host: l.fc1_b_host,
-                    fc2_w: l.fc2_w.to_device(device),
-                    fc2_b: l.fc2_b.to_device(device),
-                })
+                .map(|l| l.into_device(device))
                 .collect(),
             proj: self.proj.map(|p| p.to_device(device)),
             device: device.clone(),
@@ -889,89 +846,23 @@ pub(crate) fn bias_act<const D: usize>(
 
 struct Builder<'a> {
     config: &'a ClipVisionConfig,
-    found: &'a BTreeMap<String, &'a madeit_params::Tensor>,
-    device: &'a Device,
+    up: Uploader<'a>,
 }
 
 impl Builder<'_> {
-    fn data(&self, bare: &str) -> Result<&[f32], VitError> {
-        self.found
-            .get(bare)
-            .map(|t| t.data())
-            .ok_or_else(|| VitError::Checkpoint {
-                report: CheckpointReport {
-                    missing: vec![(bare.to_owned(), Vec::new())],
-                    ..CheckpointReport::default()
-                },
-            })
-    }
-
-    fn vec1(&self, bare: &str) -> Result<Tensor<1>, VitError> {
-        let data = self.data(bare)?.to_vec();
-        let n = data.len();
-        Ok(upload(data, [n], self.device))
-    }
-
-    /// Uploads an HF `[out, in]` weight transposed to `[in, out]`.
-    fn linear_t(&self, bare: &str, d_out: usize, d_in: usize) -> Result<Tensor<2>, VitError> {
-        let data = transpose(self.data(bare)?, d_out, d_in);
-        Ok(upload(data, [d_in, d_out], self.device))
-    }
-
-    fn norm(&self, name: &str) -> Result<Norm, VitError> {
-        Ok(Norm {
-            gamma: self.vec1(&format!("{name}.weight"))?,
-            beta: self.vec1(&format!("{name}.bias"))?,
-        })
-    }
-
     fn build(
         self,
         layout: KeyLayout,
         dtypes: BTreeMap<String, DType>,
     ) -> Result<ClipVisionModel, VitError> {
-        let c = self.config;
+        let (c, up) = (self.config, &self.up);
         let d = c.hidden_size;
-        let i = c.intermediate_size;
         let cpp = c.num_channels * c.patch_size * c.patch_size;
-        let patch_w = self.linear_t("embeddings.patch_embedding.weight", d, cpp)?;
-        let class_emb = self.vec1("embeddings.class_embedding")?;
-        let pos = self.data("embeddings.position_embedding.weight")?.to_vec();
-        let pos_emb = upload(pos, [c.num_positions(), d], self.device);
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
-            let pre = format!("encoder.layers.{l}.");
-            // Fused [d, 3d] = [W_q^T | W_k^T | W_v^T]: stack the [d, d] HF matrices as
-            // [3d, d] and transpose once.
-            let mut stacked = Vec::with_capacity(3 * d * d);
-            let mut bias = Vec::with_capacity(3 * d);
-            for kind in [ModuleKind::Q, ModuleKind::K, ModuleKind::V] {
-                let id = ModuleId::new(l, kind);
-                stacked.extend_from_slice(self.data(&id.weight_name())?);
-                bias.extend_from_slice(self.data(&id.bias_name())?);
-            }
-            let qkv_w = upload(transpose(&stacked, 3 * d, d), [d, 3 * d], self.device);
-            let qkv_b = upload(bias, [3 * d], self.device);
-            let out = ModuleId::new(l, ModuleKind::Out);
-            let fc1 = ModuleId::new(l, ModuleKind::Fc1);
-            let fc2 = ModuleId::new(l, ModuleKind::Fc2);
-            let fc1_b_host = self.data(&fc1.bias_name())?.to_vec();
-            layers.push(Layer {
-                ln1: self.norm(&format!("{pre}layer_norm1"))?,
-                qkv_w,
-                qkv_b,
-                out_w: self.linear_t(&out.weight_name(), d, d)?,
-                out_b: self.vec1(&out.bias_name())?,
-                ln2: self.norm(&format!("{pre}layer_norm2"))?,
-                fc1_w: self.linear_t(&fc1.weight_name(), i, d)?,
-                fc1_b: self.vec1(&fc1.bias_name())?,
-                fc1_b_host,
-                fc2_w: self.linear_t(&fc2.weight_name(), d, i)?,
-                fc2_b: self.vec1(&fc2.bias_name())?,
-            });
-        }
-        let proj = if self.found.contains_key(PROJECTION_WEIGHT) {
-            Some(self.linear_t(PROJECTION_WEIGHT, c.projection_dim, d)?)
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| up.layer(l, d, c.intermediate_size))
+            .collect::<Result<Vec<_>, _>>()?;
+        let proj = if up.found.contains_key(PROJECTION_WEIGHT) {
+            Some(up.linear_t(PROJECTION_WEIGHT, c.projection_dim, d)?)
         } else {
             None
         };
@@ -979,13 +870,13 @@ impl Builder<'_> {
             config: c.clone(),
             layout,
             dtypes,
-            device: self.device.clone(),
-            patch_w,
-            class_emb,
-            pos_emb,
-            pre_ln: self.norm("pre_layrnorm")?,
+            device: up.device.clone(),
+            patch_w: up.linear_t("embeddings.patch_embedding.weight", d, cpp)?,
+            class_emb: up.vec1("embeddings.class_embedding")?,
+            pos_emb: up.mat("embeddings.position_embedding.weight", c.num_positions(), d)?,
+            pre_ln: up.norm("pre_layrnorm")?,
             layers,
-            post_ln: self.norm("post_layernorm")?,
+            post_ln: up.norm("post_layernorm")?,
             proj,
         })
     }

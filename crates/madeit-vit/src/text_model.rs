@@ -1,19 +1,17 @@
 //! The CLIP text transformer: weights in HF layout and the causal forward.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::module::{attention, layer_norm, linear};
+use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int};
 use madeit_params::ParamDict;
 
 use crate::VitError;
-use crate::error::CheckpointReport;
+use crate::encoder::{Layer, Norm, Uploader};
 use crate::model::{CONFIG_FILE, bias_act, load_weights, match_weights};
 use crate::text_config::{ClipTextConfig, PoolingRule};
-use crate::util::{transpose, upload};
 
 /// The prefix of text-tower tensors in `CLIPModel` and `CLIPTextModelWithProjection`
 /// checkpoints.
@@ -239,35 +237,6 @@ pub struct TextOutput {
     pub pool_positions: Vec<usize>,
 }
 
-#[derive(Debug, Clone)]
-struct Norm {
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-}
-
-impl Norm {
-    fn forward<const D: usize>(&self, x: Tensor<D>, eps: f64) -> Tensor<D> {
-        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), eps)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Layer {
-    ln1: Norm,
-    /// `[d, 3d]`: `W_q^T | W_k^T | W_v^T`.
-    qkv_w: Tensor<2>,
-    qkv_b: Tensor<1>,
-    out_w: Tensor<2>,
-    out_b: Tensor<1>,
-    ln2: Norm,
-    fc1_w: Tensor<2>,
-    fc1_b: Tensor<1>,
-    /// Host copy of `fc1_b`, for the fused bias + activation kernel.
-    fc1_b_host: Vec<f32>,
-    fc2_w: Tensor<2>,
-    fc2_b: Tensor<1>,
-}
-
 /// A CLIP text tower (transformers' `CLIPTextModel`, optionally with `text_projection` as in
 /// `CLIPTextModelWithProjection` / `CLIPModel`).
 ///
@@ -354,8 +323,11 @@ impl ClipTextModel {
         )?;
         Builder {
             config,
-            found: &found,
-            device,
+            up: Uploader {
+                found: &found,
+                device,
+                missing: |report| VitError::TextCheckpoint { report },
+            },
         }
         .build(layout)
     }
@@ -534,93 +506,33 @@ impl ClipTextModel {
 
 struct Builder<'a> {
     config: &'a ClipTextConfig,
-    found: &'a BTreeMap<String, &'a madeit_params::Tensor>,
-    device: &'a Device,
+    up: Uploader<'a>,
 }
 
 impl Builder<'_> {
-    fn data(&self, bare: &str) -> Result<&[f32], VitError> {
-        self.found
-            .get(bare)
-            .map(|t| t.data())
-            .ok_or_else(|| VitError::TextCheckpoint {
-                report: CheckpointReport {
-                    missing: vec![(bare.to_owned(), Vec::new())],
-                    ..CheckpointReport::default()
-                },
-            })
-    }
-
-    fn vec1(&self, bare: &str) -> Result<Tensor<1>, VitError> {
-        let data = self.data(bare)?.to_vec();
-        let n = data.len();
-        Ok(upload(data, [n], self.device))
-    }
-
-    fn mat(&self, bare: &str, rows: usize, cols: usize) -> Result<Tensor<2>, VitError> {
-        Ok(upload(self.data(bare)?.to_vec(), [rows, cols], self.device))
-    }
-
-    /// Uploads an HF `[out, in]` weight transposed to `[in, out]`.
-    fn linear_t(&self, bare: &str, d_out: usize, d_in: usize) -> Result<Tensor<2>, VitError> {
-        Ok(upload(
-            transpose(self.data(bare)?, d_out, d_in),
-            [d_in, d_out],
-            self.device,
-        ))
-    }
-
-    fn norm(&self, name: &str) -> Result<Norm, VitError> {
-        Ok(Norm {
-            gamma: self.vec1(&format!("{name}.weight"))?,
-            beta: self.vec1(&format!("{name}.bias"))?,
-        })
-    }
-
     fn build(self, layout: TextKeyLayout) -> Result<ClipTextModel, VitError> {
-        let c = self.config;
+        let (c, up) = (self.config, &self.up);
         let d = c.hidden_size;
-        let i = c.intermediate_size;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
-            let pre = format!("encoder.layers.{l}.");
-            let mut stacked = Vec::with_capacity(3 * d * d);
-            let mut bias = Vec::with_capacity(3 * d);
-            for m in ["q_proj", "k_proj", "v_proj"] {
-                stacked.extend_from_slice(self.data(&format!("{pre}self_attn.{m}.weight"))?);
-                bias.extend_from_slice(self.data(&format!("{pre}self_attn.{m}.bias"))?);
-            }
-            layers.push(Layer {
-                ln1: self.norm(&format!("{pre}layer_norm1"))?,
-                qkv_w: upload(transpose(&stacked, 3 * d, d), [d, 3 * d], self.device),
-                qkv_b: upload(bias, [3 * d], self.device),
-                out_w: self.linear_t(&format!("{pre}self_attn.out_proj.weight"), d, d)?,
-                out_b: self.vec1(&format!("{pre}self_attn.out_proj.bias"))?,
-                ln2: self.norm(&format!("{pre}layer_norm2"))?,
-                fc1_w: self.linear_t(&format!("{pre}mlp.fc1.weight"), i, d)?,
-                fc1_b: self.vec1(&format!("{pre}mlp.fc1.bias"))?,
-                fc1_b_host: self.data(&format!("{pre}mlp.fc1.bias"))?.to_vec(),
-                fc2_w: self.linear_t(&format!("{pre}mlp.fc2.weight"), d, i)?,
-                fc2_b: self.vec1(&format!("{pre}mlp.fc2.bias"))?,
-            });
-        }
-        let proj = if self.found.contains_key(TEXT_PROJECTION_WEIGHT) {
-            Some(self.linear_t(TEXT_PROJECTION_WEIGHT, c.projection_dim, d)?)
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| up.layer(l, d, c.intermediate_size))
+            .collect::<Result<Vec<_>, _>>()?;
+        let proj = if up.found.contains_key(TEXT_PROJECTION_WEIGHT) {
+            Some(up.linear_t(TEXT_PROJECTION_WEIGHT, c.projection_dim, d)?)
         } else {
             None
         };
         Ok(ClipTextModel {
             config: c.clone(),
             layout,
-            device: self.device.clone(),
-            tok_emb: self.mat("embeddings.token_embedding.weight", c.vocab_size, d)?,
-            pos_emb: self.mat(
+            device: up.device.clone(),
+            tok_emb: up.mat("embeddings.token_embedding.weight", c.vocab_size, d)?,
+            pos_emb: up.mat(
                 "embeddings.position_embedding.weight",
                 c.max_position_embeddings,
                 d,
             )?,
             layers,
-            final_ln: self.norm("final_layer_norm")?,
+            final_ln: up.norm("final_layer_norm")?,
             proj,
         })
     }

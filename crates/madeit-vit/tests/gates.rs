@@ -30,9 +30,9 @@ fn two_experts(cfg: &ClipVisionConfig, m: ModuleId, seed: u64) -> Vec<LowRankFac
 fn gates_for(cfg: &ClipVisionConfig, modules: &[ModuleId], seed: u64) -> GateValues {
     let mut g = GateValues::new();
     // Larger than MINGLE's 0.01 init so that the gates visibly matter in the tests.
-    g.push_random(cfg, modules.iter().copied(), 0.3, seed)
+    g.push_random(cfg, modules.iter().copied(), 0.3, 0.0, seed)
         .unwrap();
-    g.push_random(cfg, modules.iter().copied(), 0.3, seed + 1)
+    g.push_random(cfg, modules.iter().copied(), 0.3, 0.0, seed + 1)
         .unwrap();
     for (_, gates) in &mut g.modules {
         gates[0].bias = 0.5;
@@ -267,7 +267,7 @@ fn gates_and_experts_must_agree() {
     let px = || model.pixels(random_pixels(&cfg, 1, 2), 1).unwrap();
     // One gate for two experts.
     let mut one = GateValues::new();
-    one.push_random(&cfg, [m], 0.01, 1).unwrap();
+    one.push_random(&cfg, [m], 0.01, 0.0, 1).unwrap();
     let gates = GateBank::new(&one, GateTraining::Frozen, model.device()).unwrap();
     assert!(matches!(
         model.forward_gated(px(), &bank, &gates),
@@ -276,7 +276,7 @@ fn gates_and_experts_must_agree() {
     // Gates on a module without experts.
     let mut extra = gates_for(&cfg, &[m], 2);
     extra
-        .push_random(&cfg, [ModuleId::new(0, ModuleKind::Q)], 0.01, 3)
+        .push_random(&cfg, [ModuleId::new(0, ModuleKind::Q)], 0.01, 0.0, 3)
         .unwrap();
     let gates = GateBank::new(&extra, GateTraining::Frozen, model.device()).unwrap();
     assert!(matches!(
@@ -338,9 +338,9 @@ fn gate_values_round_trip_and_init_is_seeded() {
         ModuleId::new(1, ModuleKind::Fc2),
     ];
     let mut a = GateValues::new();
-    a.push_random(&cfg, modules, 0.01, 42).unwrap();
+    a.push_random(&cfg, modules, 0.01, 0.0, 42).unwrap();
     let mut b = GateValues::new();
-    b.push_random(&cfg, modules, 0.01, 42).unwrap();
+    b.push_random(&cfg, modules, 0.01, 0.0, 42).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.gates(modules[1])[0].weight.len(), cfg.intermediate_size);
     let w = &a.gates(modules[0])[0].weight;
@@ -350,4 +350,12 @@ fn gate_values_round_trip_and_init_is_seeded() {
     assert_eq!(bank.to_values().unwrap(), a);
     let json = serde_json::to_string(&a).unwrap();
     assert_eq!(serde_json::from_str::<GateValues>(&json).unwrap(), a);
+    // The bias is the one asked for; the weights do not depend on it.
+    assert!(modules.iter().all(|&m| a.gates(m)[0].bias == 0.0));
+    let mut biased = GateValues::new();
+    biased.push_random(&cfg, modules, 0.01, 0.3, 42).unwrap();
+    for m in modules {
+        assert_eq!(biased.gates(m)[0].bias, 0.3);
+        assert_eq!(biased.gates(m)[0].weight, a.gates(m)[0].weight);
+    }
 }
