@@ -142,6 +142,11 @@ pub enum RunError {
     /// An error on named tensors that is not about one file.
     #[error(transparent)]
     Params(Box<ParamsError>),
+    /// The stream refused a task (C. Fine-Tuned's admission, the same as every merging
+    /// method's): a repeated name or checkpoint, a model that does not match the pretrained
+    /// one or is not finite, or another pretrained model.
+    #[error(transparent)]
+    Admission(Box<madeit_merge::AdmitError>),
 }
 
 /// `From` impls that box the wrapped errors (keeping `RunError` small).
@@ -162,6 +167,7 @@ boxed_from!(
     Data(madeit_data::DataError),
     Zoo(madeit_zoo::ZooError),
     Params(ParamsError),
+    Admission(madeit_merge::AdmitError),
 );
 
 impl RunError {

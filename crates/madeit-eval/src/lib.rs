@@ -57,7 +57,7 @@ pub use images::{ImagesRef, StreamedImages, TaskImages};
 pub use method::{MethodSpec, SeedSetup};
 pub use registry::{MethodDescriptor, MethodKind};
 pub use runner::{EvalMode, RunEvent, StreamResult, StreamSpec, run_stream};
-pub use sequential::{C_FINETUNED, SequentialConfig};
+pub use sequential::{C_FINETUNED, SequentialConfig, SequentialFinetuning, SequentialState};
 
 /// Errors of the evaluation protocol.
 #[derive(Debug, thiserror::Error)]

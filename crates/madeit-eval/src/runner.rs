@@ -55,7 +55,6 @@ use crate::error::RunError;
 use crate::evaluate::Evaluator;
 use crate::method::MethodSpec;
 use crate::metrics::{AccuracyMatrix, RunMetrics};
-use crate::sequential::{C_FINETUNED, SequentialStream};
 use crate::test_time::{evaluate_gated, seed_images};
 
 mod checkpoint;
@@ -482,7 +481,6 @@ pub fn run_stream(
             bench,
             evaluator,
             pretrained,
-            step,
             task_index,
             task: &task_id,
         };

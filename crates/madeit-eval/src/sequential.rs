@@ -8,6 +8,12 @@
 //! head, the task's fine-tune seed from `zoo.json`), and every task seen so far is evaluated
 //! on the result. On a one-task order it reproduces the zoo's fine-tuned checkpoint exactly.
 //!
+//! It is a [`ContinualMethod`] like the merging methods ([`SequentialFinetuning`]): each
+//! [`Step`] carries the task's fine-tuned checkpoint (admitted, fingerprinted and measured
+//! like any method's, but not otherwise used) and, as its extras, the task's training data
+//! ([`SequentialTask`]: train split, head, fine-tune seed), which the run loop loads
+//! (`TrainingData`).
+//!
 //! It therefore needs a benchmark opened from a zoo ([`crate::Benchmark::from_zoo`]) and the
 //! zoo's source data in the package cache (`$MADEIT_CACHE_DIR`, else `.cache/madeit`; the
 //! fetch step of `madeit zoo build` fills it): the zoo does not export train splits, so
@@ -21,10 +27,10 @@
 
 use std::path::PathBuf;
 
-use madeit_data::ImageSet;
+use madeit_merge::{ContinualMethod, MergedModel, Step, StepReport};
 use madeit_params::ParamDict;
-use madeit_vit::TaskHead;
-use madeit_zoo::{BuildConfig, Zoo};
+use madeit_stream::Ledger;
+use madeit_zoo::{BuildConfig, SequentialTask, Zoo};
 use serde::{Deserialize, Serialize};
 
 use crate::benchmark::Benchmark;
@@ -80,20 +86,16 @@ impl SequentialConfig {
     }
 }
 
-/// The state of a C. Fine-Tuned stream: the zoo, the recipe and the current tower.
+/// Where C. Fine-Tuned's training data comes from: the benchmark's zoo, whose manifest names
+/// the sources and splits, rebuilt from the package cache.
 #[derive(Debug)]
-pub(crate) struct SequentialStream {
+pub(crate) struct TrainingData {
     zoo: Zoo,
-    recipe: BuildConfig,
     cache_dir: PathBuf,
-    /// The tower after the tasks absorbed so far (`None` before the first).
-    pub(crate) current: Option<ParamDict>,
-    /// The tasks absorbed so far.
-    pub(crate) tasks: Vec<String>,
 }
 
-impl SequentialStream {
-    /// A stream on `bench`'s zoo.
+impl TrainingData {
+    /// The training data of `bench`'s zoo.
     ///
     /// # Errors
     /// [`RunError::InvalidConfig`] when the benchmark is not a zoo; as [`Zoo::open`].
@@ -110,48 +112,153 @@ impl SequentialStream {
                  sources and splits to rebuild): {e}"
             ))
         })?;
-        let recipe = config.recipe(&zoo.manifest().build);
         Ok(Self {
             zoo,
-            recipe,
             cache_dir: config.cache_dir(),
-            current: None,
-            tasks: Vec::new(),
         })
     }
 
-    /// Fine-tunes the current tower (`pretrained` at the first step) on `task`'s train
-    /// split; returns the training steps run and the last loss.
+    /// The zoo's recipe with `config`'s overrides.
+    pub(crate) fn recipe(&self, config: &SequentialConfig) -> BuildConfig {
+        config.recipe(&self.zoo.manifest().build)
+    }
+
+    /// `task`'s training split, head and fine-tune seed.
     ///
     /// # Errors
     /// [`madeit_zoo::ZooError::TrainDataUnavailable`] / `TrainDataMismatch` when the source
-    /// data is missing or differs from the zoo's; training errors.
-    pub(crate) fn absorb(
-        &mut self,
-        pretrained: &ParamDict,
-        task: &str,
-    ) -> Result<(usize, f64), RunError> {
+    /// data is missing or differs from the zoo's.
+    pub(crate) fn task(&self, task: &str) -> Result<SequentialTask, RunError> {
         let mut tasks = self.zoo.sequential_tasks(&[task], &self.cache_dir)?;
-        let Some(t) = tasks.pop() else {
-            return Err(RunError::config(format!(
-                "no training data for task `{task}`"
-            )));
-        };
-        let (train, head, seed): (ImageSet, TaskHead, u64) = (t.train, t.head, t.seed);
-        let start = self.current.as_ref().unwrap_or(pretrained);
-        let steps = self.recipe.finetune_config(train.n).steps;
-        let stage = format!("{C_FINETUNED} {task}");
+        tasks
+            .pop()
+            .ok_or_else(|| RunError::config(format!("no training data for task `{task}`")))
+    }
+}
+
+/// A snapshot of a C. Fine-Tuned stream: its ledger (the pretrained fingerprint and the
+/// absorbed tasks' records) and the tower after them (empty before the first task).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequentialState {
+    /// The stream's ledger.
+    pub ledger: Ledger,
+    /// The current tower.
+    pub params: ParamDict,
+}
+
+/// C. Fine-Tuned as a continual method: at each step the current tower (the pretrained one
+/// at the first) is fine-tuned on the step's training data ([`SequentialTask`], the step's
+/// extras) with the zoo's recipe. The step's fine-tuned checkpoint is admitted like any
+/// method's (fingerprints, `‖τ‖`) but not otherwise used.
+#[derive(Debug)]
+pub struct SequentialFinetuning {
+    recipe: BuildConfig,
+    ledger: Ledger,
+    current: Option<ParamDict>,
+}
+
+impl SequentialFinetuning {
+    /// An empty stream with the fine-tuning recipe `recipe`.
+    #[must_use]
+    pub fn new(recipe: BuildConfig) -> Self {
+        Self {
+            recipe,
+            ledger: Ledger::default(),
+            current: None,
+        }
+    }
+}
+
+impl ContinualMethod for SequentialFinetuning {
+    type Extras = SequentialTask;
+    type State = SequentialState;
+    type Report = StepReport;
+    type Error = RunError;
+
+    fn method(&self) -> &'static str {
+        C_FINETUNED
+    }
+
+    /// Fine-tunes the current tower (`θ_0` at the first step) on the step's training data;
+    /// reports the training steps run and the last loss.
+    fn absorb(&mut self, input: &Step<'_, SequentialTask>) -> Result<StepReport, RunError> {
+        let admitted = self.ledger.admit(input)?;
+        let t = input.extras;
+        let start = self.current.as_ref().unwrap_or(input.pretrained);
+        let steps = self.recipe.finetune_config(t.train.n).steps;
+        let stage = format!("{C_FINETUNED} {}", input.task);
         let (params, log) = madeit_zoo::finetune_tower(
             &self.recipe,
             start,
-            &head,
-            &train,
-            seed,
+            &t.head,
+            &t.train,
+            t.seed,
             &stage,
             &mut |_| {},
         )?;
+        let mut metrics = indexmap::IndexMap::new();
+        #[allow(clippy::cast_precision_loss)]
+        metrics.insert("train_steps".to_owned(), steps as f64);
+        metrics.insert("last_loss".to_owned(), f64::from(log.last_loss));
+        let report = StepReport {
+            method: C_FINETUNED.to_owned(),
+            step: self.ledger.len() + 1,
+            task: input.task.clone(),
+            task_vector_norm: admitted.record.task_vector_norm,
+            merged_delta_norm: distance(&params, input.pretrained),
+            metrics,
+        };
         self.current = Some(params);
-        self.tasks.push(task.to_owned());
-        Ok((steps, f64::from(log.last_loss)))
+        self.ledger.commit(admitted);
+        Ok(report)
     }
+
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn merged_model(&self, pretrained: &ParamDict) -> Result<MergedModel, RunError> {
+        self.ledger.check_pretrained(pretrained)?;
+        self.current
+            .clone()
+            .map(MergedModel::Dense)
+            .ok_or_else(|| RunError::config(format!("{C_FINETUNED}: no task absorbed yet")))
+    }
+
+    fn state(&self) -> Result<SequentialState, RunError> {
+        Ok(SequentialState {
+            ledger: self.ledger.clone(),
+            params: self.current.clone().unwrap_or_default(),
+        })
+    }
+
+    fn restore(&mut self, state: &SequentialState) -> Result<(), RunError> {
+        if state.ledger.is_empty() != state.params.is_empty() {
+            return Err(RunError::config(format!(
+                "{C_FINETUNED}: a saved state with {} tasks and {} tensors",
+                state.ledger.len(),
+                state.params.len()
+            )));
+        }
+        self.ledger = state.ledger.clone();
+        self.current = (!state.params.is_empty()).then(|| state.params.clone());
+        Ok(())
+    }
+}
+
+/// `||a - b||_2` over every tensor of `a` (accumulated in `f64`; tensors missing from `b`
+/// count as zero).
+fn distance(a: &ParamDict, b: &ParamDict) -> f64 {
+    a.iter()
+        .map(|(name, t)| match b.get(name) {
+            Ok(u) => t
+                .data()
+                .iter()
+                .zip(u.data())
+                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+                .sum::<f64>(),
+            Err(_) => t.data().iter().map(|x| f64::from(*x).powi(2)).sum(),
+        })
+        .sum::<f64>()
+        .sqrt()
 }

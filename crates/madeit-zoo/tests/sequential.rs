@@ -7,34 +7,12 @@
 
 mod common;
 
-use std::path::Path;
-
-use madeit_data::{Split, TaskData};
+use madeit_data::Split;
 use madeit_params::{ParamDict, Tensor};
 use madeit_vit::TaskHead;
 use madeit_zoo::{
-    BuildConfig, BuildOptions, BuildOutcome, SequentialTask, StepInfo, Zoo, ZooError,
-    build_zoo_from_tasks, finetune_tower, sequential_finetune,
+    BuildConfig, SequentialTask, StepInfo, ZooError, finetune_tower, sequential_finetune,
 };
-
-/// Builds the micro zoo of the synthetic tasks under `dir`; returns it and the task data.
-fn micro_zoo(dir: &Path) -> (Zoo, Vec<TaskData>) {
-    let mut config = BuildConfig::micro();
-    config.model = common::micro_config();
-    let opts = BuildOptions {
-        zoo_dir: dir.join("zoo"),
-        cache_dir: dir.join("cache-unused"),
-        config,
-        force: false,
-        threads: Some(2),
-    };
-    let tasks = common::synthetic_tasks();
-    match build_zoo_from_tasks(&opts, &tasks, &mut |_| {}).expect("build") {
-        BuildOutcome::Built(_) => {}
-        BuildOutcome::AlreadyComplete(_) => panic!("nothing was there"),
-    }
-    (Zoo::open(&opts.zoo_dir).expect("open"), tasks)
-}
 
 /// Largest `|a - b|` over every tensor (the two must have the same names and shapes).
 fn max_abs_diff(a: &ParamDict, b: &ParamDict) -> f32 {
@@ -95,7 +73,7 @@ fn run(
 #[test]
 fn one_task_order_reproduces_the_zoo_finetune_exactly() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (zoo, data) = micro_zoo(tmp.path());
+    let (zoo, data) = common::micro_zoo(tmp.path());
     let config = zoo.manifest().build.clone();
     let pretrained = zoo.pretrained().expect("pretrained");
     let tasks = zoo
@@ -139,7 +117,7 @@ fn one_task_order_reproduces_the_zoo_finetune_exactly() {
 #[test]
 fn two_task_order_chains_the_recipe_from_the_previous_weights() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (zoo, data) = micro_zoo(tmp.path());
+    let (zoo, data) = common::micro_zoo(tmp.path());
     let config = zoo.manifest().build.clone();
     let pretrained = zoo.pretrained().expect("pretrained");
     let order = ["mnist", "rotated_mnist"];
@@ -195,7 +173,7 @@ fn two_task_order_chains_the_recipe_from_the_previous_weights() {
 #[test]
 fn train_splits_are_rebuilt_and_checked_against_the_zoo() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (zoo, data) = micro_zoo(tmp.path());
+    let (zoo, data) = common::micro_zoo(tmp.path());
     let mnist = &data[0];
     assert_eq!(mnist.spec.name, "mnist");
     let train = zoo.train_split_from_data("mnist", mnist).expect("train");

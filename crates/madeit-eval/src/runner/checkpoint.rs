@@ -2,6 +2,7 @@
 //! identity in one atomically written safetensors file, and reading it back.
 
 use super::*;
+use crate::sequential::{C_FINETUNED, SequentialState};
 
 /// Identifies a saved stream checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "madeit-stream-checkpoint";
@@ -13,8 +14,20 @@ const RUN_KEY: &str = "madeit.stream";
 const MERGER_KEY: &str = "madeit.merger";
 /// Metadata key of a test-time merger's state metadata in a checkpoint file.
 const ADAPT_KEY: &str = "madeit.adapt";
-/// Metadata key of the task list of a C. Fine-Tuned checkpoint (its tensors are the tower).
+/// Metadata key of the task list of a C. Fine-Tuned checkpoint written by earlier versions
+/// (names only, no fingerprints); such a checkpoint is refused with a clear message.
 const WEIGHTS_KEY: &str = "madeit.weights";
+/// Metadata key of a C. Fine-Tuned checkpoint's ledger (the pretrained fingerprint and the
+/// absorbed tasks' records; its tensors are the tower).
+const SEQUENTIAL_KEY: &str = "madeit.sequential";
+
+/// The JSON form of a C. Fine-Tuned stream's ledger.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedLedger {
+    pretrained: Option<madeit_merge::Fingerprint>,
+    tasks: Vec<madeit_merge::TaskRecord>,
+}
 
 /// The JSON record of a checkpoint (the merger's tensors and metadata sit beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,11 +73,8 @@ impl CheckpointRecord {
 pub(super) enum SavedState {
     Merge(MergerState),
     Adapt(AdaptState),
-    /// C. Fine-Tuned: the tower after the listed tasks.
-    Weights {
-        tasks: Vec<String>,
-        params: ParamDict,
-    },
+    /// C. Fine-Tuned: its ledger and the tower after its tasks.
+    Sequential(SequentialState),
 }
 
 impl SavedState {
@@ -76,7 +86,7 @@ impl SavedState {
         match self {
             Self::Merge(s) => ids(&s.metadata.tasks),
             Self::Adapt(s) => ids(&s.metadata.tasks),
-            Self::Weights { tasks, .. } => tasks.clone(),
+            Self::Sequential(s) => ids(&s.ledger.tasks),
         }
     }
 }
@@ -100,12 +110,16 @@ pub(super) fn save_checkpoint(
             meta.insert(ADAPT_KEY.to_owned(), s.metadata_json()?);
             &s.tensors
         }
-        SavedState::Weights { tasks, params } => {
+        SavedState::Sequential(s) => {
+            let ledger = SavedLedger {
+                pretrained: s.ledger.pretrained,
+                tasks: s.ledger.tasks.clone(),
+            };
             meta.insert(
-                WEIGHTS_KEY.to_owned(),
-                serde_json::to_string(tasks).map_err(|e| RunError::json(path, e))?,
+                SEQUENTIAL_KEY.to_owned(),
+                serde_json::to_string(&ledger).map_err(|e| RunError::json(path, e))?,
             );
-            params
+            &s.params
         }
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -143,15 +157,26 @@ pub(super) fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, SavedSta
         )));
     }
     let state = if record.method.needs_training_data() {
-        let tasks = meta
-            .get(WEIGHTS_KEY)
-            .ok_or_else(|| bad(format!("no `{WEIGHTS_KEY}` metadata")))?;
-        let tasks: Vec<String> =
-            serde_json::from_str(tasks).map_err(|e| bad(format!("task list: {e}")))?;
-        SavedState::Weights {
-            tasks,
+        let Some(ledger) = meta.get(SEQUENTIAL_KEY) else {
+            return Err(bad(if meta.contains_key(WEIGHTS_KEY) {
+                format!(
+                    "a {C_FINETUNED} checkpoint of an earlier version (task names without \
+                     their fingerprints); the file is left as it is: rerun the stream without \
+                     --resume"
+                )
+            } else {
+                format!("no `{SEQUENTIAL_KEY}` metadata")
+            }));
+        };
+        let ledger: SavedLedger =
+            serde_json::from_str(ledger).map_err(|e| bad(format!("{C_FINETUNED} ledger: {e}")))?;
+        SavedState::Sequential(SequentialState {
+            ledger: madeit_stream::Ledger {
+                pretrained: ledger.pretrained,
+                tasks: ledger.tasks,
+            },
             params: tensors,
-        }
+        })
     } else if record.method.is_test_time() {
         let adapt = meta
             .get(ADAPT_KEY)

@@ -4,12 +4,16 @@
 //! alike: a weight-space merger of `madeit-merge` ([`WeightSpace`]), a test-time merger of
 //! `madeit-adapt` ([`TestTime`]: it also gets each task's head and seed images, and is
 //! evaluated through its gated forward) and the sequential fine-tuning reference
-//! ([`Sequential`]: it also gets the task's training data). [`build`] makes the right one
+//! ([`Sequential`]: it also gets the task's training data). Each feeds its method, a
+//! `madeit_stream::ContinualMethod`, one `Step` whose extras are what that kind needs. [`build`] makes the right one
 //! from a configuration; a new kind of method is one more
 //! implementation here, not a new branch in the loop.
 
 use madeit_adapt::TestTimeExtras;
-use madeit_merge::Step;
+use madeit_merge::{ContinualMethod, Step};
+use madeit_zoo::SequentialTask;
+
+use crate::sequential::{SequentialFinetuning, TrainingData};
 
 use crate::method::SeedSetup;
 
@@ -21,8 +25,6 @@ pub(super) struct StepInput<'a> {
     pub(super) evaluator: &'a Evaluator,
     /// `θ_0`, the same at every step.
     pub(super) pretrained: &'a ParamDict,
-    /// 1-based step.
-    pub(super) step: usize,
     /// The task absorbed at this step: its index into the benchmark and its id.
     pub(super) task_index: usize,
     pub(super) task: &'a TaskId,
@@ -35,6 +37,8 @@ pub(super) struct StepData {
     pub(super) finetuned: ParamDict,
     /// The task's unlabelled seed images and fixed head (test-time methods).
     pub(super) test_time: Option<TestTimeExtras>,
+    /// The task's training data (C. Fine-Tuned).
+    pub(super) training: Option<SequentialTask>,
 }
 
 impl StepData {
@@ -48,6 +52,7 @@ impl StepData {
                 .bench
                 .load_finetuned(input.task_index, input.pretrained)?,
             test_time: None,
+            training: None,
         })
     }
 }
@@ -314,26 +319,25 @@ impl StreamMethod for TestTime {
 
 /// C. Fine-Tuned: sequential fine-tuning through the order (needs training data).
 pub(super) struct Sequential {
-    pub(super) stream: SequentialStream,
+    pub(super) method: SequentialFinetuning,
+    pub(super) data: TrainingData,
 }
 
 impl StreamMethod for Sequential {
+    fn load(&self, input: &StepInput<'_>) -> Result<StepData, RunError> {
+        let mut data = StepData::checkpoint(input)?;
+        data.training = Some(self.data.task(input.task.as_str())?);
+        Ok(data)
+    }
+
     fn absorb(&mut self, input: &StepInput<'_>, data: StepData) -> Result<StepReport, RunError> {
-        let finetuned = data.finetuned;
-        let m = &mut self.stream;
-        let (train_steps, last_loss) = m.absorb(input.pretrained, input.task.as_str())?;
-        let current = m.current.as_ref().unwrap_or(input.pretrained);
-        let mut metrics = indexmap::IndexMap::new();
-        metrics.insert("train_steps".to_owned(), train_steps as f64);
-        metrics.insert("last_loss".to_owned(), last_loss);
-        Ok(StepReport {
-            method: C_FINETUNED.to_owned(),
-            step: input.step,
-            task: input.task.clone(),
-            task_vector_norm: distance(&finetuned, input.pretrained),
-            merged_delta_norm: distance(current, input.pretrained),
-            metrics,
-        })
+        let Some(training) = data.training else {
+            return Err(RunError::config(
+                "a C. Fine-Tuned step needs the task's training data",
+            ));
+        };
+        let step = Step::new(input.pretrained, &data.finetuned, input.task).with_extras(&training);
+        self.method.absorb(&step)
     }
 
     fn evaluate(
@@ -341,25 +345,20 @@ impl StreamMethod for Sequential {
         input: &StepInput<'_>,
         eval: &mut StepEvaluation<'_>,
     ) -> Result<(), RunError> {
-        let current = self.stream.current.as_ref().unwrap_or(input.pretrained);
-        eval.merged(input, || Ok(MergedModel::Dense(current.clone())))
+        eval.merged(input, || self.method.merged_model(input.pretrained))
     }
 
     fn state(&self) -> Result<SavedState, RunError> {
-        Ok(SavedState::Weights {
-            tasks: self.stream.tasks.clone(),
-            params: self.stream.current.clone().unwrap_or_default(),
-        })
+        Ok(SavedState::Sequential(self.method.state()?))
     }
 
     fn accepts(&self, state: &SavedState) -> bool {
-        matches!(state, SavedState::Weights { .. })
+        matches!(state, SavedState::Sequential(_))
     }
 
     fn restore(&mut self, state: SavedState) -> Result<(), RunError> {
-        if let SavedState::Weights { tasks, params } = state {
-            self.stream.tasks = tasks;
-            self.stream.current = (!params.is_empty()).then_some(params);
+        if let SavedState::Sequential(s) = state {
+            self.method.restore(&s)?;
         }
         Ok(())
     }
@@ -371,23 +370,6 @@ fn with_projection_tensor(mut params: ParamDict, projection: &madeit_params::Ten
         params.insert(PROJECTION_WEIGHT, projection.clone());
     }
     params
-}
-
-/// `||a - b||_2` over every tensor of `a` (accumulated in `f64`; tensors missing from `b`
-/// count as zero).
-fn distance(a: &ParamDict, b: &ParamDict) -> f64 {
-    a.iter()
-        .map(|(name, t)| match b.get(name) {
-            Ok(u) => t
-                .data()
-                .iter()
-                .zip(u.data())
-                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
-                .sum::<f64>(),
-            Err(_) => t.data().iter().map(|x| f64::from(*x).powi(2)).sum(),
-        })
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// The [`StreamMethod`] of a configuration, empty (no task absorbed), for `bench`'s towers
@@ -405,8 +387,10 @@ pub(super) fn build(
         return Ok(Box::new(WeightSpace { merger: c.build()? }));
     }
     if let MethodSpec::Sequential(c) = spec {
+        let data = TrainingData::new(c, bench)?;
         return Ok(Box::new(Sequential {
-            stream: SequentialStream::new(c, bench)?,
+            method: SequentialFinetuning::new(data.recipe(c)),
+            data,
         }));
     }
     match (

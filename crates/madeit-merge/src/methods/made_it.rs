@@ -150,12 +150,7 @@ impl ContinualMethod for MadeItMerger {
     data_free_contract!(METHOD);
 
     fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
-        let Step {
-            pretrained,
-            finetuned,
-            task,
-            ..
-        } = *input;
+        let (pretrained, finetuned, task) = (input.pretrained, input.finetuned, input.task);
         let admitted = self.ledger.admit(input)?;
         let id = u32::try_from(self.ledger.tasks.len()).map_err(|_| MergeError::Degenerate {
             method: METHOD,

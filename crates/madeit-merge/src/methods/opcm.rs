@@ -380,12 +380,7 @@ impl ContinualMethod for Opcm {
     data_free_contract!(METHOD);
 
     fn absorb(&mut self, input: &Step<'_>) -> Result<StepReport, MergeError> {
-        let Step {
-            pretrained,
-            finetuned,
-            task,
-            ..
-        } = *input;
+        let (pretrained, finetuned, task) = (input.pretrained, input.finetuned, input.task);
         let admitted = self.ledger.admit(input)?;
         let step = self.ledger.tasks.len() + 1;
         let norm = admitted.record.task_vector_norm;

@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
+
 use madeit_data::{ImageSet, SourceData, SourceId, TaskData, prepare_task, task_by_name};
 use madeit_vit::ClipVisionConfig;
+use madeit_zoo::{BuildConfig, BuildOptions, BuildOutcome, Zoo, build_zoo_from_tasks};
 
 /// A deterministic pseudo-random byte stream (xorshift64*).
 pub struct Bytes(u64);
@@ -84,4 +87,23 @@ pub fn synthetic_tasks() -> Vec<TaskData> {
         .iter()
         .map(|name| prepare_task(&source, &task_by_name(name).expect("task")).expect("prepare"))
         .collect()
+}
+
+/// Builds the micro zoo of the synthetic tasks under `dir`; returns it and the task data.
+pub fn micro_zoo(dir: &Path) -> (Zoo, Vec<TaskData>) {
+    let mut config = BuildConfig::micro();
+    config.model = micro_config();
+    let opts = BuildOptions {
+        zoo_dir: dir.join("zoo"),
+        cache_dir: dir.join("cache-unused"),
+        config,
+        force: false,
+        threads: Some(2),
+    };
+    let tasks = synthetic_tasks();
+    match build_zoo_from_tasks(&opts, &tasks, &mut |_| {}).expect("build") {
+        BuildOutcome::Built(_) => {}
+        BuildOutcome::AlreadyComplete(_) => panic!("nothing was there"),
+    }
+    (Zoo::open(&opts.zoo_dir).expect("open"), tasks)
 }
