@@ -5,10 +5,10 @@
 mod common;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, fixture};
+use common::{Fixture, absorb, absorb_with, fixture};
 use madeit_adapt::{
-    AdaMergingConfig, AdaptError, ContinualMethod, LwAdaMerging, SeedImages, Step, TestTimeExtras,
-    TestTimeMerger, entropy_loss,
+    AdaMergingConfig, AdaptError, ContinualMethod, LwAdaMerging, SeedImages, Step, TestTimeMerger,
+    entropy_loss,
 };
 use madeit_merge::{MethodConfig, TaskArithmeticConfig};
 use madeit_params::{ParamDict, Tensor as HostTensor};
@@ -208,12 +208,7 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         "post_layernorm.bias",
         HostTensor::new(vec![3], vec![0.0; 3]).unwrap(),
     );
-    let err = m
-        .absorb(
-            &Step::new(&f.theta0, &wrong_shape, id)
-                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone())),
-        )
-        .unwrap_err();
+    let err = absorb_with(&mut m, &f.theta0, &wrong_shape, id, seed.clone(), head).unwrap_err();
     assert!(
         matches!(
             err,
@@ -224,12 +219,7 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
 
     let mut nan = ft.clone();
     nan.get_mut("pre_layrnorm.weight").unwrap().data_mut()[0] = f32::NAN;
-    let err = m
-        .absorb(
-            &Step::new(&f.theta0, &nan, id)
-                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone())),
-        )
-        .unwrap_err();
+    let err = absorb_with(&mut m, &f.theta0, &nan, id, seed.clone(), head).unwrap_err();
     assert!(
         matches!(
             err,
@@ -239,12 +229,7 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
     );
 
     let empty = SeedImages::new(Vec::new(), 0);
-    let err = m
-        .absorb(
-            &Step::new(&f.theta0, ft, id)
-                .with_extras(&TestTimeExtras::new(empty.clone(), head.clone())),
-        )
-        .unwrap_err();
+    let err = absorb_with(&mut m, &f.theta0, ft, id, empty.clone(), head).unwrap_err();
     assert!(matches!(err, AdaptError::SeedData { .. }), "{err}");
 
     let err = LwAdaMerging::new(

@@ -7,11 +7,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, absorbed, fixture, quick_config, random_params};
+use common::{Fixture, absorb, absorb_with, absorbed, fixture, quick_config, random_params};
 use madeit_adapt::{
     AdaptError, AdaptState, ContinualMethod, GateProjection, GateTrainer, GradientProjector,
-    Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, Step, TargetSet, TestTimeExtras,
-    TestTimeMerger, seed_pass, teacher_logits,
+    Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TargetSet, TestTimeMerger, seed_pass,
+    teacher_logits,
 };
 use madeit_params::ParamDict;
 use madeit_stream::{MergedModel, TaskId};
@@ -366,12 +366,7 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
     let (id0, ft0, seed0, head0) = &f.tasks[0];
     let (id1, ft1, seed1, head1) = &f.tasks[1];
 
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, ft1, id0)
-                .with_extras(&TestTimeExtras::new(seed1.clone(), head1.clone())),
-        )
-        .unwrap_err();
+    let e = absorb_with(&mut m, &f.theta0, ft1, id0, seed1.clone(), head1).unwrap_err();
     assert!(
         matches!(
             e,
@@ -379,12 +374,7 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
         ),
         "{e}"
     );
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, ft0, id1)
-                .with_extras(&TestTimeExtras::new(seed0.clone(), head0.clone())),
-        )
-        .unwrap_err();
+    let e = absorb_with(&mut m, &f.theta0, ft0, id1, seed0.clone(), head0).unwrap_err();
     assert!(
         matches!(
             e,
@@ -393,12 +383,7 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
         "{e}"
     );
     let other0 = random_params(&f.cfg, 77);
-    let e = m
-        .absorb(
-            &Step::new(&other0, ft1, id1)
-                .with_extras(&TestTimeExtras::new(seed1.clone(), head1.clone())),
-        )
-        .unwrap_err();
+    let e = absorb_with(&mut m, &other0, ft1, id1, seed1.clone(), head1).unwrap_err();
     assert!(
         matches!(
             e,
@@ -410,12 +395,7 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
     nan.get_mut("encoder.layers.0.mlp.fc1.weight")
         .unwrap()
         .data_mut()[3] = f32::NAN;
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, &nan, id1)
-                .with_extras(&TestTimeExtras::new(seed1.clone(), head1.clone())),
-        )
-        .unwrap_err();
+    let e = absorb_with(&mut m, &f.theta0, &nan, id1, seed1.clone(), head1).unwrap_err();
     assert!(
         matches!(
             e,
@@ -429,12 +409,7 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
     );
     let mut short = ft1.clone();
     short.remove("encoder.layers.1.mlp.fc2.bias");
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, &short, id1)
-                .with_extras(&TestTimeExtras::new(seed1.clone(), head1.clone())),
-        )
-        .unwrap_err();
+    let e = absorb_with(&mut m, &f.theta0, &short, id1, seed1.clone(), head1).unwrap_err();
     assert!(
         matches!(
             e,
@@ -442,43 +417,41 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
         ),
         "{e}"
     );
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, ft1, id1).with_extras(&TestTimeExtras::new(
-                SeedImages::new(Vec::new(), 0),
-                head1.clone(),
-            )),
-        )
-        .unwrap_err();
+    let e = absorb_with(
+        &mut m,
+        &f.theta0,
+        ft1,
+        id1,
+        SeedImages::new(Vec::new(), 0),
+        head1,
+    )
+    .unwrap_err();
     assert!(matches!(e, AdaptError::SeedData { .. }), "{e}");
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, ft1, id1).with_extras(&TestTimeExtras::new(
-                SeedImages::new(vec![0.0; 10], 2),
-                head1.clone(),
-            )),
-        )
-        .unwrap_err();
+    let e = absorb_with(
+        &mut m,
+        &f.theta0,
+        ft1,
+        id1,
+        SeedImages::new(vec![0.0; 10], 2),
+        head1,
+    )
+    .unwrap_err();
     assert!(matches!(e, AdaptError::SeedData { .. }), "{e}");
     let mut px = seed1.pixels().to_vec();
     px[5] = f32::INFINITY;
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, ft1, id1).with_extras(&TestTimeExtras::new(
-                SeedImages::new(px, seed1.len()),
-                head1.clone(),
-            )),
-        )
-        .unwrap_err();
+    let e = absorb_with(
+        &mut m,
+        &f.theta0,
+        ft1,
+        id1,
+        SeedImages::new(px, seed1.len()),
+        head1,
+    )
+    .unwrap_err();
     assert!(matches!(e, AdaptError::SeedData { .. }), "{e}");
     let wide = madeit_params::Tensor::new(vec![3, 7], vec![1.0; 21]).unwrap();
     let wide = madeit_vit::TaskHead::new("wide", &wide, Vec::new()).unwrap();
-    let e = m
-        .absorb(
-            &Step::new(&f.theta0, ft1, id1)
-                .with_extras(&TestTimeExtras::new(seed1.clone(), wide.clone())),
-        )
-        .unwrap_err();
+    let e = absorb_with(&mut m, &f.theta0, ft1, id1, seed1.clone(), &wide).unwrap_err();
     assert!(matches!(e, AdaptError::Head { .. }), "{e}");
     assert_eq!(m.state().unwrap(), snapshot, "failed steps change nothing");
     let other_tower = ClipVisionModel::from_params(

@@ -5,10 +5,9 @@
 mod common;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, absorbed, expert_model, fixture, random_head};
+use common::{Fixture, absorb, absorb_with, absorbed, expert_model, fixture, random_head};
 use madeit_adapt::{
-    AdaptError, ContinualMethod, LoraWemoe, SeedImages, Step, TestTimeExtras, TestTimeMerger,
-    WemoeConfig,
+    AdaptError, ContinualMethod, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig,
 };
 use madeit_stream::TaskId;
 use madeit_vit::{
@@ -257,9 +256,13 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         .unwrap()
         .data_mut()[3] = f32::NAN;
     assert!(matches!(
-        m.absorb(
-            &Step::new(&f.theta0, &bad, &TaskId::new("x"))
-                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone()))
+        absorb_with(
+            &mut m,
+            &f.theta0,
+            &bad,
+            &TaskId::new("x"),
+            seed.clone(),
+            head
         ),
         Err(AdaptError::Admission(
             madeit_adapt::AdmitError::NonFinite { .. }
@@ -267,21 +270,20 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
     ));
     // The same task name twice.
     assert!(matches!(
-        m.absorb(
-            &Step::new(&f.theta0, theta, &f.tasks[0].0)
-                .with_extras(&TestTimeExtras::new(seed.clone(), head.clone()))
-        ),
+        absorb_with(&mut m, &f.theta0, theta, &f.tasks[0].0, seed.clone(), head),
         Err(AdaptError::Admission(
             madeit_adapt::AdmitError::DuplicateTaskName { .. }
         ))
     ));
     // No seed images.
     assert!(matches!(
-        m.absorb(
-            &Step::new(&f.theta0, theta, &f.tasks[1].0).with_extras(&TestTimeExtras::new(
-                SeedImages::new(Vec::new(), 0),
-                head.clone()
-            ))
+        absorb_with(
+            &mut m,
+            &f.theta0,
+            theta,
+            &f.tasks[1].0,
+            SeedImages::new(Vec::new(), 0),
+            head
         ),
         Err(AdaptError::SeedData { .. })
     ));
@@ -295,9 +297,13 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         9,
     );
     assert!(matches!(
-        m.absorb(
-            &Step::new(&f.theta0, theta, &f.tasks[1].0)
-                .with_extras(&TestTimeExtras::new(seed.clone(), wrong.clone()))
+        absorb_with(
+            &mut m,
+            &f.theta0,
+            theta,
+            &f.tasks[1].0,
+            seed.clone(),
+            &wrong
         ),
         Err(AdaptError::Head { .. })
     ));

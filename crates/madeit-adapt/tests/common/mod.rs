@@ -3,7 +3,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use faer::Mat;
-use madeit_adapt::{AdaptReport, MingleConfig, SeedImages, Step, TestTimeExtras, TestTimeMerger};
+use madeit_adapt::{
+    AdaptError, AdaptReport, MingleConfig, SeedImages, Step, TestTimeExtras, TestTimeMerger,
+};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{ExpertModel, MergedModel, TaskId};
 use madeit_vit::{ClipVisionConfig, ModuleId, TaskHead};
@@ -114,12 +116,22 @@ pub fn fixture(n_tasks: usize, seeds: usize) -> Fixture {
 }
 
 /// Absorbs task `t` of the fixture (which must succeed).
+/// `m` absorbs one task: its fine-tuned weights, seed images and head.
+pub fn absorb_with<M: TestTimeMerger + ?Sized>(
+    m: &mut M,
+    pretrained: &ParamDict,
+    finetuned: &ParamDict,
+    task: &TaskId,
+    seed: SeedImages,
+    head: &TaskHead,
+) -> Result<AdaptReport, AdaptError> {
+    let extras = TestTimeExtras::new(seed, head.clone());
+    m.absorb(&Step::new(pretrained, finetuned, task).with_extras(&extras))
+}
+
 pub fn absorb(m: &mut impl TestTimeMerger, f: &Fixture, t: usize) -> AdaptReport {
     let (id, ft, seed, head) = &f.tasks[t];
-    m.absorb(
-        &Step::new(&f.theta0, ft, id).with_extras(&TestTimeExtras::new(seed.clone(), head.clone())),
-    )
-    .unwrap()
+    absorb_with(m, &f.theta0, ft, id, seed.clone(), head).unwrap()
 }
 
 /// `m` after absorbing the first `n` tasks of the fixture.
