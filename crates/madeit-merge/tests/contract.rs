@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    all_configs, assert_bit_identical, assert_same_model, layout, random_dict, round_trip, run,
-    single, stream, weights,
+    all_configs, assert_bit_identical, assert_resumes_bit_identically, layout, random_dict,
+    round_trip, run, single, stream, weights,
 };
 use madeit_linalg::random::orthonormal;
 use madeit_merge::{
@@ -314,44 +314,7 @@ fn magmax_picks_the_largest_magnitude() {
 fn save_and_restore_mid_stream_is_bit_identical_for_every_method() {
     let (pre, tasks) = stream(5, 21);
     for cfg in all_configs() {
-        let mut whole = cfg.build().unwrap();
-        let mut reports_whole = Vec::new();
-        for (i, ft) in tasks.iter().enumerate() {
-            reports_whole.push(
-                whole
-                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
-                    .unwrap(),
-            );
-        }
-        for cut in 0..tasks.len() {
-            let mut first = cfg.build().unwrap();
-            for (i, ft) in tasks.iter().enumerate().take(cut) {
-                first
-                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
-                    .unwrap();
-            }
-            let state = round_trip(&first.state().unwrap());
-            drop(first);
-            let mut resumed = resume(&state).unwrap();
-            assert_eq!(resumed.num_tasks(), cut);
-            for (i, ft) in tasks.iter().enumerate().skip(cut) {
-                let r = resumed
-                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
-                    .unwrap();
-                assert_eq!(r, reports_whole[i], "{}: report of step {i}", cfg.name());
-            }
-            assert_eq!(resumed.tasks(), whole.tasks());
-            assert_same_model(
-                &resumed.merged_model(&pre).unwrap(),
-                &whole.merged_model(&pre).unwrap(),
-            );
-            assert_eq!(
-                resumed.state().unwrap(),
-                whole.state().unwrap(),
-                "{}: states differ",
-                cfg.name()
-            );
-        }
+        assert_resumes_bit_identically(&cfg, &pre, &tasks);
     }
 }
 

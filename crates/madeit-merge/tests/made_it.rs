@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{assert_same_model, round_trip, single, stream};
+use common::{assert_resumes_bit_identically, single, stream};
 use madeit_merge::made_it::{MadeIt, NonTargetRule, TokenAggregation};
 use madeit_merge::{
     ContinualMerger, ContinualMethod, ExpertModel, ExpertRouting, MadeItConfig, MadeItMerger,
-    MergeError, MergedModel, MethodConfig, Step, TaskId, resume,
+    MergeError, MergedModel, MethodConfig, Step, TaskId,
 };
 use madeit_params::{ParamDict, Tensor};
 
@@ -194,39 +194,7 @@ fn the_merged_model_is_the_backbone_with_the_experts_of_every_target_weight() {
 fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
     let (pre, tasks) = stream(5, 42);
     for cfg in configs() {
-        let config = MethodConfig::MadeIt(cfg);
-        let mut whole = config.build().unwrap();
-        let reports: Vec<_> = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, ft)| {
-                whole
-                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
-                    .unwrap()
-            })
-            .collect();
-        for cut in 0..tasks.len() {
-            let mut first = config.build().unwrap();
-            for (i, ft) in tasks.iter().enumerate().take(cut) {
-                first
-                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
-                    .unwrap();
-            }
-            let state = round_trip(&first.state().unwrap());
-            let mut resumed = resume(&state).unwrap();
-            assert_eq!(resumed.state().unwrap(), first.state().unwrap());
-            for (i, ft) in tasks.iter().enumerate().skip(cut) {
-                let r = resumed
-                    .absorb(&Step::new(&pre, ft, &id(&format!("t{i}"))))
-                    .unwrap();
-                assert_eq!(r, reports[i], "report of step {i} after a cut at {cut}");
-            }
-            assert_eq!(resumed.state().unwrap(), whole.state().unwrap());
-            assert_same_model(
-                &resumed.merged_model(&pre).unwrap(),
-                &whole.merged_model(&pre).unwrap(),
-            );
-        }
+        assert_resumes_bit_identically(&MethodConfig::MadeIt(cfg), &pre, &tasks);
     }
 }
 

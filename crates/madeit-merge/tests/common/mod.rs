@@ -116,6 +116,50 @@ pub fn round_trip(state: &MergerState) -> MergerState {
     MergerState::from_parts(&json, tensors).unwrap()
 }
 
+/// Checks that a stream of `config` over `tasks` (named `t0, t1, ...`), saved after every
+/// possible number of tasks, written out and read back ([`round_trip`]) and resumed, gives
+/// bit-identical step reports, tasks, merged models and states to the uninterrupted stream.
+pub fn assert_resumes_bit_identically(config: &MethodConfig, pre: &ParamDict, tasks: &[ParamDict]) {
+    let name = |i: usize| TaskId::new(format!("t{i}"));
+    let mut whole = config.build().unwrap();
+    let reports: Vec<_> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, ft)| whole.absorb(&Step::new(pre, ft, &name(i))).unwrap())
+        .collect();
+    for cut in 0..tasks.len() {
+        let mut first = config.build().unwrap();
+        for (i, ft) in tasks.iter().enumerate().take(cut) {
+            first.absorb(&Step::new(pre, ft, &name(i))).unwrap();
+        }
+        let state = round_trip(&first.state().unwrap());
+        let mut resumed = madeit_merge::resume(&state).unwrap();
+        assert_eq!(resumed.num_tasks(), cut);
+        assert_eq!(resumed.state().unwrap(), first.state().unwrap());
+        drop(first);
+        for (i, ft) in tasks.iter().enumerate().skip(cut) {
+            let r = resumed.absorb(&Step::new(pre, ft, &name(i))).unwrap();
+            assert_eq!(
+                r,
+                reports[i],
+                "{}: report of step {i} after a cut at {cut}",
+                config.name()
+            );
+        }
+        assert_eq!(resumed.tasks(), whole.tasks());
+        assert_same_model(
+            &resumed.merged_model(pre).unwrap(),
+            &whole.merged_model(pre).unwrap(),
+        );
+        assert_eq!(
+            resumed.state().unwrap(),
+            whole.state().unwrap(),
+            "{}: states differ",
+            config.name()
+        );
+    }
+}
+
 /// Every method configuration worth testing (defaults plus the non-default options).
 pub fn all_configs() -> Vec<MethodConfig> {
     let mut out: Vec<MethodConfig> = madeit_merge::METHODS
