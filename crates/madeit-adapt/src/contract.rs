@@ -32,7 +32,7 @@ impl TestTimeExtras {
     }
 }
 
-/// What one [`absorb`](TestTimeMerger::absorb) step did.
+/// What one [`absorb`](ContinualMethod::absorb) step did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdaptReport {
     /// Method name.

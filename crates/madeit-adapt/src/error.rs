@@ -9,7 +9,7 @@ use madeit_vit::{ModuleId, VitError};
 /// building its model, or saving and restoring its state.
 ///
 /// Variants about one tensor or module name it; variants about one task name the task. A
-/// failed [`absorb`](crate::TestTimeMerger::absorb) leaves the merger exactly as it was.
+/// failed [`absorb`](crate::ContinualMethod::absorb) leaves the merger exactly as it was.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdaptError {

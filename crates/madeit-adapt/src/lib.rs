@@ -3,7 +3,7 @@
 //! A *test-time* continual merger is fed, at every step, the fine-tuned model of one more
 //! task **and** a few unlabeled samples of that task (never of earlier tasks) together with
 //! the task's fixed head; it adapts the merged model to those samples
-//! ([`TestTimeMerger::absorb`]). Its state can be saved and resumed ([`AdaptState`]). The
+//! ([`ContinualMethod::absorb`]). Its state can be saved and resumed ([`AdaptState`]). The
 //! method code does no I/O: the run loop loads weights, pixels and heads.
 //!
 //! # MINGLE

@@ -17,7 +17,7 @@ pub struct SeedImages {
 
 impl SeedImages {
     /// Wraps `count` images stored in `pixels` (checked against the model at
-    /// [`absorb`](crate::TestTimeMerger::absorb) time).
+    /// [`absorb`](crate::ContinualMethod::absorb) time).
     #[must_use]
     pub fn new(pixels: Vec<f32>, count: usize) -> Self {
         Self { pixels, count }

@@ -39,7 +39,7 @@ pub struct AdaptMetadata {
 /// Store the tensors with `ParamDict::save` (all `F32`, so the round trip is exact) and the
 /// metadata with [`metadata_json`](Self::metadata_json) (for example in a JSON file next to
 /// them); rebuild with [`from_parts`](Self::from_parts) and resume with
-/// [`TestTimeMerger::restore`](crate::TestTimeMerger::restore).
+/// [`ContinualMethod::restore`](crate::ContinualMethod::restore).
 ///
 /// MINGLE's tensors, for every target module `M` (its HF module path, e.g.
 /// `encoder.layers.0.self_attn.q_proj`) and expert `e` (task order, from 0):

@@ -101,10 +101,10 @@ impl EvalMode {
 pub struct StepTiming {
     /// Reading and checking the fine-tuned checkpoint.
     pub load_s: f64,
-    /// [`ContinualMerger::absorb`] (for a test-time method [`TestTimeMerger::absorb`],
+    /// The method's [`absorb`](madeit_merge::ContinualMethod::absorb) (for a test-time method,
     /// the test-time adaptation included).
     pub absorb_s: f64,
-    /// [`ContinualMerger::merged_model`] (for a test-time method, building the gated
+    /// [`merged_model`](madeit_merge::ContinualMethod::merged_model) (for a test-time method, building the gated
     /// model).
     pub merge_s: f64,
     /// Evaluating the merged model.
@@ -267,7 +267,7 @@ pub enum RunEvent {
         step: usize,
         /// The task.
         task: String,
-        /// Seconds of [`ContinualMerger::absorb`].
+        /// Seconds of [`absorb`](madeit_merge::ContinualMethod::absorb).
         seconds: f64,
     },
     /// An accuracy of the matrix was computed.

@@ -734,7 +734,7 @@ impl<'de> Deserialize<'de> for MethodConfig {
 /// restores the state into it.
 ///
 /// # Errors
-/// As [`MethodConfig::build`] and [`ContinualMerger::restore`].
+/// As [`MethodConfig::build`] and [`ContinualMethod::restore`](crate::ContinualMethod::restore).
 pub fn resume(state: &MergerState) -> Result<Box<dyn ContinualMerger>, MergeError> {
     let mut merger = state.metadata.config.build()?;
     merger.restore(state)?;

@@ -9,7 +9,7 @@ use crate::TaskId;
 /// merged model or saving and resuming a stream.
 ///
 /// Variants about one tensor name it (directly or through the wrapped [`ParamsError`]);
-/// variants about one task name the task. A failed [`absorb`](crate::ContinualMerger::absorb)
+/// variants about one task name the task. A failed [`absorb`](crate::ContinualMethod::absorb)
 /// leaves the merger exactly as it was.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

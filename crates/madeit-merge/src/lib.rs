@@ -1,7 +1,7 @@
 //! Continual model merging on named tensors.
 //!
 //! A continual merger ([`ContinualMerger`]) is fed the fine-tuned models of a task stream one
-//! at a time ([`absorb`](ContinualMerger::absorb)) — never an earlier fine-tuned model again,
+//! at a time ([`absorb`](ContinualMethod::absorb)) — never an earlier fine-tuned model again,
 //! never any data — and returns the merged model at any point
 //! ([`merged`](ContinualMerger::merged)). Its state can be saved ([`MergerState`]: named
 //! tensors plus JSON metadata) and resumed bit-identically ([`resume`]).

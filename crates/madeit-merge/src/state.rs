@@ -39,7 +39,7 @@ pub struct StateMetadata {
 /// Store the tensors with `ParamDict::save` (they are all tagged `F32`, so the round trip is
 /// exact) and the metadata with [`MergerState::metadata_json`] (for example in the
 /// safetensors `__metadata__` map); rebuild with [`MergerState::from_parts`] and resume with
-/// [`crate::resume`] or [`ContinualMerger::restore`](crate::ContinualMerger::restore).
+/// [`crate::resume`] or [`ContinualMethod::restore`](crate::ContinualMethod::restore).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergerState {
     /// Configuration, tasks, fingerprints and scalars.

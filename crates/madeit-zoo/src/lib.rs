@@ -5,7 +5,7 @@
 //!
 //! * [`model`]: [`TrainableVit`], the CLIP vision tower with burn parameters, convertible to
 //!   and from the HF state dict;
-//! * [`train`]: the deterministic Adam training loop on cosine logits with a warm-up +
+//! * [`train`](mod@train): the deterministic Adam training loop on cosine logits with a warm-up +
 //!   cosine schedule;
 //! * [`head`]: name-based heads (the analogue of CLIP's zero-shot text heads: one vector
 //!   per class name, from the pretraining objective), embedding and accuracy;

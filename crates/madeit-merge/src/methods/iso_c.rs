@@ -104,7 +104,7 @@ impl MergeMethodConfig for IsoCConfig {
 /// (the reference keeps every triplet too, so the directions of zero singular values of a
 /// rank-deficient sum are filled with `mean(σ)`; a zero sum gives a zero update); for any
 /// other tensor `α · S^(t) / t`. The update is cached and rebuilt from the sum on
-/// [`restore`](ContinualMerger::restore), so a resumed stream merges bit-identically.
+/// [`restore`](ContinualMethod::restore), so a resumed stream merges bit-identically.
 #[derive(Debug, Clone)]
 pub struct IsoC {
     config: IsoCConfig,

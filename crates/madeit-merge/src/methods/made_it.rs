@@ -379,7 +379,7 @@ fn backbone(state: &MadeIt, pretrained: &ParamDict) -> Result<ParamDict, MergeEr
 /// state's non-target running mean when it keeps one: the backbone `madeit merge` writes):
 /// per target weight, every expert as `up = U diag(s)`, `down = V^T`, serving the tasks
 /// `task_name` gives for its task ids; routed by [`ExpertRouting::MadeItPaths`]. This is
-/// the model [`MadeItMerger::merged_model`](ContinualMerger::merged_model) returns, also
+/// the model [`MadeItMerger::merged_model`](ContinualMethod::merged_model) returns, also
 /// for a state read back from an expert store.
 ///
 /// # Errors

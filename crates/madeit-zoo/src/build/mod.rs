@@ -13,7 +13,7 @@
 //!    pretraining vector of each class name, or a fixed seeded vector for a name
 //!    pretraining never saw; nothing is fitted to the task. The pretrained tower is
 //!    evaluated with it on val and test.
-//! 3. **finetune:<task>**, per task: the pretrained tower fine-tuned on the task's train
+//! 3. **finetune:`<task>`**, per task: the pretrained tower fine-tuned on the task's train
 //!    split against its frozen head (only the tower moves); evaluated on val and test; the
 //!    spectral energy of its task vector is measured.
 //! 4. **export**: the val, seed and test splits, then `zoo.json`.
