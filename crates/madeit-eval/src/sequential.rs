@@ -184,6 +184,12 @@ impl ContinualMethod for SequentialFinetuning {
     fn absorb(&mut self, input: &Step<'_, SequentialTask>) -> Result<StepReport, RunError> {
         let admitted = self.ledger.admit(input)?;
         let t = input.extras;
+        if t.name != input.task.as_str() {
+            return Err(RunError::config(format!(
+                "{C_FINETUNED}: the step of task `{}` carries the training data of `{}`",
+                input.task, t.name
+            )));
+        }
         let start = self.current.as_ref().unwrap_or(input.pretrained);
         let steps = self.recipe.finetune_config(t.train.n).steps;
         let stage = format!("{C_FINETUNED} {}", input.task);

@@ -94,6 +94,15 @@ fn c_finetuned_is_a_continual_method_fed_training_data() {
         .expect_err("another pretrained model");
     assert!(matches!(err, RunError::Admission(_)), "{err}");
     assert!(whole.merged_model(&other).is_err());
+    // Training data of another task than the step's.
+    let fresh = finetuned.scale(1.01);
+    let err = whole
+        .absorb(&Step::new(&pretrained, &fresh, &id).with_extras(&tasks[1]))
+        .expect_err("another task's training data");
+    assert!(
+        err.to_string().contains("training data of `rotated_mnist`"),
+        "{err}"
+    );
     assert_eq!(whole.state().expect("state"), before);
 
     // A state whose tower and ledger disagree is refused.
