@@ -179,8 +179,10 @@ impl ContinualMethod for SequentialFinetuning {
         C_FINETUNED
     }
 
-    /// Fine-tunes the current tower (`θ_0` at the first step) on the step's training data;
-    /// reports the training steps run and the last loss.
+    /// Fine-tunes the current tower (`θ_0` at the first step) on the step's training data
+    /// ([`madeit_zoo::sequential_step`], the step of the zoo's own sequential fine-tuning,
+    /// which checks the training data first); reports the training steps run and the last
+    /// loss.
     fn absorb(&mut self, input: &Step<'_, SequentialTask>) -> Result<StepReport, RunError> {
         let admitted = self.ledger.admit(input)?;
         let t = input.extras;
@@ -191,21 +193,11 @@ impl ContinualMethod for SequentialFinetuning {
             )));
         }
         let start = self.current.as_ref().unwrap_or(input.pretrained);
-        let steps = self.recipe.finetune_config(t.train.n).steps;
-        let stage = format!("{C_FINETUNED} {}", input.task);
-        let (params, log) = madeit_zoo::finetune_tower(
-            &self.recipe,
-            start,
-            &t.head,
-            &t.train,
-            t.seed,
-            &stage,
-            &mut |_| {},
-        )?;
+        let (params, run) = madeit_zoo::sequential_step(&self.recipe, start, t, &mut |_| {})?;
         let mut metrics = indexmap::IndexMap::new();
         #[allow(clippy::cast_precision_loss)]
-        metrics.insert("train_steps".to_owned(), steps as f64);
-        metrics.insert("last_loss".to_owned(), f64::from(log.last_loss));
+        metrics.insert("train_steps".to_owned(), run.steps as f64);
+        metrics.insert("last_loss".to_owned(), f64::from(run.log.last_loss));
         let report = StepReport {
             method: C_FINETUNED.to_owned(),
             step: self.ledger.len() + 1,

@@ -103,6 +103,18 @@ fn c_finetuned_is_a_continual_method_fed_training_data() {
         err.to_string().contains("training data of `rotated_mnist`"),
         "{err}"
     );
+    // Training data the tower cannot take (a label beyond the head's classes) is refused
+    // before any training.
+    let mut bad = tasks[1].clone();
+    bad.name = "again".into();
+    bad.train.labels[0] = 99;
+    let err = whole
+        .absorb(&Step::new(&pretrained, &fresh, &id).with_extras(&bad))
+        .expect_err("a label beyond the head");
+    assert!(
+        matches!(&err, RunError::Zoo(e) if e.to_string().contains("label 99")),
+        "{err}"
+    );
     assert_eq!(whole.state().expect("state"), before);
 
     // A state whose tower and ledger disagree is refused.

@@ -42,7 +42,9 @@ pub use head::{
 pub use interference::{Interference, interference_matrix, merged_accuracies, merged_params};
 pub use manifest::{MANIFEST_FILE, Manifest, TaskEntry, TaskVectorNorm, ZOO_FORMAT};
 pub use model::TrainableVit;
-pub use sequential::{SequentialOutcome, SequentialRun, SequentialTask, sequential_finetune};
+pub use sequential::{
+    SequentialOutcome, SequentialRun, SequentialTask, sequential_finetune, sequential_step,
+};
 pub use train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, train};
 pub use zoo::{
     DEFAULT_ZOO_DIR, ZOO_DIR_ENV, Zoo, default_zoo_dir, expected_files, save_head, save_tower,

@@ -132,6 +132,42 @@ fn check_task(config: &BuildConfig, task: &SequentialTask) -> Result<()> {
     Ok(())
 }
 
+/// One step of sequential fine-tuning: the tower `start` (the pretrained one at the first
+/// step, the previous step's after) fine-tuned on `task` with the zoo's recipe
+/// ([`finetune_tower`] with `config`, a fresh optimiser and schedule), after the task's
+/// cheap checks. Returns the new weights and the step's run. Both [`sequential_finetune`]
+/// and the evaluation's C. Fine-Tuned stream take their steps through it.
+///
+/// # Errors
+/// [`ZooError::InvalidData`] naming the task when its train set is empty, its images do not
+/// fit the tower, its head's width is not the tower's embedding width or a label is not a
+/// class of its head (checked before training); [`ZooError::Parameter`] when `start` does
+/// not fit `config.model`; [`ZooError::Diverged`]; the backend's errors.
+pub fn sequential_step(
+    config: &BuildConfig,
+    start: &ParamDict,
+    task: &SequentialTask,
+    on_step: &mut dyn FnMut(&StepInfo),
+) -> Result<(ParamDict, SequentialRun)> {
+    check_task(config, task)?;
+    let (params, log) = finetune_tower(
+        config,
+        start,
+        &task.head,
+        &task.train,
+        task.seed,
+        &stage_name(&task.name),
+        on_step,
+    )?;
+    let run = SequentialRun {
+        task: task.name.clone(),
+        seed: task.seed,
+        steps: config.finetune_steps(task.train.n),
+        log,
+    };
+    Ok((params, run))
+}
+
 /// Sequential fine-tuning (see the module docs): the tower `pretrained` (of
 /// `config.model`) fine-tuned through `tasks` in order with the zoo's recipe
 /// ([`finetune_tower`] with `config`), each task starting from the previous task's weights
@@ -173,23 +209,11 @@ pub fn sequential_finetune<E: From<ZooError>>(
     let mut runs = Vec::with_capacity(tasks.len());
     for (index, task) in tasks.iter().enumerate() {
         let start = current.as_ref().unwrap_or(pretrained);
-        let stage = stage_name(&task.name);
-        let (params, log) = finetune_tower(
-            config,
-            start,
-            &task.head,
-            &task.train,
-            task.seed,
-            &stage,
-            &mut |s: &StepInfo| on_step(index, &task.name, s),
-        )?;
+        let (params, run) = sequential_step(config, start, task, &mut |s: &StepInfo| {
+            on_step(index, &task.name, s);
+        })?;
         on_task(index, &task.name, &params)?;
-        runs.push(SequentialRun {
-            task: task.name.clone(),
-            seed: task.seed,
-            steps: config.finetune_steps(task.train.n),
-            log,
-        });
+        runs.push(run);
         current = Some(params);
     }
     let params = current.ok_or_else(|| ZooError::InvalidConfig {
