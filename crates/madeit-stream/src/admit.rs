@@ -86,8 +86,10 @@ pub struct Admitted {
 }
 
 /// What a stream has admitted: the pretrained model's fingerprint (from the first task on)
-/// and the record of every absorbed task, in order. Every continual method keeps one.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// and the record of every absorbed task, in order. Every continual method keeps one. Its
+/// JSON form is `{"pretrained": "<32 hex digits>" | null, "tasks": [records]}`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ledger {
     /// Fingerprint of the pretrained model, once a task was absorbed.
     pub pretrained: Option<Fingerprint>,

@@ -21,14 +21,6 @@ const WEIGHTS_KEY: &str = "madeit.weights";
 /// absorbed tasks' records; its tensors are the tower).
 const SEQUENTIAL_KEY: &str = "madeit.sequential";
 
-/// The JSON form of a C. Fine-Tuned stream's ledger.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SavedLedger {
-    pretrained: Option<madeit_merge::Fingerprint>,
-    tasks: Vec<madeit_merge::TaskRecord>,
-}
-
 /// The JSON record of a checkpoint (the merger's tensors and metadata sit beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,13 +103,9 @@ pub(super) fn save_checkpoint(
             &s.tensors
         }
         SavedState::Sequential(s) => {
-            let ledger = SavedLedger {
-                pretrained: s.ledger.pretrained,
-                tasks: s.ledger.tasks.clone(),
-            };
             meta.insert(
                 SEQUENTIAL_KEY.to_owned(),
-                serde_json::to_string(&ledger).map_err(|e| RunError::json(path, e))?,
+                serde_json::to_string(&s.ledger).map_err(|e| RunError::json(path, e))?,
             );
             &s.params
         }
@@ -168,13 +156,10 @@ pub(super) fn load_checkpoint(path: &Path) -> Result<(CheckpointRecord, SavedSta
                 format!("no `{SEQUENTIAL_KEY}` metadata")
             }));
         };
-        let ledger: SavedLedger =
+        let ledger =
             serde_json::from_str(ledger).map_err(|e| bad(format!("{C_FINETUNED} ledger: {e}")))?;
         SavedState::Sequential(SequentialState {
-            ledger: madeit_stream::Ledger {
-                pretrained: ledger.pretrained,
-                tasks: ledger.tasks,
-            },
+            ledger,
             params: tensors,
         })
     } else if record.method.is_test_time() {

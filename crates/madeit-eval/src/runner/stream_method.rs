@@ -5,8 +5,8 @@
 //! `madeit-adapt` ([`TestTime`]: it also gets each task's head and seed images, and is
 //! evaluated through its gated forward) and the sequential fine-tuning reference
 //! ([`Sequential`]: it also gets the task's training data). Each feeds its method, a
-//! `madeit_stream::ContinualMethod`, one `Step` whose extras are what that kind needs. [`build`] makes the right one
-//! from a configuration; a new kind of method is one more
+//! `madeit_stream::ContinualMethod`, one `Step` whose extras are what that kind needs.
+//! [`build`] makes the right one from a configuration; a new kind of method is one more
 //! implementation here, not a new branch in the loop.
 
 use madeit_adapt::TestTimeExtras;

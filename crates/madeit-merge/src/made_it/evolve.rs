@@ -589,11 +589,13 @@ impl MadeIt {
             .zip(decisions)
             .zip(scores.into_iter().zip(stats))
         {
-            let action = match &change {
-                ExpertChange::Replace { index, .. } => Action::Consolidated { expert: *index },
-                ExpertChange::Push(_) => Action::Created { expert: m.len() },
+            let consolidated = matches!(change, ExpertChange::Replace { .. });
+            let expert = m.apply_change(change)?;
+            let action = if consolidated {
+                Action::Consolidated { expert }
+            } else {
+                Action::Created { expert }
             };
-            m.apply_change(change)?;
             reports.push(ModuleReport {
                 module: m.name().to_owned(),
                 scores: s,
