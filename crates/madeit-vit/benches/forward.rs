@@ -16,7 +16,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
-    LowRankFactors, ModuleId, Routing, TokenAggregation, expected_tensors,
+    LowRankFactors, ModuleId, Routing, TokenAggregation, VisionOutput, expected_tensors,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -127,30 +127,25 @@ fn bench_forward(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(5));
     group.measurement_time(Duration::from_secs(30));
     group.throughput(Throughput::Elements(BATCH as u64));
+    // What a bench keeps of a forward: the image embeddings, read back.
+    let embeds = |out: VisionOutput| black_box(out.image_embeds.map(|t| t.into_data()));
     group.bench_function("plain", |b| {
-        b.iter(|| {
-            let out = model.forward(pixels.clone()).expect("forward");
-            black_box(out.image_embeds.map(|t| t.into_data()))
-        });
+        b.iter(|| embeds(model.forward(pixels.clone()).expect("forward")));
     });
-    group.bench_function("routed_with_scoring_pass", |b| {
-        b.iter(|| {
-            let routing = route(pixels.clone(), TokenAggregation::Frobenius);
-            let out = model
-                .forward_routed(pixels.clone(), &bank, &routing)
-                .expect("routed");
-            black_box(out.image_embeds.map(|t| t.into_data()))
+    for (name, tokens) in [
+        ("routed_with_scoring_pass", TokenAggregation::Frobenius),
+        ("routed_with_cls_scoring_pass", TokenAggregation::ClsOnly),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let routing = route(pixels.clone(), tokens);
+                let out = model
+                    .forward_routed(pixels.clone(), &bank, &routing)
+                    .expect("routed");
+                embeds(out)
+            });
         });
-    });
-    group.bench_function("routed_with_cls_scoring_pass", |b| {
-        b.iter(|| {
-            let routing = route(pixels.clone(), TokenAggregation::ClsOnly);
-            let out = model
-                .forward_routed(pixels.clone(), &bank, &routing)
-                .expect("routed");
-            black_box(out.image_embeds.map(|t| t.into_data()))
-        });
-    });
+    }
     group.bench_function("scoring_pass_only", |b| {
         b.iter(|| black_box(route(pixels.clone(), TokenAggregation::Frobenius)));
     });
@@ -161,28 +156,25 @@ fn bench_forward(c: &mut Criterion) {
     for m in fixed_routing.modules().collect::<Vec<_>>() {
         one_path.set_all(m, 0);
     }
-    group.bench_function("routed_pass_one_path", |b| {
-        b.iter(|| {
-            let out = model
-                .forward_routed(pixels.clone(), &bank, &one_path)
-                .expect("routed");
-            black_box(out.image_embeds.map(|t| t.into_data()))
+    for (name, routing) in [
+        ("routed_pass_one_path", &one_path),
+        ("routed_pass_only", &fixed_routing),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let out = model
+                    .forward_routed(pixels.clone(), &bank, routing)
+                    .expect("routed");
+                embeds(out)
+            });
         });
-    });
-    group.bench_function("routed_pass_only", |b| {
-        b.iter(|| {
-            let out = model
-                .forward_routed(pixels.clone(), &bank, &fixed_routing)
-                .expect("routed");
-            black_box(out.image_embeds.map(|t| t.into_data()))
-        });
-    });
+    }
     group.bench_function("gated_8_experts", |b| {
         b.iter(|| {
             let out = model
                 .forward_gated(pixels.clone(), &bank, &gates)
                 .expect("gated");
-            black_box(out.image_embeds.map(|t| t.into_data()))
+            embeds(out)
         });
     });
     group.finish();

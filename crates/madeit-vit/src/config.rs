@@ -312,13 +312,7 @@ impl ClipVisionConfig {
         let map = json_object(text).map_err(err)?;
         let cfg = match map.get("vision_config") {
             Some(vision) => {
-                let mut vision = vision.clone();
-                if let (Some(proj), serde_json::Value::Object(v)) =
-                    (map.get("projection_dim"), &mut vision)
-                {
-                    v.insert("projection_dim".into(), proj.clone());
-                }
-                serde_path_to_error::deserialize::<_, Self>(vision)
+                serde_path_to_error::deserialize::<_, Self>(nested_config(&map, vision))
                     .map_err(|e| err(format!("in `vision_config.{}`: {}", e.path(), e.inner())))?
             }
             None => serde_path_to_error::deserialize::<_, Self>(serde_json::Value::Object(map))
@@ -353,6 +347,19 @@ pub(crate) fn read_config_file(path: &Path) -> Result<String, VitError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A tower's configuration nested in a full `CLIPConfig` (`vision_config`, `text_config`),
+/// taking the top-level `projection_dim` when there is one: it wins over the nested one.
+pub(crate) fn nested_config(
+    clip: &serde_json::Map<String, serde_json::Value>,
+    nested: &serde_json::Value,
+) -> serde_json::Value {
+    let mut nested = nested.clone();
+    if let (Some(proj), serde_json::Value::Object(n)) = (clip.get("projection_dim"), &mut nested) {
+        n.insert("projection_dim".into(), proj.clone());
+    }
+    nested
 }
 
 /// Parses `text` as a JSON object; the error message otherwise (malformed JSON, or JSON

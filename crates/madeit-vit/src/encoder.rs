@@ -116,6 +116,26 @@ impl Uploader<'_> {
         })
     }
 
+    /// An optional HF `[out, in]` weight, transposed to `[in, out]` when the checkpoint has
+    /// it (a tower's projection).
+    pub(crate) fn optional_linear_t(
+        &self,
+        bare: &str,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<Option<Tensor<2>>, VitError> {
+        if self.found.contains_key(bare) {
+            self.linear_t(bare, d_out, d_in).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The `layers` encoder layers of width `d` and MLP width `i`.
+    pub(crate) fn layers(&self, layers: usize, d: usize, i: usize) -> Result<Vec<Layer>, VitError> {
+        (0..layers).map(|l| self.layer(l, d, i)).collect()
+    }
+
     /// Encoder layer `l` of width `d` and MLP width `i` (the same names in both towers).
     pub(crate) fn layer(&self, l: usize, d: usize, i: usize) -> Result<Layer, VitError> {
         let pre = format!("encoder.layers.{l}.");

@@ -42,10 +42,30 @@ impl CheckpointReport {
 /// How many names of each list a [`CheckpointReport`] message shows.
 const LISTED: usize = 12;
 
-/// Ends a list shown up to [`LISTED`] items with the number left out.
-fn more(f: &mut fmt::Formatter<'_>, total: usize) -> fmt::Result {
-    if total > LISTED {
-        write!(f, " and {} more", total - LISTED)?;
+/// Writes one non-empty list of a [`CheckpointReport`]: `; ` unless it is the `first`, the
+/// count and `what`, then up to [`LISTED`] items and the number left out.
+fn list<T>(
+    f: &mut fmt::Formatter<'_>,
+    first: &mut bool,
+    what: &str,
+    items: &[T],
+    item: impl Fn(&mut fmt::Formatter<'_>, &T) -> fmt::Result,
+) -> fmt::Result {
+    if items.is_empty() {
+        return Ok(());
+    }
+    if !std::mem::take(first) {
+        f.write_str("; ")?;
+    }
+    write!(f, "{} {what}: ", items.len())?;
+    for (i, x) in items.iter().take(LISTED).enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        item(f, x)?;
+    }
+    if items.len() > LISTED {
+        write!(f, " and {} more", items.len() - LISTED)?;
     }
     Ok(())
 }
@@ -53,48 +73,23 @@ fn more(f: &mut fmt::Formatter<'_>, total: usize) -> fmt::Result {
 impl fmt::Display for CheckpointReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        let mut sep = |f: &mut fmt::Formatter<'_>| -> fmt::Result {
-            if first {
-                first = false;
-                Ok(())
-            } else {
-                f.write_str("; ")
-            }
-        };
-        if !self.missing.is_empty() {
-            sep(f)?;
-            write!(f, "{} missing: ", self.missing.len())?;
-            for (i, (name, shape)) in self.missing.iter().take(LISTED).enumerate() {
-                if i > 0 {
-                    f.write_str(", ")?;
-                }
-                write!(f, "`{name}` {shape:?}")?;
-            }
-            more(f, self.missing.len())?;
-        }
-        if !self.unexpected.is_empty() {
-            sep(f)?;
-            write!(f, "{} unexpected: ", self.unexpected.len())?;
-            for (i, name) in self.unexpected.iter().take(LISTED).enumerate() {
-                if i > 0 {
-                    f.write_str(", ")?;
-                }
-                write!(f, "`{name}`")?;
-            }
-            more(f, self.unexpected.len())?;
-        }
-        if !self.mismatched.is_empty() {
-            sep(f)?;
-            write!(f, "{} with wrong shape: ", self.mismatched.len())?;
-            for (i, m) in self.mismatched.iter().take(LISTED).enumerate() {
-                if i > 0 {
-                    f.write_str(", ")?;
-                }
-                write!(f, "`{}` expected {:?}, got {:?}", m.name, m.expected, m.got)?;
-            }
-            more(f, self.mismatched.len())?;
-        }
-        Ok(())
+        list(
+            f,
+            &mut first,
+            "missing",
+            &self.missing,
+            |f, (name, shape)| write!(f, "`{name}` {shape:?}"),
+        )?;
+        list(f, &mut first, "unexpected", &self.unexpected, |f, name| {
+            write!(f, "`{name}`")
+        })?;
+        list(
+            f,
+            &mut first,
+            "with wrong shape",
+            &self.mismatched,
+            |f, m| write!(f, "`{}` expected {:?}, got {:?}", m.name, m.expected, m.got),
+        )
     }
 }
 

@@ -24,6 +24,7 @@ use madeit_params::ParamDict;
 
 use crate::blocks;
 use crate::error::{CheckpointReport, ShapeMismatch};
+use crate::model::{check_pixels, unreachable_parts};
 use crate::names::{PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
 use crate::util::{first_non_finite, upload};
 use crate::{ClipVisionConfig, ModuleId, ModuleKind, VisionOutput, VitError};
@@ -237,21 +238,13 @@ pub fn forward(
         });
     }
     let c = config;
-    let dims = pixels.dims();
-    let [b, ch, h, wd] = dims;
-    if b == 0 || ch != c.num_channels || h != c.image_size || wd != c.image_size {
-        return Err(VitError::InputShape {
-            channels: c.num_channels,
-            image_size: c.image_size,
-            got: dims.to_vec(),
-        });
-    }
+    check_pixels(c, pixels.dims())?;
     let p = c.patch_size;
     let d = c.hidden_size;
     let inter = c.intermediate_size;
     let n = c.num_positions();
     let eps = c.layer_norm_eps;
-    let cpp = ch * p * p;
+    let cpp = c.num_channels * p * p;
 
     let x = blocks::embed(
         c,
@@ -275,9 +268,7 @@ pub fn forward(
             parts.push(linear(h.clone(), w, Some(bias)));
         }
         let (Some(v), Some(k), Some(q)) = (parts.pop(), parts.pop(), parts.pop()) else {
-            return Err(VitError::Backend {
-                message: "internal: q/k/v split produced fewer than three parts".into(),
-            });
+            unreachable_parts()?
         };
         let a = blocks::self_attention(c, q, k, v);
         let out = ModuleId::new(l, ModuleKind::Out);

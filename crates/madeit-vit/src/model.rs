@@ -322,7 +322,9 @@ pub(crate) fn match_weights<'a>(
     Ok(found)
 }
 
-fn check_pixels(config: &ClipVisionConfig, dims: [usize; 4]) -> Result<(), VitError> {
+/// Checks that pixels of shape `dims` fit `config`: `[batch > 0, num_channels, image_size,
+/// image_size]`.
+pub(crate) fn check_pixels(config: &ClipVisionConfig, dims: [usize; 4]) -> Result<(), VitError> {
     let [b, c, h, w] = dims;
     if b == 0 || c != config.num_channels || h != config.image_size || w != config.image_size {
         return Err(VitError::InputShape {
@@ -757,42 +759,24 @@ impl ClipVisionModel {
                 .into_iter()
                 .enumerate()
             {
-                let id = ModuleId::new(l, kind);
-                let mut t = qkv.clone().narrow(2, j * d, d);
-                if let Some(delta) = adapter.adapt(id, &h)? {
-                    check_delta(id, &delta, [b, n, d])?;
-                    t = t + delta;
-                }
-                parts.push(t);
+                let t = qkv.clone().narrow(2, j * d, d);
+                parts.push(adapted(adapter, ModuleId::new(l, kind), &h, t, [b, n, d])?);
             }
             let (Some(v), Some(k), Some(q)) = (parts.pop(), parts.pop(), parts.pop()) else {
                 unreachable_parts()?
             };
             let a = blocks::self_attention(c, q, k, v);
-            let id = ModuleId::new(l, ModuleKind::Out);
-            let mut o = linear(a.clone(), layer.out_w.clone(), Some(layer.out_b.clone()));
-            if let Some(delta) = adapter.adapt(id, &a)? {
-                check_delta(id, &delta, [b, n, d])?;
-                o = o + delta;
-            }
-            x = x + o;
+            let o = linear(a.clone(), layer.out_w.clone(), Some(layer.out_b.clone()));
+            x = x + adapted(adapter, ModuleId::new(l, ModuleKind::Out), &a, o, [b, n, d])?;
 
             // MLP block.
             let h = layer.ln2.forward(x.clone(), eps);
-            let id = ModuleId::new(l, ModuleKind::Fc1);
-            let mut f = linear(h.clone(), layer.fc1_w.clone(), None);
-            if let Some(delta) = adapter.adapt(id, &h)? {
-                check_delta(id, &delta, [b, n, c.intermediate_size])?;
-                f = f + delta;
-            }
+            let f = linear(h.clone(), layer.fc1_w.clone(), None);
+            let fc1 = ModuleId::new(l, ModuleKind::Fc1);
+            let f = adapted(adapter, fc1, &h, f, [b, n, c.intermediate_size])?;
             let f = bias_act(c.hidden_act, f, &layer.fc1_b, &layer.fc1_b_host)?;
-            let id = ModuleId::new(l, ModuleKind::Fc2);
-            let mut o = linear(f.clone(), layer.fc2_w.clone(), Some(layer.fc2_b.clone()));
-            if let Some(delta) = adapter.adapt(id, &f)? {
-                check_delta(id, &delta, [b, n, d])?;
-                o = o + delta;
-            }
-            x = x + o;
+            let o = linear(f.clone(), layer.fc2_w.clone(), Some(layer.fc2_b.clone()));
+            x = x + adapted(adapter, ModuleId::new(l, ModuleKind::Fc2), &f, o, [b, n, d])?;
         }
 
         let pooled = self.post_ln.forward(blocks::class_token(x.clone()), eps);
@@ -805,13 +789,25 @@ impl ClipVisionModel {
     }
 }
 
-fn unreachable_parts<T>() -> Result<T, VitError> {
+/// The error for a q/k/v split that did not give three parts (it always does).
+pub(crate) fn unreachable_parts<T>() -> Result<T, VitError> {
     Err(VitError::Backend {
         message: "internal: q/k/v split produced fewer than three parts".into(),
     })
 }
 
-fn check_delta(module: ModuleId, delta: &Tensor<3>, expected: [usize; 3]) -> Result<(), VitError> {
+/// `output` of target `module` plus the delta `adapter` returns for its `input`, checked to
+/// be of the `expected` shape.
+fn adapted(
+    adapter: &mut dyn ModuleAdapter,
+    module: ModuleId,
+    input: &Tensor<3>,
+    output: Tensor<3>,
+    expected: [usize; 3],
+) -> Result<Tensor<3>, VitError> {
+    let Some(delta) = adapter.adapt(module, input)? else {
+        return Ok(output);
+    };
     if delta.dims() != expected {
         return Err(VitError::Routing {
             module,
@@ -821,7 +817,7 @@ fn check_delta(module: ModuleId, delta: &Tensor<3>, expected: [usize; 3]) -> Res
             ),
         });
     }
-    Ok(())
+    Ok(output + delta)
 }
 
 /// `act(x + bias)`: the fused host kernel for quick-GELU on tensors without autodiff,
@@ -858,14 +854,8 @@ impl Builder<'_> {
         let (c, up) = (self.config, &self.up);
         let d = c.hidden_size;
         let cpp = c.num_channels * c.patch_size * c.patch_size;
-        let layers = (0..c.num_hidden_layers)
-            .map(|l| up.layer(l, d, c.intermediate_size))
-            .collect::<Result<Vec<_>, _>>()?;
-        let proj = if up.found.contains_key(PROJECTION_WEIGHT) {
-            Some(up.linear_t(PROJECTION_WEIGHT, c.projection_dim, d)?)
-        } else {
-            None
-        };
+        let layers = up.layers(c.num_hidden_layers, d, c.intermediate_size)?;
+        let proj = up.optional_linear_t(PROJECTION_WEIGHT, c.projection_dim, d)?;
         Ok(ClipVisionModel {
             config: c.clone(),
             layout,

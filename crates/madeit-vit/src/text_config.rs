@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{json_object, read_config_file};
+use crate::config::{json_object, nested_config, read_config_file};
 use crate::{Activation, VitError};
 
 /// Upper bounds on the sizes of a text configuration, checked before anything is allocated.
@@ -303,12 +303,8 @@ impl ClipTextConfig {
         };
         let map = json_object(text).map_err(err)?;
         let cfg = match map.get("text_config") {
-            Some(serde_json::Value::Object(t)) => {
-                let mut t = t.clone();
-                if let Some(proj) = map.get("projection_dim") {
-                    t.insert("projection_dim".into(), proj.clone());
-                }
-                serde_json::from_value::<Self>(serde_json::Value::Object(t))
+            Some(t @ serde_json::Value::Object(_)) => {
+                serde_json::from_value::<Self>(nested_config(&map, t))
                     .map_err(|e| err(format!("in `text_config`: {e}")))?
             }
             Some(_) => return Err(err("`text_config` is not a JSON object".into())),

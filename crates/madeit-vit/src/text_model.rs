@@ -513,14 +513,8 @@ impl Builder<'_> {
     fn build(self, layout: TextKeyLayout) -> Result<ClipTextModel, VitError> {
         let (c, up) = (self.config, &self.up);
         let d = c.hidden_size;
-        let layers = (0..c.num_hidden_layers)
-            .map(|l| up.layer(l, d, c.intermediate_size))
-            .collect::<Result<Vec<_>, _>>()?;
-        let proj = if up.found.contains_key(TEXT_PROJECTION_WEIGHT) {
-            Some(up.linear_t(TEXT_PROJECTION_WEIGHT, c.projection_dim, d)?)
-        } else {
-            None
-        };
+        let layers = up.layers(c.num_hidden_layers, d, c.intermediate_size)?;
+        let proj = up.optional_linear_t(TEXT_PROJECTION_WEIGHT, c.projection_dim, d)?;
         Ok(ClipTextModel {
             config: c.clone(),
             layout,

@@ -9,7 +9,7 @@ use common::{host, max_abs_diff, random_factors, random_params, random_pixels, r
 use madeit_params::ParamDict;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, ModuleKind, Routing,
-    TokenAggregation, VitError,
+    TokenAggregation, VisionOutput, VitError,
 };
 
 const TOL: f32 = 1e-4;
@@ -65,23 +65,35 @@ fn experts(cfg: &ClipVisionConfig, modules: &[ModuleId]) -> Vec<(ModuleId, Vec<L
         .collect()
 }
 
+/// [`experts`] of `modules` and their bank on the model's device.
+fn expert_bank(
+    cfg: &ClipVisionConfig,
+    model: &ClipVisionModel,
+    modules: &[ModuleId],
+) -> (Vec<(ModuleId, Vec<LowRankFactors>)>, ExpertBank) {
+    let list = experts(cfg, modules);
+    let bank = ExpertBank::new(cfg, list.clone(), model.device()).unwrap();
+    (list, bank)
+}
+
+/// `last_hidden_state`, `pooled_output` and `image_embeds` on the host.
+fn outputs_host(out: &VisionOutput) -> [madeit_params::Tensor; 3] {
+    [
+        host(&out.last_hidden_state),
+        host(&out.pooled_output),
+        host(out.image_embeds.as_ref().unwrap()),
+    ]
+}
+
 fn forward_host(model: &ClipVisionModel, px: &[f32], batch: usize) -> [madeit_params::Tensor; 3] {
     let out = model
         .forward(model.pixels(px.to_vec(), batch).unwrap())
         .unwrap();
-    [
-        host(&out.last_hidden_state),
-        host(&out.pooled_output),
-        host(&out.image_embeds.unwrap()),
-    ]
+    outputs_host(&out)
 }
 
-fn assert_close(got: &madeit_vit::VisionOutput, want: &[madeit_params::Tensor; 3]) {
-    let got = [
-        host(&got.last_hidden_state),
-        host(&got.pooled_output),
-        host(got.image_embeds.as_ref().unwrap()),
-    ];
+fn assert_close(got: &VisionOutput, want: &[madeit_params::Tensor; 3]) {
+    let got = outputs_host(got);
     for (name, (g, w)) in ["last_hidden_state", "pooled_output", "image_embeds"]
         .iter()
         .zip(got.iter().zip(want))
@@ -95,8 +107,7 @@ fn assert_close(got: &madeit_vit::VisionOutput, want: &[madeit_params::Tensor; 3
 fn routed_with_one_expert_equals_the_dense_merge() {
     let (cfg, dict, model) = setup();
     let modules = some_modules();
-    let list = experts(&cfg, &modules);
-    let bank = ExpertBank::new(&cfg, list.clone(), model.device()).unwrap();
+    let (list, bank) = expert_bank(&cfg, &model, &modules);
     let batch = 3;
     let px = random_pixels(&cfg, batch, 1);
     for expert in [0, 1] {
@@ -133,7 +144,7 @@ fn routed_with_no_experts_equals_the_plain_forward() {
         .unwrap();
     assert_close(&out, &plain);
     // A bank with experts but a routing table that chooses none.
-    let bank = ExpertBank::new(&cfg, experts(&cfg, &some_modules()), model.device()).unwrap();
+    let (_, bank) = expert_bank(&cfg, &model, &some_modules());
     let mut routing = Routing::new(batch);
     routing.set(some_modules()[0], vec![None, None]).unwrap();
     let out = model
@@ -146,8 +157,7 @@ fn routed_with_no_experts_equals_the_plain_forward() {
 fn per_sample_routing_equals_running_each_sample_with_its_merge() {
     let (cfg, dict, model) = setup();
     let modules = some_modules();
-    let list = experts(&cfg, &modules);
-    let bank = ExpertBank::new(&cfg, list.clone(), model.device()).unwrap();
+    let (list, bank) = expert_bank(&cfg, &model, &modules);
     let batch = 4;
     let px = random_pixels(&cfg, batch, 3);
     // Sample i uses expert choice[i] in every module; sample 3 uses none in module 0.
@@ -171,13 +181,8 @@ fn per_sample_routing_equals_running_each_sample_with_its_merge() {
             .collect();
         let dense = ClipVisionModel::from_params(&cfg, &merged(&dict, &updates)).unwrap();
         let want = forward_host(&dense, &px[i * per..(i + 1) * per], 1);
-        let got = [
-            rows(&host(&out.last_hidden_state), i, 1),
-            rows(&host(&out.pooled_output), i, 1),
-            rows(&host(out.image_embeds.as_ref().unwrap()), i, 1),
-        ];
-        for (g, w) in got.iter().zip(&want) {
-            let d = max_abs_diff(g, w);
+        for (g, w) in outputs_host(&out).iter().zip(&want) {
+            let d = max_abs_diff(&rows(g, i, 1), w);
             assert!(d <= TOL, "sample {i}: max|diff| = {d}");
         }
     }
@@ -187,7 +192,7 @@ fn per_sample_routing_equals_running_each_sample_with_its_merge() {
 fn routing_errors_are_typed() {
     let (cfg, _, model) = setup();
     let m = ModuleId::new(0, ModuleKind::Q);
-    let bank = ExpertBank::new(&cfg, experts(&cfg, &[m]), model.device()).unwrap();
+    let (_, bank) = expert_bank(&cfg, &model, &[m]);
     let px = || model.pixels(random_pixels(&cfg, 2, 4), 2).unwrap();
     let mut routing = Routing::new(2);
     routing.set(m, vec![Some(0), Some(2)]).unwrap();
@@ -387,7 +392,7 @@ mod props {
             let dict = random_params(&cfg, 21);
             let model = ClipVisionModel::from_params(&cfg, &dict).unwrap();
             let m = ModuleId::new(1, ModuleKind::Fc1);
-            let bank = ExpertBank::new(&cfg, experts(&cfg, &[m]), model.device()).unwrap();
+            let (_, bank) = expert_bank(&cfg, &model, &[m]);
             let px = random_pixels(&cfg, 3, seed);
             let per = px.len() / 3;
             let perm = [2usize, 0, 1];

@@ -27,6 +27,19 @@ fn two_experts(cfg: &ClipVisionConfig, m: ModuleId, seed: u64) -> Vec<LowRankFac
     ]
 }
 
+/// [`two_experts`] on each of `modules`, the `i`-th seeded with `seed + 5 i`.
+fn experts_for(
+    cfg: &ClipVisionConfig,
+    modules: &[ModuleId],
+    seed: u64,
+) -> Vec<(ModuleId, Vec<LowRankFactors>)> {
+    modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (*m, two_experts(cfg, *m, seed + 5 * i as u64)))
+        .collect()
+}
+
 fn gates_for(cfg: &ClipVisionConfig, modules: &[ModuleId], seed: u64) -> GateValues {
     let mut g = GateValues::new();
     // Larger than MINGLE's 0.01 init so that the gates visibly matter in the tests.
@@ -51,11 +64,7 @@ fn gated_forward_is_the_gate_weighted_dense_merge() {
         ModuleId::new(0, ModuleKind::K),
         ModuleId::new(0, ModuleKind::V),
     ];
-    let experts: Vec<_> = modules
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (*m, two_experts(&cfg, *m, 50 + 5 * i as u64)))
-        .collect();
+    let experts = experts_for(&cfg, &modules, 50);
     let bank = ExpertBank::new(&cfg, experts.clone(), model.device()).unwrap();
     let values = gates_for(&cfg, &modules, 7);
     let gates = GateBank::new(&values, GateTraining::Frozen, model.device()).unwrap();
@@ -142,11 +151,7 @@ fn gradients_reach_only_the_trainable_gates_and_match_finite_differences() {
         ModuleId::new(0, ModuleKind::Q),
         ModuleId::new(1, ModuleKind::Fc1),
     ];
-    let experts: Vec<_> = modules
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (*m, two_experts(&cfg, *m, 70 + 5 * i as u64)))
-        .collect();
+    let experts = experts_for(&cfg, &modules, 70);
     // Backbone and experts on the plain device; gates on the autodiff device.
     let bank = ExpertBank::new(&cfg, experts, model.device()).unwrap();
     let ad = model.device().clone().autodiff();

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use common::{fixture, host, max_abs_diff};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
-    ClipTextConfig, ClipTextModel, ClipTokenizer, ClipVisionModel, PoolingRule, TextBatch,
-    TextKeyLayout, ZeroShotModel, ZeroShotTask, to_host,
+    ClipTextConfig, ClipTextModel, ClipTokenizer, ClipVisionModel, PoolingRule, TaskHead,
+    TextBatch, TextKeyLayout, ZeroShotModel, ZeroShotTask,
 };
 use serde::Deserialize;
 
@@ -58,6 +58,26 @@ fn io() -> ParamDict {
 
 fn get(io: &ParamDict, name: &str) -> HostTensor {
     io.get(name).unwrap().clone()
+}
+
+/// The prompts of the fixture's heads, and their ids under `tok`.
+fn prompt_ids(tok: &ClipTokenizer) -> (Vec<String>, Vec<Vec<u32>>) {
+    let prompts = heads_json().prompts;
+    let ids = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
+    (prompts, ids)
+}
+
+/// A head's class weights as a host tensor `[classes, dim]`.
+fn head_weight(head: &TaskHead) -> HostTensor {
+    HostTensor::new(vec![head.num_classes(), head.dim()], head.weight().to_vec()).unwrap()
+}
+
+/// The logits of `head` on the image embeddings of `pixels` (a batch of 3 images).
+fn image_logits(vision: &ClipVisionModel, pixels: &HostTensor, head: &TaskHead) -> HostTensor {
+    let out = vision
+        .forward(vision.pixels(pixels.data().to_vec(), 3).unwrap())
+        .unwrap();
+    host(&head.logits(out.embedding()).unwrap())
 }
 
 /// Rows of ids and mask stored as F32 `[batch, len]`.
@@ -216,8 +236,7 @@ fn prompt_embeddings_through_the_folders_tokenizer_match_transformers() {
     let dir = fixture("clip_text_tiny");
     let tok = ClipTokenizer::from_dir(&dir).unwrap();
     let model = ClipTextModel::load_dir(&dir).unwrap();
-    let prompts = heads_json().prompts;
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
+    let (_, ids) = prompt_ids(&tok);
     // Same ids and padding as transformers' `tokenizer(prompts, padding=True)`.
     let want = batch_of(&io, "prompts");
     assert_eq!(TextBatch::pad(&ids, tok.pad_id()).unwrap(), want);
@@ -255,27 +274,16 @@ fn heads_match_fusionbenchs_recipe_and_logits_match_clip() {
         assert_eq!(head.templates(), task.templates());
         assert!((head.logit_scale() - 3.2f32.exp()).abs() < 1e-5);
         let want = get(&io, &format!("head.{name}.weight"));
-        let got =
-            HostTensor::new(vec![head.num_classes(), head.dim()], head.weight().to_vec()).unwrap();
+        let got = head_weight(&head);
         let d_head = max_abs_diff(&got, &want);
-        let out = vision
-            .forward(vision.pixels(pixels.data().to_vec(), 3).unwrap())
-            .unwrap();
-        let logits = host(&head.logits(out.embedding()).unwrap());
+        let logits = image_logits(&vision, &pixels, &head);
         let d_logits = max_abs_diff(&logits, &get(&io, &format!("logits.{name}")));
         eprintln!("{name}: head max|diff| {d_head:.2e}, logits max|diff| {d_logits:.2e}");
         assert!(d_head <= TOL, "{name} head max|diff| = {d_head}");
         assert!(d_logits <= TOL, "{name} logits max|diff| = {d_logits}");
         // The same head from the lower-level function.
         let again = madeit_vit::zero_shot_head(zs.text(), zs.tokenizer(), task, Some(3.2)).unwrap();
-        let d = max_abs_diff(
-            &HostTensor::new(
-                vec![again.num_classes(), again.dim()],
-                again.weight().to_vec(),
-            )
-            .unwrap(),
-            &got,
-        );
+        let d = max_abs_diff(&head_weight(&again), &got);
         assert!(d <= 1e-6, "batching changed the head by {d}");
     }
 }
@@ -286,26 +294,18 @@ fn clip_logits_per_image_match_transformers() {
     let dir = fixture("clip_text_tiny");
     let zs = ZeroShotModel::load_dir(&dir).unwrap();
     let vision = ClipVisionModel::load_dir(&dir).unwrap();
-    let prompts = heads_json().prompts;
-    let ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| zs.tokenizer().encode(p).unwrap())
-        .collect();
+    let (prompts, ids) = prompt_ids(zs.tokenizer());
     let text = zs
         .text()
         .text_embeddings(&ids, zs.tokenizer().pad_id(), 8)
         .unwrap();
     // The prompts as a head (one "class" per prompt): CLIP's logits_per_image.
     let names: Vec<String> = (0..prompts.len()).map(|i| format!("p{i}")).collect();
-    let head = madeit_vit::TaskHead::new("prompts", &text, names)
+    let head = TaskHead::new("prompts", &text, names)
         .unwrap()
         .with_logit_scale(zs.logit_scale())
         .unwrap();
-    let pixels = get(&io, "pixel_values");
-    let out = vision
-        .forward(vision.pixels(pixels.data().to_vec(), 3).unwrap())
-        .unwrap();
-    let logits = host(&head.logits(out.embedding()).unwrap());
+    let logits = image_logits(&vision, &get(&io, "pixel_values"), &head);
     let d = max_abs_diff(&logits, &get(&io, "logits_per_image"));
     eprintln!("logits_per_image max|diff| {d:.2e}");
     assert!(d <= TOL, "logits_per_image max|diff| = {d}");
@@ -322,7 +322,7 @@ fn head_files_keep_scale_projection_and_templates() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("eurosat.safetensors");
     head.save(&path).unwrap();
-    let back = madeit_vit::TaskHead::load(&path).unwrap();
+    let back = TaskHead::load(&path).unwrap();
     assert_eq!(back, head);
     assert_eq!(back.log_logit_scale(), Some(zs.logit_scale()));
     // A vision tower saved without its projection gets the head's: the same logits.
@@ -334,11 +334,7 @@ fn head_files_keep_scale_projection_and_templates() {
     assert!(!vision.has_projection());
     let vision = vision.with_projection(&proj).unwrap();
     let io = io();
-    let pixels = get(&io, "pixel_values");
-    let out = vision
-        .forward(vision.pixels(pixels.data().to_vec(), 3).unwrap())
-        .unwrap();
-    let logits = to_host(&back.logits(out.embedding()).unwrap()).unwrap();
+    let logits = image_logits(&vision, &get(&io, "pixel_values"), &back);
     assert!(max_abs_diff(&logits, &get(&io, "logits.eurosat")) <= TOL);
     // A projection of the wrong width is refused.
     let wrong = HostTensor::new(vec![24, 31], vec![0.0; 24 * 31]).unwrap();

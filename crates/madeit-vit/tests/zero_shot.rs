@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::fixture;
 use madeit_params::ParamDict;
@@ -23,7 +23,18 @@ fn copy_clip() -> tempfile::TempDir {
     tmp
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+/// A copy of the fixture CLIP folder whose weights lack `name`, with the path of its
+/// weights file and the weights left.
+fn copy_clip_without(name: &str) -> (tempfile::TempDir, PathBuf, ParamDict) {
+    let tmp = copy_clip();
+    let weights = tmp.path().join("model.safetensors");
+    let mut params = ParamDict::load(&weights).unwrap();
+    params.remove(name).unwrap();
+    params.save(&weights).unwrap();
+    (tmp, weights, params)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
@@ -191,11 +202,7 @@ fn a_vision_only_folder_has_no_text_tower() {
 
 #[test]
 fn a_missing_or_broken_logit_scale_is_named() {
-    let tmp = copy_clip();
-    let weights = tmp.path().join("model.safetensors");
-    let mut params = ParamDict::load(&weights).unwrap();
-    params.remove("logit_scale").unwrap();
-    params.save(&weights).unwrap();
+    let (tmp, weights, mut params) = copy_clip_without("logit_scale");
     let err = ZeroShotModel::load_dir(tmp.path()).unwrap_err();
     assert!(matches!(err, VitError::LogitScale { .. }), "{err}");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
@@ -210,11 +217,7 @@ fn a_missing_or_broken_logit_scale_is_named() {
 
 #[test]
 fn a_partial_text_tower_lists_what_is_missing() {
-    let tmp = copy_clip();
-    let weights = tmp.path().join("model.safetensors");
-    let mut params = ParamDict::load(&weights).unwrap();
-    params.remove("text_model.final_layer_norm.bias").unwrap();
-    params.save(&weights).unwrap();
+    let (tmp, _, _) = copy_clip_without("text_model.final_layer_norm.bias");
     let err = ClipTextModel::load_dir(tmp.path()).unwrap_err();
     assert!(matches!(err, VitError::TextCheckpoint { .. }), "{err}");
     assert!(
