@@ -33,10 +33,10 @@ use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use faer::Mat;
 use madeit_adapt::{
-    AdaMergingConfig, AdaptReport, GateProjection, GateTrainer, GradientProjector, LoraWemoe,
-    LwAdaMerging, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, Step, TestTimeExtras,
-    TestTimeMerger, WemoeConfig, build_expert, extend_basis, seed_pass, teacher_logits,
-    top_directions,
+    AdaMergingConfig, AdamOptions, AdaptReport, GateProjection, GateTrainer, GradientProjector,
+    LoraWemoe, LwAdaMerging, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, Step,
+    TestTimeExtras, TestTimeMerger, WemoeConfig, build_expert, extend_basis, seed_pass,
+    teacher_logits, top_directions,
 };
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::TaskId;
@@ -397,13 +397,19 @@ fn table_rows_vit_b32(c: &mut Criterion) {
                 let device = Device::flex();
                 if name == "c_lw_adamerging" {
                     let config = AdaMergingConfig {
-                        steps,
+                        adam: AdamOptions {
+                            steps,
+                            ..AdamOptions::default()
+                        },
                         ..AdaMergingConfig::default()
                     };
                     Box::new(LwAdaMerging::new(config, cfg.clone(), device).unwrap())
                 } else {
                     let config = WemoeConfig {
-                        steps,
+                        adam: AdamOptions {
+                            steps,
+                            ..AdamOptions::default()
+                        },
                         ..WemoeConfig::default()
                     };
                     Box::new(LoraWemoe::new(config, cfg.clone(), device).unwrap())

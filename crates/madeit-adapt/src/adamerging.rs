@@ -17,12 +17,12 @@ use madeit_vit::{
 use serde::{Deserialize, Serialize};
 
 use crate::admit::{Admitted, admit_step};
-use crate::config::bad_adam_moments;
 use crate::entropy::{ENTROPY_EPSILON, entropy_loss};
+use crate::options::{AdamOptions, SeedImageOptions};
 use crate::persist::{StateReader, StateWriter, check_backbone, check_stream, stream_seed};
 use crate::{
     AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedBatches, SeedImages,
-    SeedSource, TestTimeExtras, TestTimeMerger, TestTimeStep,
+    TestTimeExtras, TestTimeMerger, TestTimeStep,
 };
 
 /// Registry name of continual layer-wise AdaMerging.
@@ -30,10 +30,11 @@ pub const LW_ADAMERGING: &str = "c_lw_adamerging";
 
 /// Configuration of [`LwAdaMerging`]. `Default` gives the reference code's values.
 ///
-/// Keys are snake_case; unknown keys are rejected; missing keys take the default. Values are
+/// Keys are snake_case, the option groups' keys at the top level; missing keys take the
+/// default; [`parse_config`](crate::parse_config) rejects unknown keys. Values are
 /// range-checked once by [`check`](Self::check).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AdaMergingConfig {
     /// `false` (default, the reference's behaviour): every step starts over from `theta_0`
     /// with only the current task, `theta^(t) = theta_0 + clamp(L) tau_t`. `true`: the
@@ -42,24 +43,17 @@ pub struct AdaMergingConfig {
     pub accumulate: bool,
     /// Initial value of every coefficient (default 0.3), in `[0, 1]`.
     pub init: f64,
-    /// Adam learning rate (default 1e-4).
-    pub lr: f64,
-    /// Adam `beta_1` (default 0.9).
-    pub adam_beta1: f64,
-    /// Adam `beta_2` (default 0.999).
-    pub adam_beta2: f64,
-    /// Adam `epsilon` (default 1e-8).
-    pub adam_epsilon: f64,
-    /// Seed samples per batch (default 16).
-    pub batch_size: usize,
-    /// Adam steps per task (default 50; 0 keeps the initial coefficients).
-    pub steps: usize,
-    /// Unlabeled samples per class the run loop should pass (default 5).
-    pub seed_per_class: usize,
-    /// Where the run loop takes the seed samples from (default: the seed split).
-    pub seed_source: SeedSource,
     /// Seed of the batch order (default 42).
     pub seed: u64,
+    /// The Adam run of each task (keys `lr`, `adam_beta1`, `adam_beta2`, `adam_epsilon`,
+    /// `steps`, `batch_size`; the reference's values by default). With `steps = 0` the
+    /// step keeps the initial coefficients.
+    #[serde(flatten)]
+    pub adam: AdamOptions,
+    /// The seed images (keys `seed_per_class`, `seed_source`; 5 per class from the seed
+    /// split by default).
+    #[serde(flatten)]
+    pub seed_images: SeedImageOptions,
 }
 
 impl Default for AdaMergingConfig {
@@ -67,15 +61,9 @@ impl Default for AdaMergingConfig {
         Self {
             accumulate: false,
             init: 0.3,
-            lr: 1e-4,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_epsilon: 1e-8,
-            batch_size: 16,
-            steps: 50,
-            seed_per_class: 5,
-            seed_source: SeedSource::SeedSplit,
             seed: 42,
+            adam: AdamOptions::default(),
+            seed_images: SeedImageOptions::default(),
         }
     }
 }
@@ -97,23 +85,8 @@ impl AdaMergingConfig {
         if !(0.0..=1.0).contains(&self.init) {
             return bad("init", self.init.to_string(), "must lie in [0, 1]");
         }
-        if !(self.lr >= 0.0 && self.lr.is_finite()) {
-            return bad("lr", self.lr.to_string(), "must be finite and >= 0");
-        }
-        if let Some((name, v, reason)) =
-            bad_adam_moments(self.adam_beta1, self.adam_beta2, self.adam_epsilon)
-        {
-            return bad(name, v.to_string(), reason);
-        }
-        for (name, v) in [
-            ("batch_size", self.batch_size),
-            ("seed_per_class", self.seed_per_class),
-        ] {
-            if v == 0 {
-                return bad(name, v.to_string(), "must be at least 1");
-            }
-        }
-        Ok(())
+        self.adam.check(LW_ADAMERGING)?;
+        self.seed_images.check(LW_ADAMERGING)
     }
 }
 
@@ -354,15 +327,15 @@ impl LwAdaMerging {
         let ad = self.device.clone().autodiff();
         let mut coeffs = vec![cfg.init as f32; k];
         let (mut m1, mut m2) = (vec![0.0f64; k], vec![0.0f64; k]);
-        let (b1, b2) = (cfg.adam_beta1, cfg.adam_beta2);
+        let (b1, b2) = (cfg.adam.adam_beta1, cfg.adam.adam_beta2);
         let n = seed.len();
         let mut batches = SeedBatches::new(
             n,
-            cfg.batch_size,
+            cfg.adam.batch_size,
             stream_seed(cfg.seed, step, STREAM_BATCHES),
         );
-        let mut losses = Vec::with_capacity(cfg.steps);
-        for s in 0..cfg.steps {
+        let mut losses = Vec::with_capacity(cfg.adam.steps);
+        for s in 0..cfg.adam.steps {
             let batch = batches.next().unwrap_or_default();
             let px = self.pixels(seed, &batch).map_err(|e| with_task(e, task))?;
             let l = upload(coeffs.clone(), [k], &ad).require_grad();
@@ -403,7 +376,8 @@ impl LwAdaMerging {
                 let gi = f64::from(g.get(i).copied().unwrap_or(0.0));
                 m1[i] = b1 * m1[i] + (1.0 - b1) * gi;
                 m2[i] = b2 * m2[i] + (1.0 - b2) * gi * gi;
-                let update = cfg.lr * (m1[i] / c1) / ((m2[i] / c2).sqrt() + cfg.adam_epsilon);
+                let update =
+                    cfg.adam.lr * (m1[i] / c1) / ((m2[i] / c2).sqrt() + cfg.adam.adam_epsilon);
                 coeffs[i] = (f64::from(coeffs[i]) - update) as f32;
             }
         }
@@ -452,7 +426,7 @@ impl LwAdaMerging {
         let classes = head.num_classes();
         let mut logits = Vec::with_capacity(n * classes);
         let idx: Vec<usize> = (0..n).collect();
-        for chunk in idx.chunks(cfg.batch_size) {
+        for chunk in idx.chunks(cfg.adam.batch_size) {
             let px = self.pixels(seed, chunk).map_err(|e| with_task(e, task))?;
             logits.extend(host_vec(&head.logits(model.forward(px)?.embedding())?)?);
         }
@@ -470,7 +444,7 @@ impl LwAdaMerging {
             if cfg.accumulate { 1.0 } else { 0.0 },
         );
         metrics.insert("tensors".to_owned(), k as f64);
-        metrics.insert("steps".to_owned(), cfg.steps as f64);
+        metrics.insert("steps".to_owned(), cfg.adam.steps as f64);
         metrics.insert(
             "coefficient_mean".to_owned(),
             clamped.iter().sum::<f64>() / k.max(1) as f64,
@@ -496,7 +470,7 @@ impl LwAdaMerging {
             task_vector_norm: admitted.record.task_vector_norm,
             merged_delta_norm: delta_sq.sqrt(),
             seed_samples: n,
-            seed_source: cfg.seed_source,
+            seed_source: cfg.seed_images.seed_source,
             losses,
             kl_before: None,
             kl_after: final_entropy,

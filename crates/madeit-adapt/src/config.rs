@@ -6,6 +6,7 @@ use madeit_vit::{ClipVisionConfig, ModuleId, ModuleKind};
 use serde::{Deserialize, Serialize};
 
 use crate::AdaptError;
+use crate::options::{AdamOptions, SeedImageOptions, parse_config};
 
 /// Registry name of MINGLE.
 pub const MINGLE: &str = "mingle";
@@ -124,10 +125,12 @@ impl SvdMethod {
 
 /// MINGLE's configuration. `Default` gives the paper's and the reference code's values.
 ///
-/// Keys are snake_case; unknown keys are rejected; missing keys take the default. Values
-/// are range-checked once by [`check`](Self::check).
+/// Keys are snake_case, the option groups' keys at the top level; missing keys take the
+/// default; [`from_json_str`](Self::from_json_str) and [`parse_config`] reject unknown
+/// keys (plain serde ignores them: `flatten` and `deny_unknown_fields` do not combine).
+/// Values are range-checked once by [`check`](Self::check).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct MingleConfig {
     /// Modules with experts and gates. Default: all six linear maps of every layer.
     pub targets: TargetSet,
@@ -154,30 +157,12 @@ pub struct MingleConfig {
     pub beta: f64,
     /// Gradient projection of the newest gate (default: adaptive relaxation).
     pub projection: GateProjection,
-    /// Adam learning rate (default 1e-4).
-    pub lr: f64,
-    /// Adam `beta_1` (default 0.9, PyTorch's).
-    pub adam_beta1: f64,
-    /// Adam `beta_2` (default 0.999, PyTorch's).
-    pub adam_beta2: f64,
-    /// Adam `epsilon` (default 1e-8, PyTorch's; burn's own default is 1e-5).
-    pub adam_epsilon: f64,
-    /// Seed samples per batch (default 16).
-    pub batch_size: usize,
-    /// Adam steps per task (default 50).
-    pub steps: usize,
     /// Distillation temperature `T` (default 2).
     pub temperature: f64,
     /// Standard deviation of the new gate's weight at initialisation (default 0.01).
     pub gate_init_std: f64,
     /// Bias of the new gate at initialisation (default 0).
     pub gate_init_bias: f64,
-    /// Unlabeled samples per class the run loop should pass (default 5). Informational for
-    /// the seed split (which already holds that many); used by
-    /// [`select_seed_indices`](crate::select_seed_indices) for the test-split draw.
-    pub seed_per_class: usize,
-    /// Where the run loop takes the seed samples from (default: the seed split).
-    pub seed_source: SeedSource,
     /// SVD of the projected task vector for the rank-`r` expert (default exact, as the
     /// reference's full `torch.linalg.svd`).
     pub expert_svd: SvdMethod,
@@ -191,6 +176,14 @@ pub struct MingleConfig {
     pub report_initial_kl: bool,
     /// Seed of every random draw (gate initialisation, batch order, randomized SVDs).
     pub seed: u64,
+    /// The Adam run of each task (keys `lr`, `adam_beta1`, `adam_beta2`, `adam_epsilon`,
+    /// `steps`, `batch_size`; the references' values by default).
+    #[serde(flatten)]
+    pub adam: AdamOptions,
+    /// The seed images (keys `seed_per_class`, `seed_source`; 5 per class from the seed
+    /// split by default).
+    #[serde(flatten)]
+    pub seed_images: SeedImageOptions,
 }
 
 impl Default for MingleConfig {
@@ -204,17 +197,9 @@ impl Default for MingleConfig {
             gamma: 1.0,
             beta: 0.99,
             projection: GateProjection::Relaxed,
-            lr: 1e-4,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_epsilon: 1e-8,
-            batch_size: 16,
-            steps: 50,
             temperature: 2.0,
             gate_init_std: 0.01,
             gate_init_bias: 0.0,
-            seed_per_class: 5,
-            seed_source: SeedSource::SeedSplit,
             expert_svd: SvdMethod::Exact,
             subspace_svd: SvdMethod::Randomized {
                 oversample: TruncatedSvd::DEFAULT_OVERSAMPLE,
@@ -222,6 +207,8 @@ impl Default for MingleConfig {
             },
             report_initial_kl: false,
             seed: 42,
+            adam: AdamOptions::default(),
+            seed_images: SeedImageOptions::default(),
         }
     }
 }
@@ -259,10 +246,11 @@ impl MingleConfig {
     /// # Errors
     /// [`AdaptError::InvalidConfig`] with the parser's message.
     pub fn from_json_str(text: &str) -> Result<Self, AdaptError> {
-        serde_json::from_str(text).map_err(|e| AdaptError::InvalidConfig {
+        let value = serde_json::from_str(text).map_err(|e| AdaptError::InvalidConfig {
             method: MINGLE,
             message: e.to_string(),
-        })
+        })?;
+        parse_config(MINGLE, value)
     }
 
     /// The expert rank of a `d_out x d_in` module:
@@ -299,12 +287,7 @@ impl MingleConfig {
                 "must name at least one module kind",
             );
         }
-        let positive = [
-            ("rank", self.rank),
-            ("subspace_k", self.subspace_k),
-            ("batch_size", self.batch_size),
-            ("seed_per_class", self.seed_per_class),
-        ];
+        let positive = [("rank", self.rank), ("subspace_k", self.subspace_k)];
         for (name, v) in positive {
             if v == 0 {
                 return bad(name, v.to_string(), "must be at least 1");
@@ -323,14 +306,8 @@ impl MingleConfig {
         if !(0.0..1.0).contains(&self.beta) {
             return bad("beta", self.beta.to_string(), "must lie in [0, 1)");
         }
-        if !(self.lr >= 0.0 && self.lr.is_finite()) {
-            return bad("lr", self.lr.to_string(), "must be finite and >= 0");
-        }
-        if let Some((name, v, reason)) =
-            bad_adam_moments(self.adam_beta1, self.adam_beta2, self.adam_epsilon)
-        {
-            return bad(name, v.to_string(), reason);
-        }
+        self.adam.check(MINGLE)?;
+        self.seed_images.check(MINGLE)?;
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad(
                 "temperature",
@@ -366,22 +343,4 @@ impl MingleConfig {
         }
         Ok(())
     }
-}
-
-/// The first bad Adam moment setting of an adapted method, as (parameter, value, what it
-/// must be): `adam_beta1` and `adam_beta2` lie in [0, 1), `adam_epsilon` is finite and > 0.
-pub(crate) fn bad_adam_moments(
-    beta1: f64,
-    beta2: f64,
-    epsilon: f64,
-) -> Option<(&'static str, f64, &'static str)> {
-    for (name, v) in [("adam_beta1", beta1), ("adam_beta2", beta2)] {
-        if !(0.0..1.0).contains(&v) {
-            return Some((name, v, "must lie in [0, 1)"));
-        }
-    }
-    if !(epsilon > 0.0 && epsilon.is_finite()) {
-        return Some(("adam_epsilon", epsilon, "must be finite and > 0"));
-    }
-    None
 }

@@ -65,6 +65,7 @@ mod entropy;
 mod error;
 mod expert;
 mod mingle;
+mod options;
 mod persist;
 mod projection;
 mod seed;
@@ -83,6 +84,7 @@ pub use madeit_stream::AdmitError;
 /// The stream's one method trait and its step input, re-exported.
 pub use madeit_stream::{ContinualMethod, Step};
 pub use mingle::Mingle;
+pub use options::{AdamOptions, SeedImageOptions, parse_config};
 pub use projection::{GradientProjector, NORM_GUARD};
 pub use seed::{SeedBatches, SeedImages, select_seed_indices};
 pub use state::{ADAPT_STATE_FORMAT, ADAPT_STATE_VERSION, AdaptMetadata, AdaptState};

@@ -314,7 +314,7 @@ impl Mingle {
         // once equals recomputing them per batch).
         let t0 = Instant::now();
         let teacher_model = ClipVisionModel::from_params_on(&self.vision, finetuned, &self.device)?;
-        let teacher = teacher_logits(&teacher_model, head, seed, cfg.batch_size)?;
+        let teacher = teacher_logits(&teacher_model, head, seed, cfg.adam.batch_size)?;
         drop(teacher_model);
         let seconds_teacher = t0.elapsed().as_secs_f64();
 
@@ -324,8 +324,12 @@ impl Mingle {
             teacher: &teacher,
         };
         let n = seed.len();
-        let pass_batches =
-            SeedBatches::new(n, cfg.batch_size, stream_seed(cfg.seed, step, STREAM_PASS)).epoch();
+        let pass_batches = SeedBatches::new(
+            n,
+            cfg.adam.batch_size,
+            stream_seed(cfg.seed, step, STREAM_PASS),
+        )
+        .epoch();
         // One pass of the merged model over the seed set, recording the inputs of `record`.
         let pass_with = |gates: &GateValues, record: &BTreeSet<ModuleId>| {
             seed_pass(
@@ -365,11 +369,11 @@ impl Mingle {
             .map_err(|e| with_task(e, task))?;
         let mut batches = SeedBatches::new(
             n,
-            cfg.batch_size,
+            cfg.adam.batch_size,
             stream_seed(cfg.seed, step, STREAM_BATCHES),
         );
-        let mut losses = Vec::with_capacity(cfg.steps);
-        for s in 0..cfg.steps {
+        let mut losses = Vec::with_capacity(cfg.adam.steps);
+        for s in 0..cfg.adam.steps {
             let batch = batches.next().unwrap_or_default();
             let loss = trainer.step(&batch).map_err(|e| with_task(e, task))?;
             if !loss.is_finite() {
@@ -419,7 +423,7 @@ impl Mingle {
         let count = stats.len().max(1) as f64;
         let mut metrics = IndexMap::new();
         metrics.insert("modules".to_owned(), self.modules.len() as f64);
-        metrics.insert("steps".to_owned(), cfg.steps as f64);
+        metrics.insert("steps".to_owned(), cfg.adam.steps as f64);
         metrics.insert(
             "mean_k_eff".to_owned(),
             stats.iter().map(|s| s.k_eff as f64).sum::<f64>() / count,
@@ -498,7 +502,7 @@ impl Mingle {
             task_vector_norm: total,
             merged_delta_norm,
             seed_samples: n,
-            seed_source: cfg.seed_source,
+            seed_source: cfg.seed_images.seed_source,
             losses,
             kl_before,
             kl_after: pass.kl,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use faer::Mat;
 use madeit_vit::{
@@ -182,11 +182,7 @@ impl<'a> GateTrainer<'a> {
                 });
             }
         }
-        let optim = AdamConfig::new()
-            .with_beta_1(config.adam_beta1 as f32)
-            .with_beta_2(config.adam_beta2 as f32)
-            .with_epsilon(config.adam_epsilon as f32)
-            .init();
+        let optim = config.adam.burn_config().init();
         Ok(Self {
             model,
             bank,
@@ -196,7 +192,7 @@ impl<'a> GateTrainer<'a> {
             head,
             seed,
             teacher,
-            lr: config.lr,
+            lr: config.adam.lr,
             temperature: config.temperature,
         })
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
@@ -18,14 +18,15 @@ use serde::{Deserialize, Serialize};
 use crate::admit::admit_step;
 use crate::entropy::entropy_loss;
 use crate::expert::build_expert;
+use crate::options::{AdamOptions, SeedImageOptions};
 use crate::persist::{
     ScaleOn, StateReader, StateWriter, check_backbone, check_stream, expert_model, stream_seed,
     vision_tensor,
 };
 use crate::tta::{mean_kl, teacher_logits};
 use crate::{
-    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedBatches, SeedSource,
-    SvdMethod, TestTimeExtras, TestTimeMerger, TestTimeStep,
+    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedBatches, SvdMethod,
+    TestTimeExtras, TestTimeMerger, TestTimeStep,
 };
 
 /// Registry name of C. LoRA-WEMoE.
@@ -39,8 +40,11 @@ pub const LORA_WEMOE: &str = "c_lora_wemoe";
 /// the others). Set `first_rank = rank` for one rank for all tasks. The cap changes nothing
 /// on CLIP models (ViT-B: 64 of 768) and is the same rule as MINGLE's
 /// ([`crate::MingleConfig::effective_rank`]).
+///
+/// Keys are snake_case, the option groups' keys at the top level; missing keys take the
+/// default; [`parse_config`](crate::parse_config) rejects unknown keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct WemoeConfig {
     /// Continual task-arithmetic coefficient of the attention weights and biases (0.3).
     pub attention_lambda: f64,
@@ -54,26 +58,19 @@ pub struct WemoeConfig {
     pub router_init_std: f64,
     /// Bias of a new router row (0.3).
     pub router_init_bias: f64,
-    /// Adam learning rate (1e-4).
-    pub lr: f64,
-    /// Adaptation steps per task (50).
-    pub steps: usize,
-    /// Seed samples per batch (16).
-    pub batch_size: usize,
-    /// Seed samples per class drawn by the run loop (5).
-    pub seed_per_class: usize,
-    /// Where the run loop draws the seed samples from.
-    pub seed_source: SeedSource,
     /// Seed of the router initialisation, the batch order and the seed-sample draw.
     pub seed: u64,
-    /// Adam `beta_1` (0.9).
-    pub adam_beta1: f64,
-    /// Adam `beta_2` (0.999).
-    pub adam_beta2: f64,
-    /// Adam `epsilon` (1e-8).
-    pub adam_epsilon: f64,
     /// How the experts' truncated SVDs are computed (exact).
     pub expert_svd: SvdMethod,
+    /// The Adam run of the routers at each task (keys `lr`, `adam_beta1`, `adam_beta2`,
+    /// `adam_epsilon`, `steps`, `batch_size`; the reference's values by default). The
+    /// learning rate must be > 0 here.
+    #[serde(flatten)]
+    pub adam: AdamOptions,
+    /// The seed images (keys `seed_per_class`, `seed_source`; 5 per class from the seed
+    /// split by default).
+    #[serde(flatten)]
+    pub seed_images: SeedImageOptions,
 }
 
 impl Default for WemoeConfig {
@@ -85,16 +82,10 @@ impl Default for WemoeConfig {
             max_rank_fraction: 0.5,
             router_init_std: 0.01,
             router_init_bias: 0.3,
-            lr: 1e-4,
-            steps: 50,
-            batch_size: 16,
-            seed_per_class: 5,
-            seed_source: SeedSource::SeedSplit,
             seed: 0,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_epsilon: 1e-8,
             expert_svd: SvdMethod::Exact,
+            adam: AdamOptions::default(),
+            seed_images: SeedImageOptions::default(),
         }
     }
 }
@@ -158,27 +149,11 @@ impl WemoeConfig {
         if !self.router_init_bias.is_finite() {
             return bad("router_init_bias", self.router_init_bias, "must be finite");
         }
-        if !finite_pos(self.lr) {
-            return bad("lr", self.lr, "must be finite and > 0");
+        if !finite_pos(self.adam.lr) {
+            return bad("lr", self.adam.lr, "must be finite and > 0");
         }
-        if self.batch_size == 0 {
-            return bad("batch_size", 0.0, "must be at least 1");
-        }
-        if self.seed_per_class == 0 {
-            return bad("seed_per_class", 0.0, "must be at least 1");
-        }
-        for (name, b) in [
-            ("adam_beta1", self.adam_beta1),
-            ("adam_beta2", self.adam_beta2),
-        ] {
-            if !(0.0..1.0).contains(&b) {
-                return bad(name, b, "must lie in [0, 1)");
-            }
-        }
-        if !finite_pos(self.adam_epsilon) {
-            return bad("adam_epsilon", self.adam_epsilon, "must be finite and > 0");
-        }
-        Ok(())
+        self.adam.check(LORA_WEMOE)?;
+        self.seed_images.check(LORA_WEMOE)
     }
 }
 
@@ -427,18 +402,14 @@ impl LoraWemoe {
         if let Some(g) = &gates {
             g.validate(&bank)?;
         }
-        let mut optim: ModuleOptimizer = AdamConfig::new()
-            .with_beta_1(cfg.adam_beta1 as f32)
-            .with_beta_2(cfg.adam_beta2 as f32)
-            .with_epsilon(cfg.adam_epsilon as f32)
-            .init();
+        let mut optim: ModuleOptimizer = cfg.adam.burn_config().init();
         let mut batches = SeedBatches::new(
             seed.len(),
-            cfg.batch_size,
+            cfg.adam.batch_size,
             stream_seed(cfg.seed, step, STREAM_BATCHES),
         );
-        let mut losses = Vec::with_capacity(cfg.steps);
-        for s in 0..cfg.steps {
+        let mut losses = Vec::with_capacity(cfg.adam.steps);
+        for s in 0..cfg.adam.steps {
             let batch = batches.next().unwrap_or_default();
             let Some(g) = gates.take() else { break };
             let px = backbone.pixels(seed.gather(&batch), batch.len())?;
@@ -457,7 +428,7 @@ impl LoraWemoe {
                 });
             }
             let grads = GradientsParams::from_grads(loss.backward(), &g);
-            gates = Some(optim.step(cfg.lr, g, grads));
+            gates = Some(optim.step(cfg.adam.lr, g, grads));
             losses.push(value);
         }
         let routers = match gates {
@@ -468,14 +439,14 @@ impl LoraWemoe {
 
         // How far the merged model is from the task's checkpoint on the seed set.
         let teacher_model = ClipVisionModel::from_params_on(&self.vision, finetuned, &self.device)?;
-        let teacher = teacher_logits(&teacher_model, head, seed, cfg.batch_size)?;
+        let teacher = teacher_logits(&teacher_model, head, seed, cfg.adam.batch_size)?;
         drop(teacher_model);
         let frozen = GateBank::new(&routers, GateTraining::Frozen, &self.device)?
             .with_sharing(GateSharing::SharedMlp);
         let model = GatedModel::new(backbone, bank, frozen)?;
         let mut student = Vec::with_capacity(teacher.len());
         let idx: Vec<usize> = (0..seed.len()).collect();
-        for chunk in idx.chunks(cfg.batch_size) {
+        for chunk in idx.chunks(cfg.adam.batch_size) {
             student.extend_from_slice(model.logits(head, seed.gather(chunk), chunk.len())?.data());
         }
         let kl_after = mean_kl(&student, &teacher, head.num_classes(), 1.0);
@@ -486,7 +457,7 @@ impl LoraWemoe {
             "expert_rank".to_owned(),
             ranks.iter().sum::<usize>() as f64 / ranks.len().max(1) as f64,
         );
-        metrics.insert("steps".to_owned(), cfg.steps as f64);
+        metrics.insert("steps".to_owned(), cfg.adam.steps as f64);
         if let (Some(f), Some(l)) = (losses.first(), losses.last()) {
             metrics.insert("entropy_first".to_owned(), *f);
             metrics.insert("entropy_last".to_owned(), *l);
@@ -509,7 +480,7 @@ impl LoraWemoe {
             task_vector_norm: 0.0,
             merged_delta_norm: 0.0,
             seed_samples: seed.len(),
-            seed_source: cfg.seed_source,
+            seed_source: cfg.seed_images.seed_source,
             losses,
             kl_before: None,
             kl_after,

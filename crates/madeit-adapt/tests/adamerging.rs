@@ -7,8 +7,8 @@ mod common;
 use burn::prelude::*;
 use common::{Fixture, absorb, absorb_with, fixture};
 use madeit_adapt::{
-    AdaMergingConfig, AdaptError, ContinualMethod, LwAdaMerging, SeedImages, Step, TestTimeMerger,
-    entropy_loss,
+    AdaMergingConfig, AdamOptions, AdaptError, ContinualMethod, LwAdaMerging, SeedImages, Step,
+    TestTimeMerger, entropy_loss,
 };
 use madeit_merge::{MethodConfig, TaskArithmeticConfig};
 use madeit_params::{ParamDict, Tensor as HostTensor};
@@ -50,8 +50,11 @@ fn expected(theta0: &ParamDict, ft: &ParamDict, coeff: impl Fn(&str) -> f64) -> 
 fn zero_steps(accumulate: bool) -> AdaMergingConfig {
     AdaMergingConfig {
         accumulate,
-        steps: 0,
-        batch_size: 4,
+        adam: AdamOptions {
+            steps: 0,
+            batch_size: 4,
+            ..AdamOptions::default()
+        },
         ..AdaMergingConfig::default()
     }
 }
@@ -111,9 +114,12 @@ fn entropy_decreases_on_a_fixed_batch() {
     // order), so the entropy trace is a function of the coefficients alone.
     let f = fixture(1, 8);
     let config = AdaMergingConfig {
-        steps: 30,
-        batch_size: 8,
-        lr: 1e-2,
+        adam: AdamOptions {
+            steps: 30,
+            batch_size: 8,
+            lr: 1e-2,
+            ..AdamOptions::default()
+        },
         ..AdaMergingConfig::default()
     };
     let mut m = merger(&f, config);
@@ -133,9 +139,12 @@ fn coefficients_are_clamped_in_the_merge() {
     // [0, 1]; the merge must use the clamped values.
     let f = fixture(1, 4);
     let config = AdaMergingConfig {
-        steps: 2,
-        batch_size: 4,
-        lr: 1.0,
+        adam: AdamOptions {
+            steps: 2,
+            batch_size: 4,
+            lr: 1.0,
+            ..AdamOptions::default()
+        },
         ..AdaMergingConfig::default()
     };
     let mut m = merger(&f, config);
@@ -161,9 +170,12 @@ fn state_round_trips_and_resumes_identically() {
     let f = fixture(2, 6);
     let config = AdaMergingConfig {
         accumulate: true,
-        steps: 2,
-        batch_size: 4,
-        lr: 1e-2,
+        adam: AdamOptions {
+            steps: 2,
+            batch_size: 4,
+            lr: 1e-2,
+            ..AdamOptions::default()
+        },
         ..AdaMergingConfig::default()
     };
     let mut a = merger(&f, config.clone());

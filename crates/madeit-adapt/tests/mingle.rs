@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use burn::prelude::*;
 use common::{Fixture, absorb, absorb_with, absorbed, fixture, quick_config, random_params};
 use madeit_adapt::{
-    AdaptError, AdaptState, ContinualMethod, GateProjection, GateTrainer, GradientProjector,
-    Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TargetSet, TestTimeMerger, seed_pass,
-    teacher_logits,
+    AdamOptions, AdaptError, AdaptState, ContinualMethod, GateProjection, GateTrainer,
+    GradientProjector, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TargetSet,
+    TestTimeMerger, seed_pass, teacher_logits,
 };
 use madeit_params::ParamDict;
 use madeit_stream::{MergedModel, TaskId};
@@ -89,9 +89,12 @@ fn adaptation_lowers_the_kl_on_the_seed_set() {
     // gates visibly.
     let f = fixture(1, 10);
     let cfg = MingleConfig {
-        lr: 1e-2,
-        steps: 25,
         report_initial_kl: true,
+        adam: AdamOptions {
+            lr: 1e-2,
+            steps: 25,
+            ..quick_config().adam
+        },
         ..quick_config()
     };
     let mut m = merger(&f, cfg);
@@ -487,10 +490,10 @@ fn configuration_is_checked_and_parsed() {
         |c| c.subspace_k = 0,
         |c| c.beta = 1.0,
         |c| c.gamma = -1.0,
-        |c| c.lr = f64::NAN,
+        |c| c.adam.lr = f64::NAN,
         |c| c.temperature = 0.0,
         |c| c.max_rank_fraction = 1.5,
-        |c| c.batch_size = 0,
+        |c| c.adam.batch_size = 0,
         |c| c.targets = TargetSet::Custom(Vec::new()),
     ];
     for edit in bad {
@@ -509,14 +512,14 @@ fn configuration_is_checked_and_parsed() {
         (
             d.rank,
             d.subspace_k,
-            d.steps,
-            d.batch_size,
-            d.seed_per_class
+            d.adam.steps,
+            d.adam.batch_size,
+            d.seed_images.seed_per_class
         ),
         (64, 3, 50, 16, 5)
     );
     assert_eq!(
-        (d.gamma, d.beta, d.lr, d.temperature, d.gate_init_std),
+        (d.gamma, d.beta, d.adam.lr, d.temperature, d.gate_init_std),
         (1.0, 0.99, 1e-4, 2.0, 0.01)
     );
     assert_eq!(d.effective_rank(768, 768), 64);

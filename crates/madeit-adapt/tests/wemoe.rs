@@ -7,7 +7,7 @@ mod common;
 use burn::prelude::*;
 use common::{Fixture, absorb, absorb_with, absorbed, expert_model, fixture, random_head};
 use madeit_adapt::{
-    AdaptError, ContinualMethod, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig,
+    AdamOptions, AdaptError, ContinualMethod, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig,
 };
 use madeit_stream::TaskId;
 use madeit_vit::{
@@ -17,8 +17,11 @@ use madeit_vit::{
 
 fn quick() -> WemoeConfig {
     WemoeConfig {
-        steps: 4,
-        batch_size: 4,
+        adam: AdamOptions {
+            steps: 4,
+            batch_size: 4,
+            ..AdamOptions::default()
+        },
         ..WemoeConfig::default()
     }
 }
@@ -202,9 +205,12 @@ fn adaptation_lowers_the_entropy_on_a_fixed_batch() {
     let f = fixture(1, 10);
     // One batch holding every seed image, a larger step size: the entropy must go down.
     let cfg = WemoeConfig {
-        steps: 15,
-        batch_size: 10,
-        lr: 1e-2,
+        adam: AdamOptions {
+            steps: 15,
+            batch_size: 10,
+            lr: 1e-2,
+            ..AdamOptions::default()
+        },
         ..WemoeConfig::default()
     };
     let mut m = merger(&f, cfg);
@@ -319,5 +325,85 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
             Device::flex()
         ),
         Err(AdaptError::InvalidParameter { .. })
+    ));
+}
+
+#[test]
+fn option_groups_take_flat_keys_and_unknown_keys_are_refused() {
+    use madeit_adapt::{
+        AdaMergingConfig, LW_ADAMERGING, MINGLE, MingleConfig, SeedImageOptions, SeedSource,
+        parse_config,
+    };
+    let given = serde_json::json!({"lr": 0.01, "steps": 3, "seed_source": "test_split"});
+    let wemoe: WemoeConfig = parse_config("c_lora_wemoe", given.clone()).unwrap();
+    let ada: AdaMergingConfig = parse_config(LW_ADAMERGING, given.clone()).unwrap();
+    let mingle: MingleConfig = parse_config(MINGLE, given).unwrap();
+    let (d_wemoe, d_ada, d_mingle) = (
+        WemoeConfig::default(),
+        AdaMergingConfig::default(),
+        MingleConfig::default(),
+    );
+    let adam = AdamOptions {
+        lr: 0.01,
+        steps: 3,
+        ..AdamOptions::default()
+    };
+    let images = SeedImageOptions {
+        seed_source: SeedSource::TestSplit,
+        ..SeedImageOptions::default()
+    };
+    // The given keys land in the groups; every other key keeps its method's default (WEMoE's
+    // seed is 0, the others' 42).
+    let expect_wemoe = WemoeConfig {
+        adam,
+        seed_images: images,
+        ..d_wemoe.clone()
+    };
+    assert_eq!(wemoe, expect_wemoe);
+    assert_eq!((wemoe.seed, ada.seed, mingle.seed), (0, 42, 42));
+    let expect_ada = AdaMergingConfig {
+        adam,
+        seed_images: images,
+        ..d_ada.clone()
+    };
+    assert_eq!(ada, expect_ada);
+    assert_eq!((mingle.adam, mingle.seed_images), (adam, images));
+
+    // Written back with flat keys, and read again to the same value.
+    let written = serde_json::to_value(&d_mingle).unwrap();
+    for key in [
+        "lr",
+        "adam_epsilon",
+        "steps",
+        "batch_size",
+        "seed_per_class",
+        "seed",
+    ] {
+        assert!(written.get(key).is_some(), "{key} missing from {written}");
+    }
+    assert!(written.get("adam").is_none() && written.get("seed_images").is_none());
+    assert_eq!(
+        parse_config::<MingleConfig>(MINGLE, written).unwrap(),
+        d_mingle
+    );
+
+    // An unknown key, at the top level or beside a group's keys, is refused by name.
+    for (key, value) in [("adam_beta3", 0.5), ("rnak", 3.0)] {
+        let err =
+            parse_config::<WemoeConfig>("c_lora_wemoe", serde_json::json!({key: value, "lr": 0.1}))
+                .expect_err(key);
+        assert!(
+            matches!(&err, AdaptError::InvalidConfig { message, .. } if message.contains(key)),
+            "{err}"
+        );
+    }
+    assert!(matches!(
+        parse_config::<AdaMergingConfig>(LW_ADAMERGING, serde_json::json!([1, 2])),
+        Err(AdaptError::InvalidConfig { .. })
+    ));
+    // A wrong type inside a group is refused too.
+    assert!(matches!(
+        parse_config::<MingleConfig>(MINGLE, serde_json::json!({"steps": "many"})),
+        Err(AdaptError::InvalidConfig { .. })
     ));
 }

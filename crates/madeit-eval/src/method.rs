@@ -137,24 +137,17 @@ impl MethodSpec {
     /// The seed-image setup of a test-time method (`None` otherwise).
     #[must_use]
     pub fn seed_setup(&self) -> Option<SeedSetup> {
-        match self {
-            Self::Mingle(c) => Some(SeedSetup {
-                source: c.seed_source,
-                per_class: c.seed_per_class,
-                seed: c.seed,
-            }),
-            Self::AdaMerging(c) => Some(SeedSetup {
-                source: c.seed_source,
-                per_class: c.seed_per_class,
-                seed: c.seed,
-            }),
-            Self::Wemoe(c) => Some(SeedSetup {
-                source: c.seed_source,
-                per_class: c.seed_per_class,
-                seed: c.seed,
-            }),
-            Self::Merge(_) | Self::Sequential(_) => None,
-        }
+        let (images, seed) = match self {
+            Self::Mingle(c) => (c.seed_images, c.seed),
+            Self::AdaMerging(c) => (c.seed_images, c.seed),
+            Self::Wemoe(c) => (c.seed_images, c.seed),
+            Self::Merge(_) | Self::Sequential(_) => return None,
+        };
+        Some(SeedSetup {
+            source: images.seed_source,
+            per_class: images.seed_per_class,
+            seed,
+        })
     }
 
     /// The registry configuration, for a weight-space method.

@@ -16,6 +16,7 @@ use madeit_adapt::{
     AdaMergingConfig, LORA_WEMOE, LW_ADAMERGING, MINGLE, MingleConfig, WemoeConfig,
 };
 use madeit_merge::{MergeError, MergeMethod, MethodInfo};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::RunError;
@@ -119,7 +120,7 @@ impl MethodDescriptor {
     }
 
     /// The entry of a method configured by `C`.
-    const fn of<C: Default + DeserializeOwned + Into<MethodSpec>>(
+    const fn of<C: Default + DeserializeOwned + Serialize + Into<MethodSpec>>(
         info: MethodInfo,
         kind: MethodKind,
     ) -> Self {
@@ -138,18 +139,13 @@ fn default_spec<C: Default + Into<MethodSpec>>() -> MethodSpec {
     C::default().into()
 }
 
-fn parse_spec<C: DeserializeOwned + Into<MethodSpec>>(
+fn parse_spec<C: DeserializeOwned + Serialize + Into<MethodSpec>>(
     method: &'static str,
     fields: serde_json::Map<String, serde_json::Value>,
 ) -> Result<MethodSpec, RunError> {
-    serde_json::from_value::<C>(serde_json::Value::Object(fields))
+    madeit_adapt::parse_config::<C>(method, serde_json::Value::Object(fields))
         .map(Into::into)
-        .map_err(|e| {
-            RunError::from(madeit_adapt::AdaptError::InvalidConfig {
-                method,
-                message: e.to_string(),
-            })
-        })
+        .map_err(RunError::from)
 }
 
 /// The methods of this crate's part of the registry (after the data-free ones), one line

@@ -11,7 +11,9 @@ use common::{
     experiment_in, temp_zoo,
 };
 
-use madeit_adapt::{AdaptError, MingleConfig, SeedSource, TargetSet};
+use madeit_adapt::{
+    AdamOptions, AdaptError, MingleConfig, SeedImageOptions, SeedSource, TargetSet,
+};
 use madeit_eval::evaluate::Evaluator;
 use madeit_eval::experiment::{ExperimentConfig, run_experiment};
 use madeit_eval::runner::{RunEvent, StreamSpec, run_stream};
@@ -22,10 +24,16 @@ use madeit_params::ParamDict;
 /// A quick MINGLE: few adaptation steps on small batches.
 fn quick_mingle() -> MingleConfig {
     MingleConfig {
-        steps: 3,
-        batch_size: 4,
-        seed_per_class: 2,
-        lr: 1e-2,
+        adam: AdamOptions {
+            steps: 3,
+            batch_size: 4,
+            lr: 1e-2,
+            ..AdamOptions::default()
+        },
+        seed_images: SeedImageOptions {
+            seed_per_class: 2,
+            ..SeedImageOptions::default()
+        },
         ..MingleConfig::default()
     }
 }
@@ -150,7 +158,10 @@ fn a_missing_seed_split_names_the_file() {
     .expect("swa");
     // The paper's protocol takes the seed images from the test split instead.
     let from_test = MingleConfig {
-        seed_source: SeedSource::TestSplit,
+        seed_images: SeedImageOptions {
+            seed_source: SeedSource::TestSplit,
+            ..quick_mingle().seed_images
+        },
         ..quick_mingle()
     };
     let r = run(&bench, &StreamSpec::new(from_test, vec![1])).expect("test split");
@@ -179,7 +190,7 @@ fn mingle_configurations_parse_check_and_round_trip() {
     let MethodSpec::Mingle(c) = &custom else {
         unreachable!("expected MINGLE, got {custom:?}")
     };
-    assert_eq!(c.steps, 10);
+    assert_eq!(c.adam.steps, 10);
     assert!(matches!(c.targets, TargetSet::Custom(ref k) if k.len() == 2));
 
     // Unknown keys and out-of-range values are typed errors naming the key.

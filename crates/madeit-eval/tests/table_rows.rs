@@ -7,7 +7,7 @@ mod common;
 use common::run_fresh as run;
 use common::{assert_full_triangle, temp_zoo, tiny_zoo};
 
-use madeit_adapt::{AdaMergingConfig, WemoeConfig};
+use madeit_adapt::{AdaMergingConfig, AdamOptions, SeedImageOptions, WemoeConfig};
 use madeit_eval::registry::{self, MethodKind};
 use madeit_eval::report::table_methods;
 use madeit_eval::runner::{StreamResult, StreamSpec};
@@ -17,20 +17,32 @@ use madeit_merge::MethodConfig;
 fn quick_adamerging(accumulate: bool) -> AdaMergingConfig {
     AdaMergingConfig {
         accumulate,
-        steps: 3,
-        batch_size: 4,
-        seed_per_class: 2,
-        lr: 1e-2,
+        adam: AdamOptions {
+            steps: 3,
+            batch_size: 4,
+            lr: 1e-2,
+            ..AdamOptions::default()
+        },
+        seed_images: SeedImageOptions {
+            seed_per_class: 2,
+            ..SeedImageOptions::default()
+        },
         ..AdaMergingConfig::default()
     }
 }
 
 fn quick_wemoe() -> WemoeConfig {
     WemoeConfig {
-        steps: 3,
-        batch_size: 4,
-        seed_per_class: 2,
-        lr: 1e-2,
+        adam: AdamOptions {
+            steps: 3,
+            batch_size: 4,
+            lr: 1e-2,
+            ..AdamOptions::default()
+        },
+        seed_images: SeedImageOptions {
+            seed_per_class: 2,
+            ..SeedImageOptions::default()
+        },
         ..WemoeConfig::default()
     }
 }

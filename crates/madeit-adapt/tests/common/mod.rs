@@ -4,7 +4,8 @@
 
 use faer::Mat;
 use madeit_adapt::{
-    AdaptError, AdaptReport, MingleConfig, SeedImages, Step, TestTimeExtras, TestTimeMerger,
+    AdamOptions, AdaptError, AdaptReport, MingleConfig, SeedImages, Step, TestTimeExtras,
+    TestTimeMerger,
 };
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{ExpertModel, MergedModel, TaskId};
@@ -83,9 +84,12 @@ pub fn random_seed_images(cfg: &ClipVisionConfig, count: usize, seed: u64) -> Se
 /// A fast configuration for the tiny tower: few steps, small batches, exact SVDs.
 pub fn quick_config() -> MingleConfig {
     MingleConfig {
-        steps: 6,
-        batch_size: 4,
         subspace_svd: madeit_adapt::SvdMethod::Exact,
+        adam: AdamOptions {
+            steps: 6,
+            batch_size: 4,
+            ..AdamOptions::default()
+        },
         ..MingleConfig::default()
     }
 }

@@ -1,0 +1,172 @@
+//! The option groups every test-time method shares: its Adam run ([`AdamOptions`]) and its
+//! seed images ([`SeedImageOptions`]), and the parser of a method's configuration table
+//! ([`parse_config`]).
+//!
+//! A method's configuration holds each group as a `#[serde(flatten)]` field, so the keys
+//! stay at the top of the method's table (`lr = 1e-3`, `seed_source = "test_split"`), as
+//! they always were. serde cannot combine `flatten` with `deny_unknown_fields`;
+//! [`parse_config`] rejects unknown keys instead, for every configuration alike.
+
+use burn::optim::AdamConfig;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{AdaptError, SeedSource};
+
+/// The Adam run of a test-time method, once per task: learning rate, moments, number of
+/// steps and batch size. `Default` gives the values every reference uses (PyTorch's Adam
+/// moments, learning rate 1e-4, 50 steps of 16 seed images).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamOptions {
+    /// Adam learning rate (default 1e-4).
+    pub lr: f64,
+    /// Adam `beta_1` (default 0.9, PyTorch's).
+    pub adam_beta1: f64,
+    /// Adam `beta_2` (default 0.999, PyTorch's).
+    pub adam_beta2: f64,
+    /// Adam `epsilon` (default 1e-8, PyTorch's; burn's own default is 1e-5).
+    pub adam_epsilon: f64,
+    /// Adam steps per task (default 50; 0 keeps what the step starts from: the initial
+    /// coefficients, gates or routers).
+    pub steps: usize,
+    /// Seed images per batch (default 16).
+    pub batch_size: usize,
+}
+
+impl Default for AdamOptions {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            steps: 50,
+            batch_size: 16,
+        }
+    }
+}
+
+impl AdamOptions {
+    /// Checks every value's range: `lr` finite and >= 0, `adam_beta1` and `adam_beta2` in
+    /// `[0, 1)`, `adam_epsilon` finite and > 0, `batch_size` at least 1.
+    ///
+    /// # Errors
+    /// [`AdaptError::InvalidParameter`] of `method`, naming the first bad value.
+    pub fn check(&self, method: &'static str) -> Result<(), AdaptError> {
+        let bad = |parameter: &'static str, value: String, reason: &'static str| {
+            Err(AdaptError::InvalidParameter {
+                method,
+                parameter,
+                value,
+                reason,
+            })
+        };
+        if !(self.lr >= 0.0 && self.lr.is_finite()) {
+            return bad("lr", self.lr.to_string(), "must be finite and >= 0");
+        }
+        for (name, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(name, v.to_string(), "must lie in [0, 1)");
+            }
+        }
+        if !(self.adam_epsilon > 0.0 && self.adam_epsilon.is_finite()) {
+            return bad(
+                "adam_epsilon",
+                self.adam_epsilon.to_string(),
+                "must be finite and > 0",
+            );
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", 0.to_string(), "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// burn's Adam with these moments (the learning rate is passed at each step).
+    #[must_use]
+    pub fn burn_config(&self) -> AdamConfig {
+        AdamConfig::new()
+            .with_beta_1(self.adam_beta1 as f32)
+            .with_beta_2(self.adam_beta2 as f32)
+            .with_epsilon(self.adam_epsilon as f32)
+    }
+}
+
+/// Where the run loop takes a test-time method's unlabelled seed images from, and how many
+/// per class. `Default`: 5 per class from the seed split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SeedImageOptions {
+    /// Unlabelled images per class the run loop should pass (default 5). Informational for
+    /// the seed split (which already holds that many); used by
+    /// [`select_seed_indices`](crate::select_seed_indices) for the test-split draw.
+    pub seed_per_class: usize,
+    /// Where the run loop takes them from (default: the seed split).
+    pub seed_source: SeedSource,
+}
+
+impl Default for SeedImageOptions {
+    fn default() -> Self {
+        Self {
+            seed_per_class: 5,
+            seed_source: SeedSource::SeedSplit,
+        }
+    }
+}
+
+impl SeedImageOptions {
+    /// Checks that `seed_per_class` is at least 1.
+    ///
+    /// # Errors
+    /// [`AdaptError::InvalidParameter`] of `method`.
+    pub fn check(&self, method: &'static str) -> Result<(), AdaptError> {
+        if self.seed_per_class == 0 {
+            return Err(AdaptError::InvalidParameter {
+                method,
+                parameter: "seed_per_class",
+                value: 0.to_string(),
+                reason: "must be at least 1",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses `method`'s configuration from a JSON value: an object whose keys are the
+/// configuration's fields (nested option groups flattened), every key optional (missing
+/// keys take the default), unknown keys rejected.
+///
+/// The check of unknown keys compares the given keys with those the parsed configuration
+/// writes back, which are all of its fields.
+///
+/// # Errors
+/// [`AdaptError::InvalidConfig`]: not an object, a wrong type, or an unknown key (the
+/// message names it and lists the known ones).
+pub fn parse_config<C: DeserializeOwned + Serialize>(
+    method: &'static str,
+    value: serde_json::Value,
+) -> Result<C, AdaptError> {
+    let invalid = |message: String| AdaptError::InvalidConfig { method, message };
+    let given: Vec<String> = match &value {
+        serde_json::Value::Object(map) => map.keys().cloned().collect(),
+        other => return Err(invalid(format!("expected a table of options, got {other}"))),
+    };
+    let parsed: C = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    let known = match serde_json::to_value(&parsed) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => return Err(invalid("the configuration is not a table".into())),
+        Err(e) => return Err(invalid(format!("cannot serialise the configuration: {e}"))),
+    };
+    if let Some(unknown) = given.iter().find(|k| !known.contains_key(k.as_str())) {
+        let expected: Vec<String> = known.keys().map(|k| format!("`{k}`")).collect();
+        return Err(invalid(format!(
+            "unknown field `{unknown}`, expected one of {}",
+            expected.join(", ")
+        )));
+    }
+    Ok(parsed)
+}
