@@ -49,6 +49,13 @@ pub fn candidate(
     Expert::new(module, u, s, v, BTreeSet::from([task]))
 }
 
+/// `A B`, computed sequentially.
+fn product(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
+    let mut out = Mat::zeros(a.nrows(), b.ncols());
+    matmul(out.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
+    out
+}
+
 /// `A^T B` in `f64`.
 fn gram(a: MatRef<'_, f32>, b: MatRef<'_, f32>) -> Mat<f64> {
     let mut g = Mat::<f32>::zeros(a.ncols(), b.ncols());
@@ -144,16 +151,10 @@ pub fn truncated_polar(a: MatRef<'_, f64>, tol: f64, context: &str) -> Result<Ma
     let Svd { u: p, s, v: q } = seq().thin_svd(a).map_err(linalg(context.to_owned()))?;
     let s1 = s.first().copied().unwrap_or(0.0);
     let k = s.iter().take_while(|&&x| x > tol * s1).count().max(1);
-    let mut out = Mat::zeros(a.nrows(), a.ncols());
-    matmul(
-        out.as_mut(),
-        Accum::Replace,
+    Ok(product(
         p.as_ref().subcols(0, k),
         q.as_ref().subcols(0, k).transpose(),
-        1.0,
-        Par::Seq,
-    );
-    Ok(out)
+    ))
 }
 
 /// Top-`r` SVD of `A diag(d) B^T` (`A`: `m x k`, `B`: `n x k`) from thin factors:
@@ -190,15 +191,7 @@ pub fn top_r_of_factors(
             *x *= dj;
         }
     }
-    let mut core = Mat::<f64>::zeros(ra.nrows(), rb.nrows());
-    matmul(
-        core.as_mut(),
-        Accum::Replace,
-        rad.as_ref(),
-        rb.transpose(),
-        1.0,
-        Par::Seq,
-    );
+    let core = product(rad.as_ref(), rb.transpose());
     let svd = ws
         .thin_svd(core.as_ref())
         .map_err(linalg(context.to_owned()))?;
@@ -209,24 +202,8 @@ pub fn top_r_of_factors(
         });
     }
     let svd = svd.truncated(r);
-    let mut u = Mat::zeros(qa.nrows(), r);
-    matmul(
-        u.as_mut(),
-        Accum::Replace,
-        qa.as_ref(),
-        svd.u.as_ref(),
-        1.0,
-        Par::Seq,
-    );
-    let mut v = Mat::zeros(qb.nrows(), r);
-    matmul(
-        v.as_mut(),
-        Accum::Replace,
-        qb.as_ref(),
-        svd.v.as_ref(),
-        1.0,
-        Par::Seq,
-    );
+    let u = product(qa.as_ref(), svd.u.as_ref());
+    let v = product(qb.as_ref(), svd.v.as_ref());
     Ok((u, svd.s, v))
 }
 

@@ -47,33 +47,34 @@ fn bad_matrices_are_rejected() {
     ));
     let mut a = random::orthonormal::<f64>(5, 2, 3).expect("valid");
     a[(3, 1)] = f64::NAN;
-    assert!(matches!(
-        Subspace::new(a.clone()),
-        Err(GrassmannError::Linalg(LinalgError::NonFinite {
-            argument: "basis",
-            row: 3,
-            col: 1,
-            ..
-        }))
-    ));
-    assert!(matches!(
-        Subspace::orthonormalized(a.as_ref()),
-        Err(GrassmannError::Linalg(LinalgError::NonFinite {
-            argument: "a",
-            row: 3,
-            col: 1,
-            ..
-        }))
-    ));
+    for (result, expected) in [
+        (Subspace::new(a.clone()), "basis"),
+        (Subspace::orthonormalized(a.as_ref()), "a"),
+    ] {
+        assert!(
+            matches!(
+                &result,
+                Err(GrassmannError::Linalg(LinalgError::NonFinite {
+                    argument,
+                    row: 3,
+                    col: 1,
+                    ..
+                })) if *argument == expected
+            ),
+            "argument `{expected}`: {result:?}"
+        );
+    }
     let wide = random::gaussian::<f64>(3, 5, 0);
-    assert_eq!(
-        Subspace::orthonormalized(wide.as_ref()).err(),
-        Some(GrassmannError::RankExceedsDimension { dim: 3, rank: 5 })
-    );
-    assert_eq!(
-        Subspace::new(wide).err(),
-        Some(GrassmannError::RankExceedsDimension { dim: 3, rank: 5 })
-    );
+    for (what, result) in [
+        ("orthonormalized", Subspace::orthonormalized(wide.as_ref())),
+        ("new", Subspace::new(wide)),
+    ] {
+        assert_eq!(
+            result.err(),
+            Some(GrassmannError::RankExceedsDimension { dim: 3, rank: 5 }),
+            "{what}"
+        );
+    }
 }
 
 #[test]
@@ -101,23 +102,16 @@ fn dimension_mismatch_is_reported() {
     );
     assert_eq!(a.cross_gram(&b).err(), Some(mismatch("cross_gram")));
     let v = sub(4, 2, 3);
-    assert_eq!(
-        expert_affinity(&a, &v, &b, &v).err(),
-        Some(GrassmannError::DimensionMismatch {
-            what: "expert_affinity: U",
-            left: 6,
-            right: 7
-        })
-    );
     let w = sub(5, 2, 4);
-    assert_eq!(
-        expert_affinity(&a, &v, &a, &w).err(),
-        Some(GrassmannError::DimensionMismatch {
-            what: "expert_affinity: V",
-            left: 4,
-            right: 5
-        })
-    );
+    for ((u1, v1, u2, v2), what, left, right) in [
+        ((&a, &v, &b, &v), "expert_affinity: U", 6, 7),
+        ((&a, &v, &a, &w), "expert_affinity: V", 4, 5),
+    ] {
+        assert_eq!(
+            expert_affinity(u1, v1, u2, v2).err(),
+            Some(GrassmannError::DimensionMismatch { what, left, right })
+        );
+    }
     let msg = a
         .affinity(&b)
         .err()

@@ -163,27 +163,25 @@ fn nested_subspaces_have_affinity_one() {
 fn known_angle_in_the_plane() {
     // Lines at angle 0.3 in R^2 (and embedded in R^4).
     let theta = 0.3f64;
-    let a = Subspace::new(madeit_linalg::faer::mat![[1.0], [0.0], [0.0], [0.0]]).expect("unit");
-    let b = Subspace::new(madeit_linalg::faer::mat![
-        [theta.cos()],
-        [theta.sin()],
-        [0.0],
-        [0.0]
-    ])
-    .expect("unit");
+    // The line at angle `t` from the first axis, in the plane of the first two.
+    let line = |t: f64| {
+        Subspace::new(madeit_linalg::faer::mat![
+            [t.cos()],
+            [t.sin()],
+            [0.0],
+            [0.0]
+        ])
+        .expect("unit")
+    };
+    let a = line(0.0);
+    let b = line(theta);
     let angles = a.principal_angles(&b).expect("d");
     assert!((angles[0] - theta).abs() < 1e-14);
     assert!((a.affinity(&b).expect("d") - theta.cos().powi(2)).abs() < 1e-14);
     assert!((a.chordal_distance(&b).expect("d") - theta.sin()).abs() < 1e-14);
     // A tiny angle is resolved to full relative precision, through the sine.
     let tiny = 1e-9f64;
-    let c = Subspace::new(madeit_linalg::faer::mat![
-        [tiny.cos()],
-        [tiny.sin()],
-        [0.0],
-        [0.0]
-    ])
-    .expect("unit");
+    let c = line(tiny);
     let t = a.principal_angles(&c).expect("d")[0];
     assert!((t - tiny).abs() < 1e-15, "{t}");
     assert!((a.chordal_distance(&c).expect("d") - tiny).abs() < 1e-15);

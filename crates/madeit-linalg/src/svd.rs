@@ -9,7 +9,7 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::qr::no_pivoting::factor::{
     qr_in_place, qr_in_place_scratch, recommended_block_size,
 };
-use faer::linalg::svd::{ComputeSvdVectors, svd, svd_scratch};
+use faer::linalg::svd::{ComputeSvdVectors, SvdError, svd, svd_scratch};
 use faer::{Accum, ColMut, Conj, Mat, MatMut, MatRef, Par};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -389,16 +389,19 @@ impl<T: Real> SvdWorkspace<T> {
         }
     }
 
-    fn thin_svd_unchecked(&mut self, a: MatRef<'_, T>) -> Result<Svd<T>, LinalgError> {
-        let (m, n) = a.shape();
-        let k = m.min(n);
-        let mut u = Mat::zeros(m, k);
-        let mut v = Mat::zeros(n, k);
-        let mut s = vec![T::from_f64(0.0); k];
-        let par = self.par;
+    /// Thin SVD of `a` (`m x n`) into `s` (`min(m, n)` values), `u` (`m x min(m, n)`) and
+    /// `v` (`n x min(m, n)`), with this workspace's scratch memory.
+    fn svd_into(
+        &mut self,
+        a: MatRef<'_, T>,
+        s: &mut [T],
+        u: MatMut<'_, T>,
+        v: MatMut<'_, T>,
+        par: Par,
+    ) -> Result<(), SvdError> {
         self.reserve(svd_scratch::<T>(
-            m,
-            n,
+            a.nrows(),
+            a.ncols(),
             ComputeSvdVectors::Thin,
             ComputeSvdVectors::Thin,
             par,
@@ -406,14 +409,24 @@ impl<T: Real> SvdWorkspace<T> {
         ));
         svd(
             a,
-            ColMut::from_slice_mut(&mut s).as_diagonal_mut(),
-            Some(u.as_mut()),
-            Some(v.as_mut()),
+            ColMut::from_slice_mut(s).as_diagonal_mut(),
+            Some(u),
+            Some(v),
             par,
             MemStack::new(&mut self.mem),
             Default::default(),
         )
-        .map_err(|_| LinalgError::NoConvergence { rows: m, cols: n })?;
+    }
+
+    fn thin_svd_unchecked(&mut self, a: MatRef<'_, T>) -> Result<Svd<T>, LinalgError> {
+        let (m, n) = a.shape();
+        let k = m.min(n);
+        let mut u = Mat::zeros(m, k);
+        let mut v = Mat::zeros(n, k);
+        let mut s = vec![T::from_f64(0.0); k];
+        let par = self.par;
+        self.svd_into(a, &mut s, u.as_mut(), v.as_mut(), par)
+            .map_err(|_| LinalgError::NoConvergence { rows: m, cols: n })?;
         let mut out = Svd { u, s, v };
         out.canonicalize_signs();
         Ok(out)
@@ -526,23 +539,7 @@ impl<T: Real> SvdWorkspace<T> {
         let mut s = vec![zero; k];
         let mut w = core::mem::replace(&mut self.small, Mat::new());
         w.resize_with(k, k, |_, _| zero);
-        self.reserve(svd_scratch::<T>(
-            n,
-            k,
-            ComputeSvdVectors::Thin,
-            ComputeSvdVectors::Thin,
-            panel_par,
-            Default::default(),
-        ));
-        let res = svd(
-            z.as_ref(),
-            ColMut::from_slice_mut(&mut s).as_diagonal_mut(),
-            Some(v.as_mut()),
-            Some(w.as_mut()),
-            panel_par,
-            MemStack::new(&mut self.mem),
-            Default::default(),
-        );
+        let res = self.svd_into(z.as_ref(), &mut s, v.as_mut(), w.as_mut(), panel_par);
         let mut u = Mat::zeros(m, rank);
         if res.is_ok() {
             matmul(

@@ -520,6 +520,24 @@ pub(crate) fn check_finite(
     }
 }
 
+/// [`MergeError::InvalidParameter`] unless every substring pattern of `parameter` is
+/// non-empty.
+pub(crate) fn check_patterns(
+    method: &'static str,
+    parameter: &'static str,
+    patterns: &[String],
+) -> Result<(), MergeError> {
+    if patterns.iter().any(String::is_empty) {
+        return Err(MergeError::InvalidParameter {
+            method,
+            parameter,
+            value: format!("{patterns:?}"),
+            reason: "patterns must be non-empty substrings",
+        });
+    }
+    Ok(())
+}
+
 impl MergeMethodConfig for SwaConfig {
     const INFO: MethodInfo = MethodInfo {
         name: "swa",
@@ -630,15 +648,7 @@ impl MergeMethodConfig for OpcmConfig {
                 reason: "must lie in [0, 1]",
             });
         }
-        if self.embedding_patterns.iter().any(String::is_empty) {
-            return Err(MergeError::InvalidParameter {
-                method: name,
-                parameter: "embedding_patterns",
-                value: format!("{:?}", self.embedding_patterns),
-                reason: "patterns must be non-empty substrings",
-            });
-        }
-        Ok(())
+        check_patterns(name, "embedding_patterns", &self.embedding_patterns)
     }
 
     fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {

@@ -2,6 +2,7 @@
 
 use madeit_params::{DType, ParamDict, ParamsError};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use indexmap::IndexMap;
@@ -146,10 +147,22 @@ impl Ledger {
     ) -> Result<MergerState, MergeError> {
         let mut tensors = ParamDict::new();
         export_tensors(&mut tensors, prefix, params);
-        Ok(MergerState {
-            metadata: self.metadata(config, serde_json::Value::Null),
+        Ok(self.extra_state(config, &serde_json::Value::Null, tensors))
+    }
+
+    /// The state of a method that keeps `tensors` and the method-specific scalars `extra`
+    /// (read back with [`read_extra`]).
+    pub(crate) fn extra_state(
+        &self,
+        config: MethodConfig,
+        extra: &impl Serialize,
+        tensors: ParamDict,
+    ) -> MergerState {
+        let extra = serde_json::to_value(extra).unwrap_or(serde_json::Value::Null);
+        MergerState {
+            metadata: self.metadata(config, extra),
             tensors,
-        })
+        }
     }
 
     /// The ledger and the tensors of a state written by [`Ledger::dict_state`], after
@@ -240,6 +253,20 @@ impl Ledger {
             tasks: meta.tasks.clone(),
         }))
     }
+}
+
+/// The method-specific scalars of a state written by [`Ledger::extra_state`].
+///
+/// # Errors
+/// [`MergeError::InvalidState`] when the metadata's `extra` is not an `E`.
+pub(crate) fn read_extra<E: DeserializeOwned>(
+    method: &'static str,
+    state: &MergerState,
+) -> Result<E, MergeError> {
+    serde_json::from_value(state.metadata.extra.clone()).map_err(|e| MergeError::InvalidState {
+        method,
+        reason: format!("metadata `extra`: {e}"),
+    })
 }
 
 /// Prefixes every tensor name with `prefix` and tags the tensors `F32` (the state keeps the

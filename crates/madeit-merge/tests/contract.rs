@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    all_configs, assert_bit_identical, assert_resumes_bit_identically, layout, random_dict,
-    round_trip, run, single, stream, weights,
+    all_configs, assert_bit_identical, assert_resumes_bit_identically, build_default, flattened,
+    layout, random_dict, round_trip, run, run_default, single, stream, weights, with_value,
 };
 use madeit_linalg::random::orthonormal;
 use madeit_merge::{
@@ -29,11 +29,7 @@ fn task_arithmetic_one_task_lambda_one_is_the_finetuned_model() {
 #[test]
 fn task_arithmetic_is_lambda_times_the_sum_of_task_vectors() {
     let (pre, tasks) = stream(4, 12);
-    let m = run(
-        &MethodConfig::default_for("task_arithmetic").unwrap(),
-        &pre,
-        &tasks,
-    );
+    let m = run_default("task_arithmetic", &pre, &tasks);
     let merged = m.merged(&pre).unwrap();
     for (name, p) in pre.iter() {
         let got = merged.get(name).unwrap().data();
@@ -62,7 +58,7 @@ fn swa_of_identical_models_is_that_model() {
     for x in third.get_mut("post_layernorm.bias").unwrap().data_mut() {
         *x -= 1.0;
     }
-    let mut m = MethodConfig::default_for("swa").unwrap().build().unwrap();
+    let mut m = build_default("swa");
     m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
     m.absorb(&Step::new(&pre, &second, &id("b"))).unwrap();
     m.absorb(&Step::new(&pre, &third, &id("c"))).unwrap();
@@ -81,7 +77,7 @@ fn swa_of_identical_models_is_that_model() {
 #[test]
 fn swa_of_t_models_is_their_mean() {
     let (pre, tasks) = stream(5, 15);
-    let m = run(&MethodConfig::default_for("swa").unwrap(), &pre, &tasks);
+    let m = run_default("swa", &pre, &tasks);
     let merged = m.merged(&pre).unwrap();
     for (name, t) in merged.iter() {
         for (i, &got) in t.data().iter().enumerate() {
@@ -98,7 +94,7 @@ fn swa_of_t_models_is_their_mean() {
 #[test]
 fn opcm_first_task_is_the_finetuned_model() {
     let (pre, tasks) = stream(1, 16);
-    let m = run(&MethodConfig::default_for("opcm").unwrap(), &pre, &tasks);
+    let m = run_default("opcm", &pre, &tasks);
     assert_bit_identical(&m.merged(&pre).unwrap(), &tasks[0]);
 }
 
@@ -302,7 +298,7 @@ fn magmax_picks_the_largest_magnitude() {
         single("w", vec![4], vec![-1.0, 1.5, 1.0, 0.5]), // τ = [-2, 0.5, 0, -0.5]
         single("w", vec![4], vec![1.0, 4.0, 0.0, 1.25]), // τ = [0, 3, -1, 0.25]
     ];
-    let m = run(&MethodConfig::default_for("magmax").unwrap(), &pre, &tasks);
+    let m = run_default("magmax", &pre, &tasks);
     // τ_max = [-2, 3, -1, -0.5] (ties go to the newer task); θ = 1 + 0.5 τ_max.
     assert_eq!(
         m.merged(&pre).unwrap().get("w").unwrap().data(),
@@ -321,12 +317,8 @@ fn save_and_restore_mid_stream_is_bit_identical_for_every_method() {
 #[test]
 fn restore_rejects_a_state_of_another_method_or_configuration() {
     let (pre, tasks) = stream(2, 22);
-    let ta = run(
-        &MethodConfig::default_for("task_arithmetic").unwrap(),
-        &pre,
-        &tasks,
-    );
-    let mut swa = MethodConfig::default_for("swa").unwrap().build().unwrap();
+    let ta = run_default("task_arithmetic", &pre, &tasks);
+    let mut swa = build_default("swa");
     assert!(matches!(
         swa.restore(&ta.state().unwrap()),
         Err(MergeError::InvalidState { method: "swa", .. })
@@ -392,10 +384,7 @@ fn non_finite_models_are_rejected_and_named() {
         let mut m = cfg.build().unwrap();
         m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
         let before = m.state().unwrap();
-        let mut bad = tasks[1].clone();
-        bad.get_mut("encoder.layers.0.mlp.fc1.weight")
-            .unwrap()
-            .data_mut()[3] = f32::NAN;
+        let bad = with_value(&tasks[1], "encoder.layers.0.mlp.fc1.weight", 3, f32::NAN);
         let err = m.absorb(&Step::new(&pre, &bad, &id("b"))).unwrap_err();
         match &err {
             MergeError::Admission(madeit_merge::AdmitError::NonFinite { task, source }) => {
@@ -409,9 +398,7 @@ fn non_finite_models_are_rejected_and_named() {
         }
         // Atomic: nothing changed.
         assert_eq!(m.state().unwrap(), before);
-        bad.get_mut("encoder.layers.0.mlp.fc1.weight")
-            .unwrap()
-            .data_mut()[3] = f32::INFINITY;
+        let bad = with_value(&bad, "encoder.layers.0.mlp.fc1.weight", 3, f32::INFINITY);
         assert!(matches!(
             m.absorb(&Step::new(&pre, &bad, &id("b"))),
             Err(MergeError::Admission(
@@ -419,9 +406,8 @@ fn non_finite_models_are_rejected_and_named() {
             ))
         ));
     }
-    let mut bad_pre = pre.clone();
-    bad_pre.get_mut("pre_layrnorm.weight").unwrap().data_mut()[0] = f32::NAN;
-    let mut m = MethodConfig::default_for("opcm").unwrap().build().unwrap();
+    let bad_pre = with_value(&pre, "pre_layrnorm.weight", 0, f32::NAN);
+    let mut m = build_default("opcm");
     let err = m
         .absorb(&Step::new(&bad_pre, &tasks[0], &id("a")))
         .unwrap_err();
@@ -438,7 +424,7 @@ fn non_finite_models_are_rejected_and_named() {
 #[test]
 fn incompatible_models_are_rejected_and_named() {
     let (pre, tasks) = stream(1, 25);
-    let mut m = MethodConfig::default_for("ties").unwrap().build().unwrap();
+    let mut m = build_default("ties");
 
     let mut missing = tasks[0].clone();
     missing.remove("encoder.layers.0.mlp.fc2.weight");
@@ -453,13 +439,7 @@ fn incompatible_models_are_rejected_and_named() {
     let err = m.absorb(&Step::new(&pre, &extra, &id("a"))).unwrap_err();
     assert!(err.to_string().contains("head.weight"), "{err}");
 
-    let mut reshaped = tasks[0].clone();
-    let t = reshaped.remove("encoder.layers.0.mlp.fc1.weight").unwrap();
-    let n = t.numel();
-    reshaped.insert(
-        "encoder.layers.0.mlp.fc1.weight",
-        t.reshape(vec![n]).unwrap(),
-    );
+    let reshaped = flattened(&tasks[0], "encoder.layers.0.mlp.fc1.weight");
     let err = m.absorb(&Step::new(&pre, &reshaped, &id("a"))).unwrap_err();
     assert!(
         matches!(&err, MergeError::Admission(madeit_merge::AdmitError::Incompatible { source: ParamsError::ShapeMismatch { name, .. }, .. }) if name == "encoder.layers.0.mlp.fc1.weight"),
@@ -499,10 +479,7 @@ fn merged_on_an_empty_stream_is_an_error() {
 #[test]
 fn a_different_pretrained_model_is_rejected() {
     let (pre, tasks) = stream(2, 27);
-    let mut m = MethodConfig::default_for("magmax")
-        .unwrap()
-        .build()
-        .unwrap();
+    let mut m = build_default("magmax");
     m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
     let mut other = pre.clone();
     other.get_mut("pre_layrnorm.weight").unwrap().data_mut()[1] += 1e-3;
@@ -618,7 +595,7 @@ fn configurations_parse_with_defaults_and_reject_unknowns() {
 #[test]
 fn corrupt_state_metadata_is_rejected() {
     let (pre, tasks) = stream(1, 28);
-    let m = run(&MethodConfig::default_for("opcm").unwrap(), &pre, &tasks);
+    let m = run_default("opcm", &pre, &tasks);
     let state = m.state().unwrap();
     let json = state.metadata_json().unwrap();
     let bad = json.replace("\"opcm\"", "\"nope\"");
@@ -632,7 +609,7 @@ fn corrupt_state_metadata_is_rejected() {
 #[test]
 fn step_reports_describe_the_step() {
     let (pre, tasks) = stream(3, 29);
-    let mut m = MethodConfig::default_for("opcm").unwrap().build().unwrap();
+    let mut m = build_default("opcm");
     let mut norms = Vec::new();
     for (i, ft) in tasks.iter().enumerate() {
         let r = m
@@ -663,7 +640,7 @@ fn a_degenerate_opcm_step_is_an_error_and_changes_nothing() {
     let t1 = pre.clone(); // τ_1 = 0
     let mut t2 = pre.clone();
     t2.get_mut("embeddings.class_embedding").unwrap().data_mut()[1] = 1.0;
-    let mut m = MethodConfig::default_for("opcm").unwrap().build().unwrap();
+    let mut m = build_default("opcm");
     m.absorb(&Step::new(&pre, &t1, &id("a"))).unwrap();
     let before = m.state().unwrap();
     let err = m.absorb(&Step::new(&pre, &t2, &id("b"))).unwrap_err();

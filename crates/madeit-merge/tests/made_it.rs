@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{assert_resumes_bit_identically, single, stream};
+use common::{
+    assert_resumes_bit_identically, build_default, flattened, single, stream, with_value,
+};
 use madeit_merge::made_it::{MadeIt, NonTargetRule, TokenAggregation};
 use madeit_merge::{
     ContinualMerger, ContinualMethod, ExpertModel, ExpertRouting, MadeItConfig, MadeItMerger,
@@ -241,17 +243,11 @@ fn a_tampered_state_is_rejected_and_leaves_the_merger_unchanged() {
 #[test]
 fn failed_steps_change_nothing() {
     let (pre, tasks) = stream(3, 44);
-    let mut m = MethodConfig::default_for("made_it")
-        .unwrap()
-        .build()
-        .unwrap();
+    let mut m = build_default("made_it");
     m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
     let before = m.state().unwrap();
 
-    let mut nan = tasks[1].clone();
-    nan.get_mut("encoder.layers.0.mlp.fc2.weight")
-        .unwrap()
-        .data_mut()[5] = f32::NAN;
+    let nan = with_value(&tasks[1], "encoder.layers.0.mlp.fc2.weight", 5, f32::NAN);
     let err = m.absorb(&Step::new(&pre, &nan, &id("b"))).unwrap_err();
     assert!(
         matches!(
@@ -262,13 +258,7 @@ fn failed_steps_change_nothing() {
     );
     assert_eq!(m.state().unwrap(), before);
 
-    let mut reshaped = tasks[1].clone();
-    let t = reshaped.remove("encoder.layers.0.mlp.fc1.weight").unwrap();
-    let n = t.numel();
-    reshaped.insert(
-        "encoder.layers.0.mlp.fc1.weight",
-        t.reshape(vec![n]).unwrap(),
-    );
+    let reshaped = flattened(&tasks[1], "encoder.layers.0.mlp.fc1.weight");
     let err = m.absorb(&Step::new(&pre, &reshaped, &id("b"))).unwrap_err();
     assert!(err.to_string().contains("fc1.weight"), "{err}");
     assert_eq!(m.state().unwrap(), before);
@@ -294,10 +284,7 @@ fn failed_steps_change_nothing() {
         "w",
         Tensor::new(vec![2, 2], vec![1.0, 0.0, 0.0, 0.0]).unwrap(),
     );
-    let mut fresh = MethodConfig::default_for("made_it")
-        .unwrap()
-        .build()
-        .unwrap();
+    let mut fresh = build_default("made_it");
     let empty = fresh.state().unwrap();
     let err = fresh.absorb(&Step::new(&plain, &ft, &id("a"))).unwrap_err();
     assert!(matches!(err, MergeError::Experts { .. }), "{err:?}");

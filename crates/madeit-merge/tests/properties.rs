@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{layout, mat_max_abs_diff, mm, random_dict, run};
+use common::{layout, mat_max_abs_diff, mm, random_dict, run, run_default};
 use faer::Mat;
 use madeit_linalg::thin_svd;
 use madeit_merge::{
@@ -110,9 +110,7 @@ proptest! {
     #[test]
     fn swa_is_the_mean(n in 1usize..6, seed in 0u64..1000) {
         let (pre, tasks) = stream(n, seed);
-        let merged = run(&MethodConfig::default_for("swa").unwrap(), &pre, &tasks)
-            .merged(&pre)
-            .unwrap();
+        let merged = run_default("swa", &pre, &tasks).merged(&pre).unwrap();
         for (name, t) in merged.iter() {
             for (i, &got) in t.data().iter().enumerate() {
                 let mean = tasks.iter()
@@ -127,9 +125,7 @@ proptest! {
     #[test]
     fn opcm_merged_norm_is_the_mean_task_vector_norm(n in 1usize..5, seed in 0u64..1000) {
         let (pre, tasks) = stream(n, seed);
-        let merged = run(&MethodConfig::default_for("opcm").unwrap(), &pre, &tasks)
-            .merged(&pre)
-            .unwrap();
+        let merged = run_default("opcm", &pre, &tasks).merged(&pre).unwrap();
         let mean = tasks.iter().map(|t| t.sub(&pre).unwrap().l2_norm()).sum::<f64>() / n as f64;
         let got = merged.sub(&pre).unwrap().l2_norm();
         prop_assert!((got - mean).abs() < 1e-5 * mean, "{} vs {}", got, mean);
@@ -139,9 +135,7 @@ proptest! {
     #[test]
     fn magmax_keeps_the_largest_entry(n in 1usize..5, seed in 0u64..1000) {
         let (pre, tasks) = stream(n, seed);
-        let merged = run(&MethodConfig::default_for("magmax").unwrap(), &pre, &tasks)
-            .merged(&pre)
-            .unwrap();
+        let merged = run_default("magmax", &pre, &tasks).merged(&pre).unwrap();
         for (name, p) in pre.iter() {
             for (i, &p0) in p.data().iter().enumerate() {
                 let taus: Vec<f32> =

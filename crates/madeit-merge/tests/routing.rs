@@ -285,15 +285,21 @@ fn cfg(agg: TokenAggregation) -> MadeItConfig {
     }
 }
 
-#[test]
-fn bifurcation_is_resolved_by_fpa_and_narrows_the_task_set() {
+/// A designed state over q, k and v (`d = 8`) whose anchor is v and where q bifurcates:
+/// q's experts serve {1}, {2}, {3, 4}; k's and v's serve {1, 2}, {3}, {4}.
+fn bifurcating() -> (MadeIt, Vec<Vec<Mat<f32>>>) {
     use ModuleKind::{K, Q, V};
     let layout = vec![
         (Q, vec![vec![1], vec![2], vec![3, 4]]),
         (K, vec![vec![1, 2], vec![3], vec![4]]),
         (V, vec![vec![1, 2], vec![3], vec![4]]),
     ];
-    let (m, bases) = designed(cfg(TokenAggregation::Frobenius), &layout, 8);
+    designed(cfg(TokenAggregation::Frobenius), &layout, 8)
+}
+
+#[test]
+fn bifurcation_is_resolved_by_fpa_and_narrows_the_task_set() {
+    let (m, bases) = bifurcating();
     assert_eq!(m.anchor().unwrap(), 2, "ties go to the deepest module");
     // A task-2 sample: q's expert 1, k's and v's expert 0.
     let x = vec![
@@ -438,13 +444,7 @@ fn task_sets(m: &MadeIt) -> Vec<Vec<BTreeSet<u32>>> {
 
 #[test]
 fn routing_from_precomputed_scores_equals_feature_routing() {
-    use ModuleKind::{K, Q, V};
-    let layout = vec![
-        (Q, vec![vec![1], vec![2], vec![3, 4]]),
-        (K, vec![vec![1, 2], vec![3], vec![4]]),
-        (V, vec![vec![1, 2], vec![3], vec![4]]),
-    ];
-    let (m, _) = designed(cfg(TokenAggregation::Frobenius), &layout, 8);
+    let (m, _) = bifurcating();
     let sets = task_sets(&m);
     for seed in 0..20u64 {
         // Unstructured inputs, so that every rule (anchor argmax, bifurcations) is exercised

@@ -31,6 +31,13 @@ fn state(kappa: f64, n: u32, rule: NonTargetRule) -> (ParamDict, MadeIt) {
     (pre, m)
 }
 
+/// Saves `m` to a new temporary directory.
+fn save_to_temp(m: &MadeIt) -> (tempfile::TempDir, store::SavedStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = store::save(m, dir.path()).unwrap();
+    (dir, paths)
+}
+
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap()
 }
@@ -82,8 +89,7 @@ fn save_load_round_trip_is_bit_identical() {
         (f64::NEG_INFINITY, NonTargetRule::Pretrained),
     ] {
         let (_, m) = state(kappa, 4, rule);
-        let dir = tempfile::tempdir().unwrap();
-        let saved = store::save(&m, dir.path()).unwrap();
+        let (dir, saved) = save_to_temp(&m);
         assert!(saved.manifest.ends_with(MANIFEST_FILE));
         assert_eq!(
             fs::metadata(&saved.tensors).unwrap().len(),
@@ -106,8 +112,7 @@ fn save_load_round_trip_is_bit_identical() {
             }
         }
         // Saving what was loaded gives the same files.
-        let dir2 = tempfile::tempdir().unwrap();
-        let saved2 = store::save(&back, dir2.path()).unwrap();
+        let (_dir2, saved2) = save_to_temp(&back);
         assert_eq!(
             fs::read(&saved.tensors).unwrap(),
             fs::read(&saved2.tensors).unwrap()
@@ -121,10 +126,8 @@ fn save_load_round_trip_is_bit_identical() {
 
 #[test]
 fn a_resumed_run_continues_identically() {
-    let pre = pretrained(2, "vision_model.", 61);
-    let (_, mut m) = state(0.5, 3, NonTargetRule::RunningMean);
-    let dir = tempfile::tempdir().unwrap();
-    store::save(&m, dir.path()).unwrap();
+    let (pre, mut m) = state(0.5, 3, NonTargetRule::RunningMean);
+    let (dir, _) = save_to_temp(&m);
     let mut resumed = store::load(dir.path()).unwrap();
     let ft = finetuned(&pre, 999, 3, 0.5);
     let a = m.absorb(&pre, &ft, 50).unwrap();
@@ -135,10 +138,8 @@ fn a_resumed_run_continues_identically() {
 
 #[test]
 fn saving_again_replaces_the_tensor_file_and_cleans_up() {
-    let pre = pretrained(2, "vision_model.", 61);
-    let (_, mut m) = state(1.0, 2, NonTargetRule::Pretrained);
-    let dir = tempfile::tempdir().unwrap();
-    let first = store::save(&m, dir.path()).unwrap();
+    let (pre, mut m) = state(1.0, 2, NonTargetRule::Pretrained);
+    let (dir, first) = save_to_temp(&m);
     // A leftover temporary file from an interrupted save.
     fs::write(dir.path().join(".madeit-tmp-1-manifest.json"), b"partial").unwrap();
     m.absorb(&pre, &finetuned(&pre, 77, 3, 0.5), 40).unwrap();
@@ -157,10 +158,8 @@ fn saving_again_replaces_the_tensor_file_and_cleans_up() {
 fn an_interrupted_save_leaves_the_previous_store_loadable() {
     // Simulate a crash after the new tensor file was written but before the manifest
     // was replaced: the old manifest and its tensor file are still there.
-    let pre = pretrained(2, "vision_model.", 61);
-    let (_, mut m) = state(1.0, 2, NonTargetRule::Pretrained);
-    let dir = tempfile::tempdir().unwrap();
-    store::save(&m, dir.path()).unwrap();
+    let (pre, mut m) = state(1.0, 2, NonTargetRule::Pretrained);
+    let (dir, _) = save_to_temp(&m);
     let old = m.clone();
     let old_manifest = fs::read(dir.path().join(MANIFEST_FILE)).unwrap();
     let old_tensors = tensor_file(dir.path());
@@ -176,11 +175,7 @@ fn an_interrupted_save_leaves_the_previous_store_loadable() {
 #[test]
 fn corrupt_or_missing_files_give_typed_errors() {
     let (_, m) = state(1.0, 3, NonTargetRule::RunningMean);
-    let fresh = || {
-        let dir = tempfile::tempdir().unwrap();
-        store::save(&m, dir.path()).unwrap();
-        dir
-    };
+    let fresh = || save_to_temp(&m).0;
 
     // Missing manifest.
     let dir = tempfile::tempdir().unwrap();
@@ -347,8 +342,7 @@ fn corrupt_or_missing_files_give_typed_errors() {
 #[test]
 fn manifest_records_scores_and_task_sets() {
     let (_, m) = state(f64::INFINITY, 3, NonTargetRule::Pretrained);
-    let dir = tempfile::tempdir().unwrap();
-    store::save(&m, dir.path()).unwrap();
+    let (dir, _) = save_to_temp(&m);
     let v = manifest(dir.path());
     assert_eq!(v["config"]["kappa"], serde_json::json!("inf"));
     assert_eq!(v["tasks"], serde_json::json!([1, 4, 7]));

@@ -113,23 +113,14 @@ impl MadeItConfig {
         if self.kappa.is_nan() {
             return bad("kappa", "must not be NaN".to_owned());
         }
-        if !(self.polar_rank_tol.is_finite()
-            && self.polar_rank_tol >= 0.0
-            && self.polar_rank_tol < 1.0)
-        {
-            return bad(
-                "polar_rank_tol",
-                format!("must be in [0, 1), got {}", self.polar_rank_tol),
-            );
-        }
-        if !(self.tie_tolerance.is_finite()
-            && self.tie_tolerance >= 0.0
-            && self.tie_tolerance < 0.5)
-        {
-            return bad(
-                "tie_tolerance",
-                format!("must be in [0, 0.5), got {}", self.tie_tolerance),
-            );
+        // Tolerances in a half-open range `[0, end)`.
+        for (field, value, end) in [
+            ("polar_rank_tol", self.polar_rank_tol, 1.0),
+            ("tie_tolerance", self.tie_tolerance, 0.5),
+        ] {
+            if !(value.is_finite() && value >= 0.0 && value < end) {
+                return bad(field, format!("must be in [0, {end}), got {value}"));
+            }
         }
         if let CandidateSvd::Randomized { power_iters, .. } | CandidateSvd::Auto { power_iters, .. } =
             self.svd

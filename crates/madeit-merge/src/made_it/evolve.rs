@@ -211,6 +211,23 @@ fn check_finite(name: &str, t: &Tensor) -> Result<()> {
     }
 }
 
+/// Adds `delta` in place to tensor `name` of `out`, a copy of the pretrained model.
+fn add_to_pretrained(out: &mut ParamDict, name: &str, delta: &Tensor) -> Result<()> {
+    let w = out.get_mut(name).map_err(|_| ExpertsError::MissingTensor {
+        name: name.to_owned(),
+        dict: "pretrained",
+    })?;
+    if w.shape() != delta.shape() {
+        return Err(ExpertsError::ShapeMismatch {
+            name: name.to_owned(),
+            expected: delta.shape().to_vec(),
+            got: w.shape().to_vec(),
+        });
+    }
+    w.axpy(1.0, delta)?;
+    Ok(())
+}
+
 impl MadeIt {
     /// An empty state (no task absorbed yet). Validates `config`.
     pub fn new(config: MadeItConfig) -> Result<Self> {
@@ -754,35 +771,12 @@ impl MadeIt {
         }
         let mut out = pretrained.clone();
         for (m, &e) in self.modules.iter().zip(&path.experts) {
-            let key = &m.module().weight_key;
             let delta = m.expert(e)?.dense_tensor();
-            let w = out.get_mut(key).map_err(|_| ExpertsError::MissingTensor {
-                name: key.clone(),
-                dict: "pretrained",
-            })?;
-            if w.shape() != delta.shape() {
-                return Err(ExpertsError::ShapeMismatch {
-                    name: key.clone(),
-                    expected: delta.shape().to_vec(),
-                    got: w.shape().to_vec(),
-                });
-            }
-            w.axpy(1.0, &delta)?;
+            add_to_pretrained(&mut out, &m.module().weight_key, &delta)?;
         }
         if let Some(nt) = &self.non_target {
             for (name, mean) in nt.mean.iter() {
-                let w = out.get_mut(name).map_err(|_| ExpertsError::MissingTensor {
-                    name: name.to_owned(),
-                    dict: "pretrained",
-                })?;
-                if w.shape() != mean.shape() {
-                    return Err(ExpertsError::ShapeMismatch {
-                        name: name.to_owned(),
-                        expected: mean.shape().to_vec(),
-                        got: w.shape().to_vec(),
-                    });
-                }
-                w.axpy(1.0, mean)?;
+                add_to_pretrained(&mut out, name, mean)?;
             }
         }
         Ok(out)

@@ -449,27 +449,18 @@ pub fn load(dir: &Path) -> Result<MadeIt> {
         let r = mm.rank;
         let mut experts = Vec::with_capacity(mm.experts.len());
         for (i, me) in mm.experts.iter().enumerate() {
-            let u = read_tensor(
-                &st,
-                &tensor_path,
-                &tensor_key(&name, i, Factor::U),
-                &[mm.d_out, r],
-                &mut used,
-            )?;
-            let s = read_tensor(
-                &st,
-                &tensor_path,
-                &tensor_key(&name, i, Factor::S),
-                &[r],
-                &mut used,
-            )?;
-            let v = read_tensor(
-                &st,
-                &tensor_path,
-                &tensor_key(&name, i, Factor::V),
-                &[mm.d_in, r],
-                &mut used,
-            )?;
+            let mut factor = |f, shape: &[usize]| {
+                read_tensor(
+                    &st,
+                    &tensor_path,
+                    &tensor_key(&name, i, f),
+                    shape,
+                    &mut used,
+                )
+            };
+            let u = factor(Factor::U, &[mm.d_out, r])?;
+            let s = factor(Factor::S, &[r])?;
+            let v = factor(Factor::V, &[mm.d_in, r])?;
             let expert = Expert::new(
                 &name,
                 mat_from_row_major(&u, mm.d_out, r),

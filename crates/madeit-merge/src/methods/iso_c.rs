@@ -16,7 +16,7 @@ use madeit_params::ParamDict;
 use serde::{Deserialize, Serialize};
 
 use super::{fold_task_vector, lookup, offset_pretrained, par_build, tensor_like, to_f32};
-use crate::config::{MergeMethodConfig, MethodInfo, check_finite};
+use crate::config::{MergeMethodConfig, MethodInfo, check_finite, check_patterns};
 use crate::state::Ledger;
 use crate::{
     ContinualMerger, ContinualMethod, MergeError, MergedModel, MergerState, MethodConfig, Step,
@@ -75,15 +75,7 @@ impl MergeMethodConfig for IsoCConfig {
 
     fn check(&self) -> Result<(), MergeError> {
         check_finite(METHOD, "alpha", self.alpha)?;
-        if self.exclude.iter().any(String::is_empty) {
-            return Err(MergeError::InvalidParameter {
-                method: METHOD,
-                parameter: "exclude",
-                value: format!("{:?}", self.exclude),
-                reason: "patterns must be non-empty substrings",
-            });
-        }
-        Ok(())
+        check_patterns(METHOD, "exclude", &self.exclude)
     }
 
     fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {

@@ -8,9 +8,10 @@ use madeit_experts::{Expert, ExpertsError, ModuleExperts, TargetModule};
 use madeit_params::{ParamDict, ParamsError, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::lookup;
 use crate::made_it::store::{Factor, tensor_key};
 use crate::made_it::{AbsorbReport, MadeIt, MadeItConfig, NonTargetMean};
-use crate::state::{Ledger, export_tensors};
+use crate::state::{Ledger, export_tensors, read_extra};
 use crate::{
     ContinualMerger, ContinualMethod, ExpertModel, ExpertRouting, LowRankExpert, MergeError,
     MergedModel, MergerState, MethodConfig, Step, StepReport, TaskId,
@@ -226,23 +227,18 @@ impl ContinualMethod for MadeItMerger {
             export_tensors(&mut tensors, NON_TARGET_PREFIX, nt.mean());
             (nt.count(), nt.mean().keys().map(str::to_owned).collect())
         });
-        let extra = serde_json::to_value(MadeItExtra {
+        let extra = MadeItExtra {
             task_ids: self.state.tasks().to_vec(),
             modules,
             history: self.state.history().to_vec(),
             non_target,
-        })
-        .unwrap_or(serde_json::Value::Null);
-        Ok(MergerState {
-            metadata: self.ledger.metadata(self.config(), extra),
-            tensors,
-        })
+        };
+        Ok(self.ledger.extra_state(self.config(), &extra, tensors))
     }
 
     fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
         let ledger = Ledger::from_state(METHOD, &self.config(), state)?;
-        let extra: MadeItExtra = serde_json::from_value(state.metadata.extra.clone())
-            .map_err(|e| invalid(format!("metadata `extra`: {e}")))?;
+        let extra: MadeItExtra = read_extra(METHOD, state)?;
         let expected: Vec<u32> = (0..ledger.tasks.len())
             .map(|i| u32::try_from(i).map_err(|_| invalid("too many tasks")))
             .collect::<Result<_, _>>()?;
@@ -254,13 +250,7 @@ impl ContinualMethod for MadeItMerger {
         }
         let mut used = BTreeSet::new();
         let mut get = |key: String, shape: &[usize]| -> Result<Tensor, MergeError> {
-            let t = state
-                .tensors
-                .get(&key)
-                .map_err(|source| MergeError::StateTensor {
-                    method: METHOD,
-                    source,
-                })?;
+            let t = lookup(METHOD, &state.tensors, &key)?;
             if t.shape() != shape {
                 return Err(MergeError::StateTensor {
                     method: METHOD,
@@ -311,15 +301,7 @@ impl ContinualMethod for MadeItMerger {
                 let mut mean = ParamDict::new();
                 for n in names {
                     let key = format!("{NON_TARGET_PREFIX}{n}");
-                    let shape = state
-                        .tensors
-                        .get(&key)
-                        .map_err(|source| MergeError::StateTensor {
-                            method: METHOD,
-                            source,
-                        })?
-                        .shape()
-                        .to_vec();
+                    let shape = lookup(METHOD, &state.tensors, &key)?.shape().to_vec();
                     mean.insert(n.clone(), get(key, &shape)?);
                 }
                 Some(NonTargetMean::new(*count, mean).map_err(experts_err)?)

@@ -9,7 +9,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{MERGED_PREFIX, check_layout, dense_output, lookup, tensor_like, to_f32};
-use crate::state::{Ledger, check_state_tensors, exact_f64, export_tensors, import_tensors};
+use crate::state::{
+    Ledger, check_state_tensors, exact_f64, export_tensors, import_tensors, read_extra,
+};
 use crate::{
     ContinualMerger, ContinualMethod, MergeError, MergedModel, MergerState, MethodConfig,
     OpcmConfig, Step, StepReport, SvdPrecision,
@@ -519,26 +521,16 @@ impl ContinualMethod for Opcm {
     fn state(&self) -> Result<MergerState, MergeError> {
         let mut tensors = ParamDict::new();
         export_tensors(&mut tensors, MERGED_PREFIX, &self.merged);
-        let extra = serde_json::to_value(OpcmExtra {
+        let extra = OpcmExtra {
             lambda: self.lambda,
-        })
-        .unwrap_or(serde_json::Value::Null);
-        Ok(MergerState {
-            metadata: self.ledger.metadata(self.config(), extra),
-            tensors,
-        })
+        };
+        Ok(self.ledger.extra_state(self.config(), &extra, tensors))
     }
 
     fn restore(&mut self, state: &MergerState) -> Result<(), MergeError> {
         let ledger = Ledger::from_state(METHOD, &self.config(), state)?;
         check_state_tensors(METHOD, state, MERGED_PREFIX)?;
-        let extra: OpcmExtra =
-            serde_json::from_value(state.metadata.extra.clone()).map_err(|e| {
-                MergeError::InvalidState {
-                    method: METHOD,
-                    reason: format!("metadata `extra`: {e}"),
-                }
-            })?;
+        let extra: OpcmExtra = read_extra(METHOD, state)?;
         if !(extra.lambda.is_finite() && extra.lambda > 0.0) {
             return Err(MergeError::InvalidState {
                 method: METHOD,

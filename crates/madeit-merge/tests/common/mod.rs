@@ -104,6 +104,32 @@ pub fn run(
     m
 }
 
+/// A merger with the default configuration of `method`.
+pub fn build_default(method: &str) -> Box<dyn ContinualMerger> {
+    MethodConfig::default_for(method).unwrap().build().unwrap()
+}
+
+/// [`run`] with the default configuration of `method`.
+pub fn run_default(method: &str, pre: &ParamDict, tasks: &[ParamDict]) -> Box<dyn ContinualMerger> {
+    run(&MethodConfig::default_for(method).unwrap(), pre, tasks)
+}
+
+/// A copy of `dict` with tensor `name` flattened to one dimension (and moved last).
+pub fn flattened(dict: &ParamDict, name: &str) -> ParamDict {
+    let mut out = dict.clone();
+    let t = out.remove(name).unwrap();
+    let n = t.numel();
+    out.insert(name, t.reshape(vec![n]).unwrap());
+    out
+}
+
+/// A copy of `dict` with element `index` of tensor `name` set to `value`.
+pub fn with_value(dict: &ParamDict, name: &str, index: usize, value: f32) -> ParamDict {
+    let mut out = dict.clone();
+    out.get_mut(name).unwrap().data_mut()[index] = value;
+    out
+}
+
 /// Saves a state through safetensors bytes and JSON text and reads it back, as a caller
 /// storing it on disk would.
 pub fn round_trip(state: &MergerState) -> MergerState {
