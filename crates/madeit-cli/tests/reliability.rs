@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use madeit::params::fs::MARKER_FILE;
@@ -22,6 +22,15 @@ fn towers(n: usize) -> (tempfile::TempDir, Towers) {
     let tmp = tempfile::tempdir().unwrap();
     let t = Towers::new(tmp.path(), &tiny(), n);
     (tmp, t)
+}
+
+/// As [`towers`] with two fine-tuned towers, merged by `method` (which must succeed) into
+/// the folder's `name`, the path of which comes back too.
+fn two_towers_merged(method: &str, name: &str) -> (tempfile::TempDir, Towers, PathBuf) {
+    let (tmp, t) = towers(2);
+    let out = tmp.path().join(name);
+    assert_success(&t.merge(method, &out));
+    (tmp, t, out)
 }
 
 /// Defect 1: `--out` equal to an input destroyed it, with exit code 0.
@@ -50,9 +59,7 @@ fn out_equal_to_an_input_is_refused_and_the_input_is_untouched() {
 /// result were mixed in.
 #[test]
 fn a_new_merge_replaces_an_earlier_result_as_a_whole() {
-    let (tmp, t) = towers(2);
-    let out = tmp.path().join("merged");
-    assert_success(&t.merge("made_it", &out));
+    let (tmp, t, out) = two_towers_merged("made_it", "merged");
     assert!(out.join("experts").is_dir() && out.join("tasks.json").is_file());
     assert_success(&t.merge("swa", &out));
     assert_eq!(
@@ -288,9 +295,7 @@ fn messages_name_the_right_file_once() {
 /// A sharded checkpoint (as Hugging Face writes large models) merges like a single file.
 #[test]
 fn sharded_checkpoints_merge_like_single_files() {
-    let (tmp, t) = towers(2);
-    let single = tmp.path().join("single");
-    assert_success(&t.merge("opcm", &single));
+    let (tmp, t, single) = two_towers_merged("opcm", "single");
 
     let sharded = tmp.path().join("sharded-pre");
     fs::create_dir(&sharded).unwrap();
@@ -330,9 +335,7 @@ fn sharded_checkpoints_merge_like_single_files() {
 /// `experts/` and return the pretrained embeddings).
 #[test]
 fn embed_on_an_expert_store_does_not_silently_ignore_it() {
-    let (tmp, t) = towers(2);
-    let out = tmp.path().join("made_it");
-    assert_success(&t.merge("made_it", &out));
+    let (tmp, t, out) = two_towers_merged("made_it", "made_it");
     let pixels = tmp.path().join("px.safetensors");
     write_pixels(&pixels, &tiny(), 2, 9);
     let emb = |model: &Path, name: &str| {

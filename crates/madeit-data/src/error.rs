@@ -337,5 +337,24 @@ impl DataError {
     }
 }
 
+/// Checks that the body of `file` is exactly `expected` bytes long (`got`): a shorter one is
+/// [`DataError::Truncated`], a longer one [`DataError::TrailingData`].
+pub(crate) fn check_exact_len(file: &str, expected: usize, got: usize) -> Result<()> {
+    if got < expected {
+        return Err(DataError::Truncated {
+            file: file.to_owned(),
+            expected,
+            got,
+        });
+    }
+    if got > expected {
+        return Err(DataError::TrailingData {
+            file: file.to_owned(),
+            extra: got - expected,
+        });
+    }
+    Ok(())
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;

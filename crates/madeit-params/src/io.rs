@@ -391,25 +391,17 @@ fn decode<R: Read + Seek>(
 /// dropped; the shape check that follows reports the count).
 fn decode_values(dtype: DType, raw: &[u8]) -> Vec<f32> {
     match dtype {
-        DType::F32 => {
-            let (chunks, _) = raw.as_chunks::<4>();
-            chunks.iter().map(|c| f32::from_le_bytes(*c)).collect()
-        }
-        DType::F16 => {
-            let (chunks, _) = raw.as_chunks::<2>();
-            chunks
-                .iter()
-                .map(|c| half::f16::from_le_bytes(*c).to_f32())
-                .collect()
-        }
-        DType::BF16 => {
-            let (chunks, _) = raw.as_chunks::<2>();
-            chunks
-                .iter()
-                .map(|c| half::bf16::from_le_bytes(*c).to_f32())
-                .collect()
-        }
+        DType::F32 => decode_chunks(raw, f32::from_le_bytes),
+        DType::F16 => decode_chunks(raw, |c| half::f16::from_le_bytes(c).to_f32()),
+        DType::BF16 => decode_chunks(raw, |c| half::bf16::from_le_bytes(c).to_f32()),
     }
+}
+
+/// Decodes each whole `N`-byte element of `raw` with `decode` (a trailing partial element is
+/// dropped).
+fn decode_chunks<const N: usize>(raw: &[u8], decode: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+    let (chunks, _) = raw.as_chunks::<N>();
+    chunks.iter().map(|c| decode(*c)).collect()
 }
 
 /// How to turn a PyTorch pickle checkpoint into one madeit reads.

@@ -48,6 +48,15 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Prepares the output `target` of `command`, writes `contents` to `rel` in it and commits it.
+fn commit_with_file(target: &Path, command: &str, rel: &str, contents: &str) {
+    let out = OutputDir::prepare(target, command, false).unwrap();
+    let file = out.path().join(rel);
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(file, contents).unwrap();
+    out.commit().unwrap();
+}
+
 #[test]
 fn a_committed_folder_replaces_the_old_one_as_a_whole() {
     let tmp = tempfile::tempdir().unwrap();
@@ -82,9 +91,7 @@ fn a_committed_folder_replaces_the_old_one_as_a_whole() {
 fn dropping_without_commit_leaves_the_old_output_and_no_leftover() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("out");
-    let first = OutputDir::prepare(&target, "merge", false).unwrap();
-    fs::write(first.path().join("f"), "1").unwrap();
-    first.commit().unwrap();
+    commit_with_file(&target, "merge", "f", "1");
     let before = tree(&target);
     {
         let failed = OutputDir::prepare(&target, "merge", false).unwrap();
@@ -122,10 +129,7 @@ fn a_leftover_staging_folder_is_removed_or_resumed() {
 fn resuming_a_complete_output_starts_from_a_copy_of_it() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("run");
-    let first = OutputDir::prepare(&target, "run", false).unwrap();
-    fs::create_dir(first.path().join("state")).unwrap();
-    fs::write(first.path().join("state/s"), "done").unwrap();
-    first.commit().unwrap();
+    commit_with_file(&target, "run", "state/s", "done");
     let again = OutputDir::prepare_resumable(&target, "run", false).unwrap();
     assert_eq!(fs::read(again.path().join("state/s")).unwrap(), b"done");
     assert!(target.join("state/s").is_file(), "the original stays");
@@ -205,9 +209,7 @@ fn an_old_folder_swapped_out_by_a_killed_commit_is_put_back() {
     // `.<name>.madeit-old` first; a kill before the second rename leaves it there.
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("out");
-    let first = OutputDir::prepare(&target, "merge", false).unwrap();
-    fs::write(first.path().join("f"), "old").unwrap();
-    first.commit().unwrap();
+    commit_with_file(&target, "merge", "f", "old");
     let before = tree(&target);
     let old = tmp.path().join(".out.madeit-old");
     fs::rename(&target, &old).unwrap();

@@ -244,12 +244,17 @@ fn expect_file_error(path: &Path, what: &str) {
     }
 }
 
+/// The bytes of [`sample`] saved as `dtype` (to `good.safetensors` in `dir`).
+fn sample_bytes(dir: &Path, dtype: DType) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let good = dir.join("good.safetensors");
+    sample(dtype)?.save(&good)?;
+    Ok(std::fs::read(&good)?)
+}
+
 #[test]
 fn truncated_files_are_typed_errors_naming_the_file() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let good = dir.path().join("good.safetensors");
-    sample(DType::F16)?.save(&good)?;
-    let bytes = std::fs::read(&good)?;
+    let bytes = sample_bytes(dir.path(), DType::F16)?;
     let bad = dir.path().join("truncated.safetensors");
     // Every prefix: inside the length, inside the header, inside the data, one byte short.
     for cut in (0..bytes.len()).step_by(3).chain([bytes.len() - 1]) {
@@ -267,9 +272,7 @@ fn truncated_files_are_typed_errors_naming_the_file() -> TestResult {
 #[test]
 fn corrupt_headers_are_typed_errors_naming_the_file() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let good = dir.path().join("good.safetensors");
-    sample(DType::F32)?.save(&good)?;
-    let bytes = std::fs::read(&good)?;
+    let bytes = sample_bytes(dir.path(), DType::F32)?;
     let bad = dir.path().join("corrupt.safetensors");
     let n = u64::from_le_bytes(bytes[..8].try_into()?);
 

@@ -7,11 +7,13 @@
 
 mod common;
 
+use std::path::Path;
+
 use madeit_data::Split;
 use madeit_params::{ParamDict, Tensor};
 use madeit_vit::TaskHead;
 use madeit_zoo::{
-    BuildConfig, SequentialTask, StepInfo, ZooError, finetune_tower, sequential_finetune,
+    BuildConfig, SequentialTask, StepInfo, Zoo, ZooError, finetune_tower, sequential_finetune,
 };
 
 /// Largest `|a - b|` over every tensor (the two must have the same names and shapes).
@@ -70,15 +72,23 @@ fn run(
     (out, seen)
 }
 
+/// The micro zoo built under `dir`, with its build configuration, its pretrained weights and
+/// the sequential tasks of `order` on its synthetic data.
+fn micro_zoo_tasks(
+    dir: &Path,
+    order: &[&str],
+) -> (Zoo, BuildConfig, ParamDict, Vec<SequentialTask>) {
+    let (zoo, data) = common::micro_zoo(dir);
+    let config = zoo.manifest().build.clone();
+    let pretrained = zoo.pretrained().expect("pretrained");
+    let tasks = zoo.sequential_tasks_from_data(order, &data).expect("tasks");
+    (zoo, config, pretrained, tasks)
+}
+
 #[test]
 fn one_task_order_reproduces_the_zoo_finetune_exactly() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (zoo, data) = common::micro_zoo(tmp.path());
-    let config = zoo.manifest().build.clone();
-    let pretrained = zoo.pretrained().expect("pretrained");
-    let tasks = zoo
-        .sequential_tasks_from_data(&["mnist"], &data)
-        .expect("tasks");
+    let (zoo, config, pretrained, tasks) = micro_zoo_tasks(tmp.path(), &["mnist"]);
     let entry = zoo.task("mnist").expect("entry");
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].train.n, entry.splits.train);
@@ -117,13 +127,8 @@ fn one_task_order_reproduces_the_zoo_finetune_exactly() {
 #[test]
 fn two_task_order_chains_the_recipe_from_the_previous_weights() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (zoo, data) = common::micro_zoo(tmp.path());
-    let config = zoo.manifest().build.clone();
-    let pretrained = zoo.pretrained().expect("pretrained");
     let order = ["mnist", "rotated_mnist"];
-    let tasks = zoo
-        .sequential_tasks_from_data(&order, &data)
-        .expect("tasks");
+    let (zoo, config, pretrained, tasks) = micro_zoo_tasks(tmp.path(), &order);
 
     let (out, seen) = run(&config, &pretrained, &tasks);
     let out = out.expect("sequential");

@@ -8,7 +8,7 @@ mod common;
 
 use burn::prelude::*;
 use madeit_params::ParamDict;
-use madeit_vit::ClipVisionModel;
+use madeit_vit::{ClipVisionConfig, ClipVisionModel};
 use madeit_zoo::train::{CosineClassifier, TrainConfig, Trainee, train};
 use madeit_zoo::{TrainableVit, ZooError};
 
@@ -106,12 +106,19 @@ fn frozen_head_stays_fixed_and_only_the_tower_moves() {
     assert!(moved > 0.0, "the tower did not move");
 }
 
-#[test]
-fn trainable_forward_matches_the_reference_tower() {
+/// The micro configuration, the plain (non-autodiff) device, a micro tower initialised from
+/// `seed` on it, and the tower's weights.
+fn micro_vit(seed: u64) -> (ClipVisionConfig, Device, TrainableVit, ParamDict) {
     let config = common::micro_config();
     let device = Device::flex();
-    let vit = TrainableVit::init(&config, 12, &device).expect("init");
+    let vit = TrainableVit::init(&config, seed, &device).expect("init");
     let params = vit.to_params().expect("params");
+    (config, device, vit, params)
+}
+
+#[test]
+fn trainable_forward_matches_the_reference_tower() {
+    let (config, device, vit, params) = micro_vit(12);
     let reference = ClipVisionModel::from_params(&config, &params).expect("reference");
     let data = common::blocks(3, 2, 32, 3, 1);
     let idx: Vec<usize> = (0..data.n).collect();
@@ -139,10 +146,7 @@ fn trainable_forward_matches_the_reference_tower() {
 
 #[test]
 fn params_round_trip_exactly() {
-    let config = common::micro_config();
-    let device = Device::flex();
-    let vit = TrainableVit::init(&config, 4, &device).expect("init");
-    let params = vit.to_params().expect("params");
+    let (config, device, _, params) = micro_vit(4);
     let again = TrainableVit::from_params(&config, &params, &device)
         .expect("from")
         .to_params()
@@ -156,12 +160,7 @@ fn params_round_trip_exactly() {
 
 #[test]
 fn missing_tensor_is_named() {
-    let config = common::micro_config();
-    let device = Device::flex();
-    let mut params = TrainableVit::init(&config, 4, &device)
-        .expect("init")
-        .to_params()
-        .expect("params");
+    let (config, device, _, mut params) = micro_vit(4);
     params.remove("encoder.layers.1.mlp.fc2.bias");
     match TrainableVit::from_params(&config, &params, &device) {
         Err(ZooError::Parameter { name, .. }) => assert_eq!(name, "encoder.layers.1.mlp.fc2.bias"),

@@ -31,6 +31,13 @@ fn build(opts: &BuildOptions, events: &mut Vec<BuildEvent>) -> madeit_zoo::Resul
     build_zoo_from_tasks(opts, &tasks, &mut |e: &BuildEvent| events.push(e.clone()))
 }
 
+/// Builds the zoo of [`options`] under `dir` and returns those options.
+fn built(dir: &Path) -> BuildOptions {
+    let opts = options(dir);
+    build(&opts, &mut Vec::new()).expect("build");
+    opts
+}
+
 #[test]
 fn build_open_round_trip_idempotence_and_resume() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -147,8 +154,7 @@ fn build_open_round_trip_idempotence_and_resume() {
 #[test]
 fn incomplete_zoo_is_detected_and_not_overwritten() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let opts = options(tmp.path());
-    build(&opts, &mut Vec::new()).expect("build");
+    let opts = built(tmp.path());
     let manifest = Zoo::open(&opts.zoo_dir).expect("open").manifest().clone();
     assert!(
         expected_files(&manifest)
@@ -217,8 +223,7 @@ fn stale_staging_folder_is_discarded() {
 #[test]
 fn manifest_serde_round_trip_and_format_check() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let opts = options(tmp.path());
-    build(&opts, &mut Vec::new()).expect("build");
+    let opts = built(tmp.path());
     let path = opts.zoo_dir.join("zoo.json");
     let manifest = Manifest::load(&path).expect("load");
     let text = serde_json::to_string(&manifest).expect("ser");
@@ -244,9 +249,7 @@ fn manifest_serde_round_trip_and_format_check() {
 #[test]
 fn heads_are_one_vector_per_class_name_shared_by_tasks() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let opts = options(tmp.path());
-    build(&opts, &mut Vec::new()).expect("build");
-    let zoo = Zoo::open(&opts.zoo_dir).expect("open");
+    let (zoo, _) = common::micro_zoo(tmp.path());
     let names = zoo.name_vectors().expect("names");
     // The pool is the upright synthetic MNIST: its ten class names.
     assert_eq!(names.names, zoo.tasks()[0].class_names);
@@ -291,9 +294,7 @@ fn heads_are_one_vector_per_class_name_shared_by_tasks() {
 #[test]
 fn task_vector_norms_and_the_interference_matrix() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let opts = options(tmp.path());
-    build(&opts, &mut Vec::new()).expect("build");
-    let zoo = Zoo::open(&opts.zoo_dir).expect("open");
+    let (zoo, _) = common::micro_zoo(tmp.path());
     let pretrained = zoo.pretrained().expect("pretrained");
     for t in zoo.tasks() {
         let tau = zoo.task_vector(&t.name).expect("tau").l2_norm();
@@ -337,8 +338,7 @@ fn task_vector_norms_and_the_interference_matrix() {
 #[test]
 fn an_old_zoo_is_recognised_and_must_be_rebuilt() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let opts = options(tmp.path());
-    build(&opts, &mut Vec::new()).expect("build");
+    let opts = built(tmp.path());
     let path = opts.zoo_dir.join("zoo.json");
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");

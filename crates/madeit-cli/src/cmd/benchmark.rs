@@ -8,10 +8,8 @@
 //! - `madeit benchmark presets`: lists the presets and their tasks.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use madeit::eval::benchmark_file::{CheckOptions, DatasetFormat, PRESETS, ResolvedHead, preset};
 use madeit::eval::experiment::{ExperimentConfig, MethodEntry};
 use madeit::eval::{BenchmarkFile, CheckedBenchmark, ResolvedBenchmark, Roots};
@@ -120,19 +118,11 @@ pub fn check_with_bar(
     options: CheckOptions,
     quiet: bool,
 ) -> anyhow::Result<CheckedBenchmark> {
-    let pb = if quiet {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(1);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} checked (eta {eta}) {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        pb.enable_steady_tick(Duration::from_millis(200));
-        pb
-    };
+    let pb = super::progress_bar(
+        quiet,
+        1,
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} checked (eta {eta}) {wide_msg}",
+    );
     let result = resolved.check(options, &mut |p| {
         pb.set_length(p.total);
         pb.set_position(p.done);

@@ -8,10 +8,10 @@
 //! as the reference does (`exp(logit_scale) cos(projected image embedding, class row)`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use madeit::params::fs::{OutputDir, check_not_input};
 use madeit::vit::{ClipTokenizer, TALL20, TaskHead, ZeroShotModel, ZeroShotTask, task_group};
 
@@ -133,18 +133,12 @@ fn tasks(args: &Args, out: &Path) -> anyhow::Result<Vec<(ZeroShotTask, PathBuf)>
 }
 
 fn bar(quiet: bool, task: &str, len: u64) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>18} [{elapsed_precise}] {bar:30} {pos}/{len} prompts (eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let pb = super::progress_bar(
+        quiet,
+        len,
+        "{prefix:>18} [{elapsed_precise}] {bar:30} {pos}/{len} prompts (eta {eta})",
     );
     pb.set_prefix(task.to_owned());
-    pb.enable_steady_tick(Duration::from_millis(200));
     pb
 }
 

@@ -13,10 +13,10 @@
 //! and the test images are streamed from disk through CLIP's preprocessing.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use madeit::eval::benchmark_file::{CheckOptions, HeadOrigin};
 use madeit::eval::experiment::{
     DEFAULT_SEEDS, ExperimentConfig, MethodEntry, StateOptions, run_experiment, timestamp_slug,
@@ -276,18 +276,11 @@ fn log(pb: &ProgressBar, line: String) {
 }
 
 fn bar(quiet: bool, len: u64) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} evaluations (eta {eta}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
+    super::progress_bar(
+        quiet,
+        len,
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} evaluations (eta {eta}) {msg}",
+    )
 }
 
 /// Builds the zoo at `dir` when it has no manifest yet, exactly as `madeit zoo build --zoo

@@ -10,8 +10,8 @@ use madeit::data::{Clients, FetchEvent, default_cache_dir, fetch_sources_with};
 use madeit::vit::ModuleKind;
 use madeit::zoo::interference::{merged_accuracies, test_sets};
 use madeit::zoo::{
-    BuildConfig, BuildEvent, BuildOptions, BuildOutcome, Manifest, Zoo, build_zoo, default_zoo_dir,
-    interference_matrix,
+    BuildConfig, BuildEvent, BuildOptions, BuildOutcome, EnergyReport, Manifest, ModuleEnergy, Zoo,
+    build_zoo, default_zoo_dir, interference_matrix,
 };
 
 /// Arguments of `madeit zoo`.
@@ -468,29 +468,21 @@ fn print_energy_table(m: &Manifest) {
         "energy of the top {:.0}% singular values of each task vector (mean over layers)",
         100.0 * frac
     );
-    let header: Vec<String> = first
-        .energy
-        .modules
-        .iter()
-        .map(|e| format!("{:>6}", kind_name(e.kind)))
-        .collect();
-    println!("{:<28} {}", "task", header.join(" "));
+    energy_row("task", &first.energy, |e| {
+        format!("{:>6}", kind_name(e.kind))
+    });
     for t in &m.tasks {
-        let row: Vec<String> = t
-            .energy
-            .modules
-            .iter()
-            .map(|e| format!("{:>6.3}", e.mean))
-            .collect();
-        println!("{:<28} {}", t.name, row.join(" "));
+        energy_row(&t.name, &t.energy, |e| format!("{:>6.3}", e.mean));
     }
-    let base: Vec<String> = first
-        .energy
-        .modules
-        .iter()
-        .map(|e| format!("{:>6.3}", e.gaussian_baseline))
-        .collect();
-    println!("{:<28} {}", "(gaussian matrix)", base.join(" "));
+    energy_row("(gaussian matrix)", &first.energy, |e| {
+        format!("{:>6.3}", e.gaussian_baseline)
+    });
+}
+
+/// Prints one row of the energy table: `label`, then `cell` of each module of `energy`.
+fn energy_row(label: &str, energy: &EnergyReport, cell: impl Fn(&ModuleEnergy) -> String) {
+    let cells: Vec<String> = energy.modules.iter().map(cell).collect();
+    println!("{:<28} {}", label, cells.join(" "));
 }
 
 fn print_timings(m: &Manifest) {

@@ -282,38 +282,29 @@ pub(super) fn unpack_one(
 
 pub(super) fn check_found(archive: &str, spec: &PackageSpec, out: &Unpacked) -> Result<()> {
     for (rule, found) in spec.rules.iter().zip(&out.found) {
-        match *rule {
+        let detail = match *rule {
             Rule::File { from, .. } if found.is_empty() => {
-                return Err(DataError::PackageMissing {
-                    package: spec.requirement.to_owned(),
-                    detail: format!("{archive} has no file `{from}`"),
-                });
+                format!("{archive} has no file `{from}`")
             }
             Rule::Dir {
                 from, ext, count, ..
-            } if found.len() != count => {
-                return Err(DataError::PackageMissing {
-                    package: spec.requirement.to_owned(),
-                    detail: format!(
-                        "{archive} has {} `*{ext}` files in `{from}`, expected {count}",
-                        found.len()
-                    ),
-                });
-            }
+            } if found.len() != count => format!(
+                "{archive} has {} `*{ext}` files in `{from}`, expected {count}",
+                found.len()
+            ),
             Rule::Tree {
                 from, exts, count, ..
-            } if found.len() != count => {
-                return Err(DataError::PackageMissing {
-                    package: spec.requirement.to_owned(),
-                    detail: format!(
-                        "{archive} has {} `{}` files below `{from}`, expected {count}",
-                        found.len(),
-                        exts.join("`/`")
-                    ),
-                });
-            }
-            _ => {}
-        }
+            } if found.len() != count => format!(
+                "{archive} has {} `{}` files below `{from}`, expected {count}",
+                found.len(),
+                exts.join("`/`")
+            ),
+            _ => continue,
+        };
+        return Err(DataError::PackageMissing {
+            package: spec.requirement.to_owned(),
+            detail,
+        });
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! elements in row-major order. Image files have 3 dimensions (`n, rows, cols`, magic
 //! `0x00000803`), label files 1 (`n`, magic `0x00000801`).
 
-use crate::error::{DataError, Result};
+use crate::error::{DataError, Result, check_exact_len};
 use crate::image::ImageSet;
 use crate::readers::gunzip;
 
@@ -58,19 +58,7 @@ pub fn parse_idx(bytes: &[u8], ndim: u8, file: &str) -> Result<IdxArray> {
             detail: format!("dimensions {dims:?} overflow"),
         })?;
     let body = bytes.get(header_len..).unwrap_or_default();
-    if body.len() < count {
-        return Err(DataError::Truncated {
-            file: file.to_owned(),
-            expected: count,
-            got: body.len(),
-        });
-    }
-    if body.len() > count {
-        return Err(DataError::TrailingData {
-            file: file.to_owned(),
-            extra: body.len() - count,
-        });
-    }
+    check_exact_len(file, count, body.len())?;
     Ok(IdxArray {
         dims,
         data: body.to_vec(),

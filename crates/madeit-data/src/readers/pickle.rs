@@ -22,7 +22,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::error::{DataError, Result};
+use crate::error::{DataError, Result, check_exact_len};
 
 /// The opcodes this reader accepts, with their names in Python's `pickletools`.
 pub const ACCEPTED_OPCODES: [(u8, &str); 21] = [
@@ -292,17 +292,13 @@ impl<'a> Machine<'a> {
                     let g = self.resolve(&module, &name)?;
                     self.push(Value::Global(g));
                 }
-                b'K' => {
-                    let [v] = self.take_array::<1>()?;
-                    self.push(Value::Int(i64::from(v)));
-                }
-                b'M' => {
-                    let v = u16::from_le_bytes(self.take_array::<2>()?);
-                    self.push(Value::Int(i64::from(v)));
-                }
-                b'J' => {
-                    let v = i32::from_le_bytes(self.take_array::<4>()?);
-                    self.push(Value::Int(i64::from(v)));
+                b'K' | b'M' | b'J' => {
+                    let v = match op {
+                        b'K' => i64::from(u8::from_le_bytes(self.take_array::<1>()?)),
+                        b'M' => i64::from(u16::from_le_bytes(self.take_array::<2>()?)),
+                        _ => i64::from(i32::from_le_bytes(self.take_array::<4>()?)),
+                    };
+                    self.push(Value::Int(v));
                 }
                 0x85 | 0x87 => {
                     let n = if op == 0x85 { 1 } else { 3 };
@@ -314,13 +310,12 @@ impl<'a> Machine<'a> {
                     self.push(Value::Tuple(Rc::from(items)));
                 }
                 b'(' => self.stack.push(Item::Mark),
-                b'C' => {
-                    let [len] = self.take_array::<1>()?;
-                    let b = self.take(usize::from(len))?;
-                    self.push(Value::Bytes(Rc::from(b)));
-                }
-                b'B' => {
-                    let len = u32::from_le_bytes(self.take_array::<4>()?) as usize;
+                b'C' | b'B' => {
+                    let len = if op == b'C' {
+                        usize::from(u8::from_le_bytes(self.take_array::<1>()?))
+                    } else {
+                        u32::from_le_bytes(self.take_array::<4>()?) as usize
+                    };
                     let b = self.take(len)?;
                     self.push(Value::Bytes(Rc::from(b)));
                 }
@@ -510,19 +505,7 @@ fn interpret_array(v: &Value, file: &str) -> Result<NdArray> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .and_then(|c| c.checked_mul(dtype.size()))
         .ok_or_else(|| structure_at(file, at, "array size overflows"))?;
-    if data.len() < count {
-        return Err(DataError::Truncated {
-            file: file.to_owned(),
-            expected: count,
-            got: data.len(),
-        });
-    }
-    if data.len() > count {
-        return Err(DataError::TrailingData {
-            file: file.to_owned(),
-            extra: data.len() - count,
-        });
-    }
+    check_exact_len(file, count, data.len())?;
     Ok(NdArray {
         shape,
         dtype,

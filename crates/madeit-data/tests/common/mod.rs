@@ -32,6 +32,24 @@ fn push_int(out: &mut Vec<u8>, v: i64) {
     }
 }
 
+/// Applies the callable below a three-item argument tuple (TUPLE3, REDUCE, each memoized) and
+/// opens the object's state tuple (MARK) with its version number.
+fn push_reduce3_open_state(out: &mut Vec<u8>, version: i64) {
+    out.push(0x87);
+    out.push(0x94);
+    out.push(b'R');
+    out.push(0x94);
+    out.push(b'(');
+    push_int(out, version);
+}
+
+/// Closes the state tuple (TUPLE, memoized) and applies it to the object (BUILD).
+fn push_close_state_build(out: &mut Vec<u8>) {
+    out.push(b't');
+    out.push(0x94);
+    out.push(b'b');
+}
+
 fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
     if b.len() < 256 {
         out.push(b'C');
@@ -69,12 +87,7 @@ pub fn numpy_pickle(
     body.push(0x85);
     body.push(0x94);
     push_bytes(&mut body, b"b");
-    body.push(0x87);
-    body.push(0x94);
-    body.push(b'R');
-    body.push(0x94);
-    body.push(b'(');
-    push_int(&mut body, 1);
+    push_reduce3_open_state(&mut body, 1);
     // Python writes TUPLE1/2/3 for short tuples and MARK … TUPLE otherwise.
     if !(1..=3).contains(&shape.len()) {
         body.push(b'(');
@@ -97,12 +110,7 @@ pub fn numpy_pickle(
     push_str(&mut body, code);
     body.push(0x89);
     body.push(0x88);
-    body.push(0x87);
-    body.push(0x94);
-    body.push(b'R');
-    body.push(0x94);
-    body.push(b'(');
-    push_int(&mut body, 3);
+    push_reduce3_open_state(&mut body, 3);
     push_str(&mut body, order);
     body.extend_from_slice(b"NNN");
     body.push(b'J');
@@ -110,14 +118,10 @@ pub fn numpy_pickle(
     body.push(b'J');
     body.extend_from_slice(&(-1i32).to_le_bytes());
     push_int(&mut body, 0);
-    body.push(b't');
-    body.push(0x94);
-    body.push(b'b');
+    push_close_state_build(&mut body);
     body.push(0x89);
     push_bytes(&mut body, data);
-    body.push(b't');
-    body.push(0x94);
-    body.push(b'b');
+    push_close_state_build(&mut body);
     body.push(b'.');
     let mut out = vec![0x80, 4, 0x95];
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
