@@ -11,8 +11,7 @@ use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{Fingerprint, Ledger, MergedModel, TaskId};
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
-    LowRankFactors, ModuleId,
+    ClipVisionConfig, ClipVisionModel, GateBank, GateTraining, GateValues, LowRankFactors, ModuleId,
 };
 use rayon::prelude::*;
 
@@ -20,8 +19,8 @@ use crate::admit::{Admitted, admit_step};
 use crate::config::MINGLE;
 use crate::expert::{ExpertStats, build_expert};
 use crate::persist::{
-    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, expert_model, stream_seed,
-    vision_tensor,
+    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, expert_bank, expert_model,
+    stream_seed, vision_tensor,
 };
 use crate::subspace::{extend_basis, top_directions};
 use crate::tta::{GateTrainer, SeedTask, seed_pass, teacher_logits};
@@ -626,11 +625,7 @@ impl TestTimeMerger for Mingle {
     fn gated_model(&self, backbone: &ClipVisionModel) -> Result<GatedModel, AdaptError> {
         check_backbone(MINGLE, self.ledger.tasks.len(), backbone, &self.vision)?;
         let device = backbone.device();
-        let bank = ExpertBank::new(
-            &self.vision,
-            self.experts.iter().map(|(m, e)| (*m, e.clone())),
-            device,
-        )?;
+        let bank = expert_bank(&self.vision, &self.experts, device)?;
         let gates = GateBank::new(&self.gates, GateTraining::Frozen, device)?;
         GatedModel::new(backbone.clone(), bank, gates)
     }

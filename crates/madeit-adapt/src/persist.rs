@@ -1,16 +1,18 @@
 //! What the test-time mergers share beyond input admission: the seeds of their random
 //! streams, the stream and backbone checks, the conversion of expert factors to a merged
-//! model, and the writing and checked reading of their saved state.
+//! model and to a device bank, and the writing and checked reading of their saved state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::prelude::Device;
 
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{
     ExpertModel, Fingerprint, Ledger, LowRankExpert, MergedModel, TaskId, TaskRecord,
 };
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, LinearGate, LowRankFactors, ModuleId, VISION_PREFIX,
-    VitError,
+    ClipVisionConfig, ClipVisionModel, ExpertBank, LinearGate, LowRankFactors, ModuleId,
+    VISION_PREFIX, VitError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -101,6 +103,23 @@ pub(crate) fn expert_model<'a>(
         model.experts.insert(name, list);
     }
     Ok(MergedModel::Experts(model))
+}
+
+/// The device bank of `experts`, each module's list in stream order, for a tower of
+/// `vision`'s shape on `device`.
+///
+/// # Errors
+/// As [`ExpertBank::new`].
+pub(crate) fn expert_bank(
+    vision: &ClipVisionConfig,
+    experts: &BTreeMap<ModuleId, Vec<LowRankFactors>>,
+    device: &Device,
+) -> Result<ExpertBank, AdaptError> {
+    Ok(ExpertBank::new(
+        vision,
+        experts.iter().map(|(m, e)| (*m, e.clone())),
+        device,
+    )?)
 }
 
 /// Which factor of a [`LowRankExpert`] carries the singular values.

@@ -11,6 +11,7 @@ use madeit_vit::{
     ModuleId, ModuleKind, TaskHead, VitError, distillation_loss, to_host,
 };
 
+use crate::persist::expert_bank;
 use crate::{AdaptError, GradientProjector, MingleConfig, SeedImages};
 
 fn upload<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -159,11 +160,7 @@ impl<'a> GateTrainer<'a> {
             });
         }
         let device = model.device().clone();
-        let bank = ExpertBank::new(
-            model.config(),
-            experts.iter().map(|(m, e)| (*m, e.clone())),
-            &device,
-        )?;
+        let bank = expert_bank(model.config(), experts, &device)?;
         let gates = GateBank::new(gates, GateTraining::Newest, &device.clone().autodiff())?;
         gates.validate(&bank)?;
         for (m, p) in &projectors {

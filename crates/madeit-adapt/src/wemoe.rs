@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{Ledger, MergedModel};
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
+    ClipVisionConfig, ClipVisionModel, GateBank, GateSharing, GateTraining, GateValues,
     LowRankFactors, ModuleId, ModuleKind,
 };
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,8 @@ use crate::entropy::entropy_loss;
 use crate::expert::build_expert;
 use crate::options::{AdamOptions, SeedImageOptions};
 use crate::persist::{
-    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, expert_model, stream_seed,
-    vision_tensor,
+    ScaleOn, StateReader, StateWriter, check_backbone, check_stream, expert_bank, expert_model,
+    stream_seed, vision_tensor,
 };
 use crate::tta::{mean_kl, teacher_logits};
 use crate::{
@@ -390,11 +390,7 @@ impl LoraWemoe {
                 ),
             });
         }
-        let bank = ExpertBank::new(
-            &self.vision,
-            experts.iter().map(|(m, e)| (*m, e.clone())),
-            &self.device,
-        )?;
+        let bank = expert_bank(&self.vision, &experts, &self.device)?;
         let mut gates = Some(
             GateBank::new(&routers, GateTraining::All, &self.device.clone().autodiff())?
                 .with_sharing(GateSharing::SharedMlp),
@@ -605,11 +601,7 @@ impl TestTimeMerger for LoraWemoe {
         let device = backbone.device();
         let params = self.backbone_params(&backbone.to_params()?, &self.attention)?;
         let model = ClipVisionModel::from_params_on(&self.vision, &params, device)?;
-        let bank = ExpertBank::new(
-            &self.vision,
-            self.experts.iter().map(|(m, e)| (*m, e.clone())),
-            device,
-        )?;
+        let bank = expert_bank(&self.vision, &self.experts, device)?;
         let gates = GateBank::new(&self.routers, GateTraining::Frozen, device)?
             .with_sharing(GateSharing::SharedMlp);
         GatedModel::new(model, bank, gates)

@@ -55,34 +55,23 @@ pub enum MethodSpec {
     Sequential(SequentialConfig),
 }
 
-impl From<MethodConfig> for MethodSpec {
-    fn from(c: MethodConfig) -> Self {
-        Self::Merge(c)
-    }
+/// `From<Config> for MethodSpec`, one line per variant.
+macro_rules! spec_from {
+    ($($config:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$config> for MethodSpec {
+            fn from(c: $config) -> Self {
+                Self::$variant(c)
+            }
+        }
+    )*};
 }
 
-impl From<MingleConfig> for MethodSpec {
-    fn from(c: MingleConfig) -> Self {
-        Self::Mingle(c)
-    }
-}
-
-impl From<AdaMergingConfig> for MethodSpec {
-    fn from(c: AdaMergingConfig) -> Self {
-        Self::AdaMerging(c)
-    }
-}
-
-impl From<WemoeConfig> for MethodSpec {
-    fn from(c: WemoeConfig) -> Self {
-        Self::Wemoe(c)
-    }
-}
-
-impl From<SequentialConfig> for MethodSpec {
-    fn from(c: SequentialConfig) -> Self {
-        Self::Sequential(c)
-    }
+spec_from! {
+    MethodConfig => Merge,
+    MingleConfig => Mingle,
+    AdaMergingConfig => AdaMerging,
+    WemoeConfig => Wemoe,
+    SequentialConfig => Sequential,
 }
 
 /// Where a test-time method's unlabelled seed images come from and how many are drawn.
