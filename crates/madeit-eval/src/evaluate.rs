@@ -327,18 +327,16 @@ fn model_key(model: &MergedModel) -> Option<ModelKey> {
             experts: None,
         }),
         MergedModel::Experts(m) => {
-            let mut factors = ParamDict::new();
+            let mut factors = m.factor_dict();
             for (name, experts) in &m.experts {
                 for (e, x) in experts.iter().enumerate() {
-                    factors.insert(format!("{name}.{e}.up"), x.up.clone());
-                    factors.insert(format!("{name}.{e}.down"), x.down.clone());
                     let tasks: Vec<f32> = x
                         .tasks
                         .iter()
                         .flat_map(|t| t.as_str().bytes().map(f32::from).chain([-1.0]))
                         .collect();
                     if let Ok(t) = HostTensor::new(vec![tasks.len()], tasks) {
-                        factors.insert(format!("{name}.{e}.tasks"), t);
+                        factors.insert(format!("{name}.expert{e}.tasks"), t);
                     }
                 }
             }

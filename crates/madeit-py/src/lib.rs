@@ -411,16 +411,10 @@ impl MergerCore {
                 ("dense", a, d).into_pyobject(py)
             }
             MergedModel::Experts(m) => {
+                let (factors, per_module) = (m.factor_dict(), m.expert_tasks());
                 let (a, d) = from_params(py, m.backbone)?;
-                let mut factors = ParamDict::new();
                 let tasks = PyDict::new(py);
-                for (name, experts) in &m.experts {
-                    let mut per_expert: Vec<Vec<String>> = Vec::new();
-                    for (e, x) in experts.iter().enumerate() {
-                        factors.insert(format!("{name}.expert{e}.up"), x.up.clone());
-                        factors.insert(format!("{name}.expert{e}.down"), x.down.clone());
-                        per_expert.push(x.tasks.iter().map(|t| t.as_str().to_owned()).collect());
-                    }
+                for (name, per_expert) in per_module {
                     tasks.set_item(name, per_expert)?;
                 }
                 let (f, _) = from_params(py, factors)?;

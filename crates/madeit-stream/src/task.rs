@@ -132,6 +132,36 @@ impl ExpertModel {
         self.routing = routing;
         self
     }
+    /// Every expert's factors in one dict, in module then expert order:
+    /// `{module}.expert{e}.up` (`[out, r]`) and `{module}.expert{e}.down` (`[r, in]`), the
+    /// names `madeit merge` and the Python package write them under.
+    #[must_use]
+    pub fn factor_dict(&self) -> ParamDict {
+        let mut factors = ParamDict::new();
+        for (name, experts) in &self.experts {
+            for (e, x) in experts.iter().enumerate() {
+                factors.insert(format!("{name}.expert{e}.up"), x.up.clone());
+                factors.insert(format!("{name}.expert{e}.down"), x.down.clone());
+            }
+        }
+        factors
+    }
+
+    /// The task names each expert serves, per module: `tasks[module][e]` for the expert
+    /// `{module}.expert{e}` of [`factor_dict`](Self::factor_dict).
+    #[must_use]
+    pub fn expert_tasks(&self) -> IndexMap<String, Vec<Vec<String>>> {
+        self.experts
+            .iter()
+            .map(|(name, experts)| {
+                let tasks = experts
+                    .iter()
+                    .map(|x| x.tasks.iter().map(|t| t.as_str().to_owned()).collect())
+                    .collect();
+                (name.clone(), tasks)
+            })
+            .collect()
+    }
 }
 
 /// The result of a continual merger.

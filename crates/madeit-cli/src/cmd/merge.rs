@@ -45,7 +45,6 @@ use madeit::eval::checkpoints::{
 };
 use madeit::merge::made_it::store;
 use madeit::merge::{ContinualMerger, MadeItMerger, MergedModel, MethodConfig, TaskId};
-use madeit::params::ParamDict;
 use madeit::params::fs::{OutputDir, check_not_input, crash_point, write_atomic};
 use madeit::vit::{CONFIG_FILE, WEIGHTS_FILE};
 
@@ -234,21 +233,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         MergedModel::Experts(m) => {
             m.backbone.save(&weights_out)?;
-            let mut factors = ParamDict::new();
-            let mut tasks: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
-            for (name, experts) in &m.experts {
-                for (e, x) in experts.iter().enumerate() {
-                    factors.insert(format!("{name}.expert{e}.up"), x.up.clone());
-                    factors.insert(format!("{name}.expert{e}.down"), x.down.clone());
-                }
-                tasks.insert(
-                    name.clone(),
-                    experts
-                        .iter()
-                        .map(|x| x.tasks.iter().map(|t| t.as_str().to_owned()).collect())
-                        .collect(),
-                );
-            }
+            let factors = m.factor_dict();
+            // Sorted by module name, as this file has always been written.
+            let tasks: BTreeMap<String, Vec<Vec<String>>> = m.expert_tasks().into_iter().collect();
             factors.save(&dir.join("experts.safetensors"))?;
             write_atomic(
                 &dir.join("experts.json"),
