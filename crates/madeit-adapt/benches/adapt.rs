@@ -395,21 +395,19 @@ fn table_rows_vit_b32(c: &mut Criterion) {
         for steps in [1, 3] {
             let make = || -> Box<dyn TestTimeMerger> {
                 let device = Device::flex();
+                let adam = AdamOptions {
+                    steps,
+                    ..AdamOptions::default()
+                };
                 if name == "c_lw_adamerging" {
                     let config = AdaMergingConfig {
-                        adam: AdamOptions {
-                            steps,
-                            ..AdamOptions::default()
-                        },
+                        adam,
                         ..AdaMergingConfig::default()
                     };
                     Box::new(LwAdaMerging::new(config, cfg.clone(), device).unwrap())
                 } else {
                     let config = WemoeConfig {
-                        adam: AdamOptions {
-                            steps,
-                            ..AdamOptions::default()
-                        },
+                        adam,
                         ..WemoeConfig::default()
                     };
                     Box::new(LoraWemoe::new(config, cfg.clone(), device).unwrap())

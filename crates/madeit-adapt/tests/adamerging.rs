@@ -5,9 +5,9 @@
 mod common;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, absorb_with, fixture};
+use common::{Fixture, UnwrapAdmission, absorb, absorb_with, absorbed, adam, adam_lr, fixture};
 use madeit_adapt::{
-    AdaMergingConfig, AdamOptions, AdaptError, ContinualMethod, LwAdaMerging, SeedImages, Step,
+    AdaMergingConfig, AdaptError, AdmitError, ContinualMethod, LwAdaMerging, SeedImages, Step,
     TestTimeMerger, entropy_loss,
 };
 use madeit_merge::{MethodConfig, TaskArithmeticConfig};
@@ -50,11 +50,7 @@ fn expected(theta0: &ParamDict, ft: &ParamDict, coeff: impl Fn(&str) -> f64) -> 
 fn zero_steps(accumulate: bool) -> AdaMergingConfig {
     AdaMergingConfig {
         accumulate,
-        adam: AdamOptions {
-            steps: 0,
-            batch_size: 4,
-            ..AdamOptions::default()
-        },
+        adam: adam(0, 4),
         ..AdaMergingConfig::default()
     }
 }
@@ -114,12 +110,7 @@ fn entropy_decreases_on_a_fixed_batch() {
     // order), so the entropy trace is a function of the coefficients alone.
     let f = fixture(1, 8);
     let config = AdaMergingConfig {
-        adam: AdamOptions {
-            steps: 30,
-            batch_size: 8,
-            lr: 1e-2,
-            ..AdamOptions::default()
-        },
+        adam: adam_lr(30, 8, 1e-2),
         ..AdaMergingConfig::default()
     };
     let mut m = merger(&f, config);
@@ -139,12 +130,7 @@ fn coefficients_are_clamped_in_the_merge() {
     // [0, 1]; the merge must use the clamped values.
     let f = fixture(1, 4);
     let config = AdaMergingConfig {
-        adam: AdamOptions {
-            steps: 2,
-            batch_size: 4,
-            lr: 1.0,
-            ..AdamOptions::default()
-        },
+        adam: adam_lr(2, 4, 1.0),
         ..AdaMergingConfig::default()
     };
     let mut m = merger(&f, config);
@@ -170,16 +156,10 @@ fn state_round_trips_and_resumes_identically() {
     let f = fixture(2, 6);
     let config = AdaMergingConfig {
         accumulate: true,
-        adam: AdamOptions {
-            steps: 2,
-            batch_size: 4,
-            lr: 1e-2,
-            ..AdamOptions::default()
-        },
+        adam: adam_lr(2, 4, 1e-2),
         ..AdaMergingConfig::default()
     };
-    let mut a = merger(&f, config.clone());
-    absorb(&mut a, &f, 0);
+    let mut a = absorbed(merger(&f, config.clone()), &f, 1);
     let state = a.state().unwrap();
     let json = state.metadata_json().unwrap();
     let state = madeit_adapt::AdaptState::from_parts(&json, state.tensors.clone()).unwrap();
@@ -220,25 +200,14 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         "post_layernorm.bias",
         HostTensor::new(vec![3], vec![0.0; 3]).unwrap(),
     );
-    let err = absorb_with(&mut m, &f.theta0, &wrong_shape, id, seed.clone(), head).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AdaptError::Admission(madeit_adapt::AdmitError::Incompatible { .. })
-        ),
-        "{err}"
-    );
+    let err =
+        absorb_with(&mut m, &f.theta0, &wrong_shape, id, seed.clone(), head).unwrap_admission();
+    assert!(matches!(err, AdmitError::Incompatible { .. }), "{err}");
 
     let mut nan = ft.clone();
     nan.get_mut("pre_layrnorm.weight").unwrap().data_mut()[0] = f32::NAN;
-    let err = absorb_with(&mut m, &f.theta0, &nan, id, seed.clone(), head).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AdaptError::Admission(madeit_adapt::AdmitError::NonFinite { .. })
-        ),
-        "{err}"
-    );
+    let err = absorb_with(&mut m, &f.theta0, &nan, id, seed.clone(), head).unwrap_admission();
+    assert!(matches!(err, AdmitError::NonFinite { .. }), "{err}");
 
     let empty = SeedImages::new(Vec::new(), 0);
     let err = absorb_with(&mut m, &f.theta0, ft, id, empty.clone(), head).unwrap_err();

@@ -255,19 +255,23 @@ fn build_expert_keeps_a_low_rank_update_and_blocks_earlier_directions() {
     let low = |seed: u64, rank: usize| {
         randn_mat(m, rank, seed) * randn_mat(rank, n, seed + 1).as_ref() * 0.1
     };
-    let add = |d: &Mat<f64>| Mat::from_fn(m, n, |i, j| w0[(i, j)] + d[(i, j)] as f32);
+    // The rank-`r` expert of the update `d` on `w0`, projected against `previous` or not.
+    let build = |d: &Mat<f64>, previous: &[LowRankFactors], project: bool| {
+        let wt = Mat::from_fn(m, n, |i, j| w0[(i, j)] + d[(i, j)] as f32);
+        build_expert(
+            M,
+            w0.as_ref(),
+            wt.as_ref(),
+            previous,
+            r,
+            project,
+            TruncatedSvd::Exact,
+        )
+        .unwrap()
+    };
     // Task 1: a rank-3 update is reproduced exactly by a rank-6 expert.
     let d1 = low(1, 3);
-    let (e1, s1) = build_expert(
-        M,
-        w0.as_ref(),
-        add(&d1).as_ref(),
-        &[],
-        r,
-        true,
-        TruncatedSvd::Exact,
-    )
-    .unwrap();
+    let (e1, s1) = build(&d1, &[], true);
     assert_eq!((s1.k_eff, s1.rank), (0, r));
     assert!((s1.kept_fraction - 1.0).abs() < 1e-6);
     let dense = e1.to_dense().unwrap();
@@ -278,44 +282,25 @@ fn build_expert_keeps_a_low_rank_update_and_blocks_earlier_directions() {
     }
     // Task 2: the new expert has no component in the top-k_eff block of expert 1.
     let d2 = low(7, 3) + &d1 * 0.5;
-    let (e2, s2) = build_expert(
-        M,
-        w0.as_ref(),
-        add(&d2).as_ref(),
-        std::slice::from_ref(&e1),
-        r,
-        true,
-        TruncatedSvd::Exact,
-    )
-    .unwrap();
+    let (e2, s2) = build(&d2, std::slice::from_ref(&e1), true);
     assert!(s2.k_eff >= 1 && s2.k_eff <= 3, "k_eff = {}", s2.k_eff);
     assert!(s2.projected_norm < s2.tau_norm);
     let prev = experts_svd(M, m, n, std::slice::from_ref(&e1)).unwrap();
     let k = s2.k_eff;
-    let d2t = e2.to_dense().unwrap();
-    let dense2 = Mat::from_fn(m, n, |i, j| f64::from(d2t.data()[i * n + j]));
-    let block = prev.u.subcols(0, k).transpose() * &dense2 * prev.v.subcols(0, k);
-    assert!(
-        block.norm_l2() <= 1e-5 * dense2.norm_l2(),
-        "block {}",
-        block.norm_l2()
-    );
+    // The norms of an expert's update and of its top-k block in expert 1's singular bases.
+    let block_norms = |e: &LowRankFactors| {
+        let t = e.to_dense().unwrap();
+        let dense = Mat::from_fn(m, n, |i, j| f64::from(t.data()[i * n + j]));
+        let block = prev.u.subcols(0, k).transpose() * &dense * prev.v.subcols(0, k);
+        (block.norm_l2(), dense.norm_l2())
+    };
+    let (block, dense2) = block_norms(&e2);
+    assert!(block <= 1e-5 * dense2, "block {block}");
     // Without the projection the block is not removed.
-    let (e3, s3) = build_expert(
-        M,
-        w0.as_ref(),
-        add(&d2).as_ref(),
-        std::slice::from_ref(&e1),
-        r,
-        false,
-        TruncatedSvd::Exact,
-    )
-    .unwrap();
+    let (e3, s3) = build(&d2, std::slice::from_ref(&e1), false);
     assert_eq!(s3.k_eff, 0);
-    let d3t = e3.to_dense().unwrap();
-    let dense3 = Mat::from_fn(m, n, |i, j| f64::from(d3t.data()[i * n + j]));
-    let block = prev.u.subcols(0, k).transpose() * &dense3 * prev.v.subcols(0, k);
-    assert!(block.norm_l2() > 1e-2 * dense3.norm_l2());
+    let (block, dense3) = block_norms(&e3);
+    assert!(block > 1e-2 * dense3);
 }
 
 #[test]

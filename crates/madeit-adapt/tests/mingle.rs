@@ -7,9 +7,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, absorb_with, absorbed, fixture, quick_config, random_params};
+use common::{
+    Fixture, UnwrapAdmission, absorb, absorb_with, absorbed, fixture, quick_config, random_params,
+};
 use madeit_adapt::{
-    AdamOptions, AdaptError, AdaptState, ContinualMethod, GateProjection, GateTrainer,
+    AdamOptions, AdaptError, AdaptState, AdmitError, ContinualMethod, GateProjection, GateTrainer,
     GradientProjector, Mingle, MingleConfig, SeedBatches, SeedImages, SeedTask, TargetSet,
     TestTimeMerger, seed_pass, teacher_logits,
 };
@@ -257,9 +259,7 @@ fn save_and_load(state: &AdaptState) -> AdaptState {
 #[test]
 fn state_round_trip_resumes_the_stream() {
     let f = fixture(3, 10);
-    let mut a = merger(&f, quick_config());
-    absorb(&mut a, &f, 0);
-    absorb(&mut a, &f, 1);
+    let mut a = absorbed(merger(&f, quick_config()), &f, 2);
     let state = save_and_load(&a.state().unwrap());
     let mut b = merger(&f, quick_config());
     b.restore(&state).unwrap();
@@ -279,8 +279,7 @@ fn state_round_trip_resumes_the_stream() {
 #[test]
 fn restore_rejects_foreign_or_damaged_states() {
     let f = fixture(1, 10);
-    let mut a = merger(&f, quick_config());
-    absorb(&mut a, &f, 0);
+    let a = absorbed(merger(&f, quick_config()), &f, 1);
     let state = a.state().unwrap();
     let fresh = || merger(&f, quick_config());
 
@@ -297,13 +296,17 @@ fn restore_rejects_foreign_or_damaged_states() {
     ));
     assert_eq!(other.num_tasks(), 0);
 
+    // The name of the first state tensor starting with `prefix`.
+    let first_tensor = |prefix: &str| {
+        state
+            .tensors
+            .keys()
+            .find(|k| k.starts_with(prefix))
+            .unwrap()
+            .to_owned()
+    };
     let mut missing = state.clone();
-    let name = missing
-        .tensors
-        .keys()
-        .find(|k| k.starts_with("gate."))
-        .unwrap()
-        .to_owned();
+    let name = first_tensor("gate.");
     missing.tensors.remove(&name);
     let mut m = fresh();
     assert!(
@@ -322,14 +325,8 @@ fn restore_rejects_foreign_or_damaged_states() {
     ));
 
     let mut bad_shape = state.clone();
-    let name = bad_shape
-        .tensors
-        .keys()
-        .find(|k| k.starts_with("subspace."))
-        .unwrap()
-        .to_owned();
     bad_shape.tensors.insert(
-        name,
+        first_tensor("subspace."),
         madeit_params::Tensor::new(vec![2, 2], vec![0.0; 4]).unwrap(),
     );
     assert!(matches!(
@@ -369,89 +366,37 @@ fn bad_inputs_are_rejected_and_leave_the_merger_unchanged() {
     let (id0, ft0, seed0, head0) = &f.tasks[0];
     let (id1, ft1, seed1, head1) = &f.tasks[1];
 
-    let e = absorb_with(&mut m, &f.theta0, ft1, id0, seed1.clone(), head1).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            AdaptError::Admission(madeit_adapt::AdmitError::DuplicateTaskName { .. })
-        ),
-        "{e}"
-    );
-    let e = absorb_with(&mut m, &f.theta0, ft0, id1, seed0.clone(), head0).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            AdaptError::Admission(madeit_adapt::AdmitError::DuplicateTask { .. })
-        ),
-        "{e}"
-    );
+    let e = absorb_with(&mut m, &f.theta0, ft1, id0, seed1.clone(), head1).unwrap_admission();
+    assert!(matches!(e, AdmitError::DuplicateTaskName { .. }), "{e}");
+    let e = absorb_with(&mut m, &f.theta0, ft0, id1, seed0.clone(), head0).unwrap_admission();
+    assert!(matches!(e, AdmitError::DuplicateTask { .. }), "{e}");
     let other0 = random_params(&f.cfg, 77);
-    let e = absorb_with(&mut m, &other0, ft1, id1, seed1.clone(), head1).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            AdaptError::Admission(madeit_adapt::AdmitError::PretrainedChanged { .. })
-        ),
-        "{e}"
-    );
+    let e = absorb_with(&mut m, &other0, ft1, id1, seed1.clone(), head1).unwrap_admission();
+    assert!(matches!(e, AdmitError::PretrainedChanged { .. }), "{e}");
     let mut nan = ft1.clone();
     nan.get_mut("encoder.layers.0.mlp.fc1.weight")
         .unwrap()
         .data_mut()[3] = f32::NAN;
-    let e = absorb_with(&mut m, &f.theta0, &nan, id1, seed1.clone(), head1).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            AdaptError::Admission(madeit_adapt::AdmitError::NonFinite { .. })
-        ),
-        "{e}"
-    );
+    let e = absorb_with(&mut m, &f.theta0, &nan, id1, seed1.clone(), head1).unwrap_admission();
+    assert!(matches!(e, AdmitError::NonFinite { .. }), "{e}");
     assert!(
         e.to_string().contains("encoder.layers.0.mlp.fc1.weight"),
         "{e}"
     );
     let mut short = ft1.clone();
     short.remove("encoder.layers.1.mlp.fc2.bias");
-    let e = absorb_with(&mut m, &f.theta0, &short, id1, seed1.clone(), head1).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            AdaptError::Admission(madeit_adapt::AdmitError::Incompatible { .. })
-        ),
-        "{e}"
-    );
-    let e = absorb_with(
-        &mut m,
-        &f.theta0,
-        ft1,
-        id1,
-        SeedImages::new(Vec::new(), 0),
-        head1,
-    )
-    .unwrap_err();
-    assert!(matches!(e, AdaptError::SeedData { .. }), "{e}");
-    let e = absorb_with(
-        &mut m,
-        &f.theta0,
-        ft1,
-        id1,
-        SeedImages::new(vec![0.0; 10], 2),
-        head1,
-    )
-    .unwrap_err();
-    assert!(matches!(e, AdaptError::SeedData { .. }), "{e}");
+    let e = absorb_with(&mut m, &f.theta0, &short, id1, seed1.clone(), head1).unwrap_admission();
+    assert!(matches!(e, AdmitError::Incompatible { .. }), "{e}");
     let mut px = seed1.pixels().to_vec();
     px[5] = f32::INFINITY;
-    let e = absorb_with(
-        &mut m,
-        &f.theta0,
-        ft1,
-        id1,
-        SeedImages::new(px, seed1.len()),
-        head1,
-    )
-    .unwrap_err();
-    assert!(matches!(e, AdaptError::SeedData { .. }), "{e}");
+    for (what, seed) in [
+        ("no seed images", SeedImages::new(Vec::new(), 0)),
+        ("10 values for 2 images", SeedImages::new(vec![0.0; 10], 2)),
+        ("an infinite pixel", SeedImages::new(px, seed1.len())),
+    ] {
+        let e = absorb_with(&mut m, &f.theta0, ft1, id1, seed, head1).unwrap_err();
+        assert!(matches!(e, AdaptError::SeedData { .. }), "{what}: {e}");
+    }
     let wide = madeit_params::Tensor::new(vec![3, 7], vec![1.0; 21]).unwrap();
     let wide = madeit_vit::TaskHead::new("wide", &wide, Vec::new()).unwrap();
     let e = absorb_with(&mut m, &f.theta0, ft1, id1, seed1.clone(), &wide).unwrap_err();
@@ -562,31 +507,24 @@ fn variants_change_targets_and_projection() {
             .all(|m| !matches!(m.kind, ModuleKind::Out | ModuleKind::Fc2))
     );
 
-    let mut hard = merger(
-        &f,
-        MingleConfig {
-            projection: GateProjection::Hard,
+    // A merger with the gate projection `projection` after both tasks, and the report of
+    // the second.
+    let two_tasks = |projection| {
+        let config = MingleConfig {
+            projection,
             ..quick_config()
-        },
-    );
-    absorb(&mut hard, &f, 0);
-    let r = absorb(&mut hard, &f, 1);
+        };
+        let mut m = absorbed(merger(&f, config), &f, 1);
+        let r = absorb(&mut m, &f, 1);
+        (m, r)
+    };
+    let (hard, r) = two_tasks(GateProjection::Hard);
     assert_eq!(r.metrics["lambda_min"], 1.0);
 
-    let mut none = merger(
-        &f,
-        MingleConfig {
-            projection: GateProjection::None,
-            ..quick_config()
-        },
-    );
-    absorb(&mut none, &f, 0);
-    let r = absorb(&mut none, &f, 1);
+    let (none, r) = two_tasks(GateProjection::None);
     assert!(!r.metrics.contains_key("lambda_mean"));
 
-    let mut relaxed = merger(&f, quick_config());
-    absorb(&mut relaxed, &f, 0);
-    let r = absorb(&mut relaxed, &f, 1);
+    let (relaxed, r) = two_tasks(GateProjection::Relaxed);
     assert!(r.metrics["lambda_min"] < 1.0 && r.metrics["lambda_min"] > 0.0);
     // The three variants train different gates from the same start.
     let g = |m: &Mingle| m.gate_values().gates(ModuleId::new(0, ModuleKind::Q))[1].clone();

@@ -5,9 +5,13 @@
 mod common;
 
 use burn::prelude::*;
-use common::{Fixture, absorb, absorb_with, absorbed, expert_model, fixture, random_head};
+use common::{
+    Fixture, UnwrapAdmission, absorb, absorb_with, absorbed, adam, adam_lr, expert_model, fixture,
+    random_head,
+};
 use madeit_adapt::{
-    AdamOptions, AdaptError, ContinualMethod, LoraWemoe, SeedImages, TestTimeMerger, WemoeConfig,
+    AdamOptions, AdaptError, AdmitError, ContinualMethod, LoraWemoe, SeedImages, TestTimeMerger,
+    WemoeConfig,
 };
 use madeit_stream::TaskId;
 use madeit_vit::{
@@ -17,11 +21,7 @@ use madeit_vit::{
 
 fn quick() -> WemoeConfig {
     WemoeConfig {
-        adam: AdamOptions {
-            steps: 4,
-            batch_size: 4,
-            ..AdamOptions::default()
-        },
+        adam: adam(4, 4),
         ..WemoeConfig::default()
     }
 }
@@ -164,8 +164,7 @@ fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
 #[test]
 fn the_shared_router_rejects_gates_on_fc2_and_mismatched_counts() {
     let f = fixture(1, 10);
-    let mut m = merger(&f, quick());
-    absorb(&mut m, &f, 0);
+    let m = absorbed(merger(&f, quick()), &f, 1);
     let device = Device::flex();
     let fc1 = ModuleId::new(0, ModuleKind::Fc1);
     let fc2 = ModuleId::new(0, ModuleKind::Fc2);
@@ -178,26 +177,35 @@ fn the_shared_router_rejects_gates_on_fc2_and_mismatched_counts() {
         &device,
     )
     .unwrap();
-    let gate = |d: usize| LinearGate {
-        weight: vec![0.0; d],
-        bias: 0.3,
+    // A shared-router gate bank of one zero-weight gate per `(module, width)`.
+    let shared_gates = |gates: &[(ModuleId, usize)]| {
+        let mut values = GateValues::new();
+        for &(module, d) in gates {
+            values.push(
+                module,
+                LinearGate {
+                    weight: vec![0.0; d],
+                    bias: 0.3,
+                },
+            );
+        }
+        GateBank::new(&values, GateTraining::Frozen, &device)
+            .unwrap()
+            .with_sharing(GateSharing::SharedMlp)
     };
-    // A gate on fc2 of its own.
-    let mut values = GateValues::new();
-    values.push(fc1, gate(f.cfg.hidden_size));
-    values.push(fc2, gate(f.cfg.intermediate_size));
-    let gates = GateBank::new(&values, GateTraining::Frozen, &device)
-        .unwrap()
-        .with_sharing(GateSharing::SharedMlp);
-    assert!(gates.validate(&bank).is_err());
-    // Two router rows for one expert.
-    let mut values = GateValues::new();
-    values.push(fc1, gate(f.cfg.hidden_size));
-    values.push(fc1, gate(f.cfg.hidden_size));
-    let gates = GateBank::new(&values, GateTraining::Frozen, &device)
-        .unwrap()
-        .with_sharing(GateSharing::SharedMlp);
-    assert!(gates.validate(&bank).is_err());
+    let (hidden, intermediate) = (f.cfg.hidden_size, f.cfg.intermediate_size);
+    for (what, gates) in [
+        (
+            "a gate on fc2 of its own",
+            [(fc1, hidden), (fc2, intermediate)],
+        ),
+        (
+            "two router rows for one expert",
+            [(fc1, hidden), (fc1, hidden)],
+        ),
+    ] {
+        assert!(shared_gates(&gates).validate(&bank).is_err(), "{what}");
+    }
 }
 
 #[test]
@@ -205,12 +213,7 @@ fn adaptation_lowers_the_entropy_on_a_fixed_batch() {
     let f = fixture(1, 10);
     // One batch holding every seed image, a larger step size: the entropy must go down.
     let cfg = WemoeConfig {
-        adam: AdamOptions {
-            steps: 15,
-            batch_size: 10,
-            lr: 1e-2,
-            ..AdamOptions::default()
-        },
+        adam: adam_lr(15, 10, 1e-2),
         ..WemoeConfig::default()
     };
     let mut m = merger(&f, cfg);
@@ -224,8 +227,7 @@ fn adaptation_lowers_the_entropy_on_a_fixed_batch() {
 #[test]
 fn state_round_trips_and_a_resumed_stream_matches() {
     let f = fixture(2, 10);
-    let mut a = merger(&f, quick());
-    absorb(&mut a, &f, 0);
+    let mut a = absorbed(merger(&f, quick()), &f, 1);
     let state = a.state().unwrap();
     let mut b = merger(&f, quick());
     b.restore(&state).unwrap();
@@ -252,47 +254,25 @@ fn state_round_trips_and_a_resumed_stream_matches() {
 #[test]
 fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
     let f = fixture(2, 10);
-    let mut m = merger(&f, quick());
-    absorb(&mut m, &f, 0);
+    let mut m = absorbed(merger(&f, quick()), &f, 1);
     let before = m.state().unwrap();
-    let (_, theta, seed, head) = &f.tasks[1];
+    let (id, theta, seed, head) = &f.tasks[1];
     // NaN weights.
     let mut bad = theta.clone();
     bad.get_mut("encoder.layers.0.mlp.fc1.weight")
         .unwrap()
         .data_mut()[3] = f32::NAN;
-    assert!(matches!(
-        absorb_with(
-            &mut m,
-            &f.theta0,
-            &bad,
-            &TaskId::new("x"),
-            seed.clone(),
-            head
-        ),
-        Err(AdaptError::Admission(
-            madeit_adapt::AdmitError::NonFinite { .. }
-        ))
-    ));
+    let x = TaskId::new("x");
+    let e = absorb_with(&mut m, &f.theta0, &bad, &x, seed.clone(), head).unwrap_admission();
+    assert!(matches!(e, AdmitError::NonFinite { .. }), "{e}");
     // The same task name twice.
-    assert!(matches!(
-        absorb_with(&mut m, &f.theta0, theta, &f.tasks[0].0, seed.clone(), head),
-        Err(AdaptError::Admission(
-            madeit_adapt::AdmitError::DuplicateTaskName { .. }
-        ))
-    ));
+    let id0 = &f.tasks[0].0;
+    let e = absorb_with(&mut m, &f.theta0, theta, id0, seed.clone(), head).unwrap_admission();
+    assert!(matches!(e, AdmitError::DuplicateTaskName { .. }), "{e}");
     // No seed images.
-    assert!(matches!(
-        absorb_with(
-            &mut m,
-            &f.theta0,
-            theta,
-            &f.tasks[1].0,
-            SeedImages::new(Vec::new(), 0),
-            head
-        ),
-        Err(AdaptError::SeedData { .. })
-    ));
+    let no_seed = SeedImages::new(Vec::new(), 0);
+    let e = absorb_with(&mut m, &f.theta0, theta, id, no_seed, head).unwrap_err();
+    assert!(matches!(e, AdaptError::SeedData { .. }), "{e}");
     // A head of the wrong width.
     let wrong = random_head(
         &ClipVisionConfig {
@@ -302,17 +282,8 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
         5,
         9,
     );
-    assert!(matches!(
-        absorb_with(
-            &mut m,
-            &f.theta0,
-            theta,
-            &f.tasks[1].0,
-            seed.clone(),
-            &wrong
-        ),
-        Err(AdaptError::Head { .. })
-    ));
+    let e = absorb_with(&mut m, &f.theta0, theta, id, seed.clone(), &wrong).unwrap_err();
+    assert!(matches!(e, AdaptError::Head { .. }), "{e}");
     assert_eq!(m.state().unwrap(), before);
     // Invalid configuration.
     assert!(matches!(

@@ -8,12 +8,10 @@ mod common;
 use common::run_fresh as run;
 use common::{
     CLASSES, assert_full_triangle, assert_reported_saved_resumed, assert_same_matrix_bits,
-    experiment_in, temp_zoo,
+    experiment_in, quick_adam, quick_seed_images, temp_zoo,
 };
 
-use madeit_adapt::{
-    AdamOptions, AdaptError, MingleConfig, SeedImageOptions, SeedSource, TargetSet,
-};
+use madeit_adapt::{AdaptError, MingleConfig, SeedImageOptions, SeedSource, TargetSet};
 use madeit_eval::evaluate::Evaluator;
 use madeit_eval::experiment::{ExperimentConfig, run_experiment};
 use madeit_eval::runner::{RunEvent, StreamSpec, run_stream};
@@ -24,16 +22,8 @@ use madeit_params::ParamDict;
 /// A quick MINGLE: few adaptation steps on small batches.
 fn quick_mingle() -> MingleConfig {
     MingleConfig {
-        adam: AdamOptions {
-            steps: 3,
-            batch_size: 4,
-            lr: 1e-2,
-            ..AdamOptions::default()
-        },
-        seed_images: SeedImageOptions {
-            seed_per_class: 2,
-            ..SeedImageOptions::default()
-        },
+        adam: quick_adam(),
+        seed_images: quick_seed_images(),
         ..MingleConfig::default()
     }
 }

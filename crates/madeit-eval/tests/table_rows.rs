@@ -5,55 +5,33 @@
 mod common;
 
 use common::run_fresh as run;
-use common::{assert_full_triangle, temp_zoo, tiny_zoo};
+use common::{
+    assert_full_triangle, assert_same_matrix_bits, quick_adam, quick_seed_images, temp_zoo,
+    tiny_zoo,
+};
 
-use madeit_adapt::{AdaMergingConfig, AdamOptions, SeedImageOptions, WemoeConfig};
+use madeit_adapt::{AdaMergingConfig, WemoeConfig};
 use madeit_eval::registry::{self, MethodKind};
 use madeit_eval::report::table_methods;
-use madeit_eval::runner::{StreamResult, StreamSpec};
+use madeit_eval::runner::StreamSpec;
 use madeit_eval::{C_FINETUNED, MethodSpec, RunError, SequentialConfig};
 use madeit_merge::MethodConfig;
 
 fn quick_adamerging(accumulate: bool) -> AdaMergingConfig {
     AdaMergingConfig {
         accumulate,
-        adam: AdamOptions {
-            steps: 3,
-            batch_size: 4,
-            lr: 1e-2,
-            ..AdamOptions::default()
-        },
-        seed_images: SeedImageOptions {
-            seed_per_class: 2,
-            ..SeedImageOptions::default()
-        },
+        adam: quick_adam(),
+        seed_images: quick_seed_images(),
         ..AdaMergingConfig::default()
     }
 }
 
 fn quick_wemoe() -> WemoeConfig {
     WemoeConfig {
-        adam: AdamOptions {
-            steps: 3,
-            batch_size: 4,
-            lr: 1e-2,
-            ..AdamOptions::default()
-        },
-        seed_images: SeedImageOptions {
-            seed_per_class: 2,
-            ..SeedImageOptions::default()
-        },
+        adam: quick_adam(),
+        seed_images: quick_seed_images(),
         ..WemoeConfig::default()
     }
-}
-
-fn bits(r: &StreamResult) -> Vec<Option<u64>> {
-    r.matrix
-        .rows()
-        .iter()
-        .flatten()
-        .map(|v| v.map(f64::to_bits))
-        .collect()
 }
 
 #[test]
@@ -88,7 +66,7 @@ fn test_time_streams_evaluate_every_seen_task_and_resume_bit_identically() {
         part.resume = true;
         let rest = run(&bench, &part).expect("resumed");
         assert_eq!(rest.resumed_steps, 1);
-        assert_eq!(bits(&rest), bits(&whole), "{name}");
+        assert_same_matrix_bits(&rest, &whole, name);
 
         // A checkpoint of another method is refused.
         let mut other = part.clone();

@@ -4,8 +4,8 @@
 
 use faer::Mat;
 use madeit_adapt::{
-    AdamOptions, AdaptError, AdaptReport, MingleConfig, SeedImages, Step, TestTimeExtras,
-    TestTimeMerger,
+    AdamOptions, AdaptError, AdaptReport, AdmitError, MingleConfig, SeedImages, Step,
+    TestTimeExtras, TestTimeMerger,
 };
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_stream::{ExpertModel, MergedModel, TaskId};
@@ -81,15 +81,29 @@ pub fn random_seed_images(cfg: &ClipVisionConfig, count: usize, seed: u64) -> Se
     SeedImages::new(randn(&mut rng, n, 1.0), count)
 }
 
+/// Adam options with `steps` adaptation steps on batches of `batch_size` seed images, the
+/// defaults otherwise.
+pub fn adam(steps: usize, batch_size: usize) -> AdamOptions {
+    AdamOptions {
+        steps,
+        batch_size,
+        ..AdamOptions::default()
+    }
+}
+
+/// [`adam`] with the learning rate `lr`.
+pub fn adam_lr(steps: usize, batch_size: usize, lr: f64) -> AdamOptions {
+    AdamOptions {
+        lr,
+        ..adam(steps, batch_size)
+    }
+}
+
 /// A fast configuration for the tiny tower: few steps, small batches, exact SVDs.
 pub fn quick_config() -> MingleConfig {
     MingleConfig {
         subspace_svd: madeit_adapt::SvdMethod::Exact,
-        adam: AdamOptions {
-            steps: 6,
-            batch_size: 4,
-            ..AdamOptions::default()
-        },
+        adam: adam(6, 4),
         ..MingleConfig::default()
     }
 }
@@ -131,6 +145,22 @@ pub fn absorb_with<M: TestTimeMerger + ?Sized>(
 ) -> Result<AdaptReport, AdaptError> {
     let extras = TestTimeExtras::new(seed, head.clone());
     m.absorb(&Step::new(pretrained, finetuned, task).with_extras(&extras))
+}
+
+/// `unwrap_err` for a refused step whose error must be an admission error.
+pub trait UnwrapAdmission {
+    /// The admission error; panics on success or on another error.
+    fn unwrap_admission(self) -> AdmitError;
+}
+
+impl UnwrapAdmission for Result<AdaptReport, AdaptError> {
+    #[track_caller]
+    fn unwrap_admission(self) -> AdmitError {
+        match self {
+            Err(AdaptError::Admission(e)) => e,
+            other => panic!("expected an admission error, got {other:?}"),
+        }
+    }
 }
 
 pub fn absorb(m: &mut impl TestTimeMerger, f: &Fixture, t: usize) -> AdaptReport {

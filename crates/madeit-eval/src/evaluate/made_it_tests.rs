@@ -5,46 +5,13 @@
 use super::*;
 use madeit_merge::made_it::{FeatureBatch, MadeIt, MadeItConfig};
 use madeit_merge::{ContinualMethod, MadeItMerger, MergedModel, Step};
-use madeit_vit::{PROJECTION_WEIGHT, expected_tensors};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 
-fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
-    let d = Normal::new(0.0f32, std).unwrap();
-    (0..n).map(|_| d.sample(rng)).collect()
-}
-
-fn random_tower(config: &ClipVisionConfig, seed: u64) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut p = ParamDict::new();
-    let mut shapes = expected_tensors(config);
-    shapes.push((
-        PROJECTION_WEIGHT.to_owned(),
-        vec![config.projection_dim, config.hidden_size],
-    ));
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data = if name.contains("norm") && name.ends_with(".weight") {
-            vec![1.0; n]
-        } else if name.ends_with(".bias") {
-            normal(&mut rng, n, 0.01)
-        } else {
-            normal(&mut rng, n, 0.2)
-        };
-        p.insert(name, HostTensor::new(shape, data).unwrap());
-    }
-    p
-}
-
-fn perturbed(base: &ParamDict, seed: u64, std: f32) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    base.map(|_, t| {
-        let noise = normal(&mut rng, t.numel(), std);
-        let data = t.data().iter().zip(noise).map(|(a, b)| a + b).collect();
-        HostTensor::new(t.shape().to_vec(), data).unwrap()
-    })
-}
+// The random towers of the integration tests.
+#[path = "../../tests/common/random.rs"]
+mod random;
+use random::{normal, perturbed, random_tower};
 
 /// A merger that absorbed `n` random tasks, with the pretrained tower.
 fn stream(config: &ClipVisionConfig, n: u64, made_it: MadeItConfig) -> (ParamDict, MadeItMerger) {

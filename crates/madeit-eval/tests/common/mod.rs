@@ -1,10 +1,11 @@
-//! Helpers shared by the run-loop tests: a random tower, perturbed copies of it, and
-//! saving a tower in the Hugging Face layout.
+//! Helpers shared by the run-loop tests: a random tower, perturbed copies of it, saving a
+//! tower in the Hugging Face layout, and quick settings of the test-time methods.
 
 #![allow(dead_code)]
 
 use std::path::Path;
 
+use madeit_adapt::{AdamOptions, SeedImageOptions};
 use madeit_data::{ImageSet, write_split};
 use madeit_eval::benchmark::Benchmark;
 use madeit_eval::evaluate::Evaluator;
@@ -13,47 +14,12 @@ use madeit_eval::report::{render_markdown, table_methods};
 use madeit_eval::runner::{StreamSpec, run_stream};
 use madeit_eval::{ExperimentResults, RunError, StreamResult};
 use madeit_params::{ParamDict, Tensor};
-use madeit_vit::TaskHead;
-use madeit_vit::{ClipVisionConfig, PROJECTION_WEIGHT, expected_tensors};
+use madeit_vit::{ClipVisionConfig, TaskHead};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 
-pub fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
-    let d = Normal::new(0.0f32, std).expect("valid normal");
-    (0..n).map(|_| d.sample(rng)).collect()
-}
-
-pub fn random_tower(config: &ClipVisionConfig, seed: u64) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut p = ParamDict::new();
-    let mut shapes = expected_tensors(config);
-    shapes.push((
-        PROJECTION_WEIGHT.to_owned(),
-        vec![config.projection_dim, config.hidden_size],
-    ));
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data = if name.contains("norm") && name.ends_with(".weight") {
-            vec![1.0; n]
-        } else if name.ends_with(".bias") {
-            normal(&mut rng, n, 0.01)
-        } else {
-            normal(&mut rng, n, 0.2)
-        };
-        p.insert(name, Tensor::new(shape, data).expect("tensor"));
-    }
-    p
-}
-
-pub fn perturbed(base: &ParamDict, seed: u64, std: f32) -> ParamDict {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    base.map(|_, t| {
-        let noise = normal(&mut rng, t.numel(), std);
-        let data = t.data().iter().zip(noise).map(|(a, b)| a + b).collect();
-        Tensor::new(t.shape().to_vec(), data).expect("tensor")
-    })
-}
+mod random;
+pub use random::{normal, perturbed, random_tower};
 
 pub fn save_tower(dir: &Path, config: &ClipVisionConfig, params: &ParamDict) {
     madeit_zoo::save_tower(dir, config, params).expect("save tower");
@@ -117,6 +83,25 @@ pub fn temp_zoo() -> (tempfile::TempDir, Benchmark) {
     let dir = tempfile::tempdir().expect("tempdir");
     let bench = tiny_zoo(dir.path());
     (dir, bench)
+}
+
+/// Adam settings of a quick test-time method: 3 adaptation steps on batches of 4 at
+/// learning rate 1e-2.
+pub fn quick_adam() -> AdamOptions {
+    AdamOptions {
+        steps: 3,
+        batch_size: 4,
+        lr: 1e-2,
+        ..AdamOptions::default()
+    }
+}
+
+/// Seed-image settings of a quick test-time method: 2 seed images per class.
+pub fn quick_seed_images() -> SeedImageOptions {
+    SeedImageOptions {
+        seed_per_class: 2,
+        ..SeedImageOptions::default()
+    }
 }
 
 /// Runs the stream `spec` with the evaluator `ev`, without progress.
