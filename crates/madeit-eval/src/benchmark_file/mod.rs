@@ -78,9 +78,9 @@ use crate::method::MethodSpec;
 /// and test splits of the papers' three groups, for CLIP ViT-B/32 (change `model` for the
 /// others).
 pub const PRESETS: [(&str, &str); 3] = [
-    ("ta8", include_str!("../benchmarks/ta8.toml")),
-    ("tall14", include_str!("../benchmarks/tall14.toml")),
-    ("tall20", include_str!("../benchmarks/tall20.toml")),
+    ("ta8", include_str!("../../benchmarks/ta8.toml")),
+    ("tall14", include_str!("../../benchmarks/tall14.toml")),
+    ("tall20", include_str!("../../benchmarks/tall20.toml")),
 ];
 
 /// The text of preset `name` (case-insensitive), if there is one.
