@@ -122,3 +122,10 @@ pub enum AdaptError {
         reason: String,
     },
 }
+
+impl From<madeit_stream::FactorsError> for AdaptError {
+    /// As the tower crate reports it ([`VitError::Factors`], [`VitError::NonFiniteInput`]).
+    fn from(e: madeit_stream::FactorsError) -> Self {
+        Self::Vit(VitError::from(e))
+    }
+}

@@ -23,7 +23,8 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use madeit_linalg::{Svd, TruncatedSvd, orthonormalize, thin_svd, truncated_svd};
-use madeit_vit::{LowRankFactors, ModuleId, VitError};
+use madeit_stream::FactorsError;
+use madeit_vit::{LowRankFactors, ModuleId};
 use serde::{Deserialize, Serialize};
 
 use crate::AdaptError;
@@ -270,11 +271,11 @@ pub fn build_expert(
     let v = Mat::<f32>::from_fn(d_in, rank, |i, j| t.v[(i, j)] as f32);
     let s: Vec<f32> = t.s.iter().map(|x| *x as f32).collect();
     let factors = LowRankFactors::from_mats(u.as_ref(), &s, v.as_ref()).map_err(|e| match e {
-        VitError::NonFiniteInput { what, index } => AdaptError::Module {
+        FactorsError::NonFinite { what, index } => AdaptError::Module {
             module,
             reason: format!("non-finite {what} at index {index}"),
         },
-        other => AdaptError::Vit(other),
+        other => AdaptError::from(other),
     })?;
     Ok((
         factors,

@@ -122,7 +122,8 @@ pub(crate) fn expert_bank(
     )?)
 }
 
-/// Which factor of a [`LowRankExpert`] carries the singular values.
+/// Which factor of the exchange form `ΔW = up · down` ([`LowRankExpert::up`],
+/// [`LowRankExpert::down`]) carries the singular values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ScaleOn {
     /// `up = U`, `down = diag(s) V^T` (MINGLE's `B = U_r`, `A = diag(s_r) V_r^T`).
@@ -131,37 +132,24 @@ pub(crate) enum ScaleOn {
     Up,
 }
 
-/// The factors `U diag(s) V^T` as a [`LowRankExpert`] serving `task`.
+/// The factors `U diag(s) V^T` as a [`LowRankExpert`] serving `task`, with `s` folded into
+/// the factor `scale` names (the expert's own `s` is then all ones).
 fn low_rank_expert(
     f: &LowRankFactors,
     task: &TaskId,
     scale: ScaleOn,
 ) -> Result<LowRankExpert, AdaptError> {
-    let (d_out, d_in, r) = (f.d_out(), f.d_in(), f.rank());
-    let mut up = f.u().to_vec();
-    let mut down = vec![0.0f32; r * d_in];
-    for (i, row) in f.v().chunks_exact(r).enumerate() {
-        for (k, v) in row.iter().enumerate() {
-            down[k * d_in + i] = *v;
-        }
+    let r = f.rank();
+    let (mut u, mut v) = (f.u().to_vec(), f.v().to_vec());
+    let scaled = match scale {
+        ScaleOn::Down => &mut v,
+        ScaleOn::Up => &mut u,
+    };
+    for row in scaled.chunks_exact_mut(r) {
+        row.iter_mut().zip(f.s()).for_each(|(x, s)| *x *= s);
     }
-    match scale {
-        ScaleOn::Down => {
-            for (row, s) in down.chunks_exact_mut(d_in).zip(f.s()) {
-                row.iter_mut().for_each(|x| *x *= s);
-            }
-        }
-        ScaleOn::Up => {
-            for row in up.chunks_exact_mut(r) {
-                row.iter_mut().zip(f.s()).for_each(|(x, s)| *x *= s);
-            }
-        }
-    }
-    Ok(LowRankExpert::new(
-        HostTensor::new(vec![d_out, r], up)?,
-        HostTensor::new(vec![r, d_in], down)?,
-        vec![task.clone()],
-    ))
+    let folded = LowRankFactors::new(f.d_out(), f.d_in(), u, vec![1.0; r], v)?;
+    Ok(LowRankExpert::new(folded, vec![task.clone()]))
 }
 
 fn tensor_err(method: &'static str, name: &str, reason: impl Into<String>) -> AdaptError {

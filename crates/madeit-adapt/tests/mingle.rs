@@ -75,8 +75,8 @@ fn two_tasks_grow_experts_gates_and_subspaces() {
     // up . down = U diag(s) V^T of the stored factors.
     let f1 = &m.experts(ModuleId::new(0, ModuleKind::Fc1))[1];
     let dense = f1.to_dense().unwrap();
-    let (up, down) = (list[1].up.as_mat().unwrap(), list[1].down.as_mat().unwrap());
-    let prod = up * down;
+    let (up, down) = (list[1].up(), list[1].down());
+    let prod = up.as_mat().unwrap() * down.as_mat().unwrap();
     let (rows, cols) = prod.shape();
     for i in 0..rows {
         for j in 0..cols {

@@ -39,8 +39,8 @@ use madeit_data::{NORM_MEAN, NORM_STD};
 use madeit_merge::{ExpertModel, ExpertRouting, Fingerprint, MergedModel, TaskId};
 use madeit_params::{ParamDict, Tensor as HostTensor};
 use madeit_vit::{
-    ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, Routing, TaskHead,
-    TokenAggregation, VisionOutput,
+    ClipVisionConfig, ClipVisionModel, ExpertBank, ModuleId, Routing, TaskHead, TokenAggregation,
+    VisionOutput,
 };
 use rayon::prelude::*;
 
@@ -199,22 +199,7 @@ impl ExpertTower {
                     ),
                 });
             };
-            let factors = experts
-                .iter()
-                .enumerate()
-                .map(|(e, x)| {
-                    let up =
-                        x.up.as_mat()
-                            .map_err(|err| err.in_tensor(&format!("{name}.expert{e}.up")))?;
-                    let down = x
-                        .down
-                        .as_mat()
-                        .map_err(|err| err.in_tensor(&format!("{name}.expert{e}.down")))?;
-                    LowRankFactors::from_ba(up, down).map_err(|err| RunError::Experts {
-                        reason: format!("expert {e} of `{name}`: {err}"),
-                    })
-                })
-                .collect::<Result<Vec<_>, RunError>>()?;
+            let factors = experts.iter().map(|x| x.factors.clone()).collect();
             expert_tasks.push((id, experts.iter().map(|x| x.tasks.clone()).collect()));
             modules.push((id, factors));
         }

@@ -18,7 +18,8 @@ use madeit_eval::evaluate::{
 use madeit_eval::experiment::{ExperimentConfig, run_experiment};
 use madeit_eval::runner::{EvalMode, RunEvent, StreamSpec, reference_rows, run_stream};
 use madeit_merge::{
-    ExpertModel, Fingerprint, LowRankExpert, MergeError, MergedModel, MethodConfig, TaskId,
+    ExpertModel, Fingerprint, LowRankExpert, LowRankFactors, MergeError, MergedModel, MethodConfig,
+    TaskId,
 };
 use madeit_params::{ParamDict, Tensor};
 use madeit_vit::{ClipVisionModel, WEIGHTS_FILE};
@@ -483,8 +484,8 @@ fn expert_models_are_evaluated_with_per_sample_routing() {
     experts.experts.insert(
         key.to_owned(),
         vec![LowRankExpert::new(
-            up.clone(),
-            down.clone(),
+            LowRankFactors::from_ba(up.as_mat().expect("up"), down.as_mat().expect("down"))
+                .expect("factors"),
             vec![TaskId::new("alpha")],
         )],
     );

@@ -45,8 +45,8 @@ pub use error::MergeError;
 pub use made_it::MadeItConfig;
 /// The stream contract, re-exported: the types every continual method speaks in.
 pub use madeit_stream::{
-    AdmitError, ContinualMethod, ExpertModel, ExpertRouting, LowRankExpert, MergedModel, Step,
-    StepReport, TaskId,
+    AdmitError, ContinualMethod, ExpertModel, ExpertRouting, LowRankExpert, LowRankFactors,
+    MergedModel, Step, StepReport, TaskId,
 };
 pub use methods::{
     Consensus, IsoC, IsoCConfig, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily,

@@ -137,10 +137,11 @@ fn the_merged_model_is_the_backbone_with_the_experts_of_every_target_weight() {
             for (e, x) in list.iter().enumerate() {
                 // up · down is the expert's delta, and down^T has orthonormal columns.
                 let dense = state.dense_delta(mi, e).unwrap();
-                for (a, b) in product(&x.up, &x.down).iter().zip(dense.data()) {
+                for (a, b) in product(&x.up(), &x.down()).iter().zip(dense.data()) {
                     assert!((a - b).abs() < 1e-5, "{a} vs {b}");
                 }
-                let d = x.down.as_mat().unwrap();
+                let down = x.down();
+                let d = down.as_mat().unwrap();
                 for p in 0..d.nrows() {
                     for q in 0..d.nrows() {
                         let dot: f32 = (0..d.ncols()).map(|j| d[(p, j)] * d[(q, j)]).sum();
@@ -181,7 +182,7 @@ fn the_merged_model_is_the_backbone_with_the_experts_of_every_target_weight() {
             let mut w = model.backbone.get(name).unwrap().data().to_vec();
             if let Some(list) = model.experts.get(name) {
                 let x = list.iter().find(|x| x.tasks.contains(&id("t2"))).unwrap();
-                for (a, b) in w.iter_mut().zip(product(&x.up, &x.down)) {
+                for (a, b) in w.iter_mut().zip(product(&x.up(), &x.down())) {
                     *a += b;
                 }
             }

@@ -11,7 +11,10 @@
 //!   ([`Admitted`], [`AdmitError`]);
 //! - [`StepReport`], what one step reports;
 //! - [`MergedModel`], what a method returns: dense weights, or an [`ExpertModel`] (a
-//!   backbone with [`LowRankExpert`]s routed by [`ExpertRouting`]).
+//!   backbone with [`LowRankExpert`]s routed by [`ExpertRouting`]);
+//! - [`LowRankFactors`], the one form of a low-rank update `U diag(s) V^T` that every crate
+//!   exchanges (an expert model's experts, the test-time methods' experts, the device bank
+//!   of `madeit-vit`).
 //!
 //! - [`ContinualMethod`], the one trait of every continual method, and [`Step`], what it is
 //!   given at each step (the two models, the task, and the extras its kind needs).
@@ -22,11 +25,13 @@
 
 mod admit;
 mod fingerprint;
+mod lowrank;
 mod method;
 mod task;
 
 pub use admit::{AdmitError, Admitted, Ledger, admit};
 pub use fingerprint::{Fingerprint, exact_f64, scan_pair, tensor_hash};
+pub use lowrank::{FactorsError, LowRankFactors};
 pub use method::{ContinualMethod, Step};
 pub use task::{
     ExpertModel, ExpertRouting, LowRankExpert, MergedModel, StepReport, TaskId, TaskRecord,

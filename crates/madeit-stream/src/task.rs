@@ -2,11 +2,12 @@
 
 use std::fmt;
 
+use faer::MatRef;
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::{Fingerprint, exact_f64};
+use crate::{Fingerprint, LowRankFactors, exact_f64};
 
 /// The name of a task in a stream (for example `"mnist"`). Names are unique within a stream.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -63,23 +64,42 @@ pub struct StepReport {
     pub metrics: IndexMap<String, f64>,
 }
 
-/// A low-rank expert `ΔW = up · down` on top of one pretrained linear weight.
+/// A low-rank expert `ΔW = U diag(s) V^T` on top of one pretrained linear weight, and the
+/// tasks it serves.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LowRankExpert {
-    /// `[out, r]` factor (for a truncated SVD `U_r diag(s_r)`, or `U_r`).
-    pub up: Tensor,
-    /// `[r, in]` factor (for a truncated SVD `V_r^T`, or `diag(s_r) V_r^T`).
-    pub down: Tensor,
+    /// The factors of `ΔW` (`[out, in]`).
+    pub factors: LowRankFactors,
     /// The tasks this expert serves.
     pub tasks: Vec<TaskId>,
 }
 
 impl LowRankExpert {
-    /// An expert `ΔW = up · down` serving `tasks`.
+    /// An expert with `factors`, serving `tasks`.
     #[must_use]
-    pub fn new(up: Tensor, down: Tensor, tasks: Vec<TaskId>) -> Self {
-        Self { up, down, tasks }
+    pub fn new(factors: LowRankFactors, tasks: Vec<TaskId>) -> Self {
+        Self { factors, tasks }
+    }
+
+    /// The `[out, r]` factor `U diag(s)` of the exchange form `ΔW = up · down`.
+    #[must_use]
+    pub fn up(&self) -> Tensor {
+        let f = &self.factors;
+        let r = f.rank();
+        let data: Vec<f32> = f
+            .u()
+            .chunks_exact(r)
+            .flat_map(|row| row.iter().zip(f.s()).map(|(u, s)| u * s))
+            .collect();
+        Tensor::from_mat(MatRef::from_row_major_slice(&data, f.d_out(), r))
+    }
+
+    /// The `[r, in]` factor `V^T` of the exchange form `ΔW = up · down`.
+    #[must_use]
+    pub fn down(&self) -> Tensor {
+        let f = &self.factors;
+        Tensor::from_mat(MatRef::from_row_major_slice(f.v(), f.d_in(), f.rank()).transpose())
     }
 }
 
@@ -140,8 +160,8 @@ impl ExpertModel {
         let mut factors = ParamDict::new();
         for (name, experts) in &self.experts {
             for (e, x) in experts.iter().enumerate() {
-                factors.insert(format!("{name}.expert{e}.up"), x.up.clone());
-                factors.insert(format!("{name}.expert{e}.down"), x.down.clone());
+                factors.insert(format!("{name}.expert{e}.up"), x.up());
+                factors.insert(format!("{name}.expert{e}.down"), x.down());
             }
         }
         factors

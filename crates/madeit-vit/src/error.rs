@@ -356,3 +356,18 @@ fn show_path(path: &Option<PathBuf>) -> String {
         None => String::new(),
     }
 }
+
+impl From<madeit_stream::FactorsError> for VitError {
+    fn from(e: madeit_stream::FactorsError) -> Self {
+        match e {
+            madeit_stream::FactorsError::Shape { reason } => Self::Factors { reason },
+            madeit_stream::FactorsError::NonFinite { what, index } => {
+                Self::NonFiniteInput { what, index }
+            }
+            madeit_stream::FactorsError::Tensor(e) => Self::from(e),
+            other => Self::Factors {
+                reason: other.to_string(),
+            },
+        }
+    }
+}

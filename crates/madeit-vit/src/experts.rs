@@ -1,5 +1,5 @@
-//! Low-rank experts as plain factors, their device-side bank, per-sample routing and the
-//! routing features (projection scores).
+//! Low-rank experts on the device: the bank of their factors ([`LowRankFactors`]),
+//! per-sample routing and the routing features (projection scores).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,197 +8,12 @@ use burn::tensor::IndexingUpdateOp;
 use rayon::prelude::*;
 
 use crate::model::{ModuleAdapter, VisionOutput};
-use crate::util::{download, first_non_finite, transpose, upload};
+use crate::util::{download, transpose, upload};
 use crate::{ClipVisionConfig, ClipVisionModel, ModuleId, VitError};
 
-/// Low-rank factors of a weight update, `Delta W = U diag(s) V^T` (`[d_out, d_in]`, PyTorch
-/// layout), as plain row-major `f32` buffers.
-///
-/// - `u`: `[d_out, r]`, the output basis (`B` in LoRA / MINGLE notation);
-/// - `s`: `[r]`, the scales (all ones for a `B A` pair);
-/// - `v`: `[d_in, r]`, the input basis (`A^T`).
-///
-/// Applied to a token `x` (`[d_in]`): `Delta W x = U (s * (V^T x))`. For implicit routing
-/// (MADE-IT), `V` should have orthonormal columns so that `||X V||_F / ||X||_F` is the cosine
-/// between the inputs and their projection on the expert's input subspace.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LowRankFactors {
-    d_out: usize,
-    d_in: usize,
-    rank: usize,
-    u: Vec<f32>,
-    s: Vec<f32>,
-    v: Vec<f32>,
-}
-
-impl LowRankFactors {
-    /// Factors from row-major buffers `u` (`[d_out, r]`), `s` (`[r]`), `v` (`[d_in, r]`),
-    /// with `r = s.len()`.
-    ///
-    /// # Errors
-    /// [`VitError::Factors`] when the lengths disagree or `r = 0`,
-    /// [`VitError::NonFiniteInput`] on NaN / infinity.
-    pub fn new(
-        d_out: usize,
-        d_in: usize,
-        u: Vec<f32>,
-        s: Vec<f32>,
-        v: Vec<f32>,
-    ) -> Result<Self, VitError> {
-        let rank = s.len();
-        if rank == 0 {
-            return Err(VitError::Factors {
-                reason: "rank 0 (s is empty)".into(),
-            });
-        }
-        let checks = [
-            ("u", &u, d_out.checked_mul(rank)),
-            ("v", &v, d_in.checked_mul(rank)),
-        ];
-        for (what, buf, want) in checks {
-            if want != Some(buf.len()) {
-                return Err(VitError::Factors {
-                    reason: format!(
-                        "{what} has {} values, expected {} x {rank} (rank from s)",
-                        buf.len(),
-                        if what == "u" { d_out } else { d_in }
-                    ),
-                });
-            }
-        }
-        for (what, buf) in [("u", &u), ("s", &s), ("v", &v)] {
-            if let Some((index, _)) = first_non_finite(buf) {
-                return Err(VitError::NonFiniteInput {
-                    what: format!("expert factor {what}"),
-                    index,
-                });
-            }
-        }
-        Ok(Self {
-            d_out,
-            d_in,
-            rank,
-            u,
-            s,
-            v,
-        })
-    }
-
-    /// Factors from faer matrices: `u` is `d_out x r`, `v` is `d_in x r` (as in a thin SVD
-    /// `Delta W = U diag(s) V^T`).
-    ///
-    /// # Errors
-    /// As [`new`](Self::new); also when `u` or `v` do not have `s.len()` columns.
-    pub fn from_mats(
-        u: faer::MatRef<'_, f32>,
-        s: &[f32],
-        v: faer::MatRef<'_, f32>,
-    ) -> Result<Self, VitError> {
-        if u.ncols() != s.len() || v.ncols() != s.len() {
-            return Err(VitError::Factors {
-                reason: format!(
-                    "u has {} columns, v has {}, s has {} values",
-                    u.ncols(),
-                    v.ncols(),
-                    s.len()
-                ),
-            });
-        }
-        Self::new(u.nrows(), v.nrows(), row_major(u), s.to_vec(), row_major(v))
-    }
-
-    /// Factors of a LoRA-style pair `Delta W = B A` with `b`: `d_out x r`, `a`: `r x d_in`
-    /// (`U = B`, `s = 1`, `V = A^T`).
-    ///
-    /// # Errors
-    /// As [`new`](Self::new); also when the inner dimensions differ.
-    pub fn from_ba(b: faer::MatRef<'_, f32>, a: faer::MatRef<'_, f32>) -> Result<Self, VitError> {
-        if b.ncols() != a.nrows() {
-            return Err(VitError::Factors {
-                reason: format!("B has {} columns but A has {} rows", b.ncols(), a.nrows()),
-            });
-        }
-        let r = b.ncols();
-        Self::new(
-            b.nrows(),
-            a.ncols(),
-            row_major(b),
-            vec![1.0; r],
-            row_major(a.transpose()),
-        )
-    }
-
-    /// Output dimension.
-    #[must_use]
-    pub fn d_out(&self) -> usize {
-        self.d_out
-    }
-
-    /// Input dimension.
-    #[must_use]
-    pub fn d_in(&self) -> usize {
-        self.d_in
-    }
-
-    /// Rank `r`.
-    #[must_use]
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// `U`, row-major `[d_out, r]`.
-    #[must_use]
-    pub fn u(&self) -> &[f32] {
-        &self.u
-    }
-
-    /// `s`, `[r]`.
-    #[must_use]
-    pub fn s(&self) -> &[f32] {
-        &self.s
-    }
-
-    /// `V`, row-major `[d_in, r]`.
-    #[must_use]
-    pub fn v(&self) -> &[f32] {
-        &self.v
-    }
-
-    /// The dense update `U diag(s) V^T` as a host tensor `[d_out, d_in]` (to merge into a
-    /// weight with [`madeit_params::Tensor::axpy`]).
-    ///
-    /// # Errors
-    /// [`VitError::Factors`] if `d_out * d_in` overflows.
-    pub fn to_dense(&self) -> Result<madeit_params::Tensor, VitError> {
-        let (m, n, r) = (self.d_out, self.d_in, self.rank);
-        let len = m.checked_mul(n).ok_or_else(|| VitError::Factors {
-            reason: format!("dense [{m} x {n}] is too large"),
-        })?;
-        let mut out = vec![0.0f32; len];
-        for (i, row) in out.chunks_exact_mut(n.max(1)).enumerate() {
-            let ui = &self.u[i * r..(i + 1) * r];
-            for (o, vj) in row.iter_mut().zip(self.v.chunks_exact(r)) {
-                *o = ui
-                    .iter()
-                    .zip(&self.s)
-                    .zip(vj)
-                    .map(|((a, s), b)| a * s * b)
-                    .sum();
-            }
-        }
-        Ok(madeit_params::Tensor::new(vec![m, n], out)?)
-    }
-}
-
-fn row_major(m: faer::MatRef<'_, f32>) -> Vec<f32> {
-    let mut out = Vec::with_capacity(m.nrows() * m.ncols());
-    for i in 0..m.nrows() {
-        for j in 0..m.ncols() {
-            out.push(m[(i, j)]);
-        }
-    }
-    out
-}
+/// Low-rank factors `U diag(s) V^T`, the form the bank uploads (defined in `madeit-stream`,
+/// which every crate that exchanges experts shares).
+pub use madeit_stream::LowRankFactors;
 
 /// The experts of one module on the device, concatenated along the rank.
 #[derive(Debug, Clone)]
@@ -269,14 +84,14 @@ impl ExpertBank {
             }
             let (d_out, d_in) = config.module_dims(id.kind);
             for (e, f) in list.iter().enumerate() {
-                if f.d_out != d_out || f.d_in != d_in {
+                if f.d_out() != d_out || f.d_in() != d_in {
                     return Err(VitError::ExpertShape {
                         module: id,
                         expert: e,
                         expected_out: d_out,
                         expected_in: d_in,
-                        got_out: f.d_out,
-                        got_in: f.d_in,
+                        got_out: f.d_out(),
+                        got_in: f.d_in(),
                     });
                 }
             }
@@ -294,7 +109,7 @@ impl ExpertBank {
         list: &[LowRankFactors],
         device: &Device,
     ) -> ModuleExperts {
-        let ranks: Vec<usize> = list.iter().map(|f| f.rank).collect();
+        let ranks: Vec<usize> = list.iter().map(|f| f.rank()).collect();
         let total: usize = ranks.iter().sum();
         let mut offsets = Vec::with_capacity(ranks.len());
         let mut acc = 0;
@@ -310,12 +125,12 @@ impl ExpertBank {
         for (e, f) in list.iter().enumerate() {
             let off = offsets[e];
             for i in 0..d_in {
-                v[i * total + off..i * total + off + f.rank]
-                    .copy_from_slice(&f.v[i * f.rank..(i + 1) * f.rank]);
+                v[i * total + off..i * total + off + f.rank()]
+                    .copy_from_slice(&f.v()[i * f.rank()..(i + 1) * f.rank()]);
             }
-            let ut = transpose(&f.u, d_out, f.rank); // [r, d_out]
+            let ut = transpose(f.u(), d_out, f.rank()); // [r, d_out]
             for (k, row) in ut.chunks_exact(d_out).enumerate() {
-                let s = f.s[k];
+                let s = f.s()[k];
                 su.extend(row.iter().map(|x| x * s));
                 membership[(off + k) * list.len() + e] = 1.0;
             }

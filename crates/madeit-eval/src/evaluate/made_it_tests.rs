@@ -172,10 +172,12 @@ fn the_oracle_path_of_a_single_task_stream_is_the_dense_model() {
         let [x] = experts.as_slice() else {
             panic!("one task gives one expert per module")
         };
-        let delta = LowRankFactors::from_ba(x.up.as_mat().unwrap(), x.down.as_mat().unwrap())
-            .unwrap()
-            .to_dense()
-            .unwrap();
+        let (up, down) = (x.up(), x.down());
+        let delta =
+            madeit_vit::LowRankFactors::from_ba(up.as_mat().unwrap(), down.as_mat().unwrap())
+                .unwrap()
+                .to_dense()
+                .unwrap();
         by_hand.get_mut(name).unwrap().axpy(1.0, &delta).unwrap();
     }
     for (name, t) in dense.iter() {

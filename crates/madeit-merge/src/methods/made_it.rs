@@ -13,8 +13,8 @@ use crate::made_it::store::{Factor, tensor_key};
 use crate::made_it::{AbsorbReport, MadeIt, MadeItConfig, NonTargetMean};
 use crate::state::{Ledger, export_tensors, read_extra};
 use crate::{
-    ContinualMerger, ContinualMethod, ExpertModel, ExpertRouting, LowRankExpert, MergeError,
-    MergedModel, MergerState, MethodConfig, Step, StepReport, TaskId,
+    ContinualMerger, ContinualMethod, ExpertModel, ExpertRouting, LowRankExpert, LowRankFactors,
+    MergeError, MergedModel, MergerState, MethodConfig, Step, StepReport, TaskId,
 };
 
 const METHOD: &str = "made_it";
@@ -359,7 +359,8 @@ fn backbone(state: &MadeIt, pretrained: &ParamDict) -> Result<ParamDict, MergeEr
 
 /// The expert model of a MADE-IT state over `backbone` (the pretrained model, plus the
 /// state's non-target running mean when it keeps one: the backbone `madeit merge` writes):
-/// per target weight, every expert as `up = U diag(s)`, `down = V^T`, serving the tasks
+/// per target weight, every expert with `s` folded into its output basis (factors
+/// `U diag(s)`, ones, `V`: the exchange form `up = U diag(s)`, `down = V^T`), serving the tasks
 /// `task_name` gives for its task ids; routed by [`ExpertRouting::MadeItPaths`]. This is
 /// the model [`MadeItMerger::merged_model`](ContinualMethod::merged_model) returns, also
 /// for a state read back from an expert store.
@@ -391,11 +392,9 @@ pub fn expert_model(
                         task_name(t).ok_or_else(|| invalid(format!("task id {t} has no name")))
                     })
                     .collect::<Result<Vec<_>, MergeError>>()?;
-                Ok(LowRankExpert::new(
-                    Tensor::from_mat(up.as_ref()),
-                    Tensor::from_mat(down.as_ref()),
-                    tasks,
-                ))
+                let factors = LowRankFactors::from_ba(up.as_ref(), down.as_ref())
+                    .map_err(|e| invalid(format!("expert factors: {e}")))?;
+                Ok(LowRankExpert::new(factors, tasks))
             })
             .collect::<Result<Vec<_>, MergeError>>()?;
         model.experts.insert(m.module().weight_key.clone(), experts);

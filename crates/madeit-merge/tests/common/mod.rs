@@ -225,7 +225,7 @@ pub fn assert_same_model(a: &MergedModel, b: &MergedModel) {
                 assert_eq!(ex.len(), ey.len(), "number of experts of {name}");
                 for (e, (p, q)) in ex.iter().zip(ey).enumerate() {
                     assert_eq!(p.tasks, q.tasks, "tasks of {name} expert {e}");
-                    for (s, t) in [(&p.up, &q.up), (&p.down, &q.down)] {
+                    for (s, t) in [(&p.up(), &q.up()), (&p.down(), &q.down())] {
                         assert_eq!(s.shape(), t.shape(), "{name} expert {e}");
                         for (u, v) in s.data().iter().zip(t.data()) {
                             assert_eq!(u.to_bits(), v.to_bits(), "{name} expert {e}");
