@@ -31,10 +31,11 @@ pub const LW_ADAMERGING: &str = "c_lw_adamerging";
 /// Configuration of [`LwAdaMerging`]. `Default` gives the reference code's values.
 ///
 /// Keys are snake_case, the option groups' keys at the top level; missing keys take the
-/// default; [`parse_config`](crate::parse_config) rejects unknown keys. Values are
-/// range-checked once by [`check`](Self::check).
+/// default; unknown keys are rejected, by plain serde too (see
+/// [`parse_config`](crate::parse_config), whose message also lists the known keys). Values
+/// are range-checked once by [`check`](Self::check).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdaMergingConfig {
     /// `false` (default, the reference's behaviour): every step starts over from `theta_0`
     /// with only the current task, `theta^(t) = theta_0 + clamp(L) tau_t`. `true`: the

@@ -126,11 +126,11 @@ impl SvdMethod {
 /// MINGLE's configuration. `Default` gives the paper's and the reference code's values.
 ///
 /// Keys are snake_case, the option groups' keys at the top level; missing keys take the
-/// default; [`from_json_str`](Self::from_json_str) and [`parse_config`] reject unknown
-/// keys (plain serde ignores them: `flatten` and `deny_unknown_fields` do not combine).
-/// Values are range-checked once by [`check`](Self::check).
+/// default; unknown keys are rejected, by plain serde too (see [`parse_config`], whose
+/// message also lists the known keys). Values are range-checked once by
+/// [`check`](Self::check).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MingleConfig {
     /// Modules with experts and gates. Default: all six linear maps of every layer.
     pub targets: TargetSet,

@@ -42,9 +42,10 @@ pub const LORA_WEMOE: &str = "c_lora_wemoe";
 /// ([`crate::MingleConfig::effective_rank`]).
 ///
 /// Keys are snake_case, the option groups' keys at the top level; missing keys take the
-/// default; [`parse_config`](crate::parse_config) rejects unknown keys.
+/// default; unknown keys are rejected, by plain serde too (see
+/// [`parse_config`](crate::parse_config), whose message also lists the known keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct WemoeConfig {
     /// Continual task-arithmetic coefficient of the attention weights and biases (0.3).
     pub attention_lambda: f64,

@@ -139,7 +139,7 @@ fn default_spec<C: Default + Into<MethodSpec>>() -> MethodSpec {
     C::default().into()
 }
 
-fn parse_spec<C: DeserializeOwned + Serialize + Into<MethodSpec>>(
+fn parse_spec<C: Default + DeserializeOwned + Serialize + Into<MethodSpec>>(
     method: &'static str,
     fields: serde_json::Map<String, serde_json::Value>,
 ) -> Result<MethodSpec, RunError> {
