@@ -75,16 +75,13 @@ impl AdaMergingConfig {
     /// # Errors
     /// [`AdaptError::InvalidParameter`] naming the first bad value.
     pub fn check(&self) -> Result<(), AdaptError> {
-        let bad = |parameter: &'static str, value: String, reason: &'static str| {
-            Err(AdaptError::InvalidParameter {
-                method: LW_ADAMERGING,
-                parameter,
-                value,
-                reason,
-            })
-        };
         if !(0.0..=1.0).contains(&self.init) {
-            return bad("init", self.init.to_string(), "must lie in [0, 1]");
+            return Err(AdaptError::InvalidParameter {
+                method: LW_ADAMERGING,
+                parameter: "init",
+                value: self.init.to_string(),
+                reason: "must lie in [0, 1]",
+            });
         }
         self.adam.check(LW_ADAMERGING)?;
         self.seed_images.check(LW_ADAMERGING)

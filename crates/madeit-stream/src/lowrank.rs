@@ -28,13 +28,6 @@ pub enum FactorsError {
     Tensor(#[from] ParamsError),
 }
 
-fn first_non_finite(data: &[f32]) -> Option<(usize, f32)> {
-    data.iter()
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
-        .map(|(i, v)| (i, *v))
-}
-
 /// Low-rank factors of a weight update, `Delta W = U diag(s) V^T` (`[d_out, d_in]`, PyTorch
 /// layout), as plain row-major `f32` buffers.
 ///
@@ -91,7 +84,7 @@ impl LowRankFactors {
             }
         }
         for (what, buf) in [("u", &u), ("s", &s), ("v", &v)] {
-            if let Some((index, _)) = first_non_finite(buf) {
+            if let Some(index) = buf.iter().position(|x| !x.is_finite()) {
                 return Err(FactorsError::NonFinite {
                     what: format!("expert factor {what}"),
                     index,

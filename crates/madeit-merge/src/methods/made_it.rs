@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use faer::Mat;
 use indexmap::IndexMap;
 use madeit_experts::{Expert, ExpertsError, ModuleExperts, TargetModule};
 use madeit_params::{ParamDict, ParamsError, Tensor};
@@ -359,8 +358,8 @@ fn backbone(state: &MadeIt, pretrained: &ParamDict) -> Result<ParamDict, MergeEr
 
 /// The expert model of a MADE-IT state over `backbone` (the pretrained model, plus the
 /// state's non-target running mean when it keeps one: the backbone `madeit merge` writes):
-/// per target weight, every expert with `s` folded into its output basis (factors
-/// `U diag(s)`, ones, `V`: the exchange form `up = U diag(s)`, `down = V^T`), serving the tasks
+/// per target weight, every expert's factors `U`, `s`, `V` (exchange form `up = U diag(s)`,
+/// `down = V^T`), serving the tasks
 /// `task_name` gives for its task ids; routed by [`ExpertRouting::MadeItPaths`]. This is
 /// the model [`MadeItMerger::merged_model`](ContinualMethod::merged_model) returns, also
 /// for a state read back from an expert store.
@@ -380,11 +379,6 @@ pub fn expert_model(
             .experts()
             .iter()
             .map(|e| {
-                let (u, s, v) = (e.u(), e.s(), e.v());
-                let up = Mat::from_fn(u.nrows(), s.len(), |i, j| {
-                    u[(i, j)] * s.get(j).copied().unwrap_or(0.0)
-                });
-                let down = v.transpose().to_owned();
                 let tasks = e
                     .tasks()
                     .iter()
@@ -392,7 +386,7 @@ pub fn expert_model(
                         task_name(t).ok_or_else(|| invalid(format!("task id {t} has no name")))
                     })
                     .collect::<Result<Vec<_>, MergeError>>()?;
-                let factors = LowRankFactors::from_ba(up.as_ref(), down.as_ref())
+                let factors = LowRankFactors::from_mats(e.u(), e.s(), e.v())
                     .map_err(|e| invalid(format!("expert factors: {e}")))?;
                 Ok(LowRankExpert::new(factors, tasks))
             })
