@@ -16,13 +16,13 @@ use madeit_vit::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admit::{Admitted, admit_step};
+use crate::admit::{Admitted, admit_step, check_head};
 use crate::entropy::{ENTROPY_EPSILON, entropy_loss};
 use crate::options::{AdamOptions, SeedImageOptions};
 use crate::persist::{StateReader, StateWriter, check_backbone, check_stream, stream_seed};
 use crate::{
-    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedBatches, SeedImages,
-    TestTimeExtras, TestTimeMerger, TestTimeStep,
+    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedImages, TestTimeExtras,
+    TestTimeMerger, TestTimeStep,
 };
 
 /// Registry name of continual layer-wise AdaMerging.
@@ -30,10 +30,8 @@ pub const LW_ADAMERGING: &str = "c_lw_adamerging";
 
 /// Configuration of [`LwAdaMerging`]. `Default` gives the reference code's values.
 ///
-/// Keys are snake_case, the option groups' keys at the top level; missing keys take the
-/// default; unknown keys are rejected, by plain serde too (see
-/// [`parse_config`](crate::parse_config), whose message also lists the known keys). Values
-/// are range-checked once by [`check`](Self::check).
+/// Keys: see [`parse_config`](crate::parse_config). Values are range-checked once by
+/// [`check`](Self::check).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdaMergingConfig {
@@ -76,12 +74,12 @@ impl AdaMergingConfig {
     /// [`AdaptError::InvalidParameter`] naming the first bad value.
     pub fn check(&self) -> Result<(), AdaptError> {
         if !(0.0..=1.0).contains(&self.init) {
-            return Err(AdaptError::InvalidParameter {
-                method: LW_ADAMERGING,
-                parameter: "init",
-                value: self.init.to_string(),
-                reason: "must lie in [0, 1]",
-            });
+            return Err(AdaptError::invalid_parameter(
+                LW_ADAMERGING,
+                "init",
+                self.init,
+                "must lie in [0, 1]",
+            ));
         }
         self.adam.check(LW_ADAMERGING)?;
         self.seed_images.check(LW_ADAMERGING)
@@ -301,15 +299,7 @@ impl LwAdaMerging {
         } else {
             self.vision.hidden_size
         };
-        if head.dim() != embedding_dim {
-            return Err(AdaptError::Head {
-                task: task.clone(),
-                reason: format!(
-                    "head dimension {}, the model's embedding dimension is {embedding_dim}",
-                    head.dim()
-                ),
-            });
-        }
+        check_head(task, head, embedding_dim)?;
         // Task vectors of the tower tensors, flattened, on the plain device.
         let mut taus: Vec<(String, Tensor<1>)> = Vec::with_capacity(names.len());
         for (name, bare) in &names {
@@ -327,14 +317,9 @@ impl LwAdaMerging {
         let (mut m1, mut m2) = (vec![0.0f64; k], vec![0.0f64; k]);
         let (b1, b2) = (cfg.adam.adam_beta1, cfg.adam.adam_beta2);
         let n = seed.len();
-        let mut batches = SeedBatches::new(
-            n,
-            cfg.adam.batch_size,
-            stream_seed(cfg.seed, step, STREAM_BATCHES),
-        );
         let mut losses = Vec::with_capacity(cfg.adam.steps);
-        for s in 0..cfg.adam.steps {
-            let batch = batches.next().unwrap_or_default();
+        let seed_batches = stream_seed(cfg.seed, step, STREAM_BATCHES);
+        for (s, batch) in cfg.adam.step_batches(n, seed_batches) {
             let px = self.pixels(seed, &batch).map_err(|e| with_task(e, task))?;
             let l = upload(coeffs.clone(), [k], &ad).require_grad();
             let c = l.clone().clamp(0.0, 1.0);
@@ -354,14 +339,7 @@ impl LwAdaMerging {
                 .first()
                 .copied()
                 .map_or(f64::NAN, f64::from);
-            if !value.is_finite() {
-                return Err(AdaptError::NonFiniteLoss {
-                    task: task.clone(),
-                    step: s,
-                    value,
-                });
-            }
-            losses.push(value);
+            losses.push(AdaptError::finite_loss(task, s, value)?);
             let grads = loss.backward();
             let g = match l.grad(&grads) {
                 Some(g) => host_vec(&g)?,
@@ -524,13 +502,7 @@ impl ContinualMethod for LwAdaMerging {
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
         let mut w = StateWriter::new(LW_ADAMERGING);
-        for (name, t) in self.merged.iter() {
-            w.put(
-                format!("merged.{name}"),
-                t.shape().to_vec(),
-                t.data().to_vec(),
-            )?;
-        }
+        w.put_dict("merged.", &self.merged)?;
         for (e, c) in self.coefficients.iter().enumerate() {
             w.put(format!("coefficients.{e}"), vec![c.len()], c.clone())?;
         }
@@ -539,8 +511,7 @@ impl ContinualMethod for LwAdaMerging {
 
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {
         let mut r = StateReader::open(state, LW_ADAMERGING, &self.config, &self.vision, &[])?;
-        let meta = &state.metadata;
-        let t = meta.tasks.len();
+        let t = state.metadata.tasks.len();
         let mut merged = ParamDict::new();
         for (name, tensor) in r.tensors().iter() {
             if let Some(inner) = name.strip_prefix("merged.") {
@@ -565,11 +536,9 @@ impl ContinualMethod for LwAdaMerging {
                     .map(|c| c.data().to_vec())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        r.finish()?;
+        self.ledger = r.finish()?;
         self.merged = merged;
         self.coefficients = coefficients;
-        self.ledger.pretrained = meta.pretrained;
-        self.ledger.tasks = meta.tasks.clone();
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! (its weights are checked by the stream's one admission, `madeit_stream::Ledger`).
 
 use madeit_stream::{Ledger, TaskId};
-use madeit_vit::ClipVisionConfig;
+use madeit_vit::{ClipVisionConfig, TaskHead};
 
 use crate::{AdaptError, SeedImages, TestTimeStep};
 
@@ -46,6 +46,24 @@ pub(crate) fn check_seed_images(
     }
     if let Some(i) = seed.pixels().iter().position(|x| !x.is_finite()) {
         return Err(err(format!("non-finite pixel value at flat index {i}")));
+    }
+    Ok(())
+}
+
+/// Checks that `task`'s head reads embeddings of the model's width `embedding_dim`.
+pub(crate) fn check_head(
+    task: &TaskId,
+    head: &TaskHead,
+    embedding_dim: usize,
+) -> Result<(), AdaptError> {
+    if head.dim() != embedding_dim {
+        return Err(AdaptError::Head {
+            task: task.clone(),
+            reason: format!(
+                "head dimension {}, the model's embedding dimension is {embedding_dim}",
+                head.dim()
+            ),
+        });
     }
     Ok(())
 }

@@ -125,10 +125,7 @@ impl SvdMethod {
 
 /// MINGLE's configuration. `Default` gives the paper's and the reference code's values.
 ///
-/// Keys are snake_case, the option groups' keys at the top level; missing keys take the
-/// default; unknown keys are rejected, by plain serde too (see [`parse_config`], whose
-/// message also lists the known keys). Values are range-checked once by
-/// [`check`](Self::check).
+/// Keys: see [`parse_config`]. Values are range-checked once by [`check`](Self::check).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MingleConfig {
@@ -273,12 +270,9 @@ impl MingleConfig {
     /// [`AdaptError::InvalidParameter`] naming the parameter and its valid range.
     pub fn check(&self) -> Result<(), AdaptError> {
         let bad = |parameter: &'static str, value: String, reason: &'static str| {
-            Err(AdaptError::InvalidParameter {
-                method: MINGLE,
-                parameter,
-                value,
-                reason,
-            })
+            Err(AdaptError::invalid_parameter(
+                MINGLE, parameter, value, reason,
+            ))
         };
         if self.targets.kinds().is_empty() {
             return bad(

@@ -123,6 +123,38 @@ pub enum AdaptError {
     },
 }
 
+impl AdaptError {
+    /// [`AdaptError::InvalidParameter`]: `parameter` of `method` is `value` (rendered), which
+    /// breaks `reason`.
+    pub(crate) fn invalid_parameter(
+        method: &'static str,
+        parameter: &'static str,
+        value: impl ToString,
+        reason: &'static str,
+    ) -> Self {
+        Self::InvalidParameter {
+            method,
+            parameter,
+            value: value.to_string(),
+            reason,
+        }
+    }
+
+    /// `value`, the loss of adaptation step `step` of `task`, if it is finite; otherwise
+    /// [`AdaptError::NonFiniteLoss`].
+    pub(crate) fn finite_loss(task: &TaskId, step: usize, value: f64) -> Result<f64, Self> {
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(Self::NonFiniteLoss {
+                task: task.clone(),
+                step,
+                value,
+            })
+        }
+    }
+}
+
 impl From<madeit_stream::FactorsError> for AdaptError {
     /// As the tower crate reports it ([`VitError::Factors`], [`VitError::NonFiniteInput`]).
     fn from(e: madeit_stream::FactorsError) -> Self {

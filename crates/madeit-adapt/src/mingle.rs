@@ -15,7 +15,7 @@ use madeit_vit::{
 };
 use rayon::prelude::*;
 
-use crate::admit::{Admitted, admit_step};
+use crate::admit::{Admitted, admit_step, check_head};
 use crate::config::MINGLE;
 use crate::expert::{ExpertStats, build_expert};
 use crate::persist::{
@@ -277,16 +277,7 @@ impl Mingle {
         let cfg = &self.config;
         let step = self.ledger.tasks.len() + 1;
         let backbone = self.backbone_for(admitted.pretrained, pretrained)?;
-        if head.dim() != backbone.embedding_dim() {
-            return Err(AdaptError::Head {
-                task: task.clone(),
-                reason: format!(
-                    "head dimension {}, the model's embedding dimension is {}",
-                    head.dim(),
-                    backbone.embedding_dim()
-                ),
-            });
-        }
+        check_head(task, head, backbone.embedding_dim())?;
 
         // 1. Experts.
         let t0 = Instant::now();
@@ -366,23 +357,11 @@ impl Mingle {
             };
         let mut trainer = GateTrainer::new(&backbone, &experts, &gates, projectors, seed_task, cfg)
             .map_err(|e| with_task(e, task))?;
-        let mut batches = SeedBatches::new(
-            n,
-            cfg.adam.batch_size,
-            stream_seed(cfg.seed, step, STREAM_BATCHES),
-        );
         let mut losses = Vec::with_capacity(cfg.adam.steps);
-        for s in 0..cfg.adam.steps {
-            let batch = batches.next().unwrap_or_default();
+        let seed_batches = stream_seed(cfg.seed, step, STREAM_BATCHES);
+        for (s, batch) in cfg.adam.step_batches(n, seed_batches) {
             let loss = trainer.step(&batch).map_err(|e| with_task(e, task))?;
-            if !loss.is_finite() {
-                return Err(AdaptError::NonFiniteLoss {
-                    task: task.clone(),
-                    step: s,
-                    value: loss,
-                });
-            }
-            losses.push(loss);
+            losses.push(AdaptError::finite_loss(task, s, loss)?);
         }
         let (gates, projectors) = trainer.finish()?;
         let seconds_adaptation = t0.elapsed().as_secs_f64();
@@ -575,8 +554,7 @@ impl ContinualMethod for Mingle {
 
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {
         let mut r = StateReader::open(state, MINGLE, &self.config, &self.vision, &self.modules)?;
-        let meta = &state.metadata;
-        let t = meta.tasks.len();
+        let t = state.metadata.tasks.len();
         let mut experts = BTreeMap::new();
         let mut gates = GateValues::new();
         let mut subspaces = BTreeMap::new();
@@ -610,12 +588,10 @@ impl ContinualMethod for Mingle {
             let data = u.data();
             subspaces.insert(m, Mat::from_fn(d_in, k, |i, j| data[i * k + j]));
         }
-        r.finish()?;
+        self.ledger = r.finish()?;
         self.experts = experts;
         self.gates = gates;
         self.subspaces = subspaces;
-        self.ledger.pretrained = meta.pretrained;
-        self.ledger.tasks = meta.tasks.clone();
         self.backbone = None;
         Ok(())
     }

@@ -13,7 +13,7 @@ use burn::optim::AdamConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{AdaptError, SeedSource};
+use crate::{AdaptError, SeedBatches, SeedSource};
 
 /// The Adam run of a test-time method, once per task: learning rate, moments, number of
 /// steps and batch size. `Default` gives the values every reference uses (PyTorch's Adam
@@ -57,12 +57,9 @@ impl AdamOptions {
     /// [`AdaptError::InvalidParameter`] of `method`, naming the first bad value.
     pub fn check(&self, method: &'static str) -> Result<(), AdaptError> {
         let bad = |parameter: &'static str, value: String, reason: &'static str| {
-            Err(AdaptError::InvalidParameter {
-                method,
-                parameter,
-                value,
-                reason,
-            })
+            Err(AdaptError::invalid_parameter(
+                method, parameter, value, reason,
+            ))
         };
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return bad("lr", self.lr.to_string(), "must be finite and >= 0");
@@ -86,6 +83,17 @@ impl AdamOptions {
             return bad("batch_size", 0.to_string(), "must be at least 1");
         }
         Ok(())
+    }
+
+    /// The `steps` steps of this run, each with its mini-batch of the `n` seed images
+    /// ([`SeedBatches`] shuffled from `seed`; an empty batch when `n` is 0).
+    pub(crate) fn step_batches(
+        &self,
+        n: usize,
+        seed: u64,
+    ) -> impl Iterator<Item = (usize, Vec<usize>)> {
+        let mut batches = SeedBatches::new(n, self.batch_size, seed);
+        (0..self.steps).map(move |s| (s, batches.next().unwrap_or_default()))
     }
 
     /// burn's Adam with these moments (the learning rate is passed at each step).
@@ -127,12 +135,12 @@ impl SeedImageOptions {
     /// [`AdaptError::InvalidParameter`] of `method`.
     pub fn check(&self, method: &'static str) -> Result<(), AdaptError> {
         if self.seed_per_class == 0 {
-            return Err(AdaptError::InvalidParameter {
+            return Err(AdaptError::invalid_parameter(
                 method,
-                parameter: "seed_per_class",
-                value: 0.to_string(),
-                reason: "must be at least 1",
-            });
+                "seed_per_class",
+                0,
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -141,6 +149,13 @@ impl SeedImageOptions {
 /// Parses `method`'s configuration from a JSON value: an object whose keys are the
 /// configuration's fields (nested option groups flattened), every key optional (missing
 /// keys take the default), unknown keys rejected.
+///
+/// Every test-time configuration ([`MingleConfig`](crate::MingleConfig),
+/// [`AdaMergingConfig`](crate::AdaMergingConfig), [`WemoeConfig`](crate::WemoeConfig)) has
+/// these keys: snake_case, the option groups' keys ([`AdamOptions`], [`SeedImageOptions`]) at
+/// the top level; missing keys take the default; unknown keys are rejected, by plain serde
+/// too (the configurations deny unknown fields), and by this parser with a message that
+/// also lists the known keys.
 ///
 /// The keys are checked before the values, against those the default configuration writes
 /// (all of its fields), so the message can list the known ones.

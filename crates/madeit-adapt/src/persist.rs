@@ -187,6 +187,18 @@ impl StateWriter {
         Ok(())
     }
 
+    /// Adds every tensor of `dict` as `{prefix}{name}`.
+    pub(crate) fn put_dict(&mut self, prefix: &str, dict: &ParamDict) -> Result<(), AdaptError> {
+        for (name, t) in dict.iter() {
+            self.put(
+                format!("{prefix}{name}"),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Adds `{prefix}.u` `[d_out, r]`, `{prefix}.s` `[r]` and `{prefix}.v` `[d_in, r]`.
     fn put_factors(&mut self, prefix: &str, f: &LowRankFactors) -> Result<(), AdaptError> {
         self.put(
@@ -266,6 +278,7 @@ impl StateWriter {
 /// tensors by name and finally refuses any tensor that was not asked for.
 pub(crate) struct StateReader<'a> {
     method: &'static str,
+    metadata: &'a AdaptMetadata,
     tensors: &'a ParamDict,
     used: BTreeSet<String>,
 }
@@ -319,6 +332,7 @@ impl<'a> StateReader<'a> {
         }
         Ok(Self {
             method,
+            metadata: meta,
             tensors: &state.tensors,
             used: BTreeSet::new(),
         })
@@ -442,11 +456,14 @@ impl<'a> StateReader<'a> {
         self.used.insert(name.to_owned());
     }
 
-    /// Refuses any tensor that was not read.
-    pub(crate) fn finish(self) -> Result<(), AdaptError> {
+    /// Refuses any tensor that was not read; otherwise returns the saved stream's ledger.
+    pub(crate) fn finish(self) -> Result<Ledger, AdaptError> {
         match self.tensors.keys().find(|k| !self.used.contains(*k)) {
             Some(extra) => Err(self.err(extra, "unexpected tensor")),
-            None => Ok(()),
+            None => Ok(Ledger {
+                pretrained: self.metadata.pretrained,
+                tasks: self.metadata.tasks.clone(),
+            }),
         }
     }
 }

@@ -15,7 +15,7 @@ use madeit_vit::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admit::admit_step;
+use crate::admit::{admit_step, check_head};
 use crate::entropy::entropy_loss;
 use crate::expert::build_expert;
 use crate::options::{AdamOptions, SeedImageOptions};
@@ -25,8 +25,8 @@ use crate::persist::{
 };
 use crate::tta::{mean_kl, teacher_logits};
 use crate::{
-    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SeedBatches, SvdMethod,
-    TestTimeExtras, TestTimeMerger, TestTimeStep,
+    AdaptError, AdaptReport, AdaptState, ContinualMethod, GatedModel, SvdMethod, TestTimeExtras,
+    TestTimeMerger, TestTimeStep,
 };
 
 /// Registry name of C. LoRA-WEMoE.
@@ -41,9 +41,7 @@ pub const LORA_WEMOE: &str = "c_lora_wemoe";
 /// on CLIP models (ViT-B: 64 of 768) and is the same rule as MINGLE's
 /// ([`crate::MingleConfig::effective_rank`]).
 ///
-/// Keys are snake_case, the option groups' keys at the top level; missing keys take the
-/// default; unknown keys are rejected, by plain serde too (see
-/// [`parse_config`](crate::parse_config), whose message also lists the known keys).
+/// Keys: see [`parse_config`](crate::parse_config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WemoeConfig {
@@ -116,12 +114,9 @@ impl WemoeConfig {
     /// [`AdaptError::InvalidParameter`] naming the first bad field.
     pub fn check(&self) -> Result<(), AdaptError> {
         let bad = |parameter: &'static str, value: f64, reason: &'static str| {
-            Err(AdaptError::InvalidParameter {
-                method: LORA_WEMOE,
-                parameter,
-                value: value.to_string(),
-                reason,
-            })
+            Err(AdaptError::invalid_parameter(
+                LORA_WEMOE, parameter, value, reason,
+            ))
         };
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
         if !self.attention_lambda.is_finite() {
@@ -381,16 +376,7 @@ impl LoraWemoe {
         let backbone_params = self.backbone_params(pretrained, &attention)?;
         let backbone =
             ClipVisionModel::from_params_on(&self.vision, &backbone_params, &self.device)?;
-        if head.dim() != backbone.embedding_dim() {
-            return Err(AdaptError::Head {
-                task: task.clone(),
-                reason: format!(
-                    "head dimension {}, the model's embedding dimension is {}",
-                    head.dim(),
-                    backbone.embedding_dim()
-                ),
-            });
-        }
+        check_head(task, head, backbone.embedding_dim())?;
         let bank = expert_bank(&self.vision, &experts, &self.device)?;
         let mut gates = Some(
             GateBank::new(&routers, GateTraining::All, &self.device.clone().autodiff())?
@@ -400,14 +386,9 @@ impl LoraWemoe {
             g.validate(&bank)?;
         }
         let mut optim: ModuleOptimizer = cfg.adam.burn_config().init();
-        let mut batches = SeedBatches::new(
-            seed.len(),
-            cfg.adam.batch_size,
-            stream_seed(cfg.seed, step, STREAM_BATCHES),
-        );
         let mut losses = Vec::with_capacity(cfg.adam.steps);
-        for s in 0..cfg.adam.steps {
-            let batch = batches.next().unwrap_or_default();
+        let seed_batches = stream_seed(cfg.seed, step, STREAM_BATCHES);
+        for (s, batch) in cfg.adam.step_batches(seed.len(), seed_batches) {
             let Some(g) = gates.take() else { break };
             let px = backbone.pixels(seed.gather(&batch), batch.len())?;
             let out = backbone.forward_gated(px, &bank, &g)?;
@@ -417,13 +398,7 @@ impl LoraWemoe {
                 .first()
                 .copied()
                 .map_or(f64::NAN, f64::from);
-            if !value.is_finite() {
-                return Err(AdaptError::NonFiniteLoss {
-                    task: task.clone(),
-                    step: s,
-                    value,
-                });
-            }
+            let value = AdaptError::finite_loss(task, s, value)?;
             let grads = GradientsParams::from_grads(loss.backward(), &g);
             gates = Some(optim.step(cfg.adam.lr, g, grads));
             losses.push(value);
@@ -537,13 +512,7 @@ impl ContinualMethod for LoraWemoe {
 
     fn state(&self) -> Result<AdaptState, AdaptError> {
         let mut w = StateWriter::new(LORA_WEMOE);
-        for (name, t) in self.attention.iter() {
-            w.put(
-                format!("attention.{name}"),
-                t.shape().to_vec(),
-                t.data().to_vec(),
-            )?;
-        }
+        w.put_dict("attention.", &self.attention)?;
         for &m in &self.modules {
             w.put_experts(m, self.experts(m))?;
             w.put_gates(&format!("router.{m}"), self.routers.gates(m))?;
@@ -554,8 +523,7 @@ impl ContinualMethod for LoraWemoe {
     fn restore(&mut self, state: &AdaptState) -> Result<(), AdaptError> {
         let mut r =
             StateReader::open(state, LORA_WEMOE, &self.config, &self.vision, &self.modules)?;
-        let meta = &state.metadata;
-        let t = meta.tasks.len();
+        let t = state.metadata.tasks.len();
         let mut attention = ParamDict::new();
         if t > 0 {
             let expected: BTreeMap<String, Vec<usize>> = madeit_vit::expected_tensors(&self.vision)
@@ -584,12 +552,10 @@ impl ContinualMethod for LoraWemoe {
                 routers.push(m, gate);
             }
         }
-        r.finish()?;
+        self.ledger = r.finish()?;
         self.attention = attention;
         self.experts = experts;
         self.routers = routers;
-        self.ledger.pretrained = meta.pretrained;
-        self.ledger.tasks = meta.tasks.clone();
         Ok(())
     }
 }
