@@ -4,18 +4,31 @@
 mod common;
 
 use common::{
-    all_configs, assert_bit_identical, assert_resumes_bit_identically, build_default, flattened,
-    layout, random_dict, round_trip, run, run_default, single, stream, weights, with_value,
+    all_configs, assert_bit_identical, assert_rejected, assert_resumes_bit_identically,
+    build_default, elements, flattened, layout, mean_at, merged_default, random_dict, round_trip,
+    run, run_default, single, stream, task_vector_sum, weights, with_value,
 };
 use madeit_linalg::random::orthonormal;
 use madeit_merge::{
-    MergeError, MergerState, MethodConfig, OpcmConfig, Step, TaskArithmeticConfig, TaskId,
-    TiesConfig, opcm_projection, resume,
+    ContinualMerger, MergeError, MergerState, MethodConfig, OpcmConfig, Step, TaskArithmeticConfig,
+    TaskId, TiesConfig, opcm_projection, resume,
 };
 use madeit_params::{DType, ParamDict, ParamsError, Tensor};
 
 fn id(s: &str) -> TaskId {
     TaskId::new(s)
+}
+
+/// `m` after absorbing `steps` (each a fine-tuned model and its task name) over `pre`.
+fn absorbed(
+    mut m: Box<dyn ContinualMerger>,
+    pre: &ParamDict,
+    steps: &[(&ParamDict, &str)],
+) -> Box<dyn ContinualMerger> {
+    for &(ft, name) in steps {
+        m.absorb(&Step::new(pre, ft, &id(name))).unwrap();
+    }
+    m
 }
 
 #[test]
@@ -29,18 +42,11 @@ fn task_arithmetic_one_task_lambda_one_is_the_finetuned_model() {
 #[test]
 fn task_arithmetic_is_lambda_times_the_sum_of_task_vectors() {
     let (pre, tasks) = stream(4, 12);
-    let m = run_default("task_arithmetic", &pre, &tasks);
-    let merged = m.merged(&pre).unwrap();
-    for (name, p) in pre.iter() {
-        let got = merged.get(name).unwrap().data();
-        for (i, &p0) in p.data().iter().enumerate() {
-            let sum: f64 = tasks
-                .iter()
-                .map(|t| f64::from(t.get(name).unwrap().data()[i]) - f64::from(p0))
-                .sum();
-            let want = f64::from(p0) + 0.3 * sum;
-            assert!((f64::from(got[i]) - want).abs() < 1e-6, "{name}[{i}]");
-        }
+    let merged = merged_default("task_arithmetic", &pre, &tasks);
+    for (name, i, p0) in elements(&pre) {
+        let got = merged.get(name).unwrap().data()[i];
+        let want = f64::from(p0) + 0.3 * task_vector_sum(&tasks, name, i, p0);
+        assert!((f64::from(got) - want).abs() < 1e-6, "{name}[{i}]");
     }
 }
 
@@ -58,10 +64,11 @@ fn swa_of_identical_models_is_that_model() {
     for x in third.get_mut("post_layernorm.bias").unwrap().data_mut() {
         *x -= 1.0;
     }
-    let mut m = build_default("swa");
-    m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
-    m.absorb(&Step::new(&pre, &second, &id("b"))).unwrap();
-    m.absorb(&Step::new(&pre, &third, &id("c"))).unwrap();
+    let m = absorbed(
+        build_default("swa"),
+        &pre,
+        &[(&tasks[0], "a"), (&second, "b"), (&third, "c")],
+    );
     let merged = m.merged(&pre).unwrap();
     for (name, t) in tasks[0].iter() {
         if name == "post_layernorm.bias" {
@@ -77,25 +84,17 @@ fn swa_of_identical_models_is_that_model() {
 #[test]
 fn swa_of_t_models_is_their_mean() {
     let (pre, tasks) = stream(5, 15);
-    let m = run_default("swa", &pre, &tasks);
-    let merged = m.merged(&pre).unwrap();
-    for (name, t) in merged.iter() {
-        for (i, &got) in t.data().iter().enumerate() {
-            let mean: f64 = tasks
-                .iter()
-                .map(|m| f64::from(m.get(name).unwrap().data()[i]))
-                .sum::<f64>()
-                / 5.0;
-            assert!((f64::from(got) - mean).abs() < 1e-6, "{name}[{i}]");
-        }
+    let merged = merged_default("swa", &pre, &tasks);
+    for (name, i, got) in elements(&merged) {
+        let mean = mean_at(&tasks, name, i);
+        assert!((f64::from(got) - mean).abs() < 1e-6, "{name}[{i}]");
     }
 }
 
 #[test]
 fn opcm_first_task_is_the_finetuned_model() {
     let (pre, tasks) = stream(1, 16);
-    let m = run_default("opcm", &pre, &tasks);
-    assert_bit_identical(&m.merged(&pre).unwrap(), &tasks[0]);
+    assert_bit_identical(&merged_default("opcm", &pre, &tasks), &tasks[0]);
 }
 
 /// Task vectors whose dominant row and column spaces are orthogonal: `τ_1 = U diag(s) V^T`
@@ -347,9 +346,8 @@ fn restore_rejects_a_state_of_another_method_or_configuration() {
 fn duplicate_tasks_are_rejected() {
     let (pre, tasks) = stream(2, 23);
     for cfg in all_configs() {
-        let mut m = cfg.build().unwrap();
-        m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
-        m.absorb(&Step::new(&pre, &tasks[1], &id("b"))).unwrap();
+        let steps = [(&tasks[0], "a"), (&tasks[1], "b")];
+        let mut m = absorbed(cfg.build().unwrap(), &pre, &steps);
         match m.absorb(&Step::new(&pre, &tasks[0], &id("c"))) {
             Err(MergeError::Admission(madeit_merge::AdmitError::DuplicateTask {
                 task,
@@ -381,8 +379,7 @@ fn duplicate_tasks_are_rejected() {
 fn non_finite_models_are_rejected_and_named() {
     let (pre, tasks) = stream(2, 24);
     for cfg in all_configs() {
-        let mut m = cfg.build().unwrap();
-        m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
+        let mut m = absorbed(cfg.build().unwrap(), &pre, &[(&tasks[0], "a")]);
         let before = m.state().unwrap();
         let bad = with_value(&tasks[1], "encoder.layers.0.mlp.fc1.weight", 3, f32::NAN);
         let err = m.absorb(&Step::new(&pre, &bad, &id("b"))).unwrap_err();
@@ -479,8 +476,7 @@ fn merged_on_an_empty_stream_is_an_error() {
 #[test]
 fn a_different_pretrained_model_is_rejected() {
     let (pre, tasks) = stream(2, 27);
-    let mut m = build_default("magmax");
-    m.absorb(&Step::new(&pre, &tasks[0], &id("a"))).unwrap();
+    let mut m = absorbed(build_default("magmax"), &pre, &[(&tasks[0], "a")]);
     let mut other = pre.clone();
     other.get_mut("pre_layrnorm.weight").unwrap().data_mut()[1] += 1e-3;
     assert!(matches!(
@@ -567,23 +563,8 @@ fn configurations_parse_with_defaults_and_reject_unknowns() {
         MethodConfig::from_toml_str("method = \"ties\"\nkeep_fraction = \"a lot\"").unwrap_err();
     assert!(err.to_string().contains("keep_fraction"), "{err}");
 
-    let bad = MethodConfig::from_toml_str("method = \"ties\"\nkeep_fraction = 20").unwrap();
-    assert!(matches!(
-        bad.check(),
-        Err(MergeError::InvalidParameter {
-            parameter: "keep_fraction",
-            ..
-        })
-    ));
-    assert!(bad.build().is_err());
-    let bad = MethodConfig::from_toml_str("method = \"opcm\"\nalpha = 1.5").unwrap();
-    assert!(matches!(
-        bad.check(),
-        Err(MergeError::InvalidParameter {
-            parameter: "alpha",
-            ..
-        })
-    ));
+    assert_rejected("method = \"ties\"\nkeep_fraction = 20", "keep_fraction");
+    assert_rejected("method = \"opcm\"\nalpha = 1.5", "alpha");
     let bad = MethodConfig::TaskArithmetic(TaskArithmeticConfig { lambda: f64::NAN });
     assert!(bad.build().is_err());
     assert!(matches!(
@@ -640,8 +621,7 @@ fn a_degenerate_opcm_step_is_an_error_and_changes_nothing() {
     let t1 = pre.clone(); // τ_1 = 0
     let mut t2 = pre.clone();
     t2.get_mut("embeddings.class_embedding").unwrap().data_mut()[1] = 1.0;
-    let mut m = build_default("opcm");
-    m.absorb(&Step::new(&pre, &t1, &id("a"))).unwrap();
+    let mut m = absorbed(build_default("opcm"), &pre, &[(&t1, "a")]);
     let before = m.state().unwrap();
     let err = m.absorb(&Step::new(&pre, &t2, &id("b"))).unwrap_err();
     assert!(matches!(err, MergeError::Degenerate { .. }), "{err:?}");

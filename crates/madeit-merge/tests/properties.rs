@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{layout, mat_max_abs_diff, mm, random_dict, run, run_default};
+use common::{
+    elements, layout, mat_max_abs_diff, mean_at, merged_default, mm, random_dict, run,
+    task_vector_sum,
+};
 use faer::Mat;
 use madeit_linalg::thin_svd;
 use madeit_merge::{
@@ -94,15 +97,10 @@ proptest! {
         let (pre, tasks) = stream(n, seed);
         let cfg = MethodConfig::TaskArithmetic(TaskArithmeticConfig { lambda });
         let merged = run(&cfg, &pre, &tasks).merged(&pre).unwrap();
-        for (name, p) in pre.iter() {
-            for (i, &p0) in p.data().iter().enumerate() {
-                let sum: f64 = tasks.iter()
-                    .map(|t| f64::from(t.get(name).unwrap().data()[i]) - f64::from(p0))
-                    .sum();
-                let want = f64::from(p0) + lambda * sum;
-                let got = f64::from(merged.get(name).unwrap().data()[i]);
-                prop_assert!((got - want).abs() < 1e-5, "{}[{}]", name, i);
-            }
+        for (name, i, p0) in elements(&pre) {
+            let want = f64::from(p0) + lambda * task_vector_sum(&tasks, name, i, p0);
+            let got = f64::from(merged.get(name).unwrap().data()[i]);
+            prop_assert!((got - want).abs() < 1e-5, "{}[{}]", name, i);
         }
     }
 
@@ -110,14 +108,9 @@ proptest! {
     #[test]
     fn swa_is_the_mean(n in 1usize..6, seed in 0u64..1000) {
         let (pre, tasks) = stream(n, seed);
-        let merged = run_default("swa", &pre, &tasks).merged(&pre).unwrap();
-        for (name, t) in merged.iter() {
-            for (i, &got) in t.data().iter().enumerate() {
-                let mean = tasks.iter()
-                    .map(|m| f64::from(m.get(name).unwrap().data()[i]))
-                    .sum::<f64>() / n as f64;
-                prop_assert!((f64::from(got) - mean).abs() < 1e-6);
-            }
+        let merged = merged_default("swa", &pre, &tasks);
+        for (name, i, got) in elements(&merged) {
+            prop_assert!((f64::from(got) - mean_at(&tasks, name, i)).abs() < 1e-6);
         }
     }
 
@@ -125,7 +118,7 @@ proptest! {
     #[test]
     fn opcm_merged_norm_is_the_mean_task_vector_norm(n in 1usize..5, seed in 0u64..1000) {
         let (pre, tasks) = stream(n, seed);
-        let merged = run_default("opcm", &pre, &tasks).merged(&pre).unwrap();
+        let merged = merged_default("opcm", &pre, &tasks);
         let mean = tasks.iter().map(|t| t.sub(&pre).unwrap().l2_norm()).sum::<f64>() / n as f64;
         let got = merged.sub(&pre).unwrap().l2_norm();
         prop_assert!((got - mean).abs() < 1e-5 * mean, "{} vs {}", got, mean);
@@ -135,17 +128,15 @@ proptest! {
     #[test]
     fn magmax_keeps_the_largest_entry(n in 1usize..5, seed in 0u64..1000) {
         let (pre, tasks) = stream(n, seed);
-        let merged = run_default("magmax", &pre, &tasks).merged(&pre).unwrap();
-        for (name, p) in pre.iter() {
-            for (i, &p0) in p.data().iter().enumerate() {
-                let taus: Vec<f32> =
-                    tasks.iter().map(|t| t.get(name).unwrap().data()[i] - p0).collect();
-                let best = taus.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
-                let want = f64::from(p0)
-                    + 0.5 * f64::from(*taus.iter().rev().find(|t| t.abs() == best).unwrap());
-                let got = f64::from(merged.get(name).unwrap().data()[i]);
-                prop_assert!((got - want).abs() < 1e-6);
-            }
+        let merged = merged_default("magmax", &pre, &tasks);
+        for (name, i, p0) in elements(&pre) {
+            let taus: Vec<f32> =
+                tasks.iter().map(|t| t.get(name).unwrap().data()[i] - p0).collect();
+            let best = taus.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
+            let want = f64::from(p0)
+                + 0.5 * f64::from(*taus.iter().rev().find(|t| t.abs() == best).unwrap());
+            let got = f64::from(merged.get(name).unwrap().data()[i]);
+            prop_assert!((got - want).abs() < 1e-6);
         }
     }
 
@@ -162,16 +153,14 @@ proptest! {
         let t2 = pre.add(&abs(random_dict(&lay, 0.1, seed + 2))).unwrap();
         let cfg = MethodConfig::Ties(TiesConfig { lambda, keep_fraction: 1.0, ..TiesConfig::default() });
         let merged = run(&cfg, &pre, &[t1.clone(), t2.clone()]).merged(&pre).unwrap();
-        for (name, p) in pre.iter() {
-            for (i, &p0) in p.data().iter().enumerate() {
-                let p0 = f64::from(p0);
-                let tau1 = f64::from(t1.get(name).unwrap().data()[i]) - p0;
-                let tau2 = f64::from(t2.get(name).unwrap().data()[i]) - p0;
-                let first = p0 + lambda * tau1;
-                let want = first + lambda * ((first - p0) + tau2);
-                let got = f64::from(merged.get(name).unwrap().data()[i]);
-                prop_assert!((got - want).abs() < 1e-5, "{}[{}]", name, i);
-            }
+        for (name, i, p0) in elements(&pre) {
+            let p0 = f64::from(p0);
+            let tau1 = f64::from(t1.get(name).unwrap().data()[i]) - p0;
+            let tau2 = f64::from(t2.get(name).unwrap().data()[i]) - p0;
+            let first = p0 + lambda * tau1;
+            let want = first + lambda * ((first - p0) + tau2);
+            let got = f64::from(merged.get(name).unwrap().data()[i]);
+            prop_assert!((got - want).abs() < 1e-5, "{}[{}]", name, i);
         }
     }
 

@@ -1,7 +1,9 @@
 //! Shared helpers of the integration tests: tiny CLIP-like models and comparisons.
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
-use madeit_merge::{ContinualMerger, MergedModel, MergerState, MethodConfig, Step, TaskId};
+use madeit_merge::{
+    ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, Step, TaskId,
+};
 use madeit_params::{ParamDict, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -112,6 +114,49 @@ pub fn build_default(method: &str) -> Box<dyn ContinualMerger> {
 /// [`run`] with the default configuration of `method`.
 pub fn run_default(method: &str, pre: &ParamDict, tasks: &[ParamDict]) -> Box<dyn ContinualMerger> {
     run(&MethodConfig::default_for(method).unwrap(), pre, tasks)
+}
+
+/// The merged model of `method`'s default configuration after `tasks` ([`run_default`]).
+pub fn merged_default(method: &str, pre: &ParamDict, tasks: &[ParamDict]) -> ParamDict {
+    run_default(method, pre, tasks).merged(pre).unwrap()
+}
+
+/// Every element of `dict` as `(tensor name, flat index, value)`, in order.
+pub fn elements(dict: &ParamDict) -> impl Iterator<Item = (&str, usize, f32)> {
+    dict.iter()
+        .flat_map(|(name, t)| t.data().iter().enumerate().map(move |(i, &x)| (name, i, x)))
+}
+
+/// `Σ_t (θ_t − θ_0)` at element `i` of tensor `name`, in `f64`, where `θ_0` is `p0`.
+pub fn task_vector_sum(tasks: &[ParamDict], name: &str, i: usize, p0: f32) -> f64 {
+    tasks
+        .iter()
+        .map(|t| f64::from(t.get(name).unwrap().data()[i]) - f64::from(p0))
+        .sum()
+}
+
+/// The mean of the models `tasks` at element `i` of tensor `name`, in `f64`.
+pub fn mean_at(tasks: &[ParamDict], name: &str, i: usize) -> f64 {
+    tasks
+        .iter()
+        .map(|m| f64::from(m.get(name).unwrap().data()[i]))
+        .sum::<f64>()
+        / tasks.len() as f64
+}
+
+/// Parses `toml` and asserts that the configuration is refused: its check with
+/// [`MergeError::InvalidParameter`] naming its method and `parameter`, and its build.
+pub fn assert_rejected(toml: &str, parameter: &str) {
+    let bad = MethodConfig::from_toml_str(toml).unwrap();
+    match bad.check() {
+        Err(MergeError::InvalidParameter {
+            method,
+            parameter: p,
+            ..
+        }) => assert_eq!((method, p), (bad.name(), parameter), "{toml}"),
+        other => panic!("{toml}: expected InvalidParameter, got {other:?}"),
+    }
+    assert!(bad.build().is_err(), "{toml}");
 }
 
 /// A copy of `dict` with tensor `name` flattened to one dimension (and moved last).
