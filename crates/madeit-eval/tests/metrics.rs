@@ -26,6 +26,15 @@ fn three_tasks() -> Result<AccuracyMatrix, EvalError> {
     ])
 }
 
+/// An `n`-task matrix with the accuracies `entries` (task, step, accuracy) set in turn.
+fn matrix_with(n: usize, entries: &[(usize, usize, f64)]) -> Result<AccuracyMatrix, EvalError> {
+    let mut m = AccuracyMatrix::new(n)?;
+    for &(task, step, accuracy) in entries {
+        m.set(task, step, accuracy)?;
+    }
+    Ok(m)
+}
+
 #[test]
 fn acc_and_bwt_by_hand() -> TestResult {
     let m = three_tasks()?;
@@ -48,10 +57,7 @@ fn acc_and_bwt_by_hand() -> TestResult {
 #[test]
 fn percentages_work_the_same() -> TestResult {
     // Two tasks in percent: ACC = (70 + 90) / 2 = 80, BWT = (70 - 75) / 1 = -5.
-    let mut m = AccuracyMatrix::new(2)?;
-    m.set(0, 0, 75.0)?;
-    m.set(0, 1, 70.0)?;
-    m.set(1, 1, 90.0)?;
+    let mut m = matrix_with(2, &[(0, 0, 75.0), (0, 1, 70.0), (1, 1, 90.0)])?;
     assert_eq!(m.acc()?, 80.0);
     assert_eq!(m.bwt()?, Some(-5.0));
     // Positive backward transfer.
@@ -62,8 +68,7 @@ fn percentages_work_the_same() -> TestResult {
 
 #[test]
 fn single_task_has_acc_but_no_bwt() -> TestResult {
-    let mut m = AccuracyMatrix::new(1)?;
-    m.set(0, 0, 0.5)?;
+    let m = matrix_with(1, &[(0, 0, 0.5)])?;
     assert_eq!(m.acc()?, 0.5);
     assert_eq!(m.bwt()?, None);
     Ok(())
@@ -71,9 +76,7 @@ fn single_task_has_acc_but_no_bwt() -> TestResult {
 
 #[test]
 fn missing_entries_are_reported() -> TestResult {
-    let mut m = AccuracyMatrix::new(3)?;
-    m.set(0, 2, 0.7)?;
-    m.set(2, 2, 0.6)?;
+    let mut m = matrix_with(3, &[(0, 2, 0.7), (2, 2, 0.6)])?;
     let r = m.acc();
     assert!(
         matches!(r, Err(EvalError::MissingAccuracy { task: 1, step: 2 })),

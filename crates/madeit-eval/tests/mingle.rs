@@ -8,13 +8,14 @@ mod common;
 use common::run_fresh as run;
 use common::{
     CLASSES, assert_full_triangle, assert_reported_saved_resumed, assert_same_matrix_bits,
-    experiment_in, quick_adam, quick_seed_images, temp_zoo,
+    quick_adam, quick_seed_images, run_recording, run_stopped_then_resumed, temp_experiment,
+    temp_zoo,
 };
 
 use madeit_adapt::{AdaptError, MingleConfig, SeedImageOptions, SeedSource, TargetSet};
 use madeit_eval::evaluate::Evaluator;
 use madeit_eval::experiment::{ExperimentConfig, run_experiment};
-use madeit_eval::runner::{RunEvent, StreamSpec, run_stream};
+use madeit_eval::runner::{RunEvent, StreamSpec};
 use madeit_eval::{MethodSpec, RunError};
 use madeit_merge::{Fingerprint, MethodConfig, StepReport};
 use madeit_params::ParamDict;
@@ -42,9 +43,7 @@ fn a_mingle_stream_evaluates_every_seen_task_and_reports_its_steps() {
     let mut spec = StreamSpec::new(quick_mingle(), vec![2, 0, 1]);
     spec.seed = Some(5);
     let ev = Evaluator::from_benchmark(&bench, 7).expect("evaluator");
-    let pre = bench.load_pretrained().expect("pretrained");
-    let mut events = Vec::new();
-    let r = run_stream(&bench, &ev, &pre, &spec, &mut |e| events.push(e.clone())).expect("run");
+    let (r, events) = run_recording(&bench, &ev, &spec).expect("run");
     assert_eq!(r.label, "mingle");
     assert_eq!(r.order, ["gamma", "alpha", "beta"]);
     assert_full_triangle(&r, "mingle");
@@ -89,16 +88,9 @@ fn a_resumed_mingle_stream_is_bit_identical_to_an_uninterrupted_one() {
         let ckpt = dir.path().join(format!("part-{stop}.safetensors"));
         let mut spec = StreamSpec::new(quick_mingle(), order.clone());
         spec.checkpoint = Some(ckpt.clone());
-        spec.stop_after = Some(stop);
-        let first = run(&bench, &spec).expect("first part");
-        assert_eq!(first.steps.len(), stop);
-        assert_eq!(first.metrics, None);
-        spec.stop_after = None;
-        spec.resume = true;
-        let rest = run(&bench, &spec).expect("resumed");
-        assert_eq!(rest.resumed_steps, stop);
-        assert!(rest.is_complete());
-        assert_same_matrix_bits(&rest, &whole, &format!("stopped after {stop}"));
+        let what = format!("stopped after {stop}");
+        let rest = run_stopped_then_resumed(&mut spec, stop, &what, |s| run(&bench, s));
+        assert_same_matrix_bits(&rest, &whole, &what);
         assert_eq!(rest.metrics, whole.metrics);
         let reports: Vec<_> = rest
             .steps
@@ -241,9 +233,7 @@ fn mingle_configurations_parse_check_and_round_trip() {
 
 #[test]
 fn an_experiment_with_mingle_runs_resumes_and_round_trips() {
-    let (dir, bench) = temp_zoo();
-    let (cfg, state) = experiment_in(
-        dir.path(),
+    let (_dir, bench, cfg, state) = temp_experiment(
         "[experiment]\nseeds = [42]\nbatch_size = 7\nmethods = [\"swa\", { method = \"mingle\", steps = 2, batch_size = 4, seed_per_class = 2 }]",
     );
     let r = run_experiment(&cfg, &bench, &state, &mut |_| {}).expect("experiment");

@@ -7,16 +7,18 @@ mod common;
 use common::run_with as run;
 use common::{
     TASKS, TEST_IMAGES, assert_full_triangle, assert_reported_saved_resumed,
-    assert_same_matrix_bits, experiment_in, normal, perturbed, temp_zoo, tiny_zoo,
+    assert_same_matrix_bits, normal, perturbed, run_fresh_batched, run_recording,
+    run_stopped_then_resumed, temp_experiment, temp_zoo, tiny_zoo,
 };
 
 use madeit_data::{NORM_MEAN, NORM_STD, write_split};
-use madeit_eval::RunError;
+use madeit_eval::benchmark::Benchmark;
 use madeit_eval::evaluate::{
     Evaluator, OracleRouter, ProjectionRouter, evaluate_dense, evaluate_experts,
 };
 use madeit_eval::experiment::{ExperimentConfig, run_experiment};
-use madeit_eval::runner::{EvalMode, RunEvent, StreamSpec, reference_rows, run_stream};
+use madeit_eval::runner::{EvalMode, RunEvent, StreamSpec, reference_rows};
+use madeit_eval::{RunError, StreamResult};
 use madeit_merge::{
     ExpertModel, Fingerprint, LowRankExpert, LowRankFactors, MergeError, MergedModel, MethodConfig,
     TaskId,
@@ -30,6 +32,11 @@ fn method(name: &str) -> MethodConfig {
     MethodConfig::default_for(name).expect("method")
 }
 
+/// Runs the stream `spec` with a fresh evaluator (batch size 128).
+fn run_fresh(bench: &Benchmark, spec: &StreamSpec) -> Result<StreamResult, RunError> {
+    run_fresh_batched(bench, spec, 128)
+}
+
 #[test]
 fn full_mode_fills_the_lower_triangle_and_metrics_match_it() {
     let (_dir, bench) = temp_zoo();
@@ -37,10 +44,7 @@ fn full_mode_fills_the_lower_triangle_and_metrics_match_it() {
     for name in ["swa", "task_arithmetic", "ties", "magmax", "opcm"] {
         let mut spec = StreamSpec::new(method(name), vec![2, 0, 1]);
         spec.seed = Some(5);
-        let mut events = Vec::new();
-        let pre = bench.load_pretrained().expect("pretrained");
-        let r =
-            run_stream(&bench, &ev, &pre, &spec, &mut |e| events.push(e.clone())).expect("stream");
+        let (r, events) = run_recording(&bench, &ev, &spec).expect("stream");
         assert_eq!(r.order, ["gamma", "alpha", "beta"]);
         assert_eq!(r.order_ids, [3, 1, 2]);
         assert_eq!(r.steps.len(), 3);
@@ -148,12 +152,7 @@ fn evaluate_dense_matches_a_host_side_cosine_classifier() {
 fn final_mode_computes_only_what_acc_and_bwt_need() {
     let (_dir, bench) = temp_zoo();
     let order = vec![1, 0, 2];
-    let full = run(
-        &bench,
-        &Evaluator::from_benchmark(&bench, 128).expect("ev"),
-        &StreamSpec::new(method("ties"), order.clone()),
-    )
-    .expect("full");
+    let full = run_fresh(&bench, &StreamSpec::new(method("ties"), order.clone())).expect("full");
     let mut spec = StreamSpec::new(method("ties"), order);
     spec.eval = EvalMode::Final;
     let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
@@ -189,40 +188,17 @@ fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
         let whole_ckpt = dir.path().join(format!("{name}-whole.safetensors"));
         let mut whole_spec = StreamSpec::new(method(name), order.clone());
         whole_spec.checkpoint = Some(whole_ckpt.clone());
-        let whole = run(
-            &bench,
-            &Evaluator::from_benchmark(&bench, 128).expect("ev"),
-            &whole_spec,
-        )
-        .expect("whole");
+        let whole = run_fresh(&bench, &whole_spec).expect("whole");
 
         for stop in [1, 2] {
             let ckpt = dir.path().join(format!("{name}-{stop}.safetensors"));
             let mut spec = StreamSpec::new(method(name), order.clone());
             spec.checkpoint = Some(ckpt.clone());
-            spec.stop_after = Some(stop);
+            let what = format!("{name} stopped after {stop}");
             // A fresh evaluator per part: nothing is carried over in memory.
-            let first = run(
-                &bench,
-                &Evaluator::from_benchmark(&bench, 128).expect("ev"),
-                &spec,
-            )
-            .expect("first part");
-            assert!(!first.is_complete());
-            assert_eq!(first.steps.len(), stop);
-            assert_eq!(first.metrics, None);
-            spec.stop_after = None;
-            spec.resume = true;
-            let rest = run(
-                &bench,
-                &Evaluator::from_benchmark(&bench, 128).expect("ev"),
-                &spec,
-            )
-            .expect("resumed");
-            assert_eq!(rest.resumed_steps, stop);
-            assert!(rest.is_complete());
-            assert_eq!(rest.matrix, whole.matrix, "{name} stopped after {stop}");
-            assert_same_matrix_bits(&rest, &whole, &format!("{name} stopped after {stop}"));
+            let rest = run_stopped_then_resumed(&mut spec, stop, &what, |s| run_fresh(&bench, s));
+            assert_eq!(rest.matrix, whole.matrix, "{what}");
+            assert_same_matrix_bits(&rest, &whole, &what);
             assert_eq!(rest.metrics, whole.metrics);
             let reports: Vec<_> = rest.steps.iter().map(|s| &s.report).collect();
             let expected: Vec<_> = whole.steps.iter().map(|s| &s.report).collect();
@@ -233,16 +209,8 @@ fn a_resumed_stream_is_bit_identical_to_an_uninterrupted_one() {
             assert_eq!(Fingerprint::of_params(&a), Fingerprint::of_params(&b));
 
             // Resuming a complete stream returns it as saved, without work.
-            let mut events = Vec::new();
-            let pre = bench.load_pretrained().expect("pre");
-            let again = run_stream(
-                &bench,
-                &Evaluator::from_benchmark(&bench, 128).expect("ev"),
-                &pre,
-                &spec,
-                &mut |e| events.push(e.clone()),
-            )
-            .expect("again");
+            let ev = Evaluator::from_benchmark(&bench, 128).expect("ev");
+            let (again, events) = run_recording(&bench, &ev, &spec).expect("again");
             assert_eq!(again.matrix, whole.matrix);
             assert_eq!(again.resumed_steps, 3);
             assert!(
@@ -424,11 +392,8 @@ fn bad_experiment_configs_are_typed_errors() {
 
 #[test]
 fn an_experiment_runs_end_to_end_and_round_trips() {
-    let (dir, bench) = temp_zoo();
-    let (cfg, state) = experiment_in(
-        dir.path(),
-        "[experiment]\nseeds = [42, 43]\nmethods = [\"swa\", \"opcm\"]",
-    );
+    let (_dir, bench, cfg, state) =
+        temp_experiment("[experiment]\nseeds = [42, 43]\nmethods = [\"swa\", \"opcm\"]");
     let mut started = 0;
     let r = run_experiment(&cfg, &bench, &state, &mut |e| {
         started += usize::from(matches!(e, RunEvent::StreamStarted { .. }));

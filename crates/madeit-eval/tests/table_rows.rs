@@ -6,8 +6,8 @@ mod common;
 
 use common::run_fresh as run;
 use common::{
-    assert_full_triangle, assert_same_matrix_bits, quick_adam, quick_seed_images, temp_zoo,
-    tiny_zoo,
+    assert_full_triangle, assert_same_matrix_bits, quick_adam, quick_seed_images,
+    run_stopped_then_resumed, temp_zoo, tiny_zoo,
 };
 
 use madeit_adapt::{AdaMergingConfig, WemoeConfig};
@@ -60,12 +60,7 @@ fn test_time_streams_evaluate_every_seen_task_and_resume_bit_identically() {
         let ckpt = dir.path().join(format!("part-{k}.safetensors"));
         let mut part = StreamSpec::new(method.clone(), order.clone());
         part.checkpoint = Some(ckpt);
-        part.stop_after = Some(1);
-        run(&bench, &part).expect("first part");
-        part.stop_after = None;
-        part.resume = true;
-        let rest = run(&bench, &part).expect("resumed");
-        assert_eq!(rest.resumed_steps, 1);
+        let rest = run_stopped_then_resumed(&mut part, 1, name, |s| run(&bench, s));
         assert_same_matrix_bits(&rest, &whole, name);
 
         // A checkpoint of another method is refused.

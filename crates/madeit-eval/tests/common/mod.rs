@@ -11,7 +11,7 @@ use madeit_eval::benchmark::Benchmark;
 use madeit_eval::evaluate::Evaluator;
 use madeit_eval::experiment::{ExperimentConfig, StateOptions, run_experiment};
 use madeit_eval::report::{render_markdown, table_methods};
-use madeit_eval::runner::{StreamSpec, run_stream};
+use madeit_eval::runner::{RunEvent, StreamSpec, run_stream};
 use madeit_eval::{ExperimentResults, RunError, StreamResult};
 use madeit_params::{ParamDict, Tensor};
 use madeit_vit::{ClipVisionConfig, TaskHead};
@@ -114,10 +114,56 @@ pub fn run_with(
     run_stream(bench, ev, &pre, spec, &mut |_| {})
 }
 
-/// Runs the stream `spec` with a fresh evaluator (batch size 7): nothing is carried over in
-/// memory between calls.
+/// Runs the stream `spec` with the evaluator `ev`, and returns the progress events it sent,
+/// in order.
+pub fn run_recording(
+    bench: &Benchmark,
+    ev: &Evaluator,
+    spec: &StreamSpec,
+) -> Result<(StreamResult, Vec<RunEvent>), RunError> {
+    let pre = bench.load_pretrained()?;
+    let mut events = Vec::new();
+    let r = run_stream(bench, ev, &pre, spec, &mut |e| events.push(e.clone()))?;
+    Ok((r, events))
+}
+
+/// Runs the stream `spec` with a fresh evaluator of `batch` images per forward: nothing is
+/// carried over in memory between calls.
+pub fn run_fresh_batched(
+    bench: &Benchmark,
+    spec: &StreamSpec,
+    batch: usize,
+) -> Result<StreamResult, RunError> {
+    run_with(bench, &Evaluator::from_benchmark(bench, batch)?, spec)
+}
+
+/// [`run_fresh_batched`] with batch size 7.
 pub fn run_fresh(bench: &Benchmark, spec: &StreamSpec) -> Result<StreamResult, RunError> {
-    run_with(bench, &Evaluator::from_benchmark(bench, 7)?, spec)
+    run_fresh_batched(bench, spec, 7)
+}
+
+/// Runs the stream `spec` (which names a checkpoint) in two parts through `run`: stopped
+/// after `stop` steps, then resumed from the checkpoint; `spec` is left resuming. Asserts
+/// that the first part ran exactly `stop` steps and has no metrics yet, and that the second
+/// restored those steps and completed the stream; returns the second part.
+#[track_caller]
+pub fn run_stopped_then_resumed(
+    spec: &mut StreamSpec,
+    stop: usize,
+    what: &str,
+    run: impl Fn(&StreamSpec) -> Result<StreamResult, RunError>,
+) -> StreamResult {
+    spec.stop_after = Some(stop);
+    let first = run(spec).expect("first part");
+    assert!(!first.is_complete(), "{what}");
+    assert_eq!(first.steps.len(), stop, "{what}");
+    assert_eq!(first.metrics, None, "{what}");
+    spec.stop_after = None;
+    spec.resume = true;
+    let rest = run(spec).expect("resumed");
+    assert_eq!(rest.resumed_steps, stop, "{what}");
+    assert!(rest.is_complete(), "{what}");
+    rest
 }
 
 /// Asserts, for the results `r` of the two-method experiment `cfg` saving into `state.dir`:
@@ -158,15 +204,18 @@ pub fn assert_reported_saved_resumed(
     }
 }
 
-/// The experiment of the TOML text `toml`, and state options that save into `dir/state`
-/// (not resuming).
-pub fn experiment_in(dir: &Path, toml: &str) -> (ExperimentConfig, StateOptions) {
+/// A [`temp_zoo`], the experiment of the TOML text `toml`, and state options that save into
+/// the folder's `state` subfolder (not resuming).
+pub fn temp_experiment(
+    toml: &str,
+) -> (tempfile::TempDir, Benchmark, ExperimentConfig, StateOptions) {
+    let (dir, bench) = temp_zoo();
     let cfg = ExperimentConfig::from_toml_str(toml).expect("config");
     let state = StateOptions {
-        dir: Some(dir.join("state")),
+        dir: Some(dir.path().join("state")),
         resume: false,
     };
-    (cfg, state)
+    (dir, bench, cfg, state)
 }
 
 /// Asserts that the accuracy matrices of two results are equal to the bit.
