@@ -57,6 +57,16 @@ fn commit_with_file(target: &Path, command: &str, rel: &str, contents: &str) {
     out.commit().unwrap();
 }
 
+/// A temporary folder holding the committed `merge` output `out` with the one file `f`
+/// (holding `contents`): the folder, the output's path and the output's [`tree`].
+fn committed_merge_output(contents: &str) -> (tempfile::TempDir, PathBuf, Vec<(String, Vec<u8>)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("out");
+    commit_with_file(&target, "merge", "f", contents);
+    let before = tree(&target);
+    (tmp, target, before)
+}
+
 #[test]
 fn a_committed_folder_replaces_the_old_one_as_a_whole() {
     let tmp = tempfile::tempdir().unwrap();
@@ -89,10 +99,7 @@ fn a_committed_folder_replaces_the_old_one_as_a_whole() {
 
 #[test]
 fn dropping_without_commit_leaves_the_old_output_and_no_leftover() {
-    let tmp = tempfile::tempdir().unwrap();
-    let target = tmp.path().join("out");
-    commit_with_file(&target, "merge", "f", "1");
-    let before = tree(&target);
+    let (tmp, target, before) = committed_merge_output("1");
     {
         let failed = OutputDir::prepare(&target, "merge", false).unwrap();
         fs::write(failed.path().join("f"), "2").unwrap();
@@ -207,10 +214,7 @@ fn a_second_writer_of_the_same_output_is_refused() {
 fn an_old_folder_swapped_out_by_a_killed_commit_is_put_back() {
     // Where the exchange is not available the old folder is renamed to
     // `.<name>.madeit-old` first; a kill before the second rename leaves it there.
-    let tmp = tempfile::tempdir().unwrap();
-    let target = tmp.path().join("out");
-    commit_with_file(&target, "merge", "f", "old");
-    let before = tree(&target);
+    let (tmp, target, before) = committed_merge_output("old");
     let old = tmp.path().join(".out.madeit-old");
     fs::rename(&target, &old).unwrap();
     let again = OutputDir::prepare(&target, "merge", false).unwrap();

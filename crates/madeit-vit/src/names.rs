@@ -35,11 +35,17 @@ impl KeyLayout {
     /// The checkpoint name of a bare vision-tower name (the projection is never prefixed).
     #[must_use]
     pub fn full_name(self, bare: &str) -> String {
-        if bare == PROJECTION_WEIGHT {
-            bare.to_owned()
-        } else {
-            format!("{}{bare}", self.prefix())
-        }
+        prefixed_name(self.prefix(), PROJECTION_WEIGHT, bare)
+    }
+}
+
+/// The checkpoint name of the bare tower name `bare` under `prefix`; the tower's
+/// `projection` weight is never prefixed.
+pub(crate) fn prefixed_name(prefix: &str, projection: &str, bare: &str) -> String {
+    if bare == projection {
+        bare.to_owned()
+    } else {
+        format!("{prefix}{bare}")
     }
 }
 

@@ -50,11 +50,7 @@ impl TextKeyLayout {
     /// The checkpoint name of a bare text-tower name (the projection is never prefixed).
     #[must_use]
     pub fn full_name(self, bare: &str) -> String {
-        if bare == TEXT_PROJECTION_WEIGHT {
-            bare.to_owned()
-        } else {
-            format!("{}{bare}", self.prefix())
-        }
+        crate::names::prefixed_name(self.prefix(), TEXT_PROJECTION_WEIGHT, bare)
     }
 }
 

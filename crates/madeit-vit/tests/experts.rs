@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{host, max_abs_diff, random_factors, random_params, random_pixels, rows};
+use common::{Experts, host, max_abs_diff, random_factors, random_params, random_pixels, rows};
 use madeit_params::ParamDict;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, LowRankFactors, ModuleId, ModuleKind, Routing,
@@ -47,7 +47,7 @@ fn merged(dict: &ParamDict, updates: &[(ModuleId, &LowRankFactors)]) -> ParamDic
 }
 
 /// Two experts of different ranks per module.
-fn experts(cfg: &ClipVisionConfig, modules: &[ModuleId]) -> Vec<(ModuleId, Vec<LowRankFactors>)> {
+fn experts(cfg: &ClipVisionConfig, modules: &[ModuleId]) -> Experts {
     modules
         .iter()
         .enumerate()
@@ -70,10 +70,25 @@ fn expert_bank(
     cfg: &ClipVisionConfig,
     model: &ClipVisionModel,
     modules: &[ModuleId],
-) -> (Vec<(ModuleId, Vec<LowRankFactors>)>, ExpertBank) {
+) -> (Experts, ExpertBank) {
     let list = experts(cfg, modules);
     let bank = ExpertBank::new(cfg, list.clone(), model.device()).unwrap();
     (list, bank)
+}
+
+/// [`setup`] with [`some_modules`], their [`experts`] and the bank of those.
+fn setup_with_experts() -> (
+    ClipVisionConfig,
+    ParamDict,
+    ClipVisionModel,
+    Vec<ModuleId>,
+    Experts,
+    ExpertBank,
+) {
+    let (cfg, dict, model) = setup();
+    let modules = some_modules();
+    let (list, bank) = expert_bank(&cfg, &model, &modules);
+    (cfg, dict, model, modules, list, bank)
 }
 
 /// `last_hidden_state`, `pooled_output` and `image_embeds` on the host.
@@ -92,6 +107,28 @@ fn forward_host(model: &ClipVisionModel, px: &[f32], batch: usize) -> [madeit_pa
     outputs_host(&out)
 }
 
+/// The routed forward of the pixels `px` (a batch of `batch` images).
+fn routed(
+    model: &ClipVisionModel,
+    px: Vec<f32>,
+    batch: usize,
+    bank: &ExpertBank,
+    routing: &Routing,
+) -> VisionOutput {
+    model
+        .forward_routed(model.pixels(px, batch).unwrap(), bank, routing)
+        .unwrap()
+}
+
+/// The plain model of `dict` with `updates` merged in (see [`merged`]).
+fn merged_model(
+    cfg: &ClipVisionConfig,
+    dict: &ParamDict,
+    updates: &[(ModuleId, &LowRankFactors)],
+) -> ClipVisionModel {
+    ClipVisionModel::from_params(cfg, &merged(dict, updates)).unwrap()
+}
+
 fn assert_close(got: &VisionOutput, want: &[madeit_params::Tensor; 3]) {
     let got = outputs_host(got);
     for (name, (g, w)) in ["last_hidden_state", "pooled_output", "image_embeds"]
@@ -105,9 +142,7 @@ fn assert_close(got: &VisionOutput, want: &[madeit_params::Tensor; 3]) {
 
 #[test]
 fn routed_with_one_expert_equals_the_dense_merge() {
-    let (cfg, dict, model) = setup();
-    let modules = some_modules();
-    let (list, bank) = expert_bank(&cfg, &model, &modules);
+    let (cfg, dict, model, modules, list, bank) = setup_with_experts();
     let batch = 3;
     let px = random_pixels(&cfg, batch, 1);
     for expert in [0, 1] {
@@ -115,11 +150,9 @@ fn routed_with_one_expert_equals_the_dense_merge() {
         for m in &modules {
             routing.set_all(*m, expert);
         }
-        let out = model
-            .forward_routed(model.pixels(px.clone(), batch).unwrap(), &bank, &routing)
-            .unwrap();
+        let out = routed(&model, px.clone(), batch, &bank, &routing);
         let updates: Vec<_> = list.iter().map(|(m, fs)| (*m, &fs[expert])).collect();
-        let dense = ClipVisionModel::from_params(&cfg, &merged(&dict, &updates)).unwrap();
+        let dense = merged_model(&cfg, &dict, &updates);
         let want = forward_host(&dense, &px, batch);
         assert_close(&out, &want);
         // The update is large enough for the comparison to mean something.
@@ -135,29 +168,19 @@ fn routed_with_no_experts_equals_the_plain_forward() {
     let px = random_pixels(&cfg, batch, 2);
     let plain = forward_host(&model, &px, batch);
     let empty = ExpertBank::new(&cfg, Vec::new(), model.device()).unwrap();
-    let out = model
-        .forward_routed(
-            model.pixels(px.clone(), batch).unwrap(),
-            &empty,
-            &Routing::new(batch),
-        )
-        .unwrap();
+    let out = routed(&model, px.clone(), batch, &empty, &Routing::new(batch));
     assert_close(&out, &plain);
     // A bank with experts but a routing table that chooses none.
     let (_, bank) = expert_bank(&cfg, &model, &some_modules());
     let mut routing = Routing::new(batch);
     routing.set(some_modules()[0], vec![None, None]).unwrap();
-    let out = model
-        .forward_routed(model.pixels(px, batch).unwrap(), &bank, &routing)
-        .unwrap();
+    let out = routed(&model, px, batch, &bank, &routing);
     assert_close(&out, &plain);
 }
 
 #[test]
 fn per_sample_routing_equals_running_each_sample_with_its_merge() {
-    let (cfg, dict, model) = setup();
-    let modules = some_modules();
-    let (list, bank) = expert_bank(&cfg, &model, &modules);
+    let (cfg, dict, model, modules, list, bank) = setup_with_experts();
     let batch = 4;
     let px = random_pixels(&cfg, batch, 3);
     // Sample i uses expert choice[i] in every module; sample 3 uses none in module 0.
@@ -170,16 +193,14 @@ fn per_sample_routing_equals_running_each_sample_with_its_merge() {
         }
         routing.set(*m, c).unwrap();
     }
-    let out = model
-        .forward_routed(model.pixels(px.clone(), batch).unwrap(), &bank, &routing)
-        .unwrap();
+    let out = routed(&model, px.clone(), batch, &bank, &routing);
     let per = cfg.num_channels * cfg.image_size * cfg.image_size;
     for i in 0..batch {
         let updates: Vec<_> = list
             .iter()
             .filter_map(|(m, fs)| routing.get(*m).unwrap()[i].map(|e| (*m, &fs[e])))
             .collect();
-        let dense = ClipVisionModel::from_params(&cfg, &merged(&dict, &updates)).unwrap();
+        let dense = merged_model(&cfg, &dict, &updates);
         let want = forward_host(&dense, &px[i * per..(i + 1) * per], 1);
         for (g, w) in outputs_host(&out).iter().zip(&want) {
             let d = max_abs_diff(&rows(g, i, 1), w);
@@ -401,8 +422,8 @@ mod props {
             r.set(m, choices.clone()).unwrap();
             let mut r_p = Routing::new(3);
             r_p.set(m, perm.iter().map(|&i| choices[i]).collect()).unwrap();
-            let a = model.forward_routed(model.pixels(px, 3).unwrap(), &bank, &r).unwrap();
-            let b = model.forward_routed(model.pixels(px_p, 3).unwrap(), &bank, &r_p).unwrap();
+            let a = routed(&model, px, 3, &bank, &r);
+            let b = routed(&model, px_p, 3, &bank, &r_p);
             let a = host(&a.pooled_output);
             let b = host(&b.pooled_output);
             for (k, &i) in perm.iter().enumerate() {

@@ -5,7 +5,7 @@ mod common;
 
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
-use common::{host, max_abs_diff, random_factors, random_params, random_pixels};
+use common::{Experts, host, max_abs_diff, random_factors, random_params, random_pixels};
 use madeit_params::ParamDict;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues, LinearGate,
@@ -27,17 +27,35 @@ fn two_experts(cfg: &ClipVisionConfig, m: ModuleId, seed: u64) -> Vec<LowRankFac
     ]
 }
 
+/// A gate with the given weights and a zero bias.
+fn gate(weight: Vec<f32>) -> LinearGate {
+    LinearGate { weight, bias: 0.0 }
+}
+
 /// [`two_experts`] on each of `modules`, the `i`-th seeded with `seed + 5 i`.
-fn experts_for(
-    cfg: &ClipVisionConfig,
-    modules: &[ModuleId],
-    seed: u64,
-) -> Vec<(ModuleId, Vec<LowRankFactors>)> {
+fn experts_for(cfg: &ClipVisionConfig, modules: &[ModuleId], seed: u64) -> Experts {
     modules
         .iter()
         .enumerate()
         .map(|(i, m)| (*m, two_experts(cfg, *m, seed + 5 * i as u64)))
         .collect()
+}
+
+/// [`setup`] with [`experts_for`] `modules` and their bank on the model's device.
+fn setup_with_experts(
+    modules: &[ModuleId],
+    seed: u64,
+) -> (
+    ClipVisionConfig,
+    ParamDict,
+    ClipVisionModel,
+    Experts,
+    ExpertBank,
+) {
+    let (cfg, dict, model) = setup();
+    let experts = experts_for(&cfg, modules, seed);
+    let bank = ExpertBank::new(&cfg, experts.clone(), model.device()).unwrap();
+    (cfg, dict, model, experts, bank)
 }
 
 fn gates_for(cfg: &ClipVisionConfig, modules: &[ModuleId], seed: u64) -> GateValues {
@@ -58,14 +76,12 @@ fn gates_for(cfg: &ClipVisionConfig, modules: &[ModuleId], seed: u64) -> GateVal
 fn gated_forward_is_the_gate_weighted_dense_merge() {
     // Gates on q, k, v of layer 0: their shared input does not depend on any gate, so the
     // expected gate values can be computed from the plain forward's recorded inputs.
-    let (cfg, dict, model) = setup();
     let modules = [
         ModuleId::new(0, ModuleKind::Q),
         ModuleId::new(0, ModuleKind::K),
         ModuleId::new(0, ModuleKind::V),
     ];
-    let experts = experts_for(&cfg, &modules, 50);
-    let bank = ExpertBank::new(&cfg, experts.clone(), model.device()).unwrap();
+    let (cfg, dict, model, experts, bank) = setup_with_experts(&modules, 50);
     let values = gates_for(&cfg, &modules, 7);
     let gates = GateBank::new(&values, GateTraining::Frozen, model.device()).unwrap();
     let batch = 3;
@@ -146,14 +162,12 @@ fn loss(
 
 #[test]
 fn gradients_reach_only_the_trainable_gates_and_match_finite_differences() {
-    let (cfg, _, model) = setup();
     let modules = [
         ModuleId::new(0, ModuleKind::Q),
         ModuleId::new(1, ModuleKind::Fc1),
     ];
-    let experts = experts_for(&cfg, &modules, 70);
     // Backbone and experts on the plain device; gates on the autodiff device.
-    let bank = ExpertBank::new(&cfg, experts, model.device()).unwrap();
+    let (cfg, _, model, _, bank) = setup_with_experts(&modules, 70);
     let ad = model.device().clone().autodiff();
     let values = gates_for(&cfg, &modules, 9);
     let gates = GateBank::new(&values, GateTraining::Newest, &ad).unwrap();
@@ -228,9 +242,8 @@ fn gradients_reach_only_the_trainable_gates_and_match_finite_differences() {
 
 #[test]
 fn replacing_a_gate_gradient_changes_the_step() {
-    let (cfg, _, model) = setup();
     let m = ModuleId::new(0, ModuleKind::Fc2);
-    let bank = ExpertBank::new(&cfg, vec![(m, two_experts(&cfg, m, 3))], model.device()).unwrap();
+    let (cfg, _, model, _, bank) = setup_with_experts(&[m], 3);
     let ad = model.device().clone().autodiff();
     let values = gates_for(&cfg, &[m], 4);
     let gates = GateBank::new(&values, GateTraining::All, &ad).unwrap();
@@ -266,9 +279,8 @@ fn replacing_a_gate_gradient_changes_the_step() {
 
 #[test]
 fn gates_and_experts_must_agree() {
-    let (cfg, _, model) = setup();
     let m = ModuleId::new(1, ModuleKind::Out);
-    let bank = ExpertBank::new(&cfg, vec![(m, two_experts(&cfg, m, 1))], model.device()).unwrap();
+    let (cfg, _, model, _, bank) = setup_with_experts(&[m], 1);
     let px = || model.pixels(random_pixels(&cfg, 1, 2), 1).unwrap();
     // One gate for two experts.
     let mut one = GateValues::new();
@@ -291,13 +303,7 @@ fn gates_and_experts_must_agree() {
     // Gates of the wrong width.
     let mut wide = GateValues::new();
     for _ in 0..2 {
-        wide.push(
-            m,
-            LinearGate {
-                weight: vec![0.0; 128],
-                bias: 0.0,
-            },
-        );
+        wide.push(m, gate(vec![0.0; 128]));
     }
     let gates = GateBank::new(&wide, GateTraining::Frozen, model.device()).unwrap();
     assert!(matches!(
@@ -306,29 +312,11 @@ fn gates_and_experts_must_agree() {
     ));
     // Mixed widths inside one module, and NaN.
     let mut mixed = GateValues::new();
-    mixed.push(
-        m,
-        LinearGate {
-            weight: vec![0.0; 64],
-            bias: 0.0,
-        },
-    );
-    mixed.push(
-        m,
-        LinearGate {
-            weight: vec![0.0; 3],
-            bias: 0.0,
-        },
-    );
+    mixed.push(m, gate(vec![0.0; 64]));
+    mixed.push(m, gate(vec![0.0; 3]));
     assert!(GateBank::new(&mixed, GateTraining::Frozen, model.device()).is_err());
     let mut nan = GateValues::new();
-    nan.push(
-        m,
-        LinearGate {
-            weight: vec![f32::NAN; 64],
-            bias: 0.0,
-        },
-    );
+    nan.push(m, gate(vec![f32::NAN; 64]));
     assert!(matches!(
         GateBank::new(&nan, GateTraining::Frozen, model.device()),
         Err(VitError::NonFiniteInput { .. })

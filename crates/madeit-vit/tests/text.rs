@@ -43,8 +43,29 @@ fn tokens() -> Tokens {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The tiny CLIP model folder of the fixtures (text and vision towers, tokenizer).
+fn tiny_dir() -> PathBuf {
+    fixture("clip_text_tiny")
+}
+
+/// The tokenizer and text tower of [`tiny_dir`].
+fn tiny_text() -> (ClipTokenizer, ClipTextModel) {
+    let dir = tiny_dir();
+    let tok = ClipTokenizer::from_dir(&dir).unwrap();
+    let model = ClipTextModel::load_dir(&dir).unwrap();
+    (tok, model)
+}
+
+/// The zero-shot model and vision tower of [`tiny_dir`].
+fn tiny_zero_shot() -> (ZeroShotModel, ClipVisionModel) {
+    let dir = tiny_dir();
+    let zs = ZeroShotModel::load_dir(&dir).unwrap();
+    let vision = ClipVisionModel::load_dir(&dir).unwrap();
+    (zs, vision)
+}
+
 fn heads_json() -> Heads {
-    let text = std::fs::read_to_string(fixture("clip_text_tiny").join("heads.json")).unwrap();
+    let text = std::fs::read_to_string(tiny_dir().join("heads.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -53,7 +74,7 @@ fn bpe_file() -> PathBuf {
 }
 
 fn io() -> ParamDict {
-    ParamDict::load(&fixture("clip_text_tiny").join("io.safetensors")).unwrap()
+    ParamDict::load(&tiny_dir().join("io.safetensors")).unwrap()
 }
 
 fn get(io: &ParamDict, name: &str) -> HostTensor {
@@ -167,7 +188,7 @@ fn vocab_json_and_merges_txt_give_transformers_ids() {
 fn the_fixture_models_tokenizer_json_gives_transformers_ids() {
     let t = tokens();
     // transformers' own tokenizer.json, saved next to the model.
-    let tok = ClipTokenizer::from_dir(&fixture("clip_text_tiny")).unwrap();
+    let tok = ClipTokenizer::from_dir(&tiny_dir()).unwrap();
     assert_eq!(tok.vocab_size(), t.small_vocab_size);
     check_ids(&tok, &t.strings, true);
     // The same vocabulary built from the first 500 merges of CLIP's file.
@@ -194,7 +215,7 @@ fn truncation_keeps_the_start_and_end_tokens() {
 fn text_tower_matches_transformers_under_both_pooling_rules() {
     let io = io();
     let batch = batch_of(&io, "raw");
-    let model = ClipTextModel::load_dir(&fixture("clip_text_tiny")).unwrap();
+    let model = ClipTextModel::load_dir(&tiny_dir()).unwrap();
     assert_eq!(model.layout(), TextKeyLayout::TextModel);
     assert!(model.has_projection());
     assert_eq!(model.config().pooling_rule(), PoolingRule::LargestId);
@@ -207,7 +228,7 @@ fn text_tower_matches_transformers_under_both_pooling_rules() {
     for (rule, eos) in [("legacy", 2), ("current", 1013)] {
         let mut cfg = model.config().clone();
         cfg.eos_token_id = eos;
-        let params = ParamDict::load(&fixture("clip_text_tiny").join("model.safetensors")).unwrap();
+        let params = ParamDict::load(&tiny_dir().join("model.safetensors")).unwrap();
         let m = ClipTextModel::from_params(&cfg, &params).unwrap();
         let out = m.forward(&batch).unwrap();
         // Padding positions attend only to real tokens, as with transformers' mask.
@@ -233,9 +254,7 @@ fn text_tower_matches_transformers_under_both_pooling_rules() {
 #[test]
 fn prompt_embeddings_through_the_folders_tokenizer_match_transformers() {
     let io = io();
-    let dir = fixture("clip_text_tiny");
-    let tok = ClipTokenizer::from_dir(&dir).unwrap();
-    let model = ClipTextModel::load_dir(&dir).unwrap();
+    let (tok, model) = tiny_text();
     let (_, ids) = prompt_ids(&tok);
     // Same ids and padding as transformers' `tokenizer(prompts, padding=True)`.
     let want = batch_of(&io, "prompts");
@@ -256,13 +275,11 @@ fn prompt_embeddings_through_the_folders_tokenizer_match_transformers() {
 #[test]
 fn heads_match_fusionbenchs_recipe_and_logits_match_clip() {
     let io = io();
-    let dir = fixture("clip_text_tiny");
-    let zs = ZeroShotModel::load_dir(&dir).unwrap();
+    let (zs, vision) = tiny_zero_shot();
     assert!((zs.logit_scale() - 3.2).abs() < 1e-6);
     let h = heads_json();
     let custom = ZeroShotTask::new("custom", h.classes.clone(), h.templates.clone()).unwrap();
     let eurosat = ZeroShotTask::builtin("eurosat").unwrap();
-    let vision = ClipVisionModel::load_dir(&dir).unwrap();
     assert!(vision.has_projection());
     let pixels = get(&io, "pixel_values");
     let embeds = vision.embed(pixels.data().to_vec(), 3).unwrap();
@@ -291,9 +308,7 @@ fn heads_match_fusionbenchs_recipe_and_logits_match_clip() {
 #[test]
 fn clip_logits_per_image_match_transformers() {
     let io = io();
-    let dir = fixture("clip_text_tiny");
-    let zs = ZeroShotModel::load_dir(&dir).unwrap();
-    let vision = ClipVisionModel::load_dir(&dir).unwrap();
+    let (zs, vision) = tiny_zero_shot();
     let (prompts, ids) = prompt_ids(zs.tokenizer());
     let text = zs
         .text()
@@ -313,8 +328,7 @@ fn clip_logits_per_image_match_transformers() {
 
 #[test]
 fn head_files_keep_scale_projection_and_templates() {
-    let dir = fixture("clip_text_tiny");
-    let zs = ZeroShotModel::load_dir(&dir).unwrap();
+    let (zs, full) = tiny_zero_shot();
     let task = ZeroShotTask::builtin("eurosat").unwrap();
     let head = zs.head(&task).unwrap();
     let proj = head.visual_projection().unwrap().clone();
@@ -326,7 +340,6 @@ fn head_files_keep_scale_projection_and_templates() {
     assert_eq!(back, head);
     assert_eq!(back.log_logit_scale(), Some(zs.logit_scale()));
     // A vision tower saved without its projection gets the head's: the same logits.
-    let full = ClipVisionModel::load_dir(&dir).unwrap();
     let cfg = full.config().clone();
     let mut bare = full.to_params().unwrap();
     bare.remove("visual_projection.weight").unwrap();
@@ -343,7 +356,7 @@ fn head_files_keep_scale_projection_and_templates() {
 
 #[test]
 fn text_config_reads_clip_configs_and_bounds_sizes() {
-    let cfg = ClipTextConfig::from_file(&fixture("clip_text_tiny").join("config.json")).unwrap();
+    let cfg = ClipTextConfig::from_file(&tiny_dir().join("config.json")).unwrap();
     assert_eq!(
         (
             cfg.vocab_size,
@@ -402,7 +415,7 @@ fn text_config_reads_clip_configs_and_bounds_sizes() {
 
 #[test]
 fn text_inputs_are_checked() {
-    let model = ClipTextModel::load_dir(&fixture("clip_text_tiny")).unwrap();
+    let model = ClipTextModel::load_dir(&tiny_dir()).unwrap();
     let too_long = TextBatch::pad(&[vec![1; 78]], 0).unwrap();
     assert!(model.forward(&too_long).is_err());
     let bad_id = TextBatch::pad(&[vec![1, 1014]], 0).unwrap();
@@ -416,9 +429,7 @@ fn text_inputs_are_checked() {
 
 #[test]
 fn unpadded_batches_take_the_causal_kernel_and_agree_with_padded_ones() {
-    let dir = fixture("clip_text_tiny");
-    let tok = ClipTokenizer::from_dir(&dir).unwrap();
-    let model = ClipTextModel::load_dir(&dir).unwrap();
+    let (tok, model) = tiny_text();
     let short = tok.encode("a photo of a cat.").unwrap();
     let long = tok
         .encode("a blurry photo of the école maternelle.")

@@ -3,11 +3,12 @@
 //!
 //! `cargo run --release -p madeit-zoo --example finetune_probe -- ZOO_DIR TASK STEPS BATCH LR SHIFT`
 
-use burn::prelude::*;
+mod common;
+
 use madeit_data::{Split, load_task, task_by_name};
-use madeit_vit::{ClipVisionModel, LOGIT_SCALE};
-use madeit_zoo::train::{CosineClassifier, TrainConfig, Trainee, train};
-use madeit_zoo::{TrainableVit, Zoo, evaluate};
+use madeit_vit::ClipVisionModel;
+use madeit_zoo::train::TrainConfig;
+use madeit_zoo::{Zoo, evaluate};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -24,25 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let data = load_task(&madeit_data::default_cache_dir(), &task_by_name(&task)?)?;
     let head = zoo.head(&task)?;
-    let device = Device::flex().autodiff();
-    let classifier = CosineClassifier::new(
-        head.weight().to_vec(),
-        head.num_classes(),
-        head.dim(),
-        LOGIT_SCALE,
-        false,
-        &device,
-    )?;
-    let vit = TrainableVit::from_params(zoo.config(), &zoo.pretrained()?, &device)?;
-    let (trainee, log) = train(
-        Trainee { vit, classifier },
+    let (params, log) = common::finetune(
+        &zoo,
+        &zoo.pretrained()?,
+        &head,
         &data.split(Split::Train)?,
         &cfg,
-        7,
         "probe",
-        &mut |_| {},
     )?;
-    let model = ClipVisionModel::from_params(zoo.config(), &trainee.vit.to_params()?)?;
+    let model = ClipVisionModel::from_params(zoo.config(), &params)?;
     let acc = evaluate(&model, &head, &data.split(Split::Test)?, 250)?;
     println!(
         "{task} steps {} batch {} lr {} shift {}: test {:.2}% loss {:.3}->{:.3} ({:.0}s)",

@@ -7,12 +7,13 @@
 //!
 //! `cargo run --release -p madeit-zoo --example finetune_sweep -- ZOO_DIR STEPS LR TASK...`
 
-use burn::prelude::*;
+mod common;
+
 use madeit_data::{Split, load_task, task_by_name};
 use madeit_params::ParamDict;
-use madeit_vit::{ClipVisionModel, LOGIT_SCALE};
-use madeit_zoo::train::{CosineClassifier, TrainConfig, Trainee, train};
-use madeit_zoo::{TrainableVit, Zoo, evaluate};
+use madeit_vit::ClipVisionModel;
+use madeit_zoo::train::TrainConfig;
+use madeit_zoo::{Zoo, evaluate};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -32,30 +33,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_shift: 1,
     };
     let pre = zoo.pretrained()?;
-    let device = Device::flex().autodiff();
     let mut taus = Vec::new();
     let mut data = Vec::new();
     for task in tasks {
         let d = load_task(&madeit_data::default_cache_dir(), &task_by_name(task)?)?;
         let head = zoo.head(task)?;
-        let classifier = CosineClassifier::new(
-            head.weight().to_vec(),
-            head.num_classes(),
-            head.dim(),
-            LOGIT_SCALE,
-            false,
-            &device,
-        )?;
-        let vit = TrainableVit::from_params(zoo.config(), &pre, &device)?;
-        let (trainee, log) = train(
-            Trainee { vit, classifier },
-            &d.split(Split::Train)?,
-            &cfg,
-            7,
-            "sweep",
-            &mut |_| {},
-        )?;
-        let ft = trainee.vit.to_params()?;
+        let (ft, log) =
+            common::finetune(&zoo, &pre, &head, &d.split(Split::Train)?, &cfg, "sweep")?;
         let test = d.split(Split::Test)?;
         let model = ClipVisionModel::from_params(zoo.config(), &ft)?;
         let acc = evaluate(&model, &head, &test, 250)?;

@@ -210,11 +210,22 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Pops a value and takes it apart with `pick`; a value `pick` hands back is an error
+    /// reading `"{expected}, found {kind}"`.
+    fn pop_as<T>(
+        &mut self,
+        expected: &str,
+        pick: impl FnOnce(Value) -> std::result::Result<T, Value>,
+    ) -> Result<T> {
+        let v = self.pop()?;
+        pick(v).map_err(|other| self.structure(format!("{expected}, found {}", kind(&other))))
+    }
+
     fn pop_str(&mut self) -> Result<Rc<str>> {
-        match self.pop()? {
+        self.pop_as("expected a string", |v| match v {
             Value::Str(s) => Ok(s),
-            other => Err(self.structure(format!("expected a string, found {}", kind(&other)))),
-        }
+            other => Err(other),
+        })
     }
 
     fn pop_n(&mut self, n: usize) -> Result<Vec<Value>> {
@@ -320,24 +331,14 @@ impl<'a> Machine<'a> {
                     self.push(Value::Bytes(Rc::from(b)));
                 }
                 b'R' => {
-                    let args = match self.pop()? {
-                        Value::Tuple(t) => t,
-                        other => {
-                            return Err(self.structure(format!(
-                                "REDUCE arguments must be a tuple, found {}",
-                                kind(&other)
-                            )));
-                        }
-                    };
-                    let class = match self.pop()? {
-                        Value::Global(g) => g,
-                        other => {
-                            return Err(self.structure(format!(
-                                "REDUCE needs a global, found {}",
-                                kind(&other)
-                            )));
-                        }
-                    };
+                    let args = self.pop_as("REDUCE arguments must be a tuple", |v| match v {
+                        Value::Tuple(t) => Ok(t),
+                        other => Err(other),
+                    })?;
+                    let class = self.pop_as("REDUCE needs a global", |v| match v {
+                        Value::Global(g) => Ok(g),
+                        other => Err(other),
+                    })?;
                     // Nothing is called: the call is only recorded.
                     self.push(Value::Object(Rc::new(RefCell::new(Object {
                         class,
@@ -433,6 +434,29 @@ fn structure_at(file: &str, offset: usize, detail: impl Into<String>) -> DataErr
     }
 }
 
+impl Object {
+    /// Checks that the object is an instance of `class`; `detail` is the error otherwise.
+    fn check_class(&self, class: Global, file: &str, detail: &str) -> Result<()> {
+        if self.class == class {
+            Ok(())
+        } else {
+            Err(structure_at(file, self.offset, detail))
+        }
+    }
+
+    /// The object's state tuple; the error names the object as `what` when it has none.
+    fn state_tuple(&self, file: &str, what: &str) -> Result<&[Value]> {
+        match &self.state {
+            Some(Value::Tuple(state)) => Ok(state),
+            _ => Err(structure_at(
+                file,
+                self.offset,
+                format!("the {what} has no state tuple"),
+            )),
+        }
+    }
+}
+
 fn interpret_array(v: &Value, file: &str) -> Result<NdArray> {
     let Value::Object(obj) = v else {
         return Err(structure_at(
@@ -443,13 +467,11 @@ fn interpret_array(v: &Value, file: &str) -> Result<NdArray> {
     };
     let obj = obj.borrow();
     let at = obj.offset;
-    if obj.class != Global::Reconstruct {
-        return Err(structure_at(
-            file,
-            at,
-            "the top object is not an ndarray reconstruction",
-        ));
-    }
+    obj.check_class(
+        Global::Reconstruct,
+        file,
+        "the top object is not an ndarray reconstruction",
+    )?;
     match &obj.args[..] {
         [
             Value::Global(Global::NdArrayClass),
@@ -464,16 +486,14 @@ fn interpret_array(v: &Value, file: &str) -> Result<NdArray> {
             ));
         }
     }
-    let Some(Value::Tuple(state)) = &obj.state else {
-        return Err(structure_at(file, at, "the array has no state tuple"));
-    };
+    let state = obj.state_tuple(file, "array")?;
     let [
         Value::Int(1),
         Value::Tuple(shape),
         Value::Object(dtype),
         Value::Bool(fortran),
         Value::Bytes(data),
-    ] = &state[..]
+    ] = state
     else {
         return Err(structure_at(
             file,
@@ -516,19 +536,15 @@ fn interpret_array(v: &Value, file: &str) -> Result<NdArray> {
 
 fn interpret_dtype(obj: &Object, file: &str) -> Result<(NpDType, bool)> {
     let at = obj.offset;
-    if obj.class != Global::DTypeClass {
-        return Err(structure_at(
-            file,
-            at,
-            "the array's dtype is not a numpy.dtype",
-        ));
-    }
+    obj.check_class(
+        Global::DTypeClass,
+        file,
+        "the array's dtype is not a numpy.dtype",
+    )?;
     let [Value::Str(code), Value::Bool(false), Value::Bool(true)] = &obj.args[..] else {
         return Err(structure_at(file, at, "expected dtype(code, False, True)"));
     };
-    let Some(Value::Tuple(state)) = &obj.state else {
-        return Err(structure_at(file, at, "the dtype has no state tuple"));
-    };
+    let state = obj.state_tuple(file, "dtype")?;
     let [
         Value::Int(3),
         Value::Str(order),
@@ -538,7 +554,7 @@ fn interpret_dtype(obj: &Object, file: &str) -> Result<(NpDType, bool)> {
         Value::Int(-1),
         Value::Int(-1),
         Value::Int(0),
-    ] = &state[..]
+    ] = state
     else {
         return Err(structure_at(
             file,

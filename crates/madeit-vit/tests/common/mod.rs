@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use madeit_params::Tensor as HostTensor;
-use madeit_vit::{ClipVisionConfig, LowRankFactors, to_host};
+use madeit_vit::{ClipVisionConfig, LowRankFactors, ModuleId, to_host};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -13,6 +13,9 @@ use rand_chacha::ChaCha8Rng;
 mod random;
 #[allow(unused_imports)]
 pub use random::{randn, random_params};
+
+/// Expert factors per module.
+pub type Experts = Vec<(ModuleId, Vec<LowRankFactors>)>;
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
