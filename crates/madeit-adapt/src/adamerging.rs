@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{DType, ParamDict, Tensor as HostTensor};
-use madeit_stream::{Ledger, MergedModel, TaskId};
+use madeit_stream::{Ledger, MergedModel, ParameterError, TaskId};
 use madeit_vit::functional::{TowerTensors, forward};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
@@ -73,14 +73,7 @@ impl AdaMergingConfig {
     /// # Errors
     /// [`AdaptError::InvalidParameter`] naming the first bad value.
     pub fn check(&self) -> Result<(), AdaptError> {
-        if !(0.0..=1.0).contains(&self.init) {
-            return Err(AdaptError::invalid_parameter(
-                LW_ADAMERGING,
-                "init",
-                self.init,
-                "must lie in [0, 1]",
-            ));
-        }
+        ParameterError::unit_interval(LW_ADAMERGING, "init", self.init)?;
         self.adam.check(LW_ADAMERGING)?;
         self.seed_images.check(LW_ADAMERGING)
     }

@@ -2,6 +2,7 @@
 //! adapt the method to small models.
 
 use madeit_linalg::TruncatedSvd;
+use madeit_stream::ParameterError;
 use madeit_vit::{ClipVisionConfig, ModuleId, ModuleKind};
 use serde::{Deserialize, Serialize};
 
@@ -270,9 +271,9 @@ impl MingleConfig {
     /// [`AdaptError::InvalidParameter`] naming the parameter and its valid range.
     pub fn check(&self) -> Result<(), AdaptError> {
         let bad = |parameter: &'static str, value: String, reason: &'static str| {
-            Err(AdaptError::invalid_parameter(
+            Err(AdaptError::from(ParameterError::new(
                 MINGLE, parameter, value, reason,
-            ))
+            )))
         };
         if self.targets.kinds().is_empty() {
             return bad(
@@ -316,13 +317,7 @@ impl MingleConfig {
                 "must be finite and >= 0",
             );
         }
-        if !self.gate_init_bias.is_finite() {
-            return bad(
-                "gate_init_bias",
-                self.gate_init_bias.to_string(),
-                "must be finite",
-            );
-        }
+        ParameterError::finite(MINGLE, "gate_init_bias", self.gate_init_bias)?;
         for (name, m) in [
             ("expert_svd", self.expert_svd),
             ("subspace_svd", self.subspace_svd),

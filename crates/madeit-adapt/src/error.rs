@@ -18,18 +18,10 @@ pub enum AdaptError {
     /// model other than the stream's (the wrapped error names the task and the tensor).
     #[error(transparent)]
     Admission(#[from] madeit_stream::AdmitError),
-    /// A configuration value outside its valid range.
-    #[error("invalid value {value} for `{parameter}` of method `{method}`: {reason}")]
-    InvalidParameter {
-        /// Method name.
-        method: &'static str,
-        /// Parameter name.
-        parameter: &'static str,
-        /// The offending value, rendered.
-        value: String,
-        /// The valid range.
-        reason: &'static str,
-    },
+    /// A configuration value outside its valid range (found by `check()`), naming the
+    /// method, the parameter, the value and the valid range.
+    #[error(transparent)]
+    InvalidParameter(#[from] madeit_stream::ParameterError),
     /// A configuration that cannot be parsed (bad syntax, an unknown key, a wrong type).
     #[error("invalid configuration for method `{method}`: {message}")]
     InvalidConfig {
@@ -124,22 +116,6 @@ pub enum AdaptError {
 }
 
 impl AdaptError {
-    /// [`AdaptError::InvalidParameter`]: `parameter` of `method` is `value` (rendered), which
-    /// breaks `reason`.
-    pub(crate) fn invalid_parameter(
-        method: &'static str,
-        parameter: &'static str,
-        value: impl ToString,
-        reason: &'static str,
-    ) -> Self {
-        Self::InvalidParameter {
-            method,
-            parameter,
-            value: value.to_string(),
-            reason,
-        }
-    }
-
     /// `value`, the loss of adaptation step `step` of `task`, if it is finite; otherwise
     /// [`AdaptError::NonFiniteLoss`].
     pub(crate) fn finite_loss(task: &TaskId, step: usize, value: f64) -> Result<f64, Self> {

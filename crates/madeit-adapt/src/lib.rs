@@ -81,6 +81,8 @@ pub use error::AdaptError;
 pub use expert::{ExpertStats, build_expert, effective_rank, experts_svd, project_out_block};
 /// Why the stream refused a task ([`AdaptError::Admission`]).
 pub use madeit_stream::AdmitError;
+/// A configuration value out of range ([`AdaptError::InvalidParameter`]).
+pub use madeit_stream::ParameterError;
 /// The stream's one method trait and its step input, re-exported.
 pub use madeit_stream::{ContinualMethod, Step};
 pub use mingle::Mingle;

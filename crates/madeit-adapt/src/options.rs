@@ -10,6 +10,7 @@
 //! of the registry, checks the keys itself first, naming the known ones.
 
 use burn::optim::AdamConfig;
+use madeit_stream::ParameterError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -57,9 +58,9 @@ impl AdamOptions {
     /// [`AdaptError::InvalidParameter`] of `method`, naming the first bad value.
     pub fn check(&self, method: &'static str) -> Result<(), AdaptError> {
         let bad = |parameter: &'static str, value: String, reason: &'static str| {
-            Err(AdaptError::invalid_parameter(
+            Err(AdaptError::from(ParameterError::new(
                 method, parameter, value, reason,
-            ))
+            )))
         };
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return bad("lr", self.lr.to_string(), "must be finite and >= 0");
@@ -135,12 +136,12 @@ impl SeedImageOptions {
     /// [`AdaptError::InvalidParameter`] of `method`.
     pub fn check(&self, method: &'static str) -> Result<(), AdaptError> {
         if self.seed_per_class == 0 {
-            return Err(AdaptError::invalid_parameter(
+            return Err(AdaptError::from(ParameterError::new(
                 method,
                 "seed_per_class",
                 0,
                 "must be at least 1",
-            ));
+            )));
         }
         Ok(())
     }

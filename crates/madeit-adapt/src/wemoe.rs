@@ -8,7 +8,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{Ledger, MergedModel};
+use madeit_stream::{Ledger, MergedModel, ParameterError};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, GateBank, GateSharing, GateTraining, GateValues,
     LowRankFactors, ModuleId, ModuleKind,
@@ -114,14 +114,12 @@ impl WemoeConfig {
     /// [`AdaptError::InvalidParameter`] naming the first bad field.
     pub fn check(&self) -> Result<(), AdaptError> {
         let bad = |parameter: &'static str, value: f64, reason: &'static str| {
-            Err(AdaptError::invalid_parameter(
+            Err(AdaptError::from(ParameterError::new(
                 LORA_WEMOE, parameter, value, reason,
-            ))
+            )))
         };
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
-        if !self.attention_lambda.is_finite() {
-            return bad("attention_lambda", self.attention_lambda, "must be finite");
-        }
+        ParameterError::finite(LORA_WEMOE, "attention_lambda", self.attention_lambda)?;
         if self.first_rank == 0 {
             return bad("first_rank", 0.0, "must be at least 1");
         }
@@ -142,9 +140,7 @@ impl WemoeConfig {
                 "must be finite and >= 0",
             );
         }
-        if !self.router_init_bias.is_finite() {
-            return bad("router_init_bias", self.router_init_bias, "must be finite");
-        }
+        ParameterError::finite(LORA_WEMOE, "router_init_bias", self.router_init_bias)?;
         if !finite_pos(self.adam.lr) {
             return bad("lr", self.adam.lr, "must be finite and > 0");
         }

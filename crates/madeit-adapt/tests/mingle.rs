@@ -447,7 +447,7 @@ fn configuration_is_checked_and_parsed() {
         assert!(
             matches!(
                 Mingle::new(c.clone(), cfg.clone(), Device::flex()),
-                Err(AdaptError::InvalidParameter { .. })
+                Err(AdaptError::InvalidParameter(_))
             ),
             "{c:?}"
         );

@@ -295,7 +295,7 @@ fn bad_inputs_are_typed_errors_and_leave_the_merger_unchanged() {
             f.cfg.clone(),
             Device::flex()
         ),
-        Err(AdaptError::InvalidParameter { .. })
+        Err(AdaptError::InvalidParameter(_))
     ));
 }
 

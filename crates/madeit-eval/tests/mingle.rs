@@ -12,7 +12,9 @@ use common::{
     temp_zoo,
 };
 
-use madeit_adapt::{AdaptError, MingleConfig, SeedImageOptions, SeedSource, TargetSet};
+use madeit_adapt::{
+    AdaptError, MingleConfig, ParameterError, SeedImageOptions, SeedSource, TargetSet,
+};
 use madeit_eval::evaluate::Evaluator;
 use madeit_eval::experiment::{ExperimentConfig, run_experiment};
 use madeit_eval::runner::{RunEvent, StreamSpec};
@@ -185,7 +187,7 @@ fn mingle_configurations_parse_check_and_round_trip() {
     let zero = parse("method = \"mingle\"\nbatch_size = 0").expect("parses");
     let err = zero.check().expect_err("range");
     assert!(
-        matches!(&err, RunError::Adapt(e) if matches!(**e, AdaptError::InvalidParameter { parameter: "batch_size", .. })),
+        matches!(&err, RunError::Adapt(e) if matches!(**e, AdaptError::InvalidParameter(ParameterError { parameter: "batch_size", .. }))),
         "{err}"
     );
 

@@ -366,7 +366,7 @@ fn bad_experiment_configs_are_typed_errors() {
     assert!(err.to_string().contains("lamda"), "{err}");
     assert!(matches!(
         merge_error("[experiment]\nmethods = [{ method = \"opcm\", alpha = 2.0 }]"),
-        Some(MergeError::InvalidParameter { .. })
+        Some(MergeError::InvalidParameter(_))
     ));
     for bad in [
         "[experiment]\nseed = [1]",

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use madeit_experts::ExpertsError;
+use madeit_stream::ParameterError;
 
 use crate::made_it::MadeItConfig;
 
@@ -502,24 +503,6 @@ impl MethodConfig {
     }
 }
 
-/// [`MergeError::InvalidParameter`] unless `v` is finite.
-pub(crate) fn check_finite(
-    method: &'static str,
-    parameter: &'static str,
-    v: f64,
-) -> Result<(), MergeError> {
-    if v.is_finite() {
-        Ok(())
-    } else {
-        Err(MergeError::InvalidParameter {
-            method,
-            parameter,
-            value: v.to_string(),
-            reason: "must be finite",
-        })
-    }
-}
-
 /// [`MergeError::InvalidParameter`] unless every substring pattern of `parameter` is
 /// non-empty.
 pub(crate) fn check_patterns(
@@ -528,12 +511,12 @@ pub(crate) fn check_patterns(
     patterns: &[String],
 ) -> Result<(), MergeError> {
     if patterns.iter().any(String::is_empty) {
-        return Err(MergeError::InvalidParameter {
+        return Err(MergeError::from(ParameterError::new(
             method,
             parameter,
-            value: format!("{patterns:?}"),
-            reason: "patterns must be non-empty substrings",
-        });
+            format!("{patterns:?}"),
+            "patterns must be non-empty substrings",
+        )));
     }
     Ok(())
 }
@@ -570,7 +553,11 @@ impl MergeMethodConfig for TaskArithmeticConfig {
     };
 
     fn check(&self) -> Result<(), MergeError> {
-        check_finite(Self::INFO.name, "lambda", self.lambda)
+        Ok(ParameterError::finite(
+            Self::INFO.name,
+            "lambda",
+            self.lambda,
+        )?)
     }
 
     fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
@@ -590,14 +577,14 @@ impl MergeMethodConfig for TiesConfig {
     };
 
     fn check(&self) -> Result<(), MergeError> {
-        check_finite(Self::INFO.name, "lambda", self.lambda)?;
+        ParameterError::finite(Self::INFO.name, "lambda", self.lambda)?;
         if !(self.keep_fraction > 0.0 && self.keep_fraction <= 1.0) {
-            return Err(MergeError::InvalidParameter {
-                method: Self::INFO.name,
-                parameter: "keep_fraction",
-                value: self.keep_fraction.to_string(),
-                reason: "must lie in (0, 1] (a fraction, not a percentage)",
-            });
+            return Err(MergeError::from(ParameterError::new(
+                Self::INFO.name,
+                "keep_fraction",
+                self.keep_fraction,
+                "must lie in (0, 1] (a fraction, not a percentage)",
+            )));
         }
         Ok(())
     }
@@ -619,7 +606,11 @@ impl MergeMethodConfig for MagMaxConfig {
     };
 
     fn check(&self) -> Result<(), MergeError> {
-        check_finite(Self::INFO.name, "scaling_factor", self.scaling_factor)
+        Ok(ParameterError::finite(
+            Self::INFO.name,
+            "scaling_factor",
+            self.scaling_factor,
+        )?)
     }
 
     fn build(&self) -> Result<Box<dyn ContinualMerger>, MergeError> {
@@ -640,14 +631,7 @@ impl MergeMethodConfig for OpcmConfig {
 
     fn check(&self) -> Result<(), MergeError> {
         let name = Self::INFO.name;
-        if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(MergeError::InvalidParameter {
-                method: name,
-                parameter: "alpha",
-                value: self.alpha.to_string(),
-                reason: "must lie in [0, 1]",
-            });
-        }
+        ParameterError::unit_interval(name, "alpha", self.alpha)?;
         check_patterns(name, "embedding_patterns", &self.embedding_patterns)
     }
 
@@ -702,12 +686,7 @@ fn made_it_parameter(c: &MadeItConfig, e: &ExpertsError) -> MergeError {
         },
         other => ("config", other.to_string(), "is invalid"),
     };
-    MergeError::InvalidParameter {
-        method: "made_it",
-        parameter,
-        value,
-        reason,
-    }
+    MergeError::from(ParameterError::new("made_it", parameter, value, reason))
 }
 
 /// Deserialises a method's parameters; on error, names the offending key (every field has

@@ -42,18 +42,10 @@ pub enum MergeError {
         /// What is wrong (the parser's message, naming the key).
         message: String,
     },
-    /// A configuration value outside its valid range (found by `check()`).
-    #[error("invalid value {value} for `{parameter}` of method `{method}`: {reason}")]
-    InvalidParameter {
-        /// Method name.
-        method: &'static str,
-        /// Parameter name.
-        parameter: &'static str,
-        /// The offending value, rendered.
-        value: String,
-        /// The valid range.
-        reason: &'static str,
-    },
+    /// A configuration value outside its valid range (found by `check()`), naming the
+    /// method, the parameter, the value and the valid range.
+    #[error(transparent)]
+    InvalidParameter(#[from] madeit_stream::ParameterError),
     /// A saved state that cannot be restored into this merger.
     #[error("cannot restore state into method `{method}`: {reason}")]
     InvalidState {

@@ -46,7 +46,7 @@ pub use made_it::MadeItConfig;
 /// The stream contract, re-exported: the types every continual method speaks in.
 pub use madeit_stream::{
     AdmitError, ContinualMethod, ExpertModel, ExpertRouting, LowRankExpert, LowRankFactors,
-    MergedModel, Step, StepReport, TaskId,
+    MergedModel, ParameterError, Step, StepReport, TaskId,
 };
 pub use methods::{
     Consensus, IsoC, IsoCConfig, MadeItMerger, MagMax, Opcm, Sparsifier, Swa, TaskArithmeticFamily,

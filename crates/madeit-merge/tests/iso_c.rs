@@ -11,7 +11,8 @@ use common::{
 use faer::Mat;
 use madeit_linalg::thin_svd;
 use madeit_merge::{
-    ContinualMerger, IsoCConfig, MergeError, MethodConfig, Step, TaskId, iso_c_matrix, resume,
+    ContinualMerger, IsoCConfig, MergeError, MethodConfig, ParameterError, Step, TaskId,
+    iso_c_matrix, resume,
 };
 use madeit_params::{ParamDict, Tensor};
 use proptest::prelude::*;
@@ -336,7 +337,9 @@ fn bad_input_is_an_error_and_changes_nothing() {
         ),
     ] {
         match MethodConfig::IsoC(cfg.clone()).build() {
-            Err(MergeError::InvalidParameter { parameter: p, .. }) => assert_eq!(p, parameter),
+            Err(MergeError::InvalidParameter(ParameterError { parameter: p, .. })) => {
+                assert_eq!(p, parameter)
+            }
             other => panic!(
                 "{cfg:?}: expected InvalidParameter, got {:?}",
                 other.map(|_| ())
@@ -346,10 +349,10 @@ fn bad_input_is_an_error_and_changes_nothing() {
     let parsed = MethodConfig::from_toml_str("method = \"c_iso_c\"\nexclude = [\"\"]").unwrap();
     assert!(matches!(
         parsed.check(),
-        Err(MergeError::InvalidParameter {
+        Err(MergeError::InvalidParameter(ParameterError {
             parameter: "exclude",
             ..
-        })
+        }))
     ));
     assert!(matches!(
         MethodConfig::from_toml_str("method = \"c_iso_c\"\nlambda = 0.3"),

@@ -14,7 +14,8 @@
 //!   backbone with [`LowRankExpert`]s routed by [`ExpertRouting`]);
 //! - [`LowRankFactors`], the one form of a low-rank update `U diag(s) V^T` that every crate
 //!   exchanges (an expert model's experts, the test-time methods' experts, the device bank
-//!   of `madeit-vit`).
+//!   of `madeit-vit`);
+//! - [`ParameterError`], the error every method configuration's range check returns.
 //!
 //! - [`ContinualMethod`], the one trait of every continual method, and [`Step`], what it is
 //!   given at each step (the two models, the task, and the extras its kind needs).
@@ -24,12 +25,14 @@
 //! see seed images and heads).
 
 mod admit;
+mod config;
 mod fingerprint;
 mod lowrank;
 mod method;
 mod task;
 
 pub use admit::{AdmitError, Admitted, Ledger, admit};
+pub use config::ParameterError;
 pub use fingerprint::{Fingerprint, exact_f64, scan_pair, tensor_hash};
 pub use lowrank::{FactorsError, LowRankFactors};
 pub use method::{ContinualMethod, Step};

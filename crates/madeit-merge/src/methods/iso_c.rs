@@ -13,10 +13,11 @@ use faer::{Accum, MatRef, Par};
 use indexmap::IndexMap;
 use madeit_linalg::{LinalgError, Svd, SvdWorkspace};
 use madeit_params::ParamDict;
+use madeit_stream::ParameterError;
 use serde::{Deserialize, Serialize};
 
 use super::{fold_task_vector, lookup, offset_pretrained, par_build, tensor_like, to_f32};
-use crate::config::{MergeMethodConfig, MethodInfo, check_finite, check_patterns};
+use crate::config::{MergeMethodConfig, MethodInfo, check_patterns};
 use crate::state::Ledger;
 use crate::{
     ContinualMerger, ContinualMethod, MergeError, MergedModel, MergerState, MethodConfig, Step,
@@ -74,7 +75,7 @@ impl MergeMethodConfig for IsoCConfig {
     };
 
     fn check(&self) -> Result<(), MergeError> {
-        check_finite(METHOD, "alpha", self.alpha)?;
+        ParameterError::finite(METHOD, "alpha", self.alpha)?;
         check_patterns(METHOD, "exclude", &self.exclude)
     }
 

@@ -2,7 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
 use madeit_merge::{
-    ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, Step, TaskId,
+    ContinualMerger, MergeError, MergedModel, MergerState, MethodConfig, ParameterError, Step,
+    TaskId,
 };
 use madeit_params::{ParamDict, Tensor};
 use rand::SeedableRng;
@@ -149,11 +150,11 @@ pub fn mean_at(tasks: &[ParamDict], name: &str, i: usize) -> f64 {
 pub fn assert_rejected(toml: &str, parameter: &str) {
     let bad = MethodConfig::from_toml_str(toml).unwrap();
     match bad.check() {
-        Err(MergeError::InvalidParameter {
+        Err(MergeError::InvalidParameter(ParameterError {
             method,
             parameter: p,
             ..
-        }) => assert_eq!((method, p), (bad.name(), parameter), "{toml}"),
+        })) => assert_eq!((method, p), (bad.name(), parameter), "{toml}"),
         other => panic!("{toml}: expected InvalidParameter, got {other:?}"),
     }
     assert!(bad.build().is_err(), "{toml}");
