@@ -34,10 +34,23 @@ fn distinct_tasks(pre: &ParamDict, n: u32) -> Vec<(u32, ParamDict)> {
         .collect()
 }
 
+/// A `layers`-layer model from `seed`, `n` distinct tasks on it, and the result of
+/// absorbing them in order under `cfg`.
+fn absorb_distinct(
+    layers: usize,
+    seed: u64,
+    n: u32,
+    cfg: MadeItConfig,
+) -> (ParamDict, Vec<(u32, ParamDict)>, MadeIt) {
+    let pre = pretrained(layers, "", seed);
+    let tasks = distinct_tasks(&pre, n);
+    let m = run(cfg, &pre, &tasks);
+    (pre, tasks, m)
+}
+
 #[test]
 fn first_task_creates_one_expert_per_module_with_the_rho_rank() {
-    let pre = pretrained(2, "", 1);
-    let m = run(config(1.0), &pre, &distinct_tasks(&pre, 1));
+    let (_, _, m) = absorb_distinct(2, 1, 1, config(1.0));
     assert_eq!(m.modules().len(), 12);
     for me in m.modules() {
         assert_eq!(me.len(), 1);
@@ -175,13 +188,11 @@ fn strict_rule_with_ties_below_full_affinity_creates() {
 fn per_module_history_at_step_two_creates_unless_duplicate() {
     // One score per module at step 2: sigma = 0 and tau = that score, so distinct tasks
     // create (a tie below full affinity is not exceeded).
-    let pre = pretrained(1, "", 5);
-    let tasks = distinct_tasks(&pre, 2);
     let cfg = MadeItConfig {
         history: HistoryScope::PerModule,
         ..config(0.0)
     };
-    let m = run(cfg, &pre, &tasks);
+    let (_, _, m) = absorb_distinct(1, 5, 2, cfg);
     for r in &m.history()[1].modules {
         let st = r.threshold.unwrap();
         assert_eq!(st.count, 1);
@@ -193,10 +204,8 @@ fn per_module_history_at_step_two_creates_unless_duplicate() {
 
 #[test]
 fn pooled_threshold_matches_recorded_history() {
-    let pre = pretrained(2, "", 7);
-    let tasks = distinct_tasks(&pre, 5);
     let cfg = config(0.5);
-    let m = run(cfg.clone(), &pre, &tasks);
+    let (_, _, m) = absorb_distinct(2, 7, 5, cfg.clone());
     let mut pool: Vec<f64> = Vec::new();
     for rep in &m.history()[1..] {
         for r in &rep.modules {
@@ -324,13 +333,11 @@ fn materialized_delta_is_the_rank_r_truncation() {
 
 #[test]
 fn running_mean_of_non_target_parameters() {
-    let pre = pretrained(1, "", 17);
-    let tasks = distinct_tasks(&pre, 3);
     let cfg = MadeItConfig {
         non_target: NonTargetRule::RunningMean,
         ..config(1.0)
     };
-    let m = run(cfg, &pre, &tasks);
+    let (pre, tasks, m) = absorb_distinct(1, 17, 3, cfg);
     let nt = m.non_target_mean().unwrap();
     assert_eq!(nt.count(), 3);
     let merged = m.materialize(&pre, &m.task_path(10).unwrap()).unwrap();
@@ -476,50 +483,19 @@ fn errors_leave_the_state_unchanged() {
 
 #[test]
 fn config_check_rejects_bad_values() {
-    for (cfg, field) in [
-        (
-            MadeItConfig {
-                rho: 0.0,
-                ..MadeItConfig::default()
-            },
-            "rho",
-        ),
-        (
-            MadeItConfig {
-                rho: 1.5,
-                ..MadeItConfig::default()
-            },
-            "rho",
-        ),
-        (
-            MadeItConfig {
-                rho: f64::NAN,
-                ..MadeItConfig::default()
-            },
-            "rho",
-        ),
-        (
-            MadeItConfig {
-                kappa: f64::NAN,
-                ..MadeItConfig::default()
-            },
-            "kappa",
-        ),
-        (
-            MadeItConfig {
-                polar_rank_tol: -1.0,
-                ..MadeItConfig::default()
-            },
-            "polar_rank_tol",
-        ),
-        (
-            MadeItConfig {
-                tie_tolerance: 0.7,
-                ..MadeItConfig::default()
-            },
-            "tie_tolerance",
-        ),
-    ] {
+    // Each case: the field named by the error, and how the default is spoiled.
+    type Case = (&'static str, fn(&mut MadeItConfig));
+    let cases: [Case; 6] = [
+        ("rho", |c| c.rho = 0.0),
+        ("rho", |c| c.rho = 1.5),
+        ("rho", |c| c.rho = f64::NAN),
+        ("kappa", |c| c.kappa = f64::NAN),
+        ("polar_rank_tol", |c| c.polar_rank_tol = -1.0),
+        ("tie_tolerance", |c| c.tie_tolerance = 0.7),
+    ];
+    for (field, spoil) in cases {
+        let mut cfg = MadeItConfig::default();
+        spoil(&mut cfg);
         match cfg.check() {
             Err(ExpertsError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
             other => panic!("{field}: {other:?}"),

@@ -313,29 +313,15 @@ fn bad_input_is_an_error_and_changes_nothing() {
     );
 
     // Bad configurations (NaN and infinity do not pass through JSON: built directly).
-    for (cfg, parameter) in [
-        (
-            IsoCConfig {
-                alpha: f64::NAN,
-                ..IsoCConfig::default()
-            },
-            "alpha",
-        ),
-        (
-            IsoCConfig {
-                alpha: f64::INFINITY,
-                ..IsoCConfig::default()
-            },
-            "alpha",
-        ),
-        (
-            IsoCConfig {
-                exclude: vec![String::new()],
-                ..IsoCConfig::default()
-            },
-            "exclude",
-        ),
-    ] {
+    type Case = (&'static str, fn(&mut IsoCConfig));
+    let cases: [Case; 3] = [
+        ("alpha", |c| c.alpha = f64::NAN),
+        ("alpha", |c| c.alpha = f64::INFINITY),
+        ("exclude", |c| c.exclude = vec![String::new()]),
+    ];
+    for (parameter, spoil) in cases {
+        let mut cfg = IsoCConfig::default();
+        spoil(&mut cfg);
         match MethodConfig::IsoC(cfg.clone()).build() {
             Err(MergeError::InvalidParameter(ParameterError { parameter: p, .. })) => {
                 assert_eq!(p, parameter)

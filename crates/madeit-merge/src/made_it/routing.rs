@@ -148,15 +148,9 @@ impl MadeIt {
         if modules.is_empty() {
             return Err(ExpertsError::NoExperts);
         }
-        if features.len() != modules.len() {
-            return Err(ExpertsError::Features {
-                reason: format!(
-                    "{} feature matrices for {} modules",
-                    features.len(),
-                    modules.len()
-                ),
-            });
-        }
+        check_per_module(features.len(), modules.len(), |got, n| {
+            format!("{got} feature matrices for {n} modules")
+        })?;
         for (m, x) in modules.iter().zip(features) {
             check_features(m.name(), m.module().d_in, *x)?;
         }
@@ -262,15 +256,9 @@ pub fn route_from_scores(tasks: &[Vec<BTreeSet<u32>>], scores: &[Vec<f64>]) -> R
     if tasks.is_empty() || tasks.iter().any(Vec::is_empty) {
         return Err(ExpertsError::NoExperts);
     }
-    if scores.len() != tasks.len() {
-        return Err(ExpertsError::Features {
-            reason: format!(
-                "scores of {} modules for {} modules",
-                scores.len(),
-                tasks.len()
-            ),
-        });
-    }
+    check_per_module(scores.len(), tasks.len(), |got, n| {
+        format!("scores of {got} modules for {n} modules")
+    })?;
     for (m, (t, s)) in tasks.iter().zip(scores).enumerate() {
         if s.len() != t.len() {
             return Err(ExpertsError::Features {
@@ -383,6 +371,22 @@ fn propagate<'a>(
         anchor: Some(anchor),
         fpa: scores,
     })
+}
+
+/// A list with one entry per module must have `modules` entries; `got` is its length and
+/// `reason(got, modules)` the message of the [`ExpertsError::Features`] otherwise.
+fn check_per_module(
+    got: usize,
+    modules: usize,
+    reason: impl FnOnce(usize, usize) -> String,
+) -> Result<()> {
+    if got == modules {
+        Ok(())
+    } else {
+        Err(ExpertsError::Features {
+            reason: reason(got, modules),
+        })
+    }
 }
 
 /// Rows used by the token aggregation.
