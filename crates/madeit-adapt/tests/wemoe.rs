@@ -13,6 +13,7 @@ use madeit_adapt::{
     AdamOptions, AdaptError, AdmitError, ContinualMethod, LoraWemoe, SeedImages, TestTimeMerger,
     WemoeConfig,
 };
+use madeit_params::max_abs_diff;
 use madeit_stream::TaskId;
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateSharing, GateTraining, GateValues,
@@ -28,14 +29,6 @@ fn quick() -> WemoeConfig {
 
 fn merger(f: &Fixture, cfg: WemoeConfig) -> LoraWemoe {
     LoraWemoe::new(cfg, f.cfg.clone(), Device::flex()).unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn embed(model: &ClipVisionModel, seed: &SeedImages) -> Vec<f32> {
@@ -156,7 +149,7 @@ fn a_one_hot_gate_equals_the_dense_model_with_that_expert() {
         }
         let dense = ClipVisionModel::from_params_on(&f.cfg, &dense, &device).unwrap();
         let want = embed(&dense, images);
-        let err = max_diff(gated.data(), &want);
+        let err = max_abs_diff(gated.data(), &want).expect("same length");
         assert!(err < 1e-4, "expert {e}: max |diff| {err}");
     }
 }

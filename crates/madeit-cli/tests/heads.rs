@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use madeit::params::{ParamDict, Tensor};
+use madeit::params::{ParamDict, Tensor, max_abs_diff};
 use madeit::vit::TaskHead;
 
 const TOL: f32 = 1e-4;
@@ -70,14 +70,6 @@ fn assert_contains_all(err: &str, wanted: &[&str]) {
     }
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -99,7 +91,8 @@ fn heads_and_embed_match_the_reference() {
     assert_eq!(head.name(), "eurosat");
     assert_eq!(head.num_classes(), 10);
     assert!((head.logit_scale() - 3.2f32.exp()).abs() < 1e-4);
-    let d = max_abs_diff(head.weight(), io.get("head.eurosat.weight").unwrap().data());
+    let d = max_abs_diff(head.weight(), io.get("head.eurosat.weight").unwrap().data())
+        .expect("same length");
     assert!(d <= TOL, "eurosat head max|diff| = {d}");
 
     // Class and template files.
@@ -120,7 +113,8 @@ fn heads_and_embed_match_the_reference() {
     let head = TaskHead::load(&custom).unwrap();
     assert_eq!(head.name(), "custom");
     assert_eq!(head.class_names(), lists.classes);
-    let d = max_abs_diff(head.weight(), io.get("head.custom.weight").unwrap().data());
+    let d = max_abs_diff(head.weight(), io.get("head.custom.weight").unwrap().data())
+        .expect("same length");
     assert!(d <= TOL, "custom head max|diff| = {d}");
 
     // embed --head: CLIP's logits and predictions.
@@ -133,7 +127,7 @@ fn heads_and_embed_match_the_reference() {
     let logits = out.get("logits").unwrap();
     assert_eq!(logits.shape(), [3, 10]);
     let want = io.get("logits.eurosat").unwrap();
-    let d = max_abs_diff(logits.data(), want.data());
+    let d = max_abs_diff(logits.data(), want.data()).expect("same length");
     assert!(d <= TOL, "embed logits max|diff| = {d}");
     let pred = out.get("predictions").unwrap();
     for (i, row) in want.data().chunks_exact(10).enumerate() {
@@ -163,7 +157,7 @@ fn heads_and_embed_match_the_reference() {
     let emb2 = tmp.path().join("emb2.safetensors");
     ok(&embed_head(&bare, &pixels, &eurosat, &emb2));
     let logits2 = ParamDict::load(&emb2).unwrap();
-    let d = max_abs_diff(logits2.get("logits").unwrap().data(), want.data());
+    let d = max_abs_diff(logits2.get("logits").unwrap().data(), want.data()).expect("same length");
     assert!(d <= TOL, "vision-only logits max|diff| = {d}");
     // A zoo-style head without projection does not fit that tower: a clear message.
     let plain = tmp.path().join("plain.safetensors");

@@ -49,4 +49,4 @@ pub use dtype::DType;
 pub use error::ParamsError;
 pub use io::{INDEX_FILE, Metadata, SaveOptions, WEIGHTS_FILE};
 pub use task_vector::TaskVector;
-pub use tensor::{Tensor, all_finite};
+pub use tensor::{Tensor, all_finite, max_abs_diff};

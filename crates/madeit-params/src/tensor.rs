@@ -379,13 +379,22 @@ impl Tensor {
     /// As [`Tensor::check_compatible`].
     pub fn max_abs_diff(&self, other: &Self) -> Result<f32, ParamsError> {
         self.check_compatible(other)?;
-        Ok(self
-            .data
-            .iter()
-            .zip(&other.data)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max))
+        // Equal shapes hold equal lengths: the slice form always gives a value here.
+        Ok(max_abs_diff(&self.data, &other.data).unwrap_or(f32::NAN))
     }
+}
+
+/// Largest element-wise difference `max |a_k − b_k|` of two slices, in `f32` (0 for empty
+/// slices; NaN differences are passed over, as by `f32::max`); `None` when the lengths
+/// differ.
+#[must_use]
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> Option<f32> {
+    (a.len() == b.len()).then(|| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    })
 }
 
 /// Whether every value is finite (no NaN, no infinity). The check runs in blocks without

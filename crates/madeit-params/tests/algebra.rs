@@ -350,3 +350,15 @@ proptest! {
         prop_assert_eq!(madeit_params::all_finite(&xs), xs.iter().all(|x| x.is_finite()));
     }
 }
+
+#[test]
+fn slice_max_abs_diff_matches_the_tensor_form_and_refuses_other_lengths() -> TestResult {
+    let (a, b) = ([1.0f32, -2.0, 3.5], [1.5f32, -2.0, 1.0]);
+    assert_eq!(madeit_params::max_abs_diff(&a, &b), Some(2.5));
+    let ta = Tensor::new(vec![3], a.to_vec())?;
+    let tb = Tensor::new(vec![3], b.to_vec())?;
+    assert_eq!(ta.max_abs_diff(&tb)?, 2.5);
+    assert_eq!(madeit_params::max_abs_diff(&[], &[]), Some(0.0));
+    assert_eq!(madeit_params::max_abs_diff(&a, &b[..2]), None);
+    Ok(())
+}

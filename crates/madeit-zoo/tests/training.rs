@@ -136,11 +136,7 @@ fn trainable_forward_matches_the_reference_tower() {
         .expect("vec");
     let theirs = reference.embed(pixels, data.n).expect("embed");
     assert_eq!(theirs.shape(), [data.n, 32]);
-    let max_diff = ours
-        .iter()
-        .zip(theirs.data())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let max_diff = madeit_params::max_abs_diff(&ours, theirs.data()).expect("same length");
     assert!(max_diff < 1e-4, "forwards differ by {max_diff}");
 }
 
