@@ -11,7 +11,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use madeit_data::{FetchEvent, Split, default_cache_dir, fetch_sources, load_tasks, zoo_tasks};
+use madeit_data::{
+    FetchEvent, default_cache_dir, fetch_sources, load_tasks, split_table, zoo_tasks,
+};
 
 fn main() {
     if let Err(e) = run() {
@@ -56,23 +58,6 @@ fn run() -> Result<(), madeit_data::DataError> {
         tasks.len(),
         start.elapsed().as_secs_f64()
     );
-    println!(
-        "{:<2} {:<27} {:>7} {:>7} {:>6} {:>5} {:>6} classes",
-        "id", "task", "pretrain", "train", "val", "seed", "test"
-    );
-    for t in &tasks {
-        let c = |s: Split| t.splits.get(s).len();
-        println!(
-            "{:<2} {:<27} {:>7} {:>7} {:>6} {:>5} {:>6} {}",
-            t.spec.id,
-            t.spec.name,
-            c(Split::Pretrain),
-            c(Split::Train),
-            c(Split::Val),
-            c(Split::Seed),
-            c(Split::Test),
-            t.class_names().len()
-        );
-    }
+    print!("{}", split_table(&tasks));
     Ok(())
 }

@@ -46,7 +46,7 @@ pub use source::{Relabel, SourceData, SourceId, load_source, load_source_dir};
 pub use split::{Split, SplitPlan, Splits, make_splits, source_splits, split_plan};
 pub use task::{
     Construction, PretrainPart, TaskData, TaskGroup, TaskSpec, all_tasks, load_task, load_tasks,
-    load_tasks_and_pool, prepare_task, pretrain_part, pretraining_pool, source_resize,
+    load_tasks_and_pool, prepare_task, pretrain_part, pretraining_pool, source_resize, split_table,
     task_by_name, zoo_tasks,
 };
 pub use transform::{CHANNELS, IMAGE_SIZE, NORM_MEAN, NORM_STD, Resize, to_common};

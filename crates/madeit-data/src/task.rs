@@ -429,6 +429,66 @@ pub fn load_tasks(cache_dir: &Path, specs: &[TaskSpec]) -> Result<Vec<TaskData>>
     Ok(out)
 }
 
+/// The split sizes of `tasks` as a plain-text table for a terminal: a header line, then one
+/// line a task with its id, its name, the number of images in each split of [`Split::ALL`]
+/// (pretrain, train, val, seed, test) and its number of classes, in right-aligned columns.
+/// Every line, the last included, ends in a newline.
+///
+/// ```
+/// use madeit_data::{ImageSet, Splits, TaskData, split_table, task_by_name};
+///
+/// let n = 10;
+/// let images = ImageSet::new(
+///     vec![0; n * 3],
+///     n,
+///     1,
+///     1,
+///     3,
+///     vec![0, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+///     vec!["zero".into(), "one".into()],
+/// )?;
+/// let splits = Splits {
+///     pretrain: vec![0, 1, 2, 3],
+///     train: vec![4, 5, 6],
+///     val: vec![7],
+///     seed: vec![8],
+///     test: vec![9],
+/// };
+/// let task = TaskData { spec: task_by_name("mnist")?, images, splits };
+/// assert_eq!(
+///     split_table(&[task]),
+///     "id task                        pretrain   train    val  seed   test classes\n\
+///      1  mnist                              4       3      1     1      1 2\n"
+/// );
+/// # Ok::<(), madeit_data::DataError>(())
+/// ```
+pub fn split_table(tasks: &[TaskData]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // Writing to a `String` cannot fail.
+    let _ = writeln!(
+        out,
+        "{:<2} {:<27} {:>8} {:>7} {:>6} {:>5} {:>6} classes",
+        "id", "task", "pretrain", "train", "val", "seed", "test"
+    );
+    for t in tasks {
+        let c = |s: Split| t.splits.get(s).len();
+        let _ = writeln!(
+            out,
+            "{:<2} {:<27} {:>8} {:>7} {:>6} {:>5} {:>6} {}",
+            t.spec.id,
+            t.spec.name,
+            c(Split::Pretrain),
+            c(Split::Train),
+            c(Split::Val),
+            c(Split::Seed),
+            c(Split::Test),
+            t.class_names().len()
+        );
+    }
+    out
+}
+
 /// The pretraining images of one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PretrainPart {

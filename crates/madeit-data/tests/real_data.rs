@@ -20,7 +20,7 @@ use madeit_data::readers::emoji::EMOJI_IMAGE_DIR;
 use madeit_data::source::source_dir;
 use madeit_data::{
     FetchEvent, ImageSet, SourceId, Split, export_task, fetch_sources, load_source, load_tasks,
-    pretraining_pool, read_split, split_path, zoo_tasks,
+    pretraining_pool, read_split, split_path, split_table, zoo_tasks,
 };
 
 fn cache_dir() -> PathBuf {
@@ -143,27 +143,12 @@ fn real_sources_fetch_read_and_split() {
         tasks.len(),
         t.elapsed().as_secs_f64()
     );
-    eprintln!(
-        "{:<2} {:<27} {:>8} {:>6} {:>5} {:>4} {:>6} classes",
-        "id", "task", "pretrain", "train", "val", "seed", "test"
-    );
+    eprint!("{}", split_table(&tasks));
     for task in &tasks {
         let i = &task.images;
         assert_eq!((i.height, i.width, i.channels), (32, 32, 3));
         task.splits.check_partition(i.n).unwrap();
         assert_eq!(task.splits.seed.len(), 5 * i.num_classes());
-        let c = |s: Split| task.splits.get(s).len();
-        eprintln!(
-            "{:<2} {:<27} {:>8} {:>6} {:>5} {:>4} {:>6} {}",
-            task.spec.id,
-            task.spec.name,
-            c(Split::Pretrain),
-            c(Split::Train),
-            c(Split::Val),
-            c(Split::Seed),
-            c(Split::Test),
-            i.num_classes()
-        );
     }
     let fashion_task = tasks
         .iter()

@@ -354,35 +354,34 @@ fn build_staged(
         }
     }
     on_event(&BuildEvent::Planned { total_steps });
-    let pretrain = stage_pretrain(cfg, pool, &staging, &stages, on_event)?;
+    let mut ctx = StageContext {
+        cfg,
+        staging: &staging,
+        stages: &stages,
+        on_event,
+    };
+    let pretrain = stage_pretrain(&mut ctx, pool)?;
     let pretrained = ParamDict::load(
         &staging
             .join(layout::pretrained_dir())
             .join(madeit_vit::WEIGHTS_FILE),
     )?;
     let names = crate::zoo::load_name_vectors(&staging.join(layout::names_file()))?;
-    let heads = stage_heads(cfg, tasks, &names, &pretrained, &staging, &stages, on_event)?;
+    let heads = stage_heads(&mut ctx, tasks, &names, &pretrained)?;
     let mut finetunes = Vec::with_capacity(tasks.len());
     for task in tasks {
-        finetunes.push(stage_finetune(
-            cfg,
-            task,
-            &pretrained,
-            &staging,
-            &stages,
-            on_event,
-        )?);
+        finetunes.push(stage_finetune(&mut ctx, task, &pretrained)?);
     }
 
     // Export.
     let t0 = Instant::now();
-    on_event(&BuildEvent::StageStarted {
+    ctx.emit(&BuildEvent::StageStarted {
         stage: "export".into(),
         total: tasks.len(),
     });
     for (i, task) in tasks.iter().enumerate() {
         export_task(&staging.join(layout::data_dir()), task)?;
-        on_event(&BuildEvent::Step {
+        ctx.emit(&BuildEvent::Step {
             stage: "export".into(),
             done: i + 1,
             total: tasks.len(),
@@ -455,7 +454,7 @@ fn build_staged(
         timings,
     };
     manifest.save(&staging.join(MANIFEST_FILE))?;
-    on_event(&BuildEvent::StageFinished {
+    ctx.emit(&BuildEvent::StageFinished {
         stage: "export".into(),
         seconds: export_seconds,
         detail: format!("{} tasks", tasks.len()),

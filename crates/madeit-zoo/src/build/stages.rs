@@ -77,6 +77,27 @@ pub(super) fn pretraining_set(
     ))
 }
 
+/// What every stage of a build shares: the configuration, the staging folder, its
+/// `stages/` folder of completion records, and the progress callback. The build makes one
+/// and hands it to each stage in turn.
+pub(super) struct StageContext<'a> {
+    /// The build configuration.
+    pub(super) cfg: &'a BuildConfig,
+    /// The staging folder (`<zoo>.partial`).
+    pub(super) staging: &'a Path,
+    /// The staging folder's `stages/` folder: one JSON record per completed stage.
+    pub(super) stages: &'a Path,
+    /// Receives the build's progress.
+    pub(super) on_event: &'a mut (dyn FnMut(&BuildEvent) + Send),
+}
+
+impl StageContext<'_> {
+    /// Reports `event` to the progress callback.
+    pub(super) fn emit(&mut self, event: &BuildEvent) {
+        (self.on_event)(event);
+    }
+}
+
 pub(super) fn progress<'a>(
     stage: &'a str,
     on_event: &'a mut (dyn FnMut(&BuildEvent) + Send),
@@ -92,19 +113,17 @@ pub(super) fn progress<'a>(
 }
 
 pub(super) fn stage_pretrain(
-    cfg: &BuildConfig,
+    ctx: &mut StageContext<'_>,
     pool: &[PretrainPart],
-    staging: &Path,
-    stages: &Path,
-    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
 ) -> Result<PretrainSummary> {
-    let record_path = stages.join("pretrain.json");
+    let (cfg, staging) = (ctx.cfg, ctx.staging);
+    let record_path = ctx.stages.join("pretrain.json");
     let dir = staging.join(layout::pretrained_dir());
     if let Some(r) = read_record::<PretrainRecord>(&record_path)
         && layout::model_files(&dir).iter().all(|p| p.is_file())
         && staging.join(layout::names_file()).is_file()
     {
-        on_event(&BuildEvent::StageReused {
+        ctx.emit(&BuildEvent::StageReused {
             stage: "pretrain".into(),
             detail: format!(
                 "loss {:.3} -> {:.3}",
@@ -114,7 +133,7 @@ pub(super) fn stage_pretrain(
         return Ok(r.summary);
     }
     let (set, parts) = pretraining_set(cfg, pool)?;
-    on_event(&BuildEvent::StageStarted {
+    ctx.emit(&BuildEvent::StageStarted {
         stage: "pretrain".into(),
         total: cfg.pretrain.steps,
     });
@@ -133,7 +152,7 @@ pub(super) fn stage_pretrain(
         &cfg.pretrain,
         derive_seed(cfg.seed, STREAM_PRETRAIN_BATCHES),
         "pretrain",
-        &mut progress("pretrain", on_event),
+        &mut progress("pretrain", ctx.on_event),
     )?;
     save_tower(&dir, &cfg.model, &trainee.vit.to_params()?)?;
     crate::zoo::save_name_vectors(
@@ -157,7 +176,7 @@ pub(super) fn stage_pretrain(
             summary: summary.clone(),
         },
     )?;
-    on_event(&BuildEvent::StageFinished {
+    ctx.emit(&BuildEvent::StageFinished {
         stage: "pretrain".into(),
         seconds: log.seconds,
         detail: format!(
@@ -192,29 +211,27 @@ pub(super) fn accuracy_on(
 }
 
 pub(super) fn stage_heads(
-    cfg: &BuildConfig,
+    ctx: &mut StageContext<'_>,
     tasks: &[TaskData],
     names: &NameVectors,
     pretrained: &ParamDict,
-    staging: &Path,
-    stages: &Path,
-    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
 ) -> Result<HeadsRecord> {
-    let record_path = stages.join("heads.json");
+    let (cfg, staging) = (ctx.cfg, ctx.staging);
+    let record_path = ctx.stages.join("heads.json");
     if let Some(r) = read_record::<HeadsRecord>(&record_path)
         && r.tasks.len() == tasks.len()
         && tasks
             .iter()
             .all(|t| staging.join(layout::head_file(t.spec.name)).is_file())
     {
-        on_event(&BuildEvent::StageReused {
+        ctx.emit(&BuildEvent::StageReused {
             stage: "heads".into(),
             detail: format!("{} heads", r.tasks.len()),
         });
         return Ok(r);
     }
     let t0 = Instant::now();
-    on_event(&BuildEvent::StageStarted {
+    ctx.emit(&BuildEvent::StageStarted {
         stage: "heads".into(),
         total: tasks.len(),
     });
@@ -243,7 +260,7 @@ pub(super) fn stage_heads(
             },
             pretrained: pretrained_acc,
         });
-        on_event(&BuildEvent::Step {
+        ctx.emit(&BuildEvent::Step {
             stage: "heads".into(),
             done: i + 1,
             total: tasks.len(),
@@ -257,7 +274,7 @@ pub(super) fn stage_heads(
     write_json_atomic(&record_path, &record)?;
     let mean = record.tasks.iter().map(|r| r.pretrained.test).sum::<f64>()
         / record.tasks.len().max(1) as f64;
-    on_event(&BuildEvent::StageFinished {
+    ctx.emit(&BuildEvent::StageFinished {
         stage: "heads".into(),
         seconds: record.seconds,
         detail: format!("mean pretrained test accuracy {:.1} %", 100.0 * mean),
@@ -328,21 +345,19 @@ pub fn finetune_tower(
 }
 
 pub(super) fn stage_finetune(
-    cfg: &BuildConfig,
+    ctx: &mut StageContext<'_>,
     task: &TaskData,
     pretrained: &ParamDict,
-    staging: &Path,
-    stages: &Path,
-    on_event: &mut (dyn FnMut(&BuildEvent) + Send),
 ) -> Result<FinetuneRecord> {
+    let (cfg, staging) = (ctx.cfg, ctx.staging);
     let name = task.spec.name;
     let stage = format!("finetune:{name}");
-    let record_path = stages.join(format!("finetune-{name}.json"));
+    let record_path = ctx.stages.join(format!("finetune-{name}.json"));
     let dir = staging.join(layout::finetuned_dir(name));
     if let Some(r) = read_record::<FinetuneRecord>(&record_path)
         && layout::model_files(&dir).iter().all(|p| p.is_file())
     {
-        on_event(&BuildEvent::StageReused {
+        ctx.emit(&BuildEvent::StageReused {
             stage,
             detail: format!("test accuracy {:.1} %", 100.0 * r.finetuned.test),
         });
@@ -351,7 +366,7 @@ pub(super) fn stage_finetune(
     let t0 = Instant::now();
     let train_set = task.split(Split::Train)?;
     let ft = cfg.finetune_config(train_set.n);
-    on_event(&BuildEvent::StageStarted {
+    ctx.emit(&BuildEvent::StageStarted {
         stage: stage.clone(),
         total: ft.steps,
     });
@@ -364,7 +379,7 @@ pub(super) fn stage_finetune(
         &train_set,
         seed,
         &stage,
-        &mut progress(&stage, on_event),
+        &mut progress(&stage, ctx.on_event),
     )?;
     save_tower(&dir, &cfg.model, &params)?;
     let model = ClipVisionModel::from_params(&cfg.model, &params)?;
@@ -381,7 +396,7 @@ pub(super) fn stage_finetune(
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json_atomic(&record_path, &record)?;
-    on_event(&BuildEvent::StageFinished {
+    ctx.emit(&BuildEvent::StageFinished {
         stage,
         seconds: record.seconds,
         detail: format!(
