@@ -204,7 +204,7 @@ fn small(c: &mut Criterion) {
     let mut probe = make();
     tasks.absorb(probe.as_mut(), 0);
     let report = tasks.absorb(probe.as_mut(), 1);
-    let stage = |k: &str| report.metrics.get(k).copied().unwrap_or(f64::NAN);
+    let stage = |k: &str| report.base.metrics.get(k).copied().unwrap_or(f64::NAN);
     eprintln!(
         "small shape, task 2: experts {:.3} s, teacher {:.3} s, adaptation {:.3} s, subspace {:.3} s; KL after {:.4}",
         stage("seconds_experts"),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{DType, ParamDict, Tensor as HostTensor};
-use madeit_stream::{Ledger, MergedModel, ParameterError, TaskId};
+use madeit_stream::{Ledger, MergedModel, ParameterError, StepReport, TaskId};
 use madeit_vit::functional::{TowerTensors, forward};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, ExpertBank, GateBank, GateTraining, GateValues,
@@ -433,17 +433,19 @@ impl LwAdaMerging {
         metrics.insert("seconds_adaptation".to_owned(), seconds_adaptation);
         metrics.insert("seconds_final_pass".to_owned(), seconds_final_pass);
         let report = AdaptReport {
-            method: LW_ADAMERGING.to_owned(),
-            step,
-            task: task.clone(),
-            task_vector_norm: admitted.record.task_vector_norm,
-            merged_delta_norm: delta_sq.sqrt(),
+            base: StepReport {
+                method: LW_ADAMERGING.to_owned(),
+                step,
+                task: task.clone(),
+                task_vector_norm: admitted.record.task_vector_norm,
+                merged_delta_norm: delta_sq.sqrt(),
+                metrics,
+            },
             seed_samples: n,
             seed_source: cfg.seed_images.seed_source,
             losses,
             kl_before: None,
             kl_after: final_entropy,
-            metrics,
         };
         Ok((merged, coeffs, report))
     }

@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use indexmap::IndexMap;
-use madeit_stream::{ContinualMethod, StepReport, TaskId};
+use madeit_stream::{ContinualMethod, StepReport};
 use madeit_vit::{ClipVisionModel, ExpertBank, GateBank, TaskHead, VisionOutput};
 use serde::{Deserialize, Serialize};
 
@@ -32,20 +32,18 @@ impl TestTimeExtras {
     }
 }
 
-/// What one [`absorb`](ContinualMethod::absorb) step did.
+/// What one [`absorb`](ContinualMethod::absorb) step did: the stream's [`StepReport`] and
+/// what a test-time method adds to it (its seed samples, loss trace and KL values).
+///
+/// In `base`, `merged_delta_norm` is the Frobenius norm of the ungated sum of every expert
+/// after the step, `sqrt(sum_m ||sum_e B_e A_e||_F^2)` (gates scale the experts per batch at
+/// run time) for the expert methods, and `metrics` holds the method-specific quantities
+/// (see each method's documentation). Serialised flat: the step report's keys, then these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdaptReport {
-    /// Method name.
-    pub method: String,
-    /// 1-based index of the step (tasks absorbed so far, this one included).
-    pub step: usize,
-    /// The task absorbed.
-    pub task: TaskId,
-    /// `||theta_t - theta_0||_2` over every parameter (accumulated in `f64`).
-    pub task_vector_norm: f64,
-    /// Frobenius norm of the ungated sum of every expert after the step,
-    /// `sqrt(sum_m ||sum_e B_e A_e||_F^2)` (gates scale the experts per batch at run time).
-    pub merged_delta_norm: f64,
+    /// The step as every continual method reports it.
+    #[serde(flatten)]
+    pub base: StepReport,
     /// Number of seed samples used.
     pub seed_samples: usize,
     /// Where the run loop was told to take them from.
@@ -56,14 +54,12 @@ pub struct AdaptReport {
     pub kl_before: Option<f64>,
     /// Mean `KL(teacher || merged)` on the seed set after the adaptation.
     pub kl_after: f64,
-    /// Method-specific quantities, by name (see the method's documentation).
-    pub metrics: IndexMap<String, f64>,
 }
 
 impl From<AdaptReport> for StepReport {
-    /// The report as a stream [`StepReport`] (same fields; the loss trace, the KL
-    /// values and the seed-sample count go into `metrics` as `loss_first`, `loss_last`,
-    /// `kl_before`, `kl_after`, `seed_samples`).
+    /// The report as a stream [`StepReport`] (`base`, with the loss trace, the KL values
+    /// and the seed-sample count put first into `metrics` as `seed_samples`, `loss_first`,
+    /// `loss_last`, `kl_before`, `kl_after`).
     fn from(report: AdaptReport) -> Self {
         report.to_step_report()
     }
@@ -85,14 +81,10 @@ impl AdaptReport {
             metrics.insert("kl_before".to_owned(), k);
         }
         metrics.insert("kl_after".to_owned(), self.kl_after);
-        metrics.extend(self.metrics.iter().map(|(k, v)| (k.clone(), *v)));
+        metrics.extend(self.base.metrics.iter().map(|(k, v)| (k.clone(), *v)));
         StepReport {
-            method: self.method.clone(),
-            step: self.step,
-            task: self.task.clone(),
-            task_vector_norm: self.task_vector_norm,
-            merged_delta_norm: self.merged_delta_norm,
             metrics,
+            ..self.base.clone()
         }
     }
 }

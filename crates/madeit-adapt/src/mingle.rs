@@ -9,7 +9,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{Fingerprint, Ledger, MergedModel, TaskId};
+use madeit_stream::{Fingerprint, Ledger, MergedModel, StepReport, TaskId};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, GateBank, GateTraining, GateValues, LowRankFactors, ModuleId,
 };
@@ -124,8 +124,8 @@ fn with_task(e: AdaptError, task: &TaskId) -> AdaptError {
 /// streams derived from `config.seed` and the step index, so a resumed stream draws the same
 /// numbers as an uninterrupted one.
 ///
-/// Report metrics ([`AdaptReport::metrics`]): `modules`, `steps`, `mean_k_eff`, `max_k_eff`,
-/// `mean_expert_rank`, `mean_projected_fraction` (`||tau'|| / ||tau||`),
+/// Report metrics (the `metrics` of [`AdaptReport::base`]): `modules`, `steps`, `mean_k_eff`,
+/// `max_k_eff`, `mean_expert_rank`, `mean_projected_fraction` (`||tau'|| / ||tau||`),
 /// `mean_kept_fraction` (`||B A|| / ||tau'||`), `lambda_mean` / `lambda_min` /
 /// `interference_mean` (over projected modules and directions, after the last step),
 /// `subspace_dim_max`, `non_target_delta_norm` (norm of the part of the task vector MINGLE
@@ -474,17 +474,19 @@ impl Mingle {
             .sum::<f64>()
             .sqrt();
         let report = AdaptReport {
-            method: MINGLE.to_owned(),
-            step,
-            task: task.clone(),
-            task_vector_norm: total,
-            merged_delta_norm,
+            base: StepReport {
+                method: MINGLE.to_owned(),
+                step,
+                task: task.clone(),
+                task_vector_norm: total,
+                merged_delta_norm,
+                metrics,
+            },
             seed_samples: n,
             seed_source: cfg.seed_images.seed_source,
             losses,
             kl_before,
             kl_after: pass.kl,
-            metrics,
         };
         Ok((
             Committed {

@@ -8,7 +8,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indexmap::IndexMap;
 use madeit_params::{ParamDict, Tensor as HostTensor};
-use madeit_stream::{Ledger, MergedModel, ParameterError};
+use madeit_stream::{Ledger, MergedModel, ParameterError, StepReport};
 use madeit_vit::{
     ClipVisionConfig, ClipVisionModel, GateBank, GateSharing, GateTraining, GateValues,
     LowRankFactors, ModuleId, ModuleKind,
@@ -442,17 +442,19 @@ impl LoraWemoe {
         metrics.insert("seconds_experts".to_owned(), seconds_experts);
         metrics.insert("seconds_adaptation".to_owned(), seconds_adaptation);
         let report = AdaptReport {
-            method: LORA_WEMOE.to_owned(),
-            step,
-            task: task.clone(),
-            task_vector_norm: 0.0,
-            merged_delta_norm: 0.0,
+            base: StepReport {
+                method: LORA_WEMOE.to_owned(),
+                step,
+                task: task.clone(),
+                task_vector_norm: 0.0,
+                merged_delta_norm: 0.0,
+                metrics,
+            },
             seed_samples: seed.len(),
             seed_source: cfg.seed_images.seed_source,
             losses,
             kl_before: None,
             kl_after,
-            metrics,
         };
         let merged_delta_norm = attention
             .iter()
@@ -483,8 +485,8 @@ impl ContinualMethod for LoraWemoe {
         let admitted = admit_step(&self.ledger, &self.vision, input)?;
         let step = self.ledger.tasks.len() + 1;
         let (committed, mut report, delta) = self.run_task(step, input)?;
-        report.task_vector_norm = admitted.record.task_vector_norm;
-        report.merged_delta_norm = delta;
+        report.base.task_vector_norm = admitted.record.task_vector_norm;
+        report.base.merged_delta_norm = delta;
         self.attention = committed.attention;
         self.experts = committed.experts;
         self.routers = committed.routers;

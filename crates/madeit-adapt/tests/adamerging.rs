@@ -61,10 +61,10 @@ fn without_adaptation_each_step_starts_over_from_theta0() {
     let mut m = merger(&f, zero_steps(false));
     for t in 0..2 {
         let r = absorb(&mut m, &f, t);
-        assert_eq!(r.step, t + 1);
+        assert_eq!(r.base.step, t + 1);
         assert!(r.losses.is_empty());
-        assert_eq!(r.metrics["accumulate"], 0.0);
-        assert!((r.metrics["coefficient_mean"] - 0.3).abs() < 1e-7);
+        assert_eq!(r.base.metrics["accumulate"], 0.0);
+        assert!((r.base.metrics["coefficient_mean"] - 0.3).abs() < 1e-7);
         assert!(r.kl_before.is_none() && r.kl_after.is_finite() && r.kl_after >= 0.0);
         let want = expected(&f.theta0, &f.tasks[t].1, |_| 0.3);
         let d = max_diff(&dense(&m, &f.theta0), &want);
@@ -85,7 +85,7 @@ fn without_adaptation_accumulate_is_continual_task_arithmetic() {
         .unwrap();
     for t in 0..3 {
         let r = absorb(&mut m, &f, t);
-        assert_eq!(r.metrics["accumulate"], 1.0);
+        assert_eq!(r.base.metrics["accumulate"], 1.0);
         let (id, ft, _, _) = &f.tasks[t];
         ta.absorb(&Step::new(&f.theta0, ft, id)).unwrap();
         let reference = ta.merged(&f.theta0).unwrap();
@@ -140,8 +140,8 @@ fn coefficients_are_clamped_in_the_merge() {
         raw.iter().any(|c| !(0.0..=1.0).contains(c)),
         "no coefficient left [0, 1]: {raw:?}"
     );
-    assert!(r.metrics["coefficients_clamped"] > 0.0);
-    assert!(r.metrics["coefficient_min"] >= 0.0 && r.metrics["coefficient_max"] <= 1.0);
+    assert!(r.base.metrics["coefficients_clamped"] > 0.0);
+    assert!(r.base.metrics["coefficient_min"] >= 0.0 && r.base.metrics["coefficient_max"] <= 1.0);
     let names = m.coefficient_names();
     let want = expected(&f.theta0, &f.tasks[0].1, |name| {
         let i = names.iter().position(|n| n == name).unwrap();

@@ -30,16 +30,16 @@ fn two_tasks_grow_experts_gates_and_subspaces() {
     let n_mod = 6 * f.cfg.num_hidden_layers;
     assert_eq!(m.modules().len(), n_mod);
     let r1 = absorb(&mut m, &f, 0);
-    assert_eq!((r1.step, r1.losses.len(), r1.seed_samples), (1, 6, 10));
+    assert_eq!((r1.base.step, r1.losses.len(), r1.seed_samples), (1, 6, 10));
     assert!(r1.kl_after.is_finite() && r1.kl_after >= 0.0);
     // No subspace yet at task 1: no projection, no lambda metrics.
-    assert!(!r1.metrics.contains_key("lambda_mean"));
-    assert_eq!(r1.metrics["mean_k_eff"], 0.0);
+    assert!(!r1.base.metrics.contains_key("lambda_mean"));
+    assert_eq!(r1.base.metrics["mean_k_eff"], 0.0);
     let r2 = absorb(&mut m, &f, 1);
-    assert_eq!(r2.step, 2);
-    assert!(r2.metrics["mean_k_eff"] >= 1.0);
-    assert!(r2.metrics["lambda_mean"] > 0.0 && r2.metrics["lambda_mean"] <= 1.0);
-    assert!(r2.metrics["mean_projected_fraction"] < 1.0);
+    assert_eq!(r2.base.step, 2);
+    assert!(r2.base.metrics["mean_k_eff"] >= 1.0);
+    assert!(r2.base.metrics["lambda_mean"] > 0.0 && r2.base.metrics["lambda_mean"] <= 1.0);
+    assert!(r2.base.metrics["mean_projected_fraction"] < 1.0);
     for &module in m.modules() {
         let (d_out, d_in) = f.cfg.module_dims(module.kind);
         let experts = m.experts(module);
@@ -519,13 +519,13 @@ fn variants_change_targets_and_projection() {
         (m, r)
     };
     let (hard, r) = two_tasks(GateProjection::Hard);
-    assert_eq!(r.metrics["lambda_min"], 1.0);
+    assert_eq!(r.base.metrics["lambda_min"], 1.0);
 
     let (none, r) = two_tasks(GateProjection::None);
-    assert!(!r.metrics.contains_key("lambda_mean"));
+    assert!(!r.base.metrics.contains_key("lambda_mean"));
 
     let (relaxed, r) = two_tasks(GateProjection::Relaxed);
-    assert!(r.metrics["lambda_min"] < 1.0 && r.metrics["lambda_min"] > 0.0);
+    assert!(r.base.metrics["lambda_min"] < 1.0 && r.base.metrics["lambda_min"] > 0.0);
     // The three variants train different gates from the same start.
     let g = |m: &Mingle| m.gate_values().gates(ModuleId::new(0, ModuleKind::Q))[1].clone();
     assert_ne!(g(&hard), g(&none));

@@ -45,7 +45,7 @@ fn routers_gain_one_row_per_task_and_experts_follow_the_rank_rule() {
     let mut m = merger(&f, quick());
     for t in 0..3 {
         let report = absorb(&mut m, &f, t);
-        assert_eq!(report.step, t + 1);
+        assert_eq!(report.base.step, t + 1);
         assert_eq!(report.losses.len(), 4);
         for layer in 0..f.cfg.num_hidden_layers {
             let fc1 = ModuleId::new(layer, ModuleKind::Fc1);
