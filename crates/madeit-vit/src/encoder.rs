@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::module::layer_norm;
 
@@ -12,59 +13,95 @@ use crate::error::CheckpointReport;
 use crate::util::{transpose, upload};
 use crate::{ModuleId, ModuleKind, VitError};
 
+/// A weight as a burn parameter: trainable on an autodiff device (see
+/// [`ClipVisionModel::with_trainable`](crate::ClipVisionModel::with_trainable)), a plain
+/// tensor on any other.
+pub(crate) fn param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t)
+}
+
+/// The same parameter on `device`.
+pub(crate) fn param_to<const D: usize>(p: Param<Tensor<D>>, device: &Device) -> Param<Tensor<D>> {
+    param(p.val().to_device(device))
+}
+
 /// A layer norm's scale and shift, `[hidden_size]` each.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub(crate) struct Norm {
-    pub(crate) gamma: Tensor<1>,
-    pub(crate) beta: Tensor<1>,
+    pub(crate) gamma: Param<Tensor<1>>,
+    pub(crate) beta: Param<Tensor<1>>,
 }
 
 impl Norm {
     pub(crate) fn forward<const D: usize>(&self, x: Tensor<D>, eps: f64) -> Tensor<D> {
-        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), eps)
+        layer_norm(x, self.gamma.val(), Some(self.beta.val()), eps)
     }
 
     pub(crate) fn into_device(self, device: &Device) -> Self {
         Self {
-            gamma: self.gamma.to_device(device),
-            beta: self.beta.to_device(device),
+            gamma: param_to(self.gamma, device),
+            beta: param_to(self.beta, device),
+        }
+    }
+
+    /// The same norm with its scale and shift frozen.
+    pub(crate) fn frozen(self) -> Self {
+        Self {
+            gamma: self.gamma.set_require_grad(false),
+            beta: self.beta.set_require_grad(false),
         }
     }
 }
 
 /// One encoder layer, with weights pre-transposed to `[d_in, d_out]` and q, k, v fused.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub(crate) struct Layer {
     pub(crate) ln1: Norm,
     /// `[d, 3d]`: columns `0..d` are `W_q^T`, then `W_k^T`, then `W_v^T`.
-    pub(crate) qkv_w: Tensor<2>,
+    pub(crate) qkv_w: Param<Tensor<2>>,
     /// `[3d]`: `b_q | b_k | b_v`.
-    pub(crate) qkv_b: Tensor<1>,
-    pub(crate) out_w: Tensor<2>,
-    pub(crate) out_b: Tensor<1>,
+    pub(crate) qkv_b: Param<Tensor<1>>,
+    pub(crate) out_w: Param<Tensor<2>>,
+    pub(crate) out_b: Param<Tensor<1>>,
     pub(crate) ln2: Norm,
-    pub(crate) fc1_w: Tensor<2>,
-    pub(crate) fc1_b: Tensor<1>,
-    /// Host copy of `fc1_b`, for the fused bias + activation kernel.
-    pub(crate) fc1_b_host: Vec<f32>,
-    pub(crate) fc2_w: Tensor<2>,
-    pub(crate) fc2_b: Tensor<1>,
+    pub(crate) fc1_w: Param<Tensor<2>>,
+    pub(crate) fc1_b: Param<Tensor<1>>,
+    pub(crate) fc2_w: Param<Tensor<2>>,
+    pub(crate) fc2_b: Param<Tensor<1>>,
 }
 
 impl Layer {
     pub(crate) fn into_device(self, device: &Device) -> Self {
         Self {
             ln1: self.ln1.into_device(device),
-            qkv_w: self.qkv_w.to_device(device),
-            qkv_b: self.qkv_b.to_device(device),
-            out_w: self.out_w.to_device(device),
-            out_b: self.out_b.to_device(device),
+            qkv_w: param_to(self.qkv_w, device),
+            qkv_b: param_to(self.qkv_b, device),
+            out_w: param_to(self.out_w, device),
+            out_b: param_to(self.out_b, device),
             ln2: self.ln2.into_device(device),
-            fc1_w: self.fc1_w.to_device(device),
-            fc1_b: self.fc1_b.to_device(device),
-            fc1_b_host: self.fc1_b_host,
-            fc2_w: self.fc2_w.to_device(device),
-            fc2_b: self.fc2_b.to_device(device),
+            fc1_w: param_to(self.fc1_w, device),
+            fc1_b: param_to(self.fc1_b, device),
+            fc2_w: param_to(self.fc2_w, device),
+            fc2_b: param_to(self.fc2_b, device),
+        }
+    }
+
+    /// The same layer with only its linear weights left as they are (the fused q/k/v and
+    /// out_proj matrices, and fc1 and fc2 when `mlp`); the layer norms, the biases and the
+    /// other weights frozen.
+    pub(crate) fn frozen_but_linear(self, mlp: bool) -> Self {
+        let keep_mlp = |p: Param<Tensor<2>>| if mlp { p } else { p.set_require_grad(false) };
+        Self {
+            ln1: self.ln1.frozen(),
+            qkv_w: self.qkv_w,
+            qkv_b: self.qkv_b.set_require_grad(false),
+            out_w: self.out_w,
+            out_b: self.out_b.set_require_grad(false),
+            ln2: self.ln2.frozen(),
+            fc1_w: keep_mlp(self.fc1_w),
+            fc1_b: self.fc1_b.set_require_grad(false),
+            fc2_w: keep_mlp(self.fc2_w),
+            fc2_b: self.fc2_b.set_require_grad(false),
         }
     }
 }
@@ -111,8 +148,8 @@ impl Uploader<'_> {
 
     pub(crate) fn norm(&self, name: &str) -> Result<Norm, VitError> {
         Ok(Norm {
-            gamma: self.vec1(&format!("{name}.weight"))?,
-            beta: self.vec1(&format!("{name}.bias"))?,
+            gamma: param(self.vec1(&format!("{name}.weight"))?),
+            beta: param(self.vec1(&format!("{name}.bias"))?),
         })
     }
 
@@ -153,16 +190,19 @@ impl Uploader<'_> {
         let fc2 = ModuleId::new(l, ModuleKind::Fc2);
         Ok(Layer {
             ln1: self.norm(&format!("{pre}layer_norm1"))?,
-            qkv_w: upload(transpose(&stacked, 3 * d, d), [d, 3 * d], self.device),
-            qkv_b: upload(bias, [3 * d], self.device),
-            out_w: self.linear_t(&out.weight_name(), d, d)?,
-            out_b: self.vec1(&out.bias_name())?,
+            qkv_w: param(upload(
+                transpose(&stacked, 3 * d, d),
+                [d, 3 * d],
+                self.device,
+            )),
+            qkv_b: param(upload(bias, [3 * d], self.device)),
+            out_w: param(self.linear_t(&out.weight_name(), d, d)?),
+            out_b: param(self.vec1(&out.bias_name())?),
             ln2: self.norm(&format!("{pre}layer_norm2"))?,
-            fc1_w: self.linear_t(&fc1.weight_name(), i, d)?,
-            fc1_b: self.vec1(&fc1.bias_name())?,
-            fc1_b_host: self.data(&fc1.bias_name())?.to_vec(),
-            fc2_w: self.linear_t(&fc2.weight_name(), d, i)?,
-            fc2_b: self.vec1(&fc2.bias_name())?,
+            fc1_w: param(self.linear_t(&fc1.weight_name(), i, d)?),
+            fc1_b: param(self.vec1(&fc1.bias_name())?),
+            fc2_w: param(self.linear_t(&fc2.weight_name(), d, i)?),
+            fc2_b: param(self.vec1(&fc2.bias_name())?),
         })
     }
 }

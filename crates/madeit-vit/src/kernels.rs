@@ -41,6 +41,12 @@ pub(crate) fn quick_gelu_f32(x: f32) -> f32 {
     x / (1.0 + exp_f32(-1.702 * x))
 }
 
+/// Whether the host kernels run on `x`: only where the tensor already lives in host memory
+/// (the flex device) and carries no autodiff graph.
+pub(crate) fn runs_on<const D: usize>(x: &Tensor<D>) -> bool {
+    !x.is_autodiff() && x.device() == Device::flex()
+}
+
 /// `quick_gelu(x + bias)` over the last axis of `x` (`bias` has the width of that axis),
 /// on the host with rayon, for flex tensors without autodiff. Hands the tensor back
 /// (`Ok(Err(x))`) on other devices and on autodiff tensors; the caller then uses burn ops.
@@ -48,8 +54,7 @@ pub(crate) fn quick_gelu_bias<const D: usize>(
     x: Tensor<D>,
     bias: &[f32],
 ) -> Result<Result<Tensor<D>, Tensor<D>>, VitError> {
-    // Host kernels only pay off where the tensor already lives in host memory.
-    if x.is_autodiff() || x.device() != Device::flex() {
+    if !runs_on(&x) {
         return Ok(Err(x));
     }
     let dims = x.dims();

@@ -162,7 +162,7 @@ pub use head::{
 };
 pub use model::{
     CONFIG_FILE, ClipVisionModel, ModelSummary, ModuleAdapter, ModuleInputs, NoAdapter,
-    VisionOutput, WEIGHTS_FILE,
+    TrainableWeights, VisionOutput, WEIGHTS_FILE,
 };
 pub use names::{
     KeyLayout, ModuleId, ModuleKind, PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors,

@@ -4,12 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::module::linear;
 use madeit_params::{DType, ParamDict};
 
 use crate::blocks;
-use crate::encoder::{Layer, Norm, Uploader};
+use crate::encoder::{Layer, Norm, Uploader, param, param_to};
 use crate::error::{CheckpointReport, ShapeMismatch};
 use crate::names::{KeyLayout, PROJECTION_WEIGHT, VISION_PREFIX, expected_tensors, is_ignored};
 use crate::util::{download, first_non_finite, transpose, upload};
@@ -155,22 +156,46 @@ impl ModuleAdapter for Recorder<'_> {
 /// and the q, k, v projections of each layer are fused into one `[d, 3d]` matrix. The
 /// conversion to and from HF names and layouts happens only in
 /// [`from_params`](Self::from_params) / [`to_params`](Self::to_params).
-#[derive(Debug, Clone)]
+///
+/// It is a burn [`Module`] whose weights are [`Param`]s: built on an autodiff device
+/// (`Device::flex().autodiff()`) and made trainable with [`with_trainable`](Self::with_trainable),
+/// burn's optimizers train it (the zoo's towers are trained so); on any other device the
+/// parameters are plain tensors.
+#[derive(Module, Debug)]
 pub struct ClipVisionModel {
+    #[module(skip)]
     config: ClipVisionConfig,
+    #[module(skip)]
     layout: KeyLayout,
     /// Storage dtype per bare tensor name (as read; used again when saving).
+    #[module(skip)]
     dtypes: BTreeMap<String, DType>,
-    device: Device,
+    /// The device the weights live on.
+    #[module(skip)]
+    home: Device,
     /// `[C p p, d]`: the patch convolution as a matmul on flattened patches.
-    patch_w: Tensor<2>,
-    class_emb: Tensor<1>,
-    pos_emb: Tensor<2>,
+    patch_w: Param<Tensor<2>>,
+    class_emb: Param<Tensor<1>>,
+    pos_emb: Param<Tensor<2>>,
     pre_ln: Norm,
     layers: Vec<Layer>,
     post_ln: Norm,
     /// `[d, projection_dim]`.
-    proj: Option<Tensor<2>>,
+    proj: Option<Param<Tensor<2>>>,
+}
+
+/// Which weights of a [`ClipVisionModel`] an optimizer may change
+/// ([`ClipVisionModel::with_trainable`]); the others are frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainableWeights {
+    /// Every weight (as the model is built).
+    All,
+    /// The linear weights of the encoder layers (the fused q/k/v, out_proj, fc1 and fc2
+    /// matrices); the embeddings, every layer norm and every bias are frozen.
+    LinearWeights,
+    /// The attention weights of the encoder layers (the fused q/k/v and out_proj
+    /// matrices); everything else is frozen.
+    AttentionWeights,
 }
 
 /// A short description of a model, for display (`madeit inspect`).
@@ -440,24 +465,24 @@ impl ClipVisionModel {
         put(
             "embeddings.class_embedding".into(),
             vec![d],
-            download(&self.class_emb)?,
+            download(&self.class_emb.val())?,
         );
         put(
             "embeddings.patch_embedding.weight".into(),
             vec![d, c.num_channels, c.patch_size, c.patch_size],
-            transpose(&download(&self.patch_w)?, cpp, d),
+            transpose(&download(&self.patch_w.val())?, cpp, d),
         );
         put(
             "embeddings.position_embedding.weight".into(),
             vec![c.num_positions(), d],
-            download(&self.pos_emb)?,
+            download(&self.pos_emb.val())?,
         );
         let norm = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>),
                     name: &str,
                     n: &Norm|
          -> Result<(), VitError> {
-            put(format!("{name}.weight"), vec![d], download(&n.gamma)?);
-            put(format!("{name}.bias"), vec![d], download(&n.beta)?);
+            put(format!("{name}.weight"), vec![d], download(&n.gamma.val())?);
+            put(format!("{name}.bias"), vec![d], download(&n.beta.val())?);
             Ok(())
         };
         norm(&mut put, "pre_layrnorm", &self.pre_ln)?;
@@ -466,8 +491,8 @@ impl ClipVisionModel {
             let pre = format!("encoder.layers.{l}.");
             norm(&mut put, &format!("{pre}layer_norm1"), &layer.ln1)?;
             norm(&mut put, &format!("{pre}layer_norm2"), &layer.ln2)?;
-            let qkv_t = transpose(&download(&layer.qkv_w)?, d, 3 * d); // [3d, d]
-            let qkv_b = download(&layer.qkv_b)?;
+            let qkv_t = transpose(&download(&layer.qkv_w.val())?, d, 3 * d); // [3d, d]
+            let qkv_b = download(&layer.qkv_b.val())?;
             for (j, kind) in [ModuleKind::Q, ModuleKind::K, ModuleKind::V]
                 .into_iter()
                 .enumerate()
@@ -480,17 +505,17 @@ impl ClipVisionModel {
             }
             let lin = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>),
                        kind: ModuleKind,
-                       w: &Tensor<2>,
-                       b: &Tensor<1>|
+                       w: &Param<Tensor<2>>,
+                       b: &Param<Tensor<1>>|
              -> Result<(), VitError> {
                 let id = ModuleId::new(l, kind);
                 let (d_out, d_in) = c.module_dims(kind);
                 put(
                     id.weight_name(),
                     vec![d_out, d_in],
-                    transpose(&download(w)?, d_in, d_out),
+                    transpose(&download(&w.val())?, d_in, d_out),
                 );
-                put(id.bias_name(), vec![d_out], download(b)?);
+                put(id.bias_name(), vec![d_out], download(&b.val())?);
                 Ok(())
             };
             lin(&mut put, ModuleKind::Out, &layer.out_w, &layer.out_b)?;
@@ -502,7 +527,7 @@ impl ClipVisionModel {
             put(
                 PROJECTION_WEIGHT.into(),
                 vec![c.projection_dim, d],
-                transpose(&download(p)?, d, c.projection_dim),
+                transpose(&download(&p.val())?, d, c.projection_dim),
             );
             names.push(PROJECTION_WEIGHT.into());
         }
@@ -543,7 +568,7 @@ impl ClipVisionModel {
     /// The device the weights live on.
     #[must_use]
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.home
     }
 
     /// Whether the model has `visual_projection`.
@@ -598,11 +623,11 @@ impl ClipVisionModel {
             });
         }
         self.config.projection_dim = rows;
-        self.proj = Some(upload(
+        self.proj = Some(param(upload(
             transpose(weight.data(), rows, d),
             [d, rows],
-            &self.device,
-        ));
+            &self.home,
+        )));
         self.dtypes
             .insert(PROJECTION_WEIGHT.to_owned(), weight.dtype());
         Ok(self)
@@ -636,13 +661,39 @@ impl ClipVisionModel {
         }
     }
 
+    /// The same tower with only `weights` trainable on an autodiff device (see
+    /// [`TrainableWeights`]); the others frozen. The tower is built with every weight
+    /// trainable; on a device without autodiff nothing is trained either way.
+    #[must_use]
+    pub fn with_trainable(self, weights: TrainableWeights) -> Self {
+        let mlp = match weights {
+            TrainableWeights::All => return self,
+            TrainableWeights::LinearWeights => true,
+            TrainableWeights::AttentionWeights => false,
+        };
+        Self {
+            patch_w: self.patch_w.set_require_grad(false),
+            class_emb: self.class_emb.set_require_grad(false),
+            pos_emb: self.pos_emb.set_require_grad(false),
+            pre_ln: self.pre_ln.frozen(),
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| l.frozen_but_linear(mlp))
+                .collect(),
+            post_ln: self.post_ln.frozen(),
+            proj: self.proj.map(|p| p.set_require_grad(false)),
+            ..self
+        }
+    }
+
     /// Moves every weight to `device`.
     #[must_use]
     pub fn to_device(self, device: &Device) -> Self {
         Self {
-            patch_w: self.patch_w.to_device(device),
-            class_emb: self.class_emb.to_device(device),
-            pos_emb: self.pos_emb.to_device(device),
+            patch_w: param_to(self.patch_w, device),
+            class_emb: param_to(self.class_emb, device),
+            pos_emb: param_to(self.pos_emb, device),
             pre_ln: self.pre_ln.into_device(device),
             post_ln: self.post_ln.into_device(device),
             layers: self
@@ -650,8 +701,8 @@ impl ClipVisionModel {
                 .into_iter()
                 .map(|l| l.into_device(device))
                 .collect(),
-            proj: self.proj.map(|p| p.to_device(device)),
-            device: device.clone(),
+            proj: self.proj.map(|p| param_to(p, device)),
+            home: device.clone(),
             config: self.config,
             layout: self.layout,
             dtypes: self.dtypes,
@@ -682,7 +733,7 @@ impl ClipVisionModel {
                 index,
             });
         }
-        Ok(upload(pixels, dims, &self.device))
+        Ok(upload(pixels, dims, &self.home))
     }
 
     /// The plain forward.
@@ -693,7 +744,7 @@ impl ClipVisionModel {
     /// # Errors
     /// [`VitError::InputShape`] with the expected shape when `pixels` does not fit.
     pub fn forward(&self, pixels: Tensor<4>) -> Result<VisionOutput, VitError> {
-        self.forward_with_adapter(pixels, &mut NoAdapter)
+        self.run(pixels, &mut NoAdapter, true)
     }
 
     /// Image embeddings of a host pixel buffer, as a host tensor `[batch, embedding_dim]`
@@ -734,6 +785,16 @@ impl ClipVisionModel {
         pixels: Tensor<4>,
         adapter: &mut dyn ModuleAdapter,
     ) -> Result<VisionOutput, VitError> {
+        self.run(pixels, adapter, false)
+    }
+
+    /// The forward; `plain` when `adapter` changes nothing ([`forward`](Self::forward)).
+    fn run(
+        &self,
+        pixels: Tensor<4>,
+        adapter: &mut dyn ModuleAdapter,
+        plain: bool,
+    ) -> Result<VisionOutput, VitError> {
         let c = &self.config;
         check_pixels(c, pixels.dims())?;
         let b = pixels.dims()[0];
@@ -744,16 +805,16 @@ impl ClipVisionModel {
         let x = blocks::embed(
             c,
             pixels,
-            self.patch_w.clone(),
-            self.class_emb.clone(),
-            self.pos_emb.clone(),
+            self.patch_w.val(),
+            self.class_emb.val(),
+            self.pos_emb.val(),
         );
         let mut x = self.pre_ln.forward(x, eps);
 
         for (l, layer) in self.layers.iter().enumerate() {
             // Self-attention block.
             let h = layer.ln1.forward(x.clone(), eps);
-            let qkv = linear(h.clone(), layer.qkv_w.clone(), Some(layer.qkv_b.clone()));
+            let qkv = linear(h.clone(), layer.qkv_w.val(), Some(layer.qkv_b.val()));
             let mut parts = Vec::with_capacity(3);
             for (j, kind) in [ModuleKind::Q, ModuleKind::K, ModuleKind::V]
                 .into_iter()
@@ -766,21 +827,29 @@ impl ClipVisionModel {
                 unreachable_parts()?
             };
             let a = blocks::self_attention(c, q, k, v);
-            let o = linear(a.clone(), layer.out_w.clone(), Some(layer.out_b.clone()));
+            let o = linear(a.clone(), layer.out_w.val(), Some(layer.out_b.val()));
             x = x + adapted(adapter, ModuleId::new(l, ModuleKind::Out), &a, o, [b, n, d])?;
 
             // MLP block.
             let h = layer.ln2.forward(x.clone(), eps);
-            let f = linear(h.clone(), layer.fc1_w.clone(), None);
-            let fc1 = ModuleId::new(l, ModuleKind::Fc1);
-            let f = adapted(adapter, fc1, &h, f, [b, n, c.intermediate_size])?;
-            let f = bias_act(c.hidden_act, f, &layer.fc1_b, &layer.fc1_b_host)?;
-            let o = linear(f.clone(), layer.fc2_w.clone(), Some(layer.fc2_b.clone()));
+            let f = if plain && h.is_autodiff() {
+                // Training (no adapter, on an autodiff device): the bias added inside
+                // `linear`, whose bias gradient burn reduces in its own order (the zoo's
+                // towers were trained so; the forward values are the same either way).
+                let f = linear(h, layer.fc1_w.val(), Some(layer.fc1_b.val()));
+                blocks::act(c.hidden_act, f)
+            } else {
+                let f = linear(h.clone(), layer.fc1_w.val(), None);
+                let fc1 = ModuleId::new(l, ModuleKind::Fc1);
+                let f = adapted(adapter, fc1, &h, f, [b, n, c.intermediate_size])?;
+                bias_act(c.hidden_act, f, &layer.fc1_b.val())?
+            };
+            let o = linear(f.clone(), layer.fc2_w.val(), Some(layer.fc2_b.val()));
             x = x + adapted(adapter, ModuleId::new(l, ModuleKind::Fc2), &f, o, [b, n, d])?;
         }
 
         let pooled = self.post_ln.forward(blocks::class_token(x.clone()), eps);
-        let image_embeds = self.proj.as_ref().map(|w| pooled.clone().matmul(w.clone()));
+        let image_embeds = self.proj.as_ref().map(|w| pooled.clone().matmul(w.val()));
         Ok(VisionOutput {
             last_hidden_state: x,
             pooled_output: pooled,
@@ -826,10 +895,9 @@ pub(crate) fn bias_act<const D: usize>(
     kind: Activation,
     x: Tensor<D>,
     bias: &Tensor<1>,
-    bias_host: &[f32],
 ) -> Result<Tensor<D>, VitError> {
-    let x = if kind == Activation::QuickGelu {
-        match crate::kernels::quick_gelu_bias(x, bias_host)? {
+    let x = if kind == Activation::QuickGelu && crate::kernels::runs_on(&x) {
+        match crate::kernels::quick_gelu_bias(x, &download(bias)?)? {
             Ok(y) => return Ok(y),
             Err(x) => x,
         }
@@ -860,14 +928,14 @@ impl Builder<'_> {
             config: c.clone(),
             layout,
             dtypes,
-            device: up.device.clone(),
-            patch_w: up.linear_t("embeddings.patch_embedding.weight", d, cpp)?,
-            class_emb: up.vec1("embeddings.class_embedding")?,
-            pos_emb: up.mat("embeddings.position_embedding.weight", c.num_positions(), d)?,
+            home: up.device.clone(),
+            patch_w: param(up.linear_t("embeddings.patch_embedding.weight", d, cpp)?),
+            class_emb: param(up.vec1("embeddings.class_embedding")?),
+            pos_emb: param(up.mat("embeddings.position_embedding.weight", c.num_positions(), d)?),
             pre_ln: up.norm("pre_layrnorm")?,
             layers,
             post_ln: up.norm("post_layernorm")?,
-            proj,
+            proj: proj.map(param),
         })
     }
 }

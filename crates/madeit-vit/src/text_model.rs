@@ -432,7 +432,7 @@ impl ClipTextModel {
         };
         for layer in &self.layers {
             let h = layer.ln1.forward(x.clone(), eps);
-            let qkv = linear(h, layer.qkv_w.clone(), Some(layer.qkv_b.clone()));
+            let qkv = linear(h, layer.qkv_w.val(), Some(layer.qkv_b.val()));
             let split = |j: usize| {
                 qkv.clone()
                     .narrow(2, j * d, d)
@@ -442,15 +442,14 @@ impl ClipTextModel {
             let a = attention(split(0), split(1), split(2), mask.clone(), None, opts)
                 .swap_dims(1, 2)
                 .reshape([b, l, d]);
-            x = x + linear(a, layer.out_w.clone(), Some(layer.out_b.clone()));
+            x = x + linear(a, layer.out_w.val(), Some(layer.out_b.val()));
             let h = layer.ln2.forward(x.clone(), eps);
             let f = bias_act(
                 c.hidden_act,
-                linear(h, layer.fc1_w.clone(), None),
-                &layer.fc1_b,
-                &layer.fc1_b_host,
+                linear(h, layer.fc1_w.val(), None),
+                &layer.fc1_b.val(),
             )?;
-            x = x + linear(f, layer.fc2_w.clone(), Some(layer.fc2_b.clone()));
+            x = x + linear(f, layer.fc2_w.val(), Some(layer.fc2_b.val()));
         }
         let x = self.final_ln.forward(x, eps);
         let pool_positions = batch.pool_positions(c.pooling_rule());

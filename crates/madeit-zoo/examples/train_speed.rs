@@ -5,7 +5,7 @@
 use burn::prelude::*;
 use madeit_data::ImageSet;
 use madeit_vit::{Activation, ClipVisionConfig};
-use madeit_zoo::model::TrainableVit;
+use madeit_zoo::model::init_tower;
 use madeit_zoo::train::{CosineClassifier, TrainConfig, Trainee, train};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (0..10).map(|c| c.to_string()).collect(),
     )?;
     let device = Device::flex().autodiff();
-    let vit = TrainableVit::init(&config, 1, &device)?;
+    let vit = init_tower(&config, 1, &device)?;
     let classifier = CosineClassifier::random(10, hidden, 16.0, 2, &device)?;
     let cfg = TrainConfig {
         steps,

@@ -3,8 +3,9 @@
 //! that the zoo and real CLIP checkpoints travel the same code path
 //! ([`madeit_vit::ClipVisionModel`]).
 //!
-//! * [`model`]: [`TrainableVit`], the CLIP vision tower with burn parameters, convertible to
-//!   and from the HF state dict;
+//! * [`model`]: the towers it trains are [`madeit_vit::ClipVisionModel`] itself (a burn
+//!   module); their random initialisation ([`init_tower`]) and their loading from a
+//!   checkpoint ([`tower_from_params`]);
 //! * [`train`](mod@train): the deterministic Adam training loop on cosine logits with a warm-up +
 //!   cosine schedule;
 //! * [`head`]: name-based heads (the analogue of CLIP's zero-shot text heads: one vector
@@ -41,7 +42,7 @@ pub use head::{
 };
 pub use interference::{Interference, interference_matrix, merged_accuracies, merged_params};
 pub use manifest::{MANIFEST_FILE, Manifest, TaskEntry, TaskVectorNorm, ZOO_FORMAT};
-pub use model::TrainableVit;
+pub use model::{init_params, init_tower, tower_from_params};
 pub use sequential::{
     SequentialOutcome, SequentialRun, SequentialTask, sequential_finetune, sequential_step,
 };

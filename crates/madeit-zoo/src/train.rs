@@ -16,7 +16,7 @@
 //!
 //! Determinism: batches come from a ChaCha8 stream seeded with the configuration's seed
 //! (Fisher–Yates shuffles written out here, so they cannot change with a `rand` release);
-//! initial weights from [`TrainableVit::init`]. burn's flex backend parallelises matrix
+//! initial weights from [`crate::model::init_params`]. burn's flex backend parallelises matrix
 //! products over output blocks and its reductions over rows, so results do not depend on
 //! thread timing; the unit tests check that two trainings give bit-identical weights.
 
@@ -26,12 +26,13 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use madeit_data::ImageSet;
 pub(crate) use madeit_data::split::{below, shuffle};
+use madeit_vit::ClipVisionModel;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ZooError};
-use crate::model::{TrainableVit, download, matrix_tensor, pixels_tensor};
+use crate::model::{download, matrix_tensor, pixels_tensor};
 
 /// Hyper-parameters of one training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,7 +194,7 @@ fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
 #[derive(Module, Debug)]
 pub struct Trainee {
     /// The vision tower.
-    pub vit: TrainableVit,
+    pub vit: ClipVisionModel,
     /// The classifier (frozen or not).
     pub classifier: CosineClassifier,
 }
@@ -398,7 +399,7 @@ pub fn train(
             &vc,
             &device,
         );
-        let emb = trainee.vit.forward(x)?;
+        let emb = trainee.vit.forward(x)?.pooled_output;
         let loss = cross_entropy(trainee.classifier.logits(emb), &labels);
         let value = download(&loss.clone().without_autodiff())?
             .first()

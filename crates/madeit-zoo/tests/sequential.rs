@@ -244,11 +244,7 @@ fn train_splits_are_rebuilt_and_checked_against_the_zoo() {
 fn bare_setup() -> (BuildConfig, ParamDict, SequentialTask) {
     let mut config = BuildConfig::micro();
     config.model = common::micro_config();
-    let device = burn::prelude::Device::flex().autodiff();
-    let pretrained = madeit_zoo::TrainableVit::init(&config.model, 5, &device)
-        .expect("init")
-        .to_params()
-        .expect("params");
+    let pretrained = madeit_zoo::init_params(&config.model, 5).expect("init");
     let head = head(4, config.model.hidden_size);
     let task = SequentialTask {
         name: "blocks".into(),

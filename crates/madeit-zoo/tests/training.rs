@@ -1,6 +1,6 @@
 //! The training loop on a micro configuration and synthetic data: the loss decreases, the
-//! frozen head stays frozen, the same seed gives bit-identical weights, and the trainable
-//! tower computes exactly the forward of `madeit_vit::ClipVisionModel`.
+//! frozen head stays frozen, the same seed gives bit-identical weights, and the tower's
+//! training forward (on an autodiff device) agrees with its inference forward.
 
 #![allow(clippy::panic)] // Tests report unexpected variants by panicking.
 
@@ -10,7 +10,7 @@ use burn::prelude::*;
 use madeit_params::ParamDict;
 use madeit_vit::{ClipVisionConfig, ClipVisionModel};
 use madeit_zoo::train::{CosineClassifier, TrainConfig, Trainee, train};
-use madeit_zoo::{TrainableVit, ZooError};
+use madeit_zoo::{ZooError, init_tower, tower_from_params};
 
 fn micro_train(steps: usize) -> TrainConfig {
     TrainConfig {
@@ -33,7 +33,7 @@ fn run(seed: u64, steps: usize, threads: usize) -> (Vec<u8>, Vec<f32>) {
     pool.install(|| {
         let data = common::blocks(4, 16, 32, 3, 11);
         let device = Device::flex().autodiff();
-        let vit = TrainableVit::init(&common::micro_config(), seed, &device).expect("init");
+        let vit = init_tower(&common::micro_config(), seed, &device).expect("init");
         let classifier =
             CosineClassifier::random(4, 32, 10.0, seed + 1, &device).expect("classifier");
         let (trainee, log) = train(
@@ -85,7 +85,7 @@ fn thread_count_does_not_change_weights() {
 fn frozen_head_stays_fixed_and_only_the_tower_moves() {
     let device = Device::flex().autodiff();
     let config = common::micro_config();
-    let vit = TrainableVit::init(&config, 1, &device).expect("init");
+    let vit = init_tower(&config, 1, &device).expect("init");
     let before = vit.to_params().expect("params");
     let head: Vec<f32> = (0..4 * 32).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
     let classifier =
@@ -108,17 +108,21 @@ fn frozen_head_stays_fixed_and_only_the_tower_moves() {
 
 /// The micro configuration, the plain (non-autodiff) device, a micro tower initialised from
 /// `seed` on it, and the tower's weights.
-fn micro_vit(seed: u64) -> (ClipVisionConfig, Device, TrainableVit, ParamDict) {
+fn micro_vit(seed: u64) -> (ClipVisionConfig, Device, ClipVisionModel, ParamDict) {
     let config = common::micro_config();
     let device = Device::flex();
-    let vit = TrainableVit::init(&config, seed, &device).expect("init");
+    let vit = init_tower(&config, seed, &device).expect("init");
     let params = vit.to_params().expect("params");
     (config, device, vit, params)
 }
 
 #[test]
-fn trainable_forward_matches_the_reference_tower() {
-    let (config, device, vit, params) = micro_vit(12);
+fn training_forward_matches_the_inference_forward() {
+    // The tower on an autodiff device (the training path: burn ops throughout) against the
+    // same weights on the plain device (the inference path, with its fused host kernels).
+    let (config, _, _, params) = micro_vit(12);
+    let device = Device::flex().autodiff();
+    let vit = tower_from_params(&config, &params, &device).expect("trainable");
     let reference = ClipVisionModel::from_params(&config, &params).expect("reference");
     let data = common::blocks(3, 2, 32, 3, 1);
     let idx: Vec<usize> = (0..data.n).collect();
@@ -131,6 +135,7 @@ fn trainable_forward_matches_the_reference_tower() {
             &device,
         ))
         .expect("forward")
+        .pooled_output
         .into_data()
         .try_to_vec::<f32>()
         .expect("vec");
@@ -143,7 +148,7 @@ fn trainable_forward_matches_the_reference_tower() {
 #[test]
 fn params_round_trip_exactly() {
     let (config, device, _, params) = micro_vit(4);
-    let again = TrainableVit::from_params(&config, &params, &device)
+    let again = tower_from_params(&config, &params, &device)
         .expect("from")
         .to_params()
         .expect("to");
@@ -158,7 +163,7 @@ fn params_round_trip_exactly() {
 fn missing_tensor_is_named() {
     let (config, device, _, mut params) = micro_vit(4);
     params.remove("encoder.layers.1.mlp.fc2.bias");
-    match TrainableVit::from_params(&config, &params, &device) {
+    match tower_from_params(&config, &params, &device) {
         Err(ZooError::Parameter { name, .. }) => assert_eq!(name, "encoder.layers.1.mlp.fc2.bias"),
         other => panic!("expected a missing-parameter error, got {other:?}"),
     }
@@ -175,7 +180,7 @@ fn bad_config_and_data_are_rejected() {
         Err(ZooError::InvalidConfig { field: "steps", .. })
     ));
     let device = Device::flex().autodiff();
-    let vit = TrainableVit::init(&common::micro_config(), 1, &device).expect("init");
+    let vit = init_tower(&common::micro_config(), 1, &device).expect("init");
     let classifier = CosineClassifier::random(2, 32, 10.0, 1, &device).expect("classifier");
     // Four classes of data for a two-class classifier.
     let data = common::blocks(4, 2, 32, 3, 1);

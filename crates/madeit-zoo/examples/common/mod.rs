@@ -5,7 +5,7 @@ use madeit_data::ImageSet;
 use madeit_params::ParamDict;
 use madeit_vit::{LOGIT_SCALE, TaskHead};
 use madeit_zoo::train::{CosineClassifier, TrainConfig, TrainLog, Trainee, train};
-use madeit_zoo::{TrainableVit, Zoo};
+use madeit_zoo::{Zoo, tower_from_params};
 
 /// Fine-tunes the tower `start` (of `zoo`'s configuration) on `train_set` against the frozen
 /// `head` (cosine logits at CLIP's scale, only the tower moves), batches and augmentation
@@ -28,7 +28,7 @@ pub fn finetune(
         false,
         &device,
     )?;
-    let vit = TrainableVit::from_params(zoo.config(), start, &device)?;
+    let vit = tower_from_params(zoo.config(), start, &device)?;
     let (trainee, log) = train(
         Trainee { vit, classifier },
         train_set,

@@ -33,7 +33,7 @@ use madeit_data::{
 };
 use madeit_linalg::random::{GOLDEN_GAMMA, mix64};
 use madeit_params::ParamDict;
-use madeit_vit::{Activation, ClipVisionConfig, ClipVisionModel, TaskHead};
+use madeit_vit::{Activation, ClipVisionConfig, ClipVisionModel, TaskHead, TrainableWeights};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ use crate::manifest::{
     SplitAccuracy, SplitSizes, TaskAccuracy, TaskEntry, TaskVectorNorm, Timings, Versions,
     ZOO_FORMAT, write_json_atomic,
 };
-use crate::model::TrainableVit;
+use crate::model::{init_tower, tower_from_params};
 use crate::train::{CosineClassifier, StepInfo, TrainConfig, TrainLog, Trainee, shuffle, train};
 use crate::zoo::{Zoo, layout, save_tower};
 

@@ -138,7 +138,7 @@ pub(super) fn stage_pretrain(
         total: cfg.pretrain.steps,
     });
     let device = Device::flex().autodiff();
-    let vit = TrainableVit::init(&cfg.model, derive_seed(cfg.seed, STREAM_INIT), &device)?;
+    let vit = init_tower(&cfg.model, derive_seed(cfg.seed, STREAM_INIT), &device)?;
     let classifier = CosineClassifier::random(
         set.num_classes(),
         vit.embedding_dim(),
@@ -308,12 +308,12 @@ pub fn finetune_tower(
 ) -> Result<(ParamDict, TrainLog)> {
     let ft = cfg.finetune_config(train_set.n);
     let device = Device::flex().autodiff();
-    let vit = TrainableVit::from_params(&cfg.model, start, &device)?;
-    let vit = match cfg.finetune_scope {
-        FinetuneScope::All => vit,
-        FinetuneScope::LinearWeights => vit.with_only_linear_weights_trainable(),
-        FinetuneScope::AttentionWeights => vit.with_only_attention_weights_trainable(),
-    };
+    let vit =
+        tower_from_params(&cfg.model, start, &device)?.with_trainable(match cfg.finetune_scope {
+            FinetuneScope::All => TrainableWeights::All,
+            FinetuneScope::LinearWeights => TrainableWeights::LinearWeights,
+            FinetuneScope::AttentionWeights => TrainableWeights::AttentionWeights,
+        });
     if head.dim() != vit.embedding_dim() {
         return Err(ZooError::InvalidData {
             what: stage.into(),
