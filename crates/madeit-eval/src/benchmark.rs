@@ -30,10 +30,7 @@ use madeit_data::dataset::Dataset;
 use madeit_data::preprocess::{AlphaRule, ClipPreprocess};
 use madeit_data::{ImageSet, Split};
 use madeit_params::{ParamDict, Tensor};
-use madeit_vit::{
-    CONFIG_FILE, ClipVisionConfig, ClipVisionModel, TaskHead, VISION_PREFIX, WEIGHTS_FILE,
-    expected_tensors,
-};
+use madeit_vit::{CONFIG_FILE, ClipVisionConfig, ClipVisionModel, TaskHead, WEIGHTS_FILE};
 use madeit_zoo::Zoo;
 use madeit_zoo::zoo::layout;
 
@@ -525,34 +522,11 @@ impl Benchmark {
 /// (missing, unexpected or mis-shaped tensors, each named; a NaN or infinity).
 pub fn vision_tower_params(
     config: &ClipVisionConfig,
-    mut params: ParamDict,
+    params: ParamDict,
     path: &Path,
 ) -> Result<ParamDict, RunError> {
-    let wrap = |e: madeit_vit::VitError| RunError::Checkpoint {
+    ClipVisionModel::tower_params(config, params).map_err(|e| RunError::Checkpoint {
         path: path.to_path_buf(),
         source: Box::new(e),
-    };
-    ClipVisionModel::check_params(config, &params).map_err(wrap)?;
-    let prefixed = params.keys().any(|k| k.starts_with(VISION_PREFIX));
-    let mut out = ParamDict::new();
-    for (bare, _) in expected_tensors(config) {
-        let full = if prefixed {
-            format!("{VISION_PREFIX}{bare}")
-        } else {
-            bare.clone()
-        };
-        let t = params.remove(&full).ok_or_else(|| RunError::Checkpoint {
-            path: path.to_path_buf(),
-            source: Box::new(madeit_vit::VitError::Checkpoint {
-                report: madeit_vit::CheckpointReport {
-                    missing: vec![(full.clone(), Vec::new())],
-                    ..madeit_vit::CheckpointReport::default()
-                },
-            }),
-        })?;
-        // Merging and evaluation compute in f32; a checkpoint stored in F16 or BF16 is
-        // compatible with an F32 one.
-        out.insert(bare, t.with_dtype(madeit_params::DType::F32));
-    }
-    Ok(out)
+    })
 }

@@ -373,6 +373,40 @@ impl ClipVisionModel {
         match_checkpoint(config, params).map(|_| ())
     }
 
+    /// The tower's own tensors of a checkpoint, checked as by
+    /// [`check_params`](Self::check_params), under their bare names (`embeddings.*`,
+    /// `encoder.layers.*`, `pre_layrnorm.*`, `post_layernorm.*`) in the order of
+    /// [`expected_tensors`], marked `F32` (the computation type: a checkpoint stored in `F16`
+    /// or `BF16` is compatible with an `F32` one): a `CLIPModel`'s (its text tower,
+    /// `logit_scale` and `visual_projection.weight` are left out) or a
+    /// `CLIPVisionModel`'s, with or without the `vision_model.` prefix.
+    ///
+    /// # Errors
+    /// As [`check_params`](Self::check_params).
+    pub fn tower_params(
+        config: &ClipVisionConfig,
+        mut params: ParamDict,
+    ) -> Result<ParamDict, VitError> {
+        Self::check_params(config, &params)?;
+        let prefixed = params.keys().any(|k| k.starts_with(VISION_PREFIX));
+        let mut out = ParamDict::new();
+        for (bare, shape) in expected_tensors(config) {
+            let full = if prefixed {
+                format!("{VISION_PREFIX}{bare}")
+            } else {
+                bare.clone()
+            };
+            let t = params.remove(&full).ok_or_else(|| VitError::Checkpoint {
+                report: CheckpointReport {
+                    missing: vec![(full.clone(), shape)],
+                    ..CheckpointReport::default()
+                },
+            })?;
+            out.insert(bare, t.with_dtype(DType::F32));
+        }
+        Ok(out)
+    }
+
     /// Builds a model on burn's flex CPU device from HF-named tensors (see
     /// [`from_params_on`](Self::from_params_on)).
     ///

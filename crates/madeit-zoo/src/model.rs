@@ -7,7 +7,7 @@
 
 use burn::prelude::*;
 use madeit_params::ParamDict;
-use madeit_vit::{ClipVisionConfig, ClipVisionModel, VISION_PREFIX, expected_tensors};
+use madeit_vit::{ClipVisionConfig, ClipVisionModel, expected_tensors};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -96,43 +96,22 @@ pub fn init_tower(
     tower_from_params(config, &init_params(config, seed)?, device)
 }
 
-/// The tower to train, on `device`, from the tower tensors of `params`: a bare
-/// `CLIPVisionModel` state dict (HF names and `[out, in]` layout), or `vision_model.`-prefixed
-/// names. Only the tensors of [`expected_tensors`] are read, as `f32`; a
-/// `visual_projection.weight`, the `embeddings.position_ids` buffer and a text tower are
-/// ignored, so the tower's [`to_params`](ClipVisionModel::to_params) is a bare
+/// The tower to train, on `device`, from the tower tensors of a checkpoint
+/// ([`ClipVisionModel::tower_params`]: a bare or `vision_model.`-prefixed `CLIPVisionModel`
+/// or `CLIPModel` state dict; a projection and a text tower are left out, the rest is read
+/// as `f32`), so that the tower's [`to_params`](ClipVisionModel::to_params) is a bare
 /// `CLIPVisionModel` state dict in `f32`. On an autodiff device every weight is trainable
 /// (see [`ClipVisionModel::with_trainable`]).
 ///
 /// # Errors
-/// [`ZooError::Parameter`] naming a missing tensor or one of the wrong shape; the tower's
-/// errors ([`ZooError::Vit`]: a bad configuration, a non-finite weight).
+/// [`ZooError::Vit`]: the checkpoint's tensors are not a tower of `config` (each missing,
+/// unexpected or mis-shaped tensor named; a NaN or infinity), or a bad configuration.
 pub fn tower_from_params(
     config: &ClipVisionConfig,
     params: &ParamDict,
     device: &Device,
 ) -> Result<ClipVisionModel> {
-    config.validate()?;
-    let prefixed = params.keys().any(|k| k.starts_with(VISION_PREFIX));
-    let mut bare = ParamDict::new();
-    for (name, want) in expected_tensors(config) {
-        let full = if prefixed {
-            format!("{VISION_PREFIX}{name}")
-        } else {
-            name.clone()
-        };
-        let t = params.get(&full).map_err(|_| ZooError::Parameter {
-            name: full.clone(),
-            reason: "missing".into(),
-        })?;
-        if t.shape() != want.as_slice() {
-            return Err(ZooError::Parameter {
-                name: full,
-                reason: format!("shape {:?}, expected {want:?}", t.shape()),
-            });
-        }
-        bare.insert(name, madeit_params::Tensor::new(want, t.data().to_vec())?);
-    }
+    let bare = ClipVisionModel::tower_params(config, params.clone())?;
     Ok(ClipVisionModel::from_params_on(config, &bare, device)?)
 }
 

@@ -141,8 +141,8 @@ fn check_task(config: &BuildConfig, task: &SequentialTask) -> Result<()> {
 /// # Errors
 /// [`ZooError::InvalidData`] naming the task when its train set is empty, its images do not
 /// fit the tower, its head's width is not the tower's embedding width or a label is not a
-/// class of its head (checked before training); [`ZooError::Parameter`] when `start` does
-/// not fit `config.model`; [`ZooError::Diverged`]; the backend's errors.
+/// class of its head (checked before training); [`ZooError::Vit`] (a checkpoint report)
+/// when `start` does not fit `config.model`; [`ZooError::Diverged`]; the backend's errors.
 pub fn sequential_step(
     config: &BuildConfig,
     start: &ParamDict,
@@ -184,8 +184,8 @@ pub fn sequential_step(
 /// [`ZooError::InvalidConfig`] for a bad `config` or an empty `tasks`;
 /// [`ZooError::InvalidData`] naming the task when its train set is empty, its images do not
 /// fit the tower, its head's width is not the tower's embedding width or a label is not a
-/// class of its head (all checked before any training); [`ZooError::Parameter`] when
-/// `pretrained` does not fit `config.model`; [`ZooError::Diverged`]; the backend's errors;
+/// class of its head (all checked before any training); [`ZooError::Vit`] (a checkpoint
+/// report) when `pretrained` does not fit `config.model`; [`ZooError::Diverged`]; the backend's errors;
 /// and whatever `on_task` returns.
 pub fn sequential_finetune<E: From<ZooError>>(
     config: &BuildConfig,

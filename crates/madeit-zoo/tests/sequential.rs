@@ -333,7 +333,15 @@ fn bad_input_gives_typed_errors_before_any_training() {
     let first = broken.keys().next().expect("a tensor").to_owned();
     broken.remove(&first);
     let (r, _) = run(&config, &broken, std::slice::from_ref(&good));
-    assert!(matches!(r, Err(ZooError::Parameter { .. })), "{r:?}");
+    match r {
+        Err(ZooError::Vit(madeit_vit::VitError::Checkpoint { report })) => {
+            assert!(
+                report.missing.iter().any(|(n, _)| *n == first),
+                "{report:?}"
+            );
+        }
+        other => panic!("expected a checkpoint report naming `{first}`, got {other:?}"),
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 
 use burn::prelude::*;
 use madeit_params::ParamDict;
-use madeit_vit::{ClipVisionConfig, ClipVisionModel};
+use madeit_vit::{ClipVisionConfig, ClipVisionModel, VitError};
 use madeit_zoo::train::{CosineClassifier, TrainConfig, Trainee, train};
 use madeit_zoo::{ZooError, init_tower, tower_from_params};
 
@@ -164,8 +164,14 @@ fn missing_tensor_is_named() {
     let (config, device, _, mut params) = micro_vit(4);
     params.remove("encoder.layers.1.mlp.fc2.bias");
     match tower_from_params(&config, &params, &device) {
-        Err(ZooError::Parameter { name, .. }) => assert_eq!(name, "encoder.layers.1.mlp.fc2.bias"),
-        other => panic!("expected a missing-parameter error, got {other:?}"),
+        Err(ZooError::Vit(e)) => match e {
+            VitError::Checkpoint { report } => {
+                let missing: Vec<&str> = report.missing.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(missing, ["encoder.layers.1.mlp.fc2.bias"]);
+            }
+            other => panic!("expected a missing-tensor report, got {other:?}"),
+        },
+        other => panic!("expected a missing-tensor error, got {other:?}"),
     }
 }
 

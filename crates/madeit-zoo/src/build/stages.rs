@@ -295,8 +295,8 @@ pub(super) fn stage_heads(
 /// # Errors
 /// [`ZooError::InvalidData`] when the head does not fit the tower (its width is not the
 /// tower's embedding width), the data is empty, its images do not fit the tower or a label
-/// is not a class of the head; [`ZooError::Parameter`] when `start` does not fit
-/// `cfg.model`; [`ZooError::Diverged`]; the configuration's and the backend's errors.
+/// is not a class of the head; [`ZooError::Vit`] (a checkpoint report) when `start` does
+/// not fit `cfg.model`; [`ZooError::Diverged`]; the configuration's and the backend's errors.
 pub fn finetune_tower(
     cfg: &BuildConfig,
     start: &ParamDict,
