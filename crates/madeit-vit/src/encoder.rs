@@ -20,9 +20,9 @@ pub(crate) fn param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
     Param::from_tensor(t)
 }
 
-/// The same parameter on `device`.
+/// The same parameter (its id and whether it trains kept) on `device`.
 pub(crate) fn param_to<const D: usize>(p: Param<Tensor<D>>, device: &Device) -> Param<Tensor<D>> {
-    param(p.val().to_device(device))
+    p.map(|t| t.to_device(device))
 }
 
 /// A layer norm's scale and shift, `[hidden_size]` each.

@@ -158,9 +158,9 @@ impl ModuleAdapter for Recorder<'_> {
 /// [`from_params`](Self::from_params) / [`to_params`](Self::to_params).
 ///
 /// It is a burn [`Module`] whose weights are [`Param`]s: built on an autodiff device
-/// (`Device::flex().autodiff()`) and made trainable with [`with_trainable`](Self::with_trainable),
-/// burn's optimizers train it (the zoo's towers are trained so); on any other device the
-/// parameters are plain tensors.
+/// (`Device::flex().autodiff()`), every weight trains under burn's optimizers unless
+/// [`with_trainable`](Self::with_trainable) freezes some (the zoo's towers are trained so);
+/// on any other device the parameters are plain tensors.
 #[derive(Module, Debug)]
 pub struct ClipVisionModel {
     #[module(skip)]

@@ -325,3 +325,53 @@ fn summary_counts_parameters() {
         "{text}"
     );
 }
+
+#[test]
+fn the_tower_moves_between_devices_and_reads_tower_params() {
+    use burn::prelude::Device;
+    let (cfg, dict) = tiny_dict();
+    let model = ClipVisionModel::from_params(&cfg, &dict).unwrap();
+    let pixels = common::random_pixels(&cfg, 2, 5);
+    let before = model.embed(pixels.clone(), 2).unwrap();
+    // To the autodiff device and back: the same weights, the same forward.
+    let moved = model
+        .to_device(&Device::flex().autodiff())
+        .to_device(&Device::flex());
+    assert_identical(&dict, &moved.to_params().unwrap());
+    assert_eq!(moved.embed(pixels, 2).unwrap(), before);
+
+    // The tower's tensors of a prefixed checkpoint with a projection and a text tower's
+    // tensor: bare names in the order of expected_tensors, F32.
+    let mut clip: ParamDict = dict
+        .iter()
+        .map(|(k, t)| {
+            (
+                format!("vision_model.{k}"),
+                t.clone().with_dtype(DType::F16),
+            )
+        })
+        .collect();
+    clip.insert(
+        "visual_projection.weight",
+        HostTensor::zeros(vec![cfg.projection_dim, cfg.hidden_size]).unwrap(),
+    );
+    clip.insert("logit_scale", HostTensor::zeros(vec![]).unwrap());
+    let tower = ClipVisionModel::tower_params(&cfg, clip).unwrap();
+    let names: Vec<String> = madeit_vit::expected_tensors(&cfg)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        tower.keys().collect::<Vec<_>>(),
+        names.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(tower.iter().all(|(_, t)| t.dtype() == DType::F32));
+    for (name, t) in tower.iter() {
+        assert_eq!(bits(t), bits(dict.get(name).unwrap()), "{name}");
+    }
+    // A tower with a tensor missing is refused, naming it.
+    let mut short = dict.clone();
+    short.remove("post_layernorm.bias");
+    let err = ClipVisionModel::tower_params(&cfg, short).unwrap_err();
+    assert!(err.to_string().contains("post_layernorm.bias"), "{err}");
+}
